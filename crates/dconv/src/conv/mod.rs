@@ -1,0 +1,245 @@
+//! Convolution methods behind one interface.
+//!
+//! A [`ConvSpec`] says what to compute; [`Conv::prepare`] packs the weights once for a
+//! [`Method`]; [`Conv::run`] then computes NHWC output from NHWC input as many times as
+//! needed, using a caller-owned [`Workspace`] so that nothing is allocated once the buffers
+//! have grown to the layer's needs. Threads come from the current rayon pool.
+
+mod reference;
+mod spec;
+
+pub use spec::{Activation, ConvSpec, Padding};
+
+use crate::error::{Error, Result};
+use crate::kernels::Isa;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How a convolution is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    /// Naive loops: the oracle every other method is tested against.
+    Reference,
+    /// im2col, then a dense GEMM: the conventional method.
+    Dense,
+    /// Dense im2col, then compression to CSR, then sparse x dense: the conventional sparse
+    /// method, kept to show what Direct Conversion saves.
+    LoweredCsr,
+    /// Direct Conversion of the input to the CSR form of the lowered matrix; sparse
+    /// activations x dense weights.
+    Im2Csr,
+    /// Direct Conversion to CSOA (each non-zero activation stored once); sparse activations
+    /// x sparse weights.
+    Im2Csoa,
+    /// Direct sparse convolution: sparse weights x dense activations, no lowering.
+    SparseWeight,
+}
+
+impl Method {
+    pub const ALL: [Method; 6] = [
+        Method::Reference,
+        Method::Dense,
+        Method::LoweredCsr,
+        Method::Im2Csr,
+        Method::Im2Csoa,
+        Method::SparseWeight,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Reference => "reference",
+            Method::Dense => "dense",
+            Method::LoweredCsr => "lowered-csr",
+            Method::Im2Csr => "im2csr",
+            Method::Im2Csoa => "im2csoa",
+            Method::SparseWeight => "sparse-weight",
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Method {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| Error::UnknownName {
+                kind: "convolution method",
+                name: s.to_string(),
+                expected: Method::ALL.map(Method::name).join(", "),
+            })
+    }
+}
+
+/// Where the time of one run went: converting the input (im2col, compression) and
+/// multiplying. Methods without a conversion step report it as zero.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timing {
+    pub convert: Duration,
+    pub multiply: Duration,
+}
+
+impl Timing {
+    pub fn total(&self) -> Duration {
+        self.convert + self.multiply
+    }
+}
+
+/// Scratch buffers a method needs while it runs, owned by the caller and reused across runs
+/// and layers: they grow to the largest need and are never shrunk.
+#[derive(Default)]
+pub struct Workspace {
+    /// Dense lowered matrix (im2col) or padded input planes.
+    pub(crate) floats: Vec<f32>,
+}
+
+/// What every prepared method shares: the checked spec, the bias and the weight sparsity.
+pub(crate) struct Epilogue {
+    pub bias: Vec<f32>,
+    pub activation: Activation,
+}
+
+impl Epilogue {
+    /// Adds the bias of channel `m` and applies the activation.
+    #[inline(always)]
+    pub fn apply(&self, m: usize, acc: f32) -> f32 {
+        self.activation.apply(acc + self.bias[m])
+    }
+}
+
+/// A method with its weights prepared for one layer.
+pub(crate) trait ConvKernel: Send + Sync {
+    /// Computes `output` from `input`; both lengths are already checked.
+    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing;
+}
+
+/// A convolution layer with its weights prepared for one method.
+pub struct Conv {
+    spec: ConvSpec,
+    method: Method,
+    isa: Isa,
+    weight_sparsity: f64,
+    kernel: Box<dyn ConvKernel>,
+}
+
+impl fmt::Debug for Conv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conv")
+            .field("spec", &self.spec)
+            .field("method", &self.method)
+            .field("isa", &self.isa)
+            .field("weight_sparsity", &self.weight_sparsity)
+            .finish()
+    }
+}
+
+impl Conv {
+    /// Prepares `weights` (`[M][C/G][R][S]`) and `bias` (`[M]`, required exactly when
+    /// `spec.bias`) for `method`, with the best instruction set of this CPU.
+    pub fn prepare(
+        spec: &ConvSpec,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        method: Method,
+    ) -> Result<Conv> {
+        Self::prepare_with_isa(spec, weights, bias, method, Isa::detect())
+    }
+
+    /// Like [`Conv::prepare`], with an explicit instruction set (tests cover each one; an
+    /// instruction set this CPU lacks falls back to the portable code).
+    pub fn prepare_with_isa(
+        spec: &ConvSpec,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        method: Method,
+        isa: Isa,
+    ) -> Result<Conv> {
+        spec.validate()?;
+        check_len("weights", spec.weight_len()?, weights.len())?;
+        let bias = match (spec.bias, bias) {
+            (true, Some(b)) => {
+                check_len("bias", spec.filters, b.len())?;
+                b.to_vec()
+            }
+            (false, None) => vec![0.0; spec.filters],
+            (true, None) => {
+                return Err(Error::InvalidSpec(
+                    "the spec has a bias but none was given".into(),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(Error::InvalidSpec(
+                    "a bias was given but the spec has none".into(),
+                ))
+            }
+        };
+        let isa = if isa.is_supported() {
+            isa
+        } else {
+            Isa::Portable
+        };
+        let epilogue = Epilogue {
+            bias,
+            activation: spec.activation,
+        };
+        let zeros = weights.iter().filter(|&&w| w == 0.0).count();
+        let weight_sparsity = zeros as f64 / weights.len() as f64;
+        let kernel: Box<dyn ConvKernel> = match method {
+            Method::Reference => Box::new(reference::Reference::new(*spec, weights, epilogue)),
+            _ => {
+                return Err(Error::InvalidSpec(format!(
+                    "method {method} is not built yet"
+                )))
+            }
+        };
+        Ok(Conv {
+            spec: *spec,
+            method,
+            isa,
+            weight_sparsity,
+            kernel,
+        })
+    }
+
+    /// Computes the NHWC `output` from the NHWC `input`.
+    pub fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Result<Timing> {
+        check_len("input", self.spec.input_len()?, input.len())?;
+        check_len("output", self.spec.output_len()?, output.len())?;
+        Ok(self.kernel.run(input, output, ws))
+    }
+
+    pub fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+    pub fn method(&self) -> Method {
+        self.method
+    }
+    /// The instruction set the kernels run with.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+    /// Fraction of the weights that are exactly zero.
+    pub fn weight_sparsity(&self) -> f64 {
+        self.weight_sparsity
+    }
+}
+
+fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::BufferLength {
+            what,
+            expected,
+            actual,
+        })
+    }
+}

@@ -1,0 +1,74 @@
+//! The naive convolution: seven nested loops, accumulated in f64. It is slow on purpose and
+//! simple enough to be obviously right; every fast method is tested against it.
+
+use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use std::time::Instant;
+
+pub(crate) struct Reference {
+    spec: ConvSpec,
+    weights: Vec<f32>,
+    epilogue: Epilogue,
+}
+
+impl Reference {
+    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue) -> Self {
+        Reference {
+            spec,
+            weights: weights.to_vec(),
+            epilogue,
+        }
+    }
+}
+
+impl ConvKernel for Reference {
+    fn run(&self, input: &[f32], output: &mut [f32], _ws: &mut Workspace) -> Timing {
+        let start = Instant::now();
+        let s = &self.spec;
+        let [oh, ow] = s.output_size();
+        let [r_len, s_len] = s.kernel;
+        let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
+        let mut out = output.iter_mut();
+        for n in 0..s.batch {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for m in 0..s.filters {
+                        let g = m / mg;
+                        let mut acc = 0.0f64;
+                        for r in 0..r_len {
+                            let Some(iy) =
+                                (oy * s.stride[0] + r * s.dilation[0]).checked_sub(s.padding.top)
+                            else {
+                                continue;
+                            };
+                            if iy >= s.height {
+                                continue;
+                            }
+                            for q in 0..s_len {
+                                let Some(ix) = (ox * s.stride[1] + q * s.dilation[1])
+                                    .checked_sub(s.padding.left)
+                                else {
+                                    continue;
+                                };
+                                if ix >= s.width {
+                                    continue;
+                                }
+                                let pixel =
+                                    ((n * s.height + iy) * s.width + ix) * s.channels + g * cg;
+                                for c in 0..cg {
+                                    let w = self.weights[((m * cg + c) * r_len + r) * s_len + q];
+                                    acc += input[pixel + c] as f64 * w as f64;
+                                }
+                            }
+                        }
+                        *out.next().expect("output length checked") =
+                            self.epilogue.apply(m, acc as f32);
+                    }
+                }
+            }
+        }
+        Timing {
+            convert: Default::default(),
+            multiply: start.elapsed(),
+        }
+    }
+}

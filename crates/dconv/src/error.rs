@@ -1,0 +1,32 @@
+//! The error type of the library: every failure a caller can cause is one of these,
+//! never a panic.
+
+use thiserror::Error;
+
+/// What went wrong, with enough context to act on it.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A convolution description that cannot be computed (zero stride, groups that do not
+    /// divide the channels, a kernel larger than the padded input, ...).
+    #[error("invalid convolution: {0}")]
+    InvalidSpec(String),
+    /// A buffer whose length does not match what the description needs.
+    #[error("{what} has {actual} elements, expected {expected}")]
+    BufferLength {
+        what: &'static str,
+        expected: usize,
+        actual: usize,
+    },
+    /// Size arithmetic that does not fit in memory addresses.
+    #[error("size overflow while computing {0}")]
+    Overflow(&'static str),
+    /// A name (method, zero pattern, ...) that is not known.
+    #[error("unknown {kind} '{name}' (expected one of: {expected})")]
+    UnknownName {
+        kind: &'static str,
+        name: String,
+        expected: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

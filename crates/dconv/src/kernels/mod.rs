@@ -1,0 +1,76 @@
+//! Microkernels: small loops named by what they compute, kept apart from the convolution
+//! methods that call them. Each has a portable version and, where it pays, explicit SIMD
+//! versions chosen at run time by [`Isa`].
+
+use std::fmt;
+use std::sync::OnceLock;
+
+/// An instruction set the kernels can be compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Plain Rust, left to the compiler: runs everywhere, and is tested like the others.
+    Portable,
+    /// x86-64 with AVX2 and FMA (256-bit vectors).
+    Avx2,
+    /// x86-64 with AVX-512F (512-bit vectors).
+    Avx512,
+    /// aarch64 with NEON (128-bit vectors).
+    Neon,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
+
+    /// The best instruction set of this CPU, detected once. `DCONV_ISA=portable|avx2|avx512|neon`
+    /// forces a lower one (useful to compare paths); one the CPU lacks is ignored.
+    pub fn detect() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let forced = std::env::var("DCONV_ISA")
+                .ok()
+                .and_then(|v| Isa::ALL.into_iter().find(|i| i.name() == v));
+            match forced {
+                Some(isa) if isa.is_supported() => isa,
+                _ => Isa::ALL
+                    .into_iter()
+                    .rev()
+                    .find(|i| i.is_supported())
+                    .unwrap_or(Isa::Portable),
+            }
+        })
+    }
+
+    /// The instruction sets this CPU can run, portable first.
+    pub fn supported() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
+    }
+
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

@@ -1,0 +1,1 @@
+//! Sparse matrix types with checked constructors.

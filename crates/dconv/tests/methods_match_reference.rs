@@ -1,0 +1,288 @@
+//! Every method equals the naive reference over random shapes, sparsities, instruction sets
+//! and thread counts.
+
+use dconv::conv::{Activation, Conv, ConvSpec, Method, Workspace};
+use dconv::kernels::Isa;
+use dconv::synth::{self, Rng, ZeroPattern};
+use proptest::prelude::*;
+use std::sync::OnceLock;
+
+const SPARSITIES: [f64; 5] = [0.0, 0.5, 0.9, 0.99, 1.0];
+const THREADS: [usize; 3] = [1, 2, 4];
+
+fn pool(threads: usize) -> &'static rayon::ThreadPool {
+    static POOLS: OnceLock<Vec<rayon::ThreadPool>> = OnceLock::new();
+    let pools = POOLS.get_or_init(|| {
+        THREADS
+            .iter()
+            .map(|&t| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(t)
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    });
+    &pools[THREADS.iter().position(|&t| t == threads).unwrap()]
+}
+
+/// One random case: a valid spec, its data, and how to run it.
+#[derive(Debug, Clone)]
+struct Case {
+    spec: ConvSpec,
+    input_sparsity: f64,
+    weight_sparsity: f64,
+    pattern: ZeroPattern,
+    threads: usize,
+    seed: u64,
+}
+
+fn activation() -> impl Strategy<Value = Activation> {
+    prop_oneof![
+        Just(Activation::None),
+        Just(Activation::Relu),
+        Just(Activation::Relu6)
+    ]
+}
+
+fn axis() -> impl Strategy<Value = (usize, usize, usize, usize, usize, usize)> {
+    // kernel, stride, dilation, pad before, pad after, extra input beyond the minimum
+    (
+        1usize..=7,
+        1usize..=3,
+        1usize..=3,
+        0usize..=3,
+        0usize..=3,
+        0usize..=6,
+    )
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let groups = prop_oneof![
+        (1usize..=6, 1usize..=6).prop_map(|(cg, mg)| (1, cg, mg)),
+        (1usize..=4, 1usize..=4).prop_map(|(cg, mg)| (2, cg, mg)),
+        (1usize..=6, 1usize..=2).prop_map(|(c, mult)| (c, 1, mult)), // depthwise
+    ];
+    (
+        axis(),
+        axis(),
+        groups,
+        1usize..=3,
+        any::<bool>(),
+        activation(),
+        (0..SPARSITIES.len(), 0..SPARSITIES.len(), any::<bool>()),
+        (0..THREADS.len(), any::<u64>()),
+        any::<bool>(),
+    )
+        .prop_map(
+            |(ay, ax, (g, cg, mg), batch, bias, act, (si, sw, relu), (ti, seed), one_d)| {
+                let size =
+                    |(k, _s, d, lo, hi, extra): (usize, usize, usize, usize, usize, usize)| {
+                        let extent = d * (k - 1) + 1;
+                        (extent.saturating_sub(lo + hi)).max(1) + extra
+                    };
+                let (ay, h) = if one_d {
+                    ((1, 1, 1, 0, 0, 0), 1)
+                } else {
+                    (ay, size(ay))
+                };
+                let spec = ConvSpec::new(g * cg, h, size(ax), g * mg, [ay.0, ax.0])
+                    .with_stride([ay.1, ax.1])
+                    .with_dilation([ay.2, ax.2])
+                    .with_padding([ay.3, ax.3, ay.4, ax.4])
+                    .with_groups(g)
+                    .with_batch(batch)
+                    .with_bias(bias)
+                    .with_activation(act);
+                Case {
+                    spec,
+                    input_sparsity: SPARSITIES[si],
+                    weight_sparsity: SPARSITIES[sw],
+                    pattern: if relu {
+                        ZeroPattern::Relu
+                    } else {
+                        ZeroPattern::Random
+                    },
+                    threads: THREADS[ti],
+                    seed,
+                }
+            },
+        )
+}
+
+struct Data {
+    input: Vec<f32>,
+    weights: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+fn data(case: &Case) -> Data {
+    let s = &case.spec;
+    let mut rng = Rng::new(case.seed);
+    // Signed inputs too: a method must not assume activations are non-negative.
+    let mut input = synth::activations(
+        [s.batch, s.height, s.width, s.channels],
+        case.input_sparsity,
+        case.pattern,
+        &mut rng,
+    );
+    for v in input.iter_mut().step_by(3) {
+        *v = -*v;
+    }
+    let weights = synth::random_sparse(s.weight_len().unwrap(), case.weight_sparsity, &mut rng);
+    let bias = s
+        .bias
+        .then(|| synth::random_sparse(s.filters, 0.0, &mut rng));
+    Data {
+        input,
+        weights,
+        bias,
+    }
+}
+
+fn run(conv: &Conv, input: &[f32], threads: usize) -> Vec<f32> {
+    let mut out = vec![f32::NAN; conv.spec().output_len().unwrap()];
+    let mut ws = Workspace::default();
+    pool(threads).install(|| {
+        // Twice into the same workspace: a reused workspace must not leak state.
+        conv.run(input, &mut out, &mut ws).unwrap();
+        conv.run(input, &mut out, &mut ws).unwrap();
+    });
+    out
+}
+
+fn assert_close(method: Method, isa: Isa, case: &Case, got: &[f32], want: &[f32]) {
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let tol = 1e-4 * scale + 1e-5;
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= tol,
+            "{method} ({isa}) differs from reference at {i}: {g} vs {w} (tolerance {tol}) for {case:?}"
+        );
+    }
+}
+
+fn check_method(method: Method, case: &Case) {
+    let d = data(case);
+    let reference =
+        Conv::prepare(&case.spec, &d.weights, d.bias.as_deref(), Method::Reference).unwrap();
+    let want = run(&reference, &d.input, 1);
+    for isa in Isa::supported() {
+        let conv =
+            Conv::prepare_with_isa(&case.spec, &d.weights, d.bias.as_deref(), method, isa).unwrap();
+        let got = run(&conv, &d.input, case.threads);
+        assert_close(method, isa, case, &got, &want);
+    }
+}
+
+macro_rules! method_matches_reference {
+    ($($test:ident => $method:expr),* $(,)?) => {$(
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+            #[test]
+            fn $test(case in case()) {
+                check_method($method, &case);
+            }
+        }
+    )*};
+}
+
+method_matches_reference! {
+    dense_matches_reference => Method::Dense,
+    lowered_csr_matches_reference => Method::LoweredCsr,
+    im2csr_matches_reference => Method::Im2Csr,
+    im2csoa_matches_reference => Method::Im2Csoa,
+    sparse_weight_matches_reference => Method::SparseWeight,
+}
+
+/// A layer large enough that every method splits its work across threads; each thread
+/// count must agree with the reference (and so with the others, up to rounding).
+#[test]
+fn thread_count_does_not_change_results() {
+    for method in Method::ALL {
+        for (spec, si, sw) in [
+            (
+                ConvSpec::new(48, 21, 19, 40, [3, 3])
+                    .with_padding([1, 1, 1, 1])
+                    .with_bias(true),
+                0.7,
+                0.6,
+            ),
+            (
+                ConvSpec::new(32, 17, 17, 32, [3, 3])
+                    .with_stride([2, 2])
+                    .with_groups(2)
+                    .with_batch(2),
+                0.5,
+                0.0,
+            ),
+        ] {
+            let case = Case {
+                spec: spec.with_activation(Activation::Relu),
+                input_sparsity: si,
+                weight_sparsity: sw,
+                pattern: ZeroPattern::Relu,
+                threads: 1,
+                seed: 42,
+            };
+            for threads in THREADS {
+                check_method(
+                    method,
+                    &Case {
+                        threads,
+                        ..case.clone()
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// An all-zero input gives exactly the bias, after the activation.
+#[test]
+fn zero_input_gives_exactly_the_bias() {
+    let spec = ConvSpec::new(6, 9, 7, 10, [3, 3])
+        .with_padding([1, 2, 0, 1])
+        .with_bias(true);
+    let bias: Vec<f32> = (0..10).map(|m| m as f32 * 1.7 - 7.3).collect();
+    let weights = synth::random_sparse(spec.weight_len().unwrap(), 0.5, &mut Rng::new(3));
+    let input = vec![0.0; spec.input_len().unwrap()];
+    for act in [Activation::None, Activation::Relu, Activation::Relu6] {
+        let spec = spec.with_activation(act);
+        for method in Method::ALL {
+            for isa in Isa::supported() {
+                let conv =
+                    Conv::prepare_with_isa(&spec, &weights, Some(&bias), method, isa).unwrap();
+                let out = run(&conv, &input, 2);
+                for (i, v) in out.iter().enumerate() {
+                    assert_eq!(
+                        *v,
+                        act.apply(bias[i % 10]),
+                        "{method} ({isa}) at {i} with {act:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Buffers of the wrong length and inconsistent bias are errors, never panics.
+#[test]
+fn wrong_buffers_are_errors() {
+    let spec = ConvSpec::new(4, 6, 6, 8, [3, 3]);
+    let weights = vec![1.0; spec.weight_len().unwrap()];
+    for method in Method::ALL {
+        assert!(Conv::prepare(&spec, &weights[1..], None, method).is_err());
+        assert!(Conv::prepare(&spec, &weights, Some(&[0.0; 8]), method).is_err());
+        assert!(Conv::prepare(&spec.with_bias(true), &weights, Some(&[0.0; 7]), method).is_err());
+        assert!(Conv::prepare(&spec.with_stride([0, 1]), &weights, None, method).is_err());
+        let conv = Conv::prepare(&spec, &weights, None, method).unwrap();
+        let mut ws = Workspace::default();
+        let input = vec![1.0; spec.input_len().unwrap()];
+        let mut out = vec![0.0; spec.output_len().unwrap()];
+        assert!(conv.run(&input[1..], &mut out, &mut ws).is_err());
+        assert!(conv.run(&input, &mut out[1..], &mut ws).is_err());
+        conv.run(&input, &mut out, &mut ws).unwrap();
+        assert!(out.iter().all(|&v| v == 36.0), "{method}");
+    }
+}
