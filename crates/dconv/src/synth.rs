@@ -93,26 +93,19 @@ pub fn activations(
             sorted.sort_by(f32::total_cmp);
             let cut_index = ((sparsity * sorted.len() as f64).round() as usize).min(sorted.len());
             // Everything strictly below the cut becomes zero; values above it stay, shifted
-            // down as a ReLU of (field - threshold) would leave them.
-            let threshold = if cut_index == sorted.len() {
-                f32::INFINITY
+            // down as a ReLU of (field - threshold) would leave them (kept off zero).
+            if cut_index == sorted.len() {
+                return vec![0.0; field.len()];
+            }
+            let threshold = if cut_index == 0 {
+                f32::NEG_INFINITY
             } else {
                 sorted[cut_index]
             };
-            let below = if cut_index == 0 {
-                f32::NEG_INFINITY
-            } else {
-                threshold
-            };
+            let shift = if cut_index == 0 { 0.0 } else { threshold };
             field
                 .into_iter()
-                .map(|v| {
-                    if v < below {
-                        0.0
-                    } else {
-                        v - below.min(v) + 1e-3
-                    }
-                })
+                .map(|v| if v < threshold { 0.0 } else { v - shift + 1e-3 })
                 .collect()
         }
     }

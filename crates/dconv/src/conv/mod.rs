@@ -5,13 +5,18 @@
 //! needed, using a caller-owned [`Workspace`] so that nothing is allocated once the buffers
 //! have grown to the layer's needs. Threads come from the current rayon pool.
 
+mod im2csoa;
+mod im2csr;
+mod panels;
 mod reference;
 mod spec;
+mod tiles;
 
 pub use spec::{Activation, ConvSpec, Padding};
 
 use crate::error::{Error, Result};
 use crate::kernels::Isa;
+use crate::sparse::Csoa;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -97,8 +102,12 @@ impl Timing {
 /// and layers: they grow to the largest need and are never shrunk.
 #[derive(Default)]
 pub struct Workspace {
-    /// Dense lowered matrix (im2col) or padded input planes.
-    pub(crate) floats: Vec<f32>,
+    /// The current image's non-zeros, pixel by pixel.
+    pub(crate) csoa: Csoa,
+    /// One CSR block of lowered rows per tile of output rows.
+    pub(crate) csr_tiles: Vec<im2csr::CsrTile>,
+    /// Per tile of output rows, where im2CSOA reads its pixel lists.
+    pub(crate) csoa_tiles: Vec<im2csoa::CsoaTile>,
 }
 
 /// What every prepared method shares: the checked spec, the bias and the weight sparsity.
@@ -112,6 +121,24 @@ impl Epilogue {
     #[inline(always)]
     pub fn apply(&self, m: usize, acc: f32) -> f32 {
         self.activation.apply(acc + self.bias[m])
+    }
+
+    /// Finishes the outputs of channels `first..first + row.len()` of one pixel in place.
+    #[inline]
+    pub fn apply_row(&self, row: &mut [f32], first: usize) {
+        let bias = &self.bias[first..first + row.len()];
+        // One loop per activation, so that each vectorises.
+        match self.activation {
+            Activation::None => row.iter_mut().zip(bias).for_each(|(o, b)| *o += b),
+            Activation::Relu => row
+                .iter_mut()
+                .zip(bias)
+                .for_each(|(o, b)| *o = (*o + b).max(0.0)),
+            Activation::Relu6 => row
+                .iter_mut()
+                .zip(bias)
+                .for_each(|(o, b)| *o = (*o + b).clamp(0.0, 6.0)),
+        }
     }
 }
 
@@ -194,6 +221,14 @@ impl Conv {
         let weight_sparsity = zeros as f64 / weights.len() as f64;
         let kernel: Box<dyn ConvKernel> = match method {
             Method::Reference => Box::new(reference::Reference::new(*spec, weights, epilogue)),
+            Method::Im2Csr => match isa {
+                Isa::Avx512 => Box::new(im2csr::Im2Csr::<8>::new(*spec, weights, epilogue, isa)),
+                _ => Box::new(im2csr::Im2Csr::<4>::new(*spec, weights, epilogue, isa)),
+            },
+            Method::Im2Csoa => match isa {
+                Isa::Avx512 => Box::new(im2csoa::Im2Csoa::<8>::new(*spec, weights, epilogue, isa)),
+                _ => Box::new(im2csoa::Im2Csoa::<4>::new(*spec, weights, epilogue, isa)),
+            },
             _ => {
                 return Err(Error::InvalidSpec(format!(
                     "method {method} is not built yet"

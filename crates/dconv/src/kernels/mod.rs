@@ -74,3 +74,5 @@ impl fmt::Display for Isa {
         f.write_str(self.name())
     }
 }
+
+pub(crate) mod sparse_row_panel;
