@@ -5,6 +5,8 @@
 //! needed, using a caller-owned [`Workspace`] so that nothing is allocated once the buffers
 //! have grown to the layer's needs. Threads come from the current rayon pool.
 
+mod dense;
+mod im2col;
 mod reference;
 mod spec;
 
@@ -194,6 +196,7 @@ impl Conv {
         let weight_sparsity = zeros as f64 / weights.len() as f64;
         let kernel: Box<dyn ConvKernel> = match method {
             Method::Reference => Box::new(reference::Reference::new(*spec, weights, epilogue)),
+            Method::Dense => Box::new(dense::Dense::new(*spec, weights, epilogue)),
             _ => {
                 return Err(Error::InvalidSpec(format!(
                     "method {method} is not built yet"
