@@ -18,7 +18,7 @@ const ROWS_PER_TASK: usize = 32;
 /// group `group` of one NHWC `image` (`height * width * channels` floats) into `out`, row
 /// after row: `out[(p - rows.start) * K + k] = L[p, k]` with `K = spec.lowered_cols()`.
 /// Every element of `out` is written (padding as zeros). Splits the rows over the threads of
-/// the current rayon pool.
+/// the current rayon pool; [`lower_rows`] is the same on the calling thread.
 ///
 /// Panics if `image` or `out` has the wrong length, `rows` extends past
 /// `spec.out_pixels()` or `group >= spec.groups`. `spec` must be validated.
@@ -30,17 +30,31 @@ pub(crate) fn lower(
     out: &mut [f32],
 ) {
     let k = spec.lowered_cols();
-    assert_eq!(image.len(), spec.height * spec.width * spec.channels);
     assert_eq!(out.len(), rows.len() * k);
-    assert!(rows.end <= spec.out_pixels() && group < spec.groups);
     out.par_chunks_mut(ROWS_PER_TASK * k)
         .enumerate()
         .for_each(|(i, chunk)| {
             let first = rows.start + i * ROWS_PER_TASK;
-            for (p, row) in (first..).zip(chunk.chunks_exact_mut(k)) {
-                lower_row(spec, image, group, p, row);
-            }
+            lower_rows(spec, image, group, first..first + chunk.len() / k, chunk);
         });
+}
+
+/// Like [`lower`], on the calling thread only: for callers that already split the work
+/// (by blocks of rows) across threads.
+pub(crate) fn lower_rows(
+    spec: &ConvSpec,
+    image: &[f32],
+    group: usize,
+    rows: Range<usize>,
+    out: &mut [f32],
+) {
+    let k = spec.lowered_cols();
+    assert_eq!(image.len(), spec.height * spec.width * spec.channels);
+    assert_eq!(out.len(), rows.len() * k);
+    assert!(rows.end <= spec.out_pixels() && group < spec.groups);
+    for (p, row) in rows.zip(out.chunks_exact_mut(k)) {
+        lower_row(spec, image, group, p, row);
+    }
 }
 
 /// Writes row `p` of the lowered matrix of group `group` into `row` (`K` floats).
@@ -133,6 +147,9 @@ mod tests {
             let mut got = vec![f32::NAN; p * k];
             lower(&spec, &image, group, 0..p, &mut got);
             assert_eq!(got, want, "{spec:?} group {group}");
+            let mut serial = vec![f32::NAN; p * k];
+            lower_rows(&spec, &image, group, 0..p, &mut serial);
+            assert_eq!(serial, want, "{spec:?} group {group}");
             // Any block of rows equals the same rows of the whole matrix.
             for rows in [1..p.min(3), p / 2..p, p - 1..p] {
                 let mut block = vec![f32::NAN; rows.len() * k];
