@@ -5,6 +5,8 @@
 //! needed, using a caller-owned [`Workspace`] so that nothing is allocated once the buffers
 //! have grown to the layer's needs. Threads come from the current rayon pool.
 
+mod dense;
+mod im2col;
 mod im2csoa;
 mod im2csr;
 mod panels;
@@ -102,6 +104,8 @@ impl Timing {
 /// and layers: they grow to the largest need and are never shrunk.
 #[derive(Default)]
 pub struct Workspace {
+    /// The dense lowered matrix (im2col) of one image and group.
+    pub(crate) lowered: Vec<f32>,
     /// The current image's non-zeros, pixel by pixel.
     pub(crate) csoa: Csoa,
     /// One CSR block of lowered rows per tile of output rows.
@@ -229,6 +233,7 @@ impl Conv {
                 Isa::Avx512 => Box::new(im2csoa::Im2Csoa::<8>::new(*spec, weights, epilogue, isa)),
                 _ => Box::new(im2csoa::Im2Csoa::<4>::new(*spec, weights, epilogue, isa)),
             },
+            Method::Dense => Box::new(dense::Dense::new(*spec, weights, epilogue)),
             _ => {
                 return Err(Error::InvalidSpec(format!(
                     "method {method} is not built yet"

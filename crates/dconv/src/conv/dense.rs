@@ -1,0 +1,151 @@
+//! The conventional method: lower each image to the dense matrix L (im2row, see
+//! [`im2col`](super::im2col)), then multiply it with the packed weights by a dense GEMM (the
+//! `gemm` crate): `Y_g (P x Mg) = L_g (P x K) x W^T_g (K x Mg)` for each group `g`, written
+//! straight into the NHWC output at column offset `g * Mg`. Every zero is multiplied; this is
+//! the baseline the sparse methods have to beat.
+
+use super::im2col::lower;
+use super::{Activation, ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use gemm::Parallelism;
+use rayon::prelude::*;
+use std::time::{Duration, Instant};
+
+/// Output rows per rayon task in the epilogue pass.
+const EPILOGUE_ROWS_PER_TASK: usize = 64;
+
+pub(crate) struct Dense {
+    spec: ConvSpec,
+    /// `W^T` of each group, `[G][K][Mg]`, with `k = (r * S + s) * Cg + c` as in the lowered
+    /// matrix.
+    packed: Vec<f32>,
+    epilogue: Epilogue,
+}
+
+impl Dense {
+    /// Packs ONNX `[M][Cg][R][S]` weights; `spec` must be validated and `weights` checked.
+    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue) -> Self {
+        let (cg, mg) = (spec.channels_per_group(), spec.filters_per_group());
+        let [r_len, s_len] = spec.kernel;
+        let k_len = spec.lowered_cols();
+        let mut packed = vec![0.0; weights.len()];
+        for (m, filter) in weights.chunks_exact(k_len).enumerate() {
+            let (g, j) = (m / mg, m % mg);
+            let group = &mut packed[g * k_len * mg..(g + 1) * k_len * mg];
+            for c in 0..cg {
+                for r in 0..r_len {
+                    for s in 0..s_len {
+                        let k = (r * s_len + s) * cg + c;
+                        group[k * mg + j] = filter[(c * r_len + r) * s_len + s];
+                    }
+                }
+            }
+        }
+        Dense {
+            spec,
+            packed,
+            epilogue,
+        }
+    }
+
+    /// Whether the NHWC input already is L: a 1x1 kernel at stride 1 without padding
+    /// (group `g` is then the column block `g * Cg..` of rows of stride C).
+    fn input_is_lowered(&self) -> bool {
+        let s = &self.spec;
+        s.kernel == [1, 1] && s.stride == [1, 1] && s.padding == Default::default()
+    }
+
+    /// Adds the bias and applies the activation to one image's `[P][M]` output.
+    fn apply_epilogue(&self, out: &mut [f32]) {
+        if !self.spec.bias && self.epilogue.activation == Activation::None {
+            return;
+        }
+        let m_len = self.spec.filters;
+        let bias = &self.epilogue.bias;
+        let act = self.epilogue.activation;
+        out.par_chunks_mut(EPILOGUE_ROWS_PER_TASK * m_len)
+            .for_each(|chunk| {
+                for row in chunk.chunks_exact_mut(m_len) {
+                    for (v, b) in row.iter_mut().zip(bias) {
+                        *v = act.apply(*v + b);
+                    }
+                }
+            });
+    }
+}
+
+impl ConvKernel for Dense {
+    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
+        let s = &self.spec;
+        let (p_len, k_len) = (s.out_pixels(), s.lowered_cols());
+        let (c_len, m_len) = (s.channels, s.filters);
+        let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
+        let direct = self.input_is_lowered();
+        if !direct && ws.lowered.len() < p_len * k_len {
+            ws.lowered.resize(p_len * k_len, 0.0);
+        }
+        let threads = rayon::current_num_threads();
+        let parallelism = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
+        let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
+        let in_image = s.height * s.width * c_len;
+        for (image, out) in input
+            .chunks_exact(in_image)
+            .zip(output.chunks_exact_mut(p_len * m_len))
+        {
+            for g in 0..s.groups {
+                let (lhs, lhs_rs): (&[f32], usize) = if direct {
+                    (&image[g * cg..], c_len)
+                } else {
+                    let start = Instant::now();
+                    let lowered = &mut ws.lowered[..p_len * k_len];
+                    lower(s, image, g, 0..p_len, lowered);
+                    convert += start.elapsed();
+                    (lowered, k_len)
+                };
+                let rhs = &self.packed[g * k_len * mg..(g + 1) * k_len * mg];
+                let dst = &mut out[g * mg..];
+                let start = Instant::now();
+                // SAFETY: gemm reads `lhs` at (i, k) -> i * lhs_rs + k for i < P, k < K: the
+                // last read, (P - 1) * lhs_rs + K - 1, is inside `lhs` (the P x K lowered
+                // matrix; or, for the direct case where K = Cg and P = H * W, the input from
+                // column g * Cg on, whose length is (P - 1) * C + C - g * Cg >= that). It reads
+                // `rhs` at k * Mg + j < K * Mg = rhs.len(), and writes `dst` at i * M + j for
+                // j < Mg: at most (P - 1) * M + Mg - 1 < P * M - g * Mg = dst.len(). `dst`
+                // borrows the output mutably, disjoint from `lhs` (input or workspace) and
+                // `rhs` (self), so nothing it writes is read. With `read_dst` false, dst is
+                // only written (alpha is ignored).
+                unsafe {
+                    gemm::gemm(
+                        p_len,
+                        mg,
+                        k_len,
+                        dst.as_mut_ptr(),
+                        1,
+                        m_len as isize,
+                        false,
+                        lhs.as_ptr(),
+                        1,
+                        lhs_rs as isize,
+                        rhs.as_ptr(),
+                        1,
+                        mg as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        parallelism,
+                    );
+                }
+                multiply += start.elapsed();
+            }
+            let start = Instant::now();
+            self.apply_epilogue(out);
+            multiply += start.elapsed();
+        }
+        Timing { convert, multiply }
+    }
+}
