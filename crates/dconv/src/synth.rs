@@ -2,6 +2,7 @@
 //! zeros, placed at random or clustered the way a ReLU leaves them.
 
 use crate::error::{Error, Result};
+use std::fmt;
 use std::str::FromStr;
 
 /// A small, fast, seedable generator (SplitMix64): reproducible data without a dependency.
@@ -45,18 +46,35 @@ pub enum ZeroPattern {
     Relu,
 }
 
+impl ZeroPattern {
+    pub const ALL: [ZeroPattern; 2] = [ZeroPattern::Random, ZeroPattern::Relu];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ZeroPattern::Random => "random",
+            ZeroPattern::Relu => "relu",
+        }
+    }
+}
+
+impl fmt::Display for ZeroPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl FromStr for ZeroPattern {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "random" => Ok(ZeroPattern::Random),
-            "relu" => Ok(ZeroPattern::Relu),
-            _ => Err(Error::UnknownName {
+        ZeroPattern::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| Error::UnknownName {
                 kind: "zero pattern",
                 name: s.into(),
-                expected: "random, relu".into(),
-            }),
-        }
+                expected: ZeroPattern::ALL.map(ZeroPattern::name).join(", "),
+            })
     }
 }
 
