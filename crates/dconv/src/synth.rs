@@ -111,24 +111,20 @@ pub fn activations(
             sorted.sort_by(f32::total_cmp);
             let cut_index = ((sparsity * sorted.len() as f64).round() as usize).min(sorted.len());
             // Everything strictly below the cut becomes zero; values above it stay, shifted
-            // down as a ReLU of (field - threshold) would leave them.
+            // down as a ReLU of (field - threshold) would leave them. With no zeros asked
+            // the cut is the minimum, so nothing falls below it and every value stays finite.
             let threshold = if cut_index == sorted.len() {
                 f32::INFINITY
             } else {
                 sorted[cut_index]
             };
-            let below = if cut_index == 0 {
-                f32::NEG_INFINITY
-            } else {
-                threshold
-            };
             field
                 .into_iter()
                 .map(|v| {
-                    if v < below {
+                    if v < threshold {
                         0.0
                     } else {
-                        v - below.min(v) + 1e-3
+                        v - threshold + 1e-3
                     }
                 })
                 .collect()
@@ -206,6 +202,19 @@ mod tests {
             }
         }
         assert!(both as f64 / zeros as f64 > 0.9, "{both}/{zeros}");
+    }
+
+    #[test]
+    fn relu_pattern_is_finite_and_positive_at_every_sparsity() {
+        for s in [0.0, 0.3, 1.0] {
+            let x = activations([1, 8, 8, 3], s, ZeroPattern::Relu, &mut Rng::new(2));
+            assert!(x.iter().all(|v| v.is_finite() && *v >= 0.0), "sparsity {s}");
+            assert!(
+                (sparsity(&x) - s).abs() < 0.02,
+                "sparsity {s}: {}",
+                sparsity(&x)
+            );
+        }
     }
 
     #[test]
