@@ -293,3 +293,48 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     }
     max
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn measurement(method: Method, output: Vec<f32>) -> Measurement {
+        Measurement {
+            method,
+            totals: vec![],
+            converts: vec![],
+            multiplies: vec![],
+            output,
+        }
+    }
+
+    #[test]
+    fn methods_are_checked_against_dense_within_tolerance() {
+        let dense = vec![100.0, -50.0, 0.0];
+        let close = vec![100.005, -50.0, 0.0];
+        let far = vec![100.0, -50.0, 0.1];
+        let nan = vec![100.0, f32::NAN, 0.0];
+        let check = |first: Method, others: Vec<Vec<f32>>| {
+            let mut all = vec![measurement(first, dense.clone())];
+            all.extend(others.into_iter().map(|o| measurement(Method::Dense, o)));
+            check_agreement(&all)
+        };
+        assert!(check(Method::Im2Csr, vec![close]).is_ok());
+        assert!(matches!(
+            check(Method::Im2Csr, vec![far.clone()]),
+            Err(Failure::Run(_))
+        ));
+        assert!(check(Method::Im2Csr, vec![nan]).is_err());
+        // Dense is the reference wherever it is in the list: here the first method is the
+        // odd one out.
+        let all = [
+            measurement(Method::Im2Csr, far),
+            measurement(Method::Dense, dense.clone()),
+        ];
+        let message = match check_agreement(&all) {
+            Err(Failure::Run(message)) => message,
+            other => panic!("expected a disagreement, got {other:?}"),
+        };
+        assert!(message.contains("im2csr differs from dense"), "{message}");
+    }
+}
