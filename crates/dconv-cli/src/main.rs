@@ -1,1 +1,92 @@
-fn main() {}
+//! `dconv`: the command-line tool of the dconv inference engine. One module per subcommand.
+
+mod bench_conv;
+
+use clap::error::ErrorKind;
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "dconv", version, about, arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Time the convolution methods on one layer shape with synthetic sparse data, check that
+    /// they agree, and report milliseconds and GFLOP/s.
+    BenchConv(bench_conv::Args),
+}
+
+/// Why a subcommand stopped; each kind has its own exit code.
+#[derive(Debug)]
+enum Failure {
+    /// The request cannot be served as given (bad shape, unknown name, out-of-range value):
+    /// exit code 2, like a command-line syntax error.
+    Usage(String),
+    /// The work itself went wrong (methods disagree, a file cannot be written): exit code 1.
+    Run(String),
+}
+
+impl Failure {
+    fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Usage(_) => 2,
+            Failure::Run(_) => 1,
+        }
+    }
+    fn message(&self) -> &str {
+        match self {
+            Failure::Usage(m) | Failure::Run(m) => m,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return report_parse_error(e),
+    };
+    let outcome = match cli.command {
+        Command::BenchConv(args) => bench_conv::run(&args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message());
+            ExitCode::from(failure.exit_code())
+        }
+    }
+}
+
+/// Help and version go out as clap writes them; a usage error becomes one line on stderr
+/// (clap's message without its usage block and tips) and exit code 2.
+fn report_parse_error(e: clap::Error) -> ExitCode {
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            ExitCode::SUCCESS
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            ExitCode::from(2)
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let line: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:"))
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty()
+                        && !l.starts_with("tip:")
+                        && !l.starts_with("For more information")
+                })
+                .collect();
+            eprintln!("{}", line.join(" "));
+            ExitCode::from(2)
+        }
+    }
+}

@@ -25,6 +25,7 @@
 pub mod conv;
 pub mod error;
 pub mod kernels;
+pub mod models;
 pub mod sparse;
 pub mod synth;
 

@@ -2,6 +2,7 @@
 //! zeros, placed at random or clustered the way a ReLU leaves them.
 
 use crate::error::{Error, Result};
+use std::fmt;
 use std::str::FromStr;
 
 /// A small, fast, seedable generator (SplitMix64): reproducible data without a dependency.
@@ -45,18 +46,35 @@ pub enum ZeroPattern {
     Relu,
 }
 
+impl ZeroPattern {
+    pub const ALL: [ZeroPattern; 2] = [ZeroPattern::Random, ZeroPattern::Relu];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ZeroPattern::Random => "random",
+            ZeroPattern::Relu => "relu",
+        }
+    }
+}
+
+impl fmt::Display for ZeroPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl FromStr for ZeroPattern {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "random" => Ok(ZeroPattern::Random),
-            "relu" => Ok(ZeroPattern::Relu),
-            _ => Err(Error::UnknownName {
+        ZeroPattern::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| Error::UnknownName {
                 kind: "zero pattern",
                 name: s.into(),
-                expected: "random, relu".into(),
-            }),
-        }
+                expected: ZeroPattern::ALL.map(ZeroPattern::name).join(", "),
+            })
     }
 }
 
@@ -181,6 +199,19 @@ mod tests {
             }
         }
         assert!(both as f64 / zeros as f64 > 0.9, "{both}/{zeros}");
+    }
+
+    #[test]
+    fn relu_pattern_is_finite_and_positive_at_every_sparsity() {
+        for s in [0.0, 0.3, 1.0] {
+            let x = activations([1, 8, 8, 3], s, ZeroPattern::Relu, &mut Rng::new(2));
+            assert!(x.iter().all(|v| v.is_finite() && *v >= 0.0), "sparsity {s}");
+            assert!(
+                (sparsity(&x) - s).abs() < 0.02,
+                "sparsity {s}: {}",
+                sparsity(&x)
+            );
+        }
     }
 
     #[test]
