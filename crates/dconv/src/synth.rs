@@ -99,20 +99,15 @@ pub fn activations(
             } else {
                 sorted[cut_index]
             };
-            let below = if cut_index == 0 {
-                f32::NEG_INFINITY
+            // With no zeros asked for, nothing is cut and nothing shifted.
+            let (below, shift) = if cut_index == 0 {
+                (f32::NEG_INFINITY, 0.0)
             } else {
-                threshold
+                (threshold, threshold)
             };
             field
                 .into_iter()
-                .map(|v| {
-                    if v < below {
-                        0.0
-                    } else {
-                        v - below.min(v) + 1e-3
-                    }
-                })
+                .map(|v| if v < below { 0.0 } else { v - shift + 1e-3 })
                 .collect()
         }
     }
@@ -188,6 +183,12 @@ mod tests {
             }
         }
         assert!(both as f64 / zeros as f64 > 0.9, "{both}/{zeros}");
+    }
+
+    #[test]
+    fn relu_pattern_without_zeros_is_finite_and_positive() {
+        let x = activations([1, 6, 5, 3], 0.0, ZeroPattern::Relu, &mut Rng::new(2));
+        assert!(x.iter().all(|v| v.is_finite() && *v > 0.0), "{x:?}");
     }
 
     #[test]
