@@ -140,13 +140,13 @@ impl ConvSpec {
         if self.dilation.contains(&0) {
             return invalid(format!("dilation {:?} has a zero", self.dilation));
         }
-        if self.channels % self.groups != 0 {
+        if !self.channels.is_multiple_of(self.groups) {
             return invalid(format!(
                 "groups {} do not divide channels {}",
                 self.groups, self.channels
             ));
         }
-        if self.filters % self.groups != 0 {
+        if !self.filters.is_multiple_of(self.groups) {
             return invalid(format!(
                 "groups {} do not divide filters {}",
                 self.groups, self.filters
