@@ -6,6 +6,7 @@
 //! have grown to the layer's needs. Threads come from the current rayon pool.
 
 mod reference;
+mod sparse_weight;
 mod spec;
 
 pub use spec::{Activation, ConvSpec, Padding};
@@ -99,6 +100,8 @@ impl Timing {
 pub struct Workspace {
     /// Dense lowered matrix (im2col) or padded input planes.
     pub(crate) floats: Vec<f32>,
+    /// Per-thread partial sums of a tile of output positions for every filter.
+    pub(crate) partials: Vec<f32>,
 }
 
 /// What every prepared method shares: the checked spec, the bias and the weight sparsity.
@@ -194,6 +197,9 @@ impl Conv {
         let weight_sparsity = zeros as f64 / weights.len() as f64;
         let kernel: Box<dyn ConvKernel> = match method {
             Method::Reference => Box::new(reference::Reference::new(*spec, weights, epilogue)),
+            Method::SparseWeight => Box::new(sparse_weight::SparseWeight::new(
+                *spec, weights, epilogue, isa,
+            )?),
             _ => {
                 return Err(Error::InvalidSpec(format!(
                     "method {method} is not built yet"
