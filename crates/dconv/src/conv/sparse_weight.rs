@@ -119,38 +119,49 @@ impl SparseWeight {
         })
     }
 
-    /// Copies one NHWC image into the zero-padded phase planes. Only cells inside the padded
-    /// image are written: the others are read by dropped positions only.
+    /// Copies one NHWC image into the zero-padded phase planes, one plane row at a time.
+    /// Only cells inside the padded image are written: the others are read by dropped
+    /// positions only.
     fn convert(&self, image: &[f32], planes: &mut [f32]) {
         let s = &self.spec;
         let [sh, sw] = s.stride;
         let [padded_h, padded_w] = s.padded_size().expect("validated spec");
-        let (top, left) = (s.padding.top, s.padding.left);
+        let (top, left, width) = (s.padding.top, s.padding.left, s.width);
         let plane = self.plane_h * self.plane_w;
-        // Blocks of 16 channels: one cache line of each input pixel.
+        // Blocks of 16 channels: one cache line of each input pixel, reused across them.
         const CHANNELS: usize = 16;
         planes[..s.channels * self.channel_stride]
             .par_chunks_mut(CHANNELS * self.channel_stride)
             .enumerate()
             .for_each(|(chunk, planes)| {
-                let c0 = chunk * CHANNELS;
-                let count = planes.len() / self.channel_stride;
                 for y in 0..padded_h {
-                    let row = (y / sh) * self.plane_w + (y % sh) * sw * plane;
+                    let row = (y % sh * sw) * plane + y / sh * self.plane_w;
                     let iy = y.checked_sub(top).filter(|&iy| iy < s.height);
-                    for x in 0..padded_w {
-                        let cell = row + (x % sw) * plane + x / sw;
-                        let ix = x.checked_sub(left).filter(|&ix| ix < s.width);
-                        match (iy, ix) {
-                            (Some(iy), Some(ix)) => {
-                                let pixel = (iy * s.width + ix) * s.channels + c0;
-                                for (c, &v) in image[pixel..pixel + count].iter().enumerate() {
-                                    planes[c * self.channel_stride + cell] = v;
-                                }
-                            }
-                            _ => {
-                                for c in 0..count {
-                                    planes[c * self.channel_stride + cell] = 0.0;
+                    for (c, planes) in planes.chunks_exact_mut(self.channel_stride).enumerate() {
+                        for pw in 0..sw.min(padded_w) {
+                            // Plane row of phase (y % sh, pw): padded columns j * sw + pw.
+                            let start = row + pw * plane;
+                            let dst = &mut planes[start..start + (padded_w - pw).div_ceil(sw)];
+                            let Some(iy) = iy else {
+                                dst.fill(0.0);
+                                continue;
+                            };
+                            // Columns inside the input: left <= j * sw + pw < left + width.
+                            let lo = left.saturating_sub(pw).div_ceil(sw).min(dst.len());
+                            let hi = (left + width)
+                                .saturating_sub(pw)
+                                .div_ceil(sw)
+                                .min(dst.len());
+                            let (head, rest) = dst.split_at_mut(lo);
+                            let (body, tail) = rest.split_at_mut(hi.max(lo) - lo);
+                            head.fill(0.0);
+                            tail.fill(0.0);
+                            if !body.is_empty() {
+                                let ix = lo * sw + pw - left;
+                                let from = (iy * width + ix) * s.channels + chunk * CHANNELS + c;
+                                let src = image[from..].iter().step_by(sw * s.channels);
+                                for (d, &v) in body.iter_mut().zip(src) {
+                                    *d = v;
                                 }
                             }
                         }
