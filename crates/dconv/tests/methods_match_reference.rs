@@ -286,3 +286,30 @@ fn wrong_buffers_are_errors() {
         assert!(out.iter().all(|&v| v == 36.0), "{method}");
     }
 }
+
+/// Sparse-weight splits the input channels into blocks that fit L1 and the positions into
+/// tiles per thread; the random shapes above are too small to need several of either.
+#[test]
+fn sparse_weight_with_many_channel_blocks_and_tiles() {
+    let spec = ConvSpec::new(96, 23, 21, 24, [3, 3])
+        .with_stride([2, 1])
+        .with_dilation([1, 2])
+        .with_padding([1, 2, 0, 1])
+        .with_groups(2)
+        .with_batch(2)
+        .with_bias(true)
+        .with_activation(Activation::Relu);
+    for threads in THREADS {
+        check_method(
+            Method::SparseWeight,
+            &Case {
+                spec,
+                input_sparsity: 0.3,
+                weight_sparsity: 0.8,
+                pattern: ZeroPattern::Random,
+                threads,
+                seed: 5,
+            },
+        );
+    }
+}

@@ -9,8 +9,10 @@ mod dense;
 mod im2col;
 mod im2csoa;
 mod im2csr;
+mod lowered_csr;
 mod panels;
 mod reference;
+mod sparse_weight;
 mod spec;
 mod tiles;
 
@@ -110,8 +112,14 @@ pub struct Workspace {
     pub(crate) csoa: Csoa,
     /// One CSR block of lowered rows per tile of output rows.
     pub(crate) csr_tiles: Vec<im2csr::CsrTile>,
+    /// Per tile of output rows, the dense and compressed lowered rows (lowered-csr).
+    pub(crate) lowered_tiles: Vec<lowered_csr::LoweredTile>,
     /// Per tile of output rows, where im2CSOA reads its pixel lists.
     pub(crate) csoa_tiles: Vec<im2csoa::CsoaTile>,
+    /// Zero-padded, channel-major input planes (sparse-weight).
+    pub(crate) planes: Vec<f32>,
+    /// Per-thread partial sums of a tile of output positions for every filter.
+    pub(crate) partials: Vec<f32>,
 }
 
 /// What every prepared method shares: the checked spec, the bias and the weight sparsity.
@@ -234,11 +242,17 @@ impl Conv {
                 _ => Box::new(im2csoa::Im2Csoa::<4>::new(*spec, weights, epilogue, isa)),
             },
             Method::Dense => Box::new(dense::Dense::new(*spec, weights, epilogue)),
-            _ => {
-                return Err(Error::InvalidSpec(format!(
-                    "method {method} is not built yet"
-                )))
-            }
+            Method::SparseWeight => Box::new(sparse_weight::SparseWeight::new(
+                *spec, weights, epilogue, isa,
+            )?),
+            Method::LoweredCsr => match isa {
+                Isa::Avx512 => Box::new(lowered_csr::LoweredCsr::<8>::new(
+                    *spec, weights, epilogue, isa,
+                )),
+                _ => Box::new(lowered_csr::LoweredCsr::<4>::new(
+                    *spec, weights, epilogue, isa,
+                )),
+            },
         };
         Ok(Conv {
             spec: *spec,

@@ -2,6 +2,8 @@
 //! methods that call them. Each has a portable version and, where it pays, explicit SIMD
 //! versions chosen at run time by [`Isa`].
 
+pub mod shifted_axpy;
+
 use std::fmt;
 use std::sync::OnceLock;
 

@@ -1,0 +1,267 @@
+//! Direct sparse convolution: sparse weights x dense activations, with no lowered matrix.
+//!
+//! Each image is copied into zero-padded, channel-major input planes. With a stride, every
+//! channel is split into `stride_h x stride_w` phase planes (space to depth: phase
+//! `(ph, pw)` holds `Xpad[c][y*sh + ph][x*sw + pw]`), so that each kernel position `(r, s)`
+//! of a channel reads one phase plane at a constant shift. The output is computed on a
+//! "virtual" grid of `OH x Wq` positions, `Wq` the phase-plane width: virtual position
+//! `q = oy * Wq + ox` of filter `m` is the sum over its non-zero weights `w` of
+//! `w * planes[offset(w) + q]`, so a tile of consecutive positions reads one contiguous
+//! stretch of the planes per weight ([`shifted_axpy`]). Positions with `ox >= OW` read
+//! across row ends; they are computed and dropped.
+//!
+//! Prepare turns the weights into taps (offset, value), per filter and per block of input
+//! channels; run loops over tiles of positions (split across threads), channel blocks
+//! small enough that their stretch of planes stays in L1, and filters, accumulating each
+//! filter's tile in registers and its partial sums in a per-thread buffer.
+
+use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use crate::error::{Error, Result};
+use crate::kernels::shifted_axpy::{shifted_axpy, tile_width, Tap, TapList};
+use crate::kernels::Isa;
+use rayon::prelude::*;
+use std::ops::Range;
+use std::time::Instant;
+
+/// Bytes of input planes a channel block may touch per tile: most of a 48 KB L1.
+const L1_BUDGET: usize = 32 * 1024;
+
+pub(crate) struct SparseWeight {
+    spec: ConvSpec,
+    isa: Isa,
+    epilogue: Epilogue,
+    /// Taps ordered by filter, then channel block, then offset.
+    taps: TapList,
+    /// `taps[starts[m * blocks + b] .. starts[m * blocks + b + 1]]` are filter `m`'s taps
+    /// in channel block `b`.
+    starts: Vec<usize>,
+    blocks: usize,
+    /// Floats per tile of virtual positions.
+    tile: usize,
+    /// Tiles covering the `OH x Wq` virtual positions of one image.
+    tiles: usize,
+    /// Phase-plane height and width.
+    plane_h: usize,
+    plane_w: usize,
+    /// Floats of all phase planes of one channel.
+    channel_stride: usize,
+    /// Floats of the planes buffer of one image, with slack for the reads of the last tile.
+    planes_len: usize,
+}
+
+impl SparseWeight {
+    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Result<Self> {
+        let [sh, sw] = spec.stride;
+        let [dh, dw] = spec.dilation;
+        let [kr, ks] = spec.kernel;
+        let [padded_h, padded_w] = spec.padded_size()?;
+        let (plane_h, plane_w) = (padded_h.div_ceil(sh), padded_w.div_ceil(sw));
+        let too_large = || Error::Overflow("sparse-weight input planes");
+        let plane = plane_h.checked_mul(plane_w).ok_or_else(too_large)?;
+        let channel_stride = plane.checked_mul(sh * sw).ok_or_else(too_large)?;
+        let tile = tile_width(isa);
+        let tiles = (spec.out_height() * plane_w).div_ceil(tile);
+
+        // Channels per block: their stretch of planes read by one tile should fit L1.
+        let rows_read = (kr - 1) * dh / sh + 1;
+        let per_channel = (sh * sw * (tile + rows_read * plane_w)).min(channel_stride);
+        let block = (L1_BUDGET / (4 * per_channel)).clamp(1, spec.channels);
+        let blocks = spec.channels.div_ceil(block);
+
+        let (cg, mg) = (spec.channels_per_group(), spec.filters_per_group());
+        let mut taps = Vec::new();
+        let mut starts = Vec::with_capacity(spec.filters * blocks + 1);
+        starts.push(0);
+        for m in 0..spec.filters {
+            let group_first = m / mg * cg;
+            for b in 0..blocks {
+                let from = taps.len();
+                let channels =
+                    (b * block).max(group_first)..((b + 1) * block).min(group_first + cg);
+                for c in channels {
+                    for r in 0..kr {
+                        for s in 0..ks {
+                            let w = weights[((m * cg + c - group_first) * kr + r) * ks + s];
+                            if w == 0.0 {
+                                continue;
+                            }
+                            let phase = (r * dh % sh) * sw + s * dw % sw;
+                            let offset = c * channel_stride
+                                + phase * plane
+                                + (r * dh / sh) * plane_w
+                                + s * dw / sw;
+                            let offset = u32::try_from(offset).map_err(|_| too_large())?;
+                            taps.push(Tap { offset, weight: w });
+                        }
+                    }
+                }
+                taps[from..].sort_by_key(|t| t.offset);
+                starts.push(taps.len());
+            }
+        }
+        let taps = TapList::new(taps);
+        let planes_len = (spec.channels.checked_mul(channel_stride))
+            .and_then(|len| len.max(tiles * tile + taps.span()).checked_add(tile))
+            .ok_or_else(too_large)?;
+        Ok(SparseWeight {
+            spec,
+            isa,
+            epilogue,
+            taps,
+            starts,
+            blocks,
+            tile,
+            tiles,
+            plane_h,
+            plane_w,
+            channel_stride,
+            planes_len,
+        })
+    }
+
+    /// Copies one NHWC image into the zero-padded phase planes, one plane row at a time.
+    /// Only cells inside the padded image are written: the others are read by dropped
+    /// positions only.
+    fn convert(&self, image: &[f32], planes: &mut [f32]) {
+        let s = &self.spec;
+        let [sh, sw] = s.stride;
+        let [padded_h, padded_w] = s.padded_size().expect("validated spec");
+        let (top, left, width) = (s.padding.top, s.padding.left, s.width);
+        let plane = self.plane_h * self.plane_w;
+        // Blocks of 16 channels: one cache line of each input pixel, reused across them.
+        const CHANNELS: usize = 16;
+        planes[..s.channels * self.channel_stride]
+            .par_chunks_mut(CHANNELS * self.channel_stride)
+            .enumerate()
+            .for_each(|(chunk, planes)| {
+                for y in 0..padded_h {
+                    let row = (y % sh * sw) * plane + y / sh * self.plane_w;
+                    let iy = y.checked_sub(top).filter(|&iy| iy < s.height);
+                    for (c, planes) in planes.chunks_exact_mut(self.channel_stride).enumerate() {
+                        for pw in 0..sw.min(padded_w) {
+                            // Plane row of phase (y % sh, pw): padded columns j * sw + pw.
+                            let start = row + pw * plane;
+                            let dst = &mut planes[start..start + (padded_w - pw).div_ceil(sw)];
+                            let Some(iy) = iy else {
+                                dst.fill(0.0);
+                                continue;
+                            };
+                            // Columns inside the input: left <= j * sw + pw < left + width.
+                            let lo = left.saturating_sub(pw).div_ceil(sw).min(dst.len());
+                            let hi = (left + width)
+                                .saturating_sub(pw)
+                                .div_ceil(sw)
+                                .min(dst.len());
+                            let (head, rest) = dst.split_at_mut(lo);
+                            let (body, tail) = rest.split_at_mut(hi.max(lo) - lo);
+                            head.fill(0.0);
+                            tail.fill(0.0);
+                            if !body.is_empty() {
+                                let ix = lo * sw + pw - left;
+                                let from = (iy * width + ix) * s.channels + chunk * CHANNELS + c;
+                                let src = image[from..].iter().step_by(sw * s.channels);
+                                for (d, &v) in body.iter_mut().zip(src) {
+                                    *d = v;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+    }
+
+    /// Output pixels of one image before virtual position `q`.
+    fn pixels_before(&self, q: usize) -> usize {
+        let ow = self.spec.out_width();
+        (q / self.plane_w * ow + (q % self.plane_w).min(ow)).min(self.spec.out_pixels())
+    }
+
+    /// Computes tiles `tiles` of one image into `out`, its output pixels from
+    /// `pixels_before(tiles.start * tile)` on; `partial` holds one tile of every filter.
+    fn multiply(&self, planes: &[f32], tiles: Range<usize>, out: &mut [f32], partial: &mut [f32]) {
+        let filters = self.spec.filters;
+        let (ow, oh) = (self.spec.out_width(), self.spec.out_height());
+        let first_pixel = self.pixels_before(tiles.start * self.tile);
+        for t in tiles {
+            let start = t * self.tile;
+            partial.fill(0.0);
+            for b in 0..self.blocks {
+                for (m, acc) in partial.chunks_exact_mut(self.tile).enumerate() {
+                    let i = m * self.blocks + b;
+                    let range = self.starts[i]..self.starts[i + 1];
+                    if !range.is_empty() {
+                        shifted_axpy(self.isa, planes, &self.taps, range, start, acc);
+                    }
+                }
+            }
+            for i in 0..self.tile {
+                let q = start + i;
+                let (oy, ox) = (q / self.plane_w, q % self.plane_w);
+                if ox >= ow || oy >= oh {
+                    continue;
+                }
+                let pixel = oy * ow + ox - first_pixel;
+                let dst = &mut out[pixel * filters..(pixel + 1) * filters];
+                for (m, d) in dst.iter_mut().enumerate() {
+                    *d = self.epilogue.apply(m, partial[m * self.tile + i]);
+                }
+            }
+        }
+    }
+
+    /// Splits `tiles` into `jobs` even parts run in parallel, each with its share of `out`
+    /// (whose first pixel is where `tiles` starts) and one tile of partial sums.
+    fn split(
+        &self,
+        planes: &[f32],
+        tiles: Range<usize>,
+        out: &mut [f32],
+        partials: &mut [f32],
+        jobs: usize,
+    ) {
+        if jobs <= 1 {
+            return self.multiply(planes, tiles, out, partials);
+        }
+        let half = jobs / 2;
+        let mid = tiles.start + tiles.len() * half / jobs;
+        let pixels =
+            self.pixels_before(mid * self.tile) - self.pixels_before(tiles.start * self.tile);
+        let (out_a, out_b) = out.split_at_mut(pixels * self.spec.filters);
+        let (part_a, part_b) = partials.split_at_mut(half * self.spec.filters * self.tile);
+        rayon::join(
+            || self.split(planes, tiles.start..mid, out_a, part_a, half),
+            || self.split(planes, mid..tiles.end, out_b, part_b, jobs - half),
+        );
+    }
+}
+
+impl ConvKernel for SparseWeight {
+    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
+        let s = &self.spec;
+        let threads = rayon::current_num_threads().clamp(1, self.tiles);
+        let partial_len = s.filters * self.tile;
+        if ws.planes.len() < self.planes_len {
+            ws.planes.resize(self.planes_len, 0.0);
+        }
+        if ws.partials.len() < threads * partial_len {
+            ws.partials.resize(threads * partial_len, 0.0);
+        }
+        let planes = &mut ws.planes[..self.planes_len];
+        let mut timing = Timing::default();
+        let image_len = s.height * s.width * s.channels;
+        let out_len = s.out_pixels() * s.filters;
+        for (image, out) in input
+            .chunks_exact(image_len)
+            .zip(output.chunks_exact_mut(out_len))
+        {
+            let t0 = Instant::now();
+            self.convert(image, planes);
+            let t1 = Instant::now();
+            let partials = &mut ws.partials[..threads * partial_len];
+            self.split(planes, 0..self.tiles, out, partials, threads);
+            timing.convert += t1 - t0;
+            timing.multiply += t1.elapsed();
+        }
+        timing
+    }
+}
