@@ -86,6 +86,10 @@ mod x86 {
                     }
                 }
                 let pairs = cols.len() / 2;
+                // Narrow blocks take consecutive entries into two sets of accumulators, so
+                // that each multiply-add does not wait on the previous one; wide blocks have
+                // enough independent accumulators in one set.
+                let dual = NB < 8;
                 for i in 0..pairs {
                     // SAFETY: i < pairs, so 2i + 1 < cols.len() == vals.len(); the caller
                     // guarantees that each column indexes a whole panel row.
@@ -101,7 +105,17 @@ mod x86 {
                             for q in 0..PER {
                                 let o = j * 16 + q * $lanes;
                                 a[j][q] = $fma(v0, $load(r0.add(o)), a[j][q]);
-                                b[j][q] = $fma(v1, $load(r1.add(o)), b[j][q]);
+                                if dual {
+                                    b[j][q] = $fma(v1, $load(r1.add(o)), b[j][q]);
+                                }
+                            }
+                        }
+                        if !dual {
+                            for j in 0..NB {
+                                for q in 0..PER {
+                                    let o = j * 16 + q * $lanes;
+                                    a[j][q] = $fma(v1, $load(r1.add(o)), a[j][q]);
+                                }
                             }
                         }
                     }
