@@ -9,13 +9,16 @@
 //! block of weights that pruning left all zero is skipped, so the work is the
 //! (non-zero activation, non-zero weight block) pairs that meet.
 
-use super::panels::{accumulate_into, l1_slab_rows, WeightPanels};
-use super::tiles::{for_each_tile, rows_per_tile, timed};
+use super::panels::{l1_slab_rows, BlockOutputs, WeightPanels};
+use super::tiles::{ensure_tiles, rows_per_tile, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use crate::kernels::sparse_row_panel::{accumulate_rows, skip_rows, Entries, RowCursor};
 use crate::kernels::Isa;
-use std::time::{Duration, Instant};
+use crate::sparse::Csoa;
+use rayon::prelude::*;
+use std::time::Instant;
 
-const MAX_TILE_ROWS: usize = 128;
+const MAX_TILE_ROWS: usize = 256;
 /// Marks a tap that falls into the padding.
 const PADDING: u32 = u32::MAX;
 
@@ -57,77 +60,100 @@ impl<const NB: usize> Im2Csoa<NB> {
         }
     }
 
-    /// Multiplies one tile of output rows for group `g`.
-    fn multiply_tile(
+    /// Multiplies group `g` of one image from its CSOA into `out`, then applies the
+    /// epilogue to the group's channels.
+    ///
+    /// Loops, outside in: blocks of output channels; kernel taps (a tap's panel rows stay
+    /// in L2 while every tile uses them); tiles, in parallel, each row reading the list of
+    /// the pixel under the tap; chunks of channels whose panel rows stay in L1.
+    fn multiply(
         &self,
-        csoa_tile: &mut CsoaTile,
-        csoa: &crate::sparse::Csoa,
+        tiles: &mut [CsoaTile],
+        tile: usize,
+        csoa: &Csoa,
         g: usize,
         out: &mut [f32],
     ) {
         let s = &self.spec;
-        let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
+        let (cg, mg, m) = (s.channels_per_group(), s.filters_per_group(), s.filters);
         let taps = s.kernel[0] * s.kernel[1];
         let width = WeightPanels::<NB>::WIDTH;
         let chunks = cg.div_ceil(self.chunk);
-        let rows = out.len() / s.filters;
-        let mut zero_chunks = self.zero_chunks[g * self.panels.blocks() * taps * chunks..].iter();
+        let (chans, vals) = csoa.entries();
         for block in 0..self.panels.blocks() {
             let panel = self.panels.panel(g, block);
-            let cols_out = g * mg + block * width..(g * mg + (block + 1) * width).min((g + 1) * mg);
-            for row in out.chunks_exact_mut(s.filters) {
-                row[cols_out.clone()].fill(0.0);
-            }
+            let outputs = BlockOutputs::new(
+                g * mg + block * width..(g * mg + (block + 1) * width).min((g + 1) * mg),
+                width,
+            );
+            out.par_chunks_mut(tile * m)
+                .zip(tiles.par_iter_mut())
+                .for_each(|(out, t)| outputs.begin(out, m, &mut t.spill));
             for tap in 0..taps {
                 let tap_panel = &panel[tap * cg * width..];
-                let pixels = &csoa_tile.pixels[tap * rows..(tap + 1) * rows];
-                csoa_tile.cursor.clear();
-                csoa_tile.cursor.resize(rows, 0);
-                for c0 in (0..cg).step_by(self.chunk) {
-                    let c_end = (c0 + self.chunk) as u32;
-                    let skip = *zero_chunks.next().expect("one flag per chunk");
-                    for ((row, &pixel), cursor) in out
-                        .chunks_exact_mut(s.filters)
-                        .zip(pixels)
-                        .zip(&mut csoa_tile.cursor)
-                    {
-                        if pixel == PADDING {
-                            continue;
+                let flags = ((g * self.panels.blocks() + block) * taps + tap) * chunks;
+                let zero_chunks = &self.zero_chunks[flags..flags + chunks];
+                out.par_chunks_mut(tile * m)
+                    .zip(tiles.par_iter_mut())
+                    .for_each(|(out, t)| {
+                        let rows = out.len() / m;
+                        t.cursors.clear();
+                        t.cursors
+                            .extend(t.pixels[tap * rows..(tap + 1) * rows].iter().map(|&pixel| {
+                                if pixel == PADDING {
+                                    RowCursor::default()
+                                } else {
+                                    let range = csoa.pixel_range(pixel as usize, g);
+                                    RowCursor {
+                                        next: range.start,
+                                        end: range.end,
+                                    }
+                                }
+                            }));
+                        let (dst, stride) = outputs.view(out, m, &mut t.spill);
+                        for (c_end, &zero) in (self.chunk..cg + self.chunk)
+                            .step_by(self.chunk)
+                            .zip(zero_chunks)
+                        {
+                            let limit = if c_end >= cg { u32::MAX } else { c_end as u32 };
+                            if zero {
+                                skip_rows(chans, &mut t.cursors, limit);
+                            } else {
+                                // SAFETY: channels are below C/G, so `tap * C/G + c` is below K,
+                                // the panel's row count; `isa` was checked at preparation.
+                                unsafe {
+                                    accumulate_rows::<NB>(
+                                        self.isa,
+                                        Entries::new(chans, vals),
+                                        &mut t.cursors,
+                                        limit,
+                                        tap_panel,
+                                        dst,
+                                        stride,
+                                    )
+                                };
+                            }
                         }
-                        let (chans, vals) = csoa.pixel_at(pixel as usize, g);
-                        let (chans, vals) = (&chans[*cursor..], &vals[*cursor..]);
-                        let n = chans.iter().take_while(|&&c| c < c_end).count();
-                        *cursor += n;
-                        if !skip {
-                            // SAFETY: channels are below C/G, so `tap * C/G + c` is below K,
-                            // the panel's row count; `isa` was checked at preparation.
-                            unsafe {
-                                accumulate_into::<NB>(
-                                    self.isa,
-                                    &chans[..n],
-                                    &vals[..n],
-                                    tap_panel,
-                                    &mut row[cols_out.clone()],
-                                )
-                            };
-                        }
-                    }
-                }
+                    });
             }
+            out.par_chunks_mut(tile * m)
+                .zip(tiles.par_iter_mut())
+                .for_each(|(out, t)| outputs.end(out, m, &t.spill));
         }
-        for row in out.chunks_exact_mut(s.filters) {
+        out.par_chunks_mut(m).for_each(|row| {
             self.epilogue
-                .apply_row(&mut row[g * mg..(g + 1) * mg], g * mg);
-        }
+                .apply_row(&mut row[g * mg..(g + 1) * mg], g * mg)
+        });
     }
 }
 
-/// Per tile of output rows: the input pixel under each (tap, row), and how far each row's
-/// pixel list has been consumed within the current tap.
+/// Per tile of output rows: the input pixel under each (tap, row), and the scratch of the
+/// multiply.
 #[derive(Default)]
 pub(crate) struct CsoaTile {
     pixels: Vec<u32>,
-    cursor: Vec<usize>,
+    cursors: Vec<RowCursor>,
+    spill: Vec<f32>,
 }
 
 impl CsoaTile {
@@ -159,34 +185,30 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.spec;
         let image_len = s.height * s.width * s.channels;
-        let out_len = s.out_pixels() * s.filters;
-        let tile = rows_per_tile(s.out_pixels(), MAX_TILE_ROWS);
+        let rows = s.out_pixels();
+        let tile = rows_per_tile(rows, MAX_TILE_ROWS);
+        let tiles = rows.div_ceil(tile);
+        ensure_tiles(&mut ws.csoa_tiles, tiles);
         let mut timing = Timing::default();
         for (image, out) in input
             .chunks_exact(image_len)
-            .zip(output.chunks_exact_mut(out_len))
+            .zip(output.chunks_exact_mut(rows * s.filters))
         {
             let start = Instant::now();
             ws.csoa.fill(image, s.height, s.width, s.channels, s.groups);
-            timing.convert += start.elapsed();
-            let csoa = &ws.csoa;
-            let (_, multiply) = for_each_tile(
-                out,
-                s.filters,
-                tile,
-                &mut ws.csoa_tiles,
-                |rows, out, csoa_tile| {
-                    let mut multiply = Duration::ZERO;
-                    timed(&mut multiply, || {
-                        csoa_tile.locate(s, rows);
-                        for g in 0..s.groups {
-                            self.multiply_tile(csoa_tile, csoa, g, out);
-                        }
-                    });
-                    (Duration::ZERO, multiply)
-                },
-            );
-            timing.multiply += multiply;
+            let converted = Instant::now();
+            timing.convert += converted - start;
+            ws.csoa_tiles
+                .par_iter_mut()
+                .take(tiles)
+                .enumerate()
+                .for_each(|(t, csoa_tile)| {
+                    csoa_tile.locate(s, tile_rows(t, tile, rows));
+                });
+            for g in 0..s.groups {
+                self.multiply(&mut ws.csoa_tiles, tile, &ws.csoa, g, out);
+            }
+            timing.multiply += converted.elapsed();
         }
         timing
     }

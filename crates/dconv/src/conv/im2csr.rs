@@ -4,38 +4,32 @@
 //! The input is first compressed once, pixel by pixel ([`Csoa`]); each row of the lowered
 //! matrix is then the concatenation of the non-zero lists of its receptive field's pixels,
 //! so conversion costs one pass over the input plus the non-zeros it emits, never `P x K`.
-//! Rows are converted and multiplied tile by tile, so a tile's CSR is still in cache when it
-//! is multiplied.
 
-use super::panels::{accumulate_into, l1_slab_rows, WeightPanels};
-use super::tiles::{for_each_tile, rows_per_tile, timed};
+use super::panels::{l1_slab_rows, l2_chunk_rows, BlockOutputs, WeightPanels};
+use super::tiles::{ensure_tiles, rows_per_tile, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
 use crate::sparse::{Csoa, CsrMatrix};
-use std::time::{Duration, Instant};
+use rayon::prelude::*;
+use std::time::Instant;
 
-const MAX_TILE_ROWS: usize = 128;
+const MAX_TILE_ROWS: usize = 256;
 
 pub(crate) struct Im2Csr<const NB: usize> {
-    spec: ConvSpec,
-    panels: WeightPanels<NB>,
-    isa: Isa,
-    epilogue: Epilogue,
+    product: CsrProduct<NB>,
 }
 
 impl<const NB: usize> Im2Csr<NB> {
     pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Self {
         Im2Csr {
-            panels: WeightPanels::pack(&spec, weights),
-            spec,
-            isa,
-            epilogue,
+            product: CsrProduct::new(spec, weights, epilogue, isa),
         }
     }
 }
 
-/// Appends to `csr` the lowered rows `rows` of group `g`, expanded from the pixel lists.
-pub(crate) fn expand_rows(
+/// Writes into `csr` the lowered rows `rows` of group `g`, expanded from the pixel lists.
+fn expand_rows(
     spec: &ConvSpec,
     csoa: &Csoa,
     g: usize,
@@ -74,103 +68,137 @@ pub(crate) fn expand_rows(
     }
 }
 
-/// A tile's lowered rows and, while they are multiplied, how far each row has been consumed.
+/// A tile's lowered rows and the scratch of their multiply.
 #[derive(Default)]
 pub(crate) struct CsrTile {
     pub csr: CsrMatrix,
-    cursor: Vec<usize>,
+    cursors: Vec<RowCursor>,
+    spill: Vec<f32>,
 }
 
-/// Multiplies the CSR rows of one tile by the panels of group `g`, writing the tile's output
-/// rows (`spec.filters` floats each). The rows are walked once per block of k, so that the
-/// panel rows they read stay in L1 while every row of the tile reuses them.
-pub(crate) fn multiply_tile<const NB: usize>(
-    spec: &ConvSpec,
-    panels: &WeightPanels<NB>,
+/// The product of CSR rows with a layer's weight panels: the multiply that im2CSR and the
+/// lowered CSR baseline share.
+pub(crate) struct CsrProduct<const NB: usize> {
+    pub spec: ConvSpec,
+    panels: WeightPanels<NB>,
     isa: Isa,
-    epilogue: &Epilogue,
-    g: usize,
-    tile: &mut CsrTile,
-    out: &mut [f32],
-) {
-    let mg = spec.filters_per_group();
-    let k = spec.lowered_cols();
-    let width = WeightPanels::<NB>::WIDTH;
-    let slab_rows = l1_slab_rows(width);
-    let k_blocks = k.div_ceil(slab_rows);
-    let csr = &tile.csr;
-    for block in 0..panels.blocks() {
-        let panel = panels.panel(g, block);
-        let cols_out = g * mg + block * width..(g * mg + (block + 1) * width).min((g + 1) * mg);
-        tile.cursor.clear();
-        tile.cursor.resize(csr.nrows(), 0);
-        for row in out.chunks_exact_mut(spec.filters) {
-            row[cols_out.clone()].fill(0.0);
-        }
-        for kb in 0..k_blocks {
-            let k_end = ((kb + 1) * slab_rows).min(k) as u32;
-            for ((i, row), cursor) in out
-                .chunks_exact_mut(spec.filters)
-                .enumerate()
-                .zip(&mut tile.cursor)
-            {
-                let (cols, vals) = csr.row(i);
-                let (cols, vals) = (&cols[*cursor..], &vals[*cursor..]);
-                let n = cols.iter().take_while(|&&c| c < k_end).count();
-                *cursor += n;
-                // SAFETY: CSR columns are below K (its invariants) and the panel has K rows
-                // of 16 * NB floats; `isa` was checked at preparation.
-                unsafe {
-                    accumulate_into::<NB>(
-                        isa,
-                        &cols[..n],
-                        &vals[..n],
-                        panel,
-                        &mut row[cols_out.clone()],
-                    )
-                };
-            }
+    epilogue: Epilogue,
+}
+
+impl<const NB: usize> CsrProduct<NB> {
+    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Self {
+        CsrProduct {
+            panels: WeightPanels::pack(&spec, weights),
+            spec,
+            isa,
+            epilogue,
         }
     }
-    for row in out.chunks_exact_mut(spec.filters) {
-        epilogue.apply_row(&mut row[g * mg..(g + 1) * mg], g * mg);
+
+    /// Multiplies the CSR rows of every tile (`tile` output rows each) by the panels of group
+    /// `g`, writing the image's NHWC output `out`, then applies the epilogue to the group's
+    /// channels.
+    ///
+    /// Loops, outside in: blocks of output channels; chunks of k whose panel rows stay in L2
+    /// (so that they come from memory once, whichever tile uses them); tiles, in parallel;
+    /// slabs of k whose panel rows stay in L1 while every row of the tile reuses them.
+    pub fn multiply_tiles(&self, g: usize, tiles: &mut [CsrTile], tile: usize, out: &mut [f32]) {
+        let CsrProduct {
+            spec,
+            panels,
+            isa,
+            epilogue,
+        } = self;
+        let isa = *isa;
+        let (mg, m) = (spec.filters_per_group(), spec.filters);
+        let k = spec.lowered_cols();
+        let width = WeightPanels::<NB>::WIDTH;
+        let (slab, chunk) = (l1_slab_rows(width), l2_chunk_rows(width));
+        for block in 0..panels.blocks() {
+            let panel = panels.panel(g, block);
+            let outputs = BlockOutputs::new(
+                g * mg + block * width..(g * mg + (block + 1) * width).min((g + 1) * mg),
+                width,
+            );
+            out.par_chunks_mut(tile * m)
+                .zip(tiles.par_iter_mut())
+                .for_each(|(out, t)| {
+                    let (row_ptr, _, _) = t.csr.parts();
+                    t.cursors.clear();
+                    t.cursors.extend(row_ptr.windows(2).map(|w| RowCursor {
+                        next: w[0],
+                        end: w[1],
+                    }));
+                    outputs.begin(out, m, &mut t.spill);
+                });
+            for chunk_start in (0..k).step_by(chunk) {
+                let chunk_end = (chunk_start + chunk).min(k);
+                out.par_chunks_mut(tile * m)
+                    .zip(tiles.par_iter_mut())
+                    .for_each(|(out, t)| {
+                        let (_, cols, vals) = t.csr.parts();
+                        let (dst, stride) = outputs.view(out, m, &mut t.spill);
+                        for slab_end in (chunk_start + slab..chunk_end + slab).step_by(slab) {
+                            let limit = if slab_end >= k {
+                                u32::MAX
+                            } else {
+                                slab_end.min(chunk_end) as u32
+                            };
+                            // SAFETY: CSR columns are below K (its invariants) and the panel has K
+                            // rows of 16 * NB floats; `isa` was checked at preparation.
+                            unsafe {
+                                accumulate_rows::<NB>(
+                                    isa,
+                                    Entries::new(cols, vals),
+                                    &mut t.cursors,
+                                    limit,
+                                    panel,
+                                    dst,
+                                    stride,
+                                )
+                            };
+                        }
+                    });
+            }
+            out.par_chunks_mut(tile * m)
+                .zip(tiles.par_iter_mut())
+                .for_each(|(out, t)| outputs.end(out, m, &t.spill));
+        }
+        out.par_chunks_mut(m)
+            .for_each(|row| epilogue.apply_row(&mut row[g * mg..(g + 1) * mg], g * mg));
     }
 }
 
 impl<const NB: usize> ConvKernel for Im2Csr<NB> {
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
-        let s = &self.spec;
+        let s = &self.product.spec;
         let image_len = s.height * s.width * s.channels;
-        let out_len = s.out_pixels() * s.filters;
-        let tile = rows_per_tile(s.out_pixels(), MAX_TILE_ROWS);
+        let rows = s.out_pixels();
+        let tile = rows_per_tile(rows, MAX_TILE_ROWS);
+        ensure_tiles(&mut ws.csr_tiles, rows.div_ceil(tile));
         let mut timing = Timing::default();
         for (image, out) in input
             .chunks_exact(image_len)
-            .zip(output.chunks_exact_mut(out_len))
+            .zip(output.chunks_exact_mut(rows * s.filters))
         {
-            let start = Instant::now();
-            ws.csoa.fill(image, s.height, s.width, s.channels, s.groups);
-            timing.convert += start.elapsed();
-            let (convert, multiply) = for_each_tile(
-                out,
-                s.filters,
-                tile,
-                &mut ws.csr_tiles,
-                |rows, out, tile| {
-                    let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
-                    for g in 0..s.groups {
-                        timed(&mut convert, || {
-                            expand_rows(s, &ws.csoa, g, rows.clone(), &mut tile.csr)
-                        });
-                        timed(&mut multiply, || {
-                            multiply_tile(s, &self.panels, self.isa, &self.epilogue, g, tile, out)
-                        });
-                    }
-                    (convert, multiply)
-                },
-            );
-            timing.convert += convert;
-            timing.multiply += multiply;
+            for g in 0..s.groups {
+                let start = Instant::now();
+                if g == 0 {
+                    ws.csoa.fill(image, s.height, s.width, s.channels, s.groups);
+                }
+                let csoa = &ws.csoa;
+                ws.csr_tiles
+                    .par_iter_mut()
+                    .take(rows.div_ceil(tile))
+                    .enumerate()
+                    .for_each(|(t, csr_tile)| {
+                        expand_rows(s, csoa, g, tile_rows(t, tile, rows), &mut csr_tile.csr);
+                    });
+                let converted = Instant::now();
+                timing.convert += converted - start;
+                self.product.multiply_tiles(g, &mut ws.csr_tiles, tile, out);
+                timing.multiply += converted.elapsed();
+            }
         }
         timing
     }

@@ -112,8 +112,8 @@ pub struct Workspace {
     pub(crate) csoa: Csoa,
     /// One CSR block of lowered rows per tile of output rows.
     pub(crate) csr_tiles: Vec<im2csr::CsrTile>,
-    /// Per tile of output rows, the dense and compressed lowered rows (lowered-csr).
-    pub(crate) lowered_tiles: Vec<lowered_csr::LoweredTile>,
+    /// Per tile of output rows, the dense lowered rows (lowered-csr).
+    pub(crate) lowered_tiles: Vec<Vec<f32>>,
     /// Per tile of output rows, where im2CSOA reads its pixel lists.
     pub(crate) csoa_tiles: Vec<im2csoa::CsoaTile>,
     /// Zero-padded, channel-major input planes (sparse-weight).

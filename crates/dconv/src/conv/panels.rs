@@ -1,7 +1,7 @@
 //! Weights packed as panels for the sparse-activation methods.
 
 use super::ConvSpec;
-use crate::kernels::{sparse_row_panel, Isa};
+use std::ops::Range;
 
 /// The weights of each group as `W^T` (K x M/G), cut into blocks of `16 * NB` output
 /// channels. Each block is stored contiguously row by row (K rows, zero-padded to full
@@ -67,28 +67,67 @@ pub(crate) const fn l1_slab_rows(width: usize) -> usize {
     }
 }
 
-/// Adds `Σ v · panel[c]` over the entries `(cols, vals)` to `dst`, the outputs of one block
-/// (`16 * NB` lanes, or fewer for the last block of a group, which go through a spill).
-///
-/// # Safety
-/// As [`sparse_row_panel::accumulate`]: every column indexes a whole row of `panel`, and
-/// `isa` is supported.
-#[inline]
-pub(crate) unsafe fn accumulate_into<const NB: usize>(
-    isa: Isa,
-    cols: &[u32],
-    vals: &[f32],
-    panel: &[f32],
-    dst: &mut [f32],
-) {
-    if dst.len() == 16 * NB {
-        // SAFETY: forwarded from the caller.
-        unsafe { sparse_row_panel::accumulate::<NB>(isa, cols, vals, panel, dst) };
+/// Panel rows that stay in L2 while every tile of an image walks them: the loaded slice of
+/// the weights is then read from memory once per image rather than once per tile.
+pub(crate) const fn l2_chunk_rows(width: usize) -> usize {
+    const CHUNK_BYTES: usize = 1 << 20;
+    let slab = l1_slab_rows(width);
+    let rows = CHUNK_BYTES / (4 * width) / slab * slab;
+    if rows == 0 {
+        slab
     } else {
-        let mut spill = [0.0f32; 16 * 8];
-        spill[..dst.len()].copy_from_slice(dst);
-        // SAFETY: forwarded from the caller; `spill` holds at least 16 * NB floats.
-        unsafe { sparse_row_panel::accumulate::<NB>(isa, cols, vals, panel, &mut spill) };
-        dst.copy_from_slice(&spill[..dst.len()]);
+        rows
+    }
+}
+
+/// The outputs of one block of output channels of one tile, while it is accumulated: in
+/// place in the NHWC output when the block is full width, else in a contiguous spill (a
+/// block narrower than the panel, the last of a group, would write past its columns).
+pub(crate) struct BlockOutputs {
+    columns: Range<usize>,
+    width: usize,
+}
+
+impl BlockOutputs {
+    pub fn new(columns: Range<usize>, width: usize) -> Self {
+        BlockOutputs { columns, width }
+    }
+
+    /// Zeroes the block's outputs in `out` (rows of `row_len`) or in `spill`.
+    pub fn begin(&self, out: &mut [f32], row_len: usize, spill: &mut Vec<f32>) {
+        if self.columns.len() == self.width {
+            for row in out.chunks_exact_mut(row_len) {
+                row[self.columns.clone()].fill(0.0);
+            }
+        } else {
+            spill.clear();
+            spill.resize(out.len() / row_len * self.width, 0.0);
+        }
+    }
+
+    /// The outputs to accumulate into, and their row stride.
+    pub fn view<'a>(
+        &self,
+        out: &'a mut [f32],
+        row_len: usize,
+        spill: &'a mut [f32],
+    ) -> (&'a mut [f32], usize) {
+        if self.columns.len() == self.width {
+            (&mut out[self.columns.start..], row_len)
+        } else {
+            (spill, self.width)
+        }
+    }
+
+    /// Copies a spilled block back into `out`.
+    pub fn end(&self, out: &mut [f32], row_len: usize, spill: &[f32]) {
+        if self.columns.len() < self.width {
+            for (row, block) in out
+                .chunks_exact_mut(row_len)
+                .zip(spill.chunks_exact(self.width))
+            {
+                row[self.columns.clone()].copy_from_slice(&block[..self.columns.len()]);
+            }
+        }
     }
 }

@@ -1,150 +1,217 @@
-//! `acc += Σ v · panel[c]` over the entries `(c, v)` of a sparse row, for one block of
-//! `16 · NB` output channels.
+//! `out[r] += Σ v · panel[c]` over the entries `(c, v)` of many sparse rows `r`, for one
+//! block of `16 · NB` output channels and one block of k.
 //!
 //! This is the inner loop of the sparse-activation methods (im2CSR, im2CSOA, the lowered
-//! CSR baseline): a panel holds rows of `16 · NB` contiguous weights, one per lowered column;
-//! each non-zero activation is broadcast and multiplied with its panel row into accumulators
-//! that stay in vector registers for the whole row. Entries are taken two at a time into two
-//! sets of accumulators, so that consecutive multiply-adds do not wait on each other.
+//! CSR baseline). A panel holds rows of `16 · NB` contiguous weights, one per lowered column.
+//! Each row's entries are walked while their column is below a limit: callers walk all the
+//! rows of a tile once per block of k, so that the panel rows of that block stay in L1
+//! while every row reuses them, and each row's cursor remembers where the next block
+//! starts. A row's accumulators stay in vector registers for all its entries of the block.
 
 use super::Isa;
 
-/// Accumulates the sparse row `(cols, vals)` times `panel` (rows of `16 * NB` floats) into
-/// the first `16 * NB` floats of `acc` (often a slice of the output row itself), with the
-/// code for `isa`. Panics if `acc` is shorter.
+/// The column indices and values of sparse rows, side by side.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Entries<'a> {
+    cols: &'a [u32],
+    vals: &'a [f32],
+}
+
+impl<'a> Entries<'a> {
+    /// Panics if the two lengths differ (a programming error).
+    pub fn new(cols: &'a [u32], vals: &'a [f32]) -> Self {
+        assert_eq!(cols.len(), vals.len(), "one value per column");
+        Entries { cols, vals }
+    }
+}
+
+/// The entries of one sparse row still to be multiplied: positions `next..end` of the
+/// shared column and value arrays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RowCursor {
+    pub next: usize,
+    pub end: usize,
+}
+
+/// For each row `r`, adds `v * panel[c]` over its pending entries whose column
+/// is below `limit` to the `16 * NB` floats at `out[r * stride..]`, and advances its cursor
+/// past them. Columns must increase along a row.
 ///
 /// # Safety
-/// Every `cols[i]` must index a whole row of `panel`: `(cols[i] + 1) * 16 * NB <= panel.len()`;
-/// `cols` and `vals` have the same length; `isa` is supported by this CPU.
-#[inline]
-pub(crate) unsafe fn accumulate<const NB: usize>(
+/// Every column a cursor can reach indexes a whole row of `panel`
+/// (`(c + 1) * 16 * NB <= panel.len()`), and `isa` is supported by this CPU. The cursor
+/// ranges and the output extent are checked here.
+pub(crate) unsafe fn accumulate_rows<const NB: usize>(
     isa: Isa,
-    cols: &[u32],
-    vals: &[f32],
+    entries: Entries,
+    cursors: &mut [RowCursor],
+    limit: u32,
     panel: &[f32],
-    acc: &mut [f32],
+    out: &mut [f32],
+    stride: usize,
 ) {
-    let acc = &mut acc[..16 * NB];
-    debug_assert_eq!(cols.len(), vals.len());
+    let Some(last) = cursors.len().checked_sub(1) else {
+        return;
+    };
+    let Entries { cols, vals } = entries;
+    assert!(cursors
+        .iter()
+        .all(|c| c.next <= c.end && c.end <= cols.len()));
+    assert!(stride >= 16 * NB && last * stride + 16 * NB <= out.len());
     debug_assert!(cols
         .iter()
         .all(|&c| (c as usize + 1) * 16 * NB <= panel.len()));
     match isa {
-        // SAFETY: the caller guarantees the column bounds and that the CPU has the feature.
+        // SAFETY: ranges and extent checked above; columns and the feature are the caller's.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::accumulate_avx512::<NB>(cols, vals, panel, acc) },
+        Isa::Avx512 => unsafe {
+            x86::rows_avx512::<NB>(cols, vals, cursors, limit, panel, out, stride)
+        },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::accumulate_avx2::<NB>(cols, vals, panel, acc) },
+        Isa::Avx2 => unsafe {
+            x86::rows_avx2::<NB>(cols, vals, cursors, limit, panel, out, stride)
+        },
         // SAFETY: as above.
         #[cfg(target_arch = "aarch64")]
-        Isa::Neon => unsafe { arm::accumulate_neon::<NB>(cols, vals, panel, acc) },
-        _ => accumulate_portable::<NB>(cols, vals, panel, acc),
+        Isa::Neon => unsafe {
+            arm::rows_neon::<NB>(cols, vals, cursors, limit, panel, out, stride)
+        },
+        _ => rows_portable::<NB>(cols, vals, cursors, limit, panel, out, stride),
+    }
+}
+
+/// Advances each cursor past its entries whose column is below `limit`, multiplying
+/// nothing: for blocks of weights that are all zero.
+pub(crate) fn skip_rows(cols: &[u32], cursors: &mut [RowCursor], limit: u32) {
+    for cursor in cursors {
+        cursor.next += cols[cursor.next..cursor.end]
+            .iter()
+            .take_while(|&&c| c < limit)
+            .count();
     }
 }
 
 /// Plain Rust, bounds-checked: the reference for the SIMD versions and the fallback.
-pub(crate) fn accumulate_portable<const NB: usize>(
+fn rows_portable<const NB: usize>(
     cols: &[u32],
     vals: &[f32],
+    cursors: &mut [RowCursor],
+    limit: u32,
     panel: &[f32],
-    acc: &mut [f32],
+    out: &mut [f32],
+    stride: usize,
 ) {
-    for (&c, &v) in cols.iter().zip(vals) {
-        let row = &panel[c as usize * 16 * NB..][..16 * NB];
-        for (a, w) in acc.iter_mut().zip(row) {
-            *a += v * w;
+    for (r, cursor) in cursors.iter_mut().enumerate() {
+        let acc = &mut out[r * stride..][..16 * NB];
+        while cursor.next < cursor.end && cols[cursor.next] < limit {
+            let (c, v) = (cols[cursor.next] as usize, vals[cursor.next]);
+            for (a, w) in acc.iter_mut().zip(&panel[c * 16 * NB..][..16 * NB]) {
+                *a += v * w;
+            }
+            cursor.next += 1;
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::RowCursor;
     use std::arch::x86_64::*;
 
-    /// Defines an x86 kernel for one vector width: `$lanes` floats per vector, `$per` vectors
-    /// per 16-lane block.
-    macro_rules! x86_kernel {
+    /// Defines the x86 kernel for one vector width: `$lanes` floats per vector.
+    macro_rules! x86_rows_kernel {
         ($name:ident, $feature:literal, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident, $add:ident) => {
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn $name<const NB: usize>(
                 cols: &[u32],
                 vals: &[f32],
+                cursors: &mut [RowCursor],
+                limit: u32,
                 panel: &[f32],
-                acc: &mut [f32],
+                out: &mut [f32],
+                stride: usize,
             ) {
                 const PER: usize = 16 / $lanes;
-                let width = 16 * NB;
-                let base = panel.as_ptr();
-                let out = acc.as_mut_ptr() as *mut f32;
-                let mut a: [[$vec; PER]; NB] = [[$zero(); PER]; NB];
-                let mut b: [[$vec; PER]; NB] = [[$zero(); PER]; NB];
-                for j in 0..NB {
-                    for q in 0..PER {
-                        // SAFETY: the caller passes `acc` with 16 * NB floats.
-                        a[j][q] = unsafe { $load(out.add(j * 16 + q * $lanes)) };
-                    }
-                }
-                let pairs = cols.len() / 2;
                 // Narrow blocks take consecutive entries into two sets of accumulators, so
-                // that each multiply-add does not wait on the previous one; wide blocks have
-                // enough independent accumulators in one set.
-                let dual = NB < 8;
-                for i in 0..pairs {
-                    // SAFETY: i < pairs, so 2i + 1 < cols.len() == vals.len(); the caller
-                    // guarantees that each column indexes a whole panel row.
-                    unsafe {
-                        let (c0, c1) = (
-                            *cols.get_unchecked(2 * i) as usize,
-                            *cols.get_unchecked(2 * i + 1) as usize,
-                        );
-                        let v0 = $set1(*vals.get_unchecked(2 * i));
-                        let v1 = $set1(*vals.get_unchecked(2 * i + 1));
-                        let (r0, r1) = (base.add(c0 * width), base.add(c1 * width));
-                        for j in 0..NB {
-                            for q in 0..PER {
-                                let o = j * 16 + q * $lanes;
-                                a[j][q] = $fma(v0, $load(r0.add(o)), a[j][q]);
-                                if dual {
-                                    b[j][q] = $fma(v1, $load(r1.add(o)), b[j][q]);
-                                }
-                            }
+                // that a multiply-add does not wait on the previous one; blocks of 8+
+                // vectors have enough independent accumulators in one set.
+                let dual = NB * PER < 8;
+                let width = 16 * NB;
+                let (base, cp, vp) = (panel.as_ptr(), cols.as_ptr(), vals.as_ptr());
+                for (r, cursor) in cursors.iter_mut().enumerate() {
+                    let (mut i, end) = (cursor.next, cursor.end);
+                    // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
+                    let dst = unsafe { out.as_mut_ptr().add(r * stride) };
+                    let mut a: [[$vec; PER]; NB] = [[$zero(); PER]; NB];
+                    let mut b: [[$vec; PER]; NB] = [[$zero(); PER]; NB];
+                    for j in 0..NB {
+                        for q in 0..PER {
+                            // SAFETY: within the row's outputs, as above.
+                            a[j][q] = unsafe { $load(dst.add(j * 16 + q * $lanes)) };
                         }
-                        if !dual {
+                    }
+                    // SAFETY (loop): i + 1 < end <= cols.len() == vals.len(); columns index
+                    // whole panel rows (the caller's contract).
+                    while i + 1 < end && unsafe { *cp.add(i + 1) } < limit {
+                        unsafe {
+                            let (r0, r1) = (
+                                base.add(*cp.add(i) as usize * width),
+                                base.add(*cp.add(i + 1) as usize * width),
+                            );
+                            let (v0, v1) = ($set1(*vp.add(i)), $set1(*vp.add(i + 1)));
                             for j in 0..NB {
                                 for q in 0..PER {
                                     let o = j * 16 + q * $lanes;
-                                    a[j][q] = $fma(v1, $load(r1.add(o)), a[j][q]);
+                                    a[j][q] = $fma(v0, $load(r0.add(o)), a[j][q]);
+                                    if dual {
+                                        b[j][q] = $fma(v1, $load(r1.add(o)), b[j][q]);
+                                    }
+                                }
+                            }
+                            if !dual {
+                                for j in 0..NB {
+                                    for q in 0..PER {
+                                        let o = j * 16 + q * $lanes;
+                                        a[j][q] = $fma(v1, $load(r1.add(o)), a[j][q]);
+                                    }
                                 }
                             }
                         }
+                        i += 2;
                     }
-                }
-                if cols.len() % 2 == 1 {
-                    let last = cols.len() - 1;
-                    // SAFETY: as above, for the last entry.
-                    unsafe {
-                        let v = $set1(vals[last]);
-                        let r = base.add(cols[last] as usize * width);
-                        for j in 0..NB {
-                            for q in 0..PER {
-                                a[j][q] = $fma(v, $load(r.add(j * 16 + q * $lanes)), a[j][q]);
+                    // SAFETY: i < end as above.
+                    if i < end && unsafe { *cp.add(i) } < limit {
+                        unsafe {
+                            let (r0, v0) =
+                                (base.add(*cp.add(i) as usize * width), $set1(*vp.add(i)));
+                            for j in 0..NB {
+                                for q in 0..PER {
+                                    a[j][q] = $fma(v0, $load(r0.add(j * 16 + q * $lanes)), a[j][q]);
+                                }
                             }
                         }
+                        i += 1;
                     }
-                }
-                for j in 0..NB {
-                    for q in 0..PER {
-                        // SAFETY: the caller passes `acc` with 16 * NB floats.
-                        unsafe { $store(out.add(j * 16 + q * $lanes), $add(a[j][q], b[j][q])) };
+                    for j in 0..NB {
+                        for q in 0..PER {
+                            let sum = if dual {
+                                $add(a[j][q], b[j][q])
+                            } else {
+                                a[j][q]
+                            };
+                            // SAFETY: within the row's outputs, as above.
+                            unsafe { $store(dst.add(j * 16 + q * $lanes), sum) };
+                        }
                     }
+                    cursor.next = i;
                 }
             }
         };
     }
 
-    x86_kernel!(
-        accumulate_avx512,
+    x86_rows_kernel!(
+        rows_avx512,
         "avx512f",
         __m512,
         16,
@@ -155,8 +222,8 @@ mod x86 {
         _mm512_fmadd_ps,
         _mm512_add_ps
     );
-    x86_kernel!(
-        accumulate_avx2,
+    x86_rows_kernel!(
+        rows_avx2,
         "avx2,fma",
         __m256,
         8,
@@ -171,39 +238,48 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
+    use super::RowCursor;
     use std::arch::aarch64::*;
 
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn accumulate_neon<const NB: usize>(
+    pub(super) unsafe fn rows_neon<const NB: usize>(
         cols: &[u32],
         vals: &[f32],
+        cursors: &mut [RowCursor],
+        limit: u32,
         panel: &[f32],
-        acc: &mut [f32],
+        out: &mut [f32],
+        stride: usize,
     ) {
         let width = 16 * NB;
-        let out = acc.as_mut_ptr() as *mut f32;
-        let mut a = [[vdupq_n_f32(0.0); 4]; NB];
-        for j in 0..NB {
-            for q in 0..4 {
-                // SAFETY: the caller passes `acc` with 16 * NB floats.
-                a[j][q] = unsafe { vld1q_f32(out.add(j * 16 + q * 4)) };
-            }
-        }
-        for (&c, &v) in cols.iter().zip(vals) {
-            // SAFETY: the caller guarantees that each column indexes a whole panel row.
-            unsafe {
-                let r = panel.as_ptr().add(c as usize * width);
-                for j in 0..NB {
-                    for q in 0..4 {
-                        a[j][q] = vfmaq_n_f32(a[j][q], vld1q_f32(r.add(j * 16 + q * 4)), v);
-                    }
+        for (r, cursor) in cursors.iter_mut().enumerate() {
+            // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
+            let dst = unsafe { out.as_mut_ptr().add(r * stride) };
+            let mut a = [[vdupq_n_f32(0.0); 4]; NB];
+            for j in 0..NB {
+                for q in 0..4 {
+                    // SAFETY: within the row's outputs.
+                    a[j][q] = unsafe { vld1q_f32(dst.add(j * 16 + q * 4)) };
                 }
             }
-        }
-        for j in 0..NB {
-            for q in 0..4 {
-                // SAFETY: the caller passes `acc` with 16 * NB floats.
-                unsafe { vst1q_f32(out.add(j * 16 + q * 4), a[j][q]) };
+            while cursor.next < cursor.end && cols[cursor.next] < limit {
+                let (c, v) = (cols[cursor.next] as usize, vals[cursor.next]);
+                // SAFETY: the caller guarantees that each column indexes a whole panel row.
+                unsafe {
+                    let row = panel.as_ptr().add(c * width);
+                    for j in 0..NB {
+                        for q in 0..4 {
+                            a[j][q] = vfmaq_n_f32(a[j][q], vld1q_f32(row.add(j * 16 + q * 4)), v);
+                        }
+                    }
+                }
+                cursor.next += 1;
+            }
+            for j in 0..NB {
+                for q in 0..4 {
+                    // SAFETY: within the row's outputs.
+                    unsafe { vst1q_f32(dst.add(j * 16 + q * 4), a[j][q]) };
+                }
             }
         }
     }
@@ -214,21 +290,55 @@ mod tests {
     use super::*;
     use crate::synth::{random_sparse, Rng};
 
-    fn check<const NB: usize>(isa: Isa, n: usize) {
-        let mut rng = Rng::new(n as u64);
-        let rows = 37;
-        let panel = random_sparse(rows * 16 * NB, 0.3, &mut rng);
-        let cols: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % rows) as u32).collect();
-        let vals = random_sparse(n, 0.0, &mut rng);
-        let init: Vec<f32> = (0..16 * NB).map(|l| l as f32 * 0.01).collect();
+    /// Random rows with increasing columns, walked in two blocks of k; every ISA must match
+    /// the portable kernel and leave the same cursors.
+    fn check<const NB: usize>(isa: Isa, seed: u64) {
+        let mut rng = Rng::new(seed);
+        let panel_rows = 41;
+        let panel = random_sparse(panel_rows * 16 * NB, 0.3, &mut rng);
+        let (mut cols, mut cursors) = (Vec::new(), Vec::new());
+        for _ in 0..7 {
+            let start = cols.len();
+            cols.extend((0..panel_rows as u32).filter(|_| rng.unit() < 0.4));
+            cursors.push(RowCursor {
+                next: start,
+                end: cols.len(),
+            });
+        }
+        let vals = random_sparse(cols.len(), 0.0, &mut rng);
+        let stride = 16 * NB + 5;
+        let init: Vec<f32> = (0..7 * stride).map(|l| l as f32 * 0.01).collect();
         let (mut want, mut got) = (init.clone(), init);
-        accumulate_portable::<NB>(&cols, &vals, &panel, &mut want);
-        // SAFETY: every column is below `rows`, and `isa` comes from `Isa::supported`.
-        unsafe { accumulate::<NB>(isa, &cols, &vals, &panel, &mut got) };
+        let (mut want_cursors, mut got_cursors) = (cursors.clone(), cursors);
+        for limit in [17, u32::MAX] {
+            rows_portable::<NB>(
+                &cols,
+                &vals,
+                &mut want_cursors,
+                limit,
+                &panel,
+                &mut want,
+                stride,
+            );
+            // SAFETY: every column is below `panel_rows`; `isa` comes from `Isa::supported`.
+            unsafe {
+                accumulate_rows::<NB>(
+                    isa,
+                    Entries::new(&cols, &vals),
+                    &mut got_cursors,
+                    limit,
+                    &panel,
+                    &mut got,
+                    stride,
+                )
+            };
+            assert_eq!(want_cursors, got_cursors, "{isa} NB={NB} limit {limit}");
+        }
+        assert!(got_cursors.iter().all(|c| c.next == c.end));
         for (w, g) in want.iter().zip(&got) {
             assert!(
                 (w - g).abs() <= 1e-5 * (1.0 + w.abs()),
-                "{isa} NB={NB} n={n}: {g} vs {w}"
+                "{isa} NB={NB}: {g} vs {w}"
             );
         }
     }
@@ -236,11 +346,32 @@ mod tests {
     #[test]
     fn every_isa_matches_portable() {
         for isa in Isa::supported() {
-            for n in [0, 1, 2, 3, 8, 33] {
-                check::<1>(isa, n);
-                check::<4>(isa, n);
-                check::<8>(isa, n);
+            for seed in 0..20 {
+                check::<1>(isa, seed);
+                check::<4>(isa, seed);
+                check::<8>(isa, seed);
             }
         }
+    }
+
+    #[test]
+    fn short_output_is_refused() {
+        let mut cursors = [RowCursor::default(); 2];
+        let mut out = vec![0.0; 16 + 15];
+        let caught = std::panic::catch_unwind(move || {
+            // SAFETY: no entries; the extent check must fire first.
+            unsafe {
+                accumulate_rows::<1>(
+                    Isa::Portable,
+                    Entries::new(&[], &[]),
+                    &mut cursors,
+                    0,
+                    &[],
+                    &mut out,
+                    16,
+                )
+            }
+        });
+        assert!(caught.is_err());
     }
 }

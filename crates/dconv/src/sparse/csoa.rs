@@ -93,16 +93,22 @@ impl Csoa {
     /// The non-zero channels (within group `g`) and values of pixel `(y, x)`.
     #[inline]
     pub fn pixel(&self, y: usize, x: usize, g: usize) -> (&[u32], &[f32]) {
-        let pg = (y * self.width + x) * self.groups + g;
-        let start = pg * (self.channels / self.groups);
-        let end = start + self.counts[pg] as usize;
-        (&self.chans[start..end], &self.vals[start..end])
+        let range = self.pixel_range(y * self.width + x, g);
+        (&self.chans[range.clone()], &self.vals[range])
     }
 
-    /// The non-zero channels and values of pixel `y * width + x` in group `g`.
+    /// Where the entries of pixel `y * width + x` in group `g` lie in [`Csoa::entries`].
     #[inline]
-    pub fn pixel_at(&self, pixel: usize, g: usize) -> (&[u32], &[f32]) {
-        self.pixel(pixel / self.width, pixel % self.width, g)
+    pub fn pixel_range(&self, pixel: usize, g: usize) -> std::ops::Range<usize> {
+        let pg = pixel * self.groups + g;
+        let start = pg * (self.channels / self.groups);
+        start..start + self.counts[pg] as usize
+    }
+
+    /// All channel indices and values; only the ranges of [`Csoa::pixel_range`] are
+    /// meaningful.
+    pub fn entries(&self) -> (&[u32], &[f32]) {
+        (&self.chans, &self.vals)
     }
 
     /// Number of non-zero activations.

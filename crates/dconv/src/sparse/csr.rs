@@ -120,6 +120,11 @@ impl CsrMatrix {
     pub fn nnz(&self) -> usize {
         self.cols.len()
     }
+    /// The row pointers, columns and values, for kernels that walk many rows at once.
+    pub(crate) fn parts(&self) -> (&[usize], &[u32], &[f32]) {
+        (&self.row_ptr, &self.cols, &self.vals)
+    }
+
     /// Columns and values of row `i`.
     #[inline]
     pub fn row(&self, i: usize) -> (&[u32], &[f32]) {
