@@ -1,6 +1,7 @@
 //! `dconv bench-conv`: times convolution methods on one layer shape with synthetic data.
 //!
-//! Each method is prepared once, warmed up, then timed over several runs inside a rayon pool
+//! Each method is prepared once, warmed up, then timed over several rounds (each method once
+//! per round, so that drift in the machine's speed hits all alike) inside a rayon pool
 //! of the asked size, reusing one workspace. Every method's output is checked against the
 //! dense method's (or the first method's) before anything is reported as a result.
 
@@ -155,12 +156,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::Run(format!("cannot start {} threads: {e}", args.threads)))?;
     let mut workspace = Workspace::default();
-    let mut measurements = Vec::with_capacity(convs.len());
-    for conv in &convs {
-        eprintln!("timing {} ...", conv.method());
-        let measurement = pool.install(|| measure(conv, &input, args, &mut workspace))?;
-        measurements.push(measurement);
-    }
+    let measurements = pool.install(|| measure(&convs, &input, args, &mut workspace))?;
 
     let results = report::summarize(&spec, &measurements, &measured);
     report::print_table(&results);
@@ -215,37 +211,45 @@ fn spec_from(args: &Args, layer: Option<&ConvLayer>) -> Result<ConvSpec, Failure
     .with_batch(args.batch.unwrap_or(base.batch)))
 }
 
-/// Warms `conv` up, then times `args.runs` runs into one output buffer.
+/// Warms every method up, then times `args.runs` rounds in which each method runs once in
+/// turn: a machine whose speed drifts during the benchmark then slows every method alike,
+/// and the ratios between methods stay true.
 fn measure(
-    conv: &Conv,
+    convs: &[Conv],
     input: &[f32],
     args: &Args,
     workspace: &mut Workspace,
-) -> Result<Measurement, Failure> {
-    let run_failed = |e: dconv::Error| Failure::Run(format!("{} failed: {e}", conv.method()));
-    let mut output = vec![0.0f32; conv.spec().output_len().map_err(run_failed)?];
-    for _ in 0..args.warmup {
-        conv.run(input, &mut output, workspace)
-            .map_err(run_failed)?;
+) -> Result<Vec<Measurement>, Failure> {
+    let mut measurements = Vec::with_capacity(convs.len());
+    for conv in convs {
+        let run_failed = |e: dconv::Error| Failure::Run(format!("{} failed: {e}", conv.method()));
+        let mut output = vec![0.0f32; conv.spec().output_len().map_err(run_failed)?];
+        eprintln!("warming up {} ...", conv.method());
+        for _ in 0..args.warmup {
+            conv.run(input, &mut output, workspace)
+                .map_err(run_failed)?;
+        }
+        measurements.push(Measurement {
+            method: conv.method(),
+            totals: Vec::with_capacity(args.runs),
+            converts: Vec::with_capacity(args.runs),
+            multiplies: Vec::with_capacity(args.runs),
+            output,
+        });
     }
-    let mut measurement = Measurement {
-        method: conv.method(),
-        totals: Vec::with_capacity(args.runs),
-        converts: Vec::with_capacity(args.runs),
-        multiplies: Vec::with_capacity(args.runs),
-        output: Vec::new(),
-    };
-    for _ in 0..args.runs {
-        let start = Instant::now();
-        let timing = conv
-            .run(input, &mut output, workspace)
-            .map_err(run_failed)?;
-        measurement.totals.push(start.elapsed());
-        measurement.converts.push(timing.convert);
-        measurement.multiplies.push(timing.multiply);
+    for round in 0..args.runs {
+        eprintln!("round {} of {} ...", round + 1, args.runs);
+        for (conv, measurement) in convs.iter().zip(&mut measurements) {
+            let start = Instant::now();
+            let timing = conv
+                .run(input, &mut measurement.output, workspace)
+                .map_err(|e| Failure::Run(format!("{} failed: {e}", conv.method())))?;
+            measurement.totals.push(start.elapsed());
+            measurement.converts.push(timing.convert);
+            measurement.multiplies.push(timing.multiply);
+        }
     }
-    measurement.output = output;
-    Ok(measurement)
+    Ok(measurements)
 }
 
 /// Checks every method's output against the dense method's, or the first method's.
