@@ -139,8 +139,18 @@ mod x86 {
                 let dual = NB * PER < 8;
                 let width = 16 * NB;
                 let (base, cp, vp) = (panel.as_ptr(), cols.as_ptr(), vals.as_ptr());
-                for (r, cursor) in cursors.iter_mut().enumerate() {
-                    let (mut i, end) = (cursor.next, cursor.end);
+                for r in 0..cursors.len() {
+                    let (mut i, end) = (cursors[r].next, cursors[r].end);
+                    // The entries of a row a little ahead are scattered in memory: ask for
+                    // them now so that they arrive while this row is multiplied.
+                    if let Some(ahead) = cursors.get(r + 2) {
+                        // SAFETY: `ahead.next <= cols.len()` (checked by the caller); a
+                        // prefetch never faults, even one past the end.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T0>(cp.add(ahead.next).cast());
+                            _mm_prefetch::<_MM_HINT_T0>(vp.add(ahead.next).cast());
+                        }
+                    }
                     // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
                     let dst = unsafe { out.as_mut_ptr().add(r * stride) };
                     let mut a: [[$vec; PER]; NB] = [[$zero(); PER]; NB];
@@ -204,7 +214,7 @@ mod x86 {
                             unsafe { $store(dst.add(j * 16 + q * $lanes), sum) };
                         }
                     }
-                    cursor.next = i;
+                    cursors[r].next = i;
                 }
             }
         };

@@ -1,26 +1,30 @@
 //! Compressed Sparse Overlapped Activations.
 
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// The non-zero activations of one NHWC image, each stored once with its position: for every
 /// pixel and channel group, the channels (within the group) that are non-zero and their
-/// values. Neighbouring receptive fields share these lists instead of copying them, which is
-/// what im2CSOA multiplies from and what im2CSR expands its rows from.
+/// values, packed one list after another. Neighbouring receptive fields share these lists
+/// instead of copying them, which is what im2CSOA multiplies from and what im2CSR expands
+/// its rows from.
 ///
-/// Storage has a fixed slot of `channels` entries per pixel, so building it never allocates
-/// by the data and costs one pass over the image.
+/// Building it costs two passes over the image (count, then fill) and stores only the
+/// non-zeros, so that the lists of a layer's image stay in cache while they are re-read for
+/// every kernel tap.
 #[derive(Debug, Clone, Default)]
 pub struct Csoa {
-    height: usize,
     width: usize,
-    channels: usize,
     groups: usize,
-    /// Non-zero count per (pixel, group).
-    counts: Vec<u32>,
-    /// Channel within the group, per slot.
+    /// Start of each (pixel, group) list in `chans`/`vals`; one more entry closes the last.
+    offsets: Vec<usize>,
+    /// Channel within the group, per entry.
     chans: Vec<u32>,
     vals: Vec<f32>,
 }
+
+/// Rows of pixels below which a fill is not split further across threads.
+const ROWS_PER_TASK: usize = 4;
 
 impl Csoa {
     /// Compresses one NHWC image of `height x width x channels`, split into `groups` channel
@@ -52,42 +56,39 @@ impl Csoa {
             groups > 0 && channels.is_multiple_of(groups),
             "groups must divide channels"
         );
-        *self = Csoa {
-            height,
-            width,
-            channels,
-            groups,
-            counts: std::mem::take(&mut self.counts),
-            chans: std::mem::take(&mut self.chans),
-            vals: std::mem::take(&mut self.vals),
-        };
-        self.counts.resize(height * width * groups, 0);
-        self.chans.resize(image.len(), 0);
-        self.vals.resize(image.len(), 0.0);
         let cg = channels / groups;
-        let row = width * channels;
-        image
-            .par_chunks(row)
-            .zip(self.chans.par_chunks_mut(row))
-            .zip(self.vals.par_chunks_mut(row))
-            .zip(self.counts.par_chunks_mut(width * groups))
-            .for_each(|(((src, chans), vals), counts)| {
-                let slots = src
-                    .chunks_exact(cg)
-                    .zip(chans.chunks_exact_mut(cg))
-                    .zip(vals.chunks_exact_mut(cg));
-                // Slots follow the same (pixel, group) order as `counts`.
-                for (((src, chans), vals), count) in slots.zip(counts.iter_mut()) {
-                    // Branch-free compaction: write every value, advance only past non-zeros.
-                    let mut n = 0usize;
-                    for (c, &v) in src.iter().enumerate() {
-                        chans[n] = c as u32;
-                        vals[n] = v;
-                        n += (v != 0.0) as usize;
-                    }
-                    *count = n as u32;
+        self.width = width;
+        self.groups = groups;
+        // Pass 1: count each list's non-zeros, in parallel by rows of pixels.
+        self.offsets.resize(height * width * groups + 1, 0);
+        let (counts, _) = self.offsets.split_at_mut(height * width * groups);
+        counts
+            .par_chunks_mut(width * groups)
+            .zip(image.par_chunks(width * channels))
+            .for_each(|(counts, row)| {
+                for (count, list) in counts.iter_mut().zip(row.chunks_exact(cg)) {
+                    *count = list.iter().filter(|&&v| v != 0.0).count();
                 }
             });
+        // Counts to offsets (an exclusive prefix sum, closed by the total).
+        let mut total = 0;
+        for offset in self.offsets.iter_mut() {
+            let count = std::mem::replace(offset, total);
+            total += count;
+        }
+        self.chans.resize(total, 0);
+        self.vals.resize(total, 0.0);
+        // Pass 2: fill, splitting the entries at row boundaries between threads.
+        let row_entries = |y: usize| self.offsets[y * width * groups];
+        fill_rows(
+            image,
+            0..height,
+            width * channels,
+            cg,
+            &row_entries,
+            &mut self.chans,
+            &mut self.vals,
+        );
     }
 
     /// The non-zero channels (within group `g`) and values of pixel `(y, x)`.
@@ -99,28 +100,73 @@ impl Csoa {
 
     /// Where the entries of pixel `y * width + x` in group `g` lie in [`Csoa::entries`].
     #[inline]
-    pub fn pixel_range(&self, pixel: usize, g: usize) -> std::ops::Range<usize> {
+    pub fn pixel_range(&self, pixel: usize, g: usize) -> Range<usize> {
         let pg = pixel * self.groups + g;
-        let start = pg * (self.channels / self.groups);
-        start..start + self.counts[pg] as usize
+        self.offsets[pg]..self.offsets[pg + 1]
     }
 
-    /// All channel indices and values; only the ranges of [`Csoa::pixel_range`] are
-    /// meaningful.
+    /// All channel indices and values, list after list.
     pub fn entries(&self) -> (&[u32], &[f32]) {
         (&self.chans, &self.vals)
     }
 
     /// Number of non-zero activations.
     pub fn nnz(&self) -> usize {
-        self.counts.iter().map(|&c| c as usize).sum()
+        self.chans.len()
     }
+}
 
-    pub fn height(&self) -> usize {
-        self.height
+/// Writes the non-zeros of pixel rows `rows` (their entries start at `row_entries(rows.start)`
+/// and `chans`/`vals` hold exactly them), halving the rows across threads.
+fn fill_rows(
+    image: &[f32],
+    rows: Range<usize>,
+    row_len: usize,
+    cg: usize,
+    row_entries: &(impl Fn(usize) -> usize + Sync),
+    chans: &mut [u32],
+    vals: &mut [f32],
+) {
+    if rows.len() > ROWS_PER_TASK {
+        let mid = rows.start + rows.len() / 2;
+        let split = row_entries(mid) - row_entries(rows.start);
+        let (chans_lo, chans_hi) = chans.split_at_mut(split);
+        let (vals_lo, vals_hi) = vals.split_at_mut(split);
+        rayon::join(
+            || {
+                fill_rows(
+                    image,
+                    rows.start..mid,
+                    row_len,
+                    cg,
+                    row_entries,
+                    chans_lo,
+                    vals_lo,
+                )
+            },
+            || {
+                fill_rows(
+                    image,
+                    mid..rows.end,
+                    row_len,
+                    cg,
+                    row_entries,
+                    chans_hi,
+                    vals_hi,
+                )
+            },
+        );
+        return;
     }
-    pub fn width(&self) -> usize {
-        self.width
+    let mut n = 0;
+    for list in image[rows.start * row_len..rows.end * row_len].chunks_exact(cg) {
+        for (c, &v) in list.iter().enumerate() {
+            if v != 0.0 {
+                chans[n] = c as u32;
+                vals[n] = v;
+                n += 1;
+            }
+        }
     }
 }
 
@@ -138,5 +184,28 @@ mod tests {
         assert_eq!(csoa.pixel(0, 1, 0), (&[][..], &[][..]));
         assert_eq!(csoa.pixel(0, 1, 1), (&[1u32][..], &[3.0f32][..]));
         assert_eq!(csoa.nnz(), 3);
+    }
+
+    #[test]
+    fn refilling_a_larger_image_in_parallel_matches_a_direct_scan() {
+        let (h, w, c) = (23, 5, 6);
+        let image: Vec<f32> = (0..h * w * c)
+            .map(|i| if i % 3 == 0 { i as f32 } else { 0.0 })
+            .collect();
+        let mut csoa = Csoa::from_image(&[1.0; 4], 1, 1, 4, 1);
+        csoa.fill(&image, h, w, c, 3);
+        for y in 0..h {
+            for x in 0..w {
+                for g in 0..3 {
+                    let base = (y * w + x) * c + g * 2;
+                    let want: Vec<u32> = (0..2)
+                        .filter(|&k| image[base + k] != 0.0)
+                        .map(|k| k as u32)
+                        .collect();
+                    assert_eq!(csoa.pixel(y, x, g).0, &want[..], "pixel {y},{x} group {g}");
+                }
+            }
+        }
+        assert_eq!(csoa.nnz(), image.iter().filter(|&&v| v != 0.0).count());
     }
 }
