@@ -231,6 +231,19 @@ impl Conv {
         };
         let zeros = weights.iter().filter(|&&w| w == 0.0).count();
         let weight_sparsity = zeros as f64 / weights.len() as f64;
+        // The sparse formats index lowered columns and pixels with 32 bits.
+        let sparse = matches!(
+            method,
+            Method::LoweredCsr | Method::Im2Csr | Method::Im2Csoa
+        );
+        if sparse
+            && (u32::try_from(spec.lowered_cols()).is_err()
+                || u32::try_from(spec.height * spec.width).is_err())
+        {
+            return Err(Error::InvalidSpec(format!(
+                "{method} indexes columns and pixels with 32 bits; this layer is larger"
+            )));
+        }
         let kernel: Box<dyn ConvKernel> = match method {
             Method::Reference => Box::new(reference::Reference::new(*spec, weights, epilogue)),
             Method::Im2Csr => match isa {
