@@ -70,12 +70,13 @@ impl Csoa {
                     *count = list.iter().filter(|&&v| v != 0.0).count();
                 }
             });
-        // Counts to offsets (an exclusive prefix sum, closed by the total).
+        // Counts to offsets (an exclusive prefix sum), closed by the total.
         let mut total = 0;
-        for offset in self.offsets.iter_mut() {
+        for offset in counts.iter_mut() {
             let count = std::mem::replace(offset, total);
             total += count;
         }
+        self.offsets[height * width * groups] = total;
         self.chans.resize(total, 0);
         self.vals.resize(total, 0.0);
         // Pass 2: fill, splitting the entries at row boundaries between threads.
