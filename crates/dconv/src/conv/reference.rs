@@ -2,6 +2,7 @@
 //! simple enough to be obviously right; every fast method is tested against it.
 
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use rayon::prelude::*;
 use std::time::Instant;
 
 pub(crate) struct Reference {
@@ -25,50 +26,55 @@ impl ConvKernel for Reference {
         let start = Instant::now();
         let s = &self.spec;
         let [oh, ow] = s.output_size();
-        let [r_len, s_len] = s.kernel;
-        let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
-        let mut out = output.iter_mut();
-        for n in 0..s.batch {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    for m in 0..s.filters {
-                        let g = m / mg;
-                        let mut acc = 0.0f64;
-                        for r in 0..r_len {
-                            let Some(iy) =
-                                (oy * s.stride[0] + r * s.dilation[0]).checked_sub(s.padding.top)
-                            else {
-                                continue;
-                            };
-                            if iy >= s.height {
-                                continue;
-                            }
-                            for q in 0..s_len {
-                                let Some(ix) = (ox * s.stride[1] + q * s.dilation[1])
-                                    .checked_sub(s.padding.left)
-                                else {
-                                    continue;
-                                };
-                                if ix >= s.width {
-                                    continue;
-                                }
-                                let pixel =
-                                    ((n * s.height + iy) * s.width + ix) * s.channels + g * cg;
-                                for c in 0..cg {
-                                    let w = self.weights[((m * cg + c) * r_len + r) * s_len + q];
-                                    acc += input[pixel + c] as f64 * w as f64;
-                                }
-                            }
-                        }
-                        *out.next().expect("output length checked") =
-                            self.epilogue.apply(m, acc as f32);
-                    }
+        // One output pixel (all its filters) per task: the loops inside stay naive.
+        output
+            .par_chunks_mut(s.filters)
+            .enumerate()
+            .for_each(|(pixel, out)| {
+                let (n, oy, ox) = (pixel / (oh * ow), pixel / ow % oh, pixel % ow);
+                for (m, out) in out.iter_mut().enumerate() {
+                    *out = self
+                        .epilogue
+                        .apply(m, self.output_value(input, n, oy, ox, m) as f32);
                 }
-            }
-        }
+            });
         Timing {
             convert: Default::default(),
             multiply: start.elapsed(),
         }
+    }
+}
+
+impl Reference {
+    /// Output `(n, oy, ox, m)` before bias and activation: the sum over the receptive field.
+    fn output_value(&self, input: &[f32], n: usize, oy: usize, ox: usize, m: usize) -> f64 {
+        let s = &self.spec;
+        let [r_len, s_len] = s.kernel;
+        let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
+        let g = m / mg;
+        let mut acc = 0.0f64;
+        for r in 0..r_len {
+            let Some(iy) = (oy * s.stride[0] + r * s.dilation[0]).checked_sub(s.padding.top) else {
+                continue;
+            };
+            if iy >= s.height {
+                continue;
+            }
+            for q in 0..s_len {
+                let Some(ix) = (ox * s.stride[1] + q * s.dilation[1]).checked_sub(s.padding.left)
+                else {
+                    continue;
+                };
+                if ix >= s.width {
+                    continue;
+                }
+                let pixel = ((n * s.height + iy) * s.width + ix) * s.channels + g * cg;
+                for c in 0..cg {
+                    let w = self.weights[((m * cg + c) * r_len + r) * s_len + q];
+                    acc += input[pixel + c] as f64 * w as f64;
+                }
+            }
+        }
+        acc
     }
 }
