@@ -87,7 +87,9 @@ enum Dtype {
 impl Dtype {
     /// Parses a numpy `descr` string; big-endian and unknown types are refused by name.
     fn parse(descr: &str) -> std::result::Result<Dtype, String> {
-        let (order, kind) = descr.split_at(descr.len().min(1));
+        let mut chars = descr.chars();
+        let order = chars.next();
+        let kind = chars.as_str();
         let dtype = match kind {
             "f4" => Dtype::F32,
             "f8" => Dtype::F64,
@@ -102,9 +104,9 @@ impl Dtype {
             }
         };
         match order {
-            "<" => Ok(dtype),
-            "|" if dtype == Dtype::U8 => Ok(dtype),
-            ">" if dtype != Dtype::U8 => Err(format!(
+            Some('<') => Ok(dtype),
+            Some('|') if dtype == Dtype::U8 => Ok(dtype),
+            Some('>') if dtype != Dtype::U8 => Err(format!(
                 "big-endian element type '{descr}' is not supported; save it little-endian \
                  (e.g. array.astype('<{kind}'))"
             )),
@@ -608,6 +610,9 @@ mod tests {
             "{'descr': '<f\\4', 'fortran_order': False, 'shape': (2,)}",
             "{'descr': '<f4', 'fortran_order': False, 'shape': (99999999999999999999999,)}",
             "{'descr': '', 'fortran_order': False, 'shape': (2,)}",
+            "{'descr': 'éf4', 'fortran_order': False, 'shape': (2,)}",
+            "{'descr': 'f4', 'fortran_order': False, 'shape': (2,)}",
+            "{'é': '<f4', 'fortran_order': False, 'shape': (2,)}",
         ];
         for dict in dicts {
             error_text("malformed", &npy_bytes(1, dict, &data));
@@ -661,6 +666,26 @@ mod tests {
         // Fits in memory arithmetic but not in the file: refused by length, not allocated.
         let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (1000000000, 1000), }";
         assert!(error_text("big", &npy_bytes(1, dict, &data)).contains("the file has 16"));
+    }
+
+    proptest::proptest! {
+        /// Any corruption of a valid header is parsed to a header or refused, never a panic.
+        #[test]
+        fn corrupted_headers_never_panic(
+            edits in proptest::collection::vec((0usize..128, proptest::num::u8::ANY), 1..6),
+            cut in 0usize..140,
+        ) {
+            let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), }";
+            let mut bytes = npy_bytes(1, dict, &[0; 48]);
+            for (at, byte) in edits {
+                let at = at % bytes.len();
+                bytes[at] = byte;
+            }
+            bytes.truncate(cut.max(1));
+            if let Ok(header) = read_header(&mut bytes.as_slice()) {
+                let _ = element_bytes(&header);
+            }
+        }
     }
 
     #[test]
