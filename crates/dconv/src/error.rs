@@ -1,6 +1,7 @@
 //! The error type of the library: every failure a caller can cause is one of these,
 //! never a panic.
 
+use std::path::PathBuf;
 use thiserror::Error;
 
 /// What went wrong, with enough context to act on it.
@@ -27,6 +28,16 @@ pub enum Error {
         name: String,
         expected: String,
     },
+    /// A parameter outside the values it can take (a zero standard deviation, a size of 0).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A file given to read (tensor, image) that cannot be opened or is not what it claims:
+    /// the caller's data is at fault.
+    #[error("{}: {msg}", path.display())]
+    Input { path: PathBuf, msg: String },
+    /// A file that cannot be written.
+    #[error("cannot write {}: {msg}", path.display())]
+    Output { path: PathBuf, msg: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -24,6 +24,7 @@
 
 pub mod conv;
 pub mod error;
+pub mod io;
 pub mod kernels;
 pub mod models;
 pub mod sparse;

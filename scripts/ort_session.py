@@ -1,0 +1,21 @@
+"""ONNX Runtime as the reference: one thread, sequential, default graph optimizations, CPU."""
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+
+def session(model_bytes_or_path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model_bytes_or_path, options, providers=["CPUExecutionProvider"])
+
+
+def run_timed(sess: ort.InferenceSession, feeds: dict) -> tuple[list[np.ndarray], float]:
+    """Outputs and the milliseconds of a warm run (one warm-up run first)."""
+    sess.run(None, feeds)
+    start = time.perf_counter()
+    outputs = sess.run(None, feeds)
+    return outputs, (time.perf_counter() - start) * 1e3
