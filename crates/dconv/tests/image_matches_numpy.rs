@@ -1,7 +1,7 @@
 //! dconv's photograph loader and the numpy one in scripts/image_tensor.py must produce the
 //! same bits, or ORT and dconv would be compared on different inputs. The numpy side's
 //! tensors are the ones scripts/make-test-models writes (VGG-16 preprocessing: 240x240 NHWC,
-//! RGB / 255) for each photograph in ../shared/images; this test is skipped until they exist.
+//! RGB / 255) for each photograph in ../shared/images; scripts/test fetches and makes them.
 
 use dconv::io::image::{load_image, Layout};
 use dconv::io::npy::read_npy;
@@ -12,10 +12,11 @@ fn photographs_load_as_numpy_loads_them() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let numpy_inputs = repo.join("models/photos");
     let photos = repo.join("../shared/images");
-    if !numpy_inputs.is_dir() {
-        eprintln!("skipped: run scripts/fetch-models and scripts/make-test-models first");
-        return;
-    }
+    assert!(
+        numpy_inputs.is_dir(),
+        "{} is missing: run scripts/fetch-models and scripts/make-test-models (scripts/test does)",
+        numpy_inputs.display()
+    );
     let mut compared = 0;
     for entry in std::fs::read_dir(&photos).unwrap() {
         let photo = entry.unwrap().path();
