@@ -234,12 +234,27 @@ impl SparseWeight {
         }
     }
 
+    /// Hints the cache lines that `fill_window(planes, b, start, ..)` reads into L2.
+    fn prefetch_window(&self, planes: &[f32], b: usize, start: usize) {
+        let phases = self.spec.stride[0] * self.spec.stride[1];
+        let plane = self.plane_h * self.plane_w;
+        let span = self.segment + self.shifts.last().copied().unwrap_or(0);
+        let channels = b * self.block..((b + 1) * self.block).min(self.spec.channels);
+        for c in channels {
+            for phase in 0..phases {
+                let from = c * self.channel_stride + phase * plane + start;
+                let lines = planes.get(from..(from + span).min(planes.len()));
+                for line in lines.into_iter().flat_map(|l| l.chunks(LINE)) {
+                    prefetch_l2(line);
+                }
+            }
+        }
+    }
+
     /// Computes tiles `tiles` of one image into `out`, its output pixels from
     /// `pixels_before(tiles.start * tile)` on; `scratch` holds one tile of every filter,
     /// then the window.
     fn multiply(&self, planes: &[f32], tiles: Range<usize>, out: &mut [f32], scratch: &mut [f32]) {
-        let filters = self.spec.filters;
-        let (ow, oh) = (self.spec.out_width(), self.spec.out_height());
         let first_pixel = self.pixels_before(tiles.start * self.tile);
         let (partial, window) = scratch.split_at_mut(self.partial_len);
         for t in tiles {
@@ -247,6 +262,13 @@ impl SparseWeight {
             partial.fill(0.0);
             for b in 0..self.blocks {
                 self.fill_window(planes, b, start, window);
+                // The planes are larger than L2: ask for the next block's while this one runs.
+                let (next_b, next_start) = if b + 1 < self.blocks {
+                    (b + 1, start)
+                } else {
+                    (0, start + self.tile)
+                };
+                self.prefetch_window(planes, next_b, next_start);
                 for (m, acc) in partial.chunks_exact_mut(self.tile).enumerate() {
                     let i = m * self.blocks + b;
                     let range = self.starts[i]..self.starts[i + 1];
@@ -255,16 +277,41 @@ impl SparseWeight {
                     }
                 }
             }
-            for i in 0..self.tile {
-                let q = start + i;
-                let (oy, ox) = (q / self.plane_w, q % self.plane_w);
-                if ox >= ow || oy >= oh {
-                    continue;
+            self.finish_tile(partial, start, first_pixel, out);
+        }
+    }
+
+    /// Writes the tile of partial sums (`[filter][position]`) starting at virtual position
+    /// `start` to the NHWC output (`[pixel][filter]`, from `first_pixel` on), through the
+    /// epilogue: transposed by blocks of 16 x 16 that stay in L1.
+    fn finish_tile(&self, partial: &[f32], start: usize, first_pixel: usize, out: &mut [f32]) {
+        const BLOCK: usize = 16;
+        let filters = self.spec.filters;
+        let (ow, oh) = (self.spec.out_width(), self.spec.out_height());
+        let mut block = [[0.0f32; BLOCK]; BLOCK];
+        for i0 in (0..self.tile).step_by(BLOCK) {
+            let positions = BLOCK.min(self.tile - i0);
+            for m0 in (0..filters).step_by(BLOCK) {
+                let n = BLOCK.min(filters - m0);
+                for (j, row) in partial[m0 * self.tile..]
+                    .chunks_exact(self.tile)
+                    .take(n)
+                    .enumerate()
+                {
+                    for (k, &v) in row[i0..i0 + positions].iter().enumerate() {
+                        block[k][j] = v;
+                    }
                 }
-                let pixel = oy * ow + ox - first_pixel;
-                let dst = &mut out[pixel * filters..(pixel + 1) * filters];
-                for (m, d) in dst.iter_mut().enumerate() {
-                    *d = self.epilogue.apply(m, partial[m * self.tile + i]);
+                for (k, sums) in block.iter().enumerate().take(positions) {
+                    let q = start + i0 + k;
+                    let (oy, ox) = (q / self.plane_w, q % self.plane_w);
+                    if ox >= ow || oy >= oh {
+                        continue;
+                    }
+                    let at = (oy * ow + ox - first_pixel) * filters + m0;
+                    let dst = &mut out[at..at + n];
+                    dst.copy_from_slice(&sums[..n]);
+                    self.epilogue.apply_row(dst, m0);
                 }
             }
         }
@@ -294,6 +341,19 @@ impl SparseWeight {
             || self.split(planes, mid..tiles.end, out_b, part_b, jobs - half),
         );
     }
+}
+
+/// Hints that `data` will be read soon, into L2 (a no-op where we have no hint).
+#[inline(always)]
+fn prefetch_l2(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is only a hint, and needs only SSE, which every x86-64 has.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T1>(data.as_ptr().cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 impl ConvKernel for SparseWeight {
