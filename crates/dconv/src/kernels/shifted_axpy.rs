@@ -52,16 +52,29 @@ impl TapList {
 }
 
 /// Vectors per tile: 8 accumulators and a broadcast weight fit the 16 registers of AVX2,
-/// and leave AVX-512 and NEON room for the loads in flight.
+/// and leave NEON room for the loads in flight.
 const VECTORS: usize = 8;
+/// AVX-512 has 32 registers: more accumulators than the 8 (= 2 FMA units x 4 cycles of
+/// latency) that keep both units busy leave slack for load hiccups.
+const VECTORS_512: usize = 16;
 
 /// Floats per tile of the kernels of `isa`. The portable kernel takes any length; this is the
 /// length the convolution uses with it.
 pub fn tile_width(isa: Isa) -> usize {
     match isa {
-        Isa::Avx512 => VECTORS * 16,
+        Isa::Avx512 => VECTORS_512 * 16,
         Isa::Avx2 => VECTORS * 8,
         Isa::Neon | Isa::Portable => VECTORS * 4,
+    }
+}
+
+/// Floats per vector of the kernels of `isa`: tiles that start at a multiple of it, over
+/// planes aligned to it, read whole vectors (no load straddles two cache lines).
+pub fn vector_floats(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 16,
+        Isa::Avx2 => 8,
+        Isa::Neon | Isa::Portable => 4,
     }
 }
 
@@ -106,7 +119,7 @@ pub fn shifted_axpy(
         // SAFETY: the CPU supports AVX-512F (checked above); every tap reads
         // planes[offset .. offset + acc.len()], within bounds since offset < span and
         // planes.len() >= span - 1 + acc.len() (checked above); acc has 8 vectors of 16.
-        Isa::Avx512 => unsafe { avx512::tile::<VECTORS>(planes.as_ptr(), list, acc) },
+        Isa::Avx512 => unsafe { avx512::tile::<VECTORS_512>(planes.as_ptr(), list, acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 and FMA, with 8 vectors of 8.
         Isa::Avx2 => unsafe { avx2::tile::<VECTORS>(planes.as_ptr(), list, acc) },
@@ -203,7 +216,7 @@ mod tests {
                 weight: rng.nonzero_value(),
             })
             .collect();
-        let planes = (0..planes + 200).map(|_| rng.nonzero_value()).collect();
+        let planes = (0..planes + 300).map(|_| rng.nonzero_value()).collect();
         (TapList::new(list), planes)
     }
 
