@@ -12,6 +12,7 @@
 use super::panels::{l1_slab_rows, BlockOutputs, WeightPanels};
 use super::tiles::{ensure_tiles, rows_per_tile, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use crate::kernels::aligned::CacheAligned;
 use crate::kernels::sparse_row_panel::{accumulate_rows, skip_rows, Entries, RowCursor};
 use crate::kernels::Isa;
 use crate::sparse::Csoa;
@@ -88,53 +89,50 @@ impl<const NB: usize> Im2Csoa<NB> {
             );
             out.par_chunks_mut(tile * m)
                 .zip(tiles.par_iter_mut())
-                .for_each(|(out, t)| outputs.begin(out, m, &mut t.spill));
+                .for_each(|(out, t)| outputs.begin(out.len() / m, &mut t.spill));
             for tap in 0..taps {
                 let tap_panel = &panel[tap * cg * width..];
                 let flags = ((g * self.panels.blocks() + block) * taps + tap) * chunks;
                 let zero_chunks = &self.zero_chunks[flags..flags + chunks];
-                out.par_chunks_mut(tile * m)
-                    .zip(tiles.par_iter_mut())
-                    .for_each(|(out, t)| {
-                        let rows = out.len() / m;
-                        t.cursors.clear();
-                        t.cursors
-                            .extend(t.pixels[tap * rows..(tap + 1) * rows].iter().map(|&pixel| {
-                                if pixel == PADDING {
-                                    RowCursor::default()
-                                } else {
-                                    let range = csoa.pixel_range(pixel as usize, g);
-                                    RowCursor {
-                                        next: range.start,
-                                        end: range.end,
-                                    }
-                                }
-                            }));
-                        let (dst, stride) = outputs.view(out, m, &mut t.spill);
-                        for (c_end, &zero) in (self.chunk..cg + self.chunk)
-                            .step_by(self.chunk)
-                            .zip(zero_chunks)
-                        {
-                            let limit = if c_end >= cg { u32::MAX } else { c_end as u32 };
-                            if zero {
-                                skip_rows(chans, &mut t.cursors, limit);
+                tiles.par_iter_mut().for_each(|t| {
+                    let rows = t.pixels.len() / taps;
+                    t.cursors.clear();
+                    t.cursors
+                        .extend(t.pixels[tap * rows..(tap + 1) * rows].iter().map(|&pixel| {
+                            if pixel == PADDING {
+                                RowCursor::default()
                             } else {
-                                // SAFETY: channels are below C/G, so `tap * C/G + c` is below K,
-                                // the panel's row count; `isa` was checked at preparation.
-                                unsafe {
-                                    accumulate_rows::<NB>(
-                                        self.isa,
-                                        Entries::new(chans, vals),
-                                        &mut t.cursors,
-                                        limit,
-                                        tap_panel,
-                                        dst,
-                                        stride,
-                                    )
-                                };
+                                let range = csoa.pixel_range(pixel as usize, g);
+                                RowCursor {
+                                    next: range.start,
+                                    end: range.end,
+                                }
                             }
+                        }));
+                    for (c_end, &zero) in (self.chunk..cg + self.chunk)
+                        .step_by(self.chunk)
+                        .zip(zero_chunks)
+                    {
+                        let limit = if c_end >= cg { u32::MAX } else { c_end as u32 };
+                        if zero {
+                            skip_rows(chans, &mut t.cursors, limit);
+                        } else {
+                            // SAFETY: channels are below C/G, so `tap * C/G + c` is below K,
+                            // the panel's row count; `isa` was checked at preparation.
+                            unsafe {
+                                accumulate_rows::<NB>(
+                                    self.isa,
+                                    Entries::new(chans, vals),
+                                    &mut t.cursors,
+                                    limit,
+                                    tap_panel,
+                                    t.spill.as_mut_slice(),
+                                    width,
+                                )
+                            };
                         }
-                    });
+                    }
+                });
             }
             out.par_chunks_mut(tile * m)
                 .zip(tiles.par_iter_mut())
@@ -153,7 +151,7 @@ impl<const NB: usize> Im2Csoa<NB> {
 pub(crate) struct CsoaTile {
     pixels: Vec<u32>,
     cursors: Vec<RowCursor>,
-    spill: Vec<f32>,
+    spill: CacheAligned,
 }
 
 impl CsoaTile {
@@ -206,7 +204,7 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
                     csoa_tile.locate(s, tile_rows(t, tile, rows));
                 });
             for g in 0..s.groups {
-                self.multiply(&mut ws.csoa_tiles, tile, &ws.csoa, g, out);
+                self.multiply(&mut ws.csoa_tiles[..tiles], tile, &ws.csoa, g, out);
             }
             timing.multiply += converted.elapsed();
         }

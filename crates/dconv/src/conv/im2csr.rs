@@ -8,6 +8,7 @@
 use super::panels::{l1_slab_rows, l2_chunk_rows, BlockOutputs, WeightPanels};
 use super::tiles::{ensure_tiles, rows_per_tile, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use crate::kernels::aligned::CacheAligned;
 use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
 use crate::sparse::{Csoa, CsrMatrix};
@@ -73,7 +74,7 @@ fn expand_rows(
 pub(crate) struct CsrTile {
     pub csr: CsrMatrix,
     cursors: Vec<RowCursor>,
-    spill: Vec<f32>,
+    spill: CacheAligned,
 }
 
 /// The product of CSR rows with a layer's weight panels: the multiply that im2CSR and the
@@ -129,36 +130,33 @@ impl<const NB: usize> CsrProduct<NB> {
                         next: w[0],
                         end: w[1],
                     }));
-                    outputs.begin(out, m, &mut t.spill);
+                    outputs.begin(out.len() / m, &mut t.spill);
                 });
             for chunk_start in (0..k).step_by(chunk) {
                 let chunk_end = (chunk_start + chunk).min(k);
-                out.par_chunks_mut(tile * m)
-                    .zip(tiles.par_iter_mut())
-                    .for_each(|(out, t)| {
-                        let (_, cols, vals) = t.csr.parts();
-                        let (dst, stride) = outputs.view(out, m, &mut t.spill);
-                        for slab_end in (chunk_start + slab..chunk_end + slab).step_by(slab) {
-                            let limit = if slab_end >= k {
-                                u32::MAX
-                            } else {
-                                slab_end.min(chunk_end) as u32
-                            };
-                            // SAFETY: CSR columns are below K (its invariants) and the panel has K
-                            // rows of 16 * NB floats; `isa` was checked at preparation.
-                            unsafe {
-                                accumulate_rows::<NB>(
-                                    isa,
-                                    Entries::new(cols, vals),
-                                    &mut t.cursors,
-                                    limit,
-                                    panel,
-                                    dst,
-                                    stride,
-                                )
-                            };
-                        }
-                    });
+                tiles.par_iter_mut().for_each(|t| {
+                    let (_, cols, vals) = t.csr.parts();
+                    for slab_end in (chunk_start + slab..chunk_end + slab).step_by(slab) {
+                        let limit = if slab_end >= k {
+                            u32::MAX
+                        } else {
+                            slab_end.min(chunk_end) as u32
+                        };
+                        // SAFETY: CSR columns are below K (its invariants) and the panel has K
+                        // rows of 16 * NB floats; `isa` was checked at preparation.
+                        unsafe {
+                            accumulate_rows::<NB>(
+                                isa,
+                                Entries::new(cols, vals),
+                                &mut t.cursors,
+                                limit,
+                                panel,
+                                t.spill.as_mut_slice(),
+                                width,
+                            )
+                        };
+                    }
+                });
             }
             out.par_chunks_mut(tile * m)
                 .zip(tiles.par_iter_mut())
@@ -196,7 +194,8 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
                     });
                 let converted = Instant::now();
                 timing.convert += converted - start;
-                self.product.multiply_tiles(g, &mut ws.csr_tiles, tile, out);
+                self.product
+                    .multiply_tiles(g, &mut ws.csr_tiles[..rows.div_ceil(tile)], tile, out);
                 timing.multiply += converted.elapsed();
             }
         }

@@ -60,7 +60,8 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
                     });
                 let converted = Instant::now();
                 timing.convert += converted - start;
-                self.product.multiply_tiles(g, &mut ws.csr_tiles, tile, out);
+                self.product
+                    .multiply_tiles(g, &mut ws.csr_tiles[..tiles], tile, out);
                 timing.multiply += converted.elapsed();
             }
         }

@@ -1,6 +1,7 @@
 //! Weights packed as panels for the sparse-activation methods.
 
 use super::ConvSpec;
+use crate::kernels::aligned::CacheAligned;
 use std::ops::Range;
 
 /// The weights of each group as `W^T` (K x M/G), cut into blocks of `16 * NB` output
@@ -10,7 +11,7 @@ use std::ops::Range;
 pub(crate) struct WeightPanels<const NB: usize> {
     rows: usize,
     blocks: usize,
-    data: Vec<f32>,
+    data: CacheAligned,
 }
 
 impl<const NB: usize> WeightPanels<NB> {
@@ -22,12 +23,13 @@ impl<const NB: usize> WeightPanels<NB> {
         let [kr, ks] = spec.kernel;
         let rows = spec.lowered_cols();
         let blocks = mg.div_ceil(Self::WIDTH);
-        let mut data = vec![0.0; spec.groups * blocks * rows * Self::WIDTH];
+        let mut data = CacheAligned::zeroed(spec.groups * blocks * rows * Self::WIDTH);
+        let panels = data.as_mut_slice();
         for (m, filter) in weights.chunks_exact(cg * kr * ks).enumerate() {
             let (g, within) = (m / mg, m % mg);
             let (block, lane) = (within / Self::WIDTH, within % Self::WIDTH);
             let panel =
-                &mut data[(g * blocks + block) * rows * Self::WIDTH..][..rows * Self::WIDTH];
+                &mut panels[(g * blocks + block) * rows * Self::WIDTH..][..rows * Self::WIDTH];
             for c in 0..cg {
                 for tap in 0..kr * ks {
                     panel[((tap * cg) + c) * Self::WIDTH + lane] = filter[c * kr * ks + tap];
@@ -44,7 +46,8 @@ impl<const NB: usize> WeightPanels<NB> {
 
     /// The panel of block `block` of group `g`: `K` rows of `WIDTH` floats.
     pub fn panel(&self, g: usize, block: usize) -> &[f32] {
-        &self.data[(g * self.blocks + block) * self.rows * Self::WIDTH..][..self.rows * Self::WIDTH]
+        &self.data.as_slice()[(g * self.blocks + block) * self.rows * Self::WIDTH..]
+            [..self.rows * Self::WIDTH]
     }
 
     /// Whether rows `rows` of a panel are all zero (a block of weights pruning emptied).
@@ -80,9 +83,11 @@ pub(crate) const fn l2_chunk_rows(width: usize) -> usize {
     }
 }
 
-/// The outputs of one block of output channels of one tile, while it is accumulated: in
-/// place in the NHWC output when the block is full width, else in a contiguous spill (a
-/// block narrower than the panel, the last of a group, would write past its columns).
+/// The outputs of one block of output channels of one tile, while it is accumulated:
+/// in a contiguous, cache-aligned spill, copied into the NHWC output at the end. (Rows of
+/// the output lie a power-of-two apart and start wherever the caller's buffer does; the
+/// spill's rows are neither, and a block narrower than the panel, the last of a group,
+/// cannot write past its columns.)
 pub(crate) struct BlockOutputs {
     columns: Range<usize>,
     width: usize,
@@ -93,41 +98,18 @@ impl BlockOutputs {
         BlockOutputs { columns, width }
     }
 
-    /// Zeroes the block's outputs in `out` (rows of `row_len`) or in `spill`.
-    pub fn begin(&self, out: &mut [f32], row_len: usize, spill: &mut Vec<f32>) {
-        if self.columns.len() == self.width {
-            for row in out.chunks_exact_mut(row_len) {
-                row[self.columns.clone()].fill(0.0);
-            }
-        } else {
-            spill.clear();
-            spill.resize(out.len() / row_len * self.width, 0.0);
-        }
+    /// Zeroes the spill for a tile of `rows` rows.
+    pub fn begin(&self, rows: usize, spill: &mut CacheAligned) {
+        spill.reset_zeroed(rows * self.width);
     }
 
-    /// The outputs to accumulate into, and their row stride.
-    pub fn view<'a>(
-        &self,
-        out: &'a mut [f32],
-        row_len: usize,
-        spill: &'a mut [f32],
-    ) -> (&'a mut [f32], usize) {
-        if self.columns.len() == self.width {
-            (&mut out[self.columns.start..], row_len)
-        } else {
-            (spill, self.width)
-        }
-    }
-
-    /// Copies a spilled block back into `out`.
-    pub fn end(&self, out: &mut [f32], row_len: usize, spill: &[f32]) {
-        if self.columns.len() < self.width {
-            for (row, block) in out
-                .chunks_exact_mut(row_len)
-                .zip(spill.chunks_exact(self.width))
-            {
-                row[self.columns.clone()].copy_from_slice(&block[..self.columns.len()]);
-            }
+    /// Copies the accumulated block into `out` (rows of `row_len`).
+    pub fn end(&self, out: &mut [f32], row_len: usize, spill: &CacheAligned) {
+        for (row, block) in out
+            .chunks_exact_mut(row_len)
+            .zip(spill.as_slice().chunks_exact(self.width))
+        {
+            row[self.columns.clone()].copy_from_slice(&block[..self.columns.len()]);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! methods that call them. Each has a portable version and, where it pays, explicit SIMD
 //! versions chosen at run time by [`Isa`].
 
+pub(crate) mod aligned;
 pub mod shifted_axpy;
 
 use std::fmt;
