@@ -208,14 +208,9 @@ fn run_light_model(name: &str, policies: &[Policy]) -> Vec<String> {
 
 #[test]
 fn light_models_give_their_expected_outputs() {
-    let policies = [
-        Policy::Auto,
-        Policy::Force(dconv::conv::Method::Dense),
-        Policy::Force(dconv::conv::Method::Im2Csr),
-    ];
     let failures: Vec<String> = LIGHT_MODELS
         .iter()
-        .flat_map(|name| run_light_model(name, &policies))
+        .flat_map(|name| run_light_model(name, &Policy::ALL))
         .collect();
     assert!(
         failures.is_empty(),

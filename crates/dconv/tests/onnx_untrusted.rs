@@ -1,0 +1,111 @@
+//! Malformed and unsupported models fail with errors that say what and where, never panics.
+
+use dconv::onnx::proto::{tensor_proto::DataLocation, ModelProto, StringStringEntryProto};
+use dconv::runtime::example_model;
+use dconv::{Error, Model, Session, SessionOptions, Tensor};
+use prost::Message;
+use std::path::Path;
+
+fn example() -> ModelProto {
+    ModelProto::decode(example_model().as_slice()).unwrap()
+}
+
+fn load(proto: &ModelProto, base: Option<&Path>) -> Result<Model, Error> {
+    Model::from_bytes(&proto.encode_to_vec(), base)
+}
+
+#[test]
+fn every_truncation_of_a_model_is_an_error_or_a_model() {
+    let bytes = example_model();
+    for len in 0..bytes.len() {
+        let _ = Model::from_bytes(&bytes[..len], None);
+    }
+    assert!(Model::from_bytes(&bytes[..bytes.len() / 2], None).is_err());
+}
+
+#[test]
+fn sizes_are_checked_against_the_data_present() {
+    let mut proto = example();
+    let w = &mut proto.graph.as_mut().unwrap().initializer[0];
+    w.dims = vec![1 << 40, 1 << 20];
+    let e = load(&proto, None).unwrap_err().to_string();
+    assert!(e.contains("'w'"), "{e}");
+}
+
+#[test]
+fn external_data_stays_in_the_model_folder() {
+    let dir = std::env::temp_dir().join(format!("dconv-external-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let weights: Vec<u8> = [1.0f32; 18].iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(dir.join("w.bin"), &weights).unwrap();
+    let with_location = |location: &str, offset: &str| {
+        let mut proto = example();
+        let w = &mut proto.graph.as_mut().unwrap().initializer[0];
+        w.float_data.clear();
+        w.data_location = Some(DataLocation::External as i32);
+        w.external_data = [("location", location), ("offset", offset)]
+            .iter()
+            .map(|(k, v)| StringStringEntryProto {
+                key: Some(k.to_string()),
+                value: Some(v.to_string()),
+            })
+            .collect();
+        load(&proto, Some(&dir))
+    };
+    assert!(with_location("w.bin", "0").is_ok());
+    for (location, offset) in [
+        ("../w.bin", "0"),
+        ("/etc/passwd", "0"),
+        ("w.bin", "8"),
+        ("missing.bin", "0"),
+    ] {
+        assert!(
+            with_location(location, offset).is_err(),
+            "{location} at {offset}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_unsupported_operator_names_itself_and_its_node() {
+    let mut proto = example();
+    proto.graph.as_mut().unwrap().node[1].op_type = Some("Frobnicate".into());
+    let model = load(&proto, None).unwrap();
+    let session = Session::new(&model, SessionOptions::default()).unwrap();
+    let x = Tensor::from_f32(vec![1, 1, 4, 4], vec![0.0; 16]).unwrap();
+    let e = session.run(&[("x", x)]).unwrap_err().to_string();
+    assert!(e.contains("Frobnicate") && e.contains("Relu_0"), "{e}");
+}
+
+#[test]
+fn a_shape_mismatch_names_the_tensor_and_both_shapes() {
+    let model = Model::from_bytes(&example_model(), None).unwrap();
+    let session = Session::new(&model, SessionOptions::default()).unwrap();
+    let x = Tensor::from_f32(vec![1, 1, 5, 4], vec![0.0; 20]).unwrap();
+    let e = session.run(&[("x", x)]).unwrap_err();
+    assert!(e.is_bad_input());
+    let e = e.to_string();
+    assert!(
+        e.contains("'x'") && e.contains("[1, 1, 5, 4]") && e.contains("[1, 1, 4, 4]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_session_runs_from_several_threads() {
+    let model = Model::from_bytes(&example_model(), None).unwrap();
+    let session = Session::new(&model, SessionOptions::default()).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let session = &session;
+            s.spawn(move || {
+                for _ in 0..10 {
+                    let x = Tensor::from_f32(vec![1, 1, 4, 4], vec![t as f32; 16]).unwrap();
+                    let y = session.run(&[("x", x)]).unwrap().remove(0).1;
+                    assert_eq!(y.as_f32().unwrap()[5], 9.0 * t as f32);
+                }
+            });
+        }
+    });
+}
