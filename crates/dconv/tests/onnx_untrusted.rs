@@ -109,3 +109,70 @@ fn a_session_runs_from_several_threads() {
         }
     });
 }
+
+/// The example model as tf2onnx writes an NHWC model: Transpose to NCHW before the Conv and
+/// back after it. The transposes are absorbed into the channels-last layout; results agree.
+#[test]
+fn nhwc_edges_of_a_tf2onnx_model_give_the_same_result() {
+    use dconv::onnx::proto::{AttributeProto, NodeProto};
+    let mut proto = example();
+    let graph = proto.graph.as_mut().unwrap();
+    let transpose = |input: &str, output: &str, perm: Vec<i64>| NodeProto {
+        op_type: Some("Transpose".into()),
+        name: Some(format!("t_{output}")),
+        input: vec![input.into()],
+        output: vec![output.into()],
+        attribute: vec![AttributeProto {
+            name: Some("perm".into()),
+            ints: perm,
+            r#type: Some(7),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    graph.node[0].input[0] = "x_nchw".into();
+    graph.node[1].output[0] = "y_nchw".into();
+    graph
+        .node
+        .insert(0, transpose("x", "x_nchw", vec![0, 3, 1, 2]));
+    graph.node.push(transpose("y_nchw", "y", vec![0, 2, 3, 1]));
+    graph.input[0].r#type = None;
+    graph.output[0].r#type = None;
+    let nhwc = load(&proto, None).unwrap();
+    let nchw = Model::from_bytes(&example_model(), None).unwrap();
+    let data: Vec<f32> = (0..16).map(|i| i as f32 - 5.0).collect();
+    let run = |model: &Model, shape: Vec<usize>| {
+        let session = Session::new(model, SessionOptions::default()).unwrap();
+        let x = Tensor::from_f32(shape, data.clone()).unwrap();
+        session.run(&[("x", x)]).unwrap().remove(0).1
+    };
+    let (a, b) = (run(&nhwc, vec![1, 4, 4, 1]), run(&nchw, vec![1, 1, 4, 4]));
+    assert_eq!(a.shape(), &[1, 4, 4, 2]);
+    let a = a.as_f32().unwrap();
+    let b = b.as_f32().unwrap();
+    for p in 0..16 {
+        for c in 0..2 {
+            assert_eq!(a[p * 2 + c], b[c * 16 + p]);
+        }
+    }
+}
+
+/// Only the methods a policy may pick are prepared, once, at plan time.
+#[test]
+fn a_plan_prepares_only_the_methods_its_policy_may_pick() {
+    use dconv::conv::Method;
+    use dconv::Policy;
+    let model = Model::from_bytes(&example_model(), None).unwrap();
+    let methods = |policy| {
+        let session = Session::new(&model, SessionOptions { threads: 1, policy }).unwrap();
+        session.conv_methods(&[vec![1, 1, 4, 4]]).unwrap().remove(0)
+    };
+    assert_eq!(
+        methods(Policy::Auto),
+        ("Conv_0".to_string(), vec![Method::Dense, Method::Im2Csr])
+    );
+    assert_eq!(
+        methods(Policy::Force(Method::Im2Csoa)).1,
+        vec![Method::Im2Csoa]
+    );
+}
