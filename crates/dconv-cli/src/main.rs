@@ -1,6 +1,7 @@
 //! `dconv`: the command-line tool of the dconv inference engine. One module per subcommand.
 
 mod bench_conv;
+mod run;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
@@ -17,7 +18,9 @@ struct Cli {
 enum Command {
     /// Time the convolution methods on one layer shape with synthetic sparse data, check that
     /// they agree, and report milliseconds and GFLOP/s.
-    BenchConv(bench_conv::Args),
+    BenchConv(Box<bench_conv::Args>),
+    /// Run an ONNX model on a .npy input and write its output as .npy.
+    Run(run::Args),
 }
 
 /// Why a subcommand stopped; each kind has its own exit code.
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
     };
     let outcome = match cli.command {
         Command::BenchConv(args) => bench_conv::run(&args),
+        Command::Run(args) => run::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

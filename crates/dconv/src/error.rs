@@ -38,6 +38,41 @@ pub enum Error {
     /// A file that cannot be written.
     #[error("cannot write {}: {msg}", path.display())]
     Output { path: PathBuf, msg: String },
+    /// A model or tensor file that is malformed or inconsistent (truncated data, a size that
+    /// does not match, a dangling tensor name, an external-data path outside the model folder).
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    /// A valid model that uses an operator, attribute value or opset dconv does not support.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A tensor given to a model whose shape does not fit the model's declared input.
+    #[error("tensor '{tensor}' has shape {actual:?}, expected {expected}")]
+    ShapeMismatch {
+        tensor: String,
+        expected: String,
+        actual: Vec<usize>,
+    },
+    /// A file that cannot be read.
+    #[error("cannot read {path}: {message}")]
+    Io { path: String, message: String },
+    /// A failure while planning or running one node of a model: names the node and its op.
+    #[error("node '{node}' ({op}): {source}")]
+    Node {
+        node: String,
+        op: String,
+        source: Box<Error>,
+    },
+}
+
+impl Error {
+    /// Whether the caller's input (model, tensor, option) caused the error, rather than dconv.
+    pub fn is_bad_input(&self) -> bool {
+        match self {
+            Error::Node { source, .. } => source.is_bad_input(),
+            Error::Overflow(_) | Error::BufferLength { .. } => false,
+            _ => true,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

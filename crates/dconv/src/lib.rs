@@ -27,7 +27,14 @@ pub mod error;
 pub mod io;
 pub mod kernels;
 pub mod models;
+pub mod onnx;
+mod ops;
+pub mod runtime;
 pub mod sparse;
 pub mod synth;
+pub mod tensor;
 
 pub use error::{Error, Result};
+pub use onnx::Model;
+pub use runtime::{Policy, Session, SessionOptions};
+pub use tensor::{Tensor, TensorData};

@@ -1,0 +1,240 @@
+//! Conv: ONNX attributes to a [`ConvSpec`], BatchNormalization folding, activation fusion,
+//! and the run-time step that picks a prepared method per run from the input's sparsity.
+
+use super::{need_const_f32, Ctx};
+use crate::conv::{Activation, Conv, ConvSpec, Method, Workspace};
+use crate::error::{Error, Result};
+use crate::runtime::builder::{Builder, StepOp, Value};
+use crate::runtime::layout::Layout;
+use crate::runtime::Policy;
+
+/// A convolution read from its node, before folding and fusion.
+pub(crate) struct ConvDraft {
+    pub spec: ConvSpec,
+    /// `[M][C/G][R][S]`.
+    pub weights: Vec<f32>,
+    pub bias: Vec<f32>,
+    /// The logical output shape (`[N, M, OH, OW]`, or `[N, M, OW]` for 1-D).
+    pub out_shape: Vec<usize>,
+}
+
+/// How a node's `pads`/`auto_pad` resolve, per spatial axis: (begin, end).
+pub(crate) fn resolve_pads(
+    ctx: &Ctx,
+    input: &[usize],
+    kernel: &[usize],
+    stride: &[usize],
+    dilation: &[usize],
+) -> Result<Vec<(usize, usize)>> {
+    let n = input.len();
+    let auto_pad = ctx.attrs.string("auto_pad").unwrap_or_default();
+    match auto_pad.as_str() {
+        "" | "NOTSET" => {
+            let pads = ctx.attrs.sizes("pads")?.unwrap_or_else(|| vec![0; 2 * n]);
+            if pads.len() != 2 * n {
+                return Err(Error::InvalidModel(format!(
+                    "pads {pads:?} should have {} values",
+                    2 * n
+                )));
+            }
+            Ok((0..n).map(|i| (pads[i], pads[i + n])).collect())
+        }
+        "VALID" => Ok(vec![(0, 0); n]),
+        "SAME_UPPER" | "SAME_LOWER" => Ok((0..n)
+            .map(|i| {
+                let out = input[i].div_ceil(stride[i]);
+                let extent = dilation[i] * (kernel[i] - 1) + 1;
+                let total = ((out.saturating_sub(1)) * stride[i] + extent).saturating_sub(input[i]);
+                let small = total / 2;
+                if auto_pad == "SAME_UPPER" {
+                    (small, total - small)
+                } else {
+                    (total - small, small)
+                }
+            })
+            .collect()),
+        other => Err(Error::Unsupported(format!("auto_pad {other}"))),
+    }
+}
+
+/// Reads a Conv node whose input has logical shape `x` (rank 3 or 4).
+pub(crate) fn draft(ctx: &Ctx, x: &[usize], w: &Value, b: Option<&Value>) -> Result<ConvDraft> {
+    let rank = x.len();
+    if !(rank == 3 || rank == 4) {
+        return Err(Error::Unsupported(format!(
+            "Conv on a rank-{rank} input {x:?} (only 1-D and 2-D convolutions)"
+        )));
+    }
+    let weights = need_const_f32(w, "weights")?;
+    let wshape = w.shape();
+    if wshape.len() != rank {
+        return Err(Error::InvalidModel(format!(
+            "weights of shape {wshape:?} for an input of shape {x:?}"
+        )));
+    }
+    let spatial = &x[2..];
+    let kernel = &wshape[2..];
+    let ones = vec![1; rank - 2];
+    let stride = ctx.attrs.sizes("strides")?.unwrap_or_else(|| ones.clone());
+    let dilation = ctx
+        .attrs
+        .sizes("dilations")?
+        .unwrap_or_else(|| ones.clone());
+    if let Some(ks) = ctx.attrs.sizes("kernel_shape")? {
+        if ks != kernel {
+            return Err(Error::InvalidModel(format!(
+                "kernel_shape {ks:?} disagrees with weights {wshape:?}"
+            )));
+        }
+    }
+    if stride.len() != rank - 2 || dilation.len() != rank - 2 || kernel.contains(&0) {
+        return Err(Error::InvalidModel(format!(
+            "strides {stride:?} / dilations {dilation:?} / kernel {kernel:?} do not fit a {}-D conv",
+            rank - 2
+        )));
+    }
+    let pads = resolve_pads(ctx, spatial, kernel, &stride, &dilation)?;
+    let groups = usize::try_from(ctx.attrs.int("group", 1))
+        .map_err(|_| Error::InvalidModel("negative group".into()))?;
+    let (filters, channels) = (wshape[0], x[1]);
+    if groups == 0 || wshape[1].checked_mul(groups) != Some(channels) {
+        return Err(Error::InvalidModel(format!(
+            "weights {wshape:?} with {groups} groups do not fit {channels} input channels"
+        )));
+    }
+    let (height, width, k, s, d, p) = if rank == 4 {
+        (
+            spatial[0],
+            spatial[1],
+            [kernel[0], kernel[1]],
+            [stride[0], stride[1]],
+            [dilation[0], dilation[1]],
+            [pads[0].0, pads[1].0, pads[0].1, pads[1].1],
+        )
+    } else {
+        (
+            1,
+            spatial[0],
+            [1, kernel[0]],
+            [1, stride[0]],
+            [1, dilation[0]],
+            [0, pads[0].0, 0, pads[0].1],
+        )
+    };
+    let spec = ConvSpec::new(channels, height, width, filters, k)
+        .with_batch(x[0])
+        .with_stride(s)
+        .with_dilation(d)
+        .with_padding(p)
+        .with_groups(groups)
+        .with_bias(true);
+    spec.validate()?;
+    let bias = match b {
+        Some(b) => {
+            let bias = need_const_f32(b, "bias")?;
+            if bias.len() != filters {
+                return Err(Error::InvalidModel(format!(
+                    "bias of shape {:?} for {filters} filters",
+                    b.shape()
+                )));
+            }
+            bias.to_vec()
+        }
+        None => vec![0.0; filters],
+    };
+    let [oh, ow] = spec.output_size();
+    let out_shape = if rank == 4 {
+        vec![x[0], filters, oh, ow]
+    } else {
+        vec![x[0], filters, ow]
+    };
+    Ok(ConvDraft {
+        spec,
+        weights: weights.to_vec(),
+        bias,
+        out_shape,
+    })
+}
+
+impl ConvDraft {
+    /// Folds `y = (x - mean) * scale / sqrt(var + eps) + shift` into the weights and bias.
+    pub fn fold_batch_norm(&mut self, bn: &super::normalize::BatchNorm) {
+        let per_filter = self.weights.len() / self.spec.filters;
+        for (m, filter) in self.weights.chunks_exact_mut(per_filter).enumerate() {
+            filter.iter_mut().for_each(|w| *w *= bn.scale[m]);
+            self.bias[m] = self.bias[m] * bn.scale[m] + bn.shift[m];
+        }
+    }
+
+    /// Prepares the methods the policy may pick and adds the step.
+    pub fn finish(self, b: &mut Builder, input: &Value) -> Result<Value> {
+        let x = b.in_layout(input, Layout::ChannelsLast)?;
+        let zeros = self.weights.iter().filter(|&&w| w == 0.0).count();
+        let weight_sparsity = zeros as f64 / self.weights.len().max(1) as f64;
+        let methods = b
+            .policy
+            .candidates(weight_sparsity)
+            .into_iter()
+            .map(|m| Conv::prepare(&self.spec, &self.weights, Some(&self.bias), m))
+            .collect::<Result<Vec<_>>>()?;
+        let step = ConvStep {
+            methods,
+            policy: b.policy,
+            weight_sparsity,
+            counts_zeros: self.spec.activation != Activation::None,
+        };
+        let src = b.src(&x);
+        b.push(
+            vec![src],
+            self.out_shape,
+            Layout::ChannelsLast,
+            StepOp::Conv(Box::new(step)),
+        )
+    }
+}
+
+/// A convolution at run time: every method its policy may pick, prepared.
+pub(crate) struct ConvStep {
+    methods: Vec<Conv>,
+    policy: Policy,
+    weight_sparsity: f64,
+    /// Whether a fused ReLU makes the output sparse enough to be worth counting.
+    counts_zeros: bool,
+}
+
+impl ConvStep {
+    /// Runs on channels-last `input`, whose fraction of zeros is `input_sparsity` when its
+    /// producer counted them; returns the output's fraction of zeros when counted.
+    pub fn run(
+        &self,
+        input: &[f32],
+        input_sparsity: Option<f64>,
+        output: &mut [f32],
+        ws: &mut Workspace,
+    ) -> Result<Option<f64>> {
+        let method = if self.policy.needs_sparsity() {
+            let sparsity = input_sparsity.unwrap_or_else(|| zero_fraction(input));
+            self.policy.choose(sparsity, self.weight_sparsity)
+        } else {
+            self.methods[0].method()
+        };
+        let conv = self
+            .methods
+            .iter()
+            .find(|c| c.method() == method)
+            .ok_or_else(|| Error::Unsupported(format!("method {method} was not prepared")))?;
+        conv.run(input, output, ws)?;
+        Ok((self.counts_zeros && self.policy.needs_sparsity()).then(|| zero_fraction(output)))
+    }
+
+    /// The methods prepared for this convolution.
+    pub fn methods(&self) -> impl Iterator<Item = Method> + '_ {
+        self.methods.iter().map(Conv::method)
+    }
+}
+
+/// Fraction of exactly-zero elements.
+pub(crate) fn zero_fraction(data: &[f32]) -> f64 {
+    let zeros = data.iter().filter(|&&v| v == 0.0).count();
+    zeros as f64 / data.len().max(1) as f64
+}

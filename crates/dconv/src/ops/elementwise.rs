@@ -1,0 +1,388 @@
+//! Element-wise operators: activations (one input) and arithmetic with numpy broadcasting
+//! (two inputs). Both work on any storage layout: a binary operator computes in the storage
+//! order of its channels-last input, reading the other through broadcast strides.
+
+use super::{Ctx, Kernel};
+use crate::error::{Error, Result};
+use crate::runtime::builder::{Builder, Value};
+use crate::runtime::layout::Layout;
+use crate::tensor::{Tensor, TensorData};
+
+#[derive(Debug, Clone, Copy)]
+enum Unary {
+    Relu,
+    Sigmoid,
+    LeakyRelu(f32),
+    HardSigmoid(f32, f32),
+    HardSwish,
+    Clip(f32, f32),
+    Tanh,
+    Exp,
+    Neg,
+    Sqrt,
+    Reciprocal,
+    Abs,
+}
+
+impl Unary {
+    #[inline(always)]
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            Unary::Relu => x.max(0.0),
+            Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Unary::LeakyRelu(a) => {
+                if x < 0.0 {
+                    a * x
+                } else {
+                    x
+                }
+            }
+            Unary::HardSigmoid(a, b) => (a * x + b).clamp(0.0, 1.0),
+            Unary::HardSwish => x * (x / 6.0 + 0.5).clamp(0.0, 1.0),
+            Unary::Clip(lo, hi) => x.max(lo).min(hi),
+            Unary::Tanh => x.tanh(),
+            Unary::Exp => x.exp(),
+            Unary::Neg => -x,
+            Unary::Sqrt => x.sqrt(),
+            Unary::Reciprocal => 1.0 / x,
+            Unary::Abs => x.abs(),
+        }
+    }
+}
+
+struct UnaryKernel(Unary);
+
+impl Kernel for UnaryKernel {
+    fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
+        let f = self.0;
+        if let Unary::Relu = f {
+            // Count the zeros while writing them: the next convolution's method depends on it.
+            let mut zeros = 0usize;
+            for (o, &x) in output.iter_mut().zip(inputs[0]) {
+                *o = x.max(0.0);
+                zeros += (*o == 0.0) as usize;
+            }
+            return Some(zeros as f64 / output.len().max(1) as f64);
+        }
+        output
+            .iter_mut()
+            .zip(inputs[0])
+            .for_each(|(o, &x)| *o = f.apply(x));
+        None
+    }
+}
+
+/// The scalar value of an optional constant input (Clip's min and max from opset 11).
+fn optional_scalar(inputs: &[Option<Value>], i: usize, default: f32) -> Result<f32> {
+    match inputs.get(i).and_then(Option::as_ref) {
+        None => Ok(default),
+        Some(v) => match v.as_const() {
+            Some(t) if t.len() == 1 => Ok(t.to_f32_vec()[0]),
+            _ => Err(Error::Unsupported(format!(
+                "input {i} must be a constant scalar"
+            ))),
+        },
+    }
+}
+
+/// Clip's bounds, from attributes before opset 11 and from inputs since.
+pub(crate) fn clip_bounds(ctx: &Ctx, inputs: &[Option<Value>]) -> Result<(f32, f32)> {
+    if ctx.opset < 11 {
+        Ok((
+            ctx.attrs.float("min", f32::NEG_INFINITY),
+            ctx.attrs.float("max", f32::INFINITY),
+        ))
+    } else {
+        Ok((
+            optional_scalar(inputs, 1, f32::NEG_INFINITY)?,
+            optional_scalar(inputs, 2, f32::INFINITY)?,
+        ))
+    }
+}
+
+pub(crate) fn plan_unary(
+    b: &mut Builder,
+    ctx: &Ctx,
+    op: &str,
+    inputs: &[Option<Value>],
+) -> Result<Value> {
+    let x = inputs
+        .first()
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Error::InvalidModel(format!("{op} needs an input")))?;
+    let f = match op {
+        "Relu" => Unary::Relu,
+        "Sigmoid" => Unary::Sigmoid,
+        "LeakyRelu" => Unary::LeakyRelu(ctx.attrs.float("alpha", 0.01)),
+        "HardSigmoid" => {
+            Unary::HardSigmoid(ctx.attrs.float("alpha", 0.2), ctx.attrs.float("beta", 0.5))
+        }
+        "HardSwish" => Unary::HardSwish,
+        "Clip" => {
+            let (lo, hi) = clip_bounds(ctx, inputs)?;
+            Unary::Clip(lo, hi)
+        }
+        "Tanh" => Unary::Tanh,
+        "Exp" => Unary::Exp,
+        "Neg" => Unary::Neg,
+        "Sqrt" => Unary::Sqrt,
+        "Reciprocal" => Unary::Reciprocal,
+        _ => Unary::Abs,
+    };
+    let shape = x.shape().to_vec();
+    let layout = x.layout();
+    b.emit(&[x], shape, layout, Box::new(UnaryKernel(f)))
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    PRelu,
+    Max,
+    Min,
+    Pow,
+}
+
+impl Binary {
+    #[inline(always)]
+    fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            Binary::Add => a + b,
+            Binary::Sub => a - b,
+            Binary::Mul => a * b,
+            Binary::Div => a / b,
+            Binary::PRelu => {
+                if a < 0.0 {
+                    a * b
+                } else {
+                    a
+                }
+            }
+            Binary::Max => a.max(b),
+            Binary::Min => a.min(b),
+            Binary::Pow => a.powf(b),
+        }
+    }
+
+    fn apply_int(self, a: i64, b: i64) -> Result<i64> {
+        Ok(match self {
+            Binary::Add => a.wrapping_add(b),
+            Binary::Sub => a.wrapping_sub(b),
+            Binary::Mul => a.wrapping_mul(b),
+            Binary::Div => a
+                .checked_div(b)
+                .ok_or_else(|| Error::InvalidModel("integer division by zero".into()))?,
+            Binary::Max => a.max(b),
+            Binary::Min => a.min(b),
+            Binary::PRelu | Binary::Pow => {
+                return Err(Error::Unsupported("this operator on integers".into()))
+            }
+        })
+    }
+}
+
+/// `f` on broadcast operands: `shape` is the output's storage shape, `sa`/`sb` the operands'
+/// strides along it (0 where broadcast).
+struct BinaryKernel {
+    f: Binary,
+    shape: Vec<usize>,
+    strides: [Vec<isize>; 2],
+}
+
+impl Kernel for BinaryKernel {
+    fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
+        let f = self.f;
+        broadcast(
+            &self.shape,
+            &self.strides,
+            inputs[0],
+            inputs[1],
+            output,
+            |a, b| f.apply(a, b),
+        );
+        None
+    }
+}
+
+fn broadcast<T: Copy>(
+    shape: &[usize],
+    [sa, sb]: &[Vec<isize>; 2],
+    a: &[T],
+    b: &[T],
+    out: &mut [T],
+    mut f: impl FnMut(T, T) -> T,
+) {
+    let rank = shape.len();
+    if rank == 0 {
+        out[0] = f(a[0], b[0]);
+        return;
+    }
+    if out.is_empty() {
+        return;
+    }
+    let inner = shape[rank - 1];
+    let (ia, ib) = (sa[rank - 1], sb[rank - 1]);
+    let mut index = vec![0usize; rank - 1];
+    let (mut oa, mut ob) = (0isize, 0isize);
+    for row in out.chunks_exact_mut(inner) {
+        match (ia, ib) {
+            (1, 1) => {
+                let (a, b) = (&a[oa as usize..][..inner], &b[ob as usize..][..inner]);
+                row.iter_mut()
+                    .zip(a.iter().zip(b))
+                    .for_each(|(o, (&x, &y))| *o = f(x, y));
+            }
+            (1, 0) => {
+                let (a, y) = (&a[oa as usize..][..inner], b[ob as usize]);
+                row.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x, y));
+            }
+            (0, 1) => {
+                let (x, b) = (a[oa as usize], &b[ob as usize..][..inner]);
+                row.iter_mut().zip(b).for_each(|(o, &y)| *o = f(x, y));
+            }
+            _ => {
+                for (i, o) in row.iter_mut().enumerate() {
+                    let i = i as isize;
+                    *o = f(a[(oa + i * ia) as usize], b[(ob + i * ib) as usize]);
+                }
+            }
+        }
+        for axis in (0..rank - 1).rev() {
+            index[axis] += 1;
+            oa += sa[axis];
+            ob += sb[axis];
+            if index[axis] < shape[axis] {
+                break;
+            }
+            oa -= sa[axis] * shape[axis] as isize;
+            ob -= sb[axis] * shape[axis] as isize;
+            index[axis] = 0;
+        }
+    }
+}
+
+/// The numpy broadcast of two shapes.
+fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>> {
+    let rank = a.len().max(b.len());
+    let dim = |s: &[usize], i: usize| (i + s.len()).checked_sub(rank).map_or(1, |j| s[j]);
+    (0..rank)
+        .map(|i| match (dim(a, i), dim(b, i)) {
+            (x, y) if x == y => Ok(x),
+            (1, y) => Ok(y),
+            (x, 1) => Ok(x),
+            _ => Err(Error::InvalidModel(format!(
+                "shapes {a:?} and {b:?} do not broadcast"
+            ))),
+        })
+        .collect()
+}
+
+/// The strides with which an operand of `shape` stored with `strides` is read along the
+/// logical axes of an output of `out` (0 on broadcast axes).
+fn broadcast_strides(shape: &[usize], strides: &[isize], out: &[usize]) -> Vec<isize> {
+    let lead = out.len() - shape.len();
+    (0..out.len())
+        .map(|i| match i.checked_sub(lead) {
+            Some(j) if shape[j] != 1 => strides[j],
+            _ => 0,
+        })
+        .collect()
+}
+
+pub(crate) fn plan_binary(
+    b: &mut Builder,
+    ctx: &Ctx,
+    op: &str,
+    x: &Value,
+    y: &Value,
+) -> Result<Value> {
+    let f = match op {
+        "Add" => Binary::Add,
+        "Sub" => Binary::Sub,
+        "Mul" => Binary::Mul,
+        "Div" => Binary::Div,
+        "PRelu" => Binary::PRelu,
+        "Max" => Binary::Max,
+        "Min" => Binary::Min,
+        _ => Binary::Pow,
+    };
+    let y_shape = aligned_shape(ctx, f, x.shape(), y.shape())?;
+    let out = broadcast_shape(x.shape(), &y_shape)?;
+    if f_is_prelu(f) && out != x.shape() {
+        return Err(Error::InvalidModel(format!(
+            "slope {:?} does not broadcast to the input {:?}",
+            y.shape(),
+            x.shape()
+        )));
+    }
+    let y_strides = y.layout().strides(y.shape());
+    let y_strides = if y_shape.len() == y.shape().len() {
+        y_strides
+    } else {
+        // Legacy alignment only inserts unit axes into a constant or plain tensor.
+        crate::runtime::layout::plain_strides(&y_shape)
+    };
+    let strides = [
+        broadcast_strides(x.shape(), &x.strides(), &out),
+        broadcast_strides(&y_shape, &y_strides, &out),
+    ];
+    if let (Some(tx), Some(ty)) = (x.as_const(), y.as_const()) {
+        if let (TensorData::I64(dx), TensorData::I64(dy)) = (tx.data(), ty.data()) {
+            let mut data = vec![0i64; crate::tensor::element_count(&out)?];
+            let mut failure = None;
+            broadcast(&out, &strides, dx, dy, &mut data, |p, q| {
+                f.apply_int(p, q).unwrap_or_else(|e| {
+                    failure = Some(e);
+                    0
+                })
+            });
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            return Ok(Value::constant(Tensor::from_i64(out, data)?));
+        }
+    }
+    // Compute in the storage order of a channels-last operand of full rank, if any.
+    let layout = [x, y]
+        .iter()
+        .find(|v| v.layout() == Layout::ChannelsLast && v.shape().len() == out.len())
+        .map_or(Layout::Plain, |_| Layout::ChannelsLast);
+    let order = layout.storage_order(out.len());
+    let kernel = BinaryKernel {
+        f,
+        shape: order.iter().map(|&i| out[i]).collect(),
+        strides: strides.map(|s| order.iter().map(|&i| s[i]).collect()),
+    };
+    b.emit(&[x, y], out, layout, Box::new(kernel))
+}
+
+fn f_is_prelu(f: Binary) -> bool {
+    matches!(f, Binary::PRelu)
+}
+
+/// The second operand's shape as numpy broadcasting should see it. Before opset 7,
+/// `broadcast=1` aligned it at `axis` rather than on the right, and PRelu's per-channel slope
+/// was aligned with the channel axis.
+fn aligned_shape(ctx: &Ctx, f: Binary, x: &[usize], y: &[usize]) -> Result<Vec<usize>> {
+    let rank = x.len();
+    let at = if ctx.opset < 7 && ctx.attrs.int("broadcast", 0) == 1 {
+        let default = rank.saturating_sub(y.len()) as i64;
+        super::axis(ctx.attrs.int("axis", default), rank.max(1))?
+    } else if ctx.opset < 7 && f_is_prelu(f) && y.len() == 1 && rank >= 2 && y[0] == x[1] {
+        1
+    } else {
+        return Ok(y.to_vec());
+    };
+    if at + y.len() > rank {
+        return Err(Error::InvalidModel(format!(
+            "operand {y:?} does not fit at axis {at} of {x:?}"
+        )));
+    }
+    let mut aligned = vec![1; at];
+    aligned.extend(y);
+    aligned.resize(rank, 1);
+    Ok(aligned)
+}

@@ -1,0 +1,109 @@
+//! The operators of the runtime. Each one reads its node (attributes, input shapes and
+//! layouts, constant inputs) once at plan time and returns a [`Kernel`] with everything
+//! resolved, or folds itself to a constant when its inputs are constants.
+
+pub(crate) mod conv;
+pub(crate) mod copy;
+mod elementwise;
+mod matmul;
+pub(crate) mod normalize;
+mod pool;
+mod shape;
+
+pub(crate) use elementwise::clip_bounds;
+
+use crate::error::{Error, Result};
+use crate::onnx::Attrs;
+use crate::runtime::builder::{Builder, Value};
+use crate::tensor::Tensor;
+
+/// An operator with its shapes resolved, run on flat buffers.
+pub(crate) trait Kernel: Send + Sync {
+    /// Writes every element of `output`; returns the fraction of zeros of the output when it
+    /// counted them on the way (as a ReLU does), for the next convolution's method choice.
+    fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64>;
+}
+
+/// What an operator sees of its node.
+pub(crate) struct Ctx<'a> {
+    pub attrs: Attrs<'a>,
+    pub opset: i64,
+}
+
+/// Plans one node: returns its outputs (fewer than the node declares when the rest are
+/// optional outputs dconv does not compute).
+pub(crate) fn plan_op(
+    b: &mut Builder,
+    ctx: &Ctx,
+    op: &str,
+    inputs: &[Option<Value>],
+) -> Result<Vec<Value>> {
+    let input = |i: usize| -> Result<&Value> {
+        inputs
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::InvalidModel(format!("{op} needs input {i}")))
+    };
+    let one = |v: Value| Ok(vec![v]);
+    match op {
+        "Identity" | "Dropout" => one(input(0)?.clone()),
+        "Relu" | "Sigmoid" | "LeakyRelu" | "HardSigmoid" | "HardSwish" | "Clip" | "Tanh"
+        | "Exp" | "Neg" | "Sqrt" | "Reciprocal" | "Abs" => {
+            one(elementwise::plan_unary(b, ctx, op, inputs)?)
+        }
+        "Add" | "Sub" | "Mul" | "Div" | "PRelu" | "Max" | "Min" | "Pow" => {
+            one(elementwise::plan_binary(b, ctx, op, input(0)?, input(1)?)?)
+        }
+        "Sum" => {
+            let mut acc = input(0)?.clone();
+            for v in inputs.iter().skip(1).flatten() {
+                acc = elementwise::plan_binary(b, ctx, "Add", &acc, v)?;
+            }
+            one(acc)
+        }
+        "MaxPool" | "AveragePool" | "GlobalAveragePool" | "GlobalMaxPool" => {
+            one(pool::plan(b, ctx, op, input(0)?)?)
+        }
+        "BatchNormalization" => one(normalize::plan_batch_norm(b, ctx, inputs)?),
+        "LRN" => one(normalize::plan_lrn(b, ctx, input(0)?)?),
+        "Softmax" => one(normalize::plan_softmax(b, ctx, input(0)?)?),
+        "Gemm" => one(matmul::plan_gemm(b, ctx, inputs)?),
+        "MatMul" => one(matmul::plan_matmul(b, input(0)?, input(1)?)?),
+        "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Transpose" | "Concat" | "Slice"
+        | "Pad" | "Gather" | "Shape" | "ConstantOfShape" | "Cast" | "Constant" => {
+            one(shape::plan(b, ctx, op, inputs)?)
+        }
+        _ => Err(Error::Unsupported(format!(
+            "operator {op} (opset {})",
+            ctx.opset
+        ))),
+    }
+}
+
+/// The float data of a constant input that an operator needs at plan time (weights).
+pub(crate) fn need_const_f32<'v>(v: &'v Value, what: &str) -> Result<&'v [f32]> {
+    v.as_const().and_then(Tensor::as_f32).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "{what} computed at run time (must be a float constant)"
+        ))
+    })
+}
+
+/// The integer data of a constant input (shapes, axes, pads).
+pub(crate) fn need_const_i64(v: &Value, what: &str) -> Result<Vec<i64>> {
+    v.as_const().map(Tensor::to_i64_vec).ok_or_else(|| {
+        Error::Unsupported(format!("{what} computed at run time (must be a constant)"))
+    })
+}
+
+/// Resolves a possibly negative `axis` of a rank-`rank` tensor.
+pub(crate) fn axis(axis: i64, rank: usize) -> Result<usize> {
+    let r = rank as i64;
+    if (-r..r).contains(&axis) {
+        Ok(axis.rem_euclid(r.max(1)) as usize)
+    } else {
+        Err(Error::InvalidModel(format!(
+            "axis {axis} is out of range for rank {rank}"
+        )))
+    }
+}

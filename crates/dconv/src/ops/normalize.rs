@@ -1,0 +1,217 @@
+//! Per-channel and across-channel normalisations: BatchNormalization (inference form, a
+//! per-channel affine map, folded into a preceding Conv where the planner can), LRN and
+//! Softmax.
+
+use super::{axis, need_const_f32, Ctx, Kernel};
+use crate::error::{Error, Result};
+use crate::runtime::builder::{Builder, Value};
+use crate::runtime::layout::Layout;
+
+/// BatchNormalization at inference: `y = x * scale[c] + shift[c]`.
+pub(crate) struct BatchNorm {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+}
+
+impl BatchNorm {
+    /// Reads gamma, beta, mean and variance (inputs 1 to 4, constants) and epsilon.
+    pub fn from_inputs(ctx: &Ctx, inputs: &[Option<Value>]) -> Result<BatchNorm> {
+        let param = |i: usize, what: &str| -> Result<&[f32]> {
+            let v = inputs
+                .get(i)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| Error::InvalidModel(format!("BatchNormalization needs {what}")))?;
+            need_const_f32(v, what)
+        };
+        let (gamma, beta) = (param(1, "scale")?, param(2, "bias")?);
+        let (mean, var) = (param(3, "mean")?, param(4, "variance")?);
+        let c = gamma.len();
+        if [beta.len(), mean.len(), var.len()].iter().any(|&l| l != c) {
+            return Err(Error::InvalidModel(
+                "BatchNormalization parameters differ in length".into(),
+            ));
+        }
+        if ctx.attrs.int("training_mode", 0) == 1 {
+            return Err(Error::Unsupported(
+                "BatchNormalization training_mode=1".into(),
+            ));
+        }
+        let eps = ctx.attrs.float("epsilon", 1e-5);
+        let scale: Vec<f32> = (0..c).map(|i| gamma[i] / (var[i] + eps).sqrt()).collect();
+        let shift = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+        Ok(BatchNorm { scale, shift })
+    }
+}
+
+/// `y = x * scale[c] + shift[c]`, with the channel of element `i` at `(i / inner) % C`.
+struct ChannelAffine {
+    bn: BatchNorm,
+    inner: usize,
+}
+
+impl Kernel for ChannelAffine {
+    fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
+        let c_len = self.bn.scale.len();
+        for (block, (out, x)) in output
+            .chunks_mut(self.inner)
+            .zip(inputs[0].chunks(self.inner))
+            .enumerate()
+        {
+            let c = block % c_len;
+            let (s, t) = (self.bn.scale[c], self.bn.shift[c]);
+            if self.inner == 1 {
+                out[0] = x[0] * s + t;
+            } else {
+                out.iter_mut().zip(x).for_each(|(o, &v)| *o = v * s + t);
+            }
+        }
+        None
+    }
+}
+
+/// The elements between channels, for channel-wise operators on either layout.
+fn channel_inner(v: &Value) -> usize {
+    match v.layout() {
+        Layout::ChannelsLast => 1,
+        Layout::Plain => v.shape().iter().skip(2).product(),
+    }
+}
+
+pub(crate) fn plan_batch_norm(
+    b: &mut Builder,
+    ctx: &Ctx,
+    inputs: &[Option<Value>],
+) -> Result<Value> {
+    let x = inputs
+        .first()
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Error::InvalidModel("BatchNormalization needs X".into()))?;
+    let bn = BatchNorm::from_inputs(ctx, inputs)?;
+    let shape = x.shape().to_vec();
+    if shape.len() < 2 || shape[1] != bn.scale.len() {
+        return Err(Error::InvalidModel(format!(
+            "BatchNormalization of {shape:?} with {} channels",
+            bn.scale.len()
+        )));
+    }
+    let kernel = ChannelAffine {
+        bn,
+        inner: channel_inner(x),
+    };
+    let layout = x.layout();
+    b.emit(&[x], shape, layout, Box::new(kernel))
+}
+
+/// Local response normalisation across channels.
+struct Lrn {
+    channels: usize,
+    inner: usize,
+    size: usize,
+    alpha: f32,
+    beta: f32,
+    bias: f32,
+}
+
+impl Kernel for Lrn {
+    fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
+        let (c_len, inner) = (self.channels, self.inner);
+        let before = (self.size - 1) / 2;
+        let after = self.size - 1 - before;
+        let x = inputs[0];
+        for (block, out) in output.chunks_mut(c_len * inner).enumerate() {
+            let xb = &x[block * c_len * inner..][..c_len * inner];
+            for j in 0..inner {
+                for c in 0..c_len {
+                    let lo = c.saturating_sub(before);
+                    let hi = (c + after).min(c_len - 1);
+                    let sum: f32 = (lo..=hi)
+                        .map(|q| xb[q * inner + j] * xb[q * inner + j])
+                        .sum();
+                    let v = xb[c * inner + j];
+                    out[c * inner + j] =
+                        v / (self.bias + self.alpha / self.size as f32 * sum).powf(self.beta);
+                }
+            }
+        }
+        None
+    }
+}
+
+pub(crate) fn plan_lrn(b: &mut Builder, ctx: &Ctx, x: &Value) -> Result<Value> {
+    let shape = x.shape().to_vec();
+    let size = usize::try_from(ctx.attrs.int("size", 0)).unwrap_or(0);
+    if shape.len() < 3 || size == 0 {
+        return Err(Error::InvalidModel(format!(
+            "LRN of size {size} on {shape:?}"
+        )));
+    }
+    let kernel = Lrn {
+        channels: shape[1],
+        inner: channel_inner(x),
+        size,
+        alpha: ctx.attrs.float("alpha", 1e-4),
+        beta: ctx.attrs.float("beta", 0.75),
+        bias: ctx.attrs.float("bias", 1.0),
+    };
+    let layout = x.layout();
+    b.emit(&[x], shape, layout, Box::new(kernel))
+}
+
+/// Softmax over `len` elements `inner` apart, for each of the outer blocks.
+struct Softmax {
+    len: usize,
+    inner: usize,
+}
+
+impl Kernel for Softmax {
+    fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
+        let (len, inner) = (self.len, self.inner);
+        for (out, x) in output
+            .chunks_mut(len * inner)
+            .zip(inputs[0].chunks(len * inner))
+        {
+            for j in 0..inner {
+                let max = (0..len)
+                    .map(|i| x[i * inner + j])
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for i in 0..len {
+                    let e = (x[i * inner + j] - max).exp();
+                    out[i * inner + j] = e;
+                    sum += e;
+                }
+                (0..len).for_each(|i| out[i * inner + j] /= sum);
+            }
+        }
+        None
+    }
+}
+
+pub(crate) fn plan_softmax(b: &mut Builder, ctx: &Ctx, x: &Value) -> Result<Value> {
+    let x = b.plain(x)?;
+    let shape = x.shape().to_vec();
+    let rank = shape.len().max(1);
+    // Before opset 13 the input is coerced to 2-D at `axis` (default 1); since, one axis
+    // (default -1).
+    let (len, inner) = if ctx.opset < 13 {
+        let at = axis(ctx.attrs.int("axis", 1), rank)?;
+        (shape[at..].iter().product(), 1)
+    } else {
+        let at = axis(ctx.attrs.int("axis", -1), rank)?;
+        (
+            shape.get(at).copied().unwrap_or(1),
+            shape.get(at + 1..).map_or(1, |s| s.iter().product()),
+        )
+    };
+    if len == 0 {
+        return Err(Error::InvalidModel(format!(
+            "Softmax over an empty axis of {shape:?}"
+        )));
+    }
+    b.emit(
+        &[&x],
+        shape,
+        Layout::Plain,
+        Box::new(Softmax { len, inner }),
+    )
+}

@@ -1,0 +1,551 @@
+//! Operators that move or describe data rather than compute on it: Reshape, Flatten,
+//! Squeeze, Unsqueeze, Transpose, Concat, Slice, Pad, Gather, Shape, ConstantOfShape, Cast
+//! and Constant. On constants they fold (this is where a model's shape arithmetic goes);
+//! on run-time tensors the reshapes are free and the rest are strided copies.
+
+use super::copy::{CopyKernel, CopyPart, View};
+use super::{axis, need_const_i64, Ctx};
+use crate::error::{Error, Result};
+use crate::runtime::builder::{reshape_value, strides_of, Builder, Dynamic, Value};
+use crate::runtime::layout::Layout;
+use crate::tensor::{element_count, Tensor, TensorData};
+
+pub(crate) fn plan(
+    b: &mut Builder,
+    ctx: &Ctx,
+    op: &str,
+    inputs: &[Option<Value>],
+) -> Result<Value> {
+    let input = |i: usize| -> Result<&Value> {
+        inputs
+            .get(i)
+            .and_then(Option::as_ref)
+            .ok_or_else(|| Error::InvalidModel(format!("{op} needs input {i}")))
+    };
+    let optional = |i: usize| inputs.get(i).and_then(Option::as_ref);
+    match op {
+        "Constant" => constant(ctx),
+        "Shape" => shape_of(ctx, input(0)?),
+        "ConstantOfShape" => constant_of_shape(ctx, input(0)?),
+        "Cast" => cast(ctx, input(0)?),
+        "Reshape" => {
+            let x = b.plain(input(0)?)?;
+            let target = if ctx.opset < 5 {
+                ctx.attrs
+                    .ints("shape")
+                    .map(<[i64]>::to_vec)
+                    .unwrap_or_default()
+            } else {
+                need_const_i64(input(1)?, "the shape of Reshape")?
+            };
+            let shape = reshape_target(x.shape(), &target, ctx.attrs.int("allowzero", 0) == 1)?;
+            reshape_value(&x, shape)
+        }
+        "Flatten" => {
+            let x = b.plain(input(0)?)?;
+            let s = x.shape();
+            let at = if s.is_empty() {
+                0
+            } else {
+                axis(ctx.attrs.int("axis", 1), s.len() + 1)?
+            };
+            let shape = vec![s[..at].iter().product(), s[at..].iter().product()];
+            reshape_value(&x, shape)
+        }
+        "Squeeze" | "Unsqueeze" => {
+            let x = b.plain(input(0)?)?;
+            let axes = match (ctx.opset >= 13, optional(1)) {
+                (true, Some(a)) => Some(need_const_i64(a, "axes")?),
+                (true, None) => None,
+                (false, _) => ctx.attrs.ints("axes").map(<[i64]>::to_vec),
+            };
+            let shape = if op == "Squeeze" {
+                squeezed(x.shape(), axes.as_deref())?
+            } else {
+                unsqueezed(x.shape(), axes.as_deref().unwrap_or_default())?
+            };
+            reshape_value(&x, shape)
+        }
+        "Transpose" => transpose(b, ctx, input(0)?),
+        "Concat" => concat(b, ctx, &inputs.iter().flatten().collect::<Vec<_>>()),
+        "Slice" => slice(b, ctx, inputs),
+        "Pad" => pad(b, ctx, inputs),
+        "Gather" => gather(b, ctx, input(0)?, input(1)?),
+        _ => Err(Error::Unsupported(format!("operator {op}"))),
+    }
+}
+
+fn constant(ctx: &Ctx) -> Result<Value> {
+    if let Some(t) = ctx.attrs.tensor("value")? {
+        return Ok(Value::constant(t));
+    }
+    let t = if ctx.attrs.has("value_float") {
+        Tensor::from_f32(vec![], vec![ctx.attrs.float("value_float", 0.0)])?
+    } else if let Some(v) = ctx.attrs.floats("value_floats") {
+        Tensor::from_f32(vec![v.len()], v.to_vec())?
+    } else if ctx.attrs.has("value_int") {
+        Tensor::from_i64(vec![], vec![ctx.attrs.int("value_int", 0)])?
+    } else if let Some(v) = ctx.attrs.ints("value_ints") {
+        Tensor::from_i64(vec![v.len()], v.to_vec())?
+    } else {
+        return Err(Error::Unsupported(
+            "Constant without a tensor, float or int value".into(),
+        ));
+    };
+    Ok(Value::constant(t))
+}
+
+fn shape_of(ctx: &Ctx, x: &Value) -> Result<Value> {
+    let dims: Vec<i64> = x.shape().iter().map(|&d| d as i64).collect();
+    let r = dims.len() as i64;
+    let clamp = |v: i64| (if v < 0 { v + r } else { v }).clamp(0, r) as usize;
+    let start = clamp(ctx.attrs.int("start", 0));
+    let end = clamp(ctx.attrs.int("end", r)).max(start);
+    let dims = dims[start..end].to_vec();
+    Ok(Value::constant(Tensor::from_i64(vec![dims.len()], dims)?))
+}
+
+fn to_sizes(values: &[i64], what: &str) -> Result<Vec<usize>> {
+    values
+        .iter()
+        .map(|&v| {
+            usize::try_from(v)
+                .map_err(|_| Error::InvalidModel(format!("{what} has a negative value {v}")))
+        })
+        .collect()
+}
+
+fn constant_of_shape(ctx: &Ctx, shape: &Value) -> Result<Value> {
+    let shape = to_sizes(
+        &need_const_i64(shape, "the shape of ConstantOfShape")?,
+        "shape",
+    )?;
+    let count = element_count(&shape)?;
+    let value = ctx.attrs.tensor("value")?;
+    let t = match value.as_ref().map(Tensor::data) {
+        None => Tensor::from_f32(shape, vec![0.0; count])?,
+        Some(TensorData::F32(v)) if v.len() == 1 => Tensor::from_f32(shape, vec![v[0]; count])?,
+        Some(TensorData::I64(v)) if v.len() == 1 => Tensor::from_i64(shape, vec![v[0]; count])?,
+        Some(_) => {
+            return Err(Error::InvalidModel(
+                "ConstantOfShape value must have one element".into(),
+            ))
+        }
+    };
+    Ok(Value::constant(t))
+}
+
+fn cast(ctx: &Ctx, x: &Value) -> Result<Value> {
+    const FLOATS: [i64; 3] = [1, 10, 11];
+    const INTS: [i64; 8] = [2, 3, 4, 5, 6, 7, 12, 13];
+    const BOOL: i64 = 9;
+    let to = ctx.attrs.int("to", 0);
+    let t = match x {
+        Value::Dynamic(_) if FLOATS.contains(&to) => return Ok(x.clone()),
+        Value::Dynamic(_) => {
+            return Err(Error::Unsupported(format!(
+                "Cast of a run-time tensor to type {to}"
+            )))
+        }
+        Value::Const(t) => t,
+    };
+    let shape = t.shape().to_vec();
+    let cast = if FLOATS.contains(&to) {
+        Tensor::from_f32(shape, t.to_f32_vec())?
+    } else if INTS.contains(&to) {
+        Tensor::from_i64(shape, t.to_i64_vec())?
+    } else if to == BOOL {
+        let bools = t.to_f32_vec().iter().map(|&v| (v != 0.0) as i64).collect();
+        Tensor::from_i64(shape, bools)?
+    } else {
+        return Err(Error::Unsupported(format!("Cast to type {to}")));
+    };
+    Ok(Value::constant(cast))
+}
+
+/// Reshape's target: 0 copies the input dimension (unless `allow_zero`), -1 is inferred.
+fn reshape_target(input: &[usize], target: &[i64], allow_zero: bool) -> Result<Vec<usize>> {
+    let total = element_count(input)?;
+    let mut shape = Vec::with_capacity(target.len());
+    let mut infer = None;
+    for (i, &d) in target.iter().enumerate() {
+        shape.push(match d {
+            0 if !allow_zero => *input.get(i).ok_or_else(|| {
+                Error::InvalidModel(format!("Reshape copies dimension {i} of {input:?}"))
+            })?,
+            -1 if infer.is_none() => {
+                infer = Some(i);
+                1
+            }
+            d if d >= 0 => d as usize,
+            _ => return Err(Error::InvalidModel(format!("Reshape target {target:?}"))),
+        });
+    }
+    let known = element_count(&shape)?;
+    if let Some(i) = infer {
+        if known == 0 || total % known != 0 {
+            return Err(Error::InvalidModel(format!(
+                "cannot reshape {input:?} to {target:?}"
+            )));
+        }
+        shape[i] = total / known;
+    }
+    if element_count(&shape)? != total {
+        return Err(Error::InvalidModel(format!(
+            "cannot reshape {input:?} to {target:?}"
+        )));
+    }
+    Ok(shape)
+}
+
+fn squeezed(shape: &[usize], axes: Option<&[i64]>) -> Result<Vec<usize>> {
+    let Some(axes) = axes else {
+        return Ok(shape.iter().copied().filter(|&d| d != 1).collect());
+    };
+    let axes = axes
+        .iter()
+        .map(|&a| axis(a, shape.len()))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(&a) = axes.iter().find(|&&a| shape[a] != 1) {
+        return Err(Error::InvalidModel(format!(
+            "Squeeze axis {a} of {shape:?} is not 1"
+        )));
+    }
+    Ok(shape
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !axes.contains(i))
+        .map(|(_, &d)| d)
+        .collect())
+}
+
+fn unsqueezed(shape: &[usize], axes: &[i64]) -> Result<Vec<usize>> {
+    let rank = shape.len() + axes.len();
+    let axes = axes
+        .iter()
+        .map(|&a| axis(a, rank))
+        .collect::<Result<Vec<_>>>()?;
+    let mut dims = shape.iter();
+    (0..rank)
+        .map(|i| {
+            if axes.contains(&i) {
+                Ok(1)
+            } else {
+                dims.next()
+                    .copied()
+                    .ok_or_else(|| Error::InvalidModel("repeated Unsqueeze axes".into()))
+            }
+        })
+        .collect()
+}
+
+fn transpose(b: &mut Builder, ctx: &Ctx, x: &Value) -> Result<Value> {
+    let rank = x.shape().len();
+    let perm = match ctx.attrs.ints("perm") {
+        Some(p) => p
+            .iter()
+            .map(|&a| axis(a, rank))
+            .collect::<Result<Vec<_>>>()?,
+        None => (0..rank).rev().collect(),
+    };
+    let mut sorted = perm.clone();
+    sorted.sort_unstable();
+    if sorted != (0..rank).collect::<Vec<_>>() {
+        return Err(Error::InvalidModel(format!(
+            "perm {perm:?} is not a permutation of rank {rank}"
+        )));
+    }
+    let shape: Vec<usize> = perm.iter().map(|&a| x.shape()[a]).collect();
+    if let Value::Dynamic(d) = x {
+        // The transposes between an NHWC model's layout and ONNX's are free: the storage
+        // already is in the order asked for.
+        let to_channels_last = Layout::ChannelsLast.storage_order(rank);
+        let from_channels_last: Vec<usize> = (0..rank)
+            .map(|i| to_channels_last.iter().position(|&a| a == i).unwrap_or(i))
+            .collect();
+        if rank >= 3 && d.layout == Layout::Plain && perm == from_channels_last {
+            return Ok(Value::Dynamic(Dynamic {
+                src: d.src,
+                shape,
+                layout: Layout::ChannelsLast,
+            }));
+        }
+        if rank >= 3 && d.layout == Layout::ChannelsLast && perm == to_channels_last {
+            return Ok(Value::Dynamic(Dynamic {
+                src: d.src,
+                shape,
+                layout: Layout::Plain,
+            }));
+        }
+    }
+    let strides = x.strides();
+    let part = CopyPart {
+        input: 0,
+        src: View::new(0, shape.clone(), perm.iter().map(|&a| strides[a]).collect()),
+        dst: View::new(0, shape.clone(), strides_of(&shape)),
+    };
+    b.emit_copy(
+        &[x],
+        shape,
+        Layout::Plain,
+        CopyKernel {
+            parts: vec![part],
+            fill: None,
+        },
+    )
+}
+
+fn concat(b: &mut Builder, ctx: &Ctx, inputs: &[&Value]) -> Result<Value> {
+    let first = inputs
+        .first()
+        .ok_or_else(|| Error::InvalidModel("Concat without inputs".into()))?;
+    let rank = first.shape().len();
+    let at = axis(ctx.attrs.int("axis", 1), rank)?;
+    let mut shape = first.shape().to_vec();
+    shape[at] = 0;
+    for v in inputs {
+        let s = v.shape();
+        if s.len() != rank || (0..rank).any(|i| i != at && s[i] != first.shape()[i]) {
+            return Err(Error::InvalidModel(format!(
+                "Concat of {:?} and {s:?} along axis {at}",
+                first.shape()
+            )));
+        }
+        shape[at] += s[at];
+    }
+    let dynamic: Vec<_> = inputs.iter().filter(|v| v.as_const().is_none()).collect();
+    let layout = if rank >= 3
+        && !dynamic.is_empty()
+        && dynamic.iter().all(|v| v.layout() == Layout::ChannelsLast)
+    {
+        Layout::ChannelsLast
+    } else {
+        Layout::Plain
+    };
+    let out_strides = layout.strides(&shape);
+    let mut offset = 0;
+    let parts = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let part = CopyPart {
+                input: i,
+                src: View::new(0, v.shape().to_vec(), v.strides()),
+                dst: View::new(
+                    offset as isize * out_strides[at],
+                    v.shape().to_vec(),
+                    out_strides.clone(),
+                ),
+            };
+            offset += v.shape()[at];
+            part
+        })
+        .collect();
+    b.emit_copy(inputs, shape, layout, CopyKernel { parts, fill: None })
+}
+
+fn slice(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> {
+    let x = inputs
+        .first()
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Error::InvalidModel("Slice needs data".into()))?;
+    let get = |i: usize, what: &str| {
+        inputs
+            .get(i)
+            .and_then(Option::as_ref)
+            .map(|v| need_const_i64(v, what))
+            .transpose()
+    };
+    let (starts, ends, axes, steps) = if ctx.opset < 10 {
+        let attr = |n: &str| ctx.attrs.ints(n).map(<[i64]>::to_vec);
+        (
+            attr("starts").unwrap_or_default(),
+            attr("ends").unwrap_or_default(),
+            attr("axes"),
+            None,
+        )
+    } else {
+        (
+            get(1, "starts")?.unwrap_or_default(),
+            get(2, "ends")?.unwrap_or_default(),
+            get(3, "axes")?,
+            get(4, "steps")?,
+        )
+    };
+    let rank = x.shape().len();
+    let axes = match axes {
+        Some(a) => a
+            .iter()
+            .map(|&a| axis(a, rank))
+            .collect::<Result<Vec<_>>>()?,
+        None => (0..starts.len()).collect(),
+    };
+    let steps = steps.unwrap_or_else(|| vec![1; starts.len()]);
+    if ends.len() != starts.len() || axes.len() != starts.len() || steps.len() != starts.len() {
+        return Err(Error::InvalidModel(
+            "Slice starts, ends, axes and steps differ in length".into(),
+        ));
+    }
+    let strides = x.strides();
+    let mut shape = x.shape().to_vec();
+    let mut src_strides = strides.clone();
+    let mut offset = 0isize;
+    for (i, &a) in axes.iter().enumerate() {
+        let dim = x.shape()[a] as i64;
+        let step = steps[i];
+        if step == 0 {
+            return Err(Error::InvalidModel("Slice step 0".into()));
+        }
+        let clamp = |v: i64, lo: i64, hi: i64| {
+            let v = if v < 0 { v.saturating_add(dim) } else { v };
+            v.clamp(lo, hi)
+        };
+        let (start, end) = if step > 0 {
+            (clamp(starts[i], 0, dim), clamp(ends[i], 0, dim))
+        } else {
+            (clamp(starts[i], -1, dim - 1), clamp(ends[i], -1, dim - 1))
+        };
+        let len = if step > 0 {
+            ((end - start).max(0) + step - 1) / step
+        } else {
+            ((start - end).max(0) - step - 1) / -step
+        };
+        shape[a] = len as usize;
+        if len > 0 {
+            offset += start as isize * strides[a];
+        }
+        src_strides[a] = strides[a] * step as isize;
+    }
+    let part = CopyPart {
+        input: 0,
+        src: View::new(offset, shape.clone(), src_strides),
+        dst: View::new(0, shape.clone(), strides_of(&shape)),
+    };
+    b.emit_copy(
+        &[x],
+        shape,
+        Layout::Plain,
+        CopyKernel {
+            parts: vec![part],
+            fill: None,
+        },
+    )
+}
+
+fn pad(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> {
+    let x = inputs
+        .first()
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Error::InvalidModel("Pad needs data".into()))?;
+    let mode = ctx
+        .attrs
+        .string("mode")
+        .unwrap_or_else(|| "constant".into());
+    if mode != "constant" {
+        return Err(Error::Unsupported(format!("Pad mode {mode}")));
+    }
+    let rank = x.shape().len();
+    let (pads, value) = if ctx.opset < 11 {
+        let pads = ctx
+            .attrs
+            .ints("pads")
+            .or_else(|| ctx.attrs.ints("paddings"))
+            .map(<[i64]>::to_vec)
+            .unwrap_or_default();
+        (pads, ctx.attrs.float("value", 0.0))
+    } else {
+        let pads = need_const_i64(
+            inputs
+                .get(1)
+                .and_then(Option::as_ref)
+                .ok_or_else(|| Error::InvalidModel("Pad needs pads".into()))?,
+            "pads",
+        )?;
+        let value = match inputs.get(2).and_then(Option::as_ref) {
+            Some(v) => v
+                .as_const()
+                .and_then(|t| t.to_f32_vec().first().copied())
+                .ok_or_else(|| Error::Unsupported("Pad value computed at run time".into()))?,
+            None => 0.0,
+        };
+        if inputs.get(3).and_then(Option::as_ref).is_some() {
+            return Err(Error::Unsupported("Pad with axes".into()));
+        }
+        (pads, value)
+    };
+    if pads.len() != 2 * rank {
+        return Err(Error::InvalidModel(format!(
+            "Pad pads {pads:?} for rank {rank}"
+        )));
+    }
+    let pads = to_sizes(&pads, "Pad pads (negative pads are not supported)")?;
+    let shape: Vec<usize> = (0..rank)
+        .map(|i| x.shape()[i] + pads[i] + pads[i + rank])
+        .collect();
+    let out_strides = strides_of(&shape);
+    let offset: isize = (0..rank).map(|i| pads[i] as isize * out_strides[i]).sum();
+    let part = CopyPart {
+        input: 0,
+        src: View::new(0, x.shape().to_vec(), x.strides()),
+        dst: View::new(offset, x.shape().to_vec(), out_strides),
+    };
+    b.emit_copy(
+        &[x],
+        shape,
+        Layout::Plain,
+        CopyKernel {
+            parts: vec![part],
+            fill: Some(value),
+        },
+    )
+}
+
+fn gather(b: &mut Builder, ctx: &Ctx, x: &Value, indices: &Value) -> Result<Value> {
+    let rank = x.shape().len();
+    let at = axis(ctx.attrs.int("axis", 0), rank)?;
+    let dim = x.shape()[at] as i64;
+    let idx = need_const_i64(indices, "Gather indices")?;
+    let idx_shape = indices.shape().to_vec();
+    let mut shape = x.shape()[..at].to_vec();
+    shape.extend(&idx_shape);
+    shape.extend(&x.shape()[at + 1..]);
+    let in_strides = x.strides();
+    let out_strides = strides_of(&shape);
+    let mut slice_shape = x.shape().to_vec();
+    slice_shape.remove(at);
+    let mut src_strides = in_strides.clone();
+    src_strides.remove(at);
+    let mut dst_strides = out_strides[..at].to_vec();
+    dst_strides.extend(&out_strides[at + idx_shape.len()..]);
+    let idx_strides = strides_of(&idx_shape);
+    let parts = idx
+        .iter()
+        .enumerate()
+        .map(|(q, &i)| {
+            let i = if i < 0 { i + dim } else { i };
+            if !(0..dim).contains(&i) {
+                return Err(Error::InvalidModel(format!(
+                    "Gather index {i} out of range for {dim}"
+                )));
+            }
+            // Output offset of index position q: its multi-index along the index axes.
+            let mut rest = q;
+            let mut offset = 0isize;
+            for (k, &s) in idx_strides.iter().enumerate() {
+                let coord = rest / s as usize;
+                rest %= s as usize;
+                offset += coord as isize * out_strides[at + k];
+            }
+            Ok(CopyPart {
+                input: 0,
+                src: View::new(
+                    i as isize * in_strides[at],
+                    slice_shape.clone(),
+                    src_strides.clone(),
+                ),
+                dst: View::new(offset, slice_shape.clone(), dst_strides.clone()),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    b.emit_copy(&[x], shape, Layout::Plain, CopyKernel { parts, fill: None })
+}

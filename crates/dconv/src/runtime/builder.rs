@@ -1,0 +1,268 @@
+//! [`Builder`]: what operators use while a plan is built — values (constants or tensors
+//! computed at run time), slots for the latter, and the steps that fill them. Operators
+//! whose inputs are all constants are evaluated on the spot (constant folding).
+
+use super::layout::{plain_strides, Layout};
+use super::policy::Policy;
+use crate::error::{Error, Result};
+use crate::ops::conv::ConvStep;
+use crate::ops::copy::{CopyKernel, CopyPart, View};
+use crate::ops::Kernel;
+use crate::tensor::{element_count, Tensor, TensorData};
+use std::sync::Arc;
+
+/// Where a step reads an input from: a slot written at run time, or a constant of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Src {
+    Slot(usize),
+    Const(usize),
+}
+
+/// A tensor known only at run time: where it is, its logical shape and its storage layout.
+#[derive(Debug, Clone)]
+pub(crate) struct Dynamic {
+    pub src: Src,
+    pub shape: Vec<usize>,
+    pub layout: Layout,
+}
+
+/// The value of a graph tensor while planning.
+#[derive(Debug, Clone)]
+pub(crate) enum Value {
+    Const(Arc<Tensor>),
+    Dynamic(Dynamic),
+}
+
+impl Value {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Value::Const(t) => t.shape(),
+            Value::Dynamic(d) => &d.shape,
+        }
+    }
+    pub fn layout(&self) -> Layout {
+        match self {
+            Value::Const(_) => Layout::Plain,
+            Value::Dynamic(d) => d.layout,
+        }
+    }
+    /// The strides of each logical axis in this value's storage.
+    pub fn strides(&self) -> Vec<isize> {
+        self.layout().strides(self.shape())
+    }
+    pub fn as_const(&self) -> Option<&Tensor> {
+        match self {
+            Value::Const(t) => Some(t),
+            Value::Dynamic(_) => None,
+        }
+    }
+    pub fn constant(t: Tensor) -> Value {
+        Value::Const(Arc::new(t))
+    }
+}
+
+/// What a step does.
+pub(crate) enum StepOp {
+    Conv(Box<ConvStep>),
+    Kernel(Box<dyn Kernel>),
+}
+
+/// One operator application at run time: reads `inputs`, writes `out_len` elements to slot
+/// `output`.
+pub(crate) struct Step {
+    pub node: String,
+    pub inputs: Vec<Src>,
+    pub output: usize,
+    pub out_len: usize,
+    pub op: StepOp,
+}
+
+pub(crate) struct Builder {
+    pub policy: Policy,
+    pub consts: Vec<Arc<Tensor>>,
+    /// Element count of each slot.
+    pub slot_lens: Vec<usize>,
+    pub steps: Vec<Step>,
+    /// The node being planned, named in the steps it adds.
+    pub node: String,
+}
+
+impl Builder {
+    pub fn new(policy: Policy) -> Self {
+        Builder {
+            policy,
+            consts: Vec::new(),
+            slot_lens: Vec::new(),
+            steps: Vec::new(),
+            node: String::new(),
+        }
+    }
+
+    pub fn new_slot(&mut self, shape: &[usize]) -> Result<usize> {
+        self.slot_lens.push(element_count(shape)?);
+        Ok(self.slot_lens.len() - 1)
+    }
+
+    /// Where a step reads `v` from; a constant becomes (a float copy of) a plan constant.
+    pub fn src(&mut self, v: &Value) -> Src {
+        match v {
+            Value::Dynamic(d) => d.src,
+            Value::Const(t) => {
+                let t = match t.data() {
+                    TensorData::F32(_) => t.clone(),
+                    TensorData::I64(_) => Arc::new(
+                        Tensor::from_f32(t.shape().to_vec(), t.to_f32_vec())
+                            .expect("same shape, same count"),
+                    ),
+                };
+                self.consts.push(t);
+                Src::Const(self.consts.len() - 1)
+            }
+        }
+    }
+
+    /// Adds a step that runs `kernel` on `inputs` into a new tensor of `shape` stored in
+    /// `layout`; when every input is a constant, runs it now and returns a constant (in the
+    /// plain layout, which the kernel must then produce).
+    pub fn emit(
+        &mut self,
+        inputs: &[&Value],
+        shape: Vec<usize>,
+        layout: Layout,
+        kernel: Box<dyn Kernel>,
+    ) -> Result<Value> {
+        let len = element_count(&shape)?;
+        if inputs.iter().all(|v| v.as_const().is_some()) {
+            let data: Vec<Vec<f32>> = inputs
+                .iter()
+                .map(|v| v.as_const().map(Tensor::to_f32_vec).unwrap_or_default())
+                .collect();
+            let slices: Vec<&[f32]> = data.iter().map(Vec::as_slice).collect();
+            let mut out = vec![0.0; len];
+            kernel.run(&slices, &mut out);
+            return Ok(Value::constant(Tensor::from_f32(shape, out)?));
+        }
+        let srcs = inputs.iter().map(|v| self.src(v)).collect();
+        self.push(srcs, shape, layout, StepOp::Kernel(kernel))
+    }
+
+    /// Adds a step and returns the run-time value it produces.
+    pub fn push(
+        &mut self,
+        inputs: Vec<Src>,
+        shape: Vec<usize>,
+        layout: Layout,
+        op: StepOp,
+    ) -> Result<Value> {
+        let output = self.new_slot(&shape)?;
+        self.steps.push(Step {
+            node: self.node.clone(),
+            inputs,
+            output,
+            out_len: self.slot_lens[output],
+            op,
+        });
+        Ok(Value::Dynamic(Dynamic {
+            src: Src::Slot(output),
+            shape,
+            layout,
+        }))
+    }
+
+    /// A data-movement kernel: folded on constants of either element type, else a step.
+    pub fn emit_copy(
+        &mut self,
+        inputs: &[&Value],
+        shape: Vec<usize>,
+        layout: Layout,
+        kernel: CopyKernel,
+    ) -> Result<Value> {
+        let consts: Option<Vec<&Tensor>> = inputs.iter().map(|v| v.as_const()).collect();
+        if let Some(consts) = consts {
+            let all_int = consts
+                .iter()
+                .all(|t| matches!(t.data(), TensorData::I64(_)));
+            if all_int && !consts.is_empty() {
+                let data: Vec<Vec<i64>> = consts.iter().map(|t| t.to_i64_vec()).collect();
+                let slices: Vec<&[i64]> = data.iter().map(Vec::as_slice).collect();
+                let mut out = vec![0i64; element_count(&shape)?];
+                kernel.apply(&slices, &mut out, kernel.fill.map(|f| f as i64));
+                return Ok(Value::constant(Tensor::from_i64(shape, out)?));
+            }
+        }
+        self.emit(inputs, shape, layout, Box::new(kernel))
+    }
+
+    /// `v` stored in `layout`: the same value when it already is (or is a constant asked to
+    /// be plain), else a converting copy.
+    pub fn in_layout(&mut self, v: &Value, layout: Layout) -> Result<Value> {
+        let rank = v.shape().len();
+        if v.layout() == layout || rank < 3 {
+            return Ok(match v {
+                Value::Dynamic(d) if rank < 3 => Value::Dynamic(Dynamic {
+                    layout: Layout::Plain,
+                    ..d.clone()
+                }),
+                _ => v.clone(),
+            });
+        }
+        let shape = v.shape().to_vec();
+        let part = CopyPart {
+            input: 0,
+            src: View::new(0, shape.clone(), v.strides()),
+            dst: View::new(0, shape.clone(), layout.strides(&shape)),
+        };
+        let kernel = CopyKernel {
+            parts: vec![part],
+            fill: None,
+        };
+        if let Value::Const(_) = v {
+            // Constants stay plain; a channels-last copy of one is a plan constant.
+            let src = self.src(v);
+            let Src::Const(i) = src else { unreachable!() };
+            let data = self.consts[i].to_f32_vec();
+            let mut out = vec![0.0; data.len()];
+            kernel.apply(&[&data], &mut out, None);
+            self.consts
+                .push(Arc::new(Tensor::from_f32(shape.clone(), out)?));
+            return Ok(Value::Dynamic(Dynamic {
+                src: Src::Const(self.consts.len() - 1),
+                shape,
+                layout,
+            }));
+        }
+        let src = self.src(v);
+        self.push(vec![src], shape, layout, StepOp::Kernel(Box::new(kernel)))
+    }
+
+    /// `v` in the plain (ONNX) layout.
+    pub fn plain(&mut self, v: &Value) -> Result<Value> {
+        self.in_layout(v, Layout::Plain)
+    }
+}
+
+/// `v` viewed under another shape with the same element count (reshape of plain storage).
+pub(crate) fn reshape_value(v: &Value, shape: Vec<usize>) -> Result<Value> {
+    if element_count(&shape)? != element_count(v.shape())? {
+        return Err(Error::InvalidModel(format!(
+            "cannot reshape {:?} to {shape:?}",
+            v.shape()
+        )));
+    }
+    Ok(match v {
+        Value::Const(t) => Value::constant(Tensor::clone(t).reshaped(shape)?),
+        Value::Dynamic(d) => {
+            debug_assert!(d.layout == Layout::Plain || d.shape.len() < 3);
+            Value::Dynamic(Dynamic {
+                src: d.src,
+                shape,
+                layout: Layout::Plain,
+            })
+        }
+    })
+}
+
+/// Row-major strides, re-exported for operators.
+pub(crate) fn strides_of(shape: &[usize]) -> Vec<isize> {
+    plain_strides(shape)
+}

@@ -1,0 +1,30 @@
+//! The model runtime: plan a loaded [`Model`](crate::onnx::Model) once per set of input
+//! shapes, then run it many times.
+//!
+//! ```
+//! use dconv::runtime::{Policy, Session, SessionOptions};
+//! use dconv::{Model, Tensor};
+//!
+//! // A tiny model: Conv 1 -> 2 channels (3x3, pad 1) + Relu, built in code.
+//! let model = Model::from_bytes(&dconv::runtime::example_model(), None).unwrap();
+//! let session = Session::new(&model, SessionOptions { threads: 1, policy: Policy::Auto }).unwrap();
+//! let input = Tensor::from_f32(vec![1, 1, 4, 4], vec![1.0; 16]).unwrap();
+//! let outputs = session.run(&[("x", input)]).unwrap();
+//! let (name, y) = &outputs[0];
+//! assert_eq!(name, "y");
+//! assert_eq!(y.shape(), &[1, 2, 4, 4]);
+//! // Filter 0 sums the 3x3 window (9 at the centre), filter 1 negates it (ReLU makes 0).
+//! assert_eq!(y.as_f32().unwrap()[5], 9.0);
+//! assert_eq!(y.as_f32().unwrap()[16 + 5], 0.0);
+//! ```
+
+pub(crate) mod builder;
+mod example;
+pub(crate) mod layout;
+mod plan;
+mod policy;
+mod session;
+
+pub use example::example_model;
+pub use policy::Policy;
+pub use session::{Session, SessionOptions};

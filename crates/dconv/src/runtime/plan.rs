@@ -1,0 +1,297 @@
+//! Planning: one pass over a model's nodes for one set of input shapes. Constants fold,
+//! BatchNormalization folds into the Conv before it, a ReLU or ReLU6 after a Conv fuses
+//! into it, layouts are fixed, and every run-time tensor gets a buffer that is reused once
+//! the tensor is dead.
+
+use super::builder::{Builder, Dynamic, Src, Step, Value};
+use super::layout::Layout;
+use super::policy::Policy;
+use crate::conv::Activation;
+use crate::error::{Error, Result};
+use crate::onnx::{Attrs, Model, Node};
+use crate::ops::normalize::BatchNorm;
+use crate::ops::{conv, plan_op, Ctx};
+use crate::tensor::Tensor;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Everything a run needs, fixed for one set of input shapes.
+pub(crate) struct Plan {
+    pub steps: Vec<Step>,
+    pub consts: Vec<Arc<Tensor>>,
+    /// The buffer each slot lives in.
+    pub slot_buffer: Vec<usize>,
+    pub buffers: usize,
+    /// The slot of each model input, in the model's order.
+    pub inputs: Vec<usize>,
+    /// The model outputs, in the model's order (plain layout).
+    pub outputs: Vec<(String, Value)>,
+}
+
+/// The graph around the node being planned, for the fusions that look ahead.
+struct Graph<'m> {
+    nodes: &'m [Node],
+    consumers: HashMap<&'m str, Vec<usize>>,
+    outputs: HashSet<&'m str>,
+}
+
+impl<'m> Graph<'m> {
+    /// The one node that reads `name`, when nothing else (not even the graph's outputs) does.
+    fn sole_consumer(&self, name: &str) -> Option<usize> {
+        match self.consumers.get(name).map(Vec::as_slice) {
+            Some(&[j]) if !self.outputs.contains(name) => Some(j),
+            _ => None,
+        }
+    }
+    fn is_unused(&self, name: &str) -> bool {
+        name.is_empty() || (!self.consumers.contains_key(name) && !self.outputs.contains(name))
+    }
+}
+
+fn node_label(node: &Node, index: usize) -> String {
+    if node.name().is_empty() {
+        format!("#{index}")
+    } else {
+        node.name().to_string()
+    }
+}
+
+fn in_node(node: &Node, index: usize) -> impl Fn(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Node { .. } => e,
+        e => Error::Node {
+            node: node_label(node, index),
+            op: node.op_type().to_string(),
+            source: Box::new(e),
+        },
+    }
+}
+
+/// Builds the plan of `model` for inputs of `shapes` (in the model's input order).
+pub(crate) fn build(model: &Model, shapes: &[Vec<usize>], policy: Policy) -> Result<Plan> {
+    let mut b = Builder::new(policy);
+    let mut values: HashMap<String, Value> = model
+        .initializers
+        .iter()
+        .map(|(k, t)| (k.clone(), Value::Const(Arc::new(t.clone()))))
+        .collect();
+    let mut inputs = Vec::new();
+    for (input, shape) in model.inputs().iter().zip(shapes) {
+        let slot = b.new_slot(shape)?;
+        inputs.push(slot);
+        let v = Value::Dynamic(Dynamic {
+            src: Src::Slot(slot),
+            shape: shape.clone(),
+            layout: Layout::Plain,
+        });
+        values.insert(input.name.clone(), v);
+    }
+    let mut graph = Graph {
+        nodes: &model.nodes,
+        consumers: HashMap::new(),
+        outputs: model.outputs().iter().map(String::as_str).collect(),
+    };
+    for (j, node) in model.nodes.iter().enumerate() {
+        for input in node.input.iter().filter(|i| !i.is_empty()) {
+            graph.consumers.entry(input.as_str()).or_default().push(j);
+        }
+    }
+
+    let mut fused = HashSet::new();
+    for (i, node) in model.nodes.iter().enumerate() {
+        if fused.contains(&i) {
+            continue;
+        }
+        b.node = node_label(node, i);
+        let wrap = in_node(node, i);
+        if !matches!(node.domain(), "" | "ai.onnx") {
+            return Err(wrap(Error::Unsupported(format!(
+                "operator domain '{}'",
+                node.domain()
+            ))));
+        }
+        let node_inputs = resolve_inputs(node, &values).map_err(&wrap)?;
+        let ctx = Ctx {
+            attrs: Attrs(&node.attribute),
+            opset: model.opset(),
+        };
+        if node.op_type() == "Conv" {
+            let (name, value) =
+                plan_conv(&mut b, &ctx, &graph, i, &node_inputs, &values, &mut fused)
+                    .map_err(&wrap)?;
+            values.insert(name, value);
+            continue;
+        }
+        let outputs = plan_op(&mut b, &ctx, node.op_type(), &node_inputs).map_err(&wrap)?;
+        for (name, value) in node.output.iter().zip(outputs) {
+            if !name.is_empty() {
+                values.insert(name.clone(), value);
+            }
+        }
+    }
+    b.node = "output".into();
+    let mut outputs = Vec::new();
+    for name in model.outputs() {
+        let v = values.get(name).ok_or_else(|| {
+            Error::Unsupported(format!(
+                "output '{name}' is an optional output dconv does not compute"
+            ))
+        })?;
+        outputs.push((name.clone(), b.plain(v)?));
+    }
+    drop(values);
+    let (slot_buffer, buffers) = assign_buffers(&b, &inputs, &outputs);
+    Ok(Plan {
+        steps: b.steps,
+        consts: b.consts,
+        slot_buffer,
+        buffers,
+        inputs,
+        outputs,
+    })
+}
+
+fn resolve_inputs(node: &Node, values: &HashMap<String, Value>) -> Result<Vec<Option<Value>>> {
+    node.input
+        .iter()
+        .map(|name| {
+            if name.is_empty() {
+                return Ok(None);
+            }
+            values.get(name).cloned().map(Some).ok_or_else(|| {
+                Error::Unsupported(format!(
+                    "input '{name}' is an optional output of an earlier node that dconv does not compute"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Plans a Conv with the BatchNormalization and activation that follow it folded in;
+/// returns the name and value of the last fused node's output.
+fn plan_conv(
+    b: &mut Builder,
+    ctx: &Ctx,
+    graph: &Graph,
+    i: usize,
+    inputs: &[Option<Value>],
+    values: &HashMap<String, Value>,
+    fused: &mut HashSet<usize>,
+) -> Result<(String, Value)> {
+    let node = &graph.nodes[i];
+    let x = inputs
+        .first()
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Error::InvalidModel("Conv needs an input".into()))?;
+    let w = inputs
+        .get(1)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Error::InvalidModel("Conv needs weights".into()))?;
+    let mut draft = conv::draft(ctx, x.shape(), w, inputs.get(2).and_then(Option::as_ref))?;
+    let mut out = node.output.first().cloned().unwrap_or_default();
+    let opset = ctx.opset;
+    fn ctx_of(n: &Node, opset: i64) -> Ctx<'_> {
+        Ctx {
+            attrs: Attrs(&n.attribute),
+            opset,
+        }
+    }
+
+    if let Some(j) = graph.sole_consumer(&out) {
+        let next = &graph.nodes[j];
+        let only_y = next.output.iter().skip(1).all(|o| graph.is_unused(o));
+        if next.op_type() == "BatchNormalization" && only_y {
+            if let Ok(bn) = resolve_inputs(next, values)
+                .and_then(|inputs| BatchNorm::from_inputs(&ctx_of(next, opset), &inputs))
+            {
+                if bn.scale.len() == draft.spec.filters {
+                    draft.fold_batch_norm(&bn);
+                    fused.insert(j);
+                    out = next.output[0].clone();
+                }
+            }
+        }
+    }
+    if let Some(j) = graph.sole_consumer(&out) {
+        let next = &graph.nodes[j];
+        let activation = match next.op_type() {
+            "Relu" => Some(Activation::Relu),
+            "Clip" => resolve_inputs(next, values)
+                .and_then(|inputs| crate::ops::clip_bounds(&ctx_of(next, opset), &inputs))
+                .ok()
+                .and_then(|bounds| match bounds {
+                    (0.0, 6.0) => Some(Activation::Relu6),
+                    (0.0, f32::INFINITY) => Some(Activation::Relu),
+                    _ => None,
+                }),
+            _ => None,
+        };
+        if let Some(activation) = activation {
+            draft.spec.activation = activation;
+            fused.insert(j);
+            out = next.output.first().cloned().unwrap_or_default();
+        }
+    }
+    Ok((out, draft.finish(b, x)?))
+}
+
+/// Gives each slot a buffer, reusing the buffers of slots no later step reads. A step's
+/// output never shares a buffer with its inputs; model inputs and outputs keep their own.
+fn assign_buffers(
+    b: &Builder,
+    inputs: &[usize],
+    outputs: &[(String, Value)],
+) -> (Vec<usize>, usize) {
+    let slots = b.slot_lens.len();
+    let forever = usize::MAX;
+    let mut last_use = vec![None; slots];
+    for (i, step) in b.steps.iter().enumerate() {
+        for src in &step.inputs {
+            if let Src::Slot(s) = src {
+                last_use[*s] = Some(i);
+            }
+        }
+    }
+    for (_, v) in outputs {
+        if let Value::Dynamic(Dynamic {
+            src: Src::Slot(s), ..
+        }) = v
+        {
+            last_use[*s] = Some(forever);
+        }
+    }
+    for &s in inputs {
+        last_use[s] = Some(forever);
+    }
+    let mut slot_buffer = vec![usize::MAX; slots];
+    let mut free: Vec<usize> = Vec::new();
+    let mut count = 0;
+    let mut take = |free: &mut Vec<usize>| {
+        free.pop().unwrap_or_else(|| {
+            count += 1;
+            count - 1
+        })
+    };
+    for &s in inputs {
+        slot_buffer[s] = take(&mut free);
+    }
+    for (i, step) in b.steps.iter().enumerate() {
+        slot_buffer[step.output] = take(&mut free);
+        // Slots read for the last time here, and an output nobody reads, are free again.
+        let mut done: Vec<usize> = step
+            .inputs
+            .iter()
+            .filter_map(|src| match src {
+                Src::Slot(s) if last_use[*s] == Some(i) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        if last_use[step.output].is_none() {
+            done.push(step.output);
+        }
+        done.sort_unstable();
+        done.dedup();
+        free.extend(done.iter().map(|&s| slot_buffer[s]));
+    }
+    (slot_buffer, count)
+}
