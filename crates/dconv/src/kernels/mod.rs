@@ -3,6 +3,7 @@
 //! versions chosen at run time by [`Isa`].
 
 pub(crate) mod aligned;
+pub(crate) mod compact;
 pub mod shifted_axpy;
 
 use std::fmt;

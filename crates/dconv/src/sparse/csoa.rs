@@ -1,5 +1,6 @@
 //! Compressed Sparse Overlapped Activations.
 
+use crate::kernels::compact::compact_nonzeros;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -161,13 +162,7 @@ fn fill_rows(
     }
     let mut n = 0;
     for list in image[rows.start * row_len..rows.end * row_len].chunks_exact(cg) {
-        for (c, &v) in list.iter().enumerate() {
-            if v != 0.0 {
-                chans[n] = c as u32;
-                vals[n] = v;
-                n += 1;
-            }
-        }
+        n = compact_nonzeros(list, 0, chans, vals, n);
     }
 }
 

@@ -1,6 +1,7 @@
 //! Compressed sparse rows.
 
 use crate::error::{Error, Result};
+use crate::kernels::compact::compact_nonzeros;
 
 /// A matrix in compressed sparse row form: row `i` holds the columns
 /// `cols[row_ptr[i]..row_ptr[i + 1]]`, strictly increasing and below `ncols`, with their
@@ -68,15 +69,16 @@ impl CsrMatrix {
             )));
         }
         self.clear(ncols);
+        // Room for every value, then cut back to the non-zeros.
+        self.cols.resize(dense.len(), 0);
+        self.vals.resize(dense.len(), 0.0);
+        let mut nnz = 0;
         for row in dense.chunks_exact(ncols) {
-            for (c, &v) in row.iter().enumerate() {
-                if v != 0.0 {
-                    self.cols.push(c as u32);
-                    self.vals.push(v);
-                }
-            }
-            self.row_ptr.push(self.cols.len());
+            nnz = compact_nonzeros(row, 0, &mut self.cols, &mut self.vals, nnz);
+            self.row_ptr.push(nnz);
         }
+        self.cols.truncate(nnz);
+        self.vals.truncate(nnz);
         Ok(())
     }
 
