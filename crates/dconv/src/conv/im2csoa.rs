@@ -117,19 +117,15 @@ impl<const NB: usize> Im2Csoa<NB> {
                         if zero {
                             skip_rows(chans, &mut t.cursors, limit);
                         } else {
-                            // SAFETY: channels are below C/G, so `tap * C/G + c` is below K,
-                            // the panel's row count; `isa` was checked at preparation.
-                            unsafe {
-                                accumulate_rows::<NB>(
-                                    self.isa,
-                                    Entries::new(chans, vals),
-                                    &mut t.cursors,
-                                    limit,
-                                    tap_panel,
-                                    t.spill.as_mut_slice(),
-                                    width,
-                                )
-                            };
+                            accumulate_rows::<NB>(
+                                self.isa,
+                                Entries::new(chans, vals),
+                                &mut t.cursors,
+                                limit,
+                                tap_panel,
+                                t.spill.as_mut_slice(),
+                                width,
+                            );
                         }
                     }
                 });

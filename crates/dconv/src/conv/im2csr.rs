@@ -142,19 +142,15 @@ impl<const NB: usize> CsrProduct<NB> {
                         } else {
                             slab_end.min(chunk_end) as u32
                         };
-                        // SAFETY: CSR columns are below K (its invariants) and the panel has K
-                        // rows of 16 * NB floats; `isa` was checked at preparation.
-                        unsafe {
-                            accumulate_rows::<NB>(
-                                isa,
-                                Entries::new(cols, vals),
-                                &mut t.cursors,
-                                limit,
-                                panel,
-                                t.spill.as_mut_slice(),
-                                width,
-                            )
-                        };
+                        accumulate_rows::<NB>(
+                            isa,
+                            Entries::new(cols, vals),
+                            &mut t.cursors,
+                            limit,
+                            panel,
+                            t.spill.as_mut_slice(),
+                            width,
+                        );
                     }
                 });
             }

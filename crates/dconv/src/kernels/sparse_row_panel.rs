@@ -33,15 +33,15 @@ pub(crate) struct RowCursor {
     pub end: usize,
 }
 
-/// For each row `r`, adds `v * panel[c]` over its pending entries whose column
-/// is below `limit` to the `16 * NB` floats at `out[r * stride..]`, and advances its cursor
-/// past them. Columns must increase along a row.
+/// For each row `r`, adds `v * panel[c]` over its pending entries whose column is below
+/// `limit` to the `16 * NB` floats at `out[r * stride..]`, and advances its cursor past them.
+/// Columns must increase along a row.
 ///
-/// # Safety
-/// Every column a cursor can reach indexes a whole row of `panel`
-/// (`(c + 1) * 16 * NB <= panel.len()`), and `isa` is supported by this CPU. The cursor
-/// ranges and the output extent are checked here.
-pub(crate) unsafe fn accumulate_rows<const NB: usize>(
+/// Panics if a cursor range, the output extent or a column falls outside the arrays (columns
+/// are checked one by one as they are read: a compare on a loaded value costs next to
+/// nothing beside the 16 * NB multiply-adds each one feeds). An `isa` this CPU lacks runs
+/// the portable code.
+pub(crate) fn accumulate_rows<const NB: usize>(
     isa: Isa,
     entries: Entries,
     cursors: &mut [RowCursor],
@@ -58,11 +58,14 @@ pub(crate) unsafe fn accumulate_rows<const NB: usize>(
         .iter()
         .all(|c| c.next <= c.end && c.end <= cols.len()));
     assert!(stride >= 16 * NB && last * stride + 16 * NB <= out.len());
-    debug_assert!(cols
-        .iter()
-        .all(|&c| (c as usize + 1) * 16 * NB <= panel.len()));
+    let isa = if isa.is_supported() {
+        isa
+    } else {
+        Isa::Portable
+    };
     match isa {
-        // SAFETY: ranges and extent checked above; columns and the feature are the caller's.
+        // SAFETY: cursor ranges and the output extent are checked above, columns in the
+        // kernel, and the CPU has the feature.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe {
             x86::rows_avx512::<NB>(cols, vals, cursors, limit, panel, out, stride)
@@ -79,6 +82,13 @@ pub(crate) unsafe fn accumulate_rows<const NB: usize>(
         },
         _ => rows_portable::<NB>(cols, vals, cursors, limit, panel, out, stride),
     }
+}
+
+/// Where a column read from a sparse row does not index a row of the panel.
+#[cold]
+#[inline(never)]
+fn column_outside_panel(col: usize, rows: usize) -> ! {
+    panic!("sparse column {col} is outside a panel of {rows} rows")
 }
 
 /// Advances each cursor past its entries whose column is below `limit`, multiplying
@@ -138,6 +148,7 @@ mod x86 {
                 // vectors have enough independent accumulators in one set.
                 let dual = NB * PER < 8;
                 let width = 16 * NB;
+                let panel_rows = panel.len() / width;
                 let (base, cp, vp) = (panel.as_ptr(), cols.as_ptr(), vals.as_ptr());
                 for r in 0..cursors.len() {
                     let (mut i, end) = (cursors[r].next, cursors[r].end);
@@ -161,14 +172,16 @@ mod x86 {
                             a[j][q] = unsafe { $load(dst.add(j * 16 + q * $lanes)) };
                         }
                     }
-                    // SAFETY (loop): i + 1 < end <= cols.len() == vals.len(); columns index
-                    // whole panel rows (the caller's contract).
+                    // SAFETY (loop reads): i + 1 < end <= cols.len() == vals.len().
                     while i + 1 < end && unsafe { *cp.add(i + 1) } < limit {
+                        // SAFETY: as above.
+                        let (c0, c1) = unsafe { (*cp.add(i) as usize, *cp.add(i + 1) as usize) };
+                        if c0.max(c1) >= panel_rows {
+                            super::column_outside_panel(c0.max(c1), panel_rows);
+                        }
+                        // SAFETY: both columns index whole panel rows (checked just above).
                         unsafe {
-                            let (r0, r1) = (
-                                base.add(*cp.add(i) as usize * width),
-                                base.add(*cp.add(i + 1) as usize * width),
-                            );
+                            let (r0, r1) = (base.add(c0 * width), base.add(c1 * width));
                             let (v0, v1) = ($set1(*vp.add(i)), $set1(*vp.add(i + 1)));
                             for j in 0..NB {
                                 for q in 0..PER {
@@ -192,9 +205,14 @@ mod x86 {
                     }
                     // SAFETY: i < end as above.
                     if i < end && unsafe { *cp.add(i) } < limit {
+                        // SAFETY: as above.
+                        let c0 = unsafe { *cp.add(i) as usize };
+                        if c0 >= panel_rows {
+                            super::column_outside_panel(c0, panel_rows);
+                        }
+                        // SAFETY: the column indexes a whole panel row (checked just above).
                         unsafe {
-                            let (r0, v0) =
-                                (base.add(*cp.add(i) as usize * width), $set1(*vp.add(i)));
+                            let (r0, v0) = (base.add(c0 * width), $set1(*vp.add(i)));
                             for j in 0..NB {
                                 for q in 0..PER {
                                     a[j][q] = $fma(v0, $load(r0.add(j * 16 + q * $lanes)), a[j][q]);
@@ -274,9 +292,10 @@ mod arm {
             }
             while cursor.next < cursor.end && cols[cursor.next] < limit {
                 let (c, v) = (cols[cursor.next] as usize, vals[cursor.next]);
-                // SAFETY: the caller guarantees that each column indexes a whole panel row.
+                let row = &panel[c * width..][..width];
+                // SAFETY: `row` holds `width` = 16 * NB floats.
                 unsafe {
-                    let row = panel.as_ptr().add(c * width);
+                    let row = row.as_ptr();
                     for j in 0..NB {
                         for q in 0..4 {
                             a[j][q] = vfmaq_n_f32(a[j][q], vld1q_f32(row.add(j * 16 + q * 4)), v);
@@ -330,18 +349,15 @@ mod tests {
                 &mut want,
                 stride,
             );
-            // SAFETY: every column is below `panel_rows`; `isa` comes from `Isa::supported`.
-            unsafe {
-                accumulate_rows::<NB>(
-                    isa,
-                    Entries::new(&cols, &vals),
-                    &mut got_cursors,
-                    limit,
-                    &panel,
-                    &mut got,
-                    stride,
-                )
-            };
+            accumulate_rows::<NB>(
+                isa,
+                Entries::new(&cols, &vals),
+                &mut got_cursors,
+                limit,
+                &panel,
+                &mut got,
+                stride,
+            );
             assert_eq!(want_cursors, got_cursors, "{isa} NB={NB} limit {limit}");
         }
         assert!(got_cursors.iter().all(|c| c.next == c.end));
@@ -365,23 +381,44 @@ mod tests {
     }
 
     #[test]
-    fn short_output_is_refused() {
-        let mut cursors = [RowCursor::default(); 2];
-        let mut out = vec![0.0; 16 + 15];
-        let caught = std::panic::catch_unwind(move || {
-            // SAFETY: no entries; the extent check must fire first.
-            unsafe {
+    fn short_outputs_and_columns_outside_the_panel_are_refused() {
+        for isa in Isa::supported() {
+            let short = std::panic::catch_unwind(|| {
+                let mut cursors = [RowCursor::default(); 2];
+                let mut out = vec![0.0; 16 + 15];
                 accumulate_rows::<1>(
-                    Isa::Portable,
+                    isa,
                     Entries::new(&[], &[]),
                     &mut cursors,
                     0,
                     &[],
                     &mut out,
                     16,
-                )
+                );
+            });
+            assert!(short.is_err(), "{isa}: short output accepted");
+            // A lone entry and a pair, each reaching one row past a 3-row panel.
+            for cols in [&[3u32][..], &[0, 3]] {
+                let outside = std::panic::catch_unwind(|| {
+                    let vals = vec![1.0; cols.len()];
+                    let mut cursors = [RowCursor {
+                        next: 0,
+                        end: cols.len(),
+                    }];
+                    let mut out = vec![0.0; 16];
+                    let panel = vec![1.0; 3 * 16];
+                    accumulate_rows::<1>(
+                        isa,
+                        Entries::new(cols, &vals),
+                        &mut cursors,
+                        u32::MAX,
+                        &panel,
+                        &mut out,
+                        16,
+                    );
+                });
+                assert!(outside.is_err(), "{isa}: column outside the panel accepted");
             }
-        });
-        assert!(caught.is_err());
+        }
     }
 }
