@@ -6,7 +6,7 @@
 
 use super::im2col::lower;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
-use gemm::Parallelism;
+use crate::kernels::gemm::gemm_f32;
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -84,11 +84,6 @@ impl ConvKernel for Dense {
             ws.lowered.resize(p_len * k_len, 0.0);
         }
         let threads = rayon::current_num_threads();
-        let parallelism = if threads > 1 {
-            Parallelism::Rayon(threads)
-        } else {
-            Parallelism::None
-        };
         let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
         let in_image = s.height * s.width * c_len;
         for (image, out) in input
@@ -108,38 +103,16 @@ impl ConvKernel for Dense {
                 let rhs = &self.packed[g * k_len * mg..(g + 1) * k_len * mg];
                 let dst = &mut out[g * mg..];
                 let start = Instant::now();
-                // SAFETY: gemm reads `lhs` at (i, k) -> i * lhs_rs + k for i < P, k < K: the
-                // last read, (P - 1) * lhs_rs + K - 1, is inside `lhs` (the P x K lowered
-                // matrix; or, for the direct case where K = Cg and P = H * W, the input from
-                // column g * Cg on, whose length is (P - 1) * C + C - g * Cg >= that). It reads
-                // `rhs` at k * Mg + j < K * Mg = rhs.len(), and writes `dst` at i * M + j for
-                // j < Mg: at most (P - 1) * M + Mg - 1 < P * M - g * Mg = dst.len(). `dst`
-                // borrows the output mutably, disjoint from `lhs` (input or workspace) and
-                // `rhs` (self), so nothing it writes is read. With `read_dst` false, dst is
-                // only written (alpha is ignored).
-                unsafe {
-                    gemm::gemm(
-                        p_len,
-                        mg,
-                        k_len,
-                        dst.as_mut_ptr(),
-                        1,
-                        m_len as isize,
-                        false,
-                        lhs.as_ptr(),
-                        1,
-                        lhs_rs as isize,
-                        rhs.as_ptr(),
-                        1,
-                        mg as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        parallelism,
-                    );
-                }
+                gemm_f32(
+                    (p_len, mg, k_len),
+                    dst,
+                    m_len,
+                    lhs,
+                    lhs_rs,
+                    rhs,
+                    mg,
+                    threads,
+                );
                 multiply += start.elapsed();
             }
             let start = Instant::now();

@@ -245,7 +245,7 @@ impl SparseWeight {
                 let from = c * self.channel_stride + phase * plane + start;
                 let lines = planes.get(from..(from + span).min(planes.len()));
                 for line in lines.into_iter().flat_map(|l| l.chunks(LINE)) {
-                    prefetch_l2(line);
+                    crate::kernels::prefetch_l2(line);
                 }
             }
         }
@@ -341,19 +341,6 @@ impl SparseWeight {
             || self.split(planes, mid..tiles.end, out_b, part_b, jobs - half),
         );
     }
-}
-
-/// Hints that `data` will be read soon, into L2 (a no-op where we have no hint).
-#[inline(always)]
-fn prefetch_l2(data: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: prefetching is only a hint, and needs only SSE, which every x86-64 has.
-    unsafe {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
-        _mm_prefetch::<_MM_HINT_T1>(data.as_ptr().cast());
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
 }
 
 impl ConvKernel for SparseWeight {

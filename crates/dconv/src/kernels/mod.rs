@@ -4,6 +4,7 @@
 
 pub(crate) mod aligned;
 pub(crate) mod compact;
+pub(crate) mod gemm;
 pub mod shifted_axpy;
 
 use std::fmt;
@@ -80,3 +81,17 @@ impl fmt::Display for Isa {
 }
 
 pub(crate) mod sparse_row_panel;
+
+/// Hints that `data` will be read soon, into L2 (a no-op where there is no such hint).
+#[inline(always)]
+pub(crate) fn prefetch_l2(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetching is only a hint, never faults, and needs only SSE, which every
+    // x86-64 has.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        _mm_prefetch::<_MM_HINT_T1>(data.as_ptr().cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}

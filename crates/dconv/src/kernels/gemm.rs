@@ -1,0 +1,110 @@
+//! The dense matrix product of the conventional method, through the `gemm` crate (its own
+//! microkernels, with their own runtime SIMD dispatch), behind a safe, checked interface.
+
+/// `dst = lhs x rhs` for row-major matrices stored with row strides inside slices: `lhs` is
+/// `m x k` (row `i` at `i * lhs_stride`), `rhs` is `k x n` (row stride `rhs_stride`), `dst`
+/// is `m x n` (row stride `dst_stride`). Runs on `threads` threads of the current rayon pool.
+///
+/// Panics if a matrix does not fit in its slice or a stride is shorter than its row.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_f32(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_stride: usize,
+    lhs: &[f32],
+    lhs_stride: usize,
+    rhs: &[f32],
+    rhs_stride: usize,
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let fits = |len: usize, rows: usize, cols: usize, stride: usize| {
+        stride >= cols
+            && (rows - 1)
+                .checked_mul(stride)
+                .and_then(|v| v.checked_add(cols))
+                .is_some_and(|end| end <= len)
+    };
+    assert!(
+        fits(dst.len(), m, n, dst_stride),
+        "gemm: destination too small"
+    );
+    assert!(
+        k == 0 || fits(lhs.len(), m, k, lhs_stride),
+        "gemm: left matrix too small"
+    );
+    assert!(
+        k == 0 || fits(rhs.len(), k, n, rhs_stride),
+        "gemm: right matrix too small"
+    );
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every element gemm touches, (i, j) at
+    // i * stride + j, inside its slice; `dst` is borrowed mutably and so disjoint from `lhs`
+    // and `rhs`. With `read_dst` false, dst is only written (alpha is ignored).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_stride as isize,
+            false,
+            lhs.as_ptr(),
+            1,
+            lhs_stride as isize,
+            rhs.as_ptr(),
+            1,
+            rhs_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiplies_strided_matrices_and_refuses_short_ones() {
+        // lhs 2x3 with stride 4, rhs 3x2 with stride 2, dst 2x2 with stride 3.
+        let lhs = [1.0, 2.0, 3.0, 99.0, 4.0, 5.0, 6.0];
+        let rhs = [1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let mut dst = [0.0; 5];
+        gemm_f32((2, 2, 3), &mut dst, 3, &lhs, 4, &rhs, 2, 1);
+        assert_eq!(dst, [4.0, 5.0, 0.0, 10.0, 11.0]);
+        assert!(std::panic::catch_unwind(|| gemm_f32(
+            (2, 2, 3),
+            &mut [0.0; 4],
+            3,
+            &lhs,
+            4,
+            &rhs,
+            2,
+            1
+        ))
+        .is_err());
+        assert!(std::panic::catch_unwind(|| gemm_f32(
+            (2, 2, 3),
+            &mut [0.0; 5],
+            3,
+            &lhs[..6],
+            4,
+            &rhs,
+            2,
+            1
+        ))
+        .is_err());
+    }
+}
