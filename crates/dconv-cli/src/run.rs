@@ -30,17 +30,8 @@ pub struct Args {
     threads: usize,
 }
 
-/// A library error: the caller's fault (exit 2) or dconv's (exit 1).
-fn failure(e: dconv::Error) -> Failure {
-    if e.is_bad_input() {
-        Failure::Usage(e.to_string())
-    } else {
-        Failure::Run(e.to_string())
-    }
-}
-
 pub fn run(args: &Args) -> Result<(), Failure> {
-    let model = Model::load(&args.model).map_err(failure)?;
+    let model = Model::load(&args.model).map_err(Failure::from)?;
     let input_name = match &args.input_name {
         Some(name) => name.clone(),
         None => model
@@ -56,15 +47,15 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         )));
     }
     let (shape, data) = read_npy(&args.input).map_err(|e| Failure::Usage(e.to_string()))?;
-    let tensor = Tensor::from_f32(shape, data).map_err(failure)?;
+    let tensor = Tensor::from_f32(shape, data).map_err(Failure::from)?;
     let options = SessionOptions {
         threads: args.threads,
         policy: args.policy,
     };
-    let session = Session::new(&model, options).map_err(failure)?;
+    let session = Session::new(&model, options).map_err(Failure::from)?;
     let outputs = session
         .run(&[(input_name.as_str(), tensor)])
-        .map_err(failure)?;
+        .map_err(Failure::from)?;
     let (name, output) = match &args.output_name {
         Some(wanted) => outputs
             .iter()
