@@ -1,6 +1,11 @@
 //! `dconv`: the command-line tool of the dconv inference engine. One module per subcommand.
 
+mod bench;
 mod bench_conv;
+mod measure;
+mod memory;
+mod model_input;
+mod progress;
 mod prune;
 mod run;
 
@@ -20,8 +25,11 @@ enum Command {
     /// Time the convolution methods on one layer shape with synthetic sparse data, check that
     /// they agree, and report milliseconds and GFLOP/s.
     BenchConv(Box<bench_conv::Args>),
-    /// Run an ONNX model on a .npy input and write its output as .npy.
+    /// Run an ONNX model on a .npy input or a photograph; write its output as .npy and
+    /// print a classifier's top classes.
     Run(run::Args),
+    /// Time a model end to end and layer by layer on one input.
+    Bench(bench::Args),
     /// Prune an ONNX model's convolution weights by magnitude, uniformly or per layer.
     Prune(prune::Args),
 }
@@ -76,6 +84,7 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::BenchConv(args) => bench_conv::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::Prune(args) => prune::run(&args),
     };
     match outcome {
