@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_conv;
+mod demo;
 mod measure;
 mod memory;
 mod model_input;
@@ -30,6 +31,9 @@ enum Command {
     Run(run::Args),
     /// Time a model end to end and layer by layer on one input.
     Bench(bench::Args),
+    /// VGG-16, dense and pruned to Deep Compression's densities, on a photograph under the
+    /// dense and the auto policy: per-layer sparsity, methods, times and speedups.
+    Demo(demo::Args),
     /// Prune an ONNX model's convolution weights by magnitude, uniformly or per layer.
     Prune(prune::Args),
 }
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
         Command::BenchConv(args) => bench_conv::run(&args),
         Command::Run(args) => run::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Demo(args) => demo::run(&args),
         Command::Prune(args) => prune::run(&args),
     };
     match outcome {
