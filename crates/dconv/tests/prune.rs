@@ -127,3 +127,35 @@ fn a_sparsity_outside_0_to_1_is_refused() {
     let result = prune(&test_case("test_Conv2d"), Target::Uniform(1.5));
     assert!(matches!(result, Err(Error::InvalidArgument(_))));
 }
+
+#[test]
+fn the_vgg16_profile_gives_each_conv_its_deep_compression_density() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models");
+    let path = dir.join("vgg16.onnx");
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/fetch-models",
+        path.display()
+    );
+    let bytes = std::fs::read(&path).unwrap();
+    let options = PruneOptions {
+        target: Target::DeepCompressionVgg16,
+        skip_first: false,
+        include_gemm: false,
+    };
+    let (pruned, layers) = prune_model(&bytes, Some(&dir), &options).unwrap();
+    assert_eq!(layers.len(), 13);
+    for (layer, keep) in layers.iter().zip(dconv::prune::DEEP_COMPRESSION_VGG16_KEEP) {
+        assert_eq!(layer.op, "Conv");
+        assert!(
+            (layer.sparsity_after - (1.0 - keep)).abs() < 1e-3,
+            "{}: {} zeros, expected {}",
+            layer.node,
+            layer.sparsity_after,
+            1.0 - keep
+        );
+    }
+    // Only values of conv weights changed, so the re-encoded model keeps its size.
+    assert_eq!(pruned.len(), bytes.len());
+    Model::from_bytes(&pruned, None).unwrap();
+}
