@@ -1,13 +1,14 @@
-"""ONNX Runtime as the reference: one thread, sequential, default graph optimizations, CPU."""
+"""ONNX Runtime as the reference: one thread (unless asked), sequential, default graph
+optimizations, CPU."""
 import time
 
 import numpy as np
 import onnxruntime as ort
 
 
-def session(model_bytes_or_path) -> ort.InferenceSession:
+def session(model_bytes_or_path, threads: int = 1) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     return ort.InferenceSession(model_bytes_or_path, options, providers=["CPUExecutionProvider"])

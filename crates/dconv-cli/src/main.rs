@@ -1,6 +1,13 @@
 //! `dconv`: the command-line tool of the dconv inference engine. One module per subcommand.
 
+mod bench;
 mod bench_conv;
+mod demo;
+mod measure;
+mod memory;
+mod model_input;
+mod progress;
+mod prune;
 mod run;
 
 use clap::error::ErrorKind;
@@ -19,8 +26,16 @@ enum Command {
     /// Time the convolution methods on one layer shape with synthetic sparse data, check that
     /// they agree, and report milliseconds and GFLOP/s.
     BenchConv(Box<bench_conv::Args>),
-    /// Run an ONNX model on a .npy input and write its output as .npy.
+    /// Run an ONNX model on a .npy input or a photograph; write its output as .npy and
+    /// print a classifier's top classes.
     Run(run::Args),
+    /// Time a model end to end and layer by layer on one input.
+    Bench(bench::Args),
+    /// VGG-16, dense and pruned to Deep Compression's densities, on a photograph under the
+    /// dense and the auto policy: per-layer sparsity, methods, times and speedups.
+    Demo(demo::Args),
+    /// Prune an ONNX model's convolution weights by magnitude, uniformly or per layer.
+    Prune(prune::Args),
 }
 
 /// Why a subcommand stopped; each kind has its own exit code.
@@ -40,9 +55,27 @@ impl Failure {
             Failure::Run(_) => 1,
         }
     }
+    /// The same failure, its message prefixed by the file it concerns.
+    fn in_file(self, path: &std::path::Path) -> Failure {
+        match self {
+            Failure::Usage(m) => Failure::Usage(format!("{}: {m}", path.display())),
+            Failure::Run(m) => Failure::Run(format!("{}: {m}", path.display())),
+        }
+    }
     fn message(&self) -> &str {
         match self {
             Failure::Usage(m) | Failure::Run(m) => m,
+        }
+    }
+}
+
+/// A library error: the caller's fault (exit 2) or dconv's (exit 1).
+impl From<dconv::Error> for Failure {
+    fn from(e: dconv::Error) -> Failure {
+        if e.is_bad_input() {
+            Failure::Usage(e.to_string())
+        } else {
+            Failure::Run(e.to_string())
         }
     }
 }
@@ -55,6 +88,9 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::BenchConv(args) => bench_conv::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Bench(args) => bench::run(&args),
+        Command::Demo(args) => demo::run(&args),
+        Command::Prune(args) => prune::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,23 +1,24 @@
-//! `dconv run`: runs an ONNX model on a .npy input and writes the chosen output as .npy.
+//! `dconv run`: runs an ONNX model on a .npy input or a photograph, writes the chosen output
+//! as .npy and, for a classifier, prints its top classes.
 
+use crate::model_input::InputArgs;
 use crate::Failure;
-use dconv::io::npy::{read_npy, write_npy};
+use dconv::io::npy::write_npy;
 use dconv::{Model, Policy, Session, SessionOptions, Tensor};
 use std::path::PathBuf;
+
+/// The most classes listed for a classifier output.
+const TOP_CLASSES: usize = 5;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The ONNX model.
     model: PathBuf,
-    /// The input tensor (.npy, float32 or float64).
-    #[arg(long, value_name = "X.npy")]
-    input: PathBuf,
-    /// The model input to feed [default: the first].
-    #[arg(long, value_name = "NAME")]
-    input_name: Option<String>,
+    #[command(flatten)]
+    input: InputArgs,
     /// Where to write the output tensor (.npy, float32).
     #[arg(long, value_name = "Y.npy")]
-    output: PathBuf,
+    output: Option<PathBuf>,
     /// The model output to write [default: the first].
     #[arg(long, value_name = "NAME")]
     output_name: Option<String>,
@@ -30,41 +31,17 @@ pub struct Args {
     threads: usize,
 }
 
-/// A library error: the caller's fault (exit 2) or dconv's (exit 1).
-fn failure(e: dconv::Error) -> Failure {
-    if e.is_bad_input() {
-        Failure::Usage(e.to_string())
-    } else {
-        Failure::Run(e.to_string())
-    }
-}
-
 pub fn run(args: &Args) -> Result<(), Failure> {
-    let model = Model::load(&args.model).map_err(failure)?;
-    let input_name = match &args.input_name {
-        Some(name) => name.clone(),
-        None => model
-            .inputs()
-            .first()
-            .map(|i| i.name.clone())
-            .ok_or_else(|| Failure::Usage("the model has no inputs".into()))?,
-    };
-    if model.inputs().len() > 1 {
-        return Err(Failure::Usage(format!(
-            "the model has {} inputs; dconv run feeds one",
-            model.inputs().len()
-        )));
-    }
-    let (shape, data) = read_npy(&args.input).map_err(|e| Failure::Usage(e.to_string()))?;
-    let tensor = Tensor::from_f32(shape, data).map_err(failure)?;
+    let model = Model::load(&args.model).map_err(Failure::from)?;
+    let (input_name, tensor) = args.input.load(&model)?;
     let options = SessionOptions {
         threads: args.threads,
         policy: args.policy,
     };
-    let session = Session::new(&model, options).map_err(failure)?;
+    let session = Session::new(&model, options).map_err(Failure::from)?;
     let outputs = session
         .run(&[(input_name.as_str(), tensor)])
-        .map_err(failure)?;
+        .map_err(Failure::from)?;
     let (name, output) = match &args.output_name {
         Some(wanted) => outputs
             .iter()
@@ -74,12 +51,33 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             .first()
             .ok_or_else(|| Failure::Usage("the model has no outputs".into()))?,
     };
-    write_npy(&args.output, output.shape(), &output.to_f32_vec())
-        .map_err(|e| Failure::Usage(e.to_string()))?;
-    eprintln!(
-        "dconv run: wrote '{name}' {:?} to {}",
-        output.shape(),
-        args.output.display()
-    );
+    print_top_classes(name, output);
+    if let Some(path) = &args.output {
+        write_npy(path, output.shape(), &output.to_f32_vec())
+            .map_err(|e| Failure::Usage(e.to_string()))?;
+        eprintln!(
+            "dconv run: wrote '{name}' {:?} to {}",
+            output.shape(),
+            path.display()
+        );
+    }
     Ok(())
+}
+
+/// For a classifier's `[1, K]` output, the highest-scoring classes, best first.
+pub fn top_classes(output: &Tensor) -> Option<Vec<(usize, f32)>> {
+    let [1, _] = output.shape() else { return None };
+    let mut scored: Vec<(usize, f32)> = output.to_f32_vec().into_iter().enumerate().collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+    scored.truncate(TOP_CLASSES);
+    Some(scored)
+}
+
+fn print_top_classes(name: &str, output: &Tensor) {
+    if let Some(top) = top_classes(output) {
+        println!("top classes of '{name}':");
+        for (class, score) in top {
+            println!("  class {class:>5}  {score:.6}");
+        }
+    }
 }

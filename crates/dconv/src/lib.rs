@@ -29,6 +29,7 @@ pub mod kernels;
 pub mod models;
 pub mod onnx;
 mod ops;
+pub mod prune;
 pub mod runtime;
 pub mod sparse;
 pub mod synth;

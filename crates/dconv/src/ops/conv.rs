@@ -204,14 +204,15 @@ pub(crate) struct ConvStep {
 
 impl ConvStep {
     /// Runs on channels-last `input`, whose fraction of zeros is `input_sparsity` when its
-    /// producer counted them; returns the output's fraction of zeros when counted.
+    /// producer counted them; returns the method used and the output's fraction of zeros
+    /// when counted.
     pub fn run(
         &self,
         input: &[f32],
         input_sparsity: Option<f64>,
         output: &mut [f32],
         ws: &mut Workspace,
-    ) -> Result<Option<f64>> {
+    ) -> Result<ConvRun> {
         let method = if self.policy.needs_sparsity() {
             let sparsity = input_sparsity.unwrap_or_else(|| zero_fraction(input));
             self.policy.choose(sparsity, self.weight_sparsity)
@@ -224,13 +225,37 @@ impl ConvStep {
             .find(|c| c.method() == method)
             .ok_or_else(|| Error::Unsupported(format!("method {method} was not prepared")))?;
         conv.run(input, output, ws)?;
-        Ok((self.counts_zeros && self.policy.needs_sparsity()).then(|| zero_fraction(output)))
+        Ok(ConvRun {
+            method,
+            output_sparsity: (self.counts_zeros && self.policy.needs_sparsity())
+                .then(|| zero_fraction(output)),
+        })
     }
 
     /// The methods prepared for this convolution.
     pub fn methods(&self) -> impl Iterator<Item = Method> + '_ {
         self.methods.iter().map(Conv::method)
     }
+
+    /// Fraction of zero weights (after BatchNormalization folding).
+    pub fn weight_sparsity(&self) -> f64 {
+        self.weight_sparsity
+    }
+
+    /// Multiply-adds of the dense convolution (0 if they overflow 64 bits).
+    pub fn macs(&self) -> u64 {
+        self.methods
+            .first()
+            .and_then(|c| c.spec().macs().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// What one run of a convolution did.
+pub(crate) struct ConvRun {
+    pub method: Method,
+    /// The output's fraction of zeros, when the fused activation counted them.
+    pub output_sparsity: Option<f64>,
 }
 
 /// Fraction of exactly-zero elements.

@@ -71,6 +71,8 @@ pub(crate) enum StepOp {
 /// `output`.
 pub(crate) struct Step {
     pub node: String,
+    /// The ONNX operator of the node, or [`LAYOUT_OP`] for a layout conversion.
+    pub op_type: String,
     pub inputs: Vec<Src>,
     pub output: usize,
     pub out_len: usize,
@@ -85,7 +87,12 @@ pub(crate) struct Builder {
     pub steps: Vec<Step>,
     /// The node being planned, named in the steps it adds.
     pub node: String,
+    /// Its operator, recorded in the steps it adds.
+    pub op_type: String,
 }
+
+/// The operator name of the steps that convert between the plain and channels-last layouts.
+pub(crate) const LAYOUT_OP: &str = "Layout";
 
 impl Builder {
     pub fn new(policy: Policy) -> Self {
@@ -95,6 +102,7 @@ impl Builder {
             slot_lens: Vec::new(),
             steps: Vec::new(),
             node: String::new(),
+            op_type: String::new(),
         }
     }
 
@@ -154,9 +162,23 @@ impl Builder {
         layout: Layout,
         op: StepOp,
     ) -> Result<Value> {
+        let op_type = self.op_type.clone();
+        self.push_as(op_type, inputs, shape, layout, op)
+    }
+
+    /// [`push`](Self::push), recording the step under operator `op_type`.
+    fn push_as(
+        &mut self,
+        op_type: String,
+        inputs: Vec<Src>,
+        shape: Vec<usize>,
+        layout: Layout,
+        op: StepOp,
+    ) -> Result<Value> {
         let output = self.new_slot(&shape)?;
         self.steps.push(Step {
             node: self.node.clone(),
+            op_type,
             inputs,
             output,
             out_len: self.slot_lens[output],
@@ -232,7 +254,13 @@ impl Builder {
             }));
         }
         let src = self.src(v);
-        self.push(vec![src], shape, layout, StepOp::Kernel(Box::new(kernel)))
+        self.push_as(
+            LAYOUT_OP.into(),
+            vec![src],
+            shape,
+            layout,
+            StepOp::Kernel(Box::new(kernel)),
+        )
     }
 
     /// `v` in the plain (ONNX) layout.

@@ -23,8 +23,10 @@ mod example;
 pub(crate) mod layout;
 mod plan;
 mod policy;
+mod profile;
 mod session;
 
 pub use example::example_model;
 pub use policy::Policy;
+pub use profile::{Profile, StepProfile};
 pub use session::{Session, SessionOptions};

@@ -3,7 +3,7 @@
 //! into it, layouts are fixed, and every run-time tensor gets a buffer that is reused once
 //! the tensor is dead.
 
-use super::builder::{Builder, Dynamic, Src, Step, Value};
+use super::builder::{Builder, Dynamic, Src, Step, Value, LAYOUT_OP};
 use super::layout::Layout;
 use super::policy::Policy;
 use crate::conv::Activation;
@@ -103,6 +103,7 @@ pub(crate) fn build(model: &Model, shapes: &[Vec<usize>], policy: Policy) -> Res
             continue;
         }
         b.node = node_label(node, i);
+        b.op_type = node.op_type().to_string();
         let wrap = in_node(node, i);
         if !matches!(node.domain(), "" | "ai.onnx") {
             return Err(wrap(Error::Unsupported(format!(
@@ -130,6 +131,7 @@ pub(crate) fn build(model: &Model, shapes: &[Vec<usize>], policy: Policy) -> Res
         }
     }
     b.node = "output".into();
+    b.op_type = LAYOUT_OP.into();
     let mut outputs = Vec::new();
     for name in model.outputs() {
         let v = values.get(name).ok_or_else(|| {

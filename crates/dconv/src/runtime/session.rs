@@ -2,15 +2,18 @@
 //! shapes and reusing buffers across runs. A session is `Sync`: several threads may run it
 //! at once, each run taking its own scratch buffers from a pool.
 
-use super::builder::{Src, StepOp, Value};
+use super::builder::{Src, Step, StepOp, Value};
 use super::plan::{self, Plan};
 use super::policy::Policy;
-use crate::conv::Workspace;
+use super::profile::{Profile, StepProfile};
+use crate::conv::{Method, Workspace};
 use crate::error::{Error, Result};
 use crate::onnx::{Dim, Model};
+use crate::ops::conv::zero_fraction;
 use crate::tensor::{Tensor, TensorData};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// How a session runs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -72,6 +75,26 @@ impl<'m> Session<'m> {
     /// Runs the model on named float inputs (every model input exactly once) and returns
     /// the model's outputs, by name, in the model's order.
     pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+        self.run_recording(inputs, None)
+    }
+
+    /// [`run`](Self::run), also timing every step and recording what each convolution saw
+    /// and chose. Measuring the input sparsity of every step costs a pass over each input,
+    /// outside the timed part.
+    pub fn run_profiled(
+        &self,
+        inputs: &[(&str, Tensor)],
+    ) -> Result<(Vec<(String, Tensor)>, Profile)> {
+        let mut profile = Profile::default();
+        let outputs = self.run_recording(inputs, Some(&mut profile))?;
+        Ok((outputs, profile))
+    }
+
+    fn run_recording(
+        &self,
+        inputs: &[(&str, Tensor)],
+        profile: Option<&mut Profile>,
+    ) -> Result<Vec<(String, Tensor)>> {
         let ordered = self.order_inputs(inputs)?;
         let plan = self.plan(&ordered)?;
         let mut scratch = self
@@ -81,8 +104,8 @@ impl<'m> Session<'m> {
             .pop()
             .unwrap_or_default();
         let result = match &self.pool {
-            Some(pool) => pool.install(|| execute(&plan, &ordered, &mut scratch)),
-            None => execute(&plan, &ordered, &mut scratch),
+            Some(pool) => pool.install(|| execute(&plan, &ordered, &mut scratch, profile)),
+            None => execute(&plan, &ordered, &mut scratch, profile),
         };
         self.scratch
             .lock()
@@ -193,10 +216,32 @@ fn describe(dims: &[Dim]) -> String {
     format!("[{}]", parts.join(", "))
 }
 
+fn step_profile(
+    step: &Step,
+    method: Option<Method>,
+    input_sparsity: f64,
+    time: Duration,
+) -> StepProfile {
+    let (weight_sparsity, macs) = match &step.op {
+        StepOp::Conv(conv) => (Some(conv.weight_sparsity()), conv.macs()),
+        StepOp::Kernel(_) => (None, 0),
+    };
+    StepProfile {
+        name: step.node.clone(),
+        op: step.op_type.clone(),
+        method,
+        input_sparsity,
+        weight_sparsity,
+        macs,
+        time,
+    }
+}
+
 fn execute(
     plan: &Plan,
     inputs: &[(&[f32], Vec<usize>)],
     scratch: &mut Scratch,
+    mut profile: Option<&mut Profile>,
 ) -> Result<Vec<(String, Tensor)>> {
     let Scratch {
         buffers,
@@ -223,21 +268,37 @@ fn execute(
                 Src::Const(c) => plan.consts[*c].as_f32().unwrap_or_default(),
             })
             .collect();
-        let counted = match &step.op {
-            StepOp::Kernel(kernel) => kernel.run(&read, &mut out),
+        let known = match step.inputs.first() {
+            Some(Src::Slot(s)) => sparsity[*s],
+            _ => None,
+        };
+        let input_sparsity = profile
+            .as_ref()
+            .map(|_| known.unwrap_or_else(|| read.first().map_or(0.0, |r| zero_fraction(r))));
+        let started = profile.as_ref().map(|_| Instant::now());
+        let (counted, method) = match &step.op {
+            StepOp::Kernel(kernel) => (kernel.run(&read, &mut out), None),
             StepOp::Conv(conv) => {
-                let known = match step.inputs[0] {
-                    Src::Slot(s) => sparsity[s],
-                    Src::Const(_) => None,
-                };
-                conv.run(read[0], known, &mut out, workspace)
-                    .map_err(|e| Error::Node {
-                        node: step.node.clone(),
-                        op: "Conv".into(),
-                        source: Box::new(e),
-                    })?
+                let done =
+                    conv.run(read[0], known, &mut out, workspace)
+                        .map_err(|e| Error::Node {
+                            node: step.node.clone(),
+                            op: "Conv".into(),
+                            source: Box::new(e),
+                        })?;
+                (done.output_sparsity, Some(done.method))
             }
         };
+        if let (Some(profile), Some(started), Some(input_sparsity)) =
+            (profile.as_deref_mut(), started, input_sparsity)
+        {
+            profile.steps.push(step_profile(
+                step,
+                method,
+                input_sparsity,
+                started.elapsed(),
+            ));
+        }
         drop(read);
         buffers[out_buffer] = out;
         sparsity[step.output] = counted;

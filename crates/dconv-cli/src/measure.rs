@@ -1,0 +1,87 @@
+//! Timing a session end to end and layer by layer, shared by `bench` and `demo`.
+
+use crate::progress::Progress;
+use dconv::runtime::StepProfile;
+use dconv::{Session, Tensor};
+use std::time::{Duration, Instant};
+
+/// One step's figures over several runs.
+#[derive(Debug, Clone)]
+pub struct LayerTiming {
+    /// The step as recorded in the last run (its method may vary between runs under `auto`).
+    pub step: StepProfile,
+    pub median: Duration,
+}
+
+/// End-to-end and per-layer times of a session on one input.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub median: Duration,
+    pub min: Duration,
+    pub layers: Vec<LayerTiming>,
+}
+
+/// Runs `session` `warmup` times, then `runs` plain runs for the end-to-end times and `runs`
+/// profiled ones for the per-layer times (profiling measures sparsity outside its timers,
+/// which would inflate the end-to-end figure). Steps `progress` once per run.
+pub fn measure(
+    session: &Session,
+    input: &(String, Tensor),
+    warmup: usize,
+    runs: usize,
+    progress: &Progress,
+) -> dconv::Result<Measurement> {
+    let inputs = [(input.0.as_str(), input.1.clone())];
+    for _ in 0..warmup {
+        session.run(&inputs)?;
+        progress.step();
+    }
+    let mut totals = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let started = Instant::now();
+        session.run(&inputs)?;
+        totals.push(started.elapsed());
+        progress.step();
+    }
+    let mut profiles = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        profiles.push(session.run_profiled(&inputs)?.1);
+        progress.step();
+    }
+    let layers = match profiles.last() {
+        Some(last) => last
+            .steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| LayerTiming {
+                step: step.clone(),
+                median: median(
+                    profiles
+                        .iter()
+                        .filter_map(|p| p.steps.get(i).map(|s| s.time))
+                        .collect(),
+                ),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(Measurement {
+        median: median(totals.clone()),
+        min: totals.iter().min().copied().unwrap_or_default(),
+        layers,
+    })
+}
+
+/// The median (the lower of the middle two for an even count); zero for no samples.
+pub fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort_unstable();
+    match samples.len() {
+        0 => Duration::ZERO,
+        n => samples[(n - 1) / 2],
+    }
+}
+
+/// Milliseconds as a float, for tables and JSON.
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

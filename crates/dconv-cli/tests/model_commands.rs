@@ -1,0 +1,152 @@
+//! Runs the built `dconv` binary on models: `prune` writes a model that loads and reaches
+//! its sparsity, `bench` writes the promised JSON, `run --image` feeds a photograph exactly as
+//! the prepared .npy of it and prints the top classes; bad arguments exit with code 2.
+
+use dconv::io::npy::write_npy;
+use dconv::onnx::read_tensor_file;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn dconv(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dconv"))
+        .args(args)
+        .output()
+        .expect("the dconv binary runs")
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn temp(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{}-{name}", std::process::id()))
+}
+
+fn stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "dconv failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn prune_then_bench_writes_the_json_report() {
+    let case = repo().join("data/onnx-1.23.2/pytorch-converted/test_Conv2d");
+    assert!(case.is_dir(), "run scripts/fetch-testdata first");
+    let pruned = temp("conv2d-pruned.onnx");
+    let table = stdout(&dconv(&[
+        "prune",
+        case.join("model.onnx").to_str().unwrap(),
+        "-o",
+        pruned.to_str().unwrap(),
+        "--sparsity",
+        "0.75",
+    ]));
+    assert!(table.contains("-> ") && table.contains("75.0 %"), "{table}");
+
+    let input = read_tensor_file(&case.join("test_data_set_0/input_0.pb")).unwrap();
+    let npy = temp("conv2d-input.npy");
+    write_npy(&npy, input.shape(), &input.to_f32_vec()).unwrap();
+    let json = temp("conv2d-bench.json");
+    stdout(&dconv(&[
+        "bench",
+        pruned.to_str().unwrap(),
+        "--input",
+        npy.to_str().unwrap(),
+        "--threads",
+        "1",
+        "--policy",
+        "im2csoa",
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--json",
+        json.to_str().unwrap(),
+    ]));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let keys: Vec<&str> = report
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for key in [
+        "model",
+        "threads",
+        "policy",
+        "median_ms",
+        "min_ms",
+        "runs",
+        "layers",
+        "peak_rss_mb",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    assert_eq!(report["runs"], 3);
+    assert_eq!(report["policy"], "im2csoa");
+    assert!(report["min_ms"].as_f64().unwrap() <= report["median_ms"].as_f64().unwrap());
+    let conv = report["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["op"] == "Conv")
+        .expect("a Conv row");
+    assert_eq!(conv["algorithm"], "im2csoa");
+    assert!((conv["weight_sparsity"].as_f64().unwrap() - 0.75).abs() < 0.01);
+    assert!(conv["macs"].as_u64().unwrap() > 0);
+    for f in [&pruned, &npy, &json] {
+        std::fs::remove_file(f).ok();
+    }
+}
+
+#[test]
+fn run_on_a_photograph_matches_its_prepared_input_and_prints_top_classes() {
+    let model = repo().join("models/vgg16.onnx");
+    let photo = repo().join("../shared/images/astronaut.png");
+    let prepared = repo().join("models/photos/astronaut.input.npy");
+    assert!(
+        model.is_file() && prepared.is_file(),
+        "run scripts/fetch-models and scripts/make-test-models first"
+    );
+    let model = model.to_str().unwrap();
+    let from_image = stdout(&dconv(&[
+        "run",
+        model,
+        "--image",
+        photo.to_str().unwrap(),
+        "--size",
+        "240x240",
+        "--layout",
+        "nhwc",
+        "--scale",
+        "0.00392156862745098",
+    ]));
+    let from_npy = stdout(&dconv(&[
+        "run",
+        model,
+        "--input",
+        prepared.to_str().unwrap(),
+    ]));
+    assert!(
+        from_image.starts_with("top classes of 'dense_3'"),
+        "{from_image}"
+    );
+    // The VGG-16 classifier has 4 classes, so at most 4 are listed.
+    assert_eq!(
+        from_image.lines().filter(|l| l.contains("class ")).count(),
+        4
+    );
+    assert_eq!(from_image, from_npy);
+}
+
+#[test]
+fn an_image_without_its_size_is_a_usage_error() {
+    let out = dconv(&["run", "m.onnx", "--image", "x.png", "--layout", "nhwc"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = dconv(&["prune", "m.onnx", "-o", "y.onnx"]);
+    assert_eq!(out.status.code(), Some(2));
+}

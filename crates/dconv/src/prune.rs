@@ -1,0 +1,301 @@
+//! Magnitude pruning of an ONNX model's weights: in each chosen layer, the weights of
+//! smallest magnitude are set to zero until the asked fraction of them is zero. The model is
+//! re-encoded with only those initializers changed, so that any ONNX runtime loads it.
+
+use crate::error::{Error, Result};
+use crate::onnx::decode_tensor;
+use crate::onnx::proto::tensor_proto::{DataLocation, DataType};
+use crate::onnx::proto::{ModelProto, TensorProto};
+use crate::tensor::TensorData;
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// The fraction of weights that Deep Compression (Han et al., 2016) keeps in VGG-16's
+/// thirteen convolutions, conv1_1 to conv5_3.
+pub const DEEP_COMPRESSION_VGG16_KEEP: [f64; 13] = [
+    0.58, 0.22, 0.34, 0.36, 0.53, 0.24, 0.42, 0.32, 0.27, 0.34, 0.35, 0.29, 0.36,
+];
+
+/// How much of each layer to prune.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// The same fraction of zeros in every chosen layer.
+    Uniform(f64),
+    /// Deep Compression's densities for VGG-16; the model must have exactly 13 Convs.
+    DeepCompressionVgg16,
+    /// A fraction per layer, keyed by node name or weight initializer name; other layers
+    /// are left as they are.
+    PerLayer(HashMap<String, f64>),
+}
+
+/// What to prune.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PruneOptions {
+    pub target: Target,
+    /// Leave the first Conv dense (it sees the raw image, where zeros buy nothing).
+    pub skip_first: bool,
+    /// Also prune the weights of Gemm and MatMul nodes.
+    pub include_gemm: bool,
+}
+
+/// One pruned weight tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrunedLayer {
+    /// The node (or `#index`) whose weights these are.
+    pub node: String,
+    pub op: String,
+    pub initializer: String,
+    pub weights: usize,
+    pub sparsity_before: f64,
+    pub sparsity_after: f64,
+}
+
+/// Prunes the serialized model `bytes` and returns the re-encoded model with a row per
+/// pruned layer. `base` is the model's folder: external weight data is read from it and
+/// inlined into the output (None refuses external data).
+pub fn prune_model(
+    bytes: &[u8],
+    base: Option<&Path>,
+    options: &PruneOptions,
+) -> Result<(Vec<u8>, Vec<PrunedLayer>)> {
+    let mut model = ModelProto::decode(bytes)
+        .map_err(|e| Error::InvalidModel(format!("not an ONNX model: {e}")))?;
+    let graph = model
+        .graph
+        .as_mut()
+        .ok_or_else(|| Error::InvalidModel("the model has no graph".into()))?;
+    let layers = prunable_layers(graph, options.include_gemm);
+    let targets = layer_targets(&layers, options)?;
+
+    let index: HashMap<String, usize> = graph
+        .initializer
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name().to_string(), i))
+        .collect();
+    let mut done = HashSet::new();
+    let mut report = Vec::new();
+    for (layer, sparsity) in layers.iter().zip(targets) {
+        let Some(sparsity) = sparsity else { continue };
+        if !done.insert(layer.weight.clone()) {
+            continue; // A weight shared by several nodes is pruned once.
+        }
+        let Some(&i) = index.get(&layer.weight) else {
+            return Err(Error::Unsupported(format!(
+                "node '{}' ({}): weight '{}' is computed, not an initializer, so it cannot be pruned",
+                layer.node, layer.op, layer.weight
+            )));
+        };
+        let tensor = &mut graph.initializer[i];
+        let (before, after) =
+            prune_initializer(tensor, base, sparsity).map_err(|e| Error::Node {
+                node: layer.node.clone(),
+                op: layer.op.clone(),
+                source: Box::new(e),
+            })?;
+        report.push(PrunedLayer {
+            node: layer.node.clone(),
+            op: layer.op.clone(),
+            initializer: layer.weight.clone(),
+            weights: element_count(tensor),
+            sparsity_before: before,
+            sparsity_after: after,
+        });
+    }
+    Ok((model.encode_to_vec(), report))
+}
+
+/// A node whose weights may be pruned.
+struct Layer {
+    node: String,
+    op: String,
+    weight: String,
+}
+
+/// The Convs (and, when asked, Gemms and MatMuls) in graph order with the name of their
+/// weight input: Conv's and Gemm's second input; for MatMul the second, or the first when
+/// only that one is an initializer.
+fn prunable_layers(graph: &crate::onnx::proto::GraphProto, include_gemm: bool) -> Vec<Layer> {
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|t| t.name()).collect();
+    graph
+        .node
+        .iter()
+        .enumerate()
+        .filter_map(|(i, node)| {
+            let op = node.op_type();
+            let weight = match op {
+                "Conv" => node.input.get(1),
+                "Gemm" if include_gemm => node.input.get(1),
+                "MatMul" if include_gemm => match node.input.as_slice() {
+                    [a, b]
+                        if !initializers.contains(b.as_str())
+                            && initializers.contains(a.as_str()) =>
+                    {
+                        Some(a)
+                    }
+                    inputs => inputs.get(1),
+                },
+                _ => None,
+            }?;
+            let node_name = if node.name().is_empty() {
+                format!("#{i}")
+            } else {
+                node.name().to_string()
+            };
+            Some(Layer {
+                node: node_name,
+                op: op.to_string(),
+                weight: weight.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The fraction of zeros to reach in each layer, or None to leave it.
+fn layer_targets(layers: &[Layer], options: &PruneOptions) -> Result<Vec<Option<f64>>> {
+    let check = |what: &str, f: f64| {
+        if (0.0..=1.0).contains(&f) {
+            Ok(f)
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "sparsity {f} for {what} is not between 0 and 1"
+            )))
+        }
+    };
+    let first_conv = layers.iter().position(|l| l.op == "Conv");
+    let mut targets: Vec<Option<f64>> = match &options.target {
+        Target::Uniform(f) => {
+            let f = check("every layer", *f)?;
+            layers.iter().map(|_| Some(f)).collect()
+        }
+        Target::DeepCompressionVgg16 => {
+            let convs = layers.iter().filter(|l| l.op == "Conv").count();
+            if convs != DEEP_COMPRESSION_VGG16_KEEP.len() {
+                return Err(Error::InvalidArgument(format!(
+                    "the deep-compression-vgg16 profile is for VGG-16's 13 convolutions; this model has {convs}"
+                )));
+            }
+            let mut keep = DEEP_COMPRESSION_VGG16_KEEP.iter();
+            layers
+                .iter()
+                .map(|l| {
+                    (l.op == "Conv")
+                        .then(|| keep.next().map(|k| 1.0 - k))
+                        .flatten()
+                })
+                .collect()
+        }
+        Target::PerLayer(map) => {
+            for (key, &f) in map {
+                check(key, f)?;
+                if !layers.iter().any(|l| &l.node == key || &l.weight == key) {
+                    return Err(Error::InvalidArgument(format!(
+                        "'{key}' names no prunable node or weight (prunable: {})",
+                        layers
+                            .iter()
+                            .map(|l| l.node.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+            layers
+                .iter()
+                .map(|l| map.get(&l.node).or_else(|| map.get(&l.weight)).copied())
+                .collect()
+        }
+    };
+    if options.skip_first {
+        if let Some(first) = first_conv {
+            targets[first] = None;
+        }
+    }
+    Ok(targets)
+}
+
+fn element_count(t: &TensorProto) -> usize {
+    t.dims.iter().map(|&d| d.max(0) as usize).product()
+}
+
+/// Zeros the smallest-magnitude weights of `t` until `sparsity` of them are zero (weights
+/// already zero count); writes them back in the form they came in (`raw_data` or
+/// `float_data`), external data inlined as `raw_data`. Returns the sparsity before and after.
+fn prune_initializer(
+    t: &mut TensorProto,
+    base: Option<&Path>,
+    sparsity: f64,
+) -> Result<(f64, f64)> {
+    if t.data_type() != DataType::Float as i32 {
+        return Err(Error::Unsupported(format!(
+            "weight '{}' is not float32; only float32 weights are pruned",
+            t.name()
+        )));
+    }
+    let tensor = decode_tensor(t, base)?;
+    let TensorData::F32(mut weights) = tensor.into_parts().1 else {
+        return Err(Error::Unsupported(format!(
+            "weight '{}' is not float",
+            t.name()
+        )));
+    };
+    let n = weights.len().max(1) as f64;
+    let before = zero_count(&weights) as f64 / n;
+    let count = (sparsity * weights.len() as f64).round() as usize;
+    zero_smallest(&mut weights, count);
+    let after = zero_count(&weights) as f64 / n;
+
+    let external = t.data_location() == DataLocation::External;
+    if t.raw_data.is_some() || external {
+        t.raw_data = Some(weights.iter().flat_map(|w| w.to_le_bytes()).collect());
+        t.float_data.clear();
+    } else {
+        t.float_data = weights;
+    }
+    if external {
+        t.data_location = Some(DataLocation::Default as i32);
+        t.external_data.clear();
+    }
+    Ok((before, after))
+}
+
+fn zero_count(weights: &[f32]) -> usize {
+    weights.iter().filter(|&&w| w == 0.0).count()
+}
+
+/// Sets the `count` weights of smallest magnitude to zero (ties broken by position).
+fn zero_smallest(weights: &mut [f32], count: usize) {
+    let count = count.min(weights.len());
+    if count == 0 {
+        return;
+    }
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.select_nth_unstable_by(count - 1, |&a, &b| {
+        weights[a]
+            .abs()
+            .total_cmp(&weights[b].abs())
+            .then(a.cmp(&b))
+    });
+    for &i in &order[..count] {
+        weights[i] = 0.0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zero_smallest;
+
+    #[test]
+    fn zeros_exactly_the_smallest_magnitudes() {
+        let mut w = vec![0.5, -0.1, 0.0, 2.0, -3.0, 0.2];
+        zero_smallest(&mut w, 3);
+        assert_eq!(w, vec![0.5, 0.0, 0.0, 2.0, -3.0, 0.0]);
+    }
+
+    #[test]
+    fn existing_zeros_count_towards_the_target() {
+        let mut w = vec![0.0, 0.0, 1.0, -2.0];
+        zero_smallest(&mut w, 2);
+        assert_eq!(w, vec![0.0, 0.0, 1.0, -2.0]);
+    }
+}
