@@ -73,6 +73,11 @@ impl Dense {
     }
 }
 
+/// Bytes of lowered rows multiplied at a time: the lowered matrix of an early layer (a
+/// 240x240x64 input lowers to 132 MB) would otherwise go through memory twice, and a block
+/// this size is still large enough that repacking the weights per block costs little.
+const LOWERED_BLOCK_BYTES: usize = 8 << 20;
+
 impl ConvKernel for Dense {
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.spec;
@@ -80,8 +85,9 @@ impl ConvKernel for Dense {
         let (c_len, m_len) = (s.channels, s.filters);
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
         let direct = self.input_is_lowered();
-        if !direct && ws.lowered.len() < p_len * k_len {
-            ws.lowered.resize(p_len * k_len, 0.0);
+        let block_rows = (LOWERED_BLOCK_BYTES / (4 * k_len)).clamp(1, p_len);
+        if !direct && ws.lowered.len() < block_rows * k_len {
+            ws.lowered.resize(block_rows * k_len, 0.0);
         }
         let threads = rayon::current_num_threads();
         let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
@@ -91,29 +97,42 @@ impl ConvKernel for Dense {
             .zip(output.chunks_exact_mut(p_len * m_len))
         {
             for g in 0..s.groups {
-                let (lhs, lhs_rs): (&[f32], usize) = if direct {
-                    (&image[g * cg..], c_len)
-                } else {
-                    let start = Instant::now();
-                    let lowered = &mut ws.lowered[..p_len * k_len];
-                    lower(s, image, g, 0..p_len, lowered);
-                    convert += start.elapsed();
-                    (lowered, k_len)
-                };
                 let rhs = &self.packed[g * k_len * mg..(g + 1) * k_len * mg];
-                let dst = &mut out[g * mg..];
-                let start = Instant::now();
-                gemm_f32(
-                    (p_len, mg, k_len),
-                    dst,
-                    m_len,
-                    lhs,
-                    lhs_rs,
-                    rhs,
-                    mg,
-                    threads,
-                );
-                multiply += start.elapsed();
+                if direct {
+                    let start = Instant::now();
+                    gemm_f32(
+                        (p_len, mg, k_len),
+                        &mut out[g * mg..],
+                        m_len,
+                        &image[g * cg..],
+                        c_len,
+                        rhs,
+                        mg,
+                        threads,
+                    );
+                    multiply += start.elapsed();
+                    continue;
+                }
+                for first in (0..p_len).step_by(block_rows) {
+                    let rows = first..(first + block_rows).min(p_len);
+                    let start = Instant::now();
+                    let lowered = &mut ws.lowered[..rows.len() * k_len];
+                    lower(s, image, g, rows.clone(), lowered);
+                    let lowered_at = Instant::now();
+                    convert += lowered_at - start;
+                    let dst = &mut out[rows.start * m_len + g * mg..];
+                    gemm_f32(
+                        (rows.len(), mg, k_len),
+                        dst,
+                        m_len,
+                        lowered,
+                        k_len,
+                        rhs,
+                        mg,
+                        threads,
+                    );
+                    multiply += lowered_at.elapsed();
+                }
             }
             let start = Instant::now();
             self.apply_epilogue(out);
