@@ -1,7 +1,10 @@
 //! `dconv`: the command-line tool of the dconv inference engine. One module per subcommand.
 
+mod analyze;
 mod bench_conv;
+mod profile_arg;
 mod run;
+mod tune;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
@@ -21,6 +24,10 @@ enum Command {
     BenchConv(Box<bench_conv::Args>),
     /// Run an ONNX model on a .npy input and write its output as .npy.
     Run(run::Args),
+    /// Measure the cost model's coefficients on this machine and write them as a profile.
+    Tune(tune::Args),
+    /// Time every method on each convolution of a model, next to what `auto` picks.
+    Analyze(analyze::Args),
 }
 
 /// Why a subcommand stopped; each kind has its own exit code.
@@ -55,6 +62,8 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::BenchConv(args) => bench_conv::run(&args),
         Command::Run(args) => run::run(&args),
+        Command::Tune(args) => tune::run(&args),
+        Command::Analyze(args) => analyze::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,9 +1,10 @@
 //! `dconv run`: runs an ONNX model on a .npy input and writes the chosen output as .npy.
 
+use crate::profile_arg::ProfileArg;
 use crate::Failure;
 use dconv::io::npy::{read_npy, write_npy};
 use dconv::{Model, Policy, Session, SessionOptions, Tensor};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -28,10 +29,12 @@ pub struct Args {
     /// Threads (0: all cores).
     #[arg(long, value_name = "T", default_value_t = 0)]
     threads: usize,
+    #[command(flatten)]
+    profile: ProfileArg,
 }
 
 /// A library error: the caller's fault (exit 2) or dconv's (exit 1).
-fn failure(e: dconv::Error) -> Failure {
+pub fn failure(e: dconv::Error) -> Failure {
     if e.is_bad_input() {
         Failure::Usage(e.to_string())
     } else {
@@ -41,25 +44,11 @@ fn failure(e: dconv::Error) -> Failure {
 
 pub fn run(args: &Args) -> Result<(), Failure> {
     let model = Model::load(&args.model).map_err(failure)?;
-    let input_name = match &args.input_name {
-        Some(name) => name.clone(),
-        None => model
-            .inputs()
-            .first()
-            .map(|i| i.name.clone())
-            .ok_or_else(|| Failure::Usage("the model has no inputs".into()))?,
-    };
-    if model.inputs().len() > 1 {
-        return Err(Failure::Usage(format!(
-            "the model has {} inputs; dconv run feeds one",
-            model.inputs().len()
-        )));
-    }
-    let (shape, data) = read_npy(&args.input).map_err(|e| Failure::Usage(e.to_string()))?;
-    let tensor = Tensor::from_f32(shape, data).map_err(failure)?;
+    let (input_name, tensor) = load_input(&model, &args.input, args.input_name.as_deref())?;
     let options = SessionOptions {
         threads: args.threads,
         policy: args.policy,
+        cost_profile: args.profile.load()?,
     };
     let session = Session::new(&model, options).map_err(failure)?;
     let outputs = session
@@ -82,4 +71,29 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         args.output.display()
     );
     Ok(())
+}
+
+/// The model's one input (named `name`, or its first) read from a .npy file.
+pub fn load_input(
+    model: &Model,
+    path: &Path,
+    name: Option<&str>,
+) -> Result<(String, Tensor), Failure> {
+    let input_name = match name {
+        Some(name) => name.to_string(),
+        None => model
+            .inputs()
+            .first()
+            .map(|i| i.name.clone())
+            .ok_or_else(|| Failure::Usage("the model has no inputs".into()))?,
+    };
+    if model.inputs().len() > 1 {
+        return Err(Failure::Usage(format!(
+            "the model has {} inputs; dconv feeds one",
+            model.inputs().len()
+        )));
+    }
+    let (shape, data) = read_npy(path).map_err(|e| Failure::Usage(e.to_string()))?;
+    let tensor = Tensor::from_f32(shape, data).map_err(failure)?;
+    Ok((input_name, tensor))
 }

@@ -164,7 +164,15 @@ fn a_plan_prepares_only_the_methods_its_policy_may_pick() {
     use dconv::Policy;
     let model = Model::from_bytes(&example_model(), None).unwrap();
     let methods = |policy| {
-        let session = Session::new(&model, SessionOptions { threads: 1, policy }).unwrap();
+        let session = Session::new(
+            &model,
+            SessionOptions {
+                threads: 1,
+                policy,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         session.conv_methods(&[vec![1, 1, 4, 4]]).unwrap().remove(0)
     };
     assert_eq!(
