@@ -4,6 +4,7 @@
 use crate::measure::{measure, ms, Measurement};
 use crate::memory::peak_rss_mb;
 use crate::model_input::InputArgs;
+use crate::profile_arg::ProfileArg;
 use crate::progress::Progress;
 use crate::Failure;
 use dconv::{Model, Policy, Session, SessionOptions};
@@ -31,6 +32,8 @@ pub struct Args {
     /// Also write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    #[command(flatten)]
+    profile: ProfileArg,
 }
 
 /// The JSON report.
@@ -65,6 +68,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let options = SessionOptions {
         threads: args.threads,
         policy: args.policy,
+        cost_profile: args.profile.load()?,
     };
     let session = Session::new(&model, options).map_err(Failure::from)?;
     let (warmup, runs) = (args.warmup as usize, args.runs as usize);

@@ -98,7 +98,14 @@ fn compare_policies(
         .ok_or_else(|| Failure::Usage(format!("{} has no inputs", path.display())))?;
     let input = (name, input.clone());
     let run = |policy| -> Result<Measurement, Failure> {
-        let session = Session::new(&model, SessionOptions { threads, policy })?;
+        let session = Session::new(
+            &model,
+            SessionOptions {
+                threads,
+                policy,
+                ..Default::default()
+            },
+        )?;
         Ok(measure(&session, &input, WARMUP, RUNS, progress)?)
     };
     Ok(PolicyPair {

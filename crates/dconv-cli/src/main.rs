@@ -1,14 +1,17 @@
 //! `dconv`: the command-line tool of the dconv inference engine. One module per subcommand.
 
+mod analyze;
 mod bench;
 mod bench_conv;
 mod demo;
 mod measure;
 mod memory;
 mod model_input;
+mod profile_arg;
 mod progress;
 mod prune;
 mod run;
+mod tune;
 
 use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
@@ -36,6 +39,10 @@ enum Command {
     Demo(demo::Args),
     /// Prune an ONNX model's convolution weights by magnitude, uniformly or per layer.
     Prune(prune::Args),
+    /// Measure the cost model's coefficients on this machine and write them as a profile.
+    Tune(tune::Args),
+    /// Time every method on each convolution of a model, next to what `auto` picks.
+    Analyze(analyze::Args),
 }
 
 /// Why a subcommand stopped; each kind has its own exit code.
@@ -91,6 +98,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Prune(args) => prune::run(&args),
+        Command::Tune(args) => tune::run(&args),
+        Command::Analyze(args) => analyze::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! as .npy and, for a classifier, prints its top classes.
 
 use crate::model_input::InputArgs;
+use crate::profile_arg::ProfileArg;
 use crate::Failure;
 use dconv::io::npy::write_npy;
 use dconv::{Model, Policy, Session, SessionOptions, Tensor};
@@ -29,6 +30,8 @@ pub struct Args {
     /// Threads (0: all cores).
     #[arg(long, value_name = "T", default_value_t = 0)]
     threads: usize,
+    #[command(flatten)]
+    profile: ProfileArg,
 }
 
 pub fn run(args: &Args) -> Result<(), Failure> {
@@ -37,6 +40,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let options = SessionOptions {
         threads: args.threads,
         policy: args.policy,
+        cost_profile: args.profile.load()?,
     };
     let session = Session::new(&model, options).map_err(Failure::from)?;
     let outputs = session

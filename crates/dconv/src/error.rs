@@ -31,6 +31,9 @@ pub enum Error {
     /// A parameter outside the values it can take (a zero standard deviation, a size of 0).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A cost profile (`dconv tune`'s JSON) that is malformed or incomplete.
+    #[error("invalid cost profile: {0}")]
+    InvalidProfile(String),
     /// A file given to read (tensor, image) that cannot be opened or is not what it claims:
     /// the caller's data is at fault.
     #[error("{}: {msg}", path.display())]

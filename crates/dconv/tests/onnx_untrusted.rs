@@ -157,19 +157,35 @@ fn nhwc_edges_of_a_tf2onnx_model_give_the_same_result() {
     }
 }
 
-/// Only the methods a policy may pick are prepared, once, at plan time.
+/// Only the methods a policy may pick are prepared, once, at plan time: for `auto`, those
+/// the cost profile finds cheapest at some input sparsity.
 #[test]
 fn a_plan_prepares_only_the_methods_its_policy_may_pick() {
-    use dconv::conv::Method;
+    use dconv::conv::select::CostProfile;
+    use dconv::conv::{ConvSpec, Method};
     use dconv::Policy;
     let model = Model::from_bytes(&example_model(), None).unwrap();
     let methods = |policy| {
-        let session = Session::new(&model, SessionOptions { threads: 1, policy }).unwrap();
+        let session = Session::new(
+            &model,
+            SessionOptions {
+                threads: 1,
+                policy,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         session.conv_methods(&[vec![1, 1, 4, 4]]).unwrap().remove(0)
     };
+    let spec = ConvSpec::new(1, 4, 4, 2, [3, 3])
+        .with_padding([1, 1, 1, 1])
+        .with_bias(true);
     assert_eq!(
         methods(Policy::Auto),
-        ("Conv_0".to_string(), vec![Method::Dense, Method::Im2Csr])
+        (
+            "Conv_0".to_string(),
+            CostProfile::default().winners(&spec, 0.0)
+        )
     );
     assert_eq!(
         methods(Policy::Force(Method::Im2Csoa)).1,

@@ -32,7 +32,15 @@ fn prune(case: &Path, target: Target) -> dconv::Result<(Vec<u8>, Vec<dconv::prun
 }
 
 fn run(model: &Model, policy: Policy, input: &Tensor) -> Vec<f32> {
-    let session = Session::new(model, SessionOptions { threads: 1, policy }).unwrap();
+    let session = Session::new(
+        model,
+        SessionOptions {
+            threads: 1,
+            policy,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let name = model.inputs()[0].name.clone();
     let outputs = session.run(&[(name.as_str(), input.clone())]).unwrap();
     outputs[0].1.to_f32_vec()

@@ -11,6 +11,7 @@ fn profile_names_the_conv_its_method_sparsities_and_macs() {
     let options = SessionOptions {
         threads: 1,
         policy: Policy::Force(Method::Im2Csr),
+        ..Default::default()
     };
     let session = Session::new(&model, options).unwrap();
     let mut data = vec![0.0f32; 16];

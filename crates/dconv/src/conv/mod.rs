@@ -12,6 +12,7 @@ mod im2csr;
 mod lowered_csr;
 mod panels;
 mod reference;
+pub mod select;
 mod sparse_weight;
 mod spec;
 mod tiles;

@@ -6,7 +6,7 @@ use crate::conv::{Activation, Conv, ConvSpec, Method, Workspace};
 use crate::error::{Error, Result};
 use crate::runtime::builder::{Builder, StepOp, Value};
 use crate::runtime::layout::Layout;
-use crate::runtime::Policy;
+use crate::runtime::policy::Choice;
 
 /// A convolution read from its node, before folding and fusion.
 pub(crate) struct ConvDraft {
@@ -171,15 +171,15 @@ impl ConvDraft {
         let x = b.in_layout(input, Layout::ChannelsLast)?;
         let zeros = self.weights.iter().filter(|&&w| w == 0.0).count();
         let weight_sparsity = zeros as f64 / self.weights.len().max(1) as f64;
-        let methods = b
-            .policy
-            .candidates(weight_sparsity)
+        let prepared = b.selection.methods(&self.spec, weight_sparsity);
+        let choice = b.selection.choice(&self.spec, weight_sparsity, &prepared);
+        let methods = prepared
             .into_iter()
             .map(|m| Conv::prepare(&self.spec, &self.weights, Some(&self.bias), m))
             .collect::<Result<Vec<_>>>()?;
         let step = ConvStep {
             methods,
-            policy: b.policy,
+            choice,
             weight_sparsity,
             counts_zeros: self.spec.activation != Activation::None,
         };
@@ -196,7 +196,7 @@ impl ConvDraft {
 /// A convolution at run time: every method its policy may pick, prepared.
 pub(crate) struct ConvStep {
     methods: Vec<Conv>,
-    policy: Policy,
+    choice: Choice,
     weight_sparsity: f64,
     /// Whether a fused ReLU makes the output sparse enough to be worth counting.
     counts_zeros: bool,
@@ -213,33 +213,46 @@ impl ConvStep {
         output: &mut [f32],
         ws: &mut Workspace,
     ) -> Result<ConvRun> {
-        let method = if self.policy.needs_sparsity() {
-            let sparsity = input_sparsity.unwrap_or_else(|| zero_fraction(input));
-            self.policy.choose(sparsity, self.weight_sparsity)
-        } else {
-            self.methods[0].method()
-        };
-        let conv = self
-            .methods
-            .iter()
-            .find(|c| c.method() == method)
-            .ok_or_else(|| Error::Unsupported(format!("method {method} was not prepared")))?;
-        conv.run(input, output, ws)?;
+        let method = self.choose(input, input_sparsity);
+        self.prepared(method)?.run(input, output, ws)?;
         Ok(ConvRun {
             method,
-            output_sparsity: (self.counts_zeros && self.policy.needs_sparsity())
+            output_sparsity: (self.counts_zeros && self.choice.needs_sparsity())
                 .then(|| zero_fraction(output)),
         })
     }
 
-    /// The methods prepared for this convolution.
-    pub fn methods(&self) -> impl Iterator<Item = Method> + '_ {
-        self.methods.iter().map(Conv::method)
+    /// The method a run on `input` uses (its sparsity counted here when not known).
+    pub fn choose(&self, input: &[f32], input_sparsity: Option<f64>) -> Method {
+        if self.choice.needs_sparsity() {
+            self.choice
+                .choose(input_sparsity.unwrap_or_else(|| zero_fraction(input)))
+        } else {
+            self.choice.choose(0.0)
+        }
+    }
+
+    /// The prepared convolution of `method`.
+    pub fn prepared(&self, method: Method) -> Result<&Conv> {
+        self.methods
+            .iter()
+            .find(|c| c.method() == method)
+            .ok_or_else(|| Error::Unsupported(format!("method {method} was not prepared")))
+    }
+
+    /// Every prepared convolution.
+    pub fn convs(&self) -> &[Conv] {
+        &self.methods
     }
 
     /// Fraction of zero weights (after BatchNormalization folding).
     pub fn weight_sparsity(&self) -> f64 {
         self.weight_sparsity
+    }
+
+    /// The methods prepared for this convolution.
+    pub fn methods(&self) -> impl Iterator<Item = Method> + '_ {
+        self.methods.iter().map(Conv::method)
     }
 
     /// Multiply-adds of the dense convolution (0 if they overflow 64 bits).

@@ -3,7 +3,7 @@
 //! whose inputs are all constants are evaluated on the spot (constant folding).
 
 use super::layout::{plain_strides, Layout};
-use super::policy::Policy;
+use super::policy::Selection;
 use crate::error::{Error, Result};
 use crate::ops::conv::ConvStep;
 use crate::ops::copy::{CopyKernel, CopyPart, View};
@@ -80,7 +80,8 @@ pub(crate) struct Step {
 }
 
 pub(crate) struct Builder {
-    pub policy: Policy,
+    /// How convolutions prepare and pick their methods.
+    pub selection: Selection,
     pub consts: Vec<Arc<Tensor>>,
     /// Element count of each slot.
     pub slot_lens: Vec<usize>,
@@ -95,9 +96,9 @@ pub(crate) struct Builder {
 pub(crate) const LAYOUT_OP: &str = "Layout";
 
 impl Builder {
-    pub fn new(policy: Policy) -> Self {
+    pub fn new(selection: Selection) -> Self {
         Builder {
-            policy,
+            selection,
             consts: Vec::new(),
             slot_lens: Vec::new(),
             steps: Vec::new(),

@@ -7,7 +7,7 @@
 //!
 //! // A tiny model: Conv 1 -> 2 channels (3x3, pad 1) + Relu, built in code.
 //! let model = Model::from_bytes(&dconv::runtime::example_model(), None).unwrap();
-//! let session = Session::new(&model, SessionOptions { threads: 1, policy: Policy::Auto }).unwrap();
+//! let session = Session::new(&model, SessionOptions { threads: 1, policy: Policy::Auto, ..Default::default() }).unwrap();
 //! let input = Tensor::from_f32(vec![1, 1, 4, 4], vec![1.0; 16]).unwrap();
 //! let outputs = session.run(&[("x", input)]).unwrap();
 //! let (name, y) = &outputs[0];
@@ -18,14 +18,16 @@
 //! assert_eq!(y.as_f32().unwrap()[16 + 5], 0.0);
 //! ```
 
+mod analysis;
 pub(crate) mod builder;
 mod example;
 pub(crate) mod layout;
 mod plan;
-mod policy;
+pub(crate) mod policy;
 mod profile;
 mod session;
 
+pub use analysis::{LayerAnalysis, MethodTime};
 pub use example::example_model;
 pub use policy::Policy;
 pub use profile::{Profile, StepProfile};

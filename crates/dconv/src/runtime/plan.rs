@@ -5,7 +5,7 @@
 
 use super::builder::{Builder, Dynamic, Src, Step, Value, LAYOUT_OP};
 use super::layout::Layout;
-use super::policy::Policy;
+use super::policy::Selection;
 use crate::conv::Activation;
 use crate::error::{Error, Result};
 use crate::onnx::{Attrs, Model, Node};
@@ -68,8 +68,8 @@ fn in_node(node: &Node, index: usize) -> impl Fn(Error) -> Error + '_ {
 }
 
 /// Builds the plan of `model` for inputs of `shapes` (in the model's input order).
-pub(crate) fn build(model: &Model, shapes: &[Vec<usize>], policy: Policy) -> Result<Plan> {
-    let mut b = Builder::new(policy);
+pub(crate) fn build(model: &Model, shapes: &[Vec<usize>], selection: Selection) -> Result<Plan> {
+    let mut b = Builder::new(selection);
     let mut values: HashMap<String, Value> = model
         .initializers
         .iter()

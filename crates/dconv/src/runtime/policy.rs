@@ -1,22 +1,16 @@
 //! [`Policy`]: how each convolution of a model picks its method.
 
-use crate::conv::Method;
+use crate::conv::select::{CostProfile, LayerCosts, MODELED};
+use crate::conv::{ConvSpec, Method};
 use crate::error::{Error, Result};
 use std::fmt;
 use std::str::FromStr;
 
-/// Input sparsity (fraction of zeros) from which the Direct Conversion methods beat dense.
-const SPARSE_INPUT: f64 = 0.4;
-/// Weight sparsity from which im2CSOA beats im2CSR on sparse inputs.
-const SPARSE_WEIGHTS_WITH_SPARSE_INPUT: f64 = 0.5;
-/// Weight sparsity from which the direct sparse-weight convolution beats dense on dense inputs.
-const SPARSE_WEIGHTS_ALONE: f64 = 0.6;
-
 /// The method choice of every convolution in a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Policy {
-    /// Per layer and per input, by a rule on the measured input sparsity and the weight
-    /// sparsity (from the crossovers measured in BENCHMARKS.md).
+    /// Per layer and per input, the method of least predicted time by the session's
+    /// [`CostProfile`], from the measured input sparsity and the weight sparsity.
     #[default]
     Auto,
     /// Every convolution uses this method.
@@ -24,44 +18,6 @@ pub enum Policy {
 }
 
 impl Policy {
-    /// The methods a convolution with this weight sparsity may use, to prepare at plan time.
-    pub(crate) fn candidates(self, weight_sparsity: f64) -> Vec<Method> {
-        match self {
-            Policy::Force(m) => vec![m],
-            Policy::Auto => {
-                let mut methods = vec![Method::Dense, Method::Im2Csr];
-                if weight_sparsity >= SPARSE_WEIGHTS_WITH_SPARSE_INPUT {
-                    methods.push(Method::Im2Csoa);
-                }
-                if weight_sparsity >= SPARSE_WEIGHTS_ALONE {
-                    methods.push(Method::SparseWeight);
-                }
-                methods
-            }
-        }
-    }
-
-    /// The method for one run of a convolution.
-    pub(crate) fn choose(self, input_sparsity: f64, weight_sparsity: f64) -> Method {
-        match self {
-            Policy::Force(m) => m,
-            Policy::Auto if input_sparsity >= SPARSE_INPUT => {
-                if weight_sparsity >= SPARSE_WEIGHTS_WITH_SPARSE_INPUT {
-                    Method::Im2Csoa
-                } else {
-                    Method::Im2Csr
-                }
-            }
-            Policy::Auto if weight_sparsity >= SPARSE_WEIGHTS_ALONE => Method::SparseWeight,
-            Policy::Auto => Method::Dense,
-        }
-    }
-
-    /// Whether runs need the input sparsity of each convolution.
-    pub(crate) fn needs_sparsity(self) -> bool {
-        self == Policy::Auto
-    }
-
     /// `auto` and every method name, for help texts and tests.
     pub const ALL: [Policy; 7] = [
         Policy::Auto,
@@ -99,21 +55,90 @@ impl FromStr for Policy {
     }
 }
 
+/// What planning needs to prepare each convolution's methods and to pick one per run.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Selection {
+    pub policy: Policy,
+    pub profile: CostProfile,
+    /// Prepare every modeled method, not only those the policy may pick: analysis times
+    /// them all.
+    pub prepare_every_method: bool,
+}
+
+impl Selection {
+    /// The methods to prepare for a layer with this weight sparsity.
+    pub fn methods(&self, spec: &ConvSpec, weight_sparsity: f64) -> Vec<Method> {
+        match self.policy {
+            _ if self.prepare_every_method => MODELED.to_vec(),
+            Policy::Force(m) => vec![m],
+            Policy::Auto => self.profile.winners(spec, weight_sparsity),
+        }
+    }
+
+    /// How the layer picks among its `prepared` methods at run time.
+    pub fn choice(&self, spec: &ConvSpec, weight_sparsity: f64, prepared: &[Method]) -> Choice {
+        match self.policy {
+            Policy::Force(m) => Choice::Fixed(m),
+            Policy::Auto => Choice::Cheapest(LayerCosts::new(
+                &self.profile,
+                spec,
+                weight_sparsity,
+                prepared,
+            )),
+        }
+    }
+}
+
+/// How one convolution picks its method for a run.
+#[derive(Debug, Clone)]
+pub(crate) enum Choice {
+    Fixed(Method),
+    /// The least predicted time at the run's input sparsity.
+    Cheapest(LayerCosts),
+}
+
+impl Choice {
+    /// Whether the choice needs the input's sparsity.
+    pub fn needs_sparsity(&self) -> bool {
+        matches!(self, Choice::Cheapest(_))
+    }
+
+    /// The method for a run at `input_sparsity` (ignored by a fixed choice).
+    pub fn choose(&self, input_sparsity: f64) -> Method {
+        match self {
+            Choice::Fixed(m) => *m,
+            Choice::Cheapest(costs) => costs.cheapest(input_sparsity),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn auto_follows_the_rule() {
-        let auto = Policy::Auto;
-        assert_eq!(auto.choose(0.1, 0.0), Method::Dense);
-        assert_eq!(auto.choose(0.5, 0.0), Method::Im2Csr);
-        assert_eq!(auto.choose(0.5, 0.7), Method::Im2Csoa);
-        assert_eq!(auto.choose(0.1, 0.7), Method::SparseWeight);
-        for (input, weights) in [(0.1, 0.0), (0.5, 0.0), (0.5, 0.7), (0.1, 0.7)] {
-            let m = auto.choose(input, weights);
-            assert!(auto.candidates(weights).contains(&m));
+    fn auto_picks_among_what_it_prepares() {
+        let spec = ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1, 1, 1, 1]);
+        let auto = Selection::default();
+        for weights in [0.0, 0.5, 0.9] {
+            let prepared = auto.methods(&spec, weights);
+            let choice = auto.choice(&spec, weights, &prepared);
+            for step in 0..=10 {
+                let m = choice.choose(step as f64 / 10.0);
+                assert!(prepared.contains(&m), "{m} not in {prepared:?}");
+            }
         }
+        let dense = Selection {
+            policy: Policy::Force(Method::Dense),
+            ..Selection::default()
+        };
+        assert_eq!(dense.methods(&spec, 0.9), vec![Method::Dense]);
+        let every = Selection {
+            prepare_every_method: true,
+            ..dense
+        };
+        assert_eq!(every.methods(&spec, 0.0), MODELED.to_vec());
+        assert!(!dense.choice(&spec, 0.0, &[Method::Dense]).needs_sparsity());
     }
 
     #[test]

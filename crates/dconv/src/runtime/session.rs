@@ -2,10 +2,12 @@
 //! shapes and reusing buffers across runs. A session is `Sync`: several threads may run it
 //! at once, each run taking its own scratch buffers from a pool.
 
+use super::analysis::{LayerAnalysis, Probe};
 use super::builder::{Src, Step, StepOp, Value};
 use super::plan::{self, Plan};
-use super::policy::Policy;
+use super::policy::{Policy, Selection};
 use super::profile::{Profile, StepProfile};
+use crate::conv::select::CostProfile;
 use crate::conv::{Method, Workspace};
 use crate::error::{Error, Result};
 use crate::onnx::{Dim, Model};
@@ -22,6 +24,8 @@ pub struct SessionOptions {
     pub threads: usize,
     /// How each convolution picks its method.
     pub policy: Policy,
+    /// The cost model `auto` picks by (default: the compiled-in profile).
+    pub cost_profile: CostProfile,
 }
 
 /// The buffers of one run, kept for the next.
@@ -103,15 +107,51 @@ impl<'m> Session<'m> {
             .unwrap_or_else(PoisonError::into_inner)
             .pop()
             .unwrap_or_default();
-        let result = match &self.pool {
-            Some(pool) => pool.install(|| execute(&plan, &ordered, &mut scratch, profile)),
-            None => execute(&plan, &ordered, &mut scratch, profile),
-        };
+        let result = self.in_pool(|| execute(&plan, &ordered, &mut scratch, profile, None));
         self.scratch
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(scratch);
         result
+    }
+
+    /// Runs the model once with every method prepared, timing each method `runs` times on
+    /// the input each convolution actually sees; one row per convolution, in run order.
+    pub fn analyze(&self, inputs: &[(&str, Tensor)], runs: usize) -> Result<Vec<LayerAnalysis>> {
+        let ordered = self.order_inputs(inputs)?;
+        let shapes: Vec<Vec<usize>> = ordered.iter().map(|(_, s)| s.clone()).collect();
+        let selection = Selection {
+            prepare_every_method: true,
+            ..self.selection()
+        };
+        let mut probe = Probe::new(runs, selection);
+        self.in_pool(|| {
+            let plan = plan::build(self.model, &shapes, selection)?;
+            execute(
+                &plan,
+                &ordered,
+                &mut Scratch::default(),
+                None,
+                Some(&mut probe),
+            )
+        })?;
+        Ok(probe.layers)
+    }
+
+    fn selection(&self) -> Selection {
+        Selection {
+            policy: Policy::Auto,
+            profile: self.options.cost_profile,
+            prepare_every_method: false,
+        }
+    }
+
+    /// Runs `work` in the session's pool.
+    fn in_pool<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        match &self.pool {
+            Some(pool) => pool.install(work),
+            None => work(),
+        }
     }
 
     /// The methods each convolution of the plan for these input shapes may use, by node.
@@ -194,11 +234,11 @@ impl<'m> Session<'m> {
         if let Some(plan) = plans.get(&key) {
             return Ok(plan.clone());
         }
-        let build = || plan::build(self.model, &key, self.options.policy);
-        let plan = Arc::new(match &self.pool {
-            Some(pool) => pool.install(build)?,
-            None => build()?,
-        });
+        let selection = Selection {
+            policy: self.options.policy,
+            ..self.selection()
+        };
+        let plan = Arc::new(self.in_pool(|| plan::build(self.model, &key, selection))?);
         plans.insert(key, plan.clone());
         Ok(plan)
     }
@@ -237,11 +277,14 @@ fn step_profile(
     }
 }
 
+/// Runs `plan`; a `profile` records each step, a `probe` sees each convolution's input
+/// before it runs.
 fn execute(
     plan: &Plan,
     inputs: &[(&[f32], Vec<usize>)],
     scratch: &mut Scratch,
     mut profile: Option<&mut Profile>,
+    mut probe: Option<&mut Probe>,
 ) -> Result<Vec<(String, Tensor)>> {
     let Scratch {
         buffers,
@@ -279,13 +322,17 @@ fn execute(
         let (counted, method) = match &step.op {
             StepOp::Kernel(kernel) => (kernel.run(&read, &mut out), None),
             StepOp::Conv(conv) => {
-                let done =
-                    conv.run(read[0], known, &mut out, workspace)
-                        .map_err(|e| Error::Node {
-                            node: step.node.clone(),
-                            op: "Conv".into(),
-                            source: Box::new(e),
-                        })?;
+                let done = probe
+                    .as_deref_mut()
+                    .map_or(Ok(()), |p| {
+                        p.before_conv(&step.node, conv, read[0], known, &mut out, workspace)
+                    })
+                    .and_then(|()| conv.run(read[0], known, &mut out, workspace))
+                    .map_err(|e| Error::Node {
+                        node: step.node.clone(),
+                        op: "Conv".into(),
+                        source: Box::new(e),
+                    })?;
                 (done.output_sparsity, Some(done.method))
             }
         };

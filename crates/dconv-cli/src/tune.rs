@@ -1,0 +1,318 @@
+//! `dconv tune`: measures the cost model's coefficients on this machine. A handful of
+//! VGG-like layer shapes, each method timed over the sparsities its cost depends on
+//! (input sparsity for the lowering and Direct Conversion methods, weight sparsity for
+//! sparse-weight; dense alongside both), then a least-squares fit per method. Prints the fit
+//! quality point by point and writes the profile as JSON.
+
+use crate::Failure;
+use dconv::conv::select::fit::{fit, fit_one, Sample};
+use dconv::conv::select::{CostProfile, LayerCosts, MODELED};
+use dconv::conv::{Conv, ConvSpec, Method, Workspace};
+use dconv::synth::{self, Rng, ZeroPattern};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Where to write the profile (JSON) [default: print it].
+    #[arg(long, value_name = "PROFILE.json")]
+    out: Option<PathBuf>,
+    /// Threads of the rayon pool the runs execute in (profiles are per thread count).
+    #[arg(long, value_name = "T", default_value_t = 1)]
+    threads: usize,
+    /// Fewer shapes, sparsities and runs: under 30 s, a rougher fit.
+    #[arg(long)]
+    quick: bool,
+    /// Seed of the synthetic inputs and weights.
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+}
+
+/// How much measuring to do.
+struct Plan {
+    shapes: Vec<ConvSpec>,
+    input_sparsities: &'static [f64],
+    weight_sparsities: &'static [f64],
+    runs: usize,
+}
+
+fn conv3x3(channels: usize, size: usize, filters: usize) -> ConvSpec {
+    ConvSpec::new(channels, size, size, filters, [3, 3]).with_padding([1, 1, 1, 1])
+}
+
+fn plan(quick: bool) -> Plan {
+    // The VGG-16 blocks (at a quarter of their MACs where they are large), a first layer on
+    // an RGB image, and a 1x1 layer.
+    let mut shapes = vec![
+        conv3x3(3, 120, 64),
+        conv3x3(64, 120, 64),
+        conv3x3(128, 60, 128),
+        conv3x3(256, 30, 256),
+        conv3x3(512, 15, 512),
+    ];
+    if quick {
+        return Plan {
+            shapes,
+            input_sparsities: &[0.0, 0.4, 0.7, 0.9],
+            weight_sparsities: &[0.0, 0.6, 0.9],
+            runs: 5,
+        };
+    }
+    shapes.extend([
+        conv3x3(64, 60, 128),
+        conv3x3(256, 30, 512),
+        ConvSpec::new(256, 30, 30, 128, [1, 1]),
+    ]);
+    Plan {
+        shapes,
+        input_sparsities: &[0.0, 0.2, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95],
+        weight_sparsities: &[0.0, 0.5, 0.7, 0.8, 0.9, 0.95],
+        runs: 9,
+    }
+}
+
+/// The methods whose cost depends on the input's sparsity, timed across it.
+const INPUT_SWEEP: [Method; 4] = [
+    Method::Dense,
+    Method::LoweredCsr,
+    Method::Im2Csr,
+    Method::Im2Csoa,
+];
+/// The methods timed across weight sparsity.
+const WEIGHT_SWEEP: [Method; 2] = [Method::Dense, Method::SparseWeight];
+/// The input sparsity of the weight sweep (sparse-weight does not depend on it).
+const WEIGHT_SWEEP_INPUT: f64 = 0.5;
+
+pub fn run(args: &Args) -> Result<(), Failure> {
+    if args.threads == 0 {
+        return Err(Failure::Usage("--threads must be at least 1".into()));
+    }
+    let plan = plan(args.quick);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads)
+        .build()
+        .map_err(|e| Failure::Run(format!("cannot start {} threads: {e}", args.threads)))?;
+    let started = Instant::now();
+    let samples = pool.install(|| measure_all(&plan, args.seed))?;
+    eprintln!(
+        "measured {} points in {:.1} s",
+        samples.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let samples = without_drift(samples)?;
+    let profile = fit(&samples, args.threads).map_err(|e| Failure::Run(e.to_string()))?;
+    print_fit(&profile, &samples);
+    print_choices(&profile, &samples);
+    match &args.out {
+        Some(path) => {
+            profile
+                .save(path)
+                .map_err(|e| Failure::Usage(e.to_string()))?;
+            println!("wrote {}", path.display());
+        }
+        None => println!("{}", profile.to_json()),
+    }
+    Ok(())
+}
+
+fn measure_all(plan: &Plan, seed: u64) -> Result<Vec<Sample>, Failure> {
+    let mut rng = Rng::new(seed);
+    let mut workspace = Workspace::default();
+    let mut samples = Vec::new();
+    for spec in &plan.shapes {
+        eprintln!(
+            "{} -> {} @ {}x{}, {}x{} ...",
+            spec.channels, spec.filters, spec.height, spec.width, spec.kernel[0], spec.kernel[1]
+        );
+        let weight_len = spec.weight_len().map_err(|e| Failure::Run(e.to_string()))?;
+        let dense_weights = synth::random_sparse(weight_len, 0.0, &mut rng);
+        let convs = prepare(spec, &dense_weights, &INPUT_SWEEP)?;
+        for &s_in in plan.input_sparsities {
+            let input = activations(spec, s_in, &mut rng);
+            samples.extend(time_point(&convs, &input, 0.0, plan.runs, &mut workspace)?);
+        }
+        let input = activations(spec, WEIGHT_SWEEP_INPUT, &mut rng);
+        for &s_w in plan.weight_sparsities {
+            let weights = synth::random_sparse(weight_len, s_w, &mut rng);
+            let convs = prepare(spec, &weights, &WEIGHT_SWEEP)?;
+            let s_w = synth::sparsity(&weights);
+            samples.extend(time_point(&convs, &input, s_w, plan.runs, &mut workspace)?);
+        }
+    }
+    Ok(samples)
+}
+
+/// The machine's speed drifts between points (other work shares it), but the methods timed
+/// together at one point see the same drift. So: fit dense alone, then scale every point by
+/// (fitted dense / dense measured there), keeping the ratios measured within the point.
+fn without_drift(samples: Vec<Sample>) -> Result<Vec<Sample>, Failure> {
+    let dense_only: Vec<Sample> = samples
+        .iter()
+        .filter(|s| s.method == Method::Dense)
+        .copied()
+        .collect();
+    let dense_model =
+        fit_one(Method::Dense, &dense_only).map_err(|e| Failure::Run(e.to_string()))?;
+    let mut out = Vec::with_capacity(samples.len());
+    for group in samples.chunk_by(same_point) {
+        let dense = group.iter().find(|s| s.method == Method::Dense);
+        let factor = dense.map_or(1.0, |d| {
+            let fitted: f64 = d.terms().iter().zip(&dense_model).map(|(t, c)| t * c).sum();
+            fitted / d.nanos
+        });
+        out.extend(group.iter().map(|s| Sample {
+            nanos: s.nanos * factor,
+            ..*s
+        }));
+    }
+    Ok(out)
+}
+
+/// Whether two samples were timed together (same layer and sparsities).
+fn same_point(a: &Sample, b: &Sample) -> bool {
+    a.spec == b.spec
+        && a.input_sparsity == b.input_sparsity
+        && a.weight_sparsity == b.weight_sparsity
+}
+
+fn prepare(spec: &ConvSpec, weights: &[f32], methods: &[Method]) -> Result<Vec<Conv>, Failure> {
+    methods
+        .iter()
+        .map(|&m| {
+            Conv::prepare(spec, weights, None, m)
+                .map_err(|e| Failure::Run(format!("cannot prepare {m}: {e}")))
+        })
+        .collect()
+}
+
+/// ReLU-like activations (zeros in blobs, as real layers have them).
+fn activations(spec: &ConvSpec, sparsity: f64, rng: &mut Rng) -> Vec<f32> {
+    synth::activations(
+        [spec.batch, spec.height, spec.width, spec.channels],
+        sparsity,
+        ZeroPattern::Relu,
+        rng,
+    )
+}
+
+/// One warm-up run of each method, then `runs` rounds of each in turn; the medians.
+fn time_point(
+    convs: &[Conv],
+    input: &[f32],
+    weight_sparsity: f64,
+    runs: usize,
+    workspace: &mut Workspace,
+) -> Result<Vec<Sample>, Failure> {
+    let Some(first) = convs.first() else {
+        return Ok(Vec::new());
+    };
+    let spec = *first.spec();
+    let failed = |m: Method| move |e: dconv::Error| Failure::Run(format!("{m} failed: {e}"));
+    let mut output = vec![0.0f32; spec.output_len().map_err(failed(first.method()))?];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); convs.len()];
+    for conv in convs {
+        conv.run(input, &mut output, workspace)
+            .map_err(failed(conv.method()))?;
+    }
+    for _ in 0..runs {
+        for (conv, t) in convs.iter().zip(&mut times) {
+            let start = Instant::now();
+            conv.run(input, &mut output, workspace)
+                .map_err(failed(conv.method()))?;
+            t.push(start.elapsed());
+        }
+    }
+    let input_sparsity = synth::sparsity(input);
+    Ok(convs
+        .iter()
+        .zip(&mut times)
+        .map(|(conv, t)| {
+            t.sort_unstable();
+            Sample {
+                method: conv.method(),
+                spec,
+                input_sparsity,
+                weight_sparsity,
+                nanos: t[t.len() / 2].as_nanos() as f64,
+            }
+        })
+        .collect())
+}
+
+fn describe(spec: &ConvSpec) -> String {
+    format!(
+        "{}->{}@{}x{} k{}",
+        spec.channels, spec.filters, spec.height, spec.width, spec.kernel[0]
+    )
+}
+
+/// Predicted against measured, point by point, and a summary per method.
+fn print_fit(profile: &CostProfile, samples: &[Sample]) {
+    println!(
+        "{:<14} {:<20} {:>6} {:>6} {:>10} {:>10} {:>7}",
+        "method", "shape", "s_in", "s_w", "measured", "predicted", "error"
+    );
+    let mut errors: Vec<(Method, f64)> = Vec::new();
+    for s in samples {
+        let predicted = profile
+            .predict(s.method, &s.spec, s.input_sparsity, s.weight_sparsity)
+            .unwrap_or(f64::NAN);
+        let error = predicted / s.nanos - 1.0;
+        errors.push((s.method, error));
+        println!(
+            "{:<14} {:<20} {:>5.0}% {:>5.0}% {:>8.3}ms {:>8.3}ms {:>+6.1}%",
+            s.method.name(),
+            describe(&s.spec),
+            s.input_sparsity * 100.0,
+            s.weight_sparsity * 100.0,
+            s.nanos * 1e-6,
+            predicted * 1e-6,
+            error * 100.0
+        );
+    }
+    println!("\nfit quality (|predicted / measured - 1|):");
+    for method in MODELED {
+        let mut e: Vec<f64> = errors
+            .iter()
+            .filter(|(m, _)| *m == method)
+            .map(|(_, e)| e.abs())
+            .collect();
+        if e.is_empty() {
+            continue;
+        }
+        e.sort_by(f64::total_cmp);
+        println!(
+            "  {:<14} median {:>5.1} %   max {:>5.1} %   ({} points)",
+            method.name(),
+            e[e.len() / 2] * 100.0,
+            e[e.len() - 1] * 100.0,
+            e.len()
+        );
+    }
+}
+
+/// At each point where several methods were timed together: does the model's pick match
+/// the measured best, and what does a wrong pick cost?
+fn print_choices(profile: &CostProfile, samples: &[Sample]) {
+    let mut points = 0;
+    let mut agree = 0;
+    let mut worst: f64 = 0.0;
+    for group in samples.chunk_by(same_point) {
+        let methods: Vec<Method> = group.iter().map(|s| s.method).collect();
+        let costs = LayerCosts::new(profile, &group[0].spec, group[0].weight_sparsity, &methods);
+        let picked = costs.cheapest(group[0].input_sparsity);
+        let time = |m: Method| group.iter().find(|s| s.method == m).map(|s| s.nanos);
+        let best = group.iter().map(|s| s.nanos).fold(f64::INFINITY, f64::min);
+        let loss = time(picked).unwrap_or(f64::NAN) / best - 1.0;
+        points += 1;
+        if loss <= 0.0 {
+            agree += 1;
+        }
+        worst = worst.max(loss);
+    }
+    println!(
+        "choice: the cheapest predicted method is the fastest measured at {agree} of {points} \
+         points; the worst pick is {:.1} % slower than the best",
+        worst * 100.0
+    );
+}

@@ -1,0 +1,492 @@
+//! The cost model behind `auto`: for each method, a predicted time from the layer's
+//! [`ConvSpec`], the measured input sparsity and the known weight sparsity, and the choice of
+//! the cheapest prepared method for each run.
+//!
+//! Each method's time is a sum of terms, each a count of work the method does times a
+//! coefficient in nanoseconds per unit that `dconv tune` measures ([`fit`]). With d the input
+//! density (1 - input sparsity) and e the weight density:
+//!
+//! - `dense`: fixed + mac · MACs + lowered · P·K (im2col writes every lowered element).
+//! - `lowered-csr`: fixed + lowered · P·K (im2col and the compression scan) + nz_lowered ·
+//!   d·P·K + nz_mac · d·MACs.
+//! - `im2csr`: fixed + input · |X| (the conversion reads the input once) + pixel_tap ·
+//!   P·R·S (per-row bookkeeping) + nz_lowered · d·P·K (entries emitted) + nz_mac · d·MACs +
+//!   nz_mac_squared · d²·MACs.
+//! - `im2csoa`: fixed + input · |X| + pixel_tap · P·R·S + nz_input · d·|X| (non-zeros
+//!   stored) + nz_mac · d·MACs + nz_mac_squared · d²·MACs.
+//! - `sparse-weight`: fixed + input · |X| (the padded plane copy) + nz_weight · e·M·K (each
+//!   non-zero weight starts a row of work) + nz_mac · e·MACs.
+//!
+//! The d² term lets the product's rate change with density (BENCHMARKS.md: im2csr slows down
+//! on nearly dense inputs, im2csoa speeds up); it is the only one allowed to be negative.
+//! Weight sparsity does not enter im2csr or im2csoa: their inner loop runs over a dense vector
+//! of output channels, and the measured times do not move with it.
+//!
+//! For one layer, every term is a polynomial of degree ≤ 2 in d, so [`LayerCosts`] folds the
+//! model into three numbers per method at plan time and picks a method per run with a handful
+//! of multiply-adds and no allocation.
+
+pub mod fit;
+
+use super::{ConvSpec, Method};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The methods the model predicts; `reference` is an oracle, never a choice.
+pub const MODELED: [Method; 5] = [
+    Method::Dense,
+    Method::LoweredCsr,
+    Method::Im2Csr,
+    Method::Im2Csoa,
+    Method::SparseWeight,
+];
+
+/// The most terms any method has.
+pub const MAX_TERMS: usize = 6;
+
+/// The only term whose coefficient may be negative (see the module notes).
+const SIGNED_TERM: &str = "nz_mac_squared";
+
+/// The sizes of one layer the terms are built from, as floats (no overflow, and the model
+/// is arithmetic on them anyway).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LayerSize {
+    /// Multiply-adds of the dense convolution, all images.
+    pub macs: f64,
+    /// Elements of the lowered matrices, all images and groups (P·K·G·N).
+    pub lowered: f64,
+    /// Elements of the input tensor.
+    pub input: f64,
+    /// Elements of the weight tensor.
+    pub weights: f64,
+    /// Output pixels times kernel taps, all images (P·R·S·N): the per-row bookkeeping of
+    /// the Direct Conversion methods, which dominates when a layer has few input channels.
+    pub pixel_taps: f64,
+    /// Images per run.
+    pub batch: f64,
+}
+
+impl LayerSize {
+    pub fn of(spec: &ConvSpec) -> LayerSize {
+        let [oh, ow] = spec.output_size();
+        let batch = spec.batch as f64;
+        let weights = spec.filters as f64 * spec.lowered_cols() as f64;
+        LayerSize {
+            macs: batch * (oh * ow) as f64 * weights,
+            lowered: batch * (oh * ow) as f64 * spec.lowered_cols() as f64 * spec.groups as f64,
+            input: batch * (spec.height * spec.width * spec.channels) as f64,
+            weights,
+            pixel_taps: batch * (oh * ow * spec.kernel[0] * spec.kernel[1]) as f64,
+            batch,
+        }
+    }
+}
+
+/// The names of a method's terms, in coefficient order.
+pub fn term_names(method: Method) -> &'static [&'static str] {
+    match method {
+        Method::Dense => &["fixed", "mac", "lowered"],
+        Method::LoweredCsr => &["fixed", "lowered", "nz_lowered", "nz_mac"],
+        Method::Im2Csr => &[
+            "fixed",
+            "input",
+            "pixel_tap",
+            "nz_lowered",
+            "nz_mac",
+            "nz_mac_squared",
+        ],
+        Method::Im2Csoa => &[
+            "fixed",
+            "input",
+            "pixel_tap",
+            "nz_input",
+            "nz_mac",
+            "nz_mac_squared",
+        ],
+        Method::SparseWeight => &["fixed", "input", "nz_weight", "nz_mac"],
+        Method::Reference => &[],
+    }
+}
+
+/// The units of work of each term of `method` for a layer of `size` with input density `d`
+/// and weight density `e`, in the order of [`term_names`]; unused slots are 0.
+pub fn term_values(method: Method, size: &LayerSize, d: f64, e: f64) -> [f64; MAX_TERMS] {
+    let s = size;
+    match method {
+        Method::Dense => [1.0, s.macs, s.lowered, 0.0, 0.0, 0.0],
+        Method::LoweredCsr => [1.0, s.lowered, d * s.lowered, d * s.macs, 0.0, 0.0],
+        Method::Im2Csr => [
+            1.0,
+            s.input,
+            s.pixel_taps,
+            d * s.lowered,
+            d * s.macs,
+            d * d * s.macs,
+        ],
+        Method::Im2Csoa => [
+            1.0,
+            s.input,
+            s.pixel_taps,
+            d * s.input,
+            d * s.macs,
+            d * d * s.macs,
+        ],
+        Method::SparseWeight => [1.0, s.input, e * s.weights * s.batch, e * s.macs, 0.0, 0.0],
+        Method::Reference => [0.0; MAX_TERMS],
+    }
+}
+
+/// Whether the coefficient of term `name` may be negative.
+pub fn term_is_signed(name: &str) -> bool {
+    name == SIGNED_TERM
+}
+
+/// Coefficients (nanoseconds per unit of each term) of every modeled method, measured with
+/// `threads` threads. Small and `Copy`, so that session options stay `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CostProfile {
+    /// The threads the coefficients were measured with.
+    pub threads: usize,
+    coefficients: [[f64; MAX_TERMS]; MODELED.len()],
+}
+
+/// The compiled-in profile: `dconv tune --threads 1` on the development machine.
+const DEFAULT_PROFILE: &str = include_str!("select/default_profile.json");
+
+impl Default for CostProfile {
+    fn default() -> Self {
+        // A unit test proves that the compiled-in file parses.
+        CostProfile::from_json(DEFAULT_PROFILE).expect("the compiled-in cost profile is valid")
+    }
+}
+
+/// The file format: readable names for methods and terms.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    threads: usize,
+    /// Method name -> term name -> nanoseconds per unit.
+    methods: BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+fn slot(method: Method) -> Option<usize> {
+    MODELED.iter().position(|&m| m == method)
+}
+
+impl CostProfile {
+    /// A profile from coefficients per modeled method (in [`term_names`] order).
+    pub fn new(threads: usize, coefficients: [[f64; MAX_TERMS]; MODELED.len()]) -> Self {
+        CostProfile {
+            threads,
+            coefficients,
+        }
+    }
+
+    /// The coefficients of `method`, in [`term_names`] order; `None` for `reference`.
+    pub fn coefficients(&self, method: Method) -> Option<&[f64]> {
+        let i = slot(method)?;
+        Some(&self.coefficients[i][..term_names(method).len()])
+    }
+
+    /// The predicted time of `method` in nanoseconds; `None` for `reference`.
+    pub fn predict(
+        &self,
+        method: Method,
+        spec: &ConvSpec,
+        input_sparsity: f64,
+        weight_sparsity: f64,
+    ) -> Option<f64> {
+        self.predict_size(
+            method,
+            &LayerSize::of(spec),
+            1.0 - input_sparsity,
+            1.0 - weight_sparsity,
+        )
+    }
+
+    fn predict_size(&self, method: Method, size: &LayerSize, d: f64, e: f64) -> Option<f64> {
+        let c = &self.coefficients[slot(method)?];
+        let t = term_values(method, size, d, e);
+        Some(c.iter().zip(&t).map(|(c, t)| c * t).sum())
+    }
+
+    /// Parses the JSON that [`to_json`](Self::to_json) writes; every modeled method with
+    /// exactly its terms, finite values, threads ≥ 1.
+    pub fn from_json(text: &str) -> Result<CostProfile> {
+        let bad = |msg: String| Error::InvalidProfile(msg);
+        let file: ProfileFile = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        if file.threads == 0 {
+            return Err(bad("threads must be at least 1".into()));
+        }
+        let names = || MODELED.map(Method::name).join(", ");
+        if let Some(unknown) = file
+            .methods
+            .keys()
+            .find(|k| !MODELED.iter().any(|m| m.name() == k.as_str()))
+        {
+            return Err(bad(format!(
+                "unknown method '{unknown}' (expected: {})",
+                names()
+            )));
+        }
+        let mut coefficients = [[0.0; MAX_TERMS]; MODELED.len()];
+        for (i, method) in MODELED.into_iter().enumerate() {
+            let terms = file.methods.get(method.name()).ok_or_else(|| {
+                bad(format!(
+                    "method '{method}' is missing (expected: {})",
+                    names()
+                ))
+            })?;
+            let expected = term_names(method);
+            if let Some(unknown) = terms.keys().find(|k| !expected.contains(&k.as_str())) {
+                return Err(bad(format!(
+                    "{method}: unknown term '{unknown}' (expected: {})",
+                    expected.join(", ")
+                )));
+            }
+            for (j, name) in expected.iter().enumerate() {
+                let value = *terms
+                    .get(*name)
+                    .ok_or_else(|| bad(format!("{method}: term '{name}' is missing")))?;
+                if !value.is_finite() || (value < 0.0 && !term_is_signed(name)) {
+                    return Err(bad(format!(
+                        "{method}: term '{name}' is {value}; it must be a finite number ≥ 0"
+                    )));
+                }
+                coefficients[i][j] = value;
+            }
+        }
+        Ok(CostProfile::new(file.threads, coefficients))
+    }
+
+    /// Pretty JSON with method and term names.
+    pub fn to_json(&self) -> String {
+        let methods = MODELED
+            .into_iter()
+            .map(|method| {
+                let terms = term_names(method)
+                    .iter()
+                    .zip(self.coefficients(method).unwrap_or_default())
+                    .map(|(name, &value)| (name.to_string(), value))
+                    .collect();
+                (method.name().to_string(), terms)
+            })
+            .collect();
+        let file = ProfileFile {
+            threads: self.threads,
+            methods,
+        };
+        // Maps of strings to finite floats always serialize.
+        serde_json::to_string_pretty(&file).unwrap_or_default()
+    }
+
+    /// Reads a profile file.
+    pub fn load(path: &Path) -> Result<CostProfile> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Input {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })?;
+        CostProfile::from_json(&text).map_err(|e| Error::Input {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// Writes the profile as JSON.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.to_json() + "\n").map_err(|e| Error::Output {
+            path: path.to_path_buf(),
+            msg: e.to_string(),
+        })
+    }
+
+    /// The methods worth preparing for a layer: each that is the cheapest for some input
+    /// sparsity (checked on a fine grid; a method that wins only between grid points wins
+    /// by too little to matter).
+    pub fn winners(&self, spec: &ConvSpec, weight_sparsity: f64) -> Vec<Method> {
+        let costs = LayerCosts::new(self, spec, weight_sparsity, &MODELED);
+        let mut winners = Vec::new();
+        for step in 0..=GRID_STEPS {
+            let m = costs.cheapest(step as f64 / GRID_STEPS as f64);
+            if !winners.contains(&m) {
+                winners.push(m);
+            }
+        }
+        winners
+    }
+}
+
+/// Input sparsities checked by [`CostProfile::winners`]: every 2 %.
+const GRID_STEPS: usize = 50;
+
+/// One layer's predicted cost of each prepared method as `a + b·d + c·d²` nanoseconds in the
+/// input density d: what the model reduces to once the shape and weights are known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerCosts {
+    costs: Vec<(Method, [f64; 3])>,
+}
+
+impl LayerCosts {
+    /// The costs of `methods` (those the profile does not model are left out).
+    pub fn new(
+        profile: &CostProfile,
+        spec: &ConvSpec,
+        weight_sparsity: f64,
+        methods: &[Method],
+    ) -> LayerCosts {
+        let size = LayerSize::of(spec);
+        let e = 1.0 - weight_sparsity;
+        let costs = methods
+            .iter()
+            .filter_map(|&m| {
+                let at = |d| profile.predict_size(m, &size, d, e);
+                let (f0, f1, f2) = (at(0.0)?, at(0.5)?, at(1.0)?);
+                // The quadratic through d = 0, 1/2, 1 (exact: every term has degree ≤ 2).
+                let c = 2.0 * f2 - 4.0 * f1 + 2.0 * f0;
+                Some((m, [f0, f2 - f0 - c, c]))
+            })
+            .collect();
+        LayerCosts { costs }
+    }
+
+    /// The predicted nanoseconds of `method` at `input_sparsity`, if it is among the costs.
+    pub fn predict(&self, method: Method, input_sparsity: f64) -> Option<f64> {
+        let d = 1.0 - input_sparsity;
+        self.costs
+            .iter()
+            .find(|(m, _)| *m == method)
+            .map(|(_, [a, b, c])| a + d * (b + d * c))
+    }
+
+    /// The method of least predicted time at `input_sparsity`. Without any modeled method
+    /// (a forced `reference`), `Dense`.
+    pub fn cheapest(&self, input_sparsity: f64) -> Method {
+        let d = 1.0 - input_sparsity;
+        let mut best = (Method::Dense, f64::INFINITY);
+        for &(m, [a, b, c]) in &self.costs {
+            let t = a + d * (b + d * c);
+            if t < best.1 {
+                best = (m, t);
+            }
+        }
+        best.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vgg_block4() -> ConvSpec {
+        ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1, 1, 1, 1])
+    }
+
+    /// A profile with round numbers: dense at 6 ps per MAC; sparse methods slower per
+    /// non-zero MAC; sparse-weight dearer per weight row.
+    fn toy() -> CostProfile {
+        let mut c = [[0.0; MAX_TERMS]; MODELED.len()];
+        c[0] = [1e4, 0.006, 0.0, 0.0, 0.0, 0.0]; // dense
+        c[1] = [1e4, 0.02, 0.0, 0.03, 0.0, 0.0]; // lowered-csr
+        c[2] = [1e4, 0.1, 0.0, 0.0, 0.02, 0.0]; // im2csr
+        c[3] = [1e4, 0.1, 0.0, 0.5, 0.016, 0.0]; // im2csoa
+        c[4] = [1e4, 0.5, 5.0, 0.02, 0.0, 0.0]; // sparse-weight
+        CostProfile::new(1, c)
+    }
+
+    #[test]
+    fn the_compiled_in_profile_parses_and_round_trips() {
+        let text = DEFAULT_PROFILE;
+        let profile = CostProfile::from_json(text).unwrap();
+        assert_eq!(CostProfile::from_json(&profile.to_json()).unwrap(), profile);
+        assert_eq!(CostProfile::default(), profile);
+    }
+
+    #[test]
+    fn profiles_round_trip_through_json() {
+        let p = toy();
+        assert_eq!(CostProfile::from_json(&p.to_json()).unwrap(), p);
+    }
+
+    #[test]
+    fn bad_profiles_are_clear_errors() {
+        let good = toy().to_json();
+        let cases = [
+            ("{", "EOF"),
+            ("[]", "expected struct"),
+            (&good.replace("\"threads\": 1", "\"threads\": 0"), "threads"),
+            (
+                &good.replace("\"im2csoa\"", "\"im2cso\""),
+                "unknown method 'im2cso'",
+            ),
+            (
+                &good.replace("\"nz_input\"", "\"nz_inputs\""),
+                "unknown term 'nz_inputs'",
+            ),
+            (
+                &good.replace("\"mac\": 0.006", "\"mac\": -0.006"),
+                "finite number ≥ 0",
+            ),
+            (&good.replace("\"threads\"", "\"thread\""), "unknown field"),
+        ];
+        for (text, expected) in cases {
+            let err = CostProfile::from_json(text).unwrap_err();
+            assert!(matches!(err, Error::InvalidProfile(_)), "{err}");
+            assert!(err.to_string().contains(expected), "{err} lacks {expected}");
+            assert!(err.is_bad_input());
+        }
+        let missing =
+            r#"{"threads": 1, "methods": {"dense": {"fixed": 1, "mac": 1, "lowered": 1}}}"#;
+        let err = CostProfile::from_json(missing).unwrap_err().to_string();
+        assert!(err.contains("'lowered-csr' is missing"), "{err}");
+    }
+
+    #[test]
+    fn selection_picks_the_cheapest_prediction() {
+        let p = toy();
+        let spec = vgg_block4();
+        for weight_sparsity in [0.0, 0.5, 0.9] {
+            let costs = LayerCosts::new(&p, &spec, weight_sparsity, &MODELED);
+            for step in 0..=20 {
+                let s = step as f64 / 20.0;
+                let chosen = costs.cheapest(s);
+                let best = MODELED
+                    .into_iter()
+                    .map(|m| (m, p.predict(m, &spec, s, weight_sparsity).unwrap()))
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .unwrap();
+                assert_eq!(chosen, best.0, "s_in {s} s_w {weight_sparsity}");
+                let folded = costs.predict(chosen, s).unwrap();
+                assert!(
+                    (folded - best.1).abs() <= 1e-9 * best.1,
+                    "{folded} vs {}",
+                    best.1
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn selection_follows_the_sparsities() {
+        let p = toy();
+        let spec = vgg_block4();
+        let dense_input = LayerCosts::new(&p, &spec, 0.0, &MODELED);
+        assert_eq!(dense_input.cheapest(0.0), Method::Dense);
+        assert_eq!(dense_input.cheapest(0.9), Method::Im2Csoa);
+        let pruned = LayerCosts::new(&p, &spec, 0.9, &MODELED);
+        assert_eq!(pruned.cheapest(0.0), Method::SparseWeight);
+    }
+
+    #[test]
+    fn only_prepared_methods_are_chosen() {
+        let p = toy();
+        let costs = LayerCosts::new(&p, &vgg_block4(), 0.0, &[Method::Dense, Method::Im2Csr]);
+        assert_eq!(costs.cheapest(0.95), Method::Im2Csr);
+        assert_eq!(costs.cheapest(0.0), Method::Dense);
+        assert_eq!(costs.predict(Method::Im2Csoa, 0.5), None);
+        let winners = p.winners(&vgg_block4(), 0.0);
+        assert!(winners.contains(&Method::Dense) && winners.contains(&Method::Im2Csoa));
+        assert!(!winners.contains(&Method::SparseWeight), "{winners:?}");
+    }
+}

@@ -1,0 +1,141 @@
+//! [`LayerAnalysis`]: what every method would cost on each convolution of a model, measured
+//! on the inputs the layers actually see in a run, next to what the cost model predicts and
+//! what `auto` picks. [`Session::analyze`](super::Session::analyze) runs the model once with
+//! every method prepared; at each convolution a [`Probe`] times all of them, interleaved,
+//! before the run goes on.
+
+use crate::conv::select::LayerCosts;
+use crate::conv::{ConvSpec, Method, Workspace};
+use crate::error::Result;
+use crate::ops::conv::{zero_fraction, ConvStep};
+use crate::runtime::policy::Selection;
+use std::time::{Duration, Instant};
+
+/// One method on one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MethodTime {
+    pub method: Method,
+    /// Median of the timed runs.
+    pub measured: Duration,
+    /// What the session's cost profile predicts.
+    pub predicted: Duration,
+}
+
+/// One convolution of the model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerAnalysis {
+    /// The Conv node's name.
+    pub name: String,
+    pub spec: ConvSpec,
+    /// Fraction of zeros of the input this layer saw.
+    pub input_sparsity: f64,
+    /// Fraction of zero weights (after BatchNormalization folding).
+    pub weight_sparsity: f64,
+    /// Multiply-adds of the dense convolution.
+    pub macs: u64,
+    /// The method `auto` picks for this input.
+    pub auto: Method,
+    /// Every method the profile models, in its order.
+    pub methods: Vec<MethodTime>,
+}
+
+impl LayerAnalysis {
+    /// The fastest method as measured.
+    pub fn best(&self) -> Option<&MethodTime> {
+        self.methods.iter().min_by_key(|m| m.measured)
+    }
+
+    /// The measured time of `method`.
+    pub fn time_of(&self, method: Method) -> Option<Duration> {
+        self.methods
+            .iter()
+            .find(|m| m.method == method)
+            .map(|m| m.measured)
+    }
+
+    /// How much slower `auto`'s pick is than the best method: 0.03 means 3 % slower.
+    pub fn auto_vs_best(&self) -> Option<f64> {
+        let auto = self.time_of(self.auto)?.as_secs_f64();
+        let best = self.best()?.measured.as_secs_f64();
+        (best > 0.0).then(|| auto / best - 1.0)
+    }
+}
+
+/// Times every prepared method of each convolution a run reaches.
+pub(crate) struct Probe {
+    runs: usize,
+    selection: Selection,
+    pub layers: Vec<LayerAnalysis>,
+}
+
+impl Probe {
+    pub fn new(runs: usize, selection: Selection) -> Self {
+        Probe {
+            runs: runs.max(1),
+            selection,
+            layers: Vec::new(),
+        }
+    }
+
+    /// Called before `conv` runs on `input`: one warm-up run of each method, then `runs`
+    /// rounds of each method in turn (drift in the machine's speed hits all alike).
+    pub fn before_conv(
+        &mut self,
+        name: &str,
+        conv: &ConvStep,
+        input: &[f32],
+        input_sparsity: Option<f64>,
+        output: &mut [f32],
+        ws: &mut Workspace,
+    ) -> Result<()> {
+        let convs = conv.convs();
+        let Some(first) = convs.first() else {
+            return Ok(());
+        };
+        let spec = *first.spec();
+        let sparsity = input_sparsity.unwrap_or_else(|| zero_fraction(input));
+        let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(self.runs); convs.len()];
+        for c in convs {
+            c.run(input, output, ws)?;
+        }
+        for _ in 0..self.runs {
+            for (c, t) in convs.iter().zip(&mut times) {
+                let start = Instant::now();
+                c.run(input, output, ws)?;
+                t.push(start.elapsed());
+            }
+        }
+        let methods: Vec<Method> = convs.iter().map(|c| c.method()).collect();
+        let costs = LayerCosts::new(
+            &self.selection.profile,
+            &spec,
+            conv.weight_sparsity(),
+            &methods,
+        );
+        self.layers.push(LayerAnalysis {
+            name: name.to_string(),
+            spec,
+            input_sparsity: sparsity,
+            weight_sparsity: conv.weight_sparsity(),
+            macs: spec.macs().unwrap_or(0),
+            auto: conv.choose(input, Some(sparsity)),
+            methods: methods
+                .iter()
+                .zip(&mut times)
+                .map(|(&method, t)| MethodTime {
+                    method,
+                    measured: median(t),
+                    predicted: Duration::from_secs_f64(
+                        costs.predict(method, sparsity).unwrap_or(0.0).max(0.0) * 1e-9,
+                    ),
+                })
+                .collect(),
+        });
+        Ok(())
+    }
+}
+
+fn median(times: &mut [Duration]) -> Duration {
+    times.sort_unstable();
+    times.get(times.len() / 2).copied().unwrap_or_default()
+}
