@@ -28,6 +28,14 @@ pub struct Args {
     /// Threads (0: all cores).
     #[arg(long, value_name = "T", default_value_t = 0)]
     threads: usize,
+    /// Refuse a model whose plan would need more memory than this (bytes, or with a K, M
+    /// or G suffix).
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_memory)]
+    max_memory: Option<usize>,
+}
+
+fn parse_max_memory(text: &str) -> Result<usize, String> {
+    dconv::limits::parse_bytes(text).map_err(|e| e.to_string())
 }
 
 /// A library error: the caller's fault (exit 2) or dconv's (exit 1).
@@ -60,6 +68,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let options = SessionOptions {
         threads: args.threads,
         policy: args.policy,
+        max_memory: args.max_memory,
     };
     let session = Session::new(&model, options).map_err(failure)?;
     let outputs = session

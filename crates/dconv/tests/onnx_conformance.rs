@@ -99,8 +99,15 @@ fn compare(what: &str, actual: &Tensor, expected: &Tensor) -> Result<(), String>
 
 fn run_pytorch_test(dir: &Path, policy: Policy) -> Result<(), String> {
     let model = Model::load(dir.join("model.onnx")).map_err(|e| e.to_string())?;
-    let session =
-        Session::new(&model, SessionOptions { threads: 2, policy }).map_err(|e| e.to_string())?;
+    let session = Session::new(
+        &model,
+        SessionOptions {
+            threads: 2,
+            policy,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| e.to_string())?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -193,7 +200,15 @@ fn run_light_model(name: &str, policies: &[Policy]) -> Vec<String> {
     let (input_name, input) = light_input(&model);
     let mut failures = Vec::new();
     for &policy in policies {
-        let session = Session::new(&model, SessionOptions { threads: 2, policy }).unwrap();
+        let session = Session::new(
+            &model,
+            SessionOptions {
+                threads: 2,
+                policy,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         match session.run(&[(input_name.as_str(), input.clone())]) {
             Ok(out) => {
                 if let Err(e) = compare(&out[0].0, &out[0].1, &expected) {
@@ -255,7 +270,15 @@ fn a_batch_of_two_equals_two_runs_of_one() {
     let other = Tensor::from_f32(shape, data[half..].to_vec()).unwrap();
     let name = model.inputs()[0].name.clone();
     for policy in Policy::ALL {
-        let session = Session::new(&model, SessionOptions { threads: 2, policy }).unwrap();
+        let session = Session::new(
+            &model,
+            SessionOptions {
+                threads: 2,
+                policy,
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let single = |t: &Tensor| {
             session
                 .run(&[(name.as_str(), t.clone())])

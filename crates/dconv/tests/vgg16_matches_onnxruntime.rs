@@ -63,6 +63,7 @@ fn check(model_name: &str, policies: &[Policy]) {
             SessionOptions {
                 threads: 2,
                 policy: *policy,
+                ..Default::default()
             },
         )
         .unwrap();

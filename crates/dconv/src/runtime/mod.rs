@@ -7,7 +7,7 @@
 //!
 //! // A tiny model: Conv 1 -> 2 channels (3x3, pad 1) + Relu, built in code.
 //! let model = Model::from_bytes(&dconv::runtime::example_model(), None).unwrap();
-//! let session = Session::new(&model, SessionOptions { threads: 1, policy: Policy::Auto }).unwrap();
+//! let session = Session::new(&model, SessionOptions { threads: 1, policy: Policy::Auto, ..Default::default() }).unwrap();
 //! let input = Tensor::from_f32(vec![1, 1, 4, 4], vec![1.0; 16]).unwrap();
 //! let outputs = session.run(&[("x", input)]).unwrap();
 //! let (name, y) = &outputs[0];

@@ -19,6 +19,8 @@ pub struct SessionOptions {
     pub threads: usize,
     /// How each convolution picks its method.
     pub policy: Policy,
+    /// The most bytes a plan's buffers and folded constants may take; None: no bound.
+    pub max_memory: Option<usize>,
 }
 
 /// The buffers of one run, kept for the next.
@@ -171,7 +173,14 @@ impl<'m> Session<'m> {
         if let Some(plan) = plans.get(&key) {
             return Ok(plan.clone());
         }
-        let build = || plan::build(self.model, &key, self.options.policy);
+        let build = || {
+            plan::build(
+                self.model,
+                &key,
+                self.options.policy,
+                self.options.max_memory,
+            )
+        };
         let plan = Arc::new(match &self.pool {
             Some(pool) => pool.install(build)?,
             None => build()?,
