@@ -69,6 +69,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         threads: args.threads,
         policy: args.policy,
         cost_profile: args.profile.load()?,
+        ..Default::default()
     };
     let session = Session::new(&model, options).map_err(Failure::from)?;
     let (warmup, runs) = (args.warmup as usize, args.runs as usize);

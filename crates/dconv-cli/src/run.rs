@@ -32,6 +32,14 @@ pub struct Args {
     threads: usize,
     #[command(flatten)]
     profile: ProfileArg,
+    /// Refuse a model whose plan would need more memory than this (bytes, or with a K, M
+    /// or G suffix).
+    #[arg(long, value_name = "BYTES", value_parser = parse_max_memory)]
+    max_memory: Option<usize>,
+}
+
+fn parse_max_memory(text: &str) -> Result<usize, String> {
+    dconv::limits::parse_bytes(text).map_err(|e| e.to_string())
 }
 
 pub fn run(args: &Args) -> Result<(), Failure> {
@@ -41,6 +49,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         threads: args.threads,
         policy: args.policy,
         cost_profile: args.profile.load()?,
+        max_memory: args.max_memory,
     };
     let session = Session::new(&model, options).map_err(Failure::from)?;
     let outputs = session

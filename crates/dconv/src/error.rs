@@ -18,7 +18,7 @@ pub enum Error {
         expected: usize,
         actual: usize,
     },
-    /// Size arithmetic that does not fit in memory addresses.
+    /// Size arithmetic that does not fit in memory addresses (the sizes came from the caller).
     #[error("size overflow while computing {0}")]
     Overflow(&'static str),
     /// A name (method, zero pattern, ...) that is not known.
@@ -58,6 +58,14 @@ pub enum Error {
     /// A file that cannot be read.
     #[error("cannot read {path}: {message}")]
     Io { path: String, message: String },
+    /// A plan that would need more memory than the session's budget (or than the limit on
+    /// folded constants).
+    #[error("{what} needs {needed} bytes, over the memory budget of {budget} bytes")]
+    OverBudget {
+        what: String,
+        needed: usize,
+        budget: usize,
+    },
     /// A failure while planning or running one node of a model: names the node and its op.
     #[error("node '{node}' ({op}): {source}")]
     Node {
@@ -72,7 +80,7 @@ impl Error {
     pub fn is_bad_input(&self) -> bool {
         match self {
             Error::Node { source, .. } => source.is_bad_input(),
-            Error::Overflow(_) | Error::BufferLength { .. } => false,
+            Error::BufferLength { .. } => false,
             _ => true,
         }
     }

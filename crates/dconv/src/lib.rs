@@ -26,6 +26,7 @@ pub mod conv;
 pub mod error;
 pub mod io;
 pub mod kernels;
+pub mod limits;
 pub mod models;
 pub mod onnx;
 mod ops;

@@ -175,10 +175,18 @@ fn check_method(method: Method, case: &Case) {
     }
 }
 
+/// Cases per method: 160, or PROPTEST_CASES (scripts/valgrind-kernels runs fewer).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(160)
+}
+
 macro_rules! method_matches_reference {
     ($($test:ident => $method:expr),* $(,)?) => {$(
         proptest! {
-            #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+            #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
             #[test]
             fn $test(case in case()) {
                 check_method($method, &case);

@@ -92,18 +92,34 @@ fn a_shape_mismatch_names_the_tensor_and_both_shapes() {
     );
 }
 
+/// Four threads run one session at once, each on its own inputs, and get exactly what
+/// sequential runs of the same inputs give.
 #[test]
-fn a_session_runs_from_several_threads() {
+fn four_threads_sharing_a_session_match_sequential_runs() {
     let model = Model::from_bytes(&example_model(), None).unwrap();
     let session = Session::new(&model, SessionOptions::default()).unwrap();
+    let input = |t: usize, run: usize| {
+        let data = (0..16)
+            .map(|i| ((i * 7 + t * 13 + run * 5) % 11) as f32 - 5.0)
+            .collect();
+        Tensor::from_f32(vec![1, 1, 4, 4], data).unwrap()
+    };
+    let run = |x: Tensor| session.run(&[("x", x)]).unwrap().remove(0).1;
+    let sequential: Vec<Vec<Tensor>> = (0..4)
+        .map(|t| (0..10).map(|r| run(input(t, r))).collect())
+        .collect();
+    let distinct: std::collections::HashSet<String> = sequential
+        .iter()
+        .flatten()
+        .map(|y| format!("{y:?}"))
+        .collect();
+    assert!(distinct.len() > 4, "the threads' inputs must differ");
     std::thread::scope(|s| {
-        for t in 0..4 {
-            let session = &session;
+        for (t, expected) in sequential.iter().enumerate() {
+            let run = &run;
             s.spawn(move || {
-                for _ in 0..10 {
-                    let x = Tensor::from_f32(vec![1, 1, 4, 4], vec![t as f32; 16]).unwrap();
-                    let y = session.run(&[("x", x)]).unwrap().remove(0).1;
-                    assert_eq!(y.as_f32().unwrap()[5], 9.0 * t as f32);
+                for (r, want) in expected.iter().enumerate() {
+                    assert_eq!(&run(input(t, r)), want, "thread {t}, run {r}");
                 }
             });
         }

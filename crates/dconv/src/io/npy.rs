@@ -25,25 +25,42 @@ pub fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         path: path.to_path_buf(),
         msg,
     };
-    let mut file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let file = File::open(path).map_err(|e| bad(format!("cannot open: {e}")))?;
     let file_len = file
         .metadata()
         .map_err(|e| bad(format!("cannot stat: {e}")))?
         .len();
-    let header = read_header(&mut file).map_err(bad)?;
+    read_from(file, file_len).map_err(bad)
+}
+
+/// Decodes the bytes of a `.npy` file held in memory (what the fuzz target feeds).
+pub fn decode_npy(bytes: &[u8]) -> Result<(Vec<usize>, Vec<f32>)> {
+    read_from(bytes, bytes.len() as u64).map_err(|msg| Error::Input {
+        path: "<npy bytes>".into(),
+        msg,
+    })
+}
+
+/// Reads a whole `.npy` stream of `total_len` bytes, checking sizes before allocating.
+fn read_from(
+    mut reader: impl Read,
+    total_len: u64,
+) -> std::result::Result<(Vec<usize>, Vec<f32>), String> {
+    let header = read_header(&mut reader)?;
     let prefix_len = header.data_offset as u64;
-    let present = file_len.saturating_sub(prefix_len);
-    let needed = element_bytes(&header).map_err(bad)?;
+    let present = total_len.saturating_sub(prefix_len);
+    let needed = element_bytes(&header)?;
     if present != needed as u64 {
-        return Err(bad(format!(
+        return Err(format!(
             "shape {:?} of {} needs {needed} data bytes, the file has {present}",
             header.shape,
             header.dtype.name()
-        )));
+        ));
     }
     let mut bytes = vec![0u8; needed];
-    file.read_exact(&mut bytes)
-        .map_err(|e| bad(format!("cannot read data: {e}")))?;
+    reader
+        .read_exact(&mut bytes)
+        .map_err(|e| format!("cannot read data: {e}"))?;
     let data = header.dtype.to_f32(&bytes);
     Ok((header.shape, data))
 }

@@ -132,6 +132,11 @@ mod x86 {
     /// Defines the x86 kernel for one vector width: `$lanes` floats per vector.
     macro_rules! x86_rows_kernel {
         ($name:ident, $feature:literal, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident, $add:ident) => {
+            /// # Safety
+            /// SAFETY: the CPU must have `$feature`; every cursor must satisfy
+            /// `next <= end <= cols.len() == vals.len()`, every column must index a whole
+            /// `16 * NB` row of `panel`, and row `r`'s `16 * NB` outputs at `r * stride` must
+            /// lie in `out` (what `rows` checks before calling).
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn $name<const NB: usize>(
                 cols: &[u32],
@@ -269,6 +274,8 @@ mod arm {
     use super::RowCursor;
     use std::arch::aarch64::*;
 
+    /// # Safety
+    /// SAFETY: the CPU must have NEON; the ranges are those of the x86 kernels' contract.
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn rows_neon<const NB: usize>(
         cols: &[u32],

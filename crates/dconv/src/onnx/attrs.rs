@@ -45,7 +45,9 @@ impl<'a> Attrs<'a> {
                 v.iter()
                     .map(|&x| {
                         usize::try_from(x).map_err(|_| {
-                            Error::Unsupported(format!("attribute {name} has a negative value {x}"))
+                            Error::InvalidModel(format!(
+                                "attribute {name} has a negative value {x}"
+                            ))
                         })
                     })
                     .collect()

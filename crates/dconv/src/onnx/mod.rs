@@ -12,5 +12,6 @@ pub mod proto {
 }
 
 pub(crate) use attrs::Attrs;
+pub(crate) use model::node_label;
 pub use model::{Dim, Model, ModelInput, Node};
 pub use tensor_proto::{decode_tensor, read_tensor_file};

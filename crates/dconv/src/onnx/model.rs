@@ -3,6 +3,7 @@
 use super::proto::{tensor_shape_proto::dimension::Value as DimValue, ModelProto, NodeProto};
 use super::tensor_proto::decode_tensor;
 use crate::error::{Error, Result};
+use crate::limits::{MAX_ATTRIBUTE_VALUES, MAX_NODES, MAX_NODE_ARITY};
 use crate::tensor::Tensor;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
@@ -127,28 +128,68 @@ fn declared_shape(info: &super::proto::ValueInfoProto) -> Option<Vec<Dim>> {
     )
 }
 
-/// Every node input must be produced before it is used, and every output must be produced.
+/// How a node is named in errors: its name, or `#index` when it has none.
+pub(crate) fn node_label(node: &Node, index: usize) -> String {
+    if node.name().is_empty() {
+        format!("#{index}")
+    } else {
+        node.name().to_string()
+    }
+}
+
+/// The structural checks of a graph, each failure naming the node: sizes within
+/// [`limits`](crate::limits), operators of the default domain with the inputs their op
+/// takes, every input produced before it is used (which also rules out cycles), every
+/// tensor produced once, and every graph output produced.
 fn check_graph(
     nodes: &[Node],
     initializers: &HashMap<String, Tensor>,
     inputs: &[ModelInput],
     outputs: &[String],
 ) -> Result<()> {
+    if nodes.len() > MAX_NODES {
+        return Err(Error::InvalidModel(format!(
+            "the graph has {} nodes (at most {MAX_NODES})",
+            nodes.len()
+        )));
+    }
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (i, node) in nodes.iter().enumerate() {
+        for output in node.output.iter().filter(|o| !o.is_empty()) {
+            producer.entry(output.as_str()).or_insert(i);
+        }
+    }
     let mut known: HashSet<&str> = initializers.keys().map(String::as_str).collect();
     known.extend(inputs.iter().map(|i| i.name.as_str()));
-    for node in nodes {
+    for (i, node) in nodes.iter().enumerate() {
+        let in_node = |e: Error| Error::Node {
+            node: node_label(node, i),
+            op: node.op_type().to_string(),
+            source: Box::new(e),
+        };
+        check_node(node).map_err(in_node)?;
         for input in node.input.iter().filter(|i| !i.is_empty()) {
             if !known.contains(input.as_str()) {
-                return Err(Error::Node {
-                    node: node.name().to_string(),
-                    op: node.op_type().to_string(),
-                    source: Box::new(Error::InvalidModel(format!(
-                        "input '{input}' is not produced by an earlier node"
-                    ))),
-                });
+                let msg = match producer.get(input.as_str()) {
+                    Some(&j) => format!(
+                        "input '{input}' is produced by node '{}', which comes at or after it \
+                         (a cycle, or nodes out of topological order)",
+                        node_label(&nodes[j], j)
+                    ),
+                    None => format!(
+                        "input '{input}' is produced by no node, initializer or graph input"
+                    ),
+                };
+                return Err(in_node(Error::InvalidModel(msg)));
             }
         }
-        known.extend(node.output.iter().map(String::as_str));
+        for output in node.output.iter().filter(|o| !o.is_empty()) {
+            if !known.insert(output.as_str()) {
+                return Err(in_node(Error::InvalidModel(format!(
+                    "output '{output}' is already produced by another node, initializer or input"
+                ))));
+            }
+        }
     }
     for output in outputs {
         if !known.contains(output.as_str()) {
@@ -158,4 +199,74 @@ fn check_graph(
         }
     }
     Ok(())
+}
+
+/// One node on its own: its domain, the number of its inputs and outputs, and the sizes of
+/// its list attributes.
+fn check_node(node: &Node) -> Result<()> {
+    if !matches!(node.domain(), "" | "ai.onnx") {
+        return Err(Error::Unsupported(format!(
+            "operator domain '{}'",
+            node.domain()
+        )));
+    }
+    if node.input.len() > MAX_NODE_ARITY || node.output.len() > MAX_NODE_ARITY {
+        return Err(Error::InvalidModel(format!(
+            "{} inputs and {} outputs (at most {MAX_NODE_ARITY} each)",
+            node.input.len(),
+            node.output.len()
+        )));
+    }
+    if let Some((min, max)) = input_arity(node.op_type()) {
+        let given = node.input.len();
+        if given < min || given > max {
+            let expected = match (min, max) {
+                (a, b) if a == b => format!("{a}"),
+                (a, usize::MAX) => format!("at least {a}"),
+                (a, b) => format!("{a} to {b}"),
+            };
+            return Err(Error::InvalidModel(format!(
+                "{} takes {expected} inputs, the node has {given}",
+                node.op_type()
+            )));
+        }
+        if node.output.first().is_none_or(String::is_empty) {
+            return Err(Error::InvalidModel(format!(
+                "{} needs an output",
+                node.op_type()
+            )));
+        }
+    }
+    for a in &node.attribute {
+        let values = a.ints.len().max(a.floats.len()).max(a.strings.len());
+        if values > MAX_ATTRIBUTE_VALUES {
+            return Err(Error::InvalidModel(format!(
+                "attribute {} has {values} values (at most {MAX_ATTRIBUTE_VALUES})",
+                a.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The fewest and most inputs (counting empty optional ones) each supported operator takes;
+/// None for operators dconv does not know (refused when planned).
+fn input_arity(op: &str) -> Option<(usize, usize)> {
+    let any = usize::MAX;
+    Some(match op {
+        "Constant" => (0, 0),
+        "Relu" | "Sigmoid" | "LeakyRelu" | "HardSigmoid" | "HardSwish" | "Tanh" | "Exp" | "Neg"
+        | "Sqrt" | "Reciprocal" | "Abs" | "MaxPool" | "AveragePool" | "GlobalAveragePool"
+        | "GlobalMaxPool" | "LRN" | "Softmax" | "Flatten" | "Transpose" | "Shape"
+        | "ConstantOfShape" | "Cast" | "Identity" => (1, 1),
+        "Add" | "Sub" | "Mul" | "Div" | "PRelu" | "Pow" | "MatMul" | "Gather" => (2, 2),
+        "Max" | "Min" | "Sum" | "Concat" => (1, any),
+        "Conv" | "Gemm" => (2, 3),
+        "Clip" | "Dropout" => (1, 3),
+        "BatchNormalization" => (5, 5),
+        "Reshape" | "Squeeze" | "Unsqueeze" => (1, 2),
+        "Slice" => (1, 5),
+        "Pad" => (1, 4),
+        _ => return None,
+    })
 }

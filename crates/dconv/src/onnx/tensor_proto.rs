@@ -8,7 +8,8 @@
 use super::proto::tensor_proto::{DataLocation, DataType};
 use super::proto::TensorProto;
 use crate::error::{Error, Result};
-use crate::tensor::{element_count, Tensor, TensorData};
+use crate::limits::checked_elements;
+use crate::tensor::{Tensor, TensorData};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path};
@@ -23,7 +24,7 @@ pub fn decode_tensor(t: &TensorProto, base: Option<&Path>) -> Result<Tensor> {
         .iter()
         .map(|&d| usize::try_from(d).map_err(|_| invalid(format!("negative dimension {d}"))))
         .collect::<Result<Vec<usize>>>()?;
-    let count = element_count(&shape)?;
+    let count = checked_elements(&shape, &format!("tensor '{name}'"))?;
     let dtype = DataType::try_from(t.data_type())
         .map_err(|_| invalid(format!("unknown data type {}", t.data_type())))?;
     let width = match dtype {
@@ -40,7 +41,7 @@ pub fn decode_tensor(t: &TensorProto, base: Option<&Path>) -> Result<Tensor> {
     };
     let byte_len = count
         .checked_mul(width)
-        .ok_or(Error::Overflow("tensor byte length"))?;
+        .ok_or_else(|| invalid(format!("shape {shape:?} has too many bytes")))?;
 
     let external;
     let raw: Option<&[u8]> = if t.data_location() == DataLocation::External {
@@ -166,6 +167,13 @@ fn read_external(t: &TensorProto, base: Option<&Path>, byte_len: usize) -> Resul
         path: path.display().to_string(),
         message: e.to_string(),
     };
+    // Symlinks may not lead out of the folder: compare the resolved paths.
+    let folder = base.canonicalize().map_err(io)?;
+    if !path.canonicalize().map_err(io)?.starts_with(&folder) {
+        return Err(Error::InvalidModel(format!(
+            "external data path {location:?} leads out of the model's folder"
+        )));
+    }
     let mut file = File::open(&path).map_err(io)?;
     let file_len = file.metadata().map_err(io)?.len();
     let wanted = byte_len as u64;

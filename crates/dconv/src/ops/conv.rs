@@ -40,21 +40,40 @@ pub(crate) fn resolve_pads(
             Ok((0..n).map(|i| (pads[i], pads[i + n])).collect())
         }
         "VALID" => Ok(vec![(0, 0); n]),
-        "SAME_UPPER" | "SAME_LOWER" => Ok((0..n)
+        "SAME_UPPER" | "SAME_LOWER" => (0..n)
             .map(|i| {
+                if stride[i] == 0 {
+                    return Err(Error::InvalidModel(format!("stride {stride:?} has a zero")));
+                }
                 let out = input[i].div_ceil(stride[i]);
-                let extent = dilation[i] * (kernel[i] - 1) + 1;
-                let total = ((out.saturating_sub(1)) * stride[i] + extent).saturating_sub(input[i]);
+                let reach = (out.saturating_sub(1))
+                    .checked_mul(stride[i])
+                    .and_then(|r| r.checked_add(window_extent(kernel[i], dilation[i]).ok()?))
+                    .ok_or_else(|| Error::InvalidModel("SAME padding overflows".into()))?;
+                let total = reach.saturating_sub(input[i]);
                 let small = total / 2;
-                if auto_pad == "SAME_UPPER" {
+                Ok(if auto_pad == "SAME_UPPER" {
                     (small, total - small)
                 } else {
                     (total - small, small)
-                }
+                })
             })
-            .collect()),
+            .collect(),
         other => Err(Error::Unsupported(format!("auto_pad {other}"))),
     }
+}
+
+/// The span of a `kernel`-tap window with `dilation`: `dilation * (kernel - 1) + 1`.
+pub(crate) fn window_extent(kernel: usize, dilation: usize) -> Result<usize> {
+    kernel
+        .checked_sub(1)
+        .and_then(|k| k.checked_mul(dilation))
+        .and_then(|k| k.checked_add(1))
+        .ok_or_else(|| {
+            Error::InvalidModel(format!(
+                "a window of {kernel} taps dilated by {dilation} has no valid extent"
+            ))
+        })
 }
 
 /// Reads a Conv node whose input has logical shape `x` (rank 3 or 4).
@@ -87,7 +106,12 @@ pub(crate) fn draft(ctx: &Ctx, x: &[usize], w: &Value, b: Option<&Value>) -> Res
             )));
         }
     }
-    if stride.len() != rank - 2 || dilation.len() != rank - 2 || kernel.contains(&0) {
+    if stride.len() != rank - 2
+        || dilation.len() != rank - 2
+        || kernel.contains(&0)
+        || stride.contains(&0)
+        || dilation.contains(&0)
+    {
         return Err(Error::InvalidModel(format!(
             "strides {stride:?} / dilations {dilation:?} / kernel {kernel:?} do not fit a {}-D conv",
             rank - 2

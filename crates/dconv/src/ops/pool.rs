@@ -147,8 +147,11 @@ pub(crate) fn plan(b: &mut Builder, ctx: &Ctx, op: &str, x: &Value) -> Result<Va
     let ceil = ctx.attrs.int("ceil_mode", 0) == 1;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let padded = spatial[i] + pads[i].0 + pads[i].1;
-        let extent = dilation[i] * (kernel[i] - 1) + 1;
+        let padded = spatial[i]
+            .checked_add(pads[i].0)
+            .and_then(|p| p.checked_add(pads[i].1))
+            .ok_or_else(|| Error::InvalidModel(format!("{op} pads {pads:?} overflow")))?;
+        let extent = super::conv::window_extent(kernel[i], dilation[i])?;
         let span = padded.checked_sub(extent).ok_or_else(|| {
             Error::InvalidModel(format!(
                 "{op} window {extent} is larger than the padded input {padded}"
@@ -174,6 +177,7 @@ pub(crate) fn plan(b: &mut Builder, ctx: &Ctx, op: &str, x: &Value) -> Result<Va
     };
     let two = |v: &[usize], fill: usize| if n == 2 { [v[0], v[1]] } else { [fill, v[0]] };
     let pad_begin: Vec<usize> = pads.iter().map(|p| p.0).collect();
+    // Checked above.
     let padded_end: Vec<usize> = (0..n).map(|i| spatial[i] + pads[i].0 + pads[i].1).collect();
     let pool = Pool {
         reduce,

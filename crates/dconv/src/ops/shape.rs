@@ -26,7 +26,7 @@ pub(crate) fn plan(
     match op {
         "Constant" => constant(ctx),
         "Shape" => shape_of(ctx, input(0)?),
-        "ConstantOfShape" => constant_of_shape(ctx, input(0)?),
+        "ConstantOfShape" => constant_of_shape(b, ctx, input(0)?),
         "Cast" => cast(ctx, input(0)?),
         "Reshape" => {
             let x = b.plain(input(0)?)?;
@@ -49,7 +49,7 @@ pub(crate) fn plan(
             } else {
                 axis(ctx.attrs.int("axis", 1), s.len() + 1)?
             };
-            let shape = vec![s[..at].iter().product(), s[at..].iter().product()];
+            let shape = vec![element_count(&s[..at])?, element_count(&s[at..])?];
             reshape_value(&x, shape)
         }
         "Squeeze" | "Unsqueeze" => {
@@ -115,12 +115,12 @@ fn to_sizes(values: &[i64], what: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
-fn constant_of_shape(ctx: &Ctx, shape: &Value) -> Result<Value> {
+fn constant_of_shape(b: &mut Builder, ctx: &Ctx, shape: &Value) -> Result<Value> {
     let shape = to_sizes(
         &need_const_i64(shape, "the shape of ConstantOfShape")?,
         "shape",
     )?;
-    let count = element_count(&shape)?;
+    let count = b.fold_elements(&shape)?;
     let value = ctx.attrs.tensor("value")?;
     let t = match value.as_ref().map(Tensor::data) {
         None => Tensor::from_f32(shape, vec![0.0; count])?,
@@ -405,16 +405,19 @@ fn slice(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> 
         } else {
             (clamp(starts[i], -1, dim - 1), clamp(ends[i], -1, dim - 1))
         };
-        let len = if step > 0 {
-            ((end - start).max(0) + step - 1) / step
-        } else {
-            ((start - end).max(0) - step - 1) / -step
-        };
+        // Both spans are within [0, dim + 1]; a step beyond them takes one element.
+        let span = if step > 0 { end - start } else { start - end }.max(0) as u64;
+        let len = span.div_ceil(step.unsigned_abs());
         shape[a] = len as usize;
         if len > 0 {
             offset += start as isize * strides[a];
         }
-        src_strides[a] = strides[a] * step as isize;
+        // With one element or none the step is never taken, so a huge one cannot overflow.
+        src_strides[a] = if len > 1 {
+            strides[a] * step as isize
+        } else {
+            strides[a]
+        };
     }
     let part = CopyPart {
         input: 0,

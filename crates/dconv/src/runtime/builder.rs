@@ -5,6 +5,7 @@
 use super::layout::{plain_strides, Layout};
 use super::policy::Selection;
 use crate::error::{Error, Result};
+use crate::limits::{checked_elements, MAX_FOLDED_BYTES};
 use crate::ops::conv::ConvStep;
 use crate::ops::copy::{CopyKernel, CopyPart, View};
 use crate::ops::Kernel;
@@ -82,6 +83,10 @@ pub(crate) struct Step {
 pub(crate) struct Builder {
     /// How convolutions prepare and pick their methods.
     pub selection: Selection,
+    /// The most bytes the plan's buffers and folded constants may take, when bounded.
+    pub budget: Option<usize>,
+    /// Bytes of the constants folded so far.
+    pub folded_bytes: usize,
     pub consts: Vec<Arc<Tensor>>,
     /// Element count of each slot.
     pub slot_lens: Vec<usize>,
@@ -96,9 +101,11 @@ pub(crate) struct Builder {
 pub(crate) const LAYOUT_OP: &str = "Layout";
 
 impl Builder {
-    pub fn new(selection: Selection) -> Self {
+    pub fn new(selection: Selection, budget: Option<usize>) -> Self {
         Builder {
             selection,
+            budget,
+            folded_bytes: 0,
             consts: Vec::new(),
             slot_lens: Vec::new(),
             steps: Vec::new(),
@@ -107,9 +114,41 @@ impl Builder {
         }
     }
 
+    /// A slot for a run-time tensor of `shape`; one that alone exceeds the budget is refused.
     pub fn new_slot(&mut self, shape: &[usize]) -> Result<usize> {
-        self.slot_lens.push(element_count(shape)?);
+        let len = checked_elements(shape, "a tensor")?;
+        if let Some(budget) = self.budget {
+            let needed = len.saturating_mul(size_of::<f32>());
+            if needed > budget {
+                return Err(Error::OverBudget {
+                    what: format!("a tensor of shape {shape:?}"),
+                    needed,
+                    budget,
+                });
+            }
+        }
+        self.slot_lens.push(len);
         Ok(self.slot_lens.len() - 1)
+    }
+
+    /// Accounts for a constant of `shape` about to be folded (at most 8 bytes an element)
+    /// and returns its element count; refused past the budget, or past
+    /// [`MAX_FOLDED_BYTES`] without one, before anything is allocated.
+    pub fn fold_elements(&mut self, shape: &[usize]) -> Result<usize> {
+        let len = checked_elements(shape, "a folded constant")?;
+        let budget = self.budget.unwrap_or(MAX_FOLDED_BYTES);
+        let needed = len
+            .saturating_mul(size_of::<i64>())
+            .saturating_add(self.folded_bytes);
+        if needed > budget {
+            return Err(Error::OverBudget {
+                what: format!("folding constants (the last of shape {shape:?})"),
+                needed,
+                budget,
+            });
+        }
+        self.folded_bytes = needed;
+        Ok(len)
     }
 
     /// Where a step reads `v` from; a constant becomes (a float copy of) a plan constant.
@@ -140,8 +179,8 @@ impl Builder {
         layout: Layout,
         kernel: Box<dyn Kernel>,
     ) -> Result<Value> {
-        let len = element_count(&shape)?;
         if inputs.iter().all(|v| v.as_const().is_some()) {
+            let len = self.fold_elements(&shape)?;
             let data: Vec<Vec<f32>> = inputs
                 .iter()
                 .map(|v| v.as_const().map(Tensor::to_f32_vec).unwrap_or_default())
@@ -208,7 +247,7 @@ impl Builder {
             if all_int && !consts.is_empty() {
                 let data: Vec<Vec<i64>> = consts.iter().map(|t| t.to_i64_vec()).collect();
                 let slices: Vec<&[i64]> = data.iter().map(Vec::as_slice).collect();
-                let mut out = vec![0i64; element_count(&shape)?];
+                let mut out = vec![0i64; self.fold_elements(&shape)?];
                 kernel.apply(&slices, &mut out, kernel.fill.map(|f| f as i64));
                 return Ok(Value::constant(Tensor::from_i64(shape, out)?));
             }
@@ -243,6 +282,7 @@ impl Builder {
             // Constants stay plain; a channels-last copy of one is a plan constant.
             let src = self.src(v);
             let Src::Const(i) = src else { unreachable!() };
+            self.fold_elements(&shape)?;
             let data = self.consts[i].to_f32_vec();
             let mut out = vec![0.0; data.len()];
             kernel.apply(&[&data], &mut out, None);
@@ -272,7 +312,7 @@ impl Builder {
 
 /// `v` viewed under another shape with the same element count (reshape of plain storage).
 pub(crate) fn reshape_value(v: &Value, shape: Vec<usize>) -> Result<Value> {
-    if element_count(&shape)? != element_count(v.shape())? {
+    if checked_elements(&shape, "a reshaped tensor")? != element_count(v.shape())? {
         return Err(Error::InvalidModel(format!(
             "cannot reshape {:?} to {shape:?}",
             v.shape()

@@ -8,7 +8,7 @@ use super::layout::Layout;
 use super::policy::Selection;
 use crate::conv::Activation;
 use crate::error::{Error, Result};
-use crate::onnx::{Attrs, Model, Node};
+use crate::onnx::{node_label, Attrs, Model, Node};
 use crate::ops::normalize::BatchNorm;
 use crate::ops::{conv, plan_op, Ctx};
 use crate::tensor::Tensor;
@@ -48,14 +48,6 @@ impl<'m> Graph<'m> {
     }
 }
 
-fn node_label(node: &Node, index: usize) -> String {
-    if node.name().is_empty() {
-        format!("#{index}")
-    } else {
-        node.name().to_string()
-    }
-}
-
 fn in_node(node: &Node, index: usize) -> impl Fn(Error) -> Error + '_ {
     move |e| match e {
         Error::Node { .. } => e,
@@ -67,9 +59,15 @@ fn in_node(node: &Node, index: usize) -> impl Fn(Error) -> Error + '_ {
     }
 }
 
-/// Builds the plan of `model` for inputs of `shapes` (in the model's input order).
-pub(crate) fn build(model: &Model, shapes: &[Vec<usize>], selection: Selection) -> Result<Plan> {
-    let mut b = Builder::new(selection);
+/// Builds the plan of `model` for inputs of `shapes` (in the model's input order), refusing
+/// one whose buffers and folded constants would take more than `budget` bytes.
+pub(crate) fn build(
+    model: &Model,
+    shapes: &[Vec<usize>],
+    selection: Selection,
+    budget: Option<usize>,
+) -> Result<Plan> {
+    let mut b = Builder::new(selection, budget);
     let mut values: HashMap<String, Value> = model
         .initializers
         .iter()
@@ -105,12 +103,6 @@ pub(crate) fn build(model: &Model, shapes: &[Vec<usize>], selection: Selection) 
         b.node = node_label(node, i);
         b.op_type = node.op_type().to_string();
         let wrap = in_node(node, i);
-        if !matches!(node.domain(), "" | "ai.onnx") {
-            return Err(wrap(Error::Unsupported(format!(
-                "operator domain '{}'",
-                node.domain()
-            ))));
-        }
         let node_inputs = resolve_inputs(node, &values).map_err(&wrap)?;
         let ctx = Ctx {
             attrs: Attrs(&node.attribute),
@@ -143,6 +135,9 @@ pub(crate) fn build(model: &Model, shapes: &[Vec<usize>], selection: Selection) 
     }
     drop(values);
     let (slot_buffer, buffers) = assign_buffers(&b, &inputs, &outputs);
+    if let Some(budget) = budget {
+        check_budget(&b, &slot_buffer, buffers, budget)?;
+    }
     Ok(Plan {
         steps: b.steps,
         consts: b.consts,
@@ -235,6 +230,26 @@ fn plan_conv(
         }
     }
     Ok((out, draft.finish(b, x)?))
+}
+
+/// Refuses a plan whose buffers (each as large as the largest slot it holds) and folded
+/// constants exceed `budget` bytes. The methods' own scratch is not counted.
+fn check_budget(b: &Builder, slot_buffer: &[usize], buffers: usize, budget: usize) -> Result<()> {
+    let mut largest = vec![0usize; buffers];
+    for (&buffer, &len) in slot_buffer.iter().zip(&b.slot_lens) {
+        largest[buffer] = largest[buffer].max(len);
+    }
+    let needed = largest.iter().fold(b.folded_bytes, |sum, &len| {
+        sum.saturating_add(len.saturating_mul(size_of::<f32>()))
+    });
+    if needed > budget {
+        return Err(Error::OverBudget {
+            what: format!("the plan's {buffers} buffers and folded constants"),
+            needed,
+            budget,
+        });
+    }
+    Ok(())
 }
 
 /// Gives each slot a buffer, reusing the buffers of slots no later step reads. A step's

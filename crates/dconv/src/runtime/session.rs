@@ -26,6 +26,8 @@ pub struct SessionOptions {
     pub policy: Policy,
     /// The cost model `auto` picks by (default: the compiled-in profile).
     pub cost_profile: CostProfile,
+    /// The most bytes a plan's buffers and folded constants may take; None: no bound.
+    pub max_memory: Option<usize>,
 }
 
 /// The buffers of one run, kept for the next.
@@ -126,7 +128,7 @@ impl<'m> Session<'m> {
         };
         let mut probe = Probe::new(runs, selection);
         self.in_pool(|| {
-            let plan = plan::build(self.model, &shapes, selection)?;
+            let plan = plan::build(self.model, &shapes, selection, self.options.max_memory)?;
             execute(
                 &plan,
                 &ordered,
@@ -238,7 +240,8 @@ impl<'m> Session<'m> {
             policy: self.options.policy,
             ..self.selection()
         };
-        let plan = Arc::new(self.in_pool(|| plan::build(self.model, &key, selection))?);
+        let budget = self.options.max_memory;
+        let plan = Arc::new(self.in_pool(|| plan::build(self.model, &key, selection, budget))?);
         plans.insert(key, plan.clone());
         Ok(plan)
     }
