@@ -33,7 +33,7 @@ pub struct Args {
     #[command(flatten)]
     profile: ProfileArg,
     /// Refuse a model whose plan would need more memory than this (bytes, or with a K, M
-    /// or G suffix).
+    /// or G suffix) [default: 16G].
     #[arg(long, value_name = "BYTES", value_parser = parse_max_memory)]
     max_memory: Option<usize>,
 }

@@ -15,6 +15,10 @@ pub const MAX_ATTRIBUTE_VALUES: usize = 4096;
 /// Most bytes of constants a plan may fold (a Transpose of a weight, a ConstantOfShape) when
 /// the session has no memory budget of its own.
 pub const MAX_FOLDED_BYTES: usize = 4 << 30;
+/// Most bytes a plan's buffers may take when the session sets no budget: sizes come from the
+/// model file (a padding of a million pixels is a few bytes of protobuf), so without a bound
+/// a stranger's model could make a run allocate terabytes. `--max-memory` raises it.
+pub const DEFAULT_MAX_MEMORY: usize = 16 << 30;
 
 /// The element count of `shape`, refused when its rank or its count is out of bounds;
 /// `what` names the tensor in the error.

@@ -259,6 +259,16 @@ fn a_constant_of_shape_bomb_is_refused_before_allocating() {
     assert_in_node(e, "bomb", |e| matches!(e, Error::OverBudget { .. }));
 }
 
+/// A padding of a million pixels is a few bytes of protobuf and terabytes of output: refused
+/// before anything is allocated, with no budget given.
+#[test]
+fn a_huge_padding_is_refused_without_a_budget() {
+    let proto = conv_with("pads", vec![1 << 20; 4]);
+    let e = load_and_run(&proto, SessionOptions::default()).unwrap_err();
+    assert!(e.is_bad_input(), "{e}");
+    assert!(format!("{e}").contains("memory"), "{e}");
+}
+
 #[test]
 fn a_plan_over_the_memory_budget_is_refused() {
     let options = |max_memory| SessionOptions {

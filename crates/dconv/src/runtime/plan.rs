@@ -60,13 +60,15 @@ fn in_node(node: &Node, index: usize) -> impl Fn(Error) -> Error + '_ {
 }
 
 /// Builds the plan of `model` for inputs of `shapes` (in the model's input order), refusing
-/// one whose buffers and folded constants would take more than `budget` bytes.
+/// one whose buffers and folded constants would take more than `budget` bytes (by default
+/// [`DEFAULT_MAX_MEMORY`](crate::limits::DEFAULT_MAX_MEMORY)).
 pub(crate) fn build(
     model: &Model,
     shapes: &[Vec<usize>],
     selection: Selection,
     budget: Option<usize>,
 ) -> Result<Plan> {
+    let budget = Some(budget.unwrap_or(crate::limits::DEFAULT_MAX_MEMORY));
     let mut b = Builder::new(selection, budget);
     let mut values: HashMap<String, Value> = model
         .initializers
