@@ -321,3 +321,33 @@ fn sparse_weight_with_many_channel_blocks_and_tiles() {
         );
     }
 }
+
+/// A method with a fused activation counts its output's zeros as it writes them (so the next
+/// layer's input sparsity costs no extra pass), and the count is exact.
+#[test]
+fn fused_activation_counts_the_output_zeros() {
+    let spec = ConvSpec::new(24, 11, 9, 40, [3, 3])
+        .with_padding([1, 1, 1, 1])
+        .with_groups(2)
+        .with_batch(2)
+        .with_activation(Activation::Relu);
+    let mut rng = Rng::new(11);
+    let input = synth::activations([2, 11, 9, 24], 0.6, ZeroPattern::Relu, &mut rng);
+    let weights = synth::random_sparse(spec.weight_len().unwrap(), 0.5, &mut rng);
+    for method in Method::ALL {
+        for isa in Isa::supported() {
+            let conv = Conv::prepare_with_isa(&spec, &weights, None, method, isa).unwrap();
+            let mut out = vec![f32::NAN; spec.output_len().unwrap()];
+            let timing = pool(2).install(|| {
+                conv.run(&input, &mut out, &mut Workspace::default())
+                    .unwrap()
+            });
+            let zeros = out.iter().filter(|&&v| v == 0.0).count();
+            assert!(
+                zeros > 0 && zeros < out.len(),
+                "{method}: a test that can fail needs both"
+            );
+            assert_eq!(timing.output_zeros, Some(zeros), "{method} ({isa})");
+        }
+    }
+}

@@ -54,22 +54,23 @@ impl Dense {
         s.kernel == [1, 1] && s.stride == [1, 1] && s.padding == Default::default()
     }
 
-    /// Adds the bias and applies the activation to one image's `[P][M]` output.
-    fn apply_epilogue(&self, out: &mut [f32]) {
+    /// Adds the bias and applies the activation to one image's `[P][M]` output; returns its
+    /// zeros, or None when there is nothing to apply (and so no pass to count them in).
+    fn apply_epilogue(&self, out: &mut [f32]) -> Option<usize> {
         if !self.spec.bias && self.epilogue.activation == Activation::None {
-            return;
+            return None;
         }
         let m_len = self.spec.filters;
-        let bias = &self.epilogue.bias;
-        let act = self.epilogue.activation;
-        out.par_chunks_mut(EPILOGUE_ROWS_PER_TASK * m_len)
-            .for_each(|chunk| {
-                for row in chunk.chunks_exact_mut(m_len) {
-                    for (v, b) in row.iter_mut().zip(bias) {
-                        *v = act.apply(*v + b);
-                    }
-                }
-            });
+        let zeros = out
+            .par_chunks_mut(EPILOGUE_ROWS_PER_TASK * m_len)
+            .map(|chunk| {
+                chunk
+                    .chunks_exact_mut(m_len)
+                    .map(|row| self.epilogue.apply_row(row, 0))
+                    .sum::<usize>()
+            })
+            .sum();
+        Some(zeros)
     }
 }
 
@@ -91,6 +92,7 @@ impl ConvKernel for Dense {
         }
         let threads = rayon::current_num_threads();
         let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
+        let mut output_zeros = None;
         let in_image = s.height * s.width * c_len;
         for (image, out) in input
             .chunks_exact(in_image)
@@ -135,9 +137,14 @@ impl ConvKernel for Dense {
                 }
             }
             let start = Instant::now();
-            self.apply_epilogue(out);
+            let zeros = self.apply_epilogue(out);
+            output_zeros = zeros.map(|z| output_zeros.unwrap_or(0) + z);
             multiply += start.elapsed();
         }
-        Timing { convert, multiply }
+        Timing {
+            convert,
+            multiply,
+            output_zeros,
+        }
     }
 }

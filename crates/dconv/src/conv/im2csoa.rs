@@ -74,7 +74,7 @@ impl<const NB: usize> Im2Csoa<NB> {
         csoa: &Csoa,
         g: usize,
         out: &mut [f32],
-    ) {
+    ) -> usize {
         let s = &self.spec;
         let (cg, mg, m) = (s.channels_per_group(), s.filters_per_group(), s.filters);
         let taps = s.kernel[0] * s.kernel[1];
@@ -134,10 +134,12 @@ impl<const NB: usize> Im2Csoa<NB> {
                 .zip(tiles.par_iter_mut())
                 .for_each(|(out, t)| outputs.end(out, m, &t.spill));
         }
-        out.par_chunks_mut(m).for_each(|row| {
-            self.epilogue
-                .apply_row(&mut row[g * mg..(g + 1) * mg], g * mg)
-        });
+        out.par_chunks_mut(m)
+            .map(|row| {
+                self.epilogue
+                    .apply_row(&mut row[g * mg..(g + 1) * mg], g * mg)
+            })
+            .sum()
     }
 }
 
@@ -200,7 +202,8 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
                     csoa_tile.locate(s, tile_rows(t, tile, rows));
                 });
             for g in 0..s.groups {
-                self.multiply(&mut ws.csoa_tiles[..tiles], tile, &ws.csoa, g, out);
+                let zeros = self.multiply(&mut ws.csoa_tiles[..tiles], tile, &ws.csoa, g, out);
+                timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
             }
             timing.multiply += converted.elapsed();
         }

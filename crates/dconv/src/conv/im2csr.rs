@@ -103,7 +103,13 @@ impl<const NB: usize> CsrProduct<NB> {
     /// Loops, outside in: blocks of output channels; chunks of k whose panel rows stay in L2
     /// (so that they come from memory once, whichever tile uses them); tiles, in parallel;
     /// slabs of k whose panel rows stay in L1 while every row of the tile reuses them.
-    pub fn multiply_tiles(&self, g: usize, tiles: &mut [CsrTile], tile: usize, out: &mut [f32]) {
+    pub fn multiply_tiles(
+        &self,
+        g: usize,
+        tiles: &mut [CsrTile],
+        tile: usize,
+        out: &mut [f32],
+    ) -> usize {
         let CsrProduct {
             spec,
             panels,
@@ -159,7 +165,8 @@ impl<const NB: usize> CsrProduct<NB> {
                 .for_each(|(out, t)| outputs.end(out, m, &t.spill));
         }
         out.par_chunks_mut(m)
-            .for_each(|row| epilogue.apply_row(&mut row[g * mg..(g + 1) * mg], g * mg));
+            .map(|row| epilogue.apply_row(&mut row[g * mg..(g + 1) * mg], g * mg))
+            .sum()
     }
 }
 
@@ -190,8 +197,13 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
                     });
                 let converted = Instant::now();
                 timing.convert += converted - start;
-                self.product
-                    .multiply_tiles(g, &mut ws.csr_tiles[..rows.div_ceil(tile)], tile, out);
+                let zeros = self.product.multiply_tiles(
+                    g,
+                    &mut ws.csr_tiles[..rows.div_ceil(tile)],
+                    tile,
+                    out,
+                );
+                timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
                 timing.multiply += converted.elapsed();
             }
         }

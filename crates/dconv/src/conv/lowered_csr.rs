@@ -60,8 +60,10 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
                     });
                 let converted = Instant::now();
                 timing.convert += converted - start;
-                self.product
+                let zeros = self
+                    .product
                     .multiply_tiles(g, &mut ws.csr_tiles[..tiles], tile, out);
+                timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
                 timing.multiply += converted.elapsed();
             }
         }

@@ -90,11 +90,15 @@ impl FromStr for Method {
 }
 
 /// Where the time of one run went: converting the input (im2col, compression) and
-/// multiplying. Methods without a conversion step report it as zero.
+/// multiplying (methods without a conversion step report it as zero); and the zeros of the
+/// output, counted as the epilogue wrote them, so that the next layer learns its input
+/// sparsity without another pass over it.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Timing {
     pub convert: Duration,
     pub multiply: Duration,
+    /// Exact zeros in the output, when the method ran an epilogue (bias or activation).
+    pub output_zeros: Option<usize>,
 }
 
 impl Timing {
@@ -136,23 +140,27 @@ impl Epilogue {
         self.activation.apply(acc + self.bias[m])
     }
 
-    /// Finishes the outputs of channels `first..first + row.len()` of one pixel in place.
+    /// Finishes the outputs of channels `first..first + row.len()` of one pixel in place and
+    /// returns how many are exactly zero (what a fused ReLU left).
     #[inline]
-    pub fn apply_row(&self, row: &mut [f32], first: usize) {
+    pub fn apply_row(&self, row: &mut [f32], first: usize) -> usize {
         let bias = &self.bias[first..first + row.len()];
         // One loop per activation, so that each vectorises.
         match self.activation {
-            Activation::None => row.iter_mut().zip(bias).for_each(|(o, b)| *o += b),
-            Activation::Relu => row
-                .iter_mut()
-                .zip(bias)
-                .for_each(|(o, b)| *o = (*o + b).max(0.0)),
-            Activation::Relu6 => row
-                .iter_mut()
-                .zip(bias)
-                .for_each(|(o, b)| *o = (*o + b).clamp(0.0, 6.0)),
+            Activation::None => finish_row(row, bias, |x| x),
+            Activation::Relu => finish_row(row, bias, |x| x.max(0.0)),
+            Activation::Relu6 => finish_row(row, bias, |x| x.clamp(0.0, 6.0)),
         }
     }
+}
+
+/// `row[i] = f(row[i] + bias[i])`, returning how many results are exactly zero.
+#[inline(always)]
+fn finish_row(row: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32) -> usize {
+    row.iter_mut().zip(bias).fold(0, |zeros, (o, b)| {
+        *o = f(*o + b);
+        zeros + (*o == 0.0) as usize
+    })
 }
 
 /// A method with its weights prepared for one layer.

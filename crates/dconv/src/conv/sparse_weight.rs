@@ -254,9 +254,16 @@ impl SparseWeight {
     /// Computes tiles `tiles` of one image into `out`, its output pixels from
     /// `pixels_before(tiles.start * tile)` on; `scratch` holds one tile of every filter,
     /// then the window.
-    fn multiply(&self, planes: &[f32], tiles: Range<usize>, out: &mut [f32], scratch: &mut [f32]) {
+    fn multiply(
+        &self,
+        planes: &[f32],
+        tiles: Range<usize>,
+        out: &mut [f32],
+        scratch: &mut [f32],
+    ) -> usize {
         let first_pixel = self.pixels_before(tiles.start * self.tile);
         let (partial, window) = scratch.split_at_mut(self.partial_len);
+        let mut zeros = 0;
         for t in tiles {
             let start = t * self.tile;
             partial.fill(0.0);
@@ -277,18 +284,26 @@ impl SparseWeight {
                     }
                 }
             }
-            self.finish_tile(partial, start, first_pixel, out);
+            zeros += self.finish_tile(partial, start, first_pixel, out);
         }
+        zeros
     }
 
     /// Writes the tile of partial sums (`[filter][position]`) starting at virtual position
     /// `start` to the NHWC output (`[pixel][filter]`, from `first_pixel` on), through the
     /// epilogue: transposed by blocks of 16 x 16 that stay in L1.
-    fn finish_tile(&self, partial: &[f32], start: usize, first_pixel: usize, out: &mut [f32]) {
+    fn finish_tile(
+        &self,
+        partial: &[f32],
+        start: usize,
+        first_pixel: usize,
+        out: &mut [f32],
+    ) -> usize {
         const BLOCK: usize = 16;
         let filters = self.spec.filters;
         let (ow, oh) = (self.spec.out_width(), self.spec.out_height());
         let mut block = [[0.0f32; BLOCK]; BLOCK];
+        let mut zeros = 0;
         for i0 in (0..self.tile).step_by(BLOCK) {
             let positions = BLOCK.min(self.tile - i0);
             for m0 in (0..filters).step_by(BLOCK) {
@@ -311,10 +326,11 @@ impl SparseWeight {
                     let at = (oy * ow + ox - first_pixel) * filters + m0;
                     let dst = &mut out[at..at + n];
                     dst.copy_from_slice(&sums[..n]);
-                    self.epilogue.apply_row(dst, m0);
+                    zeros += self.epilogue.apply_row(dst, m0);
                 }
             }
         }
+        zeros
     }
 
     /// Splits `tiles` into `jobs` even parts run in parallel, each with its share of `out`
@@ -326,7 +342,7 @@ impl SparseWeight {
         out: &mut [f32],
         scratch: &mut [f32],
         jobs: usize,
-    ) {
+    ) -> usize {
         if jobs <= 1 {
             return self.multiply(planes, tiles, out, scratch);
         }
@@ -336,10 +352,11 @@ impl SparseWeight {
             self.pixels_before(mid * self.tile) - self.pixels_before(tiles.start * self.tile);
         let (out_a, out_b) = out.split_at_mut(pixels * self.spec.filters);
         let (part_a, part_b) = scratch.split_at_mut(half * (self.partial_len + self.window_len));
-        rayon::join(
+        let (zeros_a, zeros_b) = rayon::join(
             || self.split(planes, tiles.start..mid, out_a, part_a, half),
             || self.split(planes, mid..tiles.end, out_b, part_b, jobs - half),
         );
+        zeros_a + zeros_b
     }
 }
 
@@ -369,7 +386,8 @@ impl ConvKernel for SparseWeight {
             self.convert(image, planes);
             let t1 = Instant::now();
             let scratch = &mut ws.partials[skip..skip + scratch_len];
-            self.split(planes, 0..self.tiles, out, scratch, threads);
+            let zeros = self.split(planes, 0..self.tiles, out, scratch, threads);
+            timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
             timing.convert += t1 - t0;
             timing.multiply += t1.elapsed();
         }

@@ -238,11 +238,17 @@ impl ConvStep {
         ws: &mut Workspace,
     ) -> Result<ConvRun> {
         let method = self.choose(input, input_sparsity);
-        self.prepared(method)?.run(input, output, ws)?;
+        let timing = self.prepared(method)?.run(input, output, ws)?;
         Ok(ConvRun {
             method,
-            output_sparsity: (self.counts_zeros && self.choice.needs_sparsity())
-                .then(|| zero_fraction(output)),
+            // The fused activation counted the zeros as it wrote them; a method without an
+            // epilogue pass leaves them to count here.
+            output_sparsity: (self.counts_zeros && self.choice.needs_sparsity()).then(|| {
+                timing.output_zeros.map_or_else(
+                    || zero_fraction(output),
+                    |z| z as f64 / output.len().max(1) as f64,
+                )
+            }),
         })
     }
 
