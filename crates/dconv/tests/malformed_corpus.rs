@@ -2,12 +2,13 @@
 //! example model (no binary blobs), and each test asserts the kind of error, never a panic.
 //! Cases found by fuzzing (scripts/fuzz) are added here too.
 
+use dconv::conv::Method;
 use dconv::onnx::proto::{
     tensor_proto::{DataLocation, DataType},
     AttributeProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto,
 };
 use dconv::runtime::example_model;
-use dconv::{Error, Model, Session, SessionOptions, Tensor};
+use dconv::{Error, Model, Policy, Session, SessionOptions, Tensor};
 use prost::Message;
 use std::path::Path;
 
@@ -286,6 +287,20 @@ fn a_plan_over_the_memory_budget_is_refused() {
         "{e}"
     );
     load_and_run(&example(), options(1 << 20)).unwrap();
+}
+
+/// A method's packed weights count too: im2csr pads the example's 2 filters to a panel of
+/// 128 lanes, 4.6 kB for 72 bytes of weights, over a 2 kB budget that dense fits in.
+#[test]
+fn prepared_weights_count_against_the_budget() {
+    let options = |method| SessionOptions {
+        max_memory: Some(2048),
+        policy: Policy::Force(method),
+        ..Default::default()
+    };
+    let e = load_and_run(&example(), options(Method::Im2Csr)).unwrap_err();
+    assert_in_node(e, "Conv_0", |e| matches!(e, Error::OverBudget { .. }));
+    load_and_run(&example(), options(Method::Dense)).unwrap();
 }
 
 /// Found by reading the Slice arithmetic: steps near i64::MIN/MAX overflowed.

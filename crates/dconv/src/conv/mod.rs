@@ -56,6 +56,25 @@ impl Method {
         Method::SparseWeight,
     ];
 
+    /// At most how many bytes of packed weights preparing this method for `spec` takes
+    /// (saturating): the panels of the sparse-activation methods pad each group's filters to
+    /// whole blocks of 128 output channels, so a depthwise layer grows a hundredfold.
+    pub fn prepared_bytes(self, spec: &ConvSpec) -> usize {
+        const WIDEST_PANEL: usize = 128;
+        let weights = spec.weight_len().unwrap_or(usize::MAX);
+        match self {
+            Method::Reference | Method::Dense => weights.saturating_mul(4),
+            // An offset and a value per weight, at most.
+            Method::SparseWeight => weights.saturating_mul(8),
+            Method::LoweredCsr | Method::Im2Csr | Method::Im2Csoa => {
+                let blocks = spec.filters_per_group().div_ceil(WIDEST_PANEL);
+                [spec.groups, blocks, spec.lowered_cols(), WIDEST_PANEL, 4]
+                    .iter()
+                    .fold(1usize, |acc, &v| acc.saturating_mul(v))
+            }
+        }
+    }
+
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {

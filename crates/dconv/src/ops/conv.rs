@@ -199,7 +199,10 @@ impl ConvDraft {
         let choice = b.selection.choice(&self.spec, weight_sparsity, &prepared);
         let methods = prepared
             .into_iter()
-            .map(|m| Conv::prepare(&self.spec, &self.weights, Some(&self.bias), m))
+            .map(|m| {
+                b.account_prepared(format!("preparing {m}"), m.prepared_bytes(&self.spec))?;
+                Conv::prepare(&self.spec, &self.weights, Some(&self.bias), m)
+            })
             .collect::<Result<Vec<_>>>()?;
         let step = ConvStep {
             methods,

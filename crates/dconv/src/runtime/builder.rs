@@ -87,6 +87,8 @@ pub(crate) struct Builder {
     pub budget: Option<usize>,
     /// Bytes of the constants folded so far.
     pub folded_bytes: usize,
+    /// Bytes of the weights the convolutions' methods packed so far.
+    pub prepared_bytes: usize,
     pub consts: Vec<Arc<Tensor>>,
     /// Element count of each slot.
     pub slot_lens: Vec<usize>,
@@ -106,6 +108,7 @@ impl Builder {
             selection,
             budget,
             folded_bytes: 0,
+            prepared_bytes: 0,
             consts: Vec::new(),
             slot_lens: Vec::new(),
             steps: Vec::new(),
@@ -149,6 +152,26 @@ impl Builder {
         }
         self.folded_bytes = needed;
         Ok(len)
+    }
+
+    /// Accounts for `bytes` of weights a convolution method is about to pack: a method can
+    /// blow small weights up (a depthwise filter padded to a block of output channels), so
+    /// what it packs counts against the budget before it is allocated.
+    pub fn account_prepared(&mut self, what: String, bytes: usize) -> Result<()> {
+        let budget = self.budget.unwrap_or(MAX_FOLDED_BYTES);
+        let needed = self
+            .folded_bytes
+            .saturating_add(self.prepared_bytes)
+            .saturating_add(bytes);
+        if needed > budget {
+            return Err(Error::OverBudget {
+                what,
+                needed,
+                budget,
+            });
+        }
+        self.prepared_bytes += bytes;
+        Ok(())
     }
 
     /// Where a step reads `v` from; a constant becomes (a float copy of) a plan constant.

@@ -241,12 +241,13 @@ fn check_budget(b: &Builder, slot_buffer: &[usize], buffers: usize, budget: usiz
     for (&buffer, &len) in slot_buffer.iter().zip(&b.slot_lens) {
         largest[buffer] = largest[buffer].max(len);
     }
-    let needed = largest.iter().fold(b.folded_bytes, |sum, &len| {
-        sum.saturating_add(len.saturating_mul(size_of::<f32>()))
-    });
+    let needed = largest.iter().fold(
+        b.folded_bytes.saturating_add(b.prepared_bytes),
+        |sum, &len| sum.saturating_add(len.saturating_mul(size_of::<f32>())),
+    );
     if needed > budget {
         return Err(Error::OverBudget {
-            what: format!("the plan's {buffers} buffers and folded constants"),
+            what: format!("the plan's {buffers} buffers, folded constants and prepared weights"),
             needed,
             budget,
         });
