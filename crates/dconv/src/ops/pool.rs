@@ -38,18 +38,22 @@ impl Kernel for Pool {
         let [h, w] = self.input;
         let [oh, ow] = self.output;
         let image_in = h * w * c_len;
-        output
+        // The zeros of each output row are counted while it is still in cache: a pooling
+        // between two convolutions hands the next one its input sparsity.
+        let zeros: usize = output
             .par_chunks_mut(ow * c_len)
             .enumerate()
-            .for_each(|(row, out_row)| {
+            .map(|(row, out_row)| {
                 let (n, oy) = (row / oh, row % oh);
                 let image = &x[n * image_in..(n + 1) * image_in];
                 for ox in 0..ow {
                     let out = &mut out_row[ox * c_len..(ox + 1) * c_len];
                     self.window(image, [oy, ox], out);
                 }
-            });
-        None
+                out_row.iter().filter(|&&v| v == 0.0).count()
+            })
+            .sum();
+        Some(zeros as f64 / output.len().max(1) as f64)
     }
 }
 
