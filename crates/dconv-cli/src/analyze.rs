@@ -5,11 +5,11 @@
 mod chart;
 
 use crate::model_input::InputArgs;
-use crate::profile_arg::ProfileArg;
+use crate::session_args::SessionArgs;
 use crate::Failure;
 use dconv::conv::select::MODELED;
 use dconv::runtime::LayerAnalysis;
-use dconv::{Model, Session, SessionOptions};
+use dconv::{Model, Policy, Session};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -32,7 +32,7 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     svg: Option<PathBuf>,
     #[command(flatten)]
-    profile: ProfileArg,
+    session: SessionArgs,
 }
 
 pub fn run(args: &Args) -> Result<(), Failure> {
@@ -41,11 +41,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     }
     let model = Model::load(&args.model).map_err(Failure::from)?;
     let (input_name, tensor) = args.input.load(&model)?;
-    let options = SessionOptions {
-        threads: args.threads,
-        cost_profile: args.profile.load()?,
-        ..Default::default()
-    };
+    let options = args.session.options(args.threads, Policy::Auto)?;
     let session = Session::new(&model, options).map_err(Failure::from)?;
     eprintln!("timing every method on each convolution ...");
     let layers = session

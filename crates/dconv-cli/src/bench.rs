@@ -4,10 +4,10 @@
 use crate::measure::{measure, ms, Measurement};
 use crate::memory::peak_rss_mb;
 use crate::model_input::InputArgs;
-use crate::profile_arg::ProfileArg;
 use crate::progress::Progress;
+use crate::session_args::SessionArgs;
 use crate::Failure;
-use dconv::{Model, Policy, Session, SessionOptions};
+use dconv::{Model, Policy, Session};
 use serde::Serialize;
 use std::path::PathBuf;
 
@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
     #[command(flatten)]
-    profile: ProfileArg,
+    session: SessionArgs,
 }
 
 /// The JSON report.
@@ -65,12 +65,7 @@ struct LayerRow {
 pub fn run(args: &Args) -> Result<(), Failure> {
     let model = Model::load(&args.model).map_err(Failure::from)?;
     let input = args.input.load(&model)?;
-    let options = SessionOptions {
-        threads: args.threads,
-        policy: args.policy,
-        cost_profile: args.profile.load()?,
-        ..Default::default()
-    };
+    let options = args.session.options(args.threads, args.policy)?;
     let session = Session::new(&model, options).map_err(Failure::from)?;
     let (warmup, runs) = (args.warmup as usize, args.runs as usize);
     let progress = Progress::new((warmup + 2 * runs) as u64, "bench");

@@ -7,10 +7,10 @@ mod demo;
 mod measure;
 mod memory;
 mod model_input;
-mod profile_arg;
 mod progress;
 mod prune;
 mod run;
+mod session_args;
 mod tune;
 
 use clap::error::ErrorKind;

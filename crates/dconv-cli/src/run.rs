@@ -2,10 +2,10 @@
 //! as .npy and, for a classifier, prints its top classes.
 
 use crate::model_input::InputArgs;
-use crate::profile_arg::ProfileArg;
+use crate::session_args::SessionArgs;
 use crate::Failure;
 use dconv::io::npy::write_npy;
-use dconv::{Model, Policy, Session, SessionOptions, Tensor};
+use dconv::{Model, Policy, Session, Tensor};
 use std::path::PathBuf;
 
 /// The most classes listed for a classifier output.
@@ -31,26 +31,13 @@ pub struct Args {
     #[arg(long, value_name = "T", default_value_t = 0)]
     threads: usize,
     #[command(flatten)]
-    profile: ProfileArg,
-    /// Refuse a model whose plan would need more memory than this (bytes, or with a K, M
-    /// or G suffix) [default: 16G].
-    #[arg(long, value_name = "BYTES", value_parser = parse_max_memory)]
-    max_memory: Option<usize>,
-}
-
-fn parse_max_memory(text: &str) -> Result<usize, String> {
-    dconv::limits::parse_bytes(text).map_err(|e| e.to_string())
+    session: SessionArgs,
 }
 
 pub fn run(args: &Args) -> Result<(), Failure> {
     let model = Model::load(&args.model).map_err(Failure::from)?;
     let (input_name, tensor) = args.input.load(&model)?;
-    let options = SessionOptions {
-        threads: args.threads,
-        policy: args.policy,
-        cost_profile: args.profile.load()?,
-        max_memory: args.max_memory,
-    };
+    let options = args.session.options(args.threads, args.policy)?;
     let session = Session::new(&model, options).map_err(Failure::from)?;
     let outputs = session
         .run(&[(input_name.as_str(), tensor)])
