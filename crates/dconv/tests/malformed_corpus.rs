@@ -289,6 +289,24 @@ fn a_plan_over_the_memory_budget_is_refused() {
     load_and_run(&example(), options(1 << 20)).unwrap();
 }
 
+/// Pads near 2^62 overflow the padded shape: an error, not a wrapped size.
+#[test]
+fn pads_that_overflow_the_shape_are_refused() {
+    let mut proto = example();
+    let graph = proto.graph.as_mut().unwrap();
+    graph.node[1] = node("Pad", "Pad_1", &["c", "p"], &["y"]);
+    let huge = 1i64 << 62;
+    graph.initializer.push(TensorProto {
+        name: Some("p".into()),
+        dims: vec![8],
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: vec![0, 0, huge, 0, 0, 0, huge, 0],
+        ..Default::default()
+    });
+    let e = load_and_run(&proto, SessionOptions::default()).unwrap_err();
+    assert_in_node(e, "Pad_1", invalid_model);
+}
+
 /// A method's packed weights count too: im2csr pads the example's 2 filters to a panel of
 /// 128 lanes, 4.6 kB for 72 bytes of weights, over a 2 kB budget that dense fits in.
 #[test]

@@ -279,20 +279,9 @@ fn transpose(b: &mut Builder, ctx: &Ctx, x: &Value) -> Result<Value> {
         }
     }
     let strides = x.strides();
-    let part = CopyPart {
-        input: 0,
-        src: View::new(0, shape.clone(), perm.iter().map(|&a| strides[a]).collect()),
-        dst: View::new(0, shape.clone(), strides_of(&shape)),
-    };
-    b.emit_copy(
-        &[x],
-        shape,
-        Layout::Plain,
-        CopyKernel {
-            parts: vec![part],
-            fill: None,
-        },
-    )
+    let src = View::new(0, shape.clone(), perm.iter().map(|&a| strides[a]).collect());
+    let dst = View::new(0, shape.clone(), strides_of(&shape));
+    copy_one_view(b, x, shape, src, dst, None)
 }
 
 fn concat(b: &mut Builder, ctx: &Ctx, inputs: &[&Value]) -> Result<Value> {
@@ -419,20 +408,9 @@ fn slice(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> 
             strides[a]
         };
     }
-    let part = CopyPart {
-        input: 0,
-        src: View::new(offset, shape.clone(), src_strides),
-        dst: View::new(0, shape.clone(), strides_of(&shape)),
-    };
-    b.emit_copy(
-        &[x],
-        shape,
-        Layout::Plain,
-        CopyKernel {
-            parts: vec![part],
-            fill: None,
-        },
-    )
+    let src = View::new(offset, shape.clone(), src_strides);
+    let dst = View::new(0, shape.clone(), strides_of(&shape));
+    copy_one_view(b, x, shape, src, dst, None)
 }
 
 fn pad(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> {
@@ -482,23 +460,46 @@ fn pad(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> {
         )));
     }
     let pads = to_sizes(&pads, "Pad pads (negative pads are not supported)")?;
-    let shape: Vec<usize> = (0..rank)
-        .map(|i| x.shape()[i] + pads[i] + pads[i + rank])
-        .collect();
+    let shape = (0..rank)
+        .map(|i| {
+            x.shape()[i]
+                .checked_add(pads[i])
+                .and_then(|d| d.checked_add(pads[i + rank]))
+                .ok_or_else(|| Error::InvalidModel(format!("Pad pads {pads:?} overflow the shape")))
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    // The offset below indexes the output: its element count must fit an isize.
+    let elements = crate::limits::checked_elements(&shape, "the output of Pad")?;
+    if isize::try_from(elements).is_err() {
+        return Err(Error::InvalidModel(format!(
+            "Pad output {shape:?} is too large"
+        )));
+    }
     let out_strides = strides_of(&shape);
     let offset: isize = (0..rank).map(|i| pads[i] as isize * out_strides[i]).sum();
-    let part = CopyPart {
-        input: 0,
-        src: View::new(0, x.shape().to_vec(), x.strides()),
-        dst: View::new(offset, x.shape().to_vec(), out_strides),
-    };
+    let src = View::new(0, x.shape().to_vec(), x.strides());
+    let dst = View::new(offset, x.shape().to_vec(), out_strides);
+    copy_one_view(b, x, shape, src, dst, Some(value))
+}
+
+/// Emits a copy of one strided view of `x` (`src`) into `dst`, a view of a plain tensor of
+/// `shape` whose other elements are `fill` (or all covered by `dst`).
+fn copy_one_view(
+    b: &mut Builder,
+    x: &Value,
+    shape: Vec<usize>,
+    src: View,
+    dst: View,
+    fill: Option<f32>,
+) -> Result<Value> {
+    let part = CopyPart { input: 0, src, dst };
     b.emit_copy(
         &[x],
         shape,
         Layout::Plain,
         CopyKernel {
             parts: vec![part],
-            fill: Some(value),
+            fill,
         },
     )
 }
