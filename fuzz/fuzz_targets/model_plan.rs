@@ -37,6 +37,7 @@ libfuzzer_sys::fuzz_target!(|bytes: &[u8]| {
         threads: 0,
         policy: Policy::Auto,
         max_memory: Some(MAX_MEMORY),
+        ..Default::default()
     };
     let Ok(session) = Session::new(&model, options) else {
         return;
