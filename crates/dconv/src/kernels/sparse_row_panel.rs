@@ -84,7 +84,9 @@ pub(crate) fn accumulate_rows<const NB: usize>(
     }
 }
 
-/// Where a column read from a sparse row does not index a row of the panel.
+/// Where a column read from a sparse row does not index a row of the panel (the x86
+/// kernels read through raw pointers; the others index slices, which check for themselves).
+#[cfg(target_arch = "x86_64")]
 #[cold]
 #[inline(never)]
 fn column_outside_panel(col: usize, rows: usize) -> ! {
