@@ -295,11 +295,12 @@ fn wrong_buffers_are_errors() {
     }
 }
 
-/// Sparse-weight splits the input channels into blocks that fit L1 and the positions into
-/// tiles per thread; the random shapes above are too small to need several of either.
+/// Sparse-weight splits the input channels into blocks that fit L1 and the output rows into
+/// bands whose planes fit L2; the random shapes above are too small to need several of
+/// either. (A unit test in `conv::sparse_weight` checks that this shape needs both.)
 #[test]
-fn sparse_weight_with_many_channel_blocks_and_tiles() {
-    let spec = ConvSpec::new(96, 23, 21, 24, [3, 3])
+fn sparse_weight_with_many_channel_blocks_and_bands() {
+    let spec = ConvSpec::new(96, 150, 37, 24, [3, 3])
         .with_stride([2, 1])
         .with_dilation([1, 2])
         .with_padding([1, 2, 0, 1])

@@ -140,9 +140,10 @@ pub struct Workspace {
     pub(crate) lowered_tiles: Vec<Vec<f32>>,
     /// Per tile of output rows, where im2CSOA reads its pixel lists.
     pub(crate) csoa_tiles: Vec<im2csoa::CsoaTile>,
-    /// Zero-padded, channel-major input planes (sparse-weight).
+    /// Zero-padded, channel-major input planes of one band of output rows (sparse-weight).
     pub(crate) planes: Vec<f32>,
-    /// Per-thread partial sums of a tile of output positions for every filter.
+    /// A band's sums of every tile and filter, then one input window per thread
+    /// (sparse-weight).
     pub(crate) partials: Vec<f32>,
 }
 

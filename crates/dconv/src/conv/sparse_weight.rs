@@ -1,36 +1,41 @@
 //! Direct sparse convolution: sparse weights x dense activations, with no lowered matrix.
 //!
-//! Each image is copied into zero-padded, channel-major input planes. With a stride, every
-//! channel is split into `stride_h x stride_w` phase planes (space to depth: phase
-//! `(ph, pw)` holds `Xpad[c][y*sh + ph][x*sw + pw]`), so that each kernel position `(r, s)`
-//! of a channel reads one phase plane at a constant shift. The output is computed on a
-//! "virtual" grid of `OH x Wq` positions, `Wq` the phase-plane width: virtual position
-//! `q = oy * Wq + ox` of filter `m` is the sum over its non-zero weights `w` of
-//! `w * planes[offset(w) + q]`, so a tile of consecutive positions reads one contiguous
-//! stretch of the planes per weight ([`shifted_axpy`]). Positions with `ox >= OW` read
-//! across row ends; they are computed and dropped.
+//! The output is computed in bands of tile rows small enough that their inputs and sums stay
+//! in L2. For each band, the input rows it reads are transposed into zero-padded,
+//! channel-major input planes. With a stride,
+//! every channel is split into `stride_h x stride_w` phase planes (space to depth: phase
+//! `(ph, pw)` holds `Xpad[c][y*sh + ph][x*sw + pw]`), so that kernel position `(r, s)` of
+//! output `(oy, ox)` reads phase `(r*dh % sh, s*dw % sw)` at `(oy + r*dh/sh, ox + s*dw/sw)`.
 //!
-//! Prepare turns the weights into taps (offset, value), per filter and per block of input
-//! channels; run loops over tiles of positions (split across threads), channel blocks
-//! small enough that their stretch of planes stays in L1, and filters, accumulating each
-//! filter's tile in registers and its partial sums in a per-thread buffer.
+//! The output is computed in tiles of `rows x lanes` positions (`lanes` = one vector; rows
+//! as many as the kernel keeps in registers), filter by filter: each non-zero weight is a
+//! tap that adds `w x` (a `rows x lanes` patch of one plane) to the filter's tile
+//! ([`shifted_axpy`]). For a tile and a block of channels, the patches every tap reads are
+//! first copied into a small window that stays in L1 across all filters: per channel, row
+//! phase and kernel column, `rows + max_row` rows of one vector each, so every tap reads
+//! whole, aligned vectors and a 3 x 3 kernel copies each input value about
+//! `3 (1 + 2 / rows)` times, not 9.
 //!
-//! Loads that straddle two cache lines cost double, and a kernel column `s` shifts a tap's
-//! reads by `s` floats. So plane rows are padded to whole vectors, and for each tile and
-//! channel block the stretch of planes it reads is copied into a small per-thread window
-//! once per column shift (copy `k` starts `shifts[k]` floats further on): every tap then
-//! reads whole, aligned vectors of the window, which stays in L1 across all filters.
+//! Tiles are computed into a staging buffer (`[tile][filter][row][lane]`), a band of tile
+//! rows at a time, then transposed into the channels-last output through the epilogue.
+//! Threads share a band's (tile, filter chunk) items; when tiles are fewer than threads,
+//! filters are split into chunks so that every thread has work.
 
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::error::{Error, Result};
-use crate::kernels::shifted_axpy::{shifted_axpy, tile_width, vector_floats, Tap, TapList};
+use crate::kernels::shifted_axpy::{max_tile_rows, shifted_axpy, vector_floats, Tap, TapList};
+use crate::kernels::transpose::transpose;
 use crate::kernels::Isa;
 use rayon::prelude::*;
 use std::ops::Range;
 use std::time::Instant;
 
-/// Bytes of window (input planes) a channel block may take: most of a 48 KB L1.
+/// Bytes of window (input patches) a channel block may take: most of a 48 KB L1.
 const L1_BUDGET: usize = 36 * 1024;
+
+/// Bytes of input planes and staged sums a band of tile rows may take (at least one tile
+/// row): most of a 2 MB L2.
+const BAND_BUDGET: usize = 3 << 19;
 
 /// Floats of a 64-byte cache line.
 const LINE: usize = 64 / std::mem::size_of::<f32>();
@@ -47,23 +52,27 @@ pub(crate) struct SparseWeight {
     /// Channels per block, and blocks.
     block: usize,
     blocks: usize,
-    /// Floats per tile of virtual positions.
-    tile: usize,
-    /// Tiles covering the `OH x Wq` virtual positions of one image.
-    tiles: usize,
-    /// Phase-plane height and width (a whole number of vectors).
-    plane_h: usize,
+    /// Output rows and columns (one vector) per tile, and floats per tile.
+    rows: usize,
+    lanes: usize,
+    tile_len: usize,
+    /// Tiles down and across the output, and tile rows per band.
+    tiles_y: usize,
+    tiles_x: usize,
+    band: usize,
+    /// Distinct row phases `r*dh % sh` the kernel reads, and the largest row shift.
+    row_phases: Vec<usize>,
+    max_row: usize,
+    /// Per kernel column `s`: its column phase `s*dw % sw` and shift `s*dw / sw`.
+    columns: Vec<(usize, usize)>,
+    /// Phase-plane width (columns), and floats of one band's phase plane (`band * rows +
+    /// max_row` rows) and of all phase planes of a channel.
     plane_w: usize,
-    /// Column shifts of the window copies, ascending from 0.
-    shifts: Vec<usize>,
-    /// Floats of all phase planes of one channel.
+    plane: usize,
     channel_stride: usize,
-    /// Floats of the planes buffer of one image, with slack for the window reads.
-    planes_len: usize,
-    /// Floats of a window segment: one tile's stretch of one phase plane.
+    /// Floats of one patch (`rows + max_row` vectors).
     segment: usize,
-    /// Floats per thread: partial sums of every filter, then the window (both whole lines).
-    partial_len: usize,
+    /// Floats of a thread's window (whole cache lines).
     window_len: usize,
 }
 
@@ -72,29 +81,47 @@ impl SparseWeight {
         let [sh, sw] = spec.stride;
         let [dh, dw] = spec.dilation;
         let [kr, ks] = spec.kernel;
-        let [padded_h, padded_w] = spec.padded_size()?;
+        let [_, padded_w] = spec.padded_size()?;
+        let (out_h, out_w) = (spec.out_height(), spec.out_width());
         let too_large = || Error::Overflow("sparse-weight input planes");
-        // Plane rows and window segments are whole vectors, so that every tap of a tile
-        // (whose start is a multiple of the vector) reads aligned vectors.
-        let align = vector_floats(isa);
-        let plane_h = padded_h.div_ceil(sh);
-        let plane_w = padded_w.div_ceil(sw).next_multiple_of(align);
-        let plane = plane_h.checked_mul(plane_w).ok_or_else(too_large)?;
-        let phases = sh * sw;
-        let channel_stride = plane.checked_mul(phases).ok_or_else(too_large)?;
-        // One window copy per column shift (modulo the vector) that a kernel column needs.
-        let mut shifts: Vec<usize> = (0..ks).map(|s| s * dw / sw % align).collect();
-        shifts.sort_unstable();
-        shifts.dedup();
-        let tile = tile_width(isa);
-        let tiles = (spec.out_height() * plane_w).div_ceil(tile);
 
-        // A segment holds what the taps of one phase plane read for a tile.
+        let lanes = vector_floats(isa);
+        let rows = tile_rows(out_h, max_tile_rows(isa));
+        let tile_len = rows * lanes;
+        let (tiles_y, tiles_x) = (out_h.div_ceil(rows), out_w.div_ceil(lanes));
+
+        let mut row_phases: Vec<usize> = (0..kr).map(|r| r * dh % sh).collect();
+        row_phases.sort_unstable();
+        row_phases.dedup();
         let max_row = (kr - 1) * dh / sh;
-        let max_column = (ks - 1) * dw / sw / align * align;
-        let segment = (tile + max_row * plane_w + max_column).next_multiple_of(align);
-        let window_channel = segment * phases * shifts.len();
-        // Channels per block: their window should fit L1.
+        let columns: Vec<(usize, usize)> = (0..ks).map(|s| (s * dw % sw, s * dw / sw)).collect();
+        let max_column = (ks - 1) * dw / sw;
+
+        // Plane rows cover the padded width and every patch a tile reads, even past the
+        // output; a band's planes hold the plane rows its tiles read.
+        let plane_w = padded_w.div_ceil(sw).max(tiles_x * lanes + max_column);
+        let plane_row_bytes = (spec.channels * sh * sw)
+            .checked_mul(plane_w * 4)
+            .ok_or_else(too_large)?;
+        let tile_row_bytes = (tiles_x * spec.filters)
+            .checked_mul(tile_len * 4)
+            .ok_or_else(too_large)?;
+        let band_bytes =
+            |band: usize| (band * rows + max_row) * plane_row_bytes + band * tile_row_bytes;
+        let band = (1..tiles_y)
+            .take_while(|&band| band_bytes(band + 1) <= BAND_BUDGET)
+            .last()
+            .map_or(1, |band| band + 1);
+        let plane = (band * rows + max_row)
+            .checked_mul(plane_w)
+            .ok_or_else(too_large)?;
+        let channel_stride = plane.checked_mul(sh * sw).ok_or_else(too_large)?;
+        spec.channels
+            .checked_mul(channel_stride)
+            .ok_or_else(too_large)?;
+
+        let segment = (rows + max_row) * lanes;
+        let window_channel = row_phases.len() * ks * segment;
         let block = (L1_BUDGET / (4 * window_channel)).clamp(1, spec.channels);
         let blocks = spec.channels.div_ceil(block);
         let window_len = (block * window_channel).next_multiple_of(LINE);
@@ -111,18 +138,15 @@ impl SparseWeight {
                     (b * block).max(group_first)..((b + 1) * block).min(group_first + cg);
                 for c in channels {
                     for r in 0..kr {
+                        let phase = row_phases.binary_search(&(r * dh % sh)).expect("listed");
                         for s in 0..ks {
                             let w = weights[((m * cg + c - group_first) * kr + r) * ks + s];
                             if w == 0.0 {
                                 continue;
                             }
-                            let phase = (r * dh % sh) * sw + s * dw % sw;
-                            let column = s * dw / sw;
-                            let copy = shifts.binary_search(&(column % align)).expect("listed");
                             let offset = (c - b * block) * window_channel
-                                + (copy * phases + phase) * segment
-                                + (r * dh / sh) * plane_w
-                                + column / align * align;
+                                + (phase * ks + s) * segment
+                                + r * dh / sh * lanes;
                             let offset = u32::try_from(offset).map_err(|_| too_large())?;
                             taps.push(Tap { offset, weight: w });
                         }
@@ -133,12 +157,7 @@ impl SparseWeight {
             }
         }
         let taps = TapList::new(taps);
-        debug_assert!(taps.span() + tile <= window_len + 1);
-        // Window reads run up to `segment + shift` past a tile start.
-        let planes_len = (spec.channels.checked_mul(channel_stride))
-            .and_then(|len| len.checked_add(tiles * tile + segment + align))
-            .ok_or_else(too_large)?;
-        let partial_len = spec.filters * tile;
+        debug_assert!(taps.span() + tile_len <= window_len + 1);
         Ok(SparseWeight {
             spec,
             isa,
@@ -147,250 +166,362 @@ impl SparseWeight {
             starts,
             block,
             blocks,
-            tile,
-            tiles,
-            plane_h,
+            rows,
+            lanes,
+            tile_len,
+            tiles_y,
+            tiles_x,
+            band,
+            row_phases,
+            max_row,
+            columns,
             plane_w,
-            shifts,
+            plane,
             channel_stride,
-            planes_len,
             segment,
-            partial_len,
             window_len,
         })
     }
 
-    /// Copies one NHWC image into the zero-padded phase planes, one plane row at a time.
-    /// Only cells inside the padded image are written: the others are read by dropped
-    /// positions only.
-    fn convert(&self, image: &[f32], planes: &mut [f32]) {
+    /// Transposes the rows of one NHWC image that the band of tile rows from `band_start`
+    /// reads into the band's phase planes, a padded row at a time. Only cells inside the
+    /// padded image are written: the others are read by dropped positions only.
+    fn convert(&self, image: &[f32], band_start: usize, planes: &mut [f32]) {
         let s = &self.spec;
         let [sh, sw] = s.stride;
         let [padded_h, padded_w] = s.padded_size().expect("validated spec");
+        let first = band_start * self.rows;
+        let plane_rows = first..(first + self.plane / self.plane_w).min(padded_h.div_ceil(sh));
         let (top, left, width) = (s.padding.top, s.padding.left, s.width);
-        let plane = self.plane_h * self.plane_w;
-        // Blocks of 16 channels: one cache line of each input pixel, reused across them.
+        // Blocks of 16 channels: one cache line of each input pixel, shared between threads.
         const CHANNELS: usize = 16;
         planes[..s.channels * self.channel_stride]
             .par_chunks_mut(CHANNELS * self.channel_stride)
             .enumerate()
             .for_each(|(chunk, planes)| {
-                for y in 0..padded_h {
-                    let row = (y % sh * sw) * plane + y / sh * self.plane_w;
+                let channels = planes.len() / self.channel_stride;
+                for (y, py) in plane_rows
+                    .clone()
+                    .flat_map(|py| self.row_phases.iter().map(move |&ph| (py * sh + ph, py)))
+                    .filter(|&(y, _)| y < padded_h)
+                {
                     let iy = y.checked_sub(top).filter(|&iy| iy < s.height);
-                    for (c, planes) in planes.chunks_exact_mut(self.channel_stride).enumerate() {
-                        for pw in 0..sw.min(padded_w) {
-                            // Plane row of phase (y % sh, pw): padded columns j * sw + pw.
-                            let start = row + pw * plane;
-                            let len = (padded_w - pw).div_ceil(sw);
-                            let dst = &mut planes[start..start + len];
-                            if let Some(iy) = iy {
-                                // Columns inside the input: left <= j * sw + pw < left + width.
-                                let lo = left.saturating_sub(pw).div_ceil(sw).min(len);
-                                let hi = (left + width).saturating_sub(pw).div_ceil(sw).min(len);
-                                let (head, rest) = dst.split_at_mut(lo);
-                                let (body, tail) = rest.split_at_mut(hi.max(lo) - lo);
-                                head.fill(0.0);
-                                tail.fill(0.0);
-                                if !body.is_empty() {
-                                    let ix = lo * sw + pw - left;
-                                    let from =
-                                        (iy * width + ix) * s.channels + chunk * CHANNELS + c;
-                                    let src = image[from..].iter().step_by(sw * s.channels);
-                                    for (d, &v) in body.iter_mut().zip(src) {
-                                        *d = v;
-                                    }
-                                }
-                            } else {
-                                dst.fill(0.0);
-                            }
+                    for pw in 0..sw.min(padded_w) {
+                        // Phase (y % sh, pw), row y / sh: padded columns x * sw + pw.
+                        let row = (y % sh * sw + pw) * self.plane + (py - first) * self.plane_w;
+                        let len = (padded_w - pw).div_ceil(sw);
+                        // Columns inside the input: left <= x * sw + pw < left + width.
+                        let (lo, hi) = match iy {
+                            Some(_) => (
+                                left.saturating_sub(pw).div_ceil(sw).min(len),
+                                (left + width).saturating_sub(pw).div_ceil(sw).min(len),
+                            ),
+                            None => (len, len),
+                        };
+                        for c in 0..channels {
+                            let dst = &mut planes[c * self.channel_stride + row..][..len];
+                            dst[..lo].fill(0.0);
+                            dst[hi.max(lo)..].fill(0.0);
+                        }
+                        if let (Some(iy), true) = (iy, hi > lo) {
+                            let ix = lo * sw + pw - left;
+                            let from = (iy * width + ix) * s.channels + chunk * CHANNELS;
+                            transpose(
+                                self.isa,
+                                &image[from..],
+                                sw * s.channels,
+                                &mut planes[row + lo..],
+                                self.channel_stride,
+                                (hi - lo, channels),
+                            );
                         }
                     }
                 }
             });
     }
 
-    /// Output pixels of one image before virtual position `q`.
-    fn pixels_before(&self, q: usize) -> usize {
-        let ow = self.spec.out_width();
-        (q / self.plane_w * ow + (q % self.plane_w).min(ow)).min(self.spec.out_pixels())
-    }
-
-    /// Copies what channel block `b` reads for the tile starting at `start` into the window:
-    /// per channel, copy and phase plane, `segment` floats from `start + shift` on.
-    fn fill_window(&self, planes: &[f32], b: usize, start: usize, window: &mut [f32]) {
-        let phases = self.spec.stride[0] * self.spec.stride[1];
-        let plane = self.plane_h * self.plane_w;
+    /// Copies what channel block `b` reads for the tile at band plane position `(y0, x0)` into
+    /// the window: per channel, row phase and kernel column, `rows + max_row` vectors.
+    fn fill_window<const L: usize>(
+        &self,
+        planes: &[f32],
+        b: usize,
+        y0: usize,
+        x0: usize,
+        window: &mut [f32],
+    ) {
+        let sw = self.spec.stride[1];
         let channels = b * self.block..((b + 1) * self.block).min(self.spec.channels);
         let mut segments = window.chunks_exact_mut(self.segment);
         for c in channels {
-            for &shift in &self.shifts {
-                for phase in 0..phases {
-                    let from = c * self.channel_stride + phase * plane + start + shift;
+            for &ph in &self.row_phases {
+                for &(pw, column) in &self.columns {
+                    let plane = c * self.channel_stride + (ph * sw + pw) * self.plane;
+                    let first = plane + y0 * self.plane_w + x0 + column;
                     let dst = segments.next().expect("window holds the block");
-                    dst.copy_from_slice(&planes[from..from + self.segment]);
+                    for (k, dst) in dst.chunks_exact_mut(L).enumerate() {
+                        let from = first + k * self.plane_w;
+                        let src: &[f32; L] = planes[from..from + L].try_into().expect("L floats");
+                        let dst: &mut [f32; L] = dst.try_into().expect("L floats");
+                        *dst = *src;
+                    }
                 }
             }
         }
     }
 
-    /// Hints the cache lines that `fill_window(planes, b, start, ..)` reads into L2.
-    fn prefetch_window(&self, planes: &[f32], b: usize, start: usize) {
-        let phases = self.spec.stride[0] * self.spec.stride[1];
-        let plane = self.plane_h * self.plane_w;
-        let span = self.segment + self.shifts.last().copied().unwrap_or(0);
+    /// Hints the cache lines that `fill_window(planes, b, y0, x0, ..)` reads into L2.
+    fn prefetch_window(&self, planes: &[f32], b: usize, y0: usize, x0: usize) {
+        let sw = self.spec.stride[1];
+        let span = self.lanes + self.columns.iter().map(|c| c.1).max().unwrap_or(0);
         let channels = b * self.block..((b + 1) * self.block).min(self.spec.channels);
         for c in channels {
-            for phase in 0..phases {
-                let from = c * self.channel_stride + phase * plane + start;
-                let lines = planes.get(from..(from + span).min(planes.len()));
-                for line in lines.into_iter().flat_map(|l| l.chunks(LINE)) {
-                    crate::kernels::prefetch_l2(line);
+            for &ph in &self.row_phases {
+                for pw in 0..sw {
+                    let plane = c * self.channel_stride + (ph * sw + pw) * self.plane;
+                    for k in 0..self.rows + self.max_row {
+                        let from = plane + (y0 + k) * self.plane_w + x0;
+                        for line in planes[from..from + span].chunks(LINE) {
+                            crate::kernels::prefetch_l2(line);
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Computes tiles `tiles` of one image into `out`, its output pixels from
-    /// `pixels_before(tiles.start * tile)` on; `scratch` holds one tile of every filter,
-    /// then the window.
+    /// Filters `m` of chunk `chunk` out of `chunks`.
+    fn chunk_filters(&self, chunk: usize, chunks: usize) -> Range<usize> {
+        let m = self.spec.filters;
+        chunk * m / chunks..(chunk + 1) * m / chunks
+    }
+
+    /// Where item `k` (tile `k / chunks` of the band, filter chunk `k % chunks`) starts in
+    /// the band's staging buffer.
+    fn staged_at(&self, k: usize, chunks: usize) -> usize {
+        let filters = self.chunk_filters(k % chunks, chunks);
+        (k / chunks * self.spec.filters + filters.start) * self.tile_len
+    }
+
+    /// Computes `items` of a band whose tiles are cut into `chunks` filter chunks into
+    /// `staged` (which starts where the first item does), with `window` as the thread's
+    /// window.
     fn multiply(
         &self,
         planes: &[f32],
-        tiles: Range<usize>,
-        out: &mut [f32],
-        scratch: &mut [f32],
-    ) -> usize {
-        let first_pixel = self.pixels_before(tiles.start * self.tile);
-        let (partial, window) = scratch.split_at_mut(self.partial_len);
-        let mut zeros = 0;
-        for t in tiles {
-            let start = t * self.tile;
-            partial.fill(0.0);
+        chunks: usize,
+        items: Range<usize>,
+        staged: &mut [f32],
+        window: &mut [f32],
+    ) {
+        let origin = self.staged_at(items.start, chunks);
+        for k in items {
+            let (tile, filters) = (k / chunks, self.chunk_filters(k % chunks, chunks));
+            let y0 = tile / self.tiles_x * self.rows;
+            let x0 = tile % self.tiles_x * self.lanes;
+            let from = self.staged_at(k, chunks) - origin;
+            let sums = &mut staged[from..from + filters.len() * self.tile_len];
+            sums.fill(0.0);
             for b in 0..self.blocks {
-                self.fill_window(planes, b, start, window);
-                // The planes are larger than L2: ask for the next block's while this one runs.
-                let (next_b, next_start) = if b + 1 < self.blocks {
-                    (b + 1, start)
-                } else {
-                    (0, start + self.tile)
-                };
-                self.prefetch_window(planes, next_b, next_start);
-                for (m, acc) in partial.chunks_exact_mut(self.tile).enumerate() {
-                    let i = m * self.blocks + b;
-                    let range = self.starts[i]..self.starts[i + 1];
+                match self.lanes {
+                    16 => self.fill_window::<16>(planes, b, y0, x0, window),
+                    8 => self.fill_window::<8>(planes, b, y0, x0, window),
+                    _ => self.fill_window::<4>(planes, b, y0, x0, window),
+                }
+                if b + 1 < self.blocks {
+                    // The planes are larger than L2: ask for the next block's while this runs.
+                    self.prefetch_window(planes, b + 1, y0, x0);
+                }
+                for (i, m) in filters.clone().enumerate() {
+                    let at = m * self.blocks + b;
+                    let range = self.starts[at]..self.starts[at + 1];
+                    // The sums come from L2: ask for the next filter's while this one runs.
+                    if let Some(next) = sums.get((i + 1) * self.tile_len..(i + 2) * self.tile_len) {
+                        crate::kernels::prefetch_l1(next);
+                    }
                     if !range.is_empty() {
+                        let acc = &mut sums[i * self.tile_len..(i + 1) * self.tile_len];
                         shifted_axpy(self.isa, window, &self.taps, range, 0, acc);
                     }
                 }
             }
-            zeros += self.finish_tile(partial, start, first_pixel, out);
         }
-        zeros
     }
 
-    /// Writes the tile of partial sums (`[filter][position]`) starting at virtual position
-    /// `start` to the NHWC output (`[pixel][filter]`, from `first_pixel` on), through the
-    /// epilogue: transposed by blocks of 16 x 16 that stay in L1.
-    fn finish_tile(
-        &self,
-        partial: &[f32],
-        start: usize,
-        first_pixel: usize,
-        out: &mut [f32],
-    ) -> usize {
-        const BLOCK: usize = 16;
-        let filters = self.spec.filters;
-        let (ow, oh) = (self.spec.out_width(), self.spec.out_height());
-        let mut block = [[0.0f32; BLOCK]; BLOCK];
-        let mut zeros = 0;
-        for i0 in (0..self.tile).step_by(BLOCK) {
-            let positions = BLOCK.min(self.tile - i0);
-            for m0 in (0..filters).step_by(BLOCK) {
-                let n = BLOCK.min(filters - m0);
-                for (j, row) in partial[m0 * self.tile..]
-                    .chunks_exact(self.tile)
-                    .take(n)
-                    .enumerate()
-                {
-                    for (k, &v) in row[i0..i0 + positions].iter().enumerate() {
-                        block[k][j] = v;
-                    }
-                }
-                for (k, sums) in block.iter().enumerate().take(positions) {
-                    let q = start + i0 + k;
-                    let (oy, ox) = (q / self.plane_w, q % self.plane_w);
-                    if ox >= ow || oy >= oh {
-                        continue;
-                    }
-                    let at = (oy * ow + ox - first_pixel) * filters + m0;
-                    let dst = &mut out[at..at + n];
-                    dst.copy_from_slice(&sums[..n]);
-                    zeros += self.epilogue.apply_row(dst, m0);
-                }
-            }
-        }
-        zeros
-    }
-
-    /// Splits `tiles` into `jobs` even parts run in parallel, each with its share of `out`
-    /// (whose first pixel is where `tiles` starts) and its scratch (partial sums, window).
+    /// Splits `items` into `jobs` even parts run in parallel, each with its share of
+    /// `staged` and of the windows in `scratch`.
     fn split(
         &self,
         planes: &[f32],
-        tiles: Range<usize>,
-        out: &mut [f32],
+        chunks: usize,
+        items: Range<usize>,
+        staged: &mut [f32],
         scratch: &mut [f32],
         jobs: usize,
-    ) -> usize {
+    ) {
         if jobs <= 1 {
-            return self.multiply(planes, tiles, out, scratch);
+            return self.multiply(
+                planes,
+                chunks,
+                items,
+                staged,
+                &mut scratch[..self.window_len],
+            );
         }
         let half = jobs / 2;
-        let mid = tiles.start + tiles.len() * half / jobs;
-        let pixels =
-            self.pixels_before(mid * self.tile) - self.pixels_before(tiles.start * self.tile);
-        let (out_a, out_b) = out.split_at_mut(pixels * self.spec.filters);
-        let (part_a, part_b) = scratch.split_at_mut(half * (self.partial_len + self.window_len));
-        let (zeros_a, zeros_b) = rayon::join(
-            || self.split(planes, tiles.start..mid, out_a, part_a, half),
-            || self.split(planes, mid..tiles.end, out_b, part_b, jobs - half),
+        let mid = items.start + items.len() * half / jobs;
+        let at = self.staged_at(mid, chunks) - self.staged_at(items.start, chunks);
+        let (staged_a, staged_b) = staged.split_at_mut(at);
+        let (scratch_a, scratch_b) = scratch.split_at_mut(half * self.window_len);
+        rayon::join(
+            || self.split(planes, chunks, items.start..mid, staged_a, scratch_a, half),
+            || {
+                self.split(
+                    planes,
+                    chunks,
+                    mid..items.end,
+                    staged_b,
+                    scratch_b,
+                    jobs - half,
+                )
+            },
         );
-        zeros_a + zeros_b
     }
+
+    /// Writes output rows `out_rows` of the band starting at tile row `band_start` from the
+    /// staged sums into `out` (those rows, channels-last) through the epilogue; returns the
+    /// zeros written.
+    fn finish(
+        &self,
+        staged: &[f32],
+        band_start: usize,
+        out_rows: Range<usize>,
+        out: &mut [f32],
+    ) -> usize {
+        let (ow, filters) = (self.spec.out_width(), self.spec.filters);
+        out.par_chunks_mut(ow * filters)
+            .zip(out_rows)
+            .map(|(row, y)| {
+                let (tile_row, i) = (y / self.rows - band_start, y % self.rows);
+                for tx in 0..self.tiles_x {
+                    let tile = tile_row * self.tiles_x + tx;
+                    let src = &staged[tile * filters * self.tile_len + i * self.lanes..];
+                    let cols = self.lanes.min(ow - tx * self.lanes);
+                    let dst = &mut row[tx * self.lanes * filters..];
+                    transpose(self.isa, src, self.tile_len, dst, filters, (filters, cols));
+                }
+                row.chunks_exact_mut(filters)
+                    .map(|pixel| self.epilogue.apply_row(pixel, 0))
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+}
+
+/// Rows per tile for an output of `height` rows, at most `max`: the count in
+/// `max/2 ..= max` that computes the fewest rows past the output (the largest on ties), so
+/// that 15, 30, 60 and 120 rows take tiles of 15 and 224 takes 16.
+fn tile_rows(height: usize, max: usize) -> usize {
+    if height <= max {
+        return height.max(1);
+    }
+    (max.div_ceil(2)..=max)
+        .rev()
+        .min_by_key(|&rows| height.div_ceil(rows) * rows)
+        .expect("non-empty range")
 }
 
 impl ConvKernel for SparseWeight {
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.spec;
-        let threads = rayon::current_num_threads().clamp(1, self.tiles);
-        // Each thread's scratch: partial sums and window, both whole cache lines; one line
-        // of slack to start the first (and so every) window on a line.
-        let scratch_len = threads * (self.partial_len + self.window_len);
-        if ws.planes.len() < self.planes_len {
-            ws.planes.resize(self.planes_len, 0.0);
+        let threads = rayon::current_num_threads().max(1);
+        let planes_len = s.channels * self.channel_stride;
+        let staged_len =
+            (self.band * self.tiles_x * s.filters * self.tile_len).next_multiple_of(LINE);
+        // Staged sums, then one window per thread; one line of slack to start both on a line.
+        let scratch_len = staged_len + threads * self.window_len;
+        if ws.planes.len() < planes_len {
+            ws.planes.resize(planes_len, 0.0);
         }
         if ws.partials.len() < scratch_len + LINE {
             ws.partials.resize(scratch_len + LINE, 0.0);
         }
-        let planes = &mut ws.planes[..self.planes_len];
+        let planes = &mut ws.planes[..planes_len];
         let skip = ws.partials.as_ptr().align_offset(64).min(LINE);
+        let (staged, windows) = ws.partials[skip..skip + scratch_len].split_at_mut(staged_len);
         let mut timing = Timing::default();
         let image_len = s.height * s.width * s.channels;
-        let out_len = s.out_pixels() * s.filters;
+        let row_len = s.out_width() * s.filters;
         for (image, out) in input
             .chunks_exact(image_len)
-            .zip(output.chunks_exact_mut(out_len))
+            .zip(output.chunks_exact_mut(s.out_pixels() * s.filters))
         {
-            let t0 = Instant::now();
-            self.convert(image, planes);
-            let t1 = Instant::now();
-            let scratch = &mut ws.partials[skip..skip + scratch_len];
-            let zeros = self.split(planes, 0..self.tiles, out, scratch, threads);
+            let mut zeros = 0;
+            for band_start in (0..self.tiles_y).step_by(self.band) {
+                let t0 = Instant::now();
+                self.convert(image, band_start, planes);
+                timing.convert += t0.elapsed();
+                let t1 = Instant::now();
+                let band_rows = self.band.min(self.tiles_y - band_start);
+                let tiles = band_rows * self.tiles_x;
+                // Enough items for every thread: split filters when tiles are few.
+                let chunks = threads.div_ceil(tiles).min(s.filters);
+                let items = tiles * chunks;
+                let jobs = threads.min(items);
+                self.split(planes, chunks, 0..items, staged, windows, jobs);
+                let rows = band_start * self.rows
+                    ..((band_start + band_rows) * self.rows).min(s.out_height());
+                let out = &mut out[rows.start * row_len..rows.end * row_len];
+                zeros += self.finish(staged, band_start, rows, out);
+                timing.multiply += t1.elapsed();
+            }
             timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
-            timing.convert += t1 - t0;
-            timing.multiply += t1.elapsed();
         }
         timing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::Activation;
+
+    /// The shape of `sparse_weight_with_many_channel_blocks_and_bands` (in
+    /// tests/methods_match_reference.rs) needs several channel blocks and bands on every ISA.
+    #[test]
+    fn the_integration_test_shape_needs_blocks_and_bands() {
+        let spec = ConvSpec::new(96, 150, 37, 24, [3, 3])
+            .with_stride([2, 1])
+            .with_dilation([1, 2])
+            .with_padding([1, 2, 0, 1])
+            .with_groups(2)
+            .with_batch(2);
+        spec.validate().unwrap();
+        let weights = vec![1.0; spec.weight_len().unwrap()];
+        for isa in Isa::supported() {
+            let epilogue = Epilogue {
+                bias: vec![0.0; spec.filters],
+                activation: Activation::None,
+            };
+            let conv = SparseWeight::new(spec, &weights, epilogue, isa).unwrap();
+            assert!(conv.blocks > 1, "{isa}: {} blocks", conv.blocks);
+            assert!(
+                conv.band < conv.tiles_y,
+                "{isa}: band {} of {}",
+                conv.band,
+                conv.tiles_y
+            );
+        }
+    }
+
+    #[test]
+    fn tile_rows_waste_least() {
+        assert_eq!(tile_rows(15, 16), 15);
+        assert_eq!(tile_rows(30, 16), 15);
+        assert_eq!(tile_rows(60, 16), 15);
+        assert_eq!(tile_rows(224, 16), 16);
+        assert_eq!(tile_rows(1, 16), 1);
+        assert_eq!(tile_rows(0, 8), 1);
+        assert_eq!(tile_rows(17, 8), 6);
     }
 }

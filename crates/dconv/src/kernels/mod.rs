@@ -6,6 +6,7 @@ pub(crate) mod aligned;
 pub(crate) mod compact;
 pub(crate) mod gemm;
 pub mod shifted_axpy;
+pub(crate) mod transpose;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -82,7 +83,8 @@ impl fmt::Display for Isa {
 
 pub(crate) mod sparse_row_panel;
 
-/// Hints that `data` will be read soon, into L2 (a no-op where there is no such hint).
+/// Hints that the cache line holding `data[0]` will be read soon, into L2 (a no-op where
+/// there is no such hint).
 #[inline(always)]
 pub(crate) fn prefetch_l2(data: &[f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -91,6 +93,22 @@ pub(crate) fn prefetch_l2(data: &[f32]) {
     unsafe {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
         _mm_prefetch::<_MM_HINT_T1>(data.as_ptr().cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+/// Hints that the cache lines of `data` will be read soon, into L1 (a no-op where there is
+/// no such hint).
+#[inline(always)]
+pub(crate) fn prefetch_l1(data: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in data.chunks(16) {
+        // SAFETY: as in `prefetch_l2`.
+        unsafe {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = data;

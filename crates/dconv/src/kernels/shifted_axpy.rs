@@ -51,20 +51,14 @@ impl TapList {
     }
 }
 
-/// Vectors per tile: 8 accumulators and a broadcast weight fit the 16 registers of AVX2,
-/// and leave NEON room for the loads in flight.
-const VECTORS: usize = 8;
-/// AVX-512 has 32 registers: more accumulators than the 8 (= 2 FMA units x 4 cycles of
-/// latency) that keep both units busy leave slack for load hiccups.
-const VECTORS_512: usize = 16;
-
-/// Floats per tile of the kernels of `isa`. The portable kernel takes any length; this is the
-/// length the convolution uses with it.
-pub fn tile_width(isa: Isa) -> usize {
+/// Most accumulator vectors (rows of a tile) the kernels of `isa` keep in registers: AVX2's
+/// 16 registers hold 8 and leave room for the weight and a load; NEON's 32 hold as many;
+/// AVX-512's 32 hold 16, more than the 8 (= 2 FMA units x 4 cycles of latency) that keep
+/// both units busy, which leaves slack for load hiccups.
+pub fn max_tile_rows(isa: Isa) -> usize {
     match isa {
-        Isa::Avx512 => VECTORS_512 * 16,
-        Isa::Avx2 => VECTORS * 8,
-        Isa::Neon | Isa::Portable => VECTORS * 4,
+        Isa::Avx512 => 16,
+        Isa::Avx2 | Isa::Neon | Isa::Portable => 8,
     }
 }
 
@@ -92,7 +86,7 @@ fn needed_len(taps: &TapList, start: usize, width: usize) -> usize {
 ///
 /// # Panics
 /// If `range` is out of bounds, if the planes are too short for some tap of the list, or if a
-/// SIMD `isa` is given an `acc` whose length is not [`tile_width`]`(isa)`.
+/// SIMD `isa` is given an `acc` that is not 1 to [`max_tile_rows`] whole vectors.
 pub fn shifted_axpy(
     isa: Isa,
     planes: &[f32],
@@ -109,8 +103,13 @@ pub fn shifted_axpy(
     if list.is_empty() {
         return;
     }
+    let rows = acc.len() / vector_floats(isa);
     if isa != Isa::Portable {
-        assert_eq!(acc.len(), tile_width(isa), "tile width of {isa}");
+        assert!(
+            acc.len().is_multiple_of(vector_floats(isa)) && (1..=max_tile_rows(isa)).contains(&rows),
+            "{isa} takes 1 to {} whole vectors",
+            max_tile_rows(isa)
+        );
         assert!(isa.is_supported(), "{isa} is not supported by this CPU");
     }
     let planes = &planes[start..];
@@ -118,14 +117,15 @@ pub fn shifted_axpy(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports AVX-512F (checked above); every tap reads
         // planes[offset .. offset + acc.len()], within bounds since offset < span and
-        // planes.len() >= span - 1 + acc.len() (checked above); acc has 8 vectors of 16.
-        Isa::Avx512 => unsafe { avx512::tile::<VECTORS_512>(planes.as_ptr(), list, acc) },
+        // planes.len() >= span - 1 + acc.len() (checked above); acc is `rows` vectors of 16,
+        // rows <= 16.
+        Isa::Avx512 => unsafe { avx512::tile(rows, planes.as_ptr(), list, acc) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for AVX2 and FMA, with 8 vectors of 8.
-        Isa::Avx2 => unsafe { avx2::tile::<VECTORS>(planes.as_ptr(), list, acc) },
+        // SAFETY: as above, for AVX2 and FMA, with vectors of 8.
+        Isa::Avx2 => unsafe { avx2::tile(rows, planes.as_ptr(), list, acc) },
         #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above, for NEON, with 8 vectors of 4.
-        Isa::Neon => unsafe { neon::tile::<VECTORS>(planes.as_ptr(), list, acc) },
+        // SAFETY: as above, for NEON, with vectors of 4.
+        Isa::Neon => unsafe { neon::tile(rows, planes.as_ptr(), list, acc) },
         _ => portable(planes, list, acc),
     }
 }
@@ -148,8 +148,22 @@ fn portable(planes: &[f32], taps: &[Tap], acc: &mut [f32]) {
     }
 }
 
+/// `$f::<N> $args` for the compile-time `N` equal to the run-time `$rows` (1 to 16).
+macro_rules! by_rows {
+    ($rows:expr, $f:ident $args:tt) => {
+        by_rows!(@arms $rows, $f $args, 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
+    };
+    (@arms $rows:expr, $f:ident $args:tt, $($n:literal)*) => {
+        match $rows {
+            $($n => $f::<$n> $args,)*
+            _ => unreachable!("1 to 16 rows"),
+        }
+    };
+}
+
 /// One SIMD kernel per instruction set, the same code over that set's vector type:
-/// `NV` accumulators of `$lanes` floats live in registers across all taps.
+/// `NV` accumulators of `$lanes` floats live in registers across all taps; `tile` picks the
+/// `NV` (a compile-time count, so that they stay in registers) for a run-time row count.
 macro_rules! simd_tile {
     ($module:ident, $arch:ident, $feature:literal, $lanes:expr, $vec:ty,
      load: $load:ident, store: $store:ident, splat: $splat:ident,
@@ -159,11 +173,18 @@ macro_rules! simd_tile {
             use std::arch::$arch::*;
 
             /// # Safety
+            /// As [`tile_of`], with `1 <= rows <= 16` for `NV`.
+            pub unsafe fn tile(rows: usize, planes: *const f32, taps: &[Tap], acc: &mut [f32]) {
+                // SAFETY: the caller's guarantees, with NV = rows.
+                unsafe { by_rows!(rows, tile_of(planes, taps, acc)) }
+            }
+
+            /// # Safety
             /// The CPU must support the target feature, `acc.len() == NV * lanes`, and
             /// `planes.add(t.offset + i)` must be readable for every tap `t` and every
             /// `i < acc.len()`.
             #[target_feature(enable = $feature)]
-            pub unsafe fn tile<const NV: usize>(planes: *const f32, taps: &[Tap], acc: &mut [f32]) {
+            unsafe fn tile_of<const NV: usize>(planes: *const f32, taps: &[Tap], acc: &mut [f32]) {
                 debug_assert_eq!(acc.len(), NV * $lanes);
                 let out = acc.as_mut_ptr();
                 // SAFETY: acc holds NV * lanes floats.
@@ -248,8 +269,9 @@ mod tests {
     fn every_isa_matches_portable() {
         let mut rng = Rng::new(11);
         for isa in Isa::supported() {
-            let width = tile_width(isa);
-            for (n, start) in [(0, 0), (1, 5), (7, 17), (40, 1)] {
+            let cases = [(0, 0), (1, 5), (7, 17), (40, 1)];
+            for (rows, (n, start)) in (1..=max_tile_rows(isa)).zip(cases.into_iter().cycle()) {
+                let width = rows * vector_floats(isa);
                 let (taps, planes) = random_case(&mut rng, n.max(1), 300);
                 let init: Vec<f32> = (0..width).map(|_| rng.nonzero_value()).collect();
                 let (mut got, mut want) = (init.clone(), init);
@@ -272,7 +294,7 @@ mod tests {
             offset: 10,
             weight: 1.0,
         }]);
-        let mut acc = vec![0.0; tile_width(Isa::Portable)];
+        let mut acc = vec![0.0; 16];
         shifted_axpy(Isa::Portable, &[0.0; 20], &taps, 0..1, 0, &mut acc);
     }
 }
