@@ -44,9 +44,9 @@ pub(crate) struct SparseWeight {
     spec: ConvSpec,
     isa: Isa,
     epilogue: Epilogue,
-    /// Taps ordered by filter, then channel block, then offset; offsets index the window.
+    /// Taps ordered by channel block, then filter, then offset; offsets index the window.
     taps: TapList,
-    /// `taps[starts[m * blocks + b] .. starts[m * blocks + b + 1]]` are filter `m`'s taps
+    /// `taps[starts[b * filters + m] .. starts[b * filters + m + 1]]` are filter `m`'s taps
     /// in channel block `b`.
     starts: Vec<usize>,
     /// Channels per block, and blocks.
@@ -130,9 +130,9 @@ impl SparseWeight {
         let mut taps = Vec::new();
         let mut starts = Vec::with_capacity(spec.filters * blocks + 1);
         starts.push(0);
-        for m in 0..spec.filters {
-            let group_first = m / mg * cg;
-            for b in 0..blocks {
+        for b in 0..blocks {
+            for m in 0..spec.filters {
+                let group_first = m / mg * cg;
                 let from = taps.len();
                 let channels =
                     (b * block).max(group_first)..((b + 1) * block).min(group_first + cg);
@@ -332,18 +332,9 @@ impl SparseWeight {
                     // The planes are larger than L2: ask for the next block's while this runs.
                     self.prefetch_window(planes, b + 1, y0, x0);
                 }
-                for (i, m) in filters.clone().enumerate() {
-                    let at = m * self.blocks + b;
-                    let range = self.starts[at]..self.starts[at + 1];
-                    // The sums come from L2: ask for the next filter's while this one runs.
-                    if let Some(next) = sums.get((i + 1) * self.tile_len..(i + 2) * self.tile_len) {
-                        crate::kernels::prefetch_l1(next);
-                    }
-                    if !range.is_empty() {
-                        let acc = &mut sums[i * self.tile_len..(i + 1) * self.tile_len];
-                        shifted_axpy(self.isa, window, &self.taps, range, 0, acc);
-                    }
-                }
+                let first = b * self.spec.filters;
+                let bounds = &self.starts[first + filters.start..=first + filters.end];
+                shifted_axpy(self.isa, window, &self.taps, bounds, sums);
             }
         }
     }

@@ -1,14 +1,14 @@
-//! Shifted multiply-adds of one tile: `acc[i] += w * planes[start + offset + i]` for every
-//! tap `(offset, w)` of a list, for all `i` of the tile.
+//! Shifted multiply-adds of tiles: `acc[i] += w * planes[offset + i]` for every tap
+//! `(offset, w)` of a tile's list, for all `i` of the tile, for a run of tiles.
 //!
 //! This is the inner loop of a direct sparse convolution over dense, zero-padded input
 //! planes (see `conv::sparse_weight`): each non-zero weight becomes a tap whose offset says
-//! where its (channel, kernel position) starts in the planes, so that a tile of consecutive
-//! output positions reads a contiguous stretch of input per tap. The SIMD versions keep the
-//! whole tile in vector registers across all taps.
+//! where its (channel, kernel position) starts in the planes, so that a tile of output
+//! positions reads a contiguous stretch of input per tap; each filter is one tile with its
+//! own list. The SIMD versions keep the whole tile in vector registers across its taps, and
+//! take a run of filters per call so that a short list costs no call of its own.
 
 use super::Isa;
-use std::ops::Range;
 
 /// One non-zero weight: where it reads in the planes, and its value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -72,61 +72,63 @@ pub fn vector_floats(isa: Isa) -> usize {
     }
 }
 
-/// The planes length that `taps` need for a tile of `width` floats starting at `start`.
-fn needed_len(taps: &TapList, start: usize, width: usize) -> usize {
-    if taps.is_empty() || width == 0 {
-        0
-    } else {
-        start + taps.span() - 1 + width
-    }
-}
-
-/// `acc[i] += w * planes[start + offset + i]` for every tap of `taps.taps()[range]` and every
-/// `i < acc.len()`, with the kernel of `isa` (which must be supported by this CPU).
+/// For each tile `f` of `acc` (cut into `bounds.len() - 1` equal tiles):
+/// `tile[i] += w * planes[offset + i]` for every tap of `taps.taps()[bounds[f]..bounds[f + 1]]`
+/// and every `i` of the tile, with the kernel of `isa` (which must be supported by this CPU).
 ///
 /// # Panics
-/// If `range` is out of bounds, if the planes are too short for some tap of the list, or if a
-/// SIMD `isa` is given an `acc` that is not 1 to [`max_tile_rows`] whole vectors.
-pub fn shifted_axpy(
-    isa: Isa,
-    planes: &[f32],
-    taps: &TapList,
-    range: Range<usize>,
-    start: usize,
-    acc: &mut [f32],
-) {
-    let list = &taps.taps()[range];
+/// If `bounds` is empty, decreasing or past the taps, if `acc` does not cut into equal tiles,
+/// if the planes are too short for some tap of the list, or if a SIMD `isa` is given tiles
+/// that are not 1 to [`max_tile_rows`] whole vectors.
+pub fn shifted_axpy(isa: Isa, planes: &[f32], taps: &TapList, bounds: &[usize], acc: &mut [f32]) {
+    let tiles = bounds
+        .len()
+        .checked_sub(1)
+        .expect("bounds of at least one tile");
     assert!(
-        planes.len() >= needed_len(taps, start, acc.len()),
-        "planes too short for the taps"
+        bounds.windows(2).all(|b| b[0] <= b[1]) && bounds.last() <= Some(&taps.len()),
+        "tap bounds decrease or run past the taps"
     );
-    if list.is_empty() {
+    if tiles == 0 || acc.is_empty() {
         return;
     }
-    let rows = acc.len() / vector_floats(isa);
+    assert!(
+        acc.len().is_multiple_of(tiles),
+        "acc does not cut into {tiles} tiles"
+    );
+    let tile = acc.len() / tiles;
+    assert!(
+        taps.is_empty() || planes.len() >= taps.span() - 1 + tile,
+        "planes too short for the taps"
+    );
+    let rows = tile / vector_floats(isa);
     if isa != Isa::Portable {
         assert!(
-            acc.len().is_multiple_of(vector_floats(isa)) && (1..=max_tile_rows(isa)).contains(&rows),
-            "{isa} takes 1 to {} whole vectors",
+            tile.is_multiple_of(vector_floats(isa)) && (1..=max_tile_rows(isa)).contains(&rows),
+            "{isa} takes tiles of 1 to {} whole vectors",
             max_tile_rows(isa)
         );
         assert!(isa.is_supported(), "{isa} is not supported by this CPU");
     }
-    let planes = &planes[start..];
+    let list = taps.taps();
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the CPU supports AVX-512F (checked above); every tap reads
-        // planes[offset .. offset + acc.len()], within bounds since offset < span and
-        // planes.len() >= span - 1 + acc.len() (checked above); acc is `rows` vectors of 16,
-        // rows <= 16.
-        Isa::Avx512 => unsafe { avx512::tile(rows, planes.as_ptr(), list, acc) },
+        // planes[offset .. offset + tile], within bounds since offset < span and
+        // planes.len() >= span - 1 + tile (checked above); bounds index the list (checked
+        // above); each tile is `rows` vectors of 16, 1 <= rows <= 16.
+        Isa::Avx512 => unsafe { avx512::tiles(rows, planes.as_ptr(), list, bounds, acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 and FMA, with vectors of 8.
-        Isa::Avx2 => unsafe { avx2::tile(rows, planes.as_ptr(), list, acc) },
+        Isa::Avx2 => unsafe { avx2::tiles(rows, planes.as_ptr(), list, bounds, acc) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above, for NEON, with vectors of 4.
-        Isa::Neon => unsafe { neon::tile(rows, planes.as_ptr(), list, acc) },
-        _ => portable(planes, list, acc),
+        Isa::Neon => unsafe { neon::tiles(rows, planes.as_ptr(), list, bounds, acc) },
+        _ => {
+            for (acc, b) in acc.chunks_exact_mut(tile).zip(bounds.windows(2)) {
+                portable(planes, &list[b[0]..b[1]], acc);
+            }
+        }
     }
 }
 
@@ -162,9 +164,10 @@ macro_rules! by_rows {
 }
 
 /// One SIMD kernel per instruction set, the same code over that set's vector type:
-/// `NV` accumulators of `$lanes` floats live in registers across all taps; `tile` picks the
-/// `NV` (a compile-time count, so that they stay in registers) for a run-time row count.
-macro_rules! simd_tile {
+/// `NV` accumulators of `$lanes` floats live in registers across a tile's taps; `tiles`
+/// picks the `NV` (a compile-time count, so that they stay in registers) for a run-time row
+/// count.
+macro_rules! simd_tiles {
     ($module:ident, $arch:ident, $feature:literal, $lanes:expr, $vec:ty,
      load: $load:ident, store: $store:ident, splat: $splat:ident,
      fma: |$a:ident, $w:ident, $x:ident| $fma:expr) => {
@@ -173,37 +176,61 @@ macro_rules! simd_tile {
             use std::arch::$arch::*;
 
             /// # Safety
-            /// As [`tile_of`], with `1 <= rows <= 16` for `NV`.
-            pub unsafe fn tile(rows: usize, planes: *const f32, taps: &[Tap], acc: &mut [f32]) {
+            /// As [`tiles_of`], with `1 <= rows <= 16` for `NV`.
+            pub unsafe fn tiles(
+                rows: usize,
+                planes: *const f32,
+                taps: &[Tap],
+                bounds: &[usize],
+                acc: &mut [f32],
+            ) {
                 // SAFETY: the caller's guarantees, with NV = rows.
-                unsafe { by_rows!(rows, tile_of(planes, taps, acc)) }
+                unsafe { by_rows!(rows, tiles_of(planes, taps, bounds, acc)) }
             }
 
             /// # Safety
-            /// The CPU must support the target feature, `acc.len() == NV * lanes`, and
+            /// The CPU must support the target feature, `acc` must be tiles of `NV * lanes`
+            /// floats, one per window of `bounds`, which must index `taps`, and
             /// `planes.add(t.offset + i)` must be readable for every tap `t` and every
-            /// `i < acc.len()`.
+            /// `i < NV * lanes`.
             #[target_feature(enable = $feature)]
-            unsafe fn tile_of<const NV: usize>(planes: *const f32, taps: &[Tap], acc: &mut [f32]) {
-                debug_assert_eq!(acc.len(), NV * $lanes);
-                let out = acc.as_mut_ptr();
-                // SAFETY: acc holds NV * lanes floats.
-                let mut sum: [$vec; NV] =
-                    std::array::from_fn(|i| unsafe { $load(out.add(i * $lanes)) });
-                for t in taps {
-                    let $w = $splat(t.weight);
-                    // SAFETY: the caller guarantees planes[offset .. offset + acc.len()].
-                    let p = unsafe { planes.add(t.offset as usize) };
-                    for (i, s) in sum.iter_mut().enumerate() {
-                        // SAFETY: i * lanes + lanes <= acc.len(), within the readable span.
-                        let $x = unsafe { $load(p.add(i * $lanes)) };
-                        let $a = *s;
-                        *s = $fma;
+            unsafe fn tiles_of<const NV: usize>(
+                planes: *const f32,
+                taps: &[Tap],
+                bounds: &[usize],
+                acc: &mut [f32],
+            ) {
+                let tile = NV * $lanes;
+                debug_assert_eq!(acc.len(), (bounds.len() - 1) * tile);
+                for (f, b) in bounds.windows(2).enumerate() {
+                    let list = &taps[b[0]..b[1]];
+                    if list.is_empty() {
+                        continue;
                     }
-                }
-                for (i, s) in sum.iter().enumerate() {
-                    // SAFETY: acc holds NV * lanes floats.
-                    unsafe { $store(out.add(i * $lanes), *s) };
+                    // Tiles come from L2: ask for the next one while this one runs.
+                    if let Some(next) = acc.get((f + 1) * tile..(f + 2) * tile) {
+                        crate::kernels::prefetch_l1(next);
+                    }
+                    // SAFETY: acc holds tile f, NV * lanes floats from f * tile.
+                    let out = unsafe { acc.as_mut_ptr().add(f * tile) };
+                    // SAFETY: as above.
+                    let mut sum: [$vec; NV] =
+                        std::array::from_fn(|i| unsafe { $load(out.add(i * $lanes)) });
+                    for t in list {
+                        let $w = $splat(t.weight);
+                        // SAFETY: the caller guarantees planes[offset .. offset + tile].
+                        let p = unsafe { planes.add(t.offset as usize) };
+                        for (i, s) in sum.iter_mut().enumerate() {
+                            // SAFETY: i * lanes + lanes <= tile, within the readable span.
+                            let $x = unsafe { $load(p.add(i * $lanes)) };
+                            let $a = *s;
+                            *s = $fma;
+                        }
+                    }
+                    for (i, s) in sum.iter().enumerate() {
+                        // SAFETY: as for the loads of the tile.
+                        unsafe { $store(out.add(i * $lanes), *s) };
+                    }
                 }
             }
         }
@@ -211,17 +238,17 @@ macro_rules! simd_tile {
 }
 
 #[cfg(target_arch = "x86_64")]
-simd_tile!(avx512, x86_64, "avx512f", 16, __m512,
+simd_tiles!(avx512, x86_64, "avx512f", 16, __m512,
     load: _mm512_loadu_ps, store: _mm512_storeu_ps, splat: _mm512_set1_ps,
     fma: |a, w, x| _mm512_fmadd_ps(w, x, a));
 
 #[cfg(target_arch = "x86_64")]
-simd_tile!(avx2, x86_64, "avx2,fma", 8, __m256,
+simd_tiles!(avx2, x86_64, "avx2,fma", 8, __m256,
     load: _mm256_loadu_ps, store: _mm256_storeu_ps, splat: _mm256_set1_ps,
     fma: |a, w, x| _mm256_fmadd_ps(w, x, a));
 
 #[cfg(target_arch = "aarch64")]
-simd_tile!(neon, aarch64, "neon", 4, float32x4_t,
+simd_tiles!(neon, aarch64, "neon", 4, float32x4_t,
     load: vld1q_f32, store: vst1q_f32, splat: vdupq_n_f32,
     fma: |a, w, x| vfmaq_f32(a, w, x));
 
@@ -242,25 +269,37 @@ mod tests {
     }
 
     /// The obvious definition, for comparison.
-    fn naive(planes: &[f32], taps: &[Tap], start: usize, acc: &mut [f32]) {
-        for t in taps {
-            for (i, a) in acc.iter_mut().enumerate() {
-                *a += t.weight * planes[start + t.offset as usize + i];
+    fn naive(planes: &[f32], taps: &[Tap], bounds: &[usize], acc: &mut [f32]) {
+        let tile = acc.len() / (bounds.len() - 1);
+        for (acc, b) in acc.chunks_exact_mut(tile).zip(bounds.windows(2)) {
+            for t in &taps[b[0]..b[1]] {
+                for (i, a) in acc.iter_mut().enumerate() {
+                    *a += t.weight * planes[t.offset as usize + i];
+                }
             }
+        }
+    }
+
+    fn assert_close(got: &[f32], want: &[f32], what: &str) {
+        for (g, w) in got.iter().zip(want) {
+            assert!(
+                (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                "{what}: {g} vs {w}"
+            );
         }
     }
 
     #[test]
     fn portable_matches_naive_for_any_length() {
         let mut rng = Rng::new(7);
-        for len in [0, 1, 5, 31, 32, 33, 64, 100] {
+        for len in [1, 5, 31, 32, 33, 64, 100] {
             let (taps, planes) = random_case(&mut rng, 13, 90);
-            let init: Vec<f32> = (0..len).map(|i| i as f32).collect();
-            let (mut got, mut want) = (init.clone(), init);
-            shifted_axpy(Isa::Portable, &planes, &taps, 2..11, 3, &mut got);
-            naive(&planes, &taps.taps()[2..11], 3, &mut want);
-            for (g, w) in got.iter().zip(&want) {
-                assert!((g - w).abs() <= 1e-5 * w.abs().max(1.0), "{g} vs {w}");
+            for bounds in [&[2, 11][..], &[0, 3, 3, 9, 13]] {
+                let init: Vec<f32> = (0..len * (bounds.len() - 1)).map(|i| i as f32).collect();
+                let (mut got, mut want) = (init.clone(), init);
+                shifted_axpy(Isa::Portable, &planes, &taps, bounds, &mut got);
+                naive(&planes, taps.taps(), bounds, &mut want);
+                assert_close(&got, &want, &format!("length {len}, bounds {bounds:?}"));
             }
         }
     }
@@ -269,32 +308,54 @@ mod tests {
     fn every_isa_matches_portable() {
         let mut rng = Rng::new(11);
         for isa in Isa::supported() {
-            let cases = [(0, 0), (1, 5), (7, 17), (40, 1)];
-            for (rows, (n, start)) in (1..=max_tile_rows(isa)).zip(cases.into_iter().cycle()) {
-                let width = rows * vector_floats(isa);
-                let (taps, planes) = random_case(&mut rng, n.max(1), 300);
-                let init: Vec<f32> = (0..width).map(|_| rng.nonzero_value()).collect();
+            let runs = [
+                &[0, 0][..],
+                &[0, 1],
+                &[0, 7, 7, 12],
+                &[0, 40],
+                &[0, 3, 9, 9, 20],
+            ];
+            for (rows, bounds) in (1..=max_tile_rows(isa)).zip(runs.into_iter().cycle()) {
+                let tile = rows * vector_floats(isa);
+                let (taps, planes) = random_case(&mut rng, 40, 300);
+                let len = tile * (bounds.len() - 1);
+                let init: Vec<f32> = (0..len).map(|_| rng.nonzero_value()).collect();
                 let (mut got, mut want) = (init.clone(), init);
-                shifted_axpy(isa, &planes, &taps, 0..n, start, &mut got);
-                shifted_axpy(Isa::Portable, &planes, &taps, 0..n, start, &mut want);
-                for (g, w) in got.iter().zip(&want) {
-                    assert!(
-                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                        "{isa}: {g} vs {w}"
-                    );
-                }
+                shifted_axpy(isa, &planes, &taps, bounds, &mut got);
+                shifted_axpy(Isa::Portable, &planes, &taps, bounds, &mut want);
+                assert_close(
+                    &got,
+                    &want,
+                    &format!("{isa}, {rows} rows, bounds {bounds:?}"),
+                );
             }
         }
+    }
+
+    fn one_tap_at(offset: u32) -> TapList {
+        TapList::new(vec![Tap {
+            offset,
+            weight: 1.0,
+        }])
     }
 
     #[test]
     #[should_panic(expected = "planes too short")]
     fn short_planes_panic() {
-        let taps = TapList::new(vec![Tap {
-            offset: 10,
-            weight: 1.0,
-        }]);
         let mut acc = vec![0.0; 16];
-        shifted_axpy(Isa::Portable, &[0.0; 20], &taps, 0..1, 0, &mut acc);
+        shifted_axpy(
+            Isa::Portable,
+            &[0.0; 20],
+            &one_tap_at(10),
+            &[0, 1],
+            &mut acc,
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "tap bounds decrease")]
+    fn bounds_past_the_taps_panic() {
+        let mut acc = vec![0.0; 16];
+        shifted_axpy(Isa::Portable, &[0.0; 40], &one_tap_at(1), &[0, 2], &mut acc);
     }
 }
