@@ -193,10 +193,12 @@ impl SparseWeight {
         let first = band_start * self.rows;
         let plane_rows = first..(first + self.plane / self.plane_w).min(padded_h.div_ceil(sh));
         let (top, left, width) = (s.padding.top, s.padding.left, s.width);
-        // Blocks of 16 channels: one cache line of each input pixel, shared between threads.
-        const CHANNELS: usize = 16;
+        // One block of channels per thread, whole vectors of each pixel: a pixel's channels
+        // are read together while its cache lines are at hand.
+        let threads = rayon::current_num_threads().max(1);
+        let chunk_channels = s.channels.div_ceil(threads).next_multiple_of(8);
         planes[..s.channels * self.channel_stride]
-            .par_chunks_mut(CHANNELS * self.channel_stride)
+            .par_chunks_mut(chunk_channels * self.channel_stride)
             .enumerate()
             .for_each(|(chunk, planes)| {
                 let channels = planes.len() / self.channel_stride;
@@ -225,7 +227,7 @@ impl SparseWeight {
                         }
                         if let (Some(iy), true) = (iy, hi > lo) {
                             let ix = lo * sw + pw - left;
-                            let from = (iy * width + ix) * s.channels + chunk * CHANNELS;
+                            let from = (iy * width + ix) * s.channels + chunk * chunk_channels;
                             transpose(
                                 self.isa,
                                 &image[from..],
