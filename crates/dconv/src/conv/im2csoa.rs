@@ -17,6 +17,7 @@ use crate::kernels::sparse_row_panel::{accumulate_rows, skip_rows, Entries, RowC
 use crate::kernels::Isa;
 use crate::sparse::Csoa;
 use rayon::prelude::*;
+use std::sync::Arc;
 use std::time::Instant;
 
 const MAX_TILE_ROWS: usize = 256;
@@ -25,7 +26,7 @@ const PADDING: u32 = u32::MAX;
 
 pub(crate) struct Im2Csoa<const NB: usize> {
     spec: ConvSpec,
-    panels: WeightPanels<NB>,
+    panels: Arc<WeightPanels<NB>>,
     /// Channels per chunk of a tap: the panel rows of one chunk stay in L1.
     chunk: usize,
     /// Per (group, block, tap, chunk): whether its weights are all non-zero-free.
@@ -35,8 +36,12 @@ pub(crate) struct Im2Csoa<const NB: usize> {
 }
 
 impl<const NB: usize> Im2Csoa<NB> {
-    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Self {
-        let panels = WeightPanels::<NB>::pack(&spec, weights);
+    pub fn new(
+        spec: ConvSpec,
+        panels: Arc<WeightPanels<NB>>,
+        epilogue: Epilogue,
+        isa: Isa,
+    ) -> Self {
         let cg = spec.channels_per_group();
         let chunk = l1_slab_rows(WeightPanels::<NB>::WIDTH).min(cg);
         let taps = spec.kernel[0] * spec.kernel[1];

@@ -13,6 +13,7 @@ use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
 use crate::sparse::{Csoa, CsrMatrix};
 use rayon::prelude::*;
+use std::sync::Arc;
 use std::time::Instant;
 
 const MAX_TILE_ROWS: usize = 256;
@@ -22,9 +23,14 @@ pub(crate) struct Im2Csr<const NB: usize> {
 }
 
 impl<const NB: usize> Im2Csr<NB> {
-    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Self {
+    pub fn new(
+        spec: ConvSpec,
+        panels: Arc<WeightPanels<NB>>,
+        epilogue: Epilogue,
+        isa: Isa,
+    ) -> Self {
         Im2Csr {
-            product: CsrProduct::new(spec, weights, epilogue, isa),
+            product: CsrProduct::new(spec, panels, epilogue, isa),
         }
     }
 }
@@ -81,15 +87,21 @@ pub(crate) struct CsrTile {
 /// lowered CSR baseline share.
 pub(crate) struct CsrProduct<const NB: usize> {
     pub spec: ConvSpec,
-    panels: WeightPanels<NB>,
+    panels: Arc<WeightPanels<NB>>,
     isa: Isa,
     epilogue: Epilogue,
 }
 
 impl<const NB: usize> CsrProduct<NB> {
-    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Self {
+    /// The product with `panels`, packed from the layer's weights.
+    pub fn new(
+        spec: ConvSpec,
+        panels: Arc<WeightPanels<NB>>,
+        epilogue: Epilogue,
+        isa: Isa,
+    ) -> Self {
         CsrProduct {
-            panels: WeightPanels::pack(&spec, weights),
+            panels,
             spec,
             isa,
             epilogue,

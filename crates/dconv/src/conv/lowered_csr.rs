@@ -7,10 +7,12 @@
 
 use super::im2col::lower_rows;
 use super::im2csr::CsrProduct;
+use super::panels::WeightPanels;
 use super::tiles::{ensure_tiles, rows_per_tile, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::Isa;
 use rayon::prelude::*;
+use std::sync::Arc;
 use std::time::Instant;
 
 const MAX_TILE_ROWS: usize = 256;
@@ -20,9 +22,14 @@ pub(crate) struct LoweredCsr<const NB: usize> {
 }
 
 impl<const NB: usize> LoweredCsr<NB> {
-    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Self {
+    pub fn new(
+        spec: ConvSpec,
+        panels: Arc<WeightPanels<NB>>,
+        epilogue: Epilogue,
+        isa: Isa,
+    ) -> Self {
         LoweredCsr {
-            product: CsrProduct::new(spec, weights, epilogue, isa),
+            product: CsrProduct::new(spec, panels, epilogue, isa),
         }
     }
 }

@@ -22,6 +22,7 @@ pub use spec::{Activation, ConvSpec, Padding};
 use crate::error::{Error, Result};
 use crate::kernels::Isa;
 use crate::sparse::Csoa;
+use panels::SharedPanels;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -73,6 +74,27 @@ impl Method {
                     .fold(1usize, |acc, &v| acc.saturating_mul(v))
             }
         }
+    }
+
+    /// At most how many bytes of packed weights [`Conv::prepare_methods`] takes for
+    /// `methods` (saturating): the panels the sparse-activation methods share count once.
+    pub fn prepared_bytes_of(methods: &[Method], spec: &ConvSpec) -> usize {
+        let mut panels = false;
+        methods.iter().fold(0usize, |sum, &m| {
+            let shares = m.reads_panels();
+            let bytes = if shares && panels {
+                0
+            } else {
+                m.prepared_bytes(spec)
+            };
+            panels |= shares;
+            sum.saturating_add(bytes)
+        })
+    }
+
+    /// Whether the method multiplies by the shared weight panels.
+    fn reads_panels(self) -> bool {
+        matches!(self, Method::LoweredCsr | Method::Im2Csr | Method::Im2Csoa)
     }
 
     /// The name used on the command line and in reports.
@@ -230,6 +252,41 @@ impl Conv {
         method: Method,
         isa: Isa,
     ) -> Result<Conv> {
+        Self::prepare_sharing(
+            spec,
+            weights,
+            bias,
+            method,
+            isa,
+            &mut SharedPanels::default(),
+        )
+    }
+
+    /// Prepares `weights` for each of `methods` (like [`Conv::prepare`]), packing the weight
+    /// panels that im2csr, lowered-csr and im2csoa all read once for all of them: the
+    /// layer's weights are then held once per layout, not once per method.
+    pub fn prepare_methods(
+        spec: &ConvSpec,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        methods: &[Method],
+    ) -> Result<Vec<Conv>> {
+        let isa = Isa::detect();
+        let mut shared = SharedPanels::default();
+        methods
+            .iter()
+            .map(|&m| Self::prepare_sharing(spec, weights, bias, m, isa, &mut shared))
+            .collect()
+    }
+
+    fn prepare_sharing(
+        spec: &ConvSpec,
+        weights: &[f32],
+        bias: Option<&[f32]>,
+        method: Method,
+        isa: Isa,
+        shared: &mut SharedPanels,
+    ) -> Result<Conv> {
         spec.validate()?;
         check_len("weights", spec.weight_len()?, weights.len())?;
         let bias = match (spec.bias, bias) {
@@ -261,11 +318,7 @@ impl Conv {
         let zeros = weights.iter().filter(|&&w| w == 0.0).count();
         let weight_sparsity = zeros as f64 / weights.len() as f64;
         // The sparse formats index lowered columns and pixels with 32 bits.
-        let sparse = matches!(
-            method,
-            Method::LoweredCsr | Method::Im2Csr | Method::Im2Csoa
-        );
-        if sparse
+        if method.reads_panels()
             && (u32::try_from(spec.lowered_cols()).is_err()
                 || u32::try_from(spec.height * spec.width).is_err())
         {
@@ -276,12 +329,32 @@ impl Conv {
         let kernel: Box<dyn ConvKernel> = match method {
             Method::Reference => Box::new(reference::Reference::new(*spec, weights, epilogue)),
             Method::Im2Csr => match isa {
-                Isa::Avx512 => Box::new(im2csr::Im2Csr::<8>::new(*spec, weights, epilogue, isa)),
-                _ => Box::new(im2csr::Im2Csr::<4>::new(*spec, weights, epilogue, isa)),
+                Isa::Avx512 => Box::new(im2csr::Im2Csr::<8>::new(
+                    *spec,
+                    shared.get(spec, weights),
+                    epilogue,
+                    isa,
+                )),
+                _ => Box::new(im2csr::Im2Csr::<4>::new(
+                    *spec,
+                    shared.get(spec, weights),
+                    epilogue,
+                    isa,
+                )),
             },
             Method::Im2Csoa => match isa {
-                Isa::Avx512 => Box::new(im2csoa::Im2Csoa::<8>::new(*spec, weights, epilogue, isa)),
-                _ => Box::new(im2csoa::Im2Csoa::<4>::new(*spec, weights, epilogue, isa)),
+                Isa::Avx512 => Box::new(im2csoa::Im2Csoa::<8>::new(
+                    *spec,
+                    shared.get(spec, weights),
+                    epilogue,
+                    isa,
+                )),
+                _ => Box::new(im2csoa::Im2Csoa::<4>::new(
+                    *spec,
+                    shared.get(spec, weights),
+                    epilogue,
+                    isa,
+                )),
             },
             Method::Dense => Box::new(dense::Dense::new(*spec, weights, epilogue)),
             Method::SparseWeight => Box::new(sparse_weight::SparseWeight::new(
@@ -289,10 +362,16 @@ impl Conv {
             )?),
             Method::LoweredCsr => match isa {
                 Isa::Avx512 => Box::new(lowered_csr::LoweredCsr::<8>::new(
-                    *spec, weights, epilogue, isa,
+                    *spec,
+                    shared.get(spec, weights),
+                    epilogue,
+                    isa,
                 )),
                 _ => Box::new(lowered_csr::LoweredCsr::<4>::new(
-                    *spec, weights, epilogue, isa,
+                    *spec,
+                    shared.get(spec, weights),
+                    epilogue,
+                    isa,
                 )),
             },
         };
@@ -337,5 +416,53 @@ fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
             expected,
             actual,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_prepared_together_share_panels_and_compute_the_same() {
+        let spec = ConvSpec::new(8, 6, 5, 20, [3, 3])
+            .with_padding([1, 1, 1, 1])
+            .with_bias(true);
+        let weights: Vec<f32> = (0..spec.weight_len().unwrap())
+            .map(|i| {
+                if i % 3 == 0 {
+                    0.0
+                } else {
+                    (i % 7) as f32 - 3.0
+                }
+            })
+            .collect();
+        let bias: Vec<f32> = (0..spec.filters).map(|m| m as f32 * 0.5).collect();
+        let input: Vec<f32> = (0..spec.input_len().unwrap())
+            .map(|i| if i % 2 == 0 { 0.0 } else { (i % 5) as f32 })
+            .collect();
+        let methods = [
+            Method::Dense,
+            Method::LoweredCsr,
+            Method::Im2Csr,
+            Method::Im2Csoa,
+        ];
+        let together = Conv::prepare_methods(&spec, &weights, Some(&bias), &methods).unwrap();
+        let mut ws = Workspace::default();
+        for (conv, &m) in together.iter().zip(&methods) {
+            assert_eq!(conv.method(), m);
+            let alone = Conv::prepare(&spec, &weights, Some(&bias), m).unwrap();
+            let mut expected = vec![0.0; spec.output_len().unwrap()];
+            let mut actual = expected.clone();
+            alone.run(&input, &mut expected, &mut ws).unwrap();
+            conv.run(&input, &mut actual, &mut ws).unwrap();
+            assert_eq!(actual, expected, "{m}");
+        }
+        let panels = Method::Im2Csr.prepared_bytes(&spec);
+        assert_eq!(
+            Method::prepared_bytes_of(&methods, &spec),
+            Method::Dense.prepared_bytes(&spec) + panels
+        );
+        assert_eq!(Method::prepared_bytes_of(&[Method::Im2Csoa], &spec), panels);
     }
 }

@@ -2,7 +2,9 @@
 
 use super::ConvSpec;
 use crate::kernels::aligned::CacheAligned;
+use std::any::Any;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// The weights of each group as `W^T` (K x M/G), cut into blocks of `16 * NB` output
 /// channels. Each block is stored contiguously row by row (K rows, zero-padded to full
@@ -55,6 +57,35 @@ impl<const NB: usize> WeightPanels<NB> {
         self.panel(g, block)[rows.start * Self::WIDTH..rows.end * Self::WIDTH]
             .iter()
             .all(|&w| w == 0.0)
+    }
+}
+
+/// The panels of one layer's weights, packed once for every method that reads them
+/// (im2csr, lowered-csr and im2csoa pack exactly the same panels): a layer that prepares
+/// several of them keeps one copy.
+#[derive(Default)]
+pub(crate) struct SharedPanels {
+    packed: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl SharedPanels {
+    /// The panels of `weights` `NB` blocks wide, packed on the first call. `spec` and
+    /// `weights` must be the same on every call.
+    pub fn get<const NB: usize>(
+        &mut self,
+        spec: &ConvSpec,
+        weights: &[f32],
+    ) -> Arc<WeightPanels<NB>> {
+        if let Some(panels) = self
+            .packed
+            .clone()
+            .and_then(|p| p.downcast::<WeightPanels<NB>>().ok())
+        {
+            return panels;
+        }
+        let panels = Arc::new(WeightPanels::<NB>::pack(spec, weights));
+        self.packed = Some(panels.clone());
+        panels
     }
 }
 

@@ -302,24 +302,13 @@ impl CostProfile {
         })
     }
 
-    /// The methods worth preparing for a layer: each that is the cheapest for some input
-    /// sparsity (checked on a fine grid; a method that wins only between grid points wins
-    /// by too little to matter).
+    /// The methods worth preparing for a layer: exactly those that are the cheapest at some
+    /// input sparsity in [0, 1], in [`MODELED`] order. Choosing among only these picks, at
+    /// every input sparsity, what choosing among all modeled methods would.
     pub fn winners(&self, spec: &ConvSpec, weight_sparsity: f64) -> Vec<Method> {
-        let costs = LayerCosts::new(self, spec, weight_sparsity, &MODELED);
-        let mut winners = Vec::new();
-        for step in 0..=GRID_STEPS {
-            let m = costs.cheapest(step as f64 / GRID_STEPS as f64);
-            if !winners.contains(&m) {
-                winners.push(m);
-            }
-        }
-        winners
+        LayerCosts::new(self, spec, weight_sparsity, &MODELED).winners()
     }
 }
-
-/// Input sparsities checked by [`CostProfile::winners`]: every 2 %.
-const GRID_STEPS: usize = 50;
 
 /// One layer's predicted cost of each prepared method as `a + b·d + c·d²` nanoseconds in the
 /// input density d: what the model reduces to once the shape and weights are known.
@@ -360,6 +349,34 @@ impl LayerCosts {
             .map(|(_, [a, b, c])| a + d * (b + d * c))
     }
 
+    /// The methods among the costs that are the cheapest at some input sparsity in [0, 1],
+    /// in the costs' order. Each cost is a quadratic in the density, so the cheapest method
+    /// can only change where two costs cross: it is checked at 0, 1, every crossing in
+    /// between (where a tie goes to the method [`cheapest`](Self::cheapest) picks) and
+    /// midway between neighbouring crossings.
+    pub fn winners(&self) -> Vec<Method> {
+        let mut points = vec![0.0, 1.0];
+        for (i, (_, p)) in self.costs.iter().enumerate() {
+            for (_, q) in &self.costs[i + 1..] {
+                let diff = [p[0] - q[0], p[1] - q[1], p[2] - q[2]];
+                points.extend(roots_in_unit_interval(diff));
+            }
+        }
+        points.sort_by(f64::total_cmp);
+        points.dedup();
+        let midpoints: Vec<f64> = points.windows(2).map(|w| 0.5 * (w[0] + w[1])).collect();
+        let won: Vec<Method> = points
+            .iter()
+            .chain(&midpoints)
+            .map(|&d| self.cheapest(1.0 - d))
+            .collect();
+        self.costs
+            .iter()
+            .map(|(m, _)| *m)
+            .filter(|m| won.contains(m))
+            .collect()
+    }
+
     /// The method of least predicted time at `input_sparsity`. Without any modeled method
     /// (a forced `reference`), `Dense`.
     pub fn cheapest(&self, input_sparsity: f64) -> Method {
@@ -373,6 +390,39 @@ impl LayerCosts {
         }
         best.0
     }
+}
+
+/// The roots in [0, 1] of `a + b·d + c·d²` (none when it is identically zero).
+fn roots_in_unit_interval([a, b, c]: [f64; 3]) -> Vec<f64> {
+    let scale = a.abs().max(b.abs()).max(c.abs());
+    if scale == 0.0 || !scale.is_finite() {
+        return Vec::new();
+    }
+    let (a, b, c) = (a / scale, b / scale, c / scale);
+    let roots = if c.abs() < 1e-12 {
+        if b.abs() < 1e-12 {
+            Vec::new()
+        } else {
+            vec![-a / b]
+        }
+    } else {
+        let disc = b * b - 4.0 * a * c;
+        if disc < 0.0 {
+            Vec::new()
+        } else {
+            // The form without cancellation: q = -(b + sign(b)·√disc) / 2, roots q/c and a/q.
+            let q = -0.5 * (b + b.signum() * disc.sqrt());
+            if q == 0.0 {
+                vec![0.0]
+            } else {
+                vec![q / c, a / q]
+            }
+        }
+    };
+    roots
+        .into_iter()
+        .filter(|d| (0.0..=1.0).contains(d))
+        .collect()
 }
 
 #[cfg(test)]
@@ -488,5 +538,76 @@ mod tests {
         let winners = p.winners(&vgg_block4(), 0.0);
         assert!(winners.contains(&Method::Dense) && winners.contains(&Method::Im2Csoa));
         assert!(!winners.contains(&Method::SparseWeight), "{winners:?}");
+    }
+
+    /// Random layers: channels, filters, size, kernel, stride and groups from a small
+    /// linear congruential generator (reproducible without a dependency).
+    fn random_layers(count: usize) -> Vec<(ConvSpec, f64)> {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % n
+        };
+        (0..count)
+            .map(|_| {
+                let groups = [1, 1, 1, 2, 4][next(5)];
+                let channels = groups * (1 + next(128));
+                let filters = groups * (1 + next(256));
+                let size = 4 + next(120);
+                let k = [1, 3, 3, 5][next(4)];
+                let spec = ConvSpec::new(channels, size, size, filters, [k, k])
+                    .with_padding([k / 2; 4])
+                    .with_stride([1 + next(2); 2])
+                    .with_groups(groups);
+                (spec, next(101) as f64 / 100.0)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn winners_choose_what_every_method_would() {
+        for profile in [toy(), CostProfile::default()] {
+            for (spec, weight_sparsity) in random_layers(200) {
+                let winners = profile.winners(&spec, weight_sparsity);
+                assert!(!winners.is_empty());
+                let all = LayerCosts::new(&profile, &spec, weight_sparsity, &MODELED);
+                let pruned = LayerCosts::new(&profile, &spec, weight_sparsity, &winners);
+                for step in 0..=2000 {
+                    let s = step as f64 / 2000.0;
+                    assert_eq!(
+                        pruned.cheapest(s),
+                        all.cheapest(s),
+                        "{spec:?} s_w {weight_sparsity} s_in {s}: prepared {winners:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_method_is_prepared_where_it_always_wins() {
+        let p = CostProfile::default();
+        // VGG-16's first layer: three input channels, a dense method's best case.
+        let first = ConvSpec::new(3, 240, 240, 64, [3, 3]).with_padding([1, 1, 1, 1]);
+        assert_eq!(p.winners(&first, 0.0), vec![Method::Dense]);
+        // A deep layer: dense for dense inputs, im2csoa for sparse ones, nothing else.
+        let deep = ConvSpec::new(512, 15, 15, 512, [3, 3]).with_padding([1, 1, 1, 1]);
+        assert_eq!(p.winners(&deep, 0.0), vec![Method::Dense, Method::Im2Csoa]);
+    }
+
+    #[test]
+    fn crossings_in_the_unit_interval() {
+        assert_eq!(roots_in_unit_interval([0.0; 3]), Vec::<f64>::new());
+        assert_eq!(roots_in_unit_interval([-1.0, 2.0, 0.0]), vec![0.5]);
+        let mut r = roots_in_unit_interval([0.06, -0.5, 1.0]); // (d - 0.2)(d - 0.3)
+        r.sort_by(f64::total_cmp);
+        assert!(
+            (r[0] - 0.2).abs() < 1e-12 && (r[1] - 0.3).abs() < 1e-12,
+            "{r:?}"
+        );
+        assert_eq!(roots_in_unit_interval([1.0, 0.0, 1.0]), Vec::<f64>::new());
+        assert_eq!(roots_in_unit_interval([-2.0, 1.0, 0.0]), Vec::<f64>::new());
     }
 }

@@ -8,6 +8,7 @@ use crate::tensor::Tensor;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 
 /// The default-domain opsets dconv implements.
 pub const OPSETS: std::ops::RangeInclusive<i64> = 6..=21;
@@ -36,7 +37,9 @@ pub type Node = NodeProto;
 #[derive(Debug)]
 pub struct Model {
     pub(crate) nodes: Vec<Node>,
-    pub(crate) initializers: HashMap<String, Tensor>,
+    /// Shared with the plans built from the model, which hold them as constants without a
+    /// copy.
+    pub(crate) initializers: HashMap<String, Arc<Tensor>>,
     inputs: Vec<ModelInput>,
     outputs: Vec<String>,
     opset: i64,
@@ -75,7 +78,7 @@ impl Model {
             .ok_or_else(|| Error::InvalidModel("the model has no graph".into()))?;
         let mut initializers = HashMap::new();
         for t in &graph.initializer {
-            initializers.insert(t.name().to_string(), decode_tensor(t, base)?);
+            initializers.insert(t.name().to_string(), Arc::new(decode_tensor(t, base)?));
         }
         let inputs = graph
             .input
@@ -143,7 +146,7 @@ pub(crate) fn node_label(node: &Node, index: usize) -> String {
 /// tensor produced once, and every graph output produced.
 fn check_graph(
     nodes: &[Node],
-    initializers: &HashMap<String, Tensor>,
+    initializers: &HashMap<String, Arc<Tensor>>,
     inputs: &[ModelInput],
     outputs: &[String],
 ) -> Result<()> {

@@ -197,13 +197,13 @@ impl ConvDraft {
         let weight_sparsity = zeros as f64 / self.weights.len().max(1) as f64;
         let prepared = b.selection.methods(&self.spec, weight_sparsity);
         let choice = b.selection.choice(&self.spec, weight_sparsity, &prepared);
-        let methods = prepared
-            .into_iter()
-            .map(|m| {
-                b.account_prepared(format!("preparing {m}"), m.prepared_bytes(&self.spec))?;
-                Conv::prepare(&self.spec, &self.weights, Some(&self.bias), m)
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let names = prepared.iter().map(|m| m.name()).collect::<Vec<_>>();
+        b.account_prepared(
+            format!("preparing {}", names.join(", ")),
+            Method::prepared_bytes_of(&prepared, &self.spec),
+        )?;
+        let methods =
+            Conv::prepare_methods(&self.spec, &self.weights, Some(&self.bias), &prepared)?;
         let step = ConvStep {
             methods,
             choice,

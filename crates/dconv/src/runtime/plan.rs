@@ -73,7 +73,7 @@ pub(crate) fn build(
     let mut values: HashMap<String, Value> = model
         .initializers
         .iter()
-        .map(|(k, t)| (k.clone(), Value::Const(Arc::new(t.clone()))))
+        .map(|(k, t)| (k.clone(), Value::Const(Arc::clone(t))))
         .collect();
     let mut inputs = Vec::new();
     for (input, shape) in model.inputs().iter().zip(shapes) {
