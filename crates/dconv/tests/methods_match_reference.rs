@@ -323,6 +323,32 @@ fn sparse_weight_with_many_channel_blocks_and_bands() {
     }
 }
 
+/// Dense at stride 1 sums shifted GEMMs a band of output rows at a time (bands of about
+/// 1 MB of input rows and sums); the random shapes above fit one band. This one takes 4
+/// bands of 26 rows, with groups, dilation and asymmetric padding.
+#[test]
+fn dense_stride_one_in_several_bands() {
+    let spec = ConvSpec::new(64, 80, 98, 64, [3, 2])
+        .with_dilation([2, 1])
+        .with_padding([1, 3, 2, 1])
+        .with_groups(2)
+        .with_bias(true)
+        .with_activation(Activation::Relu);
+    for threads in [1, 2] {
+        check_method(
+            Method::Dense,
+            &Case {
+                spec,
+                input_sparsity: 0.5,
+                weight_sparsity: 0.0,
+                pattern: ZeroPattern::Relu,
+                threads,
+                seed: 9,
+            },
+        );
+    }
+}
+
 /// A method with a fused activation counts its output's zeros as it writes them (so the next
 /// layer's input sparsity costs no extra pass), and the count is exact.
 #[test]

@@ -5,6 +5,7 @@
 //! the baseline the sparse methods have to beat.
 
 use super::im2col::lower;
+use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::gemm::gemm_f32;
 use rayon::prelude::*;
@@ -86,9 +87,17 @@ impl ConvKernel for Dense {
         let (c_len, m_len) = (s.channels, s.filters);
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
         let direct = self.input_is_lowered();
+        let shifted = !direct && shifted_gemm::applies(s);
         let block_rows = (LOWERED_BLOCK_BYTES / (4 * k_len)).clamp(1, p_len);
-        if !direct && ws.lowered.len() < block_rows * k_len {
-            ws.lowered.resize(block_rows * k_len, 0.0);
+        let scratch = if shifted {
+            shifted_gemm::scratch_len(s)
+        } else if direct {
+            0
+        } else {
+            block_rows * k_len
+        };
+        if ws.lowered.len() < scratch {
+            ws.lowered.resize(scratch, 0.0);
         }
         let threads = rayon::current_num_threads();
         let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
@@ -98,7 +107,13 @@ impl ConvKernel for Dense {
             .chunks_exact(in_image)
             .zip(output.chunks_exact_mut(p_len * m_len))
         {
-            for g in 0..s.groups {
+            if shifted {
+                let start = Instant::now();
+                let scratch = &mut ws.lowered[..scratch];
+                shifted_gemm::convolve(s, &self.packed, image, out, scratch, threads);
+                multiply += start.elapsed();
+            }
+            for g in (0..s.groups).filter(|_| !shifted) {
                 let rhs = &self.packed[g * k_len * mg..(g + 1) * k_len * mg];
                 if direct {
                     let start = Instant::now();

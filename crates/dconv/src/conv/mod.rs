@@ -13,6 +13,7 @@ mod lowered_csr;
 mod panels;
 mod reference;
 pub mod select;
+mod shifted_gemm;
 mod sparse_weight;
 mod spec;
 mod tiles;

@@ -8,13 +8,42 @@
 /// Panics if a matrix does not fit in its slice or a stride is shorter than its row.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_f32(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     dst: &mut [f32],
     dst_stride: usize,
     lhs: &[f32],
     lhs_stride: usize,
     rhs: &[f32],
     rhs_stride: usize,
+    threads: usize,
+) {
+    let operands = (lhs, lhs_stride, rhs, rhs_stride);
+    product(mnk, false, dst, dst_stride, operands, threads);
+}
+
+/// `dst += lhs x rhs`, as [`gemm_f32`] otherwise.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_f32_add(
+    mnk: (usize, usize, usize),
+    dst: &mut [f32],
+    dst_stride: usize,
+    lhs: &[f32],
+    lhs_stride: usize,
+    rhs: &[f32],
+    rhs_stride: usize,
+    threads: usize,
+) {
+    let operands = (lhs, lhs_stride, rhs, rhs_stride);
+    product(mnk, true, dst, dst_stride, operands, threads);
+}
+
+/// `dst = lhs x rhs`, plus the old `dst` when `add`: the checks, then the `gemm` crate.
+fn product(
+    (m, n, k): (usize, usize, usize),
+    add: bool,
+    dst: &mut [f32],
+    dst_stride: usize,
+    (lhs, lhs_stride, rhs, rhs_stride): (&[f32], usize, &[f32], usize),
     threads: usize,
 ) {
     if m == 0 || n == 0 {
@@ -46,7 +75,8 @@ pub(crate) fn gemm_f32(
     };
     // SAFETY: the asserts above keep every element gemm touches, (i, j) at
     // i * stride + j, inside its slice; `dst` is borrowed mutably and so disjoint from `lhs`
-    // and `rhs`. With `read_dst` false, dst is only written (alpha is ignored).
+    // and `rhs`. With `read_dst` false, dst is only written (alpha is ignored); with it,
+    // dst = 1 * dst + 1 * lhs x rhs.
     unsafe {
         gemm::gemm(
             m,
@@ -55,14 +85,14 @@ pub(crate) fn gemm_f32(
             dst.as_mut_ptr(),
             1,
             dst_stride as isize,
-            false,
+            add,
             lhs.as_ptr(),
             1,
             lhs_stride as isize,
             rhs.as_ptr(),
             1,
             rhs_stride as isize,
-            0.0,
+            if add { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
@@ -84,6 +114,8 @@ mod tests {
         let mut dst = [0.0; 5];
         gemm_f32((2, 2, 3), &mut dst, 3, &lhs, 4, &rhs, 2, 1);
         assert_eq!(dst, [4.0, 5.0, 0.0, 10.0, 11.0]);
+        gemm_f32_add((2, 2, 3), &mut dst, 3, &lhs, 4, &rhs, 2, 1);
+        assert_eq!(dst, [8.0, 10.0, 0.0, 20.0, 22.0]);
         assert!(std::panic::catch_unwind(|| gemm_f32(
             (2, 2, 3),
             &mut [0.0; 4],
