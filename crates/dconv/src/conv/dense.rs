@@ -48,13 +48,6 @@ impl Dense {
         }
     }
 
-    /// Whether the NHWC input already is L: a 1x1 kernel at stride 1 without padding
-    /// (group `g` is then the column block `g * Cg..` of rows of stride C).
-    fn input_is_lowered(&self) -> bool {
-        let s = &self.spec;
-        s.kernel == [1, 1] && s.stride == [1, 1] && s.padding == Default::default()
-    }
-
     /// Adds the bias and applies the activation to one image's `[P][M]` output; returns its
     /// zeros, or None when there is nothing to apply (and so no pass to count them in).
     fn apply_epilogue(&self, out: &mut [f32]) -> Option<usize> {
@@ -75,6 +68,18 @@ impl Dense {
     }
 }
 
+/// Whether the NHWC input already is L: a 1x1 kernel at stride 1 without padding
+/// (group `g` is then the column block `g * Cg..` of rows of stride C).
+fn input_is_lowered(s: &ConvSpec) -> bool {
+    s.kernel == [1, 1] && s.stride == [1, 1] && s.padding == Default::default()
+}
+
+/// Whether the dense method writes a lowered matrix for this layer: not when the input is
+/// one already, nor when it sums shifted GEMMs.
+pub(crate) fn lowers(s: &ConvSpec) -> bool {
+    !input_is_lowered(s) && !shifted_gemm::applies(s)
+}
+
 /// Bytes of lowered rows multiplied at a time: the lowered matrix of an early layer (a
 /// 240x240x64 input lowers to 132 MB) would otherwise go through memory twice, and a block
 /// this size is still large enough that repacking the weights per block costs little.
@@ -86,7 +91,7 @@ impl ConvKernel for Dense {
         let (p_len, k_len) = (s.out_pixels(), s.lowered_cols());
         let (c_len, m_len) = (s.channels, s.filters);
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
-        let direct = self.input_is_lowered();
+        let direct = input_is_lowered(s);
         let shifted = !direct && shifted_gemm::applies(s);
         let block_rows = (LOWERED_BLOCK_BYTES / (4 * k_len)).clamp(1, p_len);
         let scratch = if shifted {

@@ -6,7 +6,8 @@
 //! coefficient in nanoseconds per unit that `dconv tune` measures ([`fit`]). With d the input
 //! density (1 - input sparsity) and e the weight density:
 //!
-//! - `dense`: fixed + mac · MACs + lowered · P·K (im2col writes every lowered element).
+//! - `dense`: fixed + mac · MACs + lowered · P·K (im2col writes every lowered element; 0
+//!   where it lowers nothing: 1x1 stride-1 layers, and those it sums shifted GEMMs for).
 //! - `lowered-csr`: fixed + lowered · P·K (im2col and the compression scan) + nz_lowered ·
 //!   d·P·K + nz_mac · d·MACs.
 //! - `im2csr`: fixed + input · |X| (the conversion reads the input once) + pixel_tap ·
@@ -57,6 +58,8 @@ pub struct LayerSize {
     pub macs: f64,
     /// Elements of the lowered matrices, all images and groups (P·K·G·N).
     pub lowered: f64,
+    /// Elements `dense` lowers: `lowered`, or 0 where it lowers nothing.
+    pub dense_lowered: f64,
     /// Elements of the input tensor.
     pub input: f64,
     /// Elements of the weight tensor.
@@ -73,9 +76,15 @@ impl LayerSize {
         let [oh, ow] = spec.output_size();
         let batch = spec.batch as f64;
         let weights = spec.filters as f64 * spec.lowered_cols() as f64;
+        let lowered = batch * (oh * ow) as f64 * spec.lowered_cols() as f64 * spec.groups as f64;
         LayerSize {
             macs: batch * (oh * ow) as f64 * weights,
-            lowered: batch * (oh * ow) as f64 * spec.lowered_cols() as f64 * spec.groups as f64,
+            lowered,
+            dense_lowered: if super::dense::lowers(spec) {
+                lowered
+            } else {
+                0.0
+            },
             input: batch * (spec.height * spec.width * spec.channels) as f64,
             weights,
             pixel_taps: batch * (oh * ow * spec.kernel[0] * spec.kernel[1]) as f64,
@@ -115,7 +124,7 @@ pub fn term_names(method: Method) -> &'static [&'static str] {
 pub fn term_values(method: Method, size: &LayerSize, d: f64, e: f64) -> [f64; MAX_TERMS] {
     let s = size;
     match method {
-        Method::Dense => [1.0, s.macs, s.lowered, 0.0, 0.0, 0.0],
+        Method::Dense => [1.0, s.macs, s.dense_lowered, 0.0, 0.0, 0.0],
         Method::LoweredCsr => [1.0, s.lowered, d * s.lowered, d * s.macs, 0.0, 0.0],
         Method::Im2Csr => [
             1.0,
