@@ -94,8 +94,9 @@ impl ConvKernel for Dense {
         let direct = input_is_lowered(s);
         let shifted = !direct && shifted_gemm::applies(s);
         let block_rows = (LOWERED_BLOCK_BYTES / (4 * k_len)).clamp(1, p_len);
+        let threads = rayon::current_num_threads();
         let scratch = if shifted {
-            shifted_gemm::scratch_len(s)
+            threads * shifted_gemm::scratch_len(s)
         } else if direct {
             0
         } else {
@@ -104,7 +105,6 @@ impl ConvKernel for Dense {
         if ws.lowered.len() < scratch {
             ws.lowered.resize(scratch, 0.0);
         }
-        let threads = rayon::current_num_threads();
         let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
         let mut output_zeros = None;
         let in_image = s.height * s.width * c_len;

@@ -11,10 +11,12 @@
 //! (2 of 242 columns for a 3x3 kernel).
 //!
 //! The output is computed a band of rows at a time: the band's padded input rows and its
-//! virtual sums together fit L2, so the GEMMs read the input from L2 once per tap.
+//! virtual sums together fit L2, so the GEMMs read the input from L2 once per tap. Threads
+//! take even shares of the output rows, each with its own band buffers.
 
 use super::ConvSpec;
 use crate::kernels::gemm::{gemm_f32, gemm_f32_add};
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Bytes of padded input rows and virtual sums a band may take: about half of a 2 MB L2.
@@ -29,7 +31,8 @@ pub(crate) fn applies(spec: &ConvSpec) -> bool {
     spec.stride == [1, 1] && spec.kernel != [1, 1] && spec.channels_per_group() <= 256
 }
 
-/// Floats of scratch a layer needs: a band of padded input rows, then a band of sums.
+/// Floats of scratch a layer needs per thread: a band of padded input rows, then a band of
+/// sums.
 pub(crate) fn scratch_len(spec: &ConvSpec) -> usize {
     let plan = Bands::new(spec);
     plan.input_len() + plan.sums_len()
@@ -72,7 +75,8 @@ impl Bands {
 
 /// Computes the sums (no bias, no activation) of one NHWC image into `out` (`[P][M]`) from
 /// `packed` (`[G][K][Mg]`, `k = (r * S + s) * Cg + c`, so tap `t`'s rows are
-/// `t*Cg..(t+1)*Cg`), with `scratch` of [`scratch_len`] floats; `spec` takes this path.
+/// `t*Cg..(t+1)*Cg`), on `threads` threads with `scratch` of `threads` x [`scratch_len`]
+/// floats; `spec` takes this path.
 pub(crate) fn convolve(
     spec: &ConvSpec,
     packed: &[f32],
@@ -82,22 +86,49 @@ pub(crate) fn convolve(
     threads: usize,
 ) {
     debug_assert!(applies(spec));
+    let out_h = spec.out_height();
+    let rows_per_job = out_h.div_ceil(threads.clamp(1, out_h.max(1)));
+    let row_len = spec.out_width() * spec.filters;
+    out.par_chunks_mut(rows_per_job * row_len)
+        .zip(scratch.par_chunks_mut(scratch_len(spec)))
+        .enumerate()
+        .for_each(|(job, (out, scratch))| {
+            let first = job * rows_per_job;
+            convolve_rows(
+                spec,
+                packed,
+                image,
+                first..first + out.len() / row_len,
+                out,
+                scratch,
+            );
+        });
+}
+
+/// Output rows `rows` of one image into `out` (those rows), band by band, on this thread.
+fn convolve_rows(
+    spec: &ConvSpec,
+    packed: &[f32],
+    image: &[f32],
+    rows: Range<usize>,
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
     let bands = Bands::new(spec);
     let (input, sums) = scratch.split_at_mut(bands.input_len());
     let sums = &mut sums[..bands.sums_len()];
-    let out_h = spec.out_height();
-    for first in (0..out_h).step_by(bands.rows) {
-        let rows = first..(first + bands.rows).min(out_h);
-        copy_padded_rows(spec, image, &bands, rows.clone(), input);
+    let (ow, m, mg) = (spec.out_width(), spec.filters, spec.filters_per_group());
+    for first in rows.clone().step_by(bands.rows) {
+        let band = first..(first + bands.rows).min(rows.end);
+        copy_padded_rows(spec, image, &bands, band.clone(), input);
         for g in 0..spec.groups {
-            multiply_band(spec, packed, &bands, rows.clone(), g, input, sums, threads);
+            multiply_band(spec, packed, &bands, band.len(), g, input, sums);
             // Keep the valid positions: a whole output row at once without groups.
-            let (ow, m, mg) = (spec.out_width(), spec.filters, spec.filters_per_group());
             let pixels = if spec.groups == 1 { ow } else { 1 };
-            for (i, oy) in rows.clone().enumerate() {
+            for (i, oy) in band.clone().enumerate() {
                 for ox in (0..ow).step_by(pixels) {
                     let from = (i * bands.padded_w + ox) * mg;
-                    let to = (oy * ow + ox) * m + g * mg;
+                    let to = ((oy - rows.start) * ow + ox) * m + g * mg;
                     let len = pixels * mg;
                     out[to..to + len].copy_from_slice(&sums[from..from + len]);
                 }
@@ -131,17 +162,16 @@ fn copy_padded_rows(
     }
 }
 
-/// The virtual sums of group `g` for output rows `rows`: one accumulating GEMM per tap.
-#[allow(clippy::too_many_arguments)]
+/// The virtual sums of group `g` for a band of `rows` output rows: one accumulating GEMM
+/// per tap.
 fn multiply_band(
     spec: &ConvSpec,
     packed: &[f32],
     bands: &Bands,
-    rows: Range<usize>,
+    rows: usize,
     g: usize,
     input: &[f32],
     sums: &mut [f32],
-    threads: usize,
 ) {
     let (c, cg, mg) = (
         spec.channels,
@@ -153,7 +183,7 @@ fn multiply_band(
     let k_len = spec.lowered_cols();
     let group = &packed[g * k_len * mg..(g + 1) * k_len * mg];
     // The last row needs only its OW valid positions: no read past the band's input.
-    let q = (rows.len() - 1) * bands.padded_w + spec.out_width();
+    let q = (rows - 1) * bands.padded_w + spec.out_width();
     for r in 0..kr {
         for s in 0..ks {
             let tap = r * ks + s;
@@ -167,7 +197,7 @@ fn multiply_band(
                 c,
                 &group[tap * cg * mg..(tap + 1) * cg * mg],
                 mg,
-                threads,
+                1,
             );
         }
     }
