@@ -5,6 +5,8 @@
 pub(crate) mod aligned;
 pub(crate) mod compact;
 pub(crate) mod gemm;
+pub(crate) mod gemv;
+pub(crate) mod multiversion;
 pub mod shifted_axpy;
 
 use std::fmt;
