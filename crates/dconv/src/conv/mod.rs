@@ -282,7 +282,7 @@ impl Conv {
                 Isa::Avx512 => Box::new(im2csoa::Im2Csoa::<8>::new(*spec, weights, epilogue, isa)),
                 _ => Box::new(im2csoa::Im2Csoa::<4>::new(*spec, weights, epilogue, isa)),
             },
-            Method::Dense => Box::new(dense::Dense::new(*spec, weights, epilogue)),
+            Method::Dense => Box::new(dense::Dense::new(*spec, weights, epilogue, isa)),
             Method::SparseWeight => Box::new(sparse_weight::SparseWeight::new(
                 *spec, weights, epilogue, isa,
             )?),

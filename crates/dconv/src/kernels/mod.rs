@@ -4,6 +4,7 @@
 
 pub(crate) mod aligned;
 pub(crate) mod compact;
+pub(crate) mod direct_conv;
 pub(crate) mod gemm;
 pub(crate) mod gemv;
 pub(crate) mod multiversion;
