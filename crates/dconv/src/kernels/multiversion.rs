@@ -2,11 +2,14 @@
 //!
 //! The crate is built for baseline x86-64 (SSE2), where the compiler vectorises a loop four
 //! floats wide. [`vectorized`] runs a closure inside a function compiled with the target
-//! features of an [`Isa`]: the closure is inlined there (its only call site), and so are the
-//! `#[inline(always)]` helpers it calls, so that its loops are vectorised 8 or 16 floats wide.
-//! It suits memory-bound loops whose plain Rust form already vectorises (a reduction over
-//! contiguous channels, a matrix-vector product); compute-bound kernels that need fused
-//! multiply-adds and registers held across a loop use intrinsics instead.
+//! features of an [`Isa`], so that the closure's loops, once inlined there, are vectorised 8
+//! or 16 floats wide. Inlining is the catch: mark the closure `#[inline(always)]` and keep
+//! its loops in `#[inline(always)]` functions or plain `for` loops. Whatever the compiler
+//! leaves out of line (a large closure, an iterator's `fold`) is compiled for the baseline
+//! and runs at SSE width; check with `perf annotate` that the loop uses the wide registers.
+//! It suits memory-bound loops whose plain Rust form already vectorises (a matrix-vector
+//! product); compute-bound kernels that need fused multiply-adds and registers held across
+//! a loop use intrinsics instead.
 
 use super::Isa;
 
