@@ -34,6 +34,21 @@ pub(crate) struct Dense {
     direct: Option<Direct>,
 }
 
+/// At most how many bytes [`Dense::new`] keeps for `spec` (saturating): the GEMM's packed
+/// weights, or those of the direct path, whose filters are padded to a multiple of
+/// [`FILTER_ALIGN`], plus its bias and tap offsets.
+pub(crate) fn prepared_bytes(spec: &ConvSpec) -> usize {
+    let weights = spec.weight_len().unwrap_or(usize::MAX);
+    let gemm = weights.saturating_mul(4);
+    if spec.groups != 1 || spec.channels > DIRECT_MAX_CHANNELS {
+        return gemm;
+    }
+    let k = spec.lowered_cols();
+    let mp = spec.filters.saturating_add(FILTER_ALIGN - 1);
+    let direct = k.saturating_add(1).saturating_mul(mp).saturating_add(k);
+    gemm.max(direct.saturating_mul(4))
+}
+
 /// The weights of the direct path, and where its taps read in the padded input.
 struct Direct {
     isa: Isa,
@@ -308,6 +323,34 @@ impl ConvKernel for Dense {
             convert,
             multiply,
             output_zeros,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_bytes_bound_what_is_kept() {
+        for (c, m, groups) in [(3, 64, 1), (1, 1, 1), (4, 5, 1), (5, 7, 1), (4, 8, 2)] {
+            let spec = ConvSpec::new(c, 6, 6, m, [3, 3])
+                .with_padding([1, 1, 1, 1])
+                .with_groups(groups);
+            spec.validate().unwrap();
+            let weights = vec![1.0; spec.weight_len().unwrap()];
+            let epilogue = Epilogue {
+                bias: vec![0.0; m],
+                activation: Activation::None,
+            };
+            let dense = Dense::new(spec, &weights, epilogue, Isa::Portable);
+            let kept = dense.packed.len()
+                + dense
+                    .direct
+                    .as_ref()
+                    .map_or(0, |d| d.weights.len() + d.bias.len() + d.taps.len());
+            assert!(kept * 4 <= prepared_bytes(&spec), "{spec:?}: {kept} floats");
+            assert_eq!(dense.direct.is_some(), c <= 4 && groups == 1, "{spec:?}");
         }
     }
 }
