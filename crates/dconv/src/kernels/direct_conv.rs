@@ -112,6 +112,7 @@ fn portable(row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
 
 /// One SIMD kernel per instruction set: tiles of `NP` pixels by `NV` vectors of filters in
 /// registers, accumulated over every tap, then clamped, stored and counted.
+#[cfg(target_arch = "x86_64")]
 macro_rules! direct_row {
     ($module:ident, $feature:literal, $lanes:expr, $vec:ty, [$($plan:tt)*],
      load: $load:ident, store: $store:ident, splat: $splat:ident,
