@@ -111,7 +111,8 @@ fn case() -> impl Strategy<Value = Case> {
 }
 
 /// Cases of the dense method's direct path: one group, at most 4 input channels, and
-/// filters enough for several blocks of 64 and a partial one.
+/// filters enough for several blocks of 64 and a partial one (and, below 8 filters, the
+/// GEMM path it falls back to).
 fn few_channel_case() -> impl Strategy<Value = Case> {
     (case(), 1usize..=4, 1usize..=150).prop_map(|(mut case, c, m)| {
         let s = case.spec;

@@ -23,6 +23,14 @@ const EPILOGUE_ROWS_PER_TASK: usize = 64;
 
 /// Input channels up to which an ungrouped layer takes the direct path.
 const DIRECT_MAX_CHANNELS: usize = 4;
+/// Filters from which it does: with fewer, most of each vector of 16 filters would be
+/// padding (computed and kept), and the GEMM path costs about as much.
+const DIRECT_MIN_FILTERS: usize = 8;
+
+/// Whether `spec` takes the direct path (when its tap offsets also fit 32 bits).
+fn direct_applies(spec: &ConvSpec) -> bool {
+    spec.groups == 1 && spec.channels <= DIRECT_MAX_CHANNELS && spec.filters >= DIRECT_MIN_FILTERS
+}
 
 pub(crate) struct Dense {
     spec: ConvSpec,
@@ -40,7 +48,7 @@ pub(crate) struct Dense {
 pub(crate) fn prepared_bytes(spec: &ConvSpec) -> usize {
     let weights = spec.weight_len().unwrap_or(usize::MAX);
     let gemm = weights.saturating_mul(4);
-    if spec.groups != 1 || spec.channels > DIRECT_MAX_CHANNELS {
+    if !direct_applies(spec) {
         return gemm;
     }
     let k = spec.lowered_cols();
@@ -63,10 +71,10 @@ struct Direct {
 }
 
 impl Direct {
-    /// The direct path for `spec`, when it is one (few channels, one group, offsets that
-    /// fit 32 bits). `weights` are ONNX `[M][C][R][S]`.
+    /// The direct path for `spec`, when it takes one ([`direct_applies`], and tap offsets
+    /// that fit 32 bits). `weights` are ONNX `[M][C][R][S]`.
     fn new(spec: &ConvSpec, weights: &[f32], epilogue: &Epilogue, isa: Isa) -> Option<Self> {
-        if spec.groups != 1 || spec.channels > DIRECT_MAX_CHANNELS {
+        if !direct_applies(spec) {
             return None;
         }
         let padded = spec.padded_size().ok()?;
@@ -333,7 +341,14 @@ mod tests {
 
     #[test]
     fn prepared_bytes_bound_what_is_kept() {
-        for (c, m, groups) in [(3, 64, 1), (1, 1, 1), (4, 5, 1), (5, 7, 1), (4, 8, 2)] {
+        for (c, m, groups) in [
+            (3, 64, 1),
+            (1, 8, 1),
+            (4, 9, 1),
+            (2, 2, 1),
+            (5, 8, 1),
+            (4, 8, 2),
+        ] {
             let spec = ConvSpec::new(c, 6, 6, m, [3, 3])
                 .with_padding([1, 1, 1, 1])
                 .with_groups(groups);
@@ -350,7 +365,11 @@ mod tests {
                     .as_ref()
                     .map_or(0, |d| d.weights.len() + d.bias.len() + d.taps.len());
             assert!(kept * 4 <= prepared_bytes(&spec), "{spec:?}: {kept} floats");
-            assert_eq!(dense.direct.is_some(), c <= 4 && groups == 1, "{spec:?}");
+            assert_eq!(
+                dense.direct.is_some(),
+                c <= 4 && m >= 8 && groups == 1,
+                "{spec:?}"
+            );
         }
     }
 }
