@@ -110,6 +110,36 @@ fn case() -> impl Strategy<Value = Case> {
         )
 }
 
+/// Cases of the dense method's direct path: one group, at most 4 input channels, and
+/// filters enough for several blocks of 64 and a partial one (and, below 8 filters, the
+/// GEMM path it falls back to).
+fn few_channel_case() -> impl Strategy<Value = Case> {
+    (case(), 1usize..=4, 1usize..=150).prop_map(|(mut case, c, m)| {
+        let s = case.spec;
+        case.spec = ConvSpec::new(c, s.height, s.width, m, s.kernel)
+            .with_stride(s.stride)
+            .with_dilation(s.dilation)
+            .with_padding([
+                s.padding.top,
+                s.padding.left,
+                s.padding.bottom,
+                s.padding.right,
+            ])
+            .with_batch(s.batch)
+            .with_bias(s.bias)
+            .with_activation(s.activation);
+        case
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
+    #[test]
+    fn dense_with_few_channels_matches_reference(case in few_channel_case()) {
+        check_method(Method::Dense, &case);
+    }
+}
+
 struct Data {
     input: Vec<f32>,
     weights: Vec<f32>,

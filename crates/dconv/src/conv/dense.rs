@@ -3,16 +3,35 @@
 //! `gemm` crate): `Y_g (P x Mg) = L_g (P x K) x W^T_g (K x Mg)` for each group `g`, written
 //! straight into the NHWC output at column offset `g * Mg`. Every zero is multiplied; this is
 //! the baseline the sparse methods have to beat.
+//!
+//! A layer with few input channels (a network's first layer, on 3 colour channels) takes a
+//! direct path instead: its lowered matrix has K = 27 columns, so building it (a few short
+//! copies per row) and packing it for the GEMM cost more than the product. The input is
+//! padded once, and [`direct_conv_row`] broadcasts each input value straight from it
+//! against a vector of filters, with the bias, activation and zero count fused.
 
 use super::im2col::lower;
 use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use crate::kernels::direct_conv::{direct_conv_row, DirectRow, FILTER_ALIGN};
 use crate::kernels::gemm::gemm_f32;
+use crate::kernels::Isa;
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
 /// Output rows per rayon task in the epilogue pass.
 const EPILOGUE_ROWS_PER_TASK: usize = 64;
+
+/// Input channels up to which an ungrouped layer takes the direct path.
+const DIRECT_MAX_CHANNELS: usize = 4;
+/// Filters from which it does: with fewer, most of each vector of 16 filters would be
+/// padding (computed and kept), and the GEMM path costs about as much.
+const DIRECT_MIN_FILTERS: usize = 8;
+
+/// Whether `spec` takes the direct path (when its tap offsets also fit 32 bits).
+fn direct_applies(spec: &ConvSpec) -> bool {
+    spec.groups == 1 && spec.channels <= DIRECT_MAX_CHANNELS && spec.filters >= DIRECT_MIN_FILTERS
+}
 
 pub(crate) struct Dense {
     spec: ConvSpec,
@@ -20,11 +39,90 @@ pub(crate) struct Dense {
     /// matrix.
     packed: Vec<f32>,
     epilogue: Epilogue,
+    /// The direct path, for layers with few input channels.
+    direct: Option<Direct>,
+}
+
+/// At most how many bytes [`Dense::new`] keeps for `spec` (saturating): the GEMM's packed
+/// weights, or those of the direct path, whose filters are padded to a multiple of
+/// [`FILTER_ALIGN`], plus its bias and tap offsets.
+pub(crate) fn prepared_bytes(spec: &ConvSpec) -> usize {
+    let weights = spec.weight_len().unwrap_or(usize::MAX);
+    let gemm = weights.saturating_mul(4);
+    if !direct_applies(spec) {
+        return gemm;
+    }
+    let k = spec.lowered_cols();
+    let mp = spec.filters.saturating_add(FILTER_ALIGN - 1);
+    let direct = k.saturating_add(1).saturating_mul(mp).saturating_add(k);
+    gemm.max(direct.saturating_mul(4))
+}
+
+/// The weights of the direct path, and where its taps read in the padded input.
+struct Direct {
+    isa: Isa,
+    /// Height and width of the zero-padded input.
+    padded: [usize; 2],
+    /// `[K][Mp]`: the packed weights with the filters padded to `Mp`, a multiple of
+    /// [`FILTER_ALIGN`] (zeros past `M`).
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    /// Offset of tap `k = (r * S + s) * C + c` from a window's first float.
+    taps: Vec<u32>,
+}
+
+impl Direct {
+    /// The direct path for `spec`, when it takes one ([`direct_applies`], and tap offsets
+    /// that fit 32 bits). `weights` are ONNX `[M][C][R][S]`.
+    fn new(spec: &ConvSpec, weights: &[f32], epilogue: &Epilogue, isa: Isa) -> Option<Self> {
+        if !direct_applies(spec) {
+            return None;
+        }
+        let padded = spec.padded_size().ok()?;
+        let (c_len, m_len) = (spec.channels, spec.filters);
+        let [r_len, s_len] = spec.kernel;
+        let [dh, dw] = spec.dilation;
+        let mut taps = Vec::with_capacity(spec.lowered_cols());
+        for r in 0..r_len {
+            for s in 0..s_len {
+                for c in 0..c_len {
+                    let offset = (r * dh)
+                        .checked_mul(padded[1])?
+                        .checked_add(s * dw)?
+                        .checked_mul(c_len)?
+                        .checked_add(c)?;
+                    taps.push(u32::try_from(offset).ok()?);
+                }
+            }
+        }
+        let mp = m_len.next_multiple_of(FILTER_ALIGN);
+        let mut packed = vec![0.0; taps.len() * mp];
+        for (m, filter) in weights.chunks_exact(spec.lowered_cols()).enumerate() {
+            for c in 0..c_len {
+                for r in 0..r_len {
+                    for s in 0..s_len {
+                        let k = (r * s_len + s) * c_len + c;
+                        packed[k * mp + m] = filter[(c * r_len + r) * s_len + s];
+                    }
+                }
+            }
+        }
+        let mut bias = epilogue.bias.clone();
+        bias.resize(mp, 0.0);
+        Some(Direct {
+            isa,
+            padded,
+            weights: packed,
+            bias,
+            taps,
+        })
+    }
 }
 
 impl Dense {
     /// Packs ONNX `[M][Cg][R][S]` weights; `spec` must be validated and `weights` checked.
-    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue) -> Self {
+    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Self {
+        let direct = Direct::new(&spec, weights, &epilogue, isa);
         let (cg, mg) = (spec.channels_per_group(), spec.filters_per_group());
         let [r_len, s_len] = spec.kernel;
         let k_len = spec.lowered_cols();
@@ -43,8 +141,10 @@ impl Dense {
         }
         Dense {
             spec,
-            packed,
+            // The direct path does not use the GEMM's packing.
+            packed: if direct.is_some() { Vec::new() } else { packed },
             epilogue,
+            direct,
         }
     }
 
@@ -85,8 +185,94 @@ pub(crate) fn lowers(s: &ConvSpec) -> bool {
 /// this size is still large enough that repacking the weights per block costs little.
 const LOWERED_BLOCK_BYTES: usize = 8 << 20;
 
+impl Dense {
+    /// The direct path: pads each image into the workspace, then computes the output row by
+    /// row, finished (bias, activation) and with its zeros counted.
+    fn run_direct(
+        &self,
+        direct: &Direct,
+        input: &[f32],
+        output: &mut [f32],
+        ws: &mut Workspace,
+    ) -> Timing {
+        let s = &self.spec;
+        let (c_len, m_len) = (s.channels, s.filters);
+        let [ph, pw] = direct.padded;
+        let ow = s.out_width();
+        let clamp = match self.epilogue.activation {
+            Activation::None => None,
+            Activation::Relu => Some((0.0, f32::INFINITY)),
+            Activation::Relu6 => Some((0.0, 6.0)),
+        };
+        let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
+        let mut zeros = 0;
+        let in_image = s.height * s.width * c_len;
+        let padded_len = ph * pw * c_len;
+        if ws.lowered.len() < padded_len {
+            ws.lowered.resize(padded_len, 0.0);
+        }
+        for (image, out) in input
+            .chunks_exact(in_image)
+            .zip(output.chunks_exact_mut(s.out_pixels() * m_len))
+        {
+            let start = Instant::now();
+            let padded = &mut ws.lowered[..padded_len];
+            pad_image(s, image, padded);
+            let padded_at = Instant::now();
+            convert += padded_at - start;
+            let padded = &*padded;
+            zeros += out
+                .par_chunks_mut(ow * m_len)
+                .enumerate()
+                .map(|(oy, out_row)| {
+                    let row = DirectRow {
+                        input: padded,
+                        base: oy * s.stride[0] * pw * c_len,
+                        pixel_step: s.stride[1] * c_len,
+                        taps: &direct.taps,
+                        weights: &direct.weights,
+                        bias: &direct.bias,
+                        clamp,
+                    };
+                    direct_conv_row(direct.isa, &row, m_len, out_row)
+                })
+                .sum::<usize>();
+            multiply += padded_at.elapsed();
+        }
+        Timing {
+            convert,
+            multiply,
+            output_zeros: Some(zeros),
+        }
+    }
+}
+
+/// Copies one NHWC image into `padded` (`[H + top + bottom][W + left + right][C]`), zeros
+/// around it.
+fn pad_image(s: &ConvSpec, image: &[f32], padded: &mut [f32]) {
+    let c_len = s.channels;
+    let pw = s.width + s.padding.left + s.padding.right;
+    let row_len = s.width * c_len;
+    let top = s.padding.top * pw * c_len;
+    let bottom = top + s.height * pw * c_len;
+    padded[..top].fill(0.0);
+    padded[bottom..].fill(0.0);
+    for (src, dst) in image
+        .chunks_exact(row_len)
+        .zip(padded[top..bottom].chunks_exact_mut(pw * c_len))
+    {
+        let (left, rest) = dst.split_at_mut(s.padding.left * c_len);
+        left.fill(0.0);
+        rest[..row_len].copy_from_slice(src);
+        rest[row_len..].fill(0.0);
+    }
+}
+
 impl ConvKernel for Dense {
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
+        if let Some(direct) = &self.direct {
+            return self.run_direct(direct, input, output, ws);
+        }
         let s = &self.spec;
         let (p_len, k_len) = (s.out_pixels(), s.lowered_cols());
         let (c_len, m_len) = (s.channels, s.filters);
@@ -165,6 +351,45 @@ impl ConvKernel for Dense {
             convert,
             multiply,
             output_zeros,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_bytes_bound_what_is_kept() {
+        for (c, m, groups) in [
+            (3, 64, 1),
+            (1, 8, 1),
+            (4, 9, 1),
+            (2, 2, 1),
+            (5, 8, 1),
+            (4, 8, 2),
+        ] {
+            let spec = ConvSpec::new(c, 6, 6, m, [3, 3])
+                .with_padding([1, 1, 1, 1])
+                .with_groups(groups);
+            spec.validate().unwrap();
+            let weights = vec![1.0; spec.weight_len().unwrap()];
+            let epilogue = Epilogue {
+                bias: vec![0.0; m],
+                activation: Activation::None,
+            };
+            let dense = Dense::new(spec, &weights, epilogue, Isa::Portable);
+            let kept = dense.packed.len()
+                + dense
+                    .direct
+                    .as_ref()
+                    .map_or(0, |d| d.weights.len() + d.bias.len() + d.taps.len());
+            assert!(kept * 4 <= prepared_bytes(&spec), "{spec:?}: {kept} floats");
+            assert_eq!(
+                dense.direct.is_some(),
+                c <= 4 && m >= 8 && groups == 1,
+                "{spec:?}"
+            );
         }
     }
 }

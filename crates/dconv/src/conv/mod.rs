@@ -65,7 +65,8 @@ impl Method {
         const WIDEST_PANEL: usize = 128;
         let weights = spec.weight_len().unwrap_or(usize::MAX);
         match self {
-            Method::Reference | Method::Dense => weights.saturating_mul(4),
+            Method::Reference => weights.saturating_mul(4),
+            Method::Dense => dense::prepared_bytes(spec),
             // An offset and a value per weight, at most.
             Method::SparseWeight => weights.saturating_mul(8),
             Method::LoweredCsr | Method::Im2Csr | Method::Im2Csoa => {
@@ -357,7 +358,7 @@ impl Conv {
                     isa,
                 )),
             },
-            Method::Dense => Box::new(dense::Dense::new(*spec, weights, epilogue)),
+            Method::Dense => Box::new(dense::Dense::new(*spec, weights, epilogue, isa)),
             Method::SparseWeight => Box::new(sparse_weight::SparseWeight::new(
                 *spec, weights, epilogue, isa,
             )?),

@@ -102,6 +102,87 @@ fn product(
     }
 }
 
+/// `dst = lhs x rhs` with any row and column strides of the operands (`(row, col)` pairs):
+/// a transposed `lhs` or `rhs` is the same matrix with its strides swapped, so that a B
+/// stored `[N][K]` is multiplied without copying it. `dst` is row-major with row stride
+/// `dst_stride`. Runs on `threads` threads of the current rayon pool.
+///
+/// Panics if a matrix does not fit in its slice, or the destination's rows overlap.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_f32_strided(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_stride: usize,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    threads: usize,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The last element (rows - 1, cols - 1) lies inside the slice.
+    let fits = |len: usize, rows: usize, cols: usize, rs: usize, cs: usize| {
+        (rows - 1)
+            .checked_mul(rs)
+            .zip((cols - 1).checked_mul(cs))
+            .and_then(|(r, c)| r.checked_add(c))
+            .is_some_and(|last| last < len)
+    };
+    assert!(
+        dst_stride >= n && fits(dst.len(), m, n, dst_stride, 1),
+        "gemm: destination too small"
+    );
+    if k == 0 {
+        for row in dst.chunks_mut(dst_stride).take(m) {
+            row[..n].fill(0.0);
+        }
+        return;
+    }
+    assert!(
+        fits(lhs.len(), m, k, lhs_rs, lhs_cs),
+        "gemm: left matrix too small"
+    );
+    assert!(
+        fits(rhs.len(), k, n, rhs_rs, rhs_cs),
+        "gemm: right matrix too small"
+    );
+    let parallelism = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above keep every element gemm touches, (i, j) at
+    // i * row_stride + j * col_stride, inside its slice; the destination's rows do not
+    // overlap (dst_stride >= n), and `dst` is borrowed mutably and so disjoint from `lhs` and
+    // `rhs`; the operands are only read. With `read_dst` false, dst is only written (alpha is
+    // ignored).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_stride as isize,
+            false,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,6 +216,31 @@ mod tests {
             4,
             &rhs,
             2,
+            1
+        ))
+        .is_err());
+    }
+
+    #[test]
+    fn strided_operands_are_transposes() {
+        // lhs 2x3 stored transposed (3x2, row stride 2), rhs 3x2 stored transposed (2x3).
+        let lhs_t = [1.0, 4.0, 2.0, 5.0, 3.0, 6.0];
+        let rhs_t = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0];
+        let mut dst = [0.0; 5];
+        gemm_f32_strided((2, 2, 3), &mut dst, 3, &lhs_t, (1, 2), &rhs_t, (1, 3), 1);
+        assert_eq!(dst, [4.0, 5.0, 0.0, 10.0, 11.0]);
+        // k = 0 writes zeros.
+        let mut dst = [7.0; 4];
+        gemm_f32_strided((2, 2, 0), &mut dst, 2, &[], (0, 1), &[], (2, 1), 1);
+        assert_eq!(dst, [0.0; 4]);
+        assert!(std::panic::catch_unwind(|| gemm_f32_strided(
+            (2, 2, 3),
+            &mut [0.0; 5],
+            3,
+            &lhs_t[..5],
+            (1, 2),
+            &rhs_t,
+            (1, 3),
             1
         ))
         .is_err());

@@ -4,7 +4,10 @@
 
 pub(crate) mod aligned;
 pub(crate) mod compact;
+pub(crate) mod direct_conv;
 pub(crate) mod gemm;
+pub(crate) mod gemv;
+pub(crate) mod multiversion;
 pub mod shifted_axpy;
 pub(crate) mod transpose;
 

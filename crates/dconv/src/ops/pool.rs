@@ -31,6 +31,13 @@ struct Pool {
     padded_end: [usize; 2],
 }
 
+/// Channels reduced at a time in registers (four SSE vectors).
+const CHUNK: usize = 16;
+
+/// Windows with more taps than this (global pools) add whole pixels into the output row
+/// instead: a chunk of channels at a time would read such a window once per chunk.
+const MAX_CHUNKED_TAPS: usize = 64;
+
 impl Kernel for Pool {
     fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
         let x = inputs[0];
@@ -38,65 +45,191 @@ impl Kernel for Pool {
         let [h, w] = self.input;
         let [oh, ow] = self.output;
         let image_in = h * w * c_len;
-        // The zeros of each output row are counted while it is still in cache: a pooling
-        // between two convolutions hands the next one its input sparsity.
+        if output.is_empty() || c_len == 0 {
+            return Some(0.0);
+        }
+        // The zeros of each output row are counted while it is still in registers or cache:
+        // a pooling between two convolutions hands the next one its input sparsity.
         let zeros: usize = output
             .par_chunks_mut(ow * c_len)
             .enumerate()
             .map(|(row, out_row)| {
                 let (n, oy) = (row / oh, row % oh);
                 let image = &x[n * image_in..(n + 1) * image_in];
-                for ox in 0..ow {
-                    let out = &mut out_row[ox * c_len..(ox + 1) * c_len];
-                    self.window(image, [oy, ox], out);
-                }
-                out_row.iter().filter(|&&v| v == 0.0).count()
+                self.row(image, oy, out_row)
             })
             .sum();
         Some(zeros as f64 / output.len().max(1) as f64)
     }
 }
 
+/// The taps of a window along one axis: the input coordinates it reads (`first`, then every
+/// `step`, `count` of them) and how many of its taps lie inside the padded input.
+#[derive(Debug, Clone)]
+struct Taps {
+    first: usize,
+    step: usize,
+    count: usize,
+    padded: usize,
+}
+
+/// The taps of one window along both axes.
+struct Window {
+    y: Taps,
+    x: Taps,
+}
+
+impl Window {
+    fn new(y: Taps, x: Taps) -> Self {
+        Window { y, x }
+    }
+
+    fn len(&self) -> usize {
+        self.y.count * self.x.count
+    }
+}
+
 impl Pool {
-    fn window(&self, image: &[f32], o: [usize; 2], out: &mut [f32]) {
+    /// The taps along `axis` of output position `o`: tap `k` of the window sits at padded
+    /// coordinate `q = o * stride + k * dilation`, counts in the divisor with
+    /// `count_include_pad` if `q < padded_end`, and reads the input if it is inside
+    /// `pad_begin..pad_begin + input`.
+    #[inline(always)]
+    fn taps(&self, axis: usize, o: usize) -> Taps {
+        let (k_len, step) = (self.kernel[axis], self.dilation[axis]);
+        let start = o * self.stride[axis];
+        let (begin, end) = (
+            self.pad_begin[axis],
+            self.pad_begin[axis] + self.input[axis],
+        );
+        // The number of taps k < k_len with q < limit.
+        let below = |limit: usize| limit.saturating_sub(start).div_ceil(step).min(k_len);
+        let (lo, hi) = (below(begin), below(end));
+        let count = hi.saturating_sub(lo);
+        Taps {
+            first: (start + lo * step).saturating_sub(begin),
+            step,
+            count,
+            padded: below(self.padded_end[axis]),
+        }
+    }
+
+    /// Reduces one window into `out` (one pixel's channels); returns its exact zeros.
+    #[inline(always)]
+    fn window(&self, image: &[f32], window: &Window, out: &mut [f32]) -> usize {
         let c_len = self.channels;
-        let init = match self.reduce {
+        let scale = match self.reduce {
+            Reduce::Max => 1.0,
+            Reduce::Mean { count_pad } => {
+                let count = if count_pad {
+                    window.y.padded * window.x.padded
+                } else {
+                    window.len()
+                };
+                1.0 / count.max(1) as f32
+            }
+        };
+        let w = self.input[1];
+        let (ys, xs) = (&window.y, &window.x);
+        let pixel =
+            |i: usize, j: usize| ((ys.first + i * ys.step) * w + xs.first + j * xs.step) * c_len;
+        if window.len() > MAX_CHUNKED_TAPS {
+            out.fill(self.init());
+            for i in 0..ys.count {
+                for j in 0..xs.count {
+                    let at = pixel(i, j);
+                    self.combine(out, &image[at..at + c_len]);
+                }
+            }
+            let mut zeros = 0;
+            for o in out.iter_mut() {
+                *o *= scale;
+                zeros += (*o == 0.0) as usize;
+            }
+            return zeros;
+        }
+        let mut zeros = 0;
+        let mut chunks = out.chunks_exact_mut(CHUNK);
+        let mut c0 = 0;
+        for chunk in chunks.by_ref() {
+            let mut acc = [self.init(); CHUNK];
+            for i in 0..ys.count {
+                for j in 0..xs.count {
+                    let at = pixel(i, j) + c0;
+                    self.combine(&mut acc, &image[at..at + CHUNK]);
+                }
+            }
+            let mut z = 0u32;
+            for (o, &a) in chunk.iter_mut().zip(&acc) {
+                *o = a * scale;
+                z += (*o == 0.0) as u32;
+            }
+            zeros += z as usize;
+            c0 += CHUNK;
+        }
+        let tail = chunks.into_remainder();
+        if !tail.is_empty() {
+            tail.fill(self.init());
+            for i in 0..ys.count {
+                for j in 0..xs.count {
+                    let at = pixel(i, j);
+                    self.combine(tail, &image[at + c0..at + c_len]);
+                }
+            }
+            for o in tail.iter_mut() {
+                *o *= scale;
+                zeros += (*o == 0.0) as usize;
+            }
+        }
+        zeros
+    }
+
+    /// One output row: every window of output row `oy` of one image; returns its zeros.
+    #[inline(always)]
+    fn row(&self, image: &[f32], oy: usize, out_row: &mut [f32]) -> usize {
+        let ys = self.taps(0, oy);
+        let mut zeros = 0;
+        for (ox, out) in out_row.chunks_exact_mut(self.channels).enumerate() {
+            let window = Window::new(ys.clone(), self.taps(1, ox));
+            zeros += self.window(image, &window, out);
+        }
+        zeros
+    }
+
+    /// Folds one pixel's channels `v` into the accumulators `acc`.
+    #[inline(always)]
+    fn combine(&self, acc: &mut [f32], v: &[f32]) {
+        match self.reduce {
+            Reduce::Max => {
+                for (a, &x) in acc.iter_mut().zip(v) {
+                    *a = max(*a, x);
+                }
+            }
+            Reduce::Mean { .. } => {
+                for (a, &x) in acc.iter_mut().zip(v) {
+                    *a += x;
+                }
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn init(&self) -> f32 {
+        match self.reduce {
             Reduce::Max => f32::NEG_INFINITY,
             Reduce::Mean { .. } => 0.0,
-        };
-        out.fill(init);
-        let mut valid = 0usize;
-        let mut padded = 0usize;
-        for ky in 0..self.kernel[0] {
-            let y = (o[0] * self.stride[0] + ky * self.dilation[0]) as isize
-                - self.pad_begin[0] as isize;
-            if y + self.pad_begin[0] as isize >= self.padded_end[0] as isize {
-                continue;
-            }
-            for kx in 0..self.kernel[1] {
-                let x = (o[1] * self.stride[1] + kx * self.dilation[1]) as isize
-                    - self.pad_begin[1] as isize;
-                if x + self.pad_begin[1] as isize >= self.padded_end[1] as isize {
-                    continue;
-                }
-                padded += 1;
-                if y < 0 || x < 0 || y >= self.input[0] as isize || x >= self.input[1] as isize {
-                    continue;
-                }
-                valid += 1;
-                let at = (y as usize * self.input[1] + x as usize) * c_len;
-                let pixel = &image[at..at + c_len];
-                match self.reduce {
-                    Reduce::Max => out.iter_mut().zip(pixel).for_each(|(o, &v)| *o = o.max(v)),
-                    Reduce::Mean { .. } => out.iter_mut().zip(pixel).for_each(|(o, &v)| *o += v),
-                }
-            }
         }
-        if let Reduce::Mean { count_pad } = self.reduce {
-            let count = if count_pad { padded } else { valid };
-            let scale = 1.0 / count.max(1) as f32;
-            out.iter_mut().for_each(|o| *o *= scale);
-        }
+    }
+}
+
+/// The larger of `acc` (which starts at -inf, never NaN) and `v`, skipping a NaN `v` as
+/// `f32::max` does, in one compare-and-select that vectorises to a single max instruction.
+#[inline(always)]
+fn max(acc: f32, v: f32) -> f32 {
+    if v > acc {
+        v
+    } else {
+        acc
     }
 }
 
@@ -203,4 +336,126 @@ pub(crate) fn plan(b: &mut Builder, ctx: &Ctx, op: &str, x: &Value) -> Result<Va
         Layout::ChannelsLast,
         crate::runtime::builder::StepOp::Kernel(Box::new(pool)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::Rng;
+
+    /// The window by the definition: every tap checked on its own.
+    fn naive(pool: &Pool, image: &[f32], o: [usize; 2], out: &mut [f32]) {
+        let c_len = pool.channels;
+        out.fill(pool.init());
+        let (mut valid, mut padded) = (0usize, 0usize);
+        for ky in 0..pool.kernel[0] {
+            let qy = o[0] * pool.stride[0] + ky * pool.dilation[0];
+            for kx in 0..pool.kernel[1] {
+                let qx = o[1] * pool.stride[1] + kx * pool.dilation[1];
+                if qy >= pool.padded_end[0] || qx >= pool.padded_end[1] {
+                    continue;
+                }
+                padded += 1;
+                let (y, x) = (
+                    qy as isize - pool.pad_begin[0] as isize,
+                    qx as isize - pool.pad_begin[1] as isize,
+                );
+                if y < 0 || x < 0 || y >= pool.input[0] as isize || x >= pool.input[1] as isize {
+                    continue;
+                }
+                valid += 1;
+                let at = (y as usize * pool.input[1] + x as usize) * c_len;
+                for (o, &v) in out.iter_mut().zip(&image[at..at + c_len]) {
+                    *o = match pool.reduce {
+                        Reduce::Max => o.max(v),
+                        Reduce::Mean { .. } => *o + v,
+                    };
+                }
+            }
+        }
+        if let Reduce::Mean { count_pad } = pool.reduce {
+            let count = if count_pad { padded } else { valid };
+            out.iter_mut().for_each(|o| *o /= count.max(1) as f32);
+        }
+    }
+
+    #[test]
+    fn matches_the_definition_on_random_shapes() {
+        let mut rng = Rng::new(17);
+        let pick = |rng: &mut Rng, lo: usize, hi: usize| {
+            lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
+        };
+        for case in 0..400 {
+            let reduce = match case % 3 {
+                0 => Reduce::Max,
+                1 => Reduce::Mean { count_pad: false },
+                _ => Reduce::Mean { count_pad: true },
+            };
+            let channels = [1, 3, 16, 17, 35, 64][pick(&mut rng, 0, 5)];
+            let batch = pick(&mut rng, 1, 2);
+            let global = case % 11 == 0;
+            let input = [pick(&mut rng, 1, 12), pick(&mut rng, 1, 12)];
+            let kernel = if global {
+                input
+            } else {
+                [pick(&mut rng, 1, 4), pick(&mut rng, 1, 4)]
+            };
+            let stride = [pick(&mut rng, 1, 3), pick(&mut rng, 1, 3)];
+            let dilation = [pick(&mut rng, 1, 2), pick(&mut rng, 1, 2)];
+            let pad_begin = [pick(&mut rng, 0, 2), pick(&mut rng, 0, 2)];
+            let pad_end = [pick(&mut rng, 0, 2), pick(&mut rng, 0, 2)];
+            let padded_end = [0, 1].map(|i| input[i] + pad_begin[i] + pad_end[i]);
+            let extent = [0, 1].map(|i| (kernel[i] - 1) * dilation[i] + 1);
+            if (0..2).any(|i| extent[i] > padded_end[i]) {
+                continue;
+            }
+            let output = [0, 1].map(|i| (padded_end[i] - extent[i]) / stride[i] + 1);
+            let pool = Pool {
+                reduce,
+                channels,
+                input,
+                output,
+                kernel,
+                stride,
+                dilation,
+                pad_begin,
+                padded_end,
+            };
+            // Some exact zeros (and negative values) so that counting and max are exercised.
+            let x: Vec<f32> = (0..batch * input[0] * input[1] * channels)
+                .map(|_| {
+                    if rng.next_u64().is_multiple_of(3) {
+                        0.0
+                    } else {
+                        rng.nonzero_value()
+                    }
+                })
+                .collect();
+            let mut want = vec![0.0; batch * output[0] * output[1] * channels];
+            let image_len = input[0] * input[1] * channels;
+            for n in 0..batch {
+                for oy in 0..output[0] {
+                    for ox in 0..output[1] {
+                        let at = ((n * output[0] + oy) * output[1] + ox) * channels;
+                        naive(
+                            &pool,
+                            &x[n * image_len..(n + 1) * image_len],
+                            [oy, ox],
+                            &mut want[at..at + channels],
+                        );
+                    }
+                }
+            }
+            let zeros = want.iter().filter(|&&v| v == 0.0).count();
+            let mut got = vec![f32::NAN; want.len()];
+            let sparsity = pool.run(&[&x], &mut got).unwrap();
+            for (g, w) in got.iter().zip(&want) {
+                assert!(
+                    g == w || (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "case {case}: {g} vs {w}"
+                );
+            }
+            assert_eq!(sparsity, zeros as f64 / want.len() as f64, "case {case}");
+        }
+    }
 }
