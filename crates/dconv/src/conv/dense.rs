@@ -174,10 +174,10 @@ fn input_is_lowered(s: &ConvSpec) -> bool {
     s.kernel == [1, 1] && s.stride == [1, 1] && s.padding == Default::default()
 }
 
-/// Whether the dense method writes a lowered matrix for this layer: not when the input is
-/// one already, nor when it sums shifted GEMMs.
+/// Whether the dense method writes a lowered matrix for this layer: not when it takes the
+/// direct path, when the input is one already, nor when it sums shifted GEMMs.
 pub(crate) fn lowers(s: &ConvSpec) -> bool {
-    !input_is_lowered(s) && !shifted_gemm::applies(s)
+    !direct_applies(s) && !input_is_lowered(s) && !shifted_gemm::applies(s)
 }
 
 /// Bytes of lowered rows multiplied at a time: the lowered matrix of an early layer (a
@@ -277,13 +277,13 @@ impl ConvKernel for Dense {
         let (p_len, k_len) = (s.out_pixels(), s.lowered_cols());
         let (c_len, m_len) = (s.channels, s.filters);
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
-        let direct = input_is_lowered(s);
-        let shifted = !direct && shifted_gemm::applies(s);
+        let input_lowered = input_is_lowered(s);
+        let shifted = !input_lowered && shifted_gemm::applies(s);
         let block_rows = (LOWERED_BLOCK_BYTES / (4 * k_len)).clamp(1, p_len);
         let threads = rayon::current_num_threads();
         let scratch = if shifted {
             threads * shifted_gemm::scratch_len(s)
-        } else if direct {
+        } else if input_lowered {
             0
         } else {
             block_rows * k_len
@@ -306,7 +306,7 @@ impl ConvKernel for Dense {
             }
             for g in (0..s.groups).filter(|_| !shifted) {
                 let rhs = &self.packed[g * k_len * mg..(g + 1) * k_len * mg];
-                if direct {
+                if input_lowered {
                     let start = Instant::now();
                     gemm_f32(
                         (p_len, mg, k_len),
