@@ -27,15 +27,23 @@ const BAND_BYTES: usize = 1 << 20;
 /// per group. Measured on VGG-16's 3x3 layers: 64 channels at 240x240 1.45x faster than
 /// im2col + GEMM, 128 at 120x120 1.25x, 256 at 60x60 even, 512 at 30x30 10 % slower (one
 /// GEMM with K = 9 C writes its output once; nine with K = C read and write it nine times).
+/// Layers whose band buffers would pass [`MAX_SCRATCH_BYTES`] (a padding far wider than the
+/// image, say) keep im2col, whose buffer is bounded.
 pub(crate) fn applies(spec: &ConvSpec) -> bool {
-    spec.stride == [1, 1] && spec.kernel != [1, 1] && spec.channels_per_group() <= 256
+    spec.stride == [1, 1]
+        && spec.kernel != [1, 1]
+        && spec.channels_per_group() <= 256
+        && scratch_len(spec).saturating_mul(4) <= MAX_SCRATCH_BYTES
 }
 
+/// Bytes of band buffers per thread beyond which a layer does not take this path.
+const MAX_SCRATCH_BYTES: usize = 64 << 20;
+
 /// Floats of scratch a layer needs per thread: a band of padded input rows, then a band of
-/// sums.
+/// sums (saturating: sizes come from model files).
 pub(crate) fn scratch_len(spec: &ConvSpec) -> usize {
     let plan = Bands::new(spec);
-    plan.input_len() + plan.sums_len()
+    plan.input_len().saturating_add(plan.sums_len())
 }
 
 /// How a layer's output rows are cut into bands.
@@ -53,8 +61,8 @@ impl Bands {
     fn new(spec: &ConvSpec) -> Self {
         let padded_w = spec.width + spec.padding.left + spec.padding.right;
         let extra_rows = (spec.kernel[0] - 1) * spec.dilation[0];
-        let row_bytes = 4 * padded_w * (spec.channels + spec.filters_per_group());
-        let rows = (BAND_BYTES / row_bytes).clamp(1, spec.out_height().max(1));
+        let row_bytes = padded_w.saturating_mul(4 * (spec.channels + spec.filters_per_group()));
+        let rows = (BAND_BYTES / row_bytes.max(1)).clamp(1, spec.out_height().max(1));
         Bands {
             padded_w,
             rows,
@@ -65,11 +73,13 @@ impl Bands {
     }
 
     fn input_len(&self) -> usize {
-        (self.rows + self.extra_rows) * self.padded_w * self.channels
+        (self.rows + self.extra_rows)
+            .saturating_mul(self.padded_w)
+            .saturating_mul(self.channels)
     }
 
     fn sums_len(&self) -> usize {
-        self.rows * self.padded_w * self.filters_per_group
+        (self.rows * self.padded_w).saturating_mul(self.filters_per_group)
     }
 }
 

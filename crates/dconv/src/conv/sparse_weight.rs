@@ -1,9 +1,7 @@
 //! Direct sparse convolution: sparse weights x dense activations, with no lowered matrix.
 //!
-//! The output is computed in bands of tile rows small enough that their inputs and sums stay
-//! in L2. For each band, the input rows it reads are transposed into zero-padded,
-//! channel-major input planes. With a stride,
-//! every channel is split into `stride_h x stride_w` phase planes (space to depth: phase
+//! The input is transposed into zero-padded, channel-major planes. With a stride, every
+//! channel is split into `stride_h x stride_w` phase planes (space to depth: phase
 //! `(ph, pw)` holds `Xpad[c][y*sh + ph][x*sw + pw]`), so that kernel position `(r, s)` of
 //! output `(oy, ox)` reads phase `(r*dh % sh, s*dw % sw)` at `(oy + r*dh/sh, ox + s*dw/sw)`.
 //!
@@ -16,10 +14,11 @@
 //! whole, aligned vectors and a 3 x 3 kernel copies each input value about
 //! `3 (1 + 2 / rows)` times, not 9.
 //!
-//! Tiles are computed into a staging buffer (`[tile][filter][row][lane]`), a band of tile
-//! rows at a time, then transposed into the channels-last output through the epilogue.
-//! Threads share a band's (tile, filter chunk) items; when tiles are fewer than threads,
-//! filters are split into chunks so that every thread has work.
+//! Work goes by bands of tile rows small enough that their planes and sums stay in L2: the
+//! band's input rows are transposed into planes, its tiles are computed into a staging
+//! buffer (`[tile][filter][row][lane]`), which is then transposed into the channels-last
+//! output through the epilogue. Threads share a band's (tile, filter chunk) items; when
+//! tiles are fewer than threads, filters are split into chunks so that every thread has work.
 
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::error::{Error, Result};
@@ -106,8 +105,11 @@ impl SparseWeight {
         let tile_row_bytes = (tiles_x * spec.filters)
             .checked_mul(tile_len * 4)
             .ok_or_else(too_large)?;
-        let band_bytes =
-            |band: usize| (band * rows + max_row) * plane_row_bytes + band * tile_row_bytes;
+        let band_bytes = |band: usize| {
+            (band * rows + max_row)
+                .saturating_mul(plane_row_bytes)
+                .saturating_add(band.saturating_mul(tile_row_bytes))
+        };
         let band = (1..tiles_y)
             .take_while(|&band| band_bytes(band + 1) <= BAND_BUDGET)
             .last()
