@@ -33,8 +33,14 @@ use std::time::Instant;
 const L1_BUDGET: usize = 36 * 1024;
 
 /// Bytes of input planes and staged sums a band of tile rows may take (at least one tile
-/// row): most of a 2 MB L2.
+/// row) on one thread: most of a 2 MB L2.
 const BAND_BUDGET: usize = 3 << 19;
+
+/// The same on several threads, which share a band: larger, since every band costs each
+/// thread a wait for the others, and the planes each thread converts are read by all
+/// (256->256 at 60x60 on 2 threads: 1.56x the 1-thread speed with bands of one tile row,
+/// 1.9x with the whole image in one band).
+const SHARED_BAND_BUDGET: usize = 12 << 20;
 
 /// Floats of a 64-byte cache line.
 const LINE: usize = 64 / std::mem::size_of::<f32>();
@@ -55,20 +61,18 @@ pub(crate) struct SparseWeight {
     rows: usize,
     lanes: usize,
     tile_len: usize,
-    /// Tiles down and across the output, and tile rows per band.
+    /// Tiles down and across the output.
     tiles_y: usize,
     tiles_x: usize,
-    band: usize,
+    /// How bands are cut on one thread, and on several.
+    bands: [Bands; 2],
     /// Distinct row phases `r*dh % sh` the kernel reads, and the largest row shift.
     row_phases: Vec<usize>,
     max_row: usize,
     /// Per kernel column `s`: its column phase `s*dw % sw` and shift `s*dw / sw`.
     columns: Vec<(usize, usize)>,
-    /// Phase-plane width (columns), and floats of one band's phase plane (`band * rows +
-    /// max_row` rows) and of all phase planes of a channel.
+    /// Phase-plane width (columns).
     plane_w: usize,
-    plane: usize,
-    channel_stride: usize,
     /// Floats of one patch (`rows + max_row` vectors).
     segment: usize,
     /// Floats of a thread's window (whole cache lines).
@@ -110,17 +114,28 @@ impl SparseWeight {
                 .saturating_mul(plane_row_bytes)
                 .saturating_add(band.saturating_mul(tile_row_bytes))
         };
-        let band = (1..tiles_y)
-            .take_while(|&band| band_bytes(band + 1) <= BAND_BUDGET)
-            .last()
-            .map_or(1, |band| band + 1);
-        let plane = (band * rows + max_row)
-            .checked_mul(plane_w)
-            .ok_or_else(too_large)?;
-        let channel_stride = plane.checked_mul(sh * sw).ok_or_else(too_large)?;
-        spec.channels
-            .checked_mul(channel_stride)
-            .ok_or_else(too_large)?;
+        let bands_within = |budget: usize| -> Result<Bands> {
+            let tile_rows = (1..tiles_y)
+                .take_while(|&band| band_bytes(band + 1) <= budget)
+                .last()
+                .map_or(1, |band| band + 1);
+            let plane = (tile_rows * rows + max_row)
+                .checked_mul(plane_w)
+                .ok_or_else(too_large)?;
+            let channel_stride = plane.checked_mul(sh * sw).ok_or_else(too_large)?;
+            spec.channels
+                .checked_mul(channel_stride)
+                .ok_or_else(too_large)?;
+            Ok(Bands {
+                tile_rows,
+                plane,
+                channel_stride,
+            })
+        };
+        let bands = [
+            bands_within(BAND_BUDGET)?,
+            bands_within(SHARED_BAND_BUDGET)?,
+        ];
 
         let segment = (rows + max_row) * lanes;
         let window_channel = row_phases.len() * ks * segment;
@@ -173,13 +188,11 @@ impl SparseWeight {
             tile_len,
             tiles_y,
             tiles_x,
-            band,
+            bands,
             row_phases,
             max_row,
             columns,
             plane_w,
-            plane,
-            channel_stride,
             segment,
             window_len,
         })
@@ -188,22 +201,22 @@ impl SparseWeight {
     /// Transposes the rows of one NHWC image that the band of tile rows from `band_start`
     /// reads into the band's phase planes, a padded row at a time. Only cells inside the
     /// padded image are written: the others are read by dropped positions only.
-    fn convert(&self, image: &[f32], band_start: usize, planes: &mut [f32]) {
+    fn convert(&self, image: &[f32], g: Bands, band_start: usize, planes: &mut [f32]) {
         let s = &self.spec;
         let [sh, sw] = s.stride;
         let [padded_h, padded_w] = s.padded_size().expect("validated spec");
         let first = band_start * self.rows;
-        let plane_rows = first..(first + self.plane / self.plane_w).min(padded_h.div_ceil(sh));
+        let plane_rows = first..(first + g.plane / self.plane_w).min(padded_h.div_ceil(sh));
         let (top, left, width) = (s.padding.top, s.padding.left, s.width);
         // One block of channels per thread, whole vectors of each pixel: a pixel's channels
         // are read together while its cache lines are at hand.
         let threads = rayon::current_num_threads().max(1);
         let chunk_channels = s.channels.div_ceil(threads).next_multiple_of(8);
-        planes[..s.channels * self.channel_stride]
-            .par_chunks_mut(chunk_channels * self.channel_stride)
+        planes[..s.channels * g.channel_stride]
+            .par_chunks_mut(chunk_channels * g.channel_stride)
             .enumerate()
             .for_each(|(chunk, planes)| {
-                let channels = planes.len() / self.channel_stride;
+                let channels = planes.len() / g.channel_stride;
                 for (y, py) in plane_rows
                     .clone()
                     .flat_map(|py| self.row_phases.iter().map(move |&ph| (py * sh + ph, py)))
@@ -212,7 +225,7 @@ impl SparseWeight {
                     let iy = y.checked_sub(top).filter(|&iy| iy < s.height);
                     for pw in 0..sw.min(padded_w) {
                         // Phase (y % sh, pw), row y / sh: padded columns x * sw + pw.
-                        let row = (y % sh * sw + pw) * self.plane + (py - first) * self.plane_w;
+                        let row = (y % sh * sw + pw) * g.plane + (py - first) * self.plane_w;
                         let len = (padded_w - pw).div_ceil(sw);
                         // Columns inside the input: left <= x * sw + pw < left + width.
                         let (lo, hi) = match iy {
@@ -223,7 +236,7 @@ impl SparseWeight {
                             None => (len, len),
                         };
                         for c in 0..channels {
-                            let dst = &mut planes[c * self.channel_stride + row..][..len];
+                            let dst = &mut planes[c * g.channel_stride + row..][..len];
                             dst[..lo].fill(0.0);
                             dst[hi.max(lo)..].fill(0.0);
                         }
@@ -235,7 +248,7 @@ impl SparseWeight {
                                 &image[from..],
                                 sw * s.channels,
                                 &mut planes[row + lo..],
-                                self.channel_stride,
+                                g.channel_stride,
                                 (hi - lo, channels),
                             );
                         }
@@ -248,7 +261,7 @@ impl SparseWeight {
     /// the window: per channel, row phase and kernel column, `rows + max_row` vectors.
     fn fill_window<const L: usize>(
         &self,
-        planes: &[f32],
+        planes: Planes,
         b: usize,
         y0: usize,
         x0: usize,
@@ -260,12 +273,14 @@ impl SparseWeight {
         for c in channels {
             for &ph in &self.row_phases {
                 for &(pw, column) in &self.columns {
-                    let plane = c * self.channel_stride + (ph * sw + pw) * self.plane;
+                    let plane =
+                        c * planes.bands.channel_stride + (ph * sw + pw) * planes.bands.plane;
                     let first = plane + y0 * self.plane_w + x0 + column;
                     let dst = segments.next().expect("window holds the block");
                     for (k, dst) in dst.chunks_exact_mut(L).enumerate() {
                         let from = first + k * self.plane_w;
-                        let src: &[f32; L] = planes[from..from + L].try_into().expect("L floats");
+                        let src: &[f32; L] =
+                            planes.data[from..from + L].try_into().expect("L floats");
                         let dst: &mut [f32; L] = dst.try_into().expect("L floats");
                         *dst = *src;
                     }
@@ -275,17 +290,18 @@ impl SparseWeight {
     }
 
     /// Hints the cache lines that `fill_window(planes, b, y0, x0, ..)` reads into L2.
-    fn prefetch_window(&self, planes: &[f32], b: usize, y0: usize, x0: usize) {
+    fn prefetch_window(&self, planes: Planes, b: usize, y0: usize, x0: usize) {
         let sw = self.spec.stride[1];
         let span = self.lanes + self.columns.iter().map(|c| c.1).max().unwrap_or(0);
         let channels = b * self.block..((b + 1) * self.block).min(self.spec.channels);
         for c in channels {
             for &ph in &self.row_phases {
                 for pw in 0..sw {
-                    let plane = c * self.channel_stride + (ph * sw + pw) * self.plane;
+                    let plane =
+                        c * planes.bands.channel_stride + (ph * sw + pw) * planes.bands.plane;
                     for k in 0..self.rows + self.max_row {
                         let from = plane + (y0 + k) * self.plane_w + x0;
-                        for line in planes[from..from + span].chunks(LINE) {
+                        for line in planes.data[from..from + span].chunks(LINE) {
                             crate::kernels::prefetch_l2(line);
                         }
                     }
@@ -312,7 +328,7 @@ impl SparseWeight {
     /// window.
     fn multiply(
         &self,
-        planes: &[f32],
+        planes: Planes,
         chunks: usize,
         items: Range<usize>,
         staged: &mut [f32],
@@ -347,7 +363,7 @@ impl SparseWeight {
     /// `staged` and of the windows in `scratch`.
     fn split(
         &self,
-        planes: &[f32],
+        planes: Planes,
         chunks: usize,
         items: Range<usize>,
         staged: &mut [f32],
@@ -413,6 +429,24 @@ impl SparseWeight {
     }
 }
 
+/// How a layer's tile rows are cut into bands, and the shape of a band's planes.
+#[derive(Debug, Clone, Copy)]
+struct Bands {
+    /// Tile rows per band.
+    tile_rows: usize,
+    /// Floats of one band's phase plane (`tile_rows * rows + max_row` plane rows) and of all
+    /// phase planes of a channel.
+    plane: usize,
+    channel_stride: usize,
+}
+
+/// A band's planes and their shape.
+#[derive(Clone, Copy)]
+struct Planes<'a> {
+    data: &'a [f32],
+    bands: Bands,
+}
+
 /// Rows per tile for an output of `height` rows, at most `max`: the count in
 /// `max/2 ..= max` that computes the fewest rows past the output (the largest on ties), so
 /// that 15, 30, 60 and 120 rows take tiles of 15 and 224 takes 16.
@@ -430,9 +464,10 @@ impl ConvKernel for SparseWeight {
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.spec;
         let threads = rayon::current_num_threads().max(1);
-        let planes_len = s.channels * self.channel_stride;
+        let g = self.bands[usize::from(threads > 1)];
+        let planes_len = s.channels * g.channel_stride;
         let staged_len =
-            (self.band * self.tiles_x * s.filters * self.tile_len).next_multiple_of(LINE);
+            (g.tile_rows * self.tiles_x * s.filters * self.tile_len).next_multiple_of(LINE);
         // Staged sums, then one window per thread; one line of slack to start both on a line.
         let scratch_len = staged_len + threads * self.window_len;
         if ws.planes.len() < planes_len {
@@ -452,17 +487,21 @@ impl ConvKernel for SparseWeight {
             .zip(output.chunks_exact_mut(s.out_pixels() * s.filters))
         {
             let mut zeros = 0;
-            for band_start in (0..self.tiles_y).step_by(self.band) {
+            for band_start in (0..self.tiles_y).step_by(g.tile_rows) {
                 let t0 = Instant::now();
-                self.convert(image, band_start, planes);
+                self.convert(image, g, band_start, planes);
                 timing.convert += t0.elapsed();
                 let t1 = Instant::now();
-                let band_rows = self.band.min(self.tiles_y - band_start);
+                let band_rows = g.tile_rows.min(self.tiles_y - band_start);
                 let tiles = band_rows * self.tiles_x;
                 // Enough items for every thread: split filters when tiles are few.
                 let chunks = threads.div_ceil(tiles).min(s.filters);
                 let items = tiles * chunks;
                 let jobs = threads.min(items);
+                let planes = Planes {
+                    data: planes,
+                    bands: g,
+                };
                 self.split(planes, chunks, 0..items, staged, windows, jobs);
                 let rows = band_start * self.rows
                     ..((band_start + band_rows) * self.rows).min(s.out_height());
@@ -482,7 +521,8 @@ mod tests {
     use crate::conv::Activation;
 
     /// The shape of `sparse_weight_with_many_channel_blocks_and_bands` (in
-    /// tests/methods_match_reference.rs) needs several channel blocks and bands on every ISA.
+    /// tests/methods_match_reference.rs) needs several channel blocks and, on one thread,
+    /// several bands on every ISA.
     #[test]
     fn the_integration_test_shape_needs_blocks_and_bands() {
         let spec = ConvSpec::new(96, 150, 37, 24, [3, 3])
@@ -500,10 +540,10 @@ mod tests {
             };
             let conv = SparseWeight::new(spec, &weights, epilogue, isa).unwrap();
             assert!(conv.blocks > 1, "{isa}: {} blocks", conv.blocks);
+            let band = conv.bands[0].tile_rows;
             assert!(
-                conv.band < conv.tiles_y,
-                "{isa}: band {} of {}",
-                conv.band,
+                band < conv.tiles_y,
+                "{isa}: band {band} of {}",
                 conv.tiles_y
             );
         }
