@@ -201,7 +201,7 @@ impl SparseWeight {
     /// Transposes the rows of one NHWC image that the band of tile rows from `band_start`
     /// reads into the band's phase planes, a padded row at a time. Only cells inside the
     /// padded image are written: the others are read by dropped positions only.
-    fn convert(&self, image: &[f32], g: Bands, band_start: usize, planes: &mut [f32]) {
+    fn convert(&self, image: &[f32], g: Bands, band_start: usize, jobs: usize, planes: &mut [f32]) {
         let s = &self.spec;
         let [sh, sw] = s.stride;
         let [padded_h, padded_w] = s.padded_size().expect("validated spec");
@@ -210,8 +210,7 @@ impl SparseWeight {
         let (top, left, width) = (s.padding.top, s.padding.left, s.width);
         // One block of channels per thread, whole vectors of each pixel: a pixel's channels
         // are read together while its cache lines are at hand.
-        let threads = rayon::current_num_threads().max(1);
-        let chunk_channels = s.channels.div_ceil(threads).next_multiple_of(8);
+        let chunk_channels = s.channels.div_ceil(jobs.max(1)).next_multiple_of(8);
         planes[..s.channels * g.channel_stride]
             .par_chunks_mut(chunk_channels * g.channel_stride)
             .enumerate()
@@ -464,54 +463,149 @@ impl ConvKernel for SparseWeight {
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.spec;
         let threads = rayon::current_num_threads().max(1);
-        let g = self.bands[usize::from(threads > 1)];
+        // With enough tile rows, each thread takes whole bands of its own: no wait per band,
+        // and no thread reads planes another converted. Otherwise they share each band.
+        let own = threads > 1 && self.tiles_y >= threads;
+        let (g, groups, jobs) = if own {
+            (self.bands[0], threads, 1)
+        } else {
+            (self.bands[usize::from(threads > 1)], 1, threads)
+        };
         let planes_len = s.channels * g.channel_stride;
         let staged_len =
             (g.tile_rows * self.tiles_x * s.filters * self.tile_len).next_multiple_of(LINE);
-        // Staged sums, then one window per thread; one line of slack to start both on a line.
-        let scratch_len = staged_len + threads * self.window_len;
-        if ws.planes.len() < planes_len {
-            ws.planes.resize(planes_len, 0.0);
+        // Per group: staged sums, then one window per thread; whole lines, and one line of
+        // slack to start them all on a line.
+        let partial_len = staged_len + jobs * self.window_len;
+        if ws.planes.len() < groups * planes_len {
+            ws.planes.resize(groups * planes_len, 0.0);
         }
-        if ws.partials.len() < scratch_len + LINE {
-            ws.partials.resize(scratch_len + LINE, 0.0);
+        if ws.partials.len() < groups * partial_len + LINE {
+            ws.partials.resize(groups * partial_len + LINE, 0.0);
         }
-        let planes = &mut ws.planes[..planes_len];
         let skip = ws.partials.as_ptr().align_offset(64).min(LINE);
-        let (staged, windows) = ws.partials[skip..skip + scratch_len].split_at_mut(staged_len);
+        let scratch = Scratch {
+            planes: &mut ws.planes[..groups * planes_len],
+            partials: &mut ws.partials[skip..skip + groups * partial_len],
+        };
         let mut timing = Timing::default();
         let image_len = s.height * s.width * s.channels;
-        let row_len = s.out_width() * s.filters;
+        let run = BandRun {
+            g,
+            jobs,
+            staged_len,
+        };
         for (image, out) in input
             .chunks_exact(image_len)
             .zip(output.chunks_exact_mut(s.out_pixels() * s.filters))
         {
-            let mut zeros = 0;
-            for band_start in (0..self.tiles_y).step_by(g.tile_rows) {
-                let t0 = Instant::now();
-                self.convert(image, g, band_start, planes);
-                timing.convert += t0.elapsed();
-                let t1 = Instant::now();
-                let band_rows = g.tile_rows.min(self.tiles_y - band_start);
-                let tiles = band_rows * self.tiles_x;
-                // Enough items for every thread: split filters when tiles are few.
-                let chunks = threads.div_ceil(tiles).min(s.filters);
-                let items = tiles * chunks;
-                let jobs = threads.min(items);
-                let planes = Planes {
-                    data: planes,
-                    bands: g,
-                };
-                self.split(planes, chunks, 0..items, staged, windows, jobs);
-                let rows = band_start * self.rows
-                    ..((band_start + band_rows) * self.rows).min(s.out_height());
-                let out = &mut out[rows.start * row_len..rows.end * row_len];
-                zeros += self.finish(staged, band_start, rows, out);
-                timing.multiply += t1.elapsed();
-            }
+            let t0 = Instant::now();
+            let scratch = Scratch {
+                planes: &mut *scratch.planes,
+                partials: &mut *scratch.partials,
+            };
+            let (zeros, convert) =
+                self.split_bands(image, run, 0..self.tiles_y, out, scratch, groups);
             timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
+            timing.convert += convert;
+            timing.multiply += t0.elapsed().saturating_sub(convert);
         }
         timing
+    }
+}
+
+/// One thread group's buffers: its planes, then its staged sums and windows.
+struct Scratch<'a> {
+    planes: &'a mut [f32],
+    partials: &'a mut [f32],
+}
+
+/// How a group runs its bands: their shape, the threads sharing each band, the floats of
+/// its staged sums.
+#[derive(Clone, Copy)]
+struct BandRun {
+    g: Bands,
+    jobs: usize,
+    staged_len: usize,
+}
+
+impl SparseWeight {
+    /// Splits tile rows `tile_rows` into `groups` even parts run in parallel, each with its
+    /// share of `out` (which starts at their first output row) and its own scratch; returns
+    /// the zeros written and the first group's conversion time.
+    fn split_bands(
+        &self,
+        image: &[f32],
+        run: BandRun,
+        tile_rows: Range<usize>,
+        out: &mut [f32],
+        scratch: Scratch,
+        groups: usize,
+    ) -> (usize, std::time::Duration) {
+        if groups <= 1 {
+            return self.run_bands(image, run, tile_rows, out, scratch);
+        }
+        let half = groups / 2;
+        let mid = tile_rows.start + tile_rows.len() * half / groups;
+        let row_len = self.spec.out_width() * self.spec.filters;
+        let (out_a, out_b) = out.split_at_mut((mid - tile_rows.start) * self.rows * row_len);
+        let planes_len = scratch.planes.len() / groups;
+        let partial_len = scratch.partials.len() / groups;
+        let (planes_a, planes_b) = scratch.planes.split_at_mut(half * planes_len);
+        let (partials_a, partials_b) = scratch.partials.split_at_mut(half * partial_len);
+        let a = Scratch {
+            planes: planes_a,
+            partials: partials_a,
+        };
+        let b = Scratch {
+            planes: planes_b,
+            partials: partials_b,
+        };
+        let ((zeros_a, convert), (zeros_b, _)) = rayon::join(
+            || self.split_bands(image, run, tile_rows.start..mid, out_a, a, half),
+            || self.split_bands(image, run, mid..tile_rows.end, out_b, b, groups - half),
+        );
+        (zeros_a + zeros_b, convert)
+    }
+
+    /// Computes tile rows `tile_rows` of one image, band by band, into `out` (which starts
+    /// at their first output row); returns the zeros written and the conversion time.
+    fn run_bands(
+        &self,
+        image: &[f32],
+        run: BandRun,
+        tile_rows: Range<usize>,
+        out: &mut [f32],
+        scratch: Scratch,
+    ) -> (usize, std::time::Duration) {
+        let s = &self.spec;
+        let g = run.g;
+        let (staged, windows) = scratch.partials.split_at_mut(run.staged_len);
+        let row_len = s.out_width() * s.filters;
+        let first_row = tile_rows.start * self.rows;
+        let (mut zeros, mut convert) = (0, std::time::Duration::ZERO);
+        for band_start in tile_rows.clone().step_by(g.tile_rows) {
+            let t0 = Instant::now();
+            self.convert(image, g, band_start, run.jobs, scratch.planes);
+            convert += t0.elapsed();
+            let band_rows = g.tile_rows.min(tile_rows.end - band_start);
+            let tiles = band_rows * self.tiles_x;
+            // Enough items for every thread: split filters when tiles are few.
+            let chunks = run.jobs.div_ceil(tiles).min(s.filters);
+            let items = tiles * chunks;
+            let jobs = run.jobs.min(items);
+            let planes = Planes {
+                data: scratch.planes,
+                bands: g,
+            };
+            self.split(planes, chunks, 0..items, staged, windows, jobs);
+            let rows =
+                band_start * self.rows..((band_start + band_rows) * self.rows).min(s.out_height());
+            let out =
+                &mut out[(rows.start - first_row) * row_len..(rows.end - first_row) * row_len];
+            zeros += self.finish(staged, band_start, rows, out);
+        }
+        (zeros, convert)
     }
 }
 
