@@ -5,7 +5,7 @@
 /// `m x k` (row `i` at `i * lhs_stride`), `rhs` is `k x n` (row stride `rhs_stride`), `dst`
 /// is `m x n` (row stride `dst_stride`). Runs on `threads` threads of the current rayon pool.
 ///
-/// Panics if a matrix does not fit in its slice or a stride is shorter than its row.
+/// Panics if a matrix does not fit in its slice, or the destination's rows overlap.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_f32(
     mnk: (usize, usize, usize),
@@ -17,8 +17,8 @@ pub(crate) fn gemm_f32(
     rhs_stride: usize,
     threads: usize,
 ) {
-    let operands = (lhs, lhs_stride, rhs, rhs_stride);
-    product(mnk, false, dst, dst_stride, operands, threads);
+    let operands = ((lhs, (lhs_stride, 1)), (rhs, (rhs_stride, 1)));
+    product(mnk, false, (dst, dst_stride), operands, threads);
 }
 
 /// `dst += lhs x rhs`, as [`gemm_f32`] otherwise.
@@ -33,73 +33,8 @@ pub(crate) fn gemm_f32_add(
     rhs_stride: usize,
     threads: usize,
 ) {
-    let operands = (lhs, lhs_stride, rhs, rhs_stride);
-    product(mnk, true, dst, dst_stride, operands, threads);
-}
-
-/// `dst = lhs x rhs`, plus the old `dst` when `add`: the checks, then the `gemm` crate.
-fn product(
-    (m, n, k): (usize, usize, usize),
-    add: bool,
-    dst: &mut [f32],
-    dst_stride: usize,
-    (lhs, lhs_stride, rhs, rhs_stride): (&[f32], usize, &[f32], usize),
-    threads: usize,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let fits = |len: usize, rows: usize, cols: usize, stride: usize| {
-        stride >= cols
-            && (rows - 1)
-                .checked_mul(stride)
-                .and_then(|v| v.checked_add(cols))
-                .is_some_and(|end| end <= len)
-    };
-    assert!(
-        fits(dst.len(), m, n, dst_stride),
-        "gemm: destination too small"
-    );
-    assert!(
-        k == 0 || fits(lhs.len(), m, k, lhs_stride),
-        "gemm: left matrix too small"
-    );
-    assert!(
-        k == 0 || fits(rhs.len(), k, n, rhs_stride),
-        "gemm: right matrix too small"
-    );
-    let parallelism = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the asserts above keep every element gemm touches, (i, j) at
-    // i * stride + j, inside its slice; `dst` is borrowed mutably and so disjoint from `lhs`
-    // and `rhs`. With `read_dst` false, dst is only written (alpha is ignored); with it,
-    // dst = 1 * dst + 1 * lhs x rhs.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_stride as isize,
-            add,
-            lhs.as_ptr(),
-            1,
-            lhs_stride as isize,
-            rhs.as_ptr(),
-            1,
-            rhs_stride as isize,
-            if add { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    let operands = ((lhs, (lhs_stride, 1)), (rhs, (rhs_stride, 1)));
+    product(mnk, true, (dst, dst_stride), operands, threads);
 }
 
 /// `dst = lhs x rhs` with any row and column strides of the operands (`(row, col)` pairs):
@@ -110,13 +45,28 @@ fn product(
 /// Panics if a matrix does not fit in its slice, or the destination's rows overlap.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_f32_strided(
-    (m, n, k): (usize, usize, usize),
+    mnk: (usize, usize, usize),
     dst: &mut [f32],
     dst_stride: usize,
     lhs: &[f32],
-    (lhs_rs, lhs_cs): (usize, usize),
+    lhs_strides: (usize, usize),
     rhs: &[f32],
-    (rhs_rs, rhs_cs): (usize, usize),
+    rhs_strides: (usize, usize),
+    threads: usize,
+) {
+    let operands = ((lhs, lhs_strides), (rhs, rhs_strides));
+    product(mnk, false, (dst, dst_stride), operands, threads);
+}
+
+/// An operand: its slice and its (row, column) strides.
+type Operand<'a> = (&'a [f32], (usize, usize));
+
+/// `dst = lhs x rhs`, plus the old `dst` when `add`: the checks, then the `gemm` crate.
+fn product(
+    (m, n, k): (usize, usize, usize),
+    add: bool,
+    (dst, dst_stride): (&mut [f32], usize),
+    ((lhs, (lhs_rs, lhs_cs)), (rhs, (rhs_rs, rhs_cs))): (Operand, Operand),
     threads: usize,
 ) {
     if m == 0 || n == 0 {
@@ -135,8 +85,10 @@ pub(crate) fn gemm_f32_strided(
         "gemm: destination too small"
     );
     if k == 0 {
-        for row in dst.chunks_mut(dst_stride).take(m) {
-            row[..n].fill(0.0);
+        if !add {
+            for row in dst.chunks_mut(dst_stride).take(m) {
+                row[..n].fill(0.0);
+            }
         }
         return;
     }
@@ -157,7 +109,7 @@ pub(crate) fn gemm_f32_strided(
     // i * row_stride + j * col_stride, inside its slice; the destination's rows do not
     // overlap (dst_stride >= n), and `dst` is borrowed mutably and so disjoint from `lhs` and
     // `rhs`; the operands are only read. With `read_dst` false, dst is only written (alpha is
-    // ignored).
+    // ignored); with it, dst = 1 * dst + 1 * lhs x rhs.
     unsafe {
         gemm::gemm(
             m,
@@ -166,14 +118,14 @@ pub(crate) fn gemm_f32_strided(
             dst.as_mut_ptr(),
             1,
             dst_stride as isize,
-            false,
+            add,
             lhs.as_ptr(),
             lhs_cs as isize,
             lhs_rs as isize,
             rhs.as_ptr(),
             rhs_cs as isize,
             rhs_rs as isize,
-            0.0,
+            if add { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
