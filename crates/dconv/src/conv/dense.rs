@@ -148,10 +148,15 @@ impl Dense {
         }
     }
 
+    /// Whether there is a bias or an activation to apply.
+    fn has_epilogue(&self) -> bool {
+        self.spec.bias || self.epilogue.activation != Activation::None
+    }
+
     /// Adds the bias and applies the activation to one image's `[P][M]` output; returns its
     /// zeros, or None when there is nothing to apply (and so no pass to count them in).
     fn apply_epilogue(&self, out: &mut [f32]) -> Option<usize> {
-        if !self.spec.bias && self.epilogue.activation == Activation::None {
+        if !self.has_epilogue() {
             return None;
         }
         let m_len = self.spec.filters;
@@ -301,10 +306,16 @@ impl ConvKernel for Dense {
             if shifted {
                 let start = Instant::now();
                 let scratch = &mut ws.lowered[..scratch];
-                shifted_gemm::convolve(s, &self.packed, image, out, scratch, threads);
+                let epilogue = self.has_epilogue().then_some(&self.epilogue);
+                let zeros =
+                    shifted_gemm::convolve(s, &self.packed, epilogue, image, out, scratch, threads);
+                if epilogue.is_some() {
+                    output_zeros = Some(output_zeros.unwrap_or(0) + zeros);
+                }
                 multiply += start.elapsed();
+                continue;
             }
-            for g in (0..s.groups).filter(|_| !shifted) {
+            for g in 0..s.groups {
                 let rhs = &self.packed[g * k_len * mg..(g + 1) * k_len * mg];
                 if input_lowered {
                     let start = Instant::now();

@@ -14,7 +14,7 @@
 //! virtual sums together fit L2, so the GEMMs read the input from L2 once per tap. Threads
 //! take even shares of the output rows, each with its own band buffers.
 
-use super::ConvSpec;
+use super::{ConvSpec, Epilogue};
 use crate::kernels::gemm::{gemm_f32, gemm_f32_add};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -83,18 +83,20 @@ impl Bands {
     }
 }
 
-/// Computes the sums (no bias, no activation) of one NHWC image into `out` (`[P][M]`) from
-/// `packed` (`[G][K][Mg]`, `k = (r * S + s) * Cg + c`, so tap `t`'s rows are
-/// `t*Cg..(t+1)*Cg`), on `threads` threads with `scratch` of `threads` x [`scratch_len`]
-/// floats; `spec` takes this path.
+/// Computes one NHWC image into `out` (`[P][M]`) from `packed` (`[G][K][Mg]`,
+/// `k = (r * S + s) * Cg + c`, so tap `t`'s rows are `t*Cg..(t+1)*Cg`), on `threads` threads
+/// with `scratch` of `threads` x [`scratch_len`] floats; `spec` takes this path. With an
+/// `epilogue`, each band's outputs go through it while they are in cache, and the zeros it
+/// leaves are counted; without, `out` holds the plain sums.
 pub(crate) fn convolve(
     spec: &ConvSpec,
     packed: &[f32],
+    epilogue: Option<&Epilogue>,
     image: &[f32],
     out: &mut [f32],
     scratch: &mut [f32],
     threads: usize,
-) {
+) -> usize {
     debug_assert!(applies(spec));
     let out_h = spec.out_height();
     let rows_per_job = out_h.div_ceil(threads.clamp(1, out_h.max(1)));
@@ -102,32 +104,30 @@ pub(crate) fn convolve(
     out.par_chunks_mut(rows_per_job * row_len)
         .zip(scratch.par_chunks_mut(scratch_len(spec)))
         .enumerate()
-        .for_each(|(job, (out, scratch))| {
+        .map(|(job, (out, scratch))| {
             let first = job * rows_per_job;
-            convolve_rows(
-                spec,
-                packed,
-                image,
-                first..first + out.len() / row_len,
-                out,
-                scratch,
-            );
-        });
+            let rows = first..first + out.len() / row_len;
+            convolve_rows(spec, packed, epilogue, image, rows, out, scratch)
+        })
+        .sum()
 }
 
-/// Output rows `rows` of one image into `out` (those rows), band by band, on this thread.
+/// Output rows `rows` of one image into `out` (those rows), band by band, on this thread;
+/// returns the zeros the epilogue left.
 fn convolve_rows(
     spec: &ConvSpec,
     packed: &[f32],
+    epilogue: Option<&Epilogue>,
     image: &[f32],
     rows: Range<usize>,
     out: &mut [f32],
     scratch: &mut [f32],
-) {
+) -> usize {
     let bands = Bands::new(spec);
     let (input, sums) = scratch.split_at_mut(bands.input_len());
     let sums = &mut sums[..bands.sums_len()];
     let (ow, m, mg) = (spec.out_width(), spec.filters, spec.filters_per_group());
+    let mut zeros = 0;
     for first in rows.clone().step_by(bands.rows) {
         let band = first..(first + bands.rows).min(rows.end);
         copy_padded_rows(spec, image, &bands, band.clone(), input);
@@ -140,11 +140,19 @@ fn convolve_rows(
                     let from = (i * bands.padded_w + ox) * mg;
                     let to = ((oy - rows.start) * ow + ox) * m + g * mg;
                     let len = pixels * mg;
-                    out[to..to + len].copy_from_slice(&sums[from..from + len]);
+                    let dst = &mut out[to..to + len];
+                    dst.copy_from_slice(&sums[from..from + len]);
+                    if let Some(epilogue) = epilogue {
+                        zeros += dst
+                            .chunks_exact_mut(mg)
+                            .map(|pixel| epilogue.apply_row(pixel, g * mg))
+                            .sum::<usize>();
+                    }
                 }
             }
         }
     }
+    zeros
 }
 
 /// Copies the padded input rows that output rows `rows` read into `input` (NHWC, `Wp`
