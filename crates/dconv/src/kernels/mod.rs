@@ -100,19 +100,3 @@ pub(crate) fn prefetch_l2(data: &[f32]) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = data;
 }
-
-/// Hints that the cache lines of `data` will be read soon, into L1 (a no-op where there is
-/// no such hint).
-#[inline(always)]
-pub(crate) fn prefetch_l1(data: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in data.chunks(16) {
-        // SAFETY: as in `prefetch_l2`.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast());
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = data;
-}

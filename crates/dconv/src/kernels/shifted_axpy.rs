@@ -207,10 +207,6 @@ macro_rules! simd_tiles {
                     if list.is_empty() {
                         continue;
                     }
-                    // Tiles come from L2: ask for the next one while this one runs.
-                    if let Some(next) = acc.get((f + 1) * tile..(f + 2) * tile) {
-                        crate::kernels::prefetch_l1(next);
-                    }
                     // SAFETY: acc holds tile f, NV * lanes floats from f * tile.
                     let out = unsafe { acc.as_mut_ptr().add(f * tile) };
                     // SAFETY: as above.
