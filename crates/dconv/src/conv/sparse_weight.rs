@@ -27,7 +27,7 @@ use crate::kernels::transpose::transpose;
 use crate::kernels::Isa;
 use rayon::prelude::*;
 use std::ops::Range;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Bytes of window (input patches) a channel block may take: most of a 48 KB L1.
 const L1_BUDGET: usize = 36 * 1024;
@@ -484,10 +484,8 @@ impl ConvKernel for SparseWeight {
             ws.partials.resize(groups * partial_len + LINE, 0.0);
         }
         let skip = ws.partials.as_ptr().align_offset(64).min(LINE);
-        let scratch = Scratch {
-            planes: &mut ws.planes[..groups * planes_len],
-            partials: &mut ws.partials[skip..skip + groups * partial_len],
-        };
+        let planes = &mut ws.planes[..groups * planes_len];
+        let partials = &mut ws.partials[skip..skip + groups * partial_len];
         let mut timing = Timing::default();
         let image_len = s.height * s.width * s.channels;
         let run = BandRun {
@@ -501,8 +499,8 @@ impl ConvKernel for SparseWeight {
         {
             let t0 = Instant::now();
             let scratch = Scratch {
-                planes: &mut *scratch.planes,
-                partials: &mut *scratch.partials,
+                planes: &mut *planes,
+                partials: &mut *partials,
             };
             let (zeros, convert) =
                 self.split_bands(image, run, 0..self.tiles_y, out, scratch, groups);
@@ -541,7 +539,7 @@ impl SparseWeight {
         out: &mut [f32],
         scratch: Scratch,
         groups: usize,
-    ) -> (usize, std::time::Duration) {
+    ) -> (usize, Duration) {
         if groups <= 1 {
             return self.run_bands(image, run, tile_rows, out, scratch);
         }
@@ -577,13 +575,13 @@ impl SparseWeight {
         tile_rows: Range<usize>,
         out: &mut [f32],
         scratch: Scratch,
-    ) -> (usize, std::time::Duration) {
+    ) -> (usize, Duration) {
         let s = &self.spec;
         let g = run.g;
         let (staged, windows) = scratch.partials.split_at_mut(run.staged_len);
         let row_len = s.out_width() * s.filters;
         let first_row = tile_rows.start * self.rows;
-        let (mut zeros, mut convert) = (0, std::time::Duration::ZERO);
+        let (mut zeros, mut convert) = (0, Duration::ZERO);
         for band_start in tile_rows.clone().step_by(g.tile_rows) {
             let t0 = Instant::now();
             self.convert(image, g, band_start, run.jobs, scratch.planes);
