@@ -10,7 +10,7 @@
 //! padded once, and [`direct_conv_row`] broadcasts each input value straight from it
 //! against a vector of filters, with the bias, activation and zero count fused.
 
-use super::im2col::lower;
+use super::im2col::{lower, pad_rows};
 use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::direct_conv::{direct_conv_row, DirectRow, FILTER_ALIGN};
@@ -31,6 +31,21 @@ const DIRECT_MIN_FILTERS: usize = 8;
 /// Whether `spec` takes the direct path (when its tap offsets also fit 32 bits).
 fn direct_applies(spec: &ConvSpec) -> bool {
     spec.groups == 1 && spec.channels <= DIRECT_MAX_CHANNELS && spec.filters >= DIRECT_MIN_FILTERS
+}
+
+/// Writes one filter's ONNX weights (`[Cg][R][S]`) as a column of a `[K][row_len]` matrix
+/// (`dst` starts at the column), in the lowered order `k = (r * S + s) * Cg + c`.
+fn pack_filter(spec: &ConvSpec, filter: &[f32], dst: &mut [f32], row_len: usize) {
+    let cg = spec.channels_per_group();
+    let [r_len, s_len] = spec.kernel;
+    for c in 0..cg {
+        for r in 0..r_len {
+            for s in 0..s_len {
+                let k = (r * s_len + s) * cg + c;
+                dst[k * row_len] = filter[(c * r_len + r) * s_len + s];
+            }
+        }
+    }
 }
 
 pub(crate) struct Dense {
@@ -98,14 +113,7 @@ impl Direct {
         let mp = m_len.next_multiple_of(FILTER_ALIGN);
         let mut packed = vec![0.0; taps.len() * mp];
         for (m, filter) in weights.chunks_exact(spec.lowered_cols()).enumerate() {
-            for c in 0..c_len {
-                for r in 0..r_len {
-                    for s in 0..s_len {
-                        let k = (r * s_len + s) * c_len + c;
-                        packed[k * mp + m] = filter[(c * r_len + r) * s_len + s];
-                    }
-                }
-            }
+            pack_filter(spec, filter, &mut packed[m..], mp);
         }
         let mut bias = epilogue.bias.clone();
         bias.resize(mp, 0.0);
@@ -123,26 +131,21 @@ impl Dense {
     /// Packs ONNX `[M][Cg][R][S]` weights; `spec` must be validated and `weights` checked.
     pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Self {
         let direct = Direct::new(&spec, weights, &epilogue, isa);
-        let (cg, mg) = (spec.channels_per_group(), spec.filters_per_group());
-        let [r_len, s_len] = spec.kernel;
-        let k_len = spec.lowered_cols();
-        let mut packed = vec![0.0; weights.len()];
-        for (m, filter) in weights.chunks_exact(k_len).enumerate() {
-            let (g, j) = (m / mg, m % mg);
-            let group = &mut packed[g * k_len * mg..(g + 1) * k_len * mg];
-            for c in 0..cg {
-                for r in 0..r_len {
-                    for s in 0..s_len {
-                        let k = (r * s_len + s) * cg + c;
-                        group[k * mg + j] = filter[(c * r_len + r) * s_len + s];
-                    }
-                }
+        // The direct path does not use the GEMM's packing.
+        let mut packed = Vec::new();
+        if direct.is_none() {
+            let mg = spec.filters_per_group();
+            let k_len = spec.lowered_cols();
+            packed = vec![0.0; weights.len()];
+            for (m, filter) in weights.chunks_exact(k_len).enumerate() {
+                let (g, j) = (m / mg, m % mg);
+                let group = &mut packed[g * k_len * mg..(g + 1) * k_len * mg];
+                pack_filter(&spec, filter, &mut group[j..], mg);
             }
         }
         Dense {
             spec,
-            // The direct path does not use the GEMM's packing.
-            packed: if direct.is_some() { Vec::new() } else { packed },
+            packed,
             epilogue,
             direct,
         }
@@ -222,7 +225,7 @@ impl Dense {
         {
             let start = Instant::now();
             let padded = &mut ws.lowered[..padded_len];
-            pad_image(s, image, padded);
+            pad_rows(s, image, 0..ph, padded);
             let padded_at = Instant::now();
             convert += padded_at - start;
             let padded = &*padded;
@@ -249,27 +252,6 @@ impl Dense {
             multiply,
             output_zeros: Some(zeros),
         }
-    }
-}
-
-/// Copies one NHWC image into `padded` (`[H + top + bottom][W + left + right][C]`), zeros
-/// around it.
-fn pad_image(s: &ConvSpec, image: &[f32], padded: &mut [f32]) {
-    let c_len = s.channels;
-    let pw = s.width + s.padding.left + s.padding.right;
-    let row_len = s.width * c_len;
-    let top = s.padding.top * pw * c_len;
-    let bottom = top + s.height * pw * c_len;
-    padded[..top].fill(0.0);
-    padded[bottom..].fill(0.0);
-    for (src, dst) in image
-        .chunks_exact(row_len)
-        .zip(padded[top..bottom].chunks_exact_mut(pw * c_len))
-    {
-        let (left, rest) = dst.split_at_mut(s.padding.left * c_len);
-        left.fill(0.0);
-        rest[..row_len].copy_from_slice(src);
-        rest[row_len..].fill(0.0);
     }
 }
 

@@ -101,6 +101,27 @@ fn lower_row(spec: &ConvSpec, image: &[f32], group: usize, p: usize, row: &mut [
     }
 }
 
+/// Writes rows `rows` of the zero-padded NHWC image (`[H + top + bottom][W + left + right]
+/// [C]`) into `out`, row after row: the direct and shifted-GEMM paths read the input through
+/// it instead of lowering it. Every element of `out`'s rows is written.
+///
+/// Panics if `image` is shorter than one image or `out` than `rows.len()` padded rows.
+pub(crate) fn pad_rows(spec: &ConvSpec, image: &[f32], rows: Range<usize>, out: &mut [f32]) {
+    let c = spec.channels;
+    let (top, left, w) = (spec.padding.top, spec.padding.left, spec.width);
+    let row_len = (w + left + spec.padding.right) * c;
+    for (y, dst) in rows.zip(out.chunks_exact_mut(row_len)) {
+        match y.checked_sub(top).filter(|&iy| iy < spec.height) {
+            Some(iy) => {
+                dst[..left * c].fill(0.0);
+                dst[(left + w) * c..].fill(0.0);
+                dst[left * c..(left + w) * c].copy_from_slice(&image[iy * w * c..(iy + 1) * w * c]);
+            }
+            None => dst.fill(0.0),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

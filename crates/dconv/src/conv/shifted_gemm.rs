@@ -14,6 +14,7 @@
 //! virtual sums together fit L2, so the GEMMs read the input from L2 once per tap. Threads
 //! take even shares of the output rows, each with its own band buffers.
 
+use super::im2col::pad_rows;
 use super::{ConvSpec, Epilogue};
 use crate::kernels::gemm::{gemm_f32, gemm_f32_add};
 use rayon::prelude::*;
@@ -130,7 +131,9 @@ fn convolve_rows(
     let mut zeros = 0;
     for first in rows.clone().step_by(bands.rows) {
         let band = first..(first + bands.rows).min(rows.end);
-        copy_padded_rows(spec, image, &bands, band.clone(), input);
+        // The padded input rows the band reads.
+        let padded = band.start..band.end + bands.extra_rows;
+        pad_rows(spec, image, padded, input);
         for g in 0..spec.groups {
             multiply_band(spec, packed, &bands, band.len(), g, input, sums);
             // Keep the valid positions: a whole output row at once without groups.
@@ -153,31 +156,6 @@ fn convolve_rows(
         }
     }
     zeros
-}
-
-/// Copies the padded input rows that output rows `rows` read into `input` (NHWC, `Wp`
-/// wide), zeros where the padding is.
-fn copy_padded_rows(
-    spec: &ConvSpec,
-    image: &[f32],
-    bands: &Bands,
-    rows: Range<usize>,
-    input: &mut [f32],
-) {
-    let c = spec.channels;
-    let row_len = bands.padded_w * c;
-    let (top, left, w) = (spec.padding.top, spec.padding.left, spec.width);
-    let padded = rows.start..rows.end + bands.extra_rows;
-    for (y, dst) in padded.zip(input.chunks_exact_mut(row_len)) {
-        match y.checked_sub(top).filter(|&iy| iy < spec.height) {
-            Some(iy) => {
-                dst[..left * c].fill(0.0);
-                dst[(left + w) * c..].fill(0.0);
-                dst[left * c..(left + w) * c].copy_from_slice(&image[iy * w * c..(iy + 1) * w * c]);
-            }
-            None => dst.fill(0.0),
-        }
-    }
 }
 
 /// The virtual sums of group `g` for a band of `rows` output rows: one accumulating GEMM
