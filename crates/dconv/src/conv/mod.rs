@@ -328,54 +328,35 @@ impl Conv {
                 "{method} indexes columns and pixels with 32 bits; this layer is larger"
             )));
         }
+        // The sparse-activation methods read the shared panels, 8 blocks of 16 output
+        // channels wide on AVX-512 and 4 elsewhere.
+        macro_rules! over_panels {
+            ($($method:ident)::+) => {
+                match isa {
+                    Isa::Avx512 => Box::new($($method)::+::<8>::new(
+                        *spec,
+                        shared.get(spec, weights),
+                        epilogue,
+                        isa,
+                    )) as Box<dyn ConvKernel>,
+                    _ => Box::new($($method)::+::<4>::new(
+                        *spec,
+                        shared.get(spec, weights),
+                        epilogue,
+                        isa,
+                    )),
+                }
+            };
+        }
         let kernel: Box<dyn ConvKernel> = match method {
             Method::Reference => Box::new(reference::Reference::new(*spec, weights, epilogue)),
-            Method::Im2Csr => match isa {
-                Isa::Avx512 => Box::new(im2csr::Im2Csr::<8>::new(
-                    *spec,
-                    shared.get(spec, weights),
-                    epilogue,
-                    isa,
-                )),
-                _ => Box::new(im2csr::Im2Csr::<4>::new(
-                    *spec,
-                    shared.get(spec, weights),
-                    epilogue,
-                    isa,
-                )),
-            },
-            Method::Im2Csoa => match isa {
-                Isa::Avx512 => Box::new(im2csoa::Im2Csoa::<8>::new(
-                    *spec,
-                    shared.get(spec, weights),
-                    epilogue,
-                    isa,
-                )),
-                _ => Box::new(im2csoa::Im2Csoa::<4>::new(
-                    *spec,
-                    shared.get(spec, weights),
-                    epilogue,
-                    isa,
-                )),
-            },
             Method::Dense => Box::new(dense::Dense::new(*spec, weights, epilogue, isa)),
+            Method::LoweredCsr => over_panels!(lowered_csr::LoweredCsr),
+            Method::Im2Csr => over_panels!(im2csr::Im2Csr),
+            Method::Im2Csoa => over_panels!(im2csoa::Im2Csoa),
             Method::SparseWeight => Box::new(sparse_weight::SparseWeight::new(
                 *spec, weights, epilogue, isa,
             )?),
-            Method::LoweredCsr => match isa {
-                Isa::Avx512 => Box::new(lowered_csr::LoweredCsr::<8>::new(
-                    *spec,
-                    shared.get(spec, weights),
-                    epilogue,
-                    isa,
-                )),
-                _ => Box::new(lowered_csr::LoweredCsr::<4>::new(
-                    *spec,
-                    shared.get(spec, weights),
-                    epilogue,
-                    isa,
-                )),
-            },
         };
         Ok(Conv {
             spec: *spec,
