@@ -129,57 +129,47 @@ impl Pool {
                 1.0 / count.max(1) as f32
             }
         };
-        let w = self.input[1];
-        let (ys, xs) = (&window.y, &window.x);
-        let pixel =
-            |i: usize, j: usize| ((ys.first + i * ys.step) * w + xs.first + j * xs.step) * c_len;
+        let reduce = |range, acc: &mut [f32]| self.reduce(image, window, range, scale, acc);
         if window.len() > MAX_CHUNKED_TAPS {
-            out.fill(self.init());
-            for i in 0..ys.count {
-                for j in 0..xs.count {
-                    let at = pixel(i, j);
-                    self.combine(out, &image[at..at + c_len]);
-                }
-            }
-            let mut zeros = 0;
-            for o in out.iter_mut() {
-                *o *= scale;
-                zeros += (*o == 0.0) as usize;
-            }
-            return zeros;
+            return reduce(0..c_len, out);
         }
+        // A chunk of channels at a time in a local array, which stays in registers.
         let mut zeros = 0;
         let mut chunks = out.chunks_exact_mut(CHUNK);
         let mut c0 = 0;
         for chunk in chunks.by_ref() {
-            let mut acc = [self.init(); CHUNK];
-            for i in 0..ys.count {
-                for j in 0..xs.count {
-                    let at = pixel(i, j) + c0;
-                    self.combine(&mut acc, &image[at..at + CHUNK]);
-                }
-            }
-            let mut z = 0u32;
-            for (o, &a) in chunk.iter_mut().zip(&acc) {
-                *o = a * scale;
-                z += (*o == 0.0) as u32;
-            }
-            zeros += z as usize;
+            let mut acc = [0.0; CHUNK];
+            zeros += reduce(c0..c0 + CHUNK, &mut acc);
+            chunk.copy_from_slice(&acc);
             c0 += CHUNK;
         }
-        let tail = chunks.into_remainder();
-        if !tail.is_empty() {
-            tail.fill(self.init());
-            for i in 0..ys.count {
-                for j in 0..xs.count {
-                    let at = pixel(i, j);
-                    self.combine(tail, &image[at + c0..at + c_len]);
-                }
+        zeros + reduce(c0..c_len, chunks.into_remainder())
+    }
+
+    /// Folds channels `range` of every tap of `window` into `acc` (which it first sets to
+    /// the reduction's start), scales them, and returns their exact zeros.
+    #[inline(always)]
+    fn reduce(
+        &self,
+        image: &[f32],
+        window: &Window,
+        range: std::ops::Range<usize>,
+        scale: f32,
+        acc: &mut [f32],
+    ) -> usize {
+        let (w, c_len) = (self.input[1], self.channels);
+        let (ys, xs) = (&window.y, &window.x);
+        acc.fill(self.init());
+        for i in 0..ys.count {
+            for j in 0..xs.count {
+                let at = ((ys.first + i * ys.step) * w + xs.first + j * xs.step) * c_len;
+                self.combine(acc, &image[at + range.start..at + range.end]);
             }
-            for o in tail.iter_mut() {
-                *o *= scale;
-                zeros += (*o == 0.0) as usize;
-            }
+        }
+        let mut zeros = 0;
+        for a in acc.iter_mut() {
+            *a *= scale;
+            zeros += (*a == 0.0) as usize;
         }
         zeros
     }
