@@ -144,31 +144,32 @@ fn nk<const L: usize>(a: &[f32], b: &[f32], b_stride: usize, out: &mut [f32]) {
             }
         }
         for (r, (acc, o)) in rows.iter().zip(acc.iter().zip(&mut out[j..j + ROWS])) {
-            let tail: f32 = a[chunks..]
-                .iter()
-                .zip(&r[chunks..])
-                .map(|(x, y)| x * y)
-                .sum();
-            *o = acc.iter().sum::<f32>() + tail;
+            *o = acc.iter().sum::<f32>() + tail_dot(a, r, chunks);
         }
         j += ROWS;
     }
     for (jj, o) in out.iter_mut().enumerate().skip(j) {
-        let r = row(jj);
-        let mut acc = [0.0f32; L];
-        let chunks = a.len() / L * L;
-        for i in (0..chunks).step_by(L) {
-            for l in 0..L {
-                acc[l] += a[i + l] * r[i + l];
-            }
-        }
-        let tail: f32 = a[chunks..]
-            .iter()
-            .zip(&r[chunks..])
-            .map(|(x, y)| x * y)
-            .sum();
-        *o = acc.iter().sum::<f32>() + tail;
+        *o = dot::<L>(a, row(jj));
     }
+}
+
+/// `dot(a, r)` in `L` lanes.
+#[inline(always)]
+fn dot<const L: usize>(a: &[f32], r: &[f32]) -> f32 {
+    let mut acc = [0.0f32; L];
+    let chunks = a.len() / L * L;
+    for i in (0..chunks).step_by(L) {
+        for l in 0..L {
+            acc[l] += a[i + l] * r[i + l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail_dot(a, r, chunks)
+}
+
+/// The part of `dot(a, r)` past the whole vectors, from `from` on.
+#[inline(always)]
+fn tail_dot(a: &[f32], r: &[f32], from: usize) -> f32 {
+    a[from..].iter().zip(&r[from..]).map(|(x, y)| x * y).sum()
 }
 
 #[cfg(test)]
