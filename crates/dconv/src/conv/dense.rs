@@ -207,11 +207,7 @@ impl Dense {
         let (c_len, m_len) = (s.channels, s.filters);
         let [ph, pw] = direct.padded;
         let ow = s.out_width();
-        let clamp = match self.epilogue.activation {
-            Activation::None => None,
-            Activation::Relu => Some((0.0, f32::INFINITY)),
-            Activation::Relu6 => Some((0.0, 6.0)),
-        };
+        let clamp = self.epilogue.clamp();
         let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
         let mut zeros = 0;
         let in_image = s.height * s.width * c_len;

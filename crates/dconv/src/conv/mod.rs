@@ -184,6 +184,16 @@ impl Epilogue {
         self.activation.apply(acc + self.bias[m])
     }
 
+    /// The bounds of the activation (`max(lo, min(hi, x))`), None for none: what the SIMD
+    /// kernels that finish sums in registers apply.
+    pub fn clamp(&self) -> Option<(f32, f32)> {
+        match self.activation {
+            Activation::None => None,
+            Activation::Relu => Some((0.0, f32::INFINITY)),
+            Activation::Relu6 => Some((0.0, 6.0)),
+        }
+    }
+
     /// Finishes the outputs of channels `first..first + row.len()` of one pixel in place and
     /// returns how many are exactly zero (what a fused ReLU left).
     #[inline]

@@ -23,7 +23,7 @@
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::error::{Error, Result};
 use crate::kernels::shifted_axpy::{max_tile_rows, shifted_axpy, vector_floats, Tap, TapList};
-use crate::kernels::transpose::transpose;
+use crate::kernels::transpose::{transpose, transpose_finish, Finish};
 use crate::kernels::Isa;
 use rayon::prelude::*;
 use std::ops::Range;
@@ -409,20 +409,32 @@ impl SparseWeight {
         out: &mut [f32],
     ) -> usize {
         let (ow, filters) = (self.spec.out_width(), self.spec.filters);
+        // Bias and activation are applied in registers, on the way out of the transpose.
+        let finish = Finish {
+            bias: &self.epilogue.bias,
+            clamp: self.epilogue.clamp(),
+        };
         out.par_chunks_mut(ow * filters)
             .zip(out_rows)
             .map(|(row, y)| {
                 let (tile_row, i) = (y / self.rows - band_start, y % self.rows);
+                let mut zeros = 0;
                 for tx in 0..self.tiles_x {
                     let tile = tile_row * self.tiles_x + tx;
                     let src = &staged[tile * filters * self.tile_len + i * self.lanes..];
                     let cols = self.lanes.min(ow - tx * self.lanes);
                     let dst = &mut row[tx * self.lanes * filters..];
-                    transpose(self.isa, src, self.tile_len, dst, filters, (filters, cols));
+                    zeros += transpose_finish(
+                        self.isa,
+                        src,
+                        self.tile_len,
+                        dst,
+                        filters,
+                        (filters, cols),
+                        Some(finish),
+                    );
                 }
-                row.chunks_exact_mut(filters)
-                    .map(|pixel| self.epilogue.apply_row(pixel, 0))
-                    .sum::<usize>()
+                zeros
             })
             .sum()
     }
