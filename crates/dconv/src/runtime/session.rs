@@ -33,7 +33,11 @@ pub struct SessionOptions {
 /// The buffers of one run, kept for the next.
 #[derive(Default)]
 struct Scratch {
+    /// Each buffer keeps the length of the largest slot it has held (as its capacity does),
+    /// so that a run does not zero again what the previous run grew; `filled` says how much
+    /// of it the slot it holds now has written.
     buffers: Vec<Vec<f32>>,
+    filled: Vec<usize>,
     /// The fraction of zeros of each slot, where its producer counted them.
     sparsity: Vec<Option<f64>>,
     workspace: Workspace,
@@ -280,6 +284,13 @@ fn step_profile(
     }
 }
 
+/// Lengthens `buffer` to at least `len` floats; never shortens it.
+fn grow(buffer: &mut Vec<f32>, len: usize) {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+}
+
 /// Runs `plan`; a `profile` records each step, a `probe` sees each convolution's input
 /// before it runs.
 fn execute(
@@ -291,26 +302,33 @@ fn execute(
 ) -> Result<Vec<(String, Tensor)>> {
     let Scratch {
         buffers,
+        filled,
         sparsity,
         workspace,
     } = scratch;
     buffers.resize_with(plan.buffers, Vec::new);
+    filled.resize(plan.buffers, 0);
     sparsity.resize(plan.slot_buffer.len(), None);
     for (&slot, (data, _)) in plan.inputs.iter().zip(inputs) {
-        let buffer = &mut buffers[plan.slot_buffer[slot]];
-        buffer.clear();
-        buffer.extend_from_slice(data);
+        let b = plan.slot_buffer[slot];
+        grow(&mut buffers[b], data.len());
+        buffers[b][..data.len()].copy_from_slice(data);
+        filled[b] = data.len();
         sparsity[slot] = None;
     }
     for step in &plan.steps {
         let out_buffer = plan.slot_buffer[step.output];
-        let mut out = std::mem::take(&mut buffers[out_buffer]);
-        out.resize(step.out_len, 0.0);
+        let mut whole = std::mem::take(&mut buffers[out_buffer]);
+        grow(&mut whole, step.out_len);
+        let out = &mut whole[..step.out_len];
         let read: Vec<&[f32]> = step
             .inputs
             .iter()
             .map(|src| match src {
-                Src::Slot(s) => buffers[plan.slot_buffer[*s]].as_slice(),
+                Src::Slot(s) => {
+                    let b = plan.slot_buffer[*s];
+                    &buffers[b][..filled[b]]
+                }
                 Src::Const(c) => plan.consts[*c].as_f32().unwrap_or_default(),
             })
             .collect();
@@ -323,14 +341,14 @@ fn execute(
             .map(|_| known.unwrap_or_else(|| read.first().map_or(0.0, |r| zero_fraction(r))));
         let started = profile.as_ref().map(|_| Instant::now());
         let (counted, method) = match &step.op {
-            StepOp::Kernel(kernel) => (kernel.run(&read, &mut out), None),
+            StepOp::Kernel(kernel) => (kernel.run(&read, out), None),
             StepOp::Conv(conv) => {
                 let done = probe
                     .as_deref_mut()
                     .map_or(Ok(()), |p| {
-                        p.before_conv(&step.node, conv, read[0], known, &mut out, workspace)
+                        p.before_conv(&step.node, conv, read[0], known, out, workspace)
                     })
-                    .and_then(|()| conv.run(read[0], known, &mut out, workspace))
+                    .and_then(|()| conv.run(read[0], known, out, workspace))
                     .map_err(|e| Error::Node {
                         node: step.node.clone(),
                         op: "Conv".into(),
@@ -350,7 +368,8 @@ fn execute(
             ));
         }
         drop(read);
-        buffers[out_buffer] = out;
+        buffers[out_buffer] = whole;
+        filled[out_buffer] = step.out_len;
         sparsity[step.output] = counted;
     }
     plan.outputs
@@ -360,7 +379,10 @@ fn execute(
                 Value::Const(t) => Tensor::clone(t),
                 Value::Dynamic(d) => {
                     let data = match d.src {
-                        Src::Slot(s) => buffers[plan.slot_buffer[s]].clone(),
+                        Src::Slot(s) => {
+                            let b = plan.slot_buffer[s];
+                            buffers[b][..filled[b]].to_vec()
+                        }
                         Src::Const(c) => plan.consts[c].to_f32_vec(),
                     };
                     Tensor::from_f32(d.shape.clone(), data)?
