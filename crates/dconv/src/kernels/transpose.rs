@@ -132,11 +132,11 @@ fn scalar(b: &mut Block, ((i0, i1), (j0, j1)): ((usize, usize), (usize, usize)))
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{scalar, Block};
+    use super::Block;
     use std::arch::x86_64::*;
 
-    /// Whole 8 x 8 blocks in AVX registers; the ragged right and bottom edges element by
-    /// element.
+    /// 8 x 8 blocks in AVX registers; blocks cut by the right or bottom edge through masked
+    /// loads and stores (the lanes past the edge read as zero and are never written).
     ///
     /// # Safety
     /// The CPU must support AVX, and the `rows x cols` blocks must lie inside both slices
@@ -144,37 +144,65 @@ mod x86 {
     #[target_feature(enable = "avx")]
     pub unsafe fn avx(b: &mut Block, (rows, cols): (usize, usize)) -> usize {
         const W: usize = 8;
-        let (i_full, j_full) = (rows / W * W, cols / W * W);
         let mut zeros = 0;
-        for i in (0..i_full).step_by(W) {
-            // SAFETY: rows i..i+8 of the bias are inside it.
-            let bias = b
-                .finish
-                .map(|f| unsafe { (_mm256_loadu_ps(f.bias.as_ptr().add(i)), f.clamp) });
-            for j in (0..j_full).step_by(W) {
-                // SAFETY: rows i..i+8 and columns j..j+8 are inside both blocks.
+        for i in (0..rows).step_by(W) {
+            let h = W.min(rows - i);
+            let row_mask = first_lanes(h);
+            // SAFETY: rows i..i+h of the bias are inside it; the mask reads no others.
+            let bias = b.finish.map(|f| unsafe {
+                (
+                    _mm256_maskload_ps(f.bias.as_ptr().add(i), row_mask),
+                    f.clamp,
+                )
+            });
+            for j in (0..cols).step_by(W) {
+                let w = W.min(cols - j);
+                let full = h == W && w == W;
+                let column_mask = first_lanes(w);
+                // SAFETY: rows i..i+h and columns j..j+w are inside the source block; a
+                // masked load reads only those columns.
                 let rows: [__m256; W] = std::array::from_fn(|k| unsafe {
-                    _mm256_loadu_ps(b.src.as_ptr().add((i + k) * b.src_stride + j))
+                    let at = b.src.as_ptr().add((i + k.min(h - 1)) * b.src_stride + j);
+                    match (full, k < h) {
+                        (true, _) => _mm256_loadu_ps(at),
+                        (false, true) => _mm256_maskload_ps(at, column_mask),
+                        (false, false) => _mm256_setzero_ps(),
+                    }
                 });
-                for (k, v) in transpose8(rows).into_iter().enumerate() {
+                for (k, v) in transpose8(rows).into_iter().enumerate().take(w) {
                     let v = match bias {
                         Some((bias, clamp)) => {
                             let v = clamp256(_mm256_add_ps(v, bias), clamp);
                             let zero = _mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_setzero_ps());
-                            zeros += _mm256_movemask_ps(zero).count_ones() as usize;
+                            let zero = _mm256_movemask_ps(zero) as u32 & ((1 << h) - 1);
+                            zeros += zero.count_ones() as usize;
                             v
                         }
                         None => v,
                     };
-                    // SAFETY: as above.
+                    // SAFETY: destination row j + k < cols, columns i..i+h (the mask writes
+                    // no others): inside the destination block.
                     unsafe {
-                        _mm256_storeu_ps(b.dst.as_mut_ptr().add((j + k) * b.dst_stride + i), v)
+                        let at = b.dst.as_mut_ptr().add((j + k) * b.dst_stride + i);
+                        if full {
+                            _mm256_storeu_ps(at, v)
+                        } else {
+                            _mm256_maskstore_ps(at, row_mask, v)
+                        }
                     };
                 }
             }
         }
-        zeros += scalar(b, ((0, i_full), (j_full, cols)));
-        zeros + scalar(b, ((i_full, rows), (0, cols)))
+        zeros
+    }
+
+    /// A mask of the first `n` (at most 8) lanes.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn first_lanes(n: usize) -> __m256i {
+        const ONES_THEN_ZEROS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+        // SAFETY: 8 - n.min(8) + 8 <= 16 elements.
+        unsafe { _mm256_loadu_si256(ONES_THEN_ZEROS.as_ptr().add(8 - n.min(8)).cast()) }
     }
 
     #[inline]
