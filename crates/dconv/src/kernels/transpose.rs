@@ -91,8 +91,11 @@ pub(crate) fn transpose_finish(
     };
     #[cfg(target_arch = "x86_64")]
     {
-        if matches!(isa, Isa::Avx2 | Isa::Avx512) && is_x86_feature_detected!("avx") {
-            // SAFETY: AVX is available (checked just above); the asserts above keep every
+        if matches!(isa, Isa::Avx2 | Isa::Avx512)
+            && is_x86_feature_detected!("avx")
+            && is_x86_feature_detected!("popcnt")
+        {
+            // SAFETY: AVX and POPCNT are available (checked just above); the asserts above keep every
             // element of both blocks, and every bias the rows read, in their slices.
             return unsafe { x86::avx(&mut block, (rows, cols)) };
         }
@@ -135,65 +138,119 @@ mod x86 {
     use super::Block;
     use std::arch::x86_64::*;
 
+    const W: usize = 8;
+
     /// 8 x 8 blocks in AVX registers; blocks cut by the right or bottom edge through masked
     /// loads and stores (the lanes past the edge read as zero and are never written).
     ///
     /// # Safety
-    /// The CPU must support AVX, and the `rows x cols` blocks must lie inside both slices
-    /// (and the bias), as [`super::transpose_finish`] checks.
-    #[target_feature(enable = "avx")]
+    /// The CPU must support AVX and POPCNT, and the `rows x cols` blocks must lie inside
+    /// both slices (and the bias), as [`super::transpose_finish`] checks.
+    #[target_feature(enable = "avx,popcnt")]
     pub unsafe fn avx(b: &mut Block, (rows, cols): (usize, usize)) -> usize {
-        const W: usize = 8;
+        let (i_full, j_full) = (rows / W * W, cols / W * W);
         let mut zeros = 0;
-        for i in (0..rows).step_by(W) {
-            let h = W.min(rows - i);
-            let row_mask = first_lanes(h);
-            // SAFETY: rows i..i+h of the bias are inside it; the mask reads no others.
-            let bias = b.finish.map(|f| unsafe {
-                (
-                    _mm256_maskload_ps(f.bias.as_ptr().add(i), row_mask),
-                    f.clamp,
-                )
-            });
-            for j in (0..cols).step_by(W) {
-                let w = W.min(cols - j);
-                let full = h == W && w == W;
-                let column_mask = first_lanes(w);
-                // SAFETY: rows i..i+h and columns j..j+w are inside the source block; a
-                // masked load reads only those columns.
+        for i in (0..i_full).step_by(W) {
+            // SAFETY: rows i..i+8 of the bias are inside it.
+            let bias = b
+                .finish
+                .map(|f| unsafe { (_mm256_loadu_ps(f.bias.as_ptr().add(i)), f.clamp) });
+            for j in (0..j_full).step_by(W) {
+                // SAFETY: rows i..i+8 and columns j..j+8 are inside both blocks.
                 let rows: [__m256; W] = std::array::from_fn(|k| unsafe {
-                    let at = b.src.as_ptr().add((i + k.min(h - 1)) * b.src_stride + j);
-                    match (full, k < h) {
-                        (true, _) => _mm256_loadu_ps(at),
-                        (false, true) => _mm256_maskload_ps(at, column_mask),
-                        (false, false) => _mm256_setzero_ps(),
-                    }
+                    _mm256_loadu_ps(b.src.as_ptr().add((i + k) * b.src_stride + j))
                 });
-                for (k, v) in transpose8(rows).into_iter().enumerate().take(w) {
+                for (k, v) in transpose8(rows).into_iter().enumerate() {
                     let v = match bias {
                         Some((bias, clamp)) => {
-                            let v = clamp256(_mm256_add_ps(v, bias), clamp);
-                            let zero = _mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_setzero_ps());
-                            let zero = _mm256_movemask_ps(zero) as u32 & ((1 << h) - 1);
-                            zeros += zero.count_ones() as usize;
+                            let v = finish8(v, bias, clamp);
+                            zeros += zeros8(v, W);
                             v
                         }
                         None => v,
                     };
-                    // SAFETY: destination row j + k < cols, columns i..i+h (the mask writes
-                    // no others): inside the destination block.
+                    // SAFETY: as above.
                     unsafe {
-                        let at = b.dst.as_mut_ptr().add((j + k) * b.dst_stride + i);
-                        if full {
-                            _mm256_storeu_ps(at, v)
-                        } else {
-                            _mm256_maskstore_ps(at, row_mask, v)
-                        }
+                        _mm256_storeu_ps(b.dst.as_mut_ptr().add((j + k) * b.dst_stride + i), v)
                     };
                 }
             }
         }
+        // The right edge, then the bottom one (corner included).
+        let edges = (0..i_full)
+            .step_by(W)
+            .filter(|_| j_full < cols)
+            .map(|i| (i, j_full))
+            .chain(
+                (i_full..rows)
+                    .step_by(W)
+                    .flat_map(|i| (0..cols).step_by(W).map(move |j| (i, j))),
+            );
+        for (i, j) in edges {
+            // SAFETY: the block at (i, j), cut at (rows, cols), lies inside both slices.
+            zeros += unsafe { edge(b, (i, j), (W.min(rows - i), W.min(cols - j))) };
+        }
         zeros
+    }
+
+    /// The `h x w` block at source row `i`, column `j` (h, w <= 8), through masks; returns
+    /// the zeros it finished.
+    ///
+    /// # Safety
+    /// As [`avx`], for this block.
+    #[target_feature(enable = "avx,popcnt")]
+    unsafe fn edge(b: &mut Block, (i, j): (usize, usize), (h, w): (usize, usize)) -> usize {
+        let src = b.src.as_ptr().wrapping_add(i * b.src_stride + j);
+        let (row_mask, column_mask) = (first_lanes(h), first_lanes(w));
+        // SAFETY: rows i..i+h and columns j..j+w are inside the source block; the masked
+        // load reads only those columns, and rows past h are not read.
+        let rows: [__m256; W] = std::array::from_fn(|k| unsafe {
+            if k < h {
+                _mm256_maskload_ps(src.add(k * b.src_stride), column_mask)
+            } else {
+                _mm256_setzero_ps()
+            }
+        });
+        let dst = b.dst.as_mut_ptr().wrapping_add(j * b.dst_stride + i);
+        let mut zeros = 0;
+        // Only the first w vectors are stored, and only their first h lanes.
+        for (k, v) in transpose8(rows).into_iter().enumerate().take(w) {
+            let v = match b.finish {
+                Some(f) => {
+                    // SAFETY: rows i..i+h of the bias are inside it; the mask reads no others.
+                    let bias = unsafe { _mm256_maskload_ps(f.bias.as_ptr().add(i), row_mask) };
+                    let v = finish8(v, bias, f.clamp);
+                    zeros += zeros8(v, h);
+                    v
+                }
+                None => v,
+            };
+            // SAFETY: destination row j + k < cols, columns i..i+h (the mask writes no
+            // others): inside the destination block.
+            unsafe { _mm256_maskstore_ps(dst.add(k * b.dst_stride), row_mask, v) };
+        }
+        zeros
+    }
+
+    /// `max(lo, min(hi, v + bias))`, clamped only when `clamp` is set.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn finish8(v: __m256, bias: __m256, clamp: Option<(f32, f32)>) -> __m256 {
+        let v = _mm256_add_ps(v, bias);
+        match clamp {
+            Some((lo, hi)) => {
+                _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi))
+            }
+            None => v,
+        }
+    }
+
+    /// How many of the first `n` lanes of `v` are exactly zero.
+    #[inline]
+    #[target_feature(enable = "avx,popcnt")]
+    fn zeros8(v: __m256, n: usize) -> usize {
+        let zero = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_setzero_ps()));
+        (zero as u32 & ((1 << n) - 1)).count_ones() as usize
     }
 
     /// A mask of the first `n` (at most 8) lanes.
@@ -203,17 +260,6 @@ mod x86 {
         const ONES_THEN_ZEROS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
         // SAFETY: 8 - n.min(8) + 8 <= 16 elements.
         unsafe { _mm256_loadu_si256(ONES_THEN_ZEROS.as_ptr().add(8 - n.min(8)).cast()) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx")]
-    fn clamp256(v: __m256, clamp: Option<(f32, f32)>) -> __m256 {
-        match clamp {
-            Some((lo, hi)) => {
-                _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi))
-            }
-            None => v,
-        }
     }
 
     /// An 8 x 8 block: unpack pairs, shuffle quads, swap 128-bit halves. Vector `c` of the
