@@ -25,6 +25,14 @@ impl CacheAligned {
 
     /// Makes the buffer `len` zeros, reusing its memory when it is large enough.
     pub fn reset_zeroed(&mut self, len: usize) {
+        self.reset(len);
+        self.as_mut_slice().fill(0.0);
+    }
+
+    /// Makes the buffer `len` floats long, reusing its memory when it is large enough, and
+    /// then without writing it: it holds whatever it held (zeros where it is new), for a
+    /// caller that overwrites it.
+    pub fn reset(&mut self, len: usize) {
         if self.buf.len() < len + FLOATS_PER_LINE - 1 {
             self.buf = vec![0.0; len + FLOATS_PER_LINE - 1];
             // In floats; an f32 pointer can always reach a 64-byte boundary.
@@ -35,7 +43,6 @@ impl CacheAligned {
                 .min(FLOATS_PER_LINE - 1);
         }
         self.len = len;
-        self.as_mut_slice().fill(0.0);
     }
 
     pub fn as_slice(&self) -> &[f32] {

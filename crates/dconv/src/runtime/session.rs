@@ -10,6 +10,7 @@ use super::profile::{Profile, StepProfile};
 use crate::conv::select::CostProfile;
 use crate::conv::{Method, Workspace};
 use crate::error::{Error, Result};
+use crate::kernels::aligned::CacheAligned;
 use crate::onnx::{Dim, Model};
 use crate::ops::conv::zero_fraction;
 use crate::tensor::{Tensor, TensorData};
@@ -33,11 +34,10 @@ pub struct SessionOptions {
 /// The buffers of one run, kept for the next.
 #[derive(Default)]
 struct Scratch {
-    /// Each buffer keeps the length of the largest slot it has held (as its capacity does),
-    /// so that a run does not zero again what the previous run grew; `filled` says how much
-    /// of it the slot it holds now has written.
-    buffers: Vec<Vec<f32>>,
-    filled: Vec<usize>,
+    /// Each buffer keeps the memory of the largest slot it has held, so that a run does not
+    /// zero again what the previous run grew, and starts on a cache line, so that whole-vector
+    /// loads and stores of channels-last rows do not straddle two lines.
+    buffers: Vec<CacheAligned>,
     /// The fraction of zeros of each slot, where its producer counted them.
     sparsity: Vec<Option<f64>>,
     workspace: Workspace,
@@ -284,13 +284,6 @@ fn step_profile(
     }
 }
 
-/// Lengthens `buffer` to at least `len` floats; never shortens it.
-fn grow(buffer: &mut Vec<f32>, len: usize) {
-    if buffer.len() < len {
-        buffer.resize(len, 0.0);
-    }
-}
-
 /// Runs `plan`; a `profile` records each step, a `probe` sees each convolution's input
 /// before it runs.
 fn execute(
@@ -302,33 +295,27 @@ fn execute(
 ) -> Result<Vec<(String, Tensor)>> {
     let Scratch {
         buffers,
-        filled,
         sparsity,
         workspace,
     } = scratch;
-    buffers.resize_with(plan.buffers, Vec::new);
-    filled.resize(plan.buffers, 0);
+    buffers.resize_with(plan.buffers, CacheAligned::default);
     sparsity.resize(plan.slot_buffer.len(), None);
     for (&slot, (data, _)) in plan.inputs.iter().zip(inputs) {
         let b = plan.slot_buffer[slot];
-        grow(&mut buffers[b], data.len());
-        buffers[b][..data.len()].copy_from_slice(data);
-        filled[b] = data.len();
+        buffers[b].reset(data.len());
+        buffers[b].as_mut_slice().copy_from_slice(data);
         sparsity[slot] = None;
     }
     for step in &plan.steps {
         let out_buffer = plan.slot_buffer[step.output];
         let mut whole = std::mem::take(&mut buffers[out_buffer]);
-        grow(&mut whole, step.out_len);
-        let out = &mut whole[..step.out_len];
+        whole.reset(step.out_len);
+        let out = whole.as_mut_slice();
         let read: Vec<&[f32]> = step
             .inputs
             .iter()
             .map(|src| match src {
-                Src::Slot(s) => {
-                    let b = plan.slot_buffer[*s];
-                    &buffers[b][..filled[b]]
-                }
+                Src::Slot(s) => buffers[plan.slot_buffer[*s]].as_slice(),
                 Src::Const(c) => plan.consts[*c].as_f32().unwrap_or_default(),
             })
             .collect();
@@ -369,7 +356,6 @@ fn execute(
         }
         drop(read);
         buffers[out_buffer] = whole;
-        filled[out_buffer] = step.out_len;
         sparsity[step.output] = counted;
     }
     plan.outputs
@@ -379,10 +365,7 @@ fn execute(
                 Value::Const(t) => Tensor::clone(t),
                 Value::Dynamic(d) => {
                     let data = match d.src {
-                        Src::Slot(s) => {
-                            let b = plan.slot_buffer[s];
-                            buffers[b][..filled[b]].to_vec()
-                        }
+                        Src::Slot(s) => buffers[plan.slot_buffer[s]].as_slice().to_vec(),
                         Src::Const(c) => plan.consts[c].to_f32_vec(),
                     };
                     Tensor::from_f32(d.shape.clone(), data)?
