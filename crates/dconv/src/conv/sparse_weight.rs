@@ -22,6 +22,7 @@
 
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::error::{Error, Result};
+use crate::kernels::multiversion::vectorized;
 use crate::kernels::shifted_axpy::{max_tile_rows, shifted_axpy, vector_floats, Tap, TapList};
 use crate::kernels::transpose::{transpose, transpose_finish, Finish};
 use crate::kernels::Isa;
@@ -258,6 +259,7 @@ impl SparseWeight {
 
     /// Copies what channel block `b` reads for the tile at band plane position `(y0, x0)` into
     /// the window: per channel, row phase and kernel column, `rows + max_row` vectors.
+    #[inline(always)]
     fn fill_window<const L: usize>(
         &self,
         planes: Planes,
@@ -340,13 +342,22 @@ impl SparseWeight {
             let x0 = tile % self.tiles_x * self.lanes;
             let from = self.staged_at(k, chunks) - origin;
             let sums = &mut staged[from..from + filters.len() * self.tile_len];
-            sums.fill(0.0);
+            vectorized(
+                self.isa,
+                #[inline(always)]
+                || sums.fill(0.0),
+            );
             for b in 0..self.blocks {
-                match self.lanes {
-                    16 => self.fill_window::<16>(planes, b, y0, x0, window),
-                    8 => self.fill_window::<8>(planes, b, y0, x0, window),
-                    _ => self.fill_window::<4>(planes, b, y0, x0, window),
-                }
+                // Compiled for the vector width, so that each vector moves in one go.
+                vectorized(
+                    self.isa,
+                    #[inline(always)]
+                    || match self.lanes {
+                        16 => self.fill_window::<16>(planes, b, y0, x0, window),
+                        8 => self.fill_window::<8>(planes, b, y0, x0, window),
+                        _ => self.fill_window::<4>(planes, b, y0, x0, window),
+                    },
+                );
                 if b + 1 < self.blocks {
                     // The planes are larger than L2: ask for the next block's while this runs.
                     self.prefetch_window(planes, b + 1, y0, x0);
