@@ -366,6 +366,7 @@ mod tests {
             let epilogue = Epilogue {
                 bias: vec![0.0; m],
                 activation: Activation::None,
+                isa: Isa::Portable,
             };
             let dense = Dense::new(spec, &weights, epilogue, Isa::Portable);
             let kept = dense.packed.len()

@@ -21,6 +21,7 @@ mod tiles;
 pub use spec::{Activation, ConvSpec, Padding};
 
 use crate::error::{Error, Result};
+use crate::kernels::multiversion::vectorized;
 use crate::kernels::Isa;
 use crate::sparse::Csoa;
 use panels::SharedPanels;
@@ -175,6 +176,8 @@ pub struct Workspace {
 pub(crate) struct Epilogue {
     pub bias: Vec<f32>,
     pub activation: Activation,
+    /// The instruction set the row loop is compiled for.
+    pub isa: Isa,
 }
 
 impl Epilogue {
@@ -199,12 +202,16 @@ impl Epilogue {
     #[inline]
     pub fn apply_row(&self, row: &mut [f32], first: usize) -> usize {
         let bias = &self.bias[first..first + row.len()];
-        // One loop per activation, so that each vectorises.
-        match self.activation {
-            Activation::None => finish_row(row, bias, |x| x),
-            Activation::Relu => finish_row(row, bias, |x| x.max(0.0)),
-            Activation::Relu6 => finish_row(row, bias, |x| x.clamp(0.0, 6.0)),
-        }
+        // One loop per activation, so that each vectorises, at the width of the ISA.
+        vectorized(
+            self.isa,
+            #[inline(always)]
+            || match self.activation {
+                Activation::None => finish_row(row, bias, |x| x),
+                Activation::Relu => finish_row(row, bias, |x| x.max(0.0)),
+                Activation::Relu6 => finish_row(row, bias, |x| x.clamp(0.0, 6.0)),
+            },
+        )
     }
 }
 
@@ -326,6 +333,7 @@ impl Conv {
         let epilogue = Epilogue {
             bias,
             activation: spec.activation,
+            isa,
         };
         let zeros = weights.iter().filter(|&&w| w == 0.0).count();
         let weight_sparsity = zeros as f64 / weights.len() as f64;

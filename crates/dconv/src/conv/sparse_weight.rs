@@ -652,6 +652,7 @@ mod tests {
             let epilogue = Epilogue {
                 bias: vec![0.0; spec.filters],
                 activation: Activation::None,
+                isa,
             };
             let conv = SparseWeight::new(spec, &weights, epilogue, isa).unwrap();
             assert!(conv.blocks > 1, "{isa}: {} blocks", conv.blocks);
