@@ -325,6 +325,28 @@ fn wrong_buffers_are_errors() {
     }
 }
 
+/// Checks `method` on one fixed shape at each thread count of `threads`, with random
+/// weights and inputs of the given sparsities and zero pattern.
+fn check_shape(
+    method: Method,
+    spec: ConvSpec,
+    (input_sparsity, weight_sparsity, pattern): (f64, f64, ZeroPattern),
+    threads: &[usize],
+    seed: u64,
+) {
+    for &threads in threads {
+        let case = Case {
+            spec,
+            input_sparsity,
+            weight_sparsity,
+            pattern,
+            threads,
+            seed,
+        };
+        check_method(method, &case);
+    }
+}
+
 /// Sparse-weight splits the input channels into blocks that fit L1 and the output rows into
 /// bands whose planes fit L2; the random shapes above are too small to need several of
 /// either. (A unit test in `conv::sparse_weight` checks that this shape needs both.)
@@ -338,19 +360,22 @@ fn sparse_weight_with_many_channel_blocks_and_bands() {
         .with_batch(2)
         .with_bias(true)
         .with_activation(Activation::Relu);
-    for threads in THREADS {
-        check_method(
-            Method::SparseWeight,
-            &Case {
-                spec,
-                input_sparsity: 0.3,
-                weight_sparsity: 0.8,
-                pattern: ZeroPattern::Random,
-                threads,
-                seed: 5,
-            },
-        );
-    }
+    let zeros = (0.3, 0.8, ZeroPattern::Random);
+    check_shape(Method::SparseWeight, spec, zeros, &THREADS, 5);
+}
+
+/// Sparse-weight computes a last column of tiles holding at most half a vector folded (the
+/// two halves of the tiles' rows side by side in each vector). This shape folds on every
+/// ISA (a unit test in `conv::sparse_weight` checks it), and on 4 threads its single row of
+/// tiles is split into filter chunks.
+#[test]
+fn sparse_weight_with_a_folded_last_column() {
+    let spec = ConvSpec::new(40, 12, 18, 20, [3, 3])
+        .with_padding([1, 1, 1, 1])
+        .with_bias(true)
+        .with_activation(Activation::Relu);
+    let zeros = (0.3, 0.7, ZeroPattern::Random);
+    check_shape(Method::SparseWeight, spec, zeros, &THREADS, 7);
 }
 
 /// Dense at stride 1 sums shifted GEMMs a band of output rows at a time (bands of about
@@ -364,19 +389,13 @@ fn dense_stride_one_in_several_bands() {
         .with_groups(2)
         .with_bias(true)
         .with_activation(Activation::Relu);
-    for threads in [1, 2] {
-        check_method(
-            Method::Dense,
-            &Case {
-                spec,
-                input_sparsity: 0.5,
-                weight_sparsity: 0.0,
-                pattern: ZeroPattern::Relu,
-                threads,
-                seed: 9,
-            },
-        );
-    }
+    check_shape(
+        Method::Dense,
+        spec,
+        (0.5, 0.0, ZeroPattern::Relu),
+        &[1, 2],
+        9,
+    );
 }
 
 /// A method with a fused activation counts its output's zeros as it writes them (so the next

@@ -65,6 +65,9 @@ pub(crate) struct SparseWeight {
     /// Tiles down and across the output.
     tiles_y: usize,
     tiles_x: usize,
+    /// When the last column of tiles has at most half a vector of outputs: the rows of its
+    /// tiles folded into the two halves of each vector (see [`Fold`]).
+    fold: Option<Fold>,
     /// How bands are cut on one thread, and on several.
     bands: [Bands; 2],
     /// Distinct row phases `r*dh % sh` the kernel reads, and the largest row shift.
@@ -93,6 +96,11 @@ impl SparseWeight {
         let rows = tile_rows(out_h, max_tile_rows(isa));
         let tile_len = rows * lanes;
         let (tiles_y, tiles_x) = (out_h.div_ceil(rows), out_w.div_ceil(lanes));
+        let last_column = out_w - (tiles_x - 1) * lanes;
+        let fold = (last_column <= lanes / 2 && rows.is_multiple_of(2)).then_some(Fold {
+            rows: rows / 2,
+            half: lanes / 2,
+        });
 
         let mut row_phases: Vec<usize> = (0..kr).map(|r| r * dh % sh).collect();
         row_phases.sort_unstable();
@@ -189,6 +197,7 @@ impl SparseWeight {
             tile_len,
             tiles_y,
             tiles_x,
+            fold,
             bands,
             row_phases,
             max_row,
@@ -258,18 +267,20 @@ impl SparseWeight {
     }
 
     /// Copies what channel block `b` reads for the tile at band plane position `(y0, x0)` into
-    /// the window: per channel, row phase and kernel column, `rows + max_row` vectors.
+    /// the window: per channel, row phase and kernel column, `rows + max_row` vectors, or
+    /// for a `folded` tile `fold.rows + max_row` vectors of two half rows.
     #[inline(always)]
     fn fill_window<const L: usize>(
         &self,
         planes: Planes,
         b: usize,
-        y0: usize,
-        x0: usize,
+        (y0, x0): (usize, usize),
+        folded: Option<Fold>,
         window: &mut [f32],
     ) {
         let sw = self.spec.stride[1];
         let channels = b * self.block..((b + 1) * self.block).min(self.spec.channels);
+        let vectors = folded.map_or(self.rows, |f| f.rows) + self.max_row;
         let mut segments = window.chunks_exact_mut(self.segment);
         for c in channels {
             for &ph in &self.row_phases {
@@ -278,20 +289,25 @@ impl SparseWeight {
                         c * planes.bands.channel_stride + (ph * sw + pw) * planes.bands.plane;
                     let first = plane + y0 * self.plane_w + x0 + column;
                     let dst = segments.next().expect("window holds the block");
-                    for (k, dst) in dst.chunks_exact_mut(L).enumerate() {
+                    for (k, dst) in dst.chunks_exact_mut(L).take(vectors).enumerate() {
                         let from = first + k * self.plane_w;
-                        let src: &[f32; L] =
-                            planes.data[from..from + L].try_into().expect("L floats");
-                        let dst: &mut [f32; L] = dst.try_into().expect("L floats");
-                        *dst = *src;
+                        match folded {
+                            None => dst.copy_from_slice(&planes.data[from..from + L]),
+                            Some(f) => {
+                                let lower = from + f.rows * self.plane_w;
+                                let (a, b) = dst.split_at_mut(L / 2);
+                                a.copy_from_slice(&planes.data[from..from + L / 2]);
+                                b.copy_from_slice(&planes.data[lower..lower + L / 2]);
+                            }
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Hints the cache lines that `fill_window(planes, b, y0, x0, ..)` reads into L2.
-    fn prefetch_window(&self, planes: Planes, b: usize, y0: usize, x0: usize) {
+    /// Hints the cache lines that `fill_window(planes, b, (y0, x0), ..)` reads into L2.
+    fn prefetch_window(&self, planes: Planes, b: usize, (y0, x0): (usize, usize)) {
         let sw = self.spec.stride[1];
         let span = self.lanes + self.columns.iter().map(|c| c.1).max().unwrap_or(0);
         let channels = b * self.block..((b + 1) * self.block).min(self.spec.channels);
@@ -318,10 +334,23 @@ impl SparseWeight {
     }
 
     /// Where item `k` (tile `k / chunks` of the band, filter chunk `k % chunks`) starts in
-    /// the band's staging buffer.
+    /// the band's staging buffer. Every tile has a slot of `filters * tile_len` floats; a
+    /// folded tile fills the start of its slot.
     fn staged_at(&self, k: usize, chunks: usize) -> usize {
-        let filters = self.chunk_filters(k % chunks, chunks);
-        (k / chunks * self.spec.filters + filters.start) * self.tile_len
+        let (tile, filters) = (k / chunks, self.chunk_filters(k % chunks, chunks));
+        tile * self.spec.filters * self.tile_len
+            + filters.start * self.tile_len_at(tile % self.tiles_x)
+    }
+
+    /// How the tiles of column `tile_x` are folded, if they are.
+    fn folded(&self, tile_x: usize) -> Option<Fold> {
+        self.fold.filter(|_| tile_x + 1 == self.tiles_x)
+    }
+
+    /// Floats of one filter's sums in the tiles of column `tile_x`.
+    fn tile_len_at(&self, tile_x: usize) -> usize {
+        self.folded(tile_x)
+            .map_or(self.tile_len, |f| f.rows * self.lanes)
     }
 
     /// Computes `items` of a band whose tiles are cut into `chunks` filter chunks into
@@ -338,10 +367,11 @@ impl SparseWeight {
         let origin = self.staged_at(items.start, chunks);
         for k in items {
             let (tile, filters) = (k / chunks, self.chunk_filters(k % chunks, chunks));
-            let y0 = tile / self.tiles_x * self.rows;
-            let x0 = tile % self.tiles_x * self.lanes;
+            let (tile_y, tile_x) = (tile / self.tiles_x, tile % self.tiles_x);
+            let at = (tile_y * self.rows, tile_x * self.lanes);
+            let (folded, tile_len) = (self.folded(tile_x), self.tile_len_at(tile_x));
             let from = self.staged_at(k, chunks) - origin;
-            let sums = &mut staged[from..from + filters.len() * self.tile_len];
+            let sums = &mut staged[from..from + filters.len() * tile_len];
             vectorized(
                 self.isa,
                 #[inline(always)]
@@ -353,14 +383,14 @@ impl SparseWeight {
                     self.isa,
                     #[inline(always)]
                     || match self.lanes {
-                        16 => self.fill_window::<16>(planes, b, y0, x0, window),
-                        8 => self.fill_window::<8>(planes, b, y0, x0, window),
-                        _ => self.fill_window::<4>(planes, b, y0, x0, window),
+                        16 => self.fill_window::<16>(planes, b, at, folded, window),
+                        8 => self.fill_window::<8>(planes, b, at, folded, window),
+                        _ => self.fill_window::<4>(planes, b, at, folded, window),
                     },
                 );
                 if b + 1 < self.blocks {
                     // The planes are larger than L2: ask for the next block's while this runs.
-                    self.prefetch_window(planes, b + 1, y0, x0);
+                    self.prefetch_window(planes, b + 1, at);
                 }
                 let first = b * self.spec.filters;
                 let bounds = &self.starts[first + filters.start..=first + filters.end];
@@ -432,13 +462,18 @@ impl SparseWeight {
                 let mut zeros = 0;
                 for tx in 0..self.tiles_x {
                     let tile = tile_row * self.tiles_x + tx;
-                    let src = &staged[tile * filters * self.tile_len + i * self.lanes..];
+                    // Row i of a folded tile is row i % f.rows of the half i / f.rows.
+                    let at = match self.folded(tx) {
+                        Some(f) => i % f.rows * self.lanes + i / f.rows * f.half,
+                        None => i * self.lanes,
+                    };
+                    let src = &staged[tile * filters * self.tile_len + at..];
                     let cols = self.lanes.min(ow - tx * self.lanes);
                     let dst = &mut row[tx * self.lanes * filters..];
                     zeros += transpose_finish(
                         self.isa,
                         src,
-                        self.tile_len,
+                        self.tile_len_at(tx),
                         dst,
                         filters,
                         (filters, cols),
@@ -449,6 +484,17 @@ impl SparseWeight {
             })
             .sum()
     }
+}
+
+/// The last column of tiles, when it holds at most half a vector of outputs (a 56-wide
+/// output in vectors of 16: 3.5 vectors), computed folded: the upper `rows` rows of a tile
+/// in the low `half` lanes of each vector and the lower `rows` rows in the high ones, so
+/// that its tiles take `rows` vectors instead of `2 * rows`, half of them wasted. A kernel
+/// row shift moves both halves alike, so the taps are the same.
+#[derive(Debug, Clone, Copy)]
+struct Fold {
+    rows: usize,
+    half: usize,
 }
 
 /// How a layer's tile rows are cut into bands, and the shape of a band's planes.
@@ -662,6 +708,38 @@ mod tests {
                 "{isa}: band {band} of {}",
                 conv.tiles_y
             );
+        }
+    }
+
+    /// The shape of `sparse_weight_with_a_folded_last_column` (in
+    /// tests/methods_match_reference.rs) folds its last column of tiles on every ISA; the
+    /// VGG-16 sizes that fold are the 56-wide ones.
+    #[test]
+    fn the_fold_test_shape_folds() {
+        for isa in Isa::supported() {
+            for (spec, folds) in [
+                (
+                    ConvSpec::new(40, 12, 18, 20, [3, 3]).with_padding([1; 4]),
+                    true,
+                ),
+                (
+                    ConvSpec::new(256, 56, 56, 256, [3, 3]).with_padding([1; 4]),
+                    isa == Isa::Avx512,
+                ),
+                (
+                    ConvSpec::new(512, 28, 28, 512, [3, 3]).with_padding([1; 4]),
+                    false,
+                ),
+            ] {
+                let weights = vec![1.0; spec.weight_len().unwrap()];
+                let epilogue = Epilogue {
+                    bias: vec![0.0; spec.filters],
+                    activation: Activation::None,
+                    isa,
+                };
+                let conv = SparseWeight::new(spec, &weights, epilogue, isa).unwrap();
+                assert_eq!(conv.fold.is_some(), folds, "{isa} {spec:?}");
+            }
         }
     }
 
