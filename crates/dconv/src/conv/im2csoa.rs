@@ -10,7 +10,7 @@
 //! (non-zero activation, non-zero weight block) pairs that meet.
 
 use super::panels::{l1_slab_rows, BlockOutputs, WeightPanels};
-use super::tiles::{ensure_tiles, rows_per_tile, tile_rows};
+use super::tiles::{ensure_tiles, task_tiles, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::aligned::CacheAligned;
 use crate::kernels::sparse_row_panel::{accumulate_rows, skip_rows, Entries, RowCursor};
@@ -69,13 +69,14 @@ impl<const NB: usize> Im2Csoa<NB> {
     /// Multiplies group `g` of one image from its CSOA into `out`, then applies the
     /// epilogue to the group's channels.
     ///
-    /// Loops, outside in: blocks of output channels; kernel taps (a tap's panel rows stay
-    /// in L2 while every tile uses them); tiles, in parallel, each row reading the list of
-    /// the pixel under the tap; chunks of channels whose panel rows stay in L1.
+    /// Loops, outside in: tasks of tiles, in parallel; blocks of output channels; kernel taps
+    /// (a tap's panel rows stay in L2 while every tile of the task uses them); tiles, each
+    /// row reading the list of the pixel under the tap; chunks of channels whose panel rows
+    /// stay in L1.
     fn multiply(
         &self,
         tiles: &mut [CsoaTile],
-        tile: usize,
+        (tile, per_task): (usize, usize),
         csoa: &Csoa,
         g: usize,
         out: &mut [f32],
@@ -86,59 +87,68 @@ impl<const NB: usize> Im2Csoa<NB> {
         let width = WeightPanels::<NB>::WIDTH;
         let chunks = cg.div_ceil(self.chunk);
         let (chans, vals) = csoa.entries();
-        for block in 0..self.panels.blocks() {
-            let panel = self.panels.panel(g, block);
-            let outputs = BlockOutputs::new(
-                g * mg + block * width..(g * mg + (block + 1) * width).min((g + 1) * mg),
-                width,
-            );
-            out.par_chunks_mut(tile * m)
-                .zip(tiles.par_iter_mut())
-                .for_each(|(out, t)| outputs.begin(out.len() / m, &mut t.spill));
-            for tap in 0..taps {
-                let tap_panel = &panel[tap * cg * width..];
-                let flags = ((g * self.panels.blocks() + block) * taps + tap) * chunks;
-                let zero_chunks = &self.zero_chunks[flags..flags + chunks];
-                tiles.par_iter_mut().for_each(|t| {
-                    let rows = t.pixels.len() / taps;
-                    t.cursors.clear();
-                    t.cursors
-                        .extend(t.pixels[tap * rows..(tap + 1) * rows].iter().map(|&pixel| {
-                            if pixel == PADDING {
-                                RowCursor::default()
-                            } else {
-                                let range = csoa.pixel_range(pixel as usize, g);
-                                RowCursor {
-                                    next: range.start,
-                                    end: range.end,
+        // Tasks of whole runs of tiles (see `task_tiles`), forked once per group: each task
+        // walks the blocks and taps itself, so its tiles share a tap's panel rows while they
+        // are in its core's L2, and no thread waits for the others between taps.
+        out.par_chunks_mut(per_task * tile * m)
+            .zip(tiles.par_chunks_mut(per_task))
+            .for_each(|(out, task)| {
+                for block in 0..self.panels.blocks() {
+                    let panel = self.panels.panel(g, block);
+                    let outputs = BlockOutputs::new(
+                        g * mg + block * width..(g * mg + (block + 1) * width).min((g + 1) * mg),
+                        width,
+                    );
+                    for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
+                        outputs.begin(out.len() / m, &mut t.spill);
+                    }
+                    for tap in 0..taps {
+                        let tap_panel = &panel[tap * cg * width..];
+                        let flags = ((g * self.panels.blocks() + block) * taps + tap) * chunks;
+                        let zero_chunks = &self.zero_chunks[flags..flags + chunks];
+                        for t in task.iter_mut() {
+                            let rows = t.pixels.len() / taps;
+                            t.cursors.clear();
+                            t.cursors
+                                .extend(t.pixels[tap * rows..(tap + 1) * rows].iter().map(
+                                    |&pixel| {
+                                        if pixel == PADDING {
+                                            RowCursor::default()
+                                        } else {
+                                            let range = csoa.pixel_range(pixel as usize, g);
+                                            RowCursor {
+                                                next: range.start,
+                                                end: range.end,
+                                            }
+                                        }
+                                    },
+                                ));
+                            for (c_end, &zero) in (self.chunk..cg + self.chunk)
+                                .step_by(self.chunk)
+                                .zip(zero_chunks)
+                            {
+                                let limit = if c_end >= cg { u32::MAX } else { c_end as u32 };
+                                if zero {
+                                    skip_rows(chans, &mut t.cursors, limit);
+                                } else {
+                                    accumulate_rows::<NB>(
+                                        self.isa,
+                                        Entries::new(chans, vals),
+                                        &mut t.cursors,
+                                        limit,
+                                        tap_panel,
+                                        t.spill.as_mut_slice(),
+                                        width,
+                                    );
                                 }
                             }
-                        }));
-                    for (c_end, &zero) in (self.chunk..cg + self.chunk)
-                        .step_by(self.chunk)
-                        .zip(zero_chunks)
-                    {
-                        let limit = if c_end >= cg { u32::MAX } else { c_end as u32 };
-                        if zero {
-                            skip_rows(chans, &mut t.cursors, limit);
-                        } else {
-                            accumulate_rows::<NB>(
-                                self.isa,
-                                Entries::new(chans, vals),
-                                &mut t.cursors,
-                                limit,
-                                tap_panel,
-                                t.spill.as_mut_slice(),
-                                width,
-                            );
                         }
                     }
-                });
-            }
-            out.par_chunks_mut(tile * m)
-                .zip(tiles.par_iter_mut())
-                .for_each(|(out, t)| outputs.end(out, m, &t.spill));
-        }
+                    for (out, t) in out.chunks_mut(tile * m).zip(task.iter()) {
+                        outputs.end(out, m, &t.spill);
+                    }
+                }
+            });
         out.par_chunks_mut(m)
             .map(|row| {
                 self.epilogue
@@ -187,7 +197,7 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
         let s = &self.spec;
         let image_len = s.height * s.width * s.channels;
         let rows = s.out_pixels();
-        let tile = rows_per_tile(rows, MAX_TILE_ROWS);
+        let (tile, per_task) = task_tiles(rows, MAX_TILE_ROWS);
         let tiles = rows.div_ceil(tile);
         ensure_tiles(&mut ws.csoa_tiles, tiles);
         let mut timing = Timing::default();
@@ -207,7 +217,13 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
                     csoa_tile.locate(s, tile_rows(t, tile, rows));
                 });
             for g in 0..s.groups {
-                let zeros = self.multiply(&mut ws.csoa_tiles[..tiles], tile, &ws.csoa, g, out);
+                let zeros = self.multiply(
+                    &mut ws.csoa_tiles[..tiles],
+                    (tile, per_task),
+                    &ws.csoa,
+                    g,
+                    out,
+                );
                 timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
             }
             timing.multiply += converted.elapsed();

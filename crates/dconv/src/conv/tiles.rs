@@ -9,6 +9,18 @@ pub(crate) fn rows_per_tile(rows: usize, max: usize) -> usize {
     rows.div_ceil(4 * threads).clamp(8, max)
 }
 
+/// Tiles for work cut into tasks of whole runs of tiles, each task an equal share of the
+/// rows: `(rows per tile, tiles per task)`, tiles of at most `max` rows. One task per
+/// thread, or two when each still gets a full tile, so that a thread slowed by a neighbour
+/// on this shared machine hands work to the other. (Every task walks all of a layer's
+/// weight panels, so more, smaller tasks cost more reads from L3.)
+pub(crate) fn task_tiles(rows: usize, max: usize) -> (usize, usize) {
+    let threads = rayon::current_num_threads().max(1);
+    let tasks = threads * (rows / (threads * max).max(1)).clamp(1, 2);
+    let per_task = rows.div_ceil(tasks * max).max(1);
+    (rows.div_ceil(tasks * per_task).max(1), per_task)
+}
+
 /// The rows of tile `t` when `rows` rows are cut into tiles of `tile`.
 pub(crate) fn tile_rows(t: usize, tile: usize, rows: usize) -> Range<usize> {
     t * tile..((t + 1) * tile).min(rows)
