@@ -20,7 +20,6 @@ use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
 
-const MAX_TILE_ROWS: usize = 256;
 /// Marks a tap that falls into the padding.
 const PADDING: u32 = u32::MAX;
 
@@ -197,7 +196,7 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
         let s = &self.spec;
         let image_len = s.height * s.width * s.channels;
         let rows = s.out_pixels();
-        let (tile, per_task) = task_tiles(rows, MAX_TILE_ROWS);
+        let (tile, per_task) = task_tiles(rows);
         let tiles = rows.div_ceil(tile);
         ensure_tiles(&mut ws.csoa_tiles, tiles);
         let mut timing = Timing::default();

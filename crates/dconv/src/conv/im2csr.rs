@@ -6,7 +6,7 @@
 //! so conversion costs one pass over the input plus the non-zeros it emits, never `P x K`.
 
 use super::panels::{l1_slab_rows, l2_chunk_rows, BlockOutputs, WeightPanels};
-use super::tiles::{ensure_tiles, rows_per_tile, tile_rows};
+use super::tiles::{ensure_tiles, task_tiles, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::aligned::CacheAligned;
 use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
@@ -15,8 +15,6 @@ use crate::sparse::{Csoa, CsrMatrix};
 use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
-
-const MAX_TILE_ROWS: usize = 256;
 
 pub(crate) struct Im2Csr<const NB: usize> {
     product: CsrProduct<NB>,
@@ -108,18 +106,19 @@ impl<const NB: usize> CsrProduct<NB> {
         }
     }
 
-    /// Multiplies the CSR rows of every tile (`tile` output rows each) by the panels of group
-    /// `g`, writing the image's NHWC output `out`, then applies the epilogue to the group's
-    /// channels.
+    /// Multiplies the CSR rows of every tile (`tile` output rows each, `per_task` tiles a
+    /// task) by the panels of group `g`, writing the image's NHWC output `out`, then applies
+    /// the epilogue to the group's channels.
     ///
-    /// Loops, outside in: blocks of output channels; chunks of k whose panel rows stay in L2
-    /// (so that they come from memory once, whichever tile uses them); tiles, in parallel;
-    /// slabs of k whose panel rows stay in L1 while every row of the tile reuses them.
+    /// Loops, outside in: tasks of tiles, in parallel; blocks of output channels; chunks of
+    /// k whose panel rows stay in L2 (so that they come from memory once, whichever tile of
+    /// the task uses them); tiles; slabs of k whose panel rows stay in L1 while every row of
+    /// the tile reuses them.
     pub fn multiply_tiles(
         &self,
         g: usize,
         tiles: &mut [CsrTile],
-        tile: usize,
+        (tile, per_task): (usize, usize),
         out: &mut [f32],
     ) -> usize {
         let CsrProduct {
@@ -133,49 +132,53 @@ impl<const NB: usize> CsrProduct<NB> {
         let k = spec.lowered_cols();
         let width = WeightPanels::<NB>::WIDTH;
         let (slab, chunk) = (l1_slab_rows(width), l2_chunk_rows(width));
-        for block in 0..panels.blocks() {
-            let panel = panels.panel(g, block);
-            let outputs = BlockOutputs::new(
-                g * mg + block * width..(g * mg + (block + 1) * width).min((g + 1) * mg),
-                width,
-            );
-            out.par_chunks_mut(tile * m)
-                .zip(tiles.par_iter_mut())
-                .for_each(|(out, t)| {
-                    let (row_ptr, _, _) = t.csr.parts();
-                    t.cursors.clear();
-                    t.cursors.extend(row_ptr.windows(2).map(|w| RowCursor {
-                        next: w[0],
-                        end: w[1],
-                    }));
-                    outputs.begin(out.len() / m, &mut t.spill);
-                });
-            for chunk_start in (0..k).step_by(chunk) {
-                let chunk_end = (chunk_start + chunk).min(k);
-                tiles.par_iter_mut().for_each(|t| {
-                    let (_, cols, vals) = t.csr.parts();
-                    for slab_end in (chunk_start + slab..chunk_end + slab).step_by(slab) {
-                        let limit = if slab_end >= k {
-                            u32::MAX
-                        } else {
-                            slab_end.min(chunk_end) as u32
-                        };
-                        accumulate_rows::<NB>(
-                            isa,
-                            Entries::new(cols, vals),
-                            &mut t.cursors,
-                            limit,
-                            panel,
-                            t.spill.as_mut_slice(),
-                            width,
-                        );
+        // Tasks of whole runs of tiles (see `task_tiles`), forked once: each task walks the
+        // blocks and chunks itself, so no thread waits for the others between chunks.
+        out.par_chunks_mut(per_task * tile * m)
+            .zip(tiles.par_chunks_mut(per_task))
+            .for_each(|(out, task)| {
+                for block in 0..panels.blocks() {
+                    let panel = panels.panel(g, block);
+                    let outputs = BlockOutputs::new(
+                        g * mg + block * width..(g * mg + (block + 1) * width).min((g + 1) * mg),
+                        width,
+                    );
+                    for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
+                        let (row_ptr, _, _) = t.csr.parts();
+                        t.cursors.clear();
+                        t.cursors.extend(row_ptr.windows(2).map(|w| RowCursor {
+                            next: w[0],
+                            end: w[1],
+                        }));
+                        outputs.begin(out.len() / m, &mut t.spill);
                     }
-                });
-            }
-            out.par_chunks_mut(tile * m)
-                .zip(tiles.par_iter_mut())
-                .for_each(|(out, t)| outputs.end(out, m, &t.spill));
-        }
+                    for chunk_start in (0..k).step_by(chunk) {
+                        let chunk_end = (chunk_start + chunk).min(k);
+                        for t in task.iter_mut() {
+                            let (_, cols, vals) = t.csr.parts();
+                            for slab_end in (chunk_start + slab..chunk_end + slab).step_by(slab) {
+                                let limit = if slab_end >= k {
+                                    u32::MAX
+                                } else {
+                                    slab_end.min(chunk_end) as u32
+                                };
+                                accumulate_rows::<NB>(
+                                    isa,
+                                    Entries::new(cols, vals),
+                                    &mut t.cursors,
+                                    limit,
+                                    panel,
+                                    t.spill.as_mut_slice(),
+                                    width,
+                                );
+                            }
+                        }
+                    }
+                    for (out, t) in out.chunks_mut(tile * m).zip(task.iter()) {
+                        outputs.end(out, m, &t.spill);
+                    }
+                }
+            });
         out.par_chunks_mut(m)
             .map(|row| epilogue.apply_row(&mut row[g * mg..(g + 1) * mg], g * mg))
             .sum()
@@ -187,7 +190,7 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
         let s = &self.product.spec;
         let image_len = s.height * s.width * s.channels;
         let rows = s.out_pixels();
-        let tile = rows_per_tile(rows, MAX_TILE_ROWS);
+        let (tile, per_task) = task_tiles(rows);
         ensure_tiles(&mut ws.csr_tiles, rows.div_ceil(tile));
         let mut timing = Timing::default();
         for (image, out) in input
@@ -212,7 +215,7 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
                 let zeros = self.product.multiply_tiles(
                     g,
                     &mut ws.csr_tiles[..rows.div_ceil(tile)],
-                    tile,
+                    (tile, per_task),
                     out,
                 );
                 timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);

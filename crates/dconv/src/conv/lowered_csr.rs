@@ -8,14 +8,12 @@
 use super::im2col::lower_rows;
 use super::im2csr::CsrProduct;
 use super::panels::WeightPanels;
-use super::tiles::{ensure_tiles, rows_per_tile, tile_rows};
+use super::tiles::{ensure_tiles, task_tiles, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::Isa;
 use rayon::prelude::*;
 use std::sync::Arc;
 use std::time::Instant;
-
-const MAX_TILE_ROWS: usize = 256;
 
 pub(crate) struct LoweredCsr<const NB: usize> {
     product: CsrProduct<NB>,
@@ -40,7 +38,7 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
         let k = s.lowered_cols();
         let image_len = s.height * s.width * s.channels;
         let rows = s.out_pixels();
-        let tile = rows_per_tile(rows, MAX_TILE_ROWS);
+        let (tile, per_task) = task_tiles(rows);
         let tiles = rows.div_ceil(tile);
         ensure_tiles(&mut ws.csr_tiles, tiles);
         ensure_tiles(&mut ws.lowered_tiles, tiles);
@@ -67,9 +65,12 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
                     });
                 let converted = Instant::now();
                 timing.convert += converted - start;
-                let zeros = self
-                    .product
-                    .multiply_tiles(g, &mut ws.csr_tiles[..tiles], tile, out);
+                let zeros = self.product.multiply_tiles(
+                    g,
+                    &mut ws.csr_tiles[..tiles],
+                    (tile, per_task),
+                    out,
+                );
                 timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
                 timing.multiply += converted.elapsed();
             }

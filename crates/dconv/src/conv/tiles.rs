@@ -2,19 +2,16 @@
 
 use std::ops::Range;
 
-/// Output rows (pixels) per tile: enough tiles to balance the threads, few enough that a
-/// tile's sparse rows stay in cache.
-pub(crate) fn rows_per_tile(rows: usize, max: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    rows.div_ceil(4 * threads).clamp(8, max)
-}
+/// Most output rows in a tile: the tile's sparse rows and its spill of sums stay in L2.
+const MAX_TILE_ROWS: usize = 256;
 
 /// Tiles for work cut into tasks of whole runs of tiles, each task an equal share of the
-/// rows: `(rows per tile, tiles per task)`, tiles of at most `max` rows. One task per
+/// rows: `(rows per tile, tiles per task)`, tiles of at most [`MAX_TILE_ROWS`]. One task per
 /// thread, or two when each still gets a full tile, so that a thread slowed by a neighbour
 /// on this shared machine hands work to the other. (Every task walks all of a layer's
 /// weight panels, so more, smaller tasks cost more reads from L3.)
-pub(crate) fn task_tiles(rows: usize, max: usize) -> (usize, usize) {
+pub(crate) fn task_tiles(rows: usize) -> (usize, usize) {
+    let max = MAX_TILE_ROWS;
     let threads = rayon::current_num_threads().max(1);
     let tasks = threads * (rows / (threads * max).max(1)).clamp(1, 2);
     let per_task = rows.div_ceil(tasks * max).max(1);
