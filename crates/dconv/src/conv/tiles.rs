@@ -7,13 +7,18 @@ const MAX_TILE_ROWS: usize = 256;
 
 /// Tiles for work cut into tasks of whole runs of tiles, each task an equal share of the
 /// rows: `(rows per tile, tiles per task)`, tiles of at most [`MAX_TILE_ROWS`]. One task per
-/// thread, or two when each still gets a full tile, so that a thread slowed by a neighbour
-/// on this shared machine hands work to the other. (Every task walks all of a layer's
+/// thread, or on several threads two when each still gets a full tile, so that a thread
+/// slowed by a neighbour on this shared machine hands work to the others. (Every task walks all of a layer's
 /// weight panels, so more, smaller tasks cost more reads from L3.)
 pub(crate) fn task_tiles(rows: usize) -> (usize, usize) {
     let max = MAX_TILE_ROWS;
     let threads = rayon::current_num_threads().max(1);
-    let tasks = threads * (rows / (threads * max).max(1)).clamp(1, 2);
+    let per_thread = if threads > 1 {
+        (rows / (threads * max)).clamp(1, 2)
+    } else {
+        1
+    };
+    let tasks = threads * per_thread;
     let per_task = rows.div_ceil(tasks * max).max(1);
     (rows.div_ceil(tasks * per_task).max(1), per_task)
 }
