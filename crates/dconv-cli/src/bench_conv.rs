@@ -10,6 +10,7 @@ mod shape_args;
 
 use crate::Failure;
 use dconv::conv::{Conv, ConvSpec, Method, Workspace};
+use dconv::kernels::aligned::CacheAligned;
 use dconv::kernels::Isa;
 use dconv::models::{self, ConvLayer};
 use dconv::synth::{self, Rng, ZeroPattern};
@@ -213,41 +214,54 @@ fn spec_from(args: &Args, layer: Option<&ConvLayer>) -> Result<ConvSpec, Failure
 
 /// Warms every method up, then times `args.runs` rounds in which each method runs once in
 /// turn: a machine whose speed drifts during the benchmark then slows every method alike,
-/// and the ratios between methods stay true.
+/// and the ratios between methods stay true. Input and outputs start on a cache line, as the
+/// buffers of a model run do.
 fn measure(
     convs: &[Conv],
     input: &[f32],
     args: &Args,
     workspace: &mut Workspace,
 ) -> Result<Vec<Measurement>, Failure> {
-    let mut measurements = Vec::with_capacity(convs.len());
+    let mut aligned_input = CacheAligned::default();
+    aligned_input.reset(input.len());
+    aligned_input.as_mut_slice().copy_from_slice(input);
+    let input = aligned_input.as_slice();
+    let mut outputs = Vec::with_capacity(convs.len());
     for conv in convs {
         let run_failed = |e: dconv::Error| Failure::Run(format!("{} failed: {e}", conv.method()));
-        let mut output = vec![0.0f32; conv.spec().output_len().map_err(run_failed)?];
+        let mut output = CacheAligned::default();
+        output.reset(conv.spec().output_len().map_err(run_failed)?);
         eprintln!("warming up {} ...", conv.method());
         for _ in 0..args.warmup {
-            conv.run(input, &mut output, workspace)
+            conv.run(input, output.as_mut_slice(), workspace)
                 .map_err(run_failed)?;
         }
-        measurements.push(Measurement {
+        outputs.push(output);
+    }
+    let mut measurements: Vec<Measurement> = convs
+        .iter()
+        .map(|conv| Measurement {
             method: conv.method(),
             totals: Vec::with_capacity(args.runs),
             converts: Vec::with_capacity(args.runs),
             multiplies: Vec::with_capacity(args.runs),
-            output,
-        });
-    }
+            output: Vec::new(),
+        })
+        .collect();
     for round in 0..args.runs {
         eprintln!("round {} of {} ...", round + 1, args.runs);
-        for (conv, measurement) in convs.iter().zip(&mut measurements) {
+        for ((conv, measurement), output) in convs.iter().zip(&mut measurements).zip(&mut outputs) {
             let start = Instant::now();
             let timing = conv
-                .run(input, &mut measurement.output, workspace)
+                .run(input, output.as_mut_slice(), workspace)
                 .map_err(|e| Failure::Run(format!("{} failed: {e}", conv.method())))?;
             measurement.totals.push(start.elapsed());
             measurement.converts.push(timing.convert);
             measurement.multiplies.push(timing.multiply);
         }
+    }
+    for (measurement, output) in measurements.iter_mut().zip(&outputs) {
+        measurement.output = output.as_slice().to_vec();
     }
     Ok(measurements)
 }

@@ -9,7 +9,7 @@ const FLOATS_PER_LINE: usize = LINE / 4;
 /// from the allocator starts 16 bytes past a page boundary here: every 64-byte load from it
 /// touched two lines, which cost a third of the sparse multiply's speed.)
 #[derive(Debug, Clone, Default)]
-pub(crate) struct CacheAligned {
+pub struct CacheAligned {
     buf: Vec<f32>,
     start: usize,
     len: usize,

@@ -2,7 +2,7 @@
 //! methods that call them. Each has a portable version and, where it pays, explicit SIMD
 //! versions chosen at run time by [`Isa`].
 
-pub(crate) mod aligned;
+pub mod aligned;
 pub(crate) mod compact;
 pub(crate) mod direct_conv;
 pub(crate) mod gemm;
