@@ -29,6 +29,8 @@ struct Pool {
     /// Padding before each axis, and the extent of the padded input along each axis.
     pad_begin: [usize; 2],
     padded_end: [usize; 2],
+    /// Every window lies whole inside the input (no padding, no window past the end).
+    unpadded: bool,
 }
 
 /// Channels reduced at a time in registers (four SSE vectors).
@@ -178,10 +180,49 @@ impl Pool {
     #[inline(always)]
     fn row(&self, image: &[f32], oy: usize, out_row: &mut [f32]) -> usize {
         let ys = self.taps(0, oy);
+        if self.reduce == Reduce::Max && self.unpadded {
+            return self.max_row(image, &ys, out_row);
+        }
         let mut zeros = 0;
         for (ox, out) in out_row.chunks_exact_mut(self.channels).enumerate() {
             let window = Window::new(ys.clone(), self.taps(1, ox));
             zeros += self.window(image, &window, out);
+        }
+        zeros
+    }
+
+    /// Whether every window lies whole inside the input: no padding before, and the last
+    /// window's last tap inside along both axes (ceil_mode can push it past the end).
+    fn windows_inside(&self) -> bool {
+        (0..2).all(|a| {
+            self.pad_begin[a] == 0
+                && self.output[a].checked_sub(1).is_some_and(|last| {
+                    last * self.stride[a] + (self.kernel[a] - 1) * self.dilation[a] < self.input[a]
+                })
+        })
+    }
+
+    /// [`Pool::row`] for a max pool whose windows all lie inside the input (VGG's 2 x 2,
+    /// stride 2): each output pixel starts as its window's first pixel and takes the max of
+    /// the others, whole pixels at a time, with no per-window clipping.
+    #[inline(always)]
+    fn max_row(&self, image: &[f32], ys: &Taps, out_row: &mut [f32]) -> usize {
+        let (w, c_len) = (self.input[1], self.channels);
+        let (kx, sx, dx) = (self.kernel[1], self.stride[1], self.dilation[1]);
+        let pixel = |y: usize, x: usize| &image[(y * w + x) * c_len..][..c_len];
+        let mut zeros = 0;
+        for (ox, out) in out_row.chunks_exact_mut(c_len).enumerate() {
+            let x0 = ox * sx;
+            out.copy_from_slice(pixel(ys.first, x0));
+            for i in 0..ys.count {
+                let y = ys.first + i * ys.step;
+                for j in usize::from(i == 0)..kx {
+                    for (a, &v) in out.iter_mut().zip(pixel(y, x0 + j * dx)) {
+                        *a = max(*a, v);
+                    }
+                }
+            }
+            zeros += out.iter().filter(|&&v| v == 0.0).count();
         }
         zeros
     }
@@ -316,6 +357,11 @@ pub(crate) fn plan(b: &mut Builder, ctx: &Ctx, op: &str, x: &Value) -> Result<Va
         dilation: two(&dilation, 1),
         pad_begin: two(&pad_begin, 0),
         padded_end: two(&padded_end, 1),
+        unpadded: false,
+    };
+    let pool = Pool {
+        unpadded: pool.windows_inside(),
+        ..pool
     };
     let mut out_shape = vec![shape[0], shape[1]];
     out_shape.extend(&out);
@@ -375,6 +421,8 @@ mod tests {
         let pick = |rng: &mut Rng, lo: usize, hi: usize| {
             lo + (rng.next_u64() % (hi - lo + 1) as u64) as usize
         };
+        // Max pools whose windows all lie inside the input take their own path.
+        let mut fast_max = 0;
         for case in 0..400 {
             let reduce = match case % 3 {
                 0 => Reduce::Max,
@@ -392,8 +440,13 @@ mod tests {
             };
             let stride = [pick(&mut rng, 1, 3), pick(&mut rng, 1, 3)];
             let dilation = [pick(&mut rng, 1, 2), pick(&mut rng, 1, 2)];
-            let pad_begin = [pick(&mut rng, 0, 2), pick(&mut rng, 0, 2)];
-            let pad_end = [pick(&mut rng, 0, 2), pick(&mut rng, 0, 2)];
+            // Every fourth case unpadded, so that unclipped windows are common.
+            let padding = |rng: &mut Rng| match case % 4 {
+                0 => [0, 0],
+                _ => [pick(rng, 0, 2), pick(rng, 0, 2)],
+            };
+            let pad_begin = padding(&mut rng);
+            let pad_end = padding(&mut rng);
             let padded_end = [0, 1].map(|i| input[i] + pad_begin[i] + pad_end[i]);
             let extent = [0, 1].map(|i| (kernel[i] - 1) * dilation[i] + 1);
             if (0..2).any(|i| extent[i] > padded_end[i]) {
@@ -410,7 +463,13 @@ mod tests {
                 dilation,
                 pad_begin,
                 padded_end,
+                unpadded: false,
             };
+            let pool = Pool {
+                unpadded: pool.windows_inside(),
+                ..pool
+            };
+            fast_max += usize::from(pool.unpadded && reduce == Reduce::Max);
             // Some exact zeros (and negative values) so that counting and max are exercised.
             let x: Vec<f32> = (0..batch * input[0] * input[1] * channels)
                 .map(|_| {
@@ -447,5 +506,9 @@ mod tests {
             }
             assert_eq!(sparsity, zeros as f64 / want.len() as f64, "case {case}");
         }
+        assert!(
+            fast_max >= 10,
+            "only {fast_max} cases of the unpadded max path"
+        );
     }
 }
