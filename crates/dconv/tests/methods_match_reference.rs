@@ -364,6 +364,25 @@ fn sparse_weight_with_many_channel_blocks_and_bands() {
     check_shape(Method::SparseWeight, spec, zeros, &THREADS, 5);
 }
 
+/// With fewer tile rows than threads, sparse-weight's threads share each band (the planes of
+/// a band of tile rows), splitting its tiles' filters; a band of shared planes may take 12
+/// MB, so only a wide layer needs several. On AVX-512 this one has 2 tile rows in 2 bands
+/// (a unit test in `conv::sparse_weight` checks it).
+#[test]
+fn sparse_weight_with_shared_bands_on_four_threads() {
+    let spec = ConvSpec::new(64, 32, 700, 80, [3, 3])
+        .with_padding([1, 1, 1, 1])
+        .with_bias(true)
+        .with_activation(Activation::Relu);
+    check_shape(
+        Method::SparseWeight,
+        spec,
+        (0.3, 0.9, ZeroPattern::Random),
+        &[4],
+        11,
+    );
+}
+
 /// Sparse-weight computes a last column of tiles holding at most half a vector folded (the
 /// two halves of the tiles' rows side by side in each vector). This shape folds on every
 /// ISA (a unit test in `conv::sparse_weight` checks it), and on 4 threads its single row of

@@ -711,6 +711,30 @@ mod tests {
         }
     }
 
+    /// The shape of `sparse_weight_with_shared_bands_on_four_threads` (in
+    /// tests/methods_match_reference.rs), on AVX-512, has fewer tile rows than 4 threads and
+    /// more than one band of them at the shared budget.
+    #[test]
+    fn the_shared_band_test_shape_needs_two_bands() {
+        if !Isa::Avx512.is_supported() {
+            return;
+        }
+        let spec = ConvSpec::new(64, 32, 700, 80, [3, 3]).with_padding([1; 4]);
+        let weights = vec![1.0; spec.weight_len().unwrap()];
+        let epilogue = Epilogue {
+            bias: vec![0.0; spec.filters],
+            activation: Activation::None,
+            isa: Isa::Avx512,
+        };
+        let conv = SparseWeight::new(spec, &weights, epilogue, Isa::Avx512).unwrap();
+        let shared = conv.bands[1].tile_rows;
+        assert!(
+            conv.tiles_y < 4 && shared < conv.tiles_y,
+            "{shared} of {}",
+            conv.tiles_y
+        );
+    }
+
     /// The shape of `sparse_weight_with_a_folded_last_column` (in
     /// tests/methods_match_reference.rs) folds its last column of tiles on every ISA; the
     /// VGG-16 sizes that fold are the 56-wide ones.
