@@ -94,10 +94,7 @@ impl<const NB: usize> Im2Csoa<NB> {
             .for_each(|(out, task)| {
                 for block in 0..self.panels.blocks() {
                     let panel = self.panels.panel(g, block);
-                    let outputs = BlockOutputs::new(
-                        g * mg + block * width..(g * mg + (block + 1) * width).min((g + 1) * mg),
-                        width,
-                    );
+                    let outputs = BlockOutputs::of_block(g, block, mg, width);
                     for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
                         outputs.begin(out.len() / m, &mut t.spill);
                     }

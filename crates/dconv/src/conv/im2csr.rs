@@ -139,10 +139,7 @@ impl<const NB: usize> CsrProduct<NB> {
             .for_each(|(out, task)| {
                 for block in 0..panels.blocks() {
                     let panel = panels.panel(g, block);
-                    let outputs = BlockOutputs::new(
-                        g * mg + block * width..(g * mg + (block + 1) * width).min((g + 1) * mg),
-                        width,
-                    );
+                    let outputs = BlockOutputs::of_block(g, block, mg, width);
                     for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
                         let (row_ptr, _, _) = t.csr.parts();
                         t.cursors.clear();

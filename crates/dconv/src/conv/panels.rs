@@ -125,8 +125,14 @@ pub(crate) struct BlockOutputs {
 }
 
 impl BlockOutputs {
-    pub fn new(columns: Range<usize>, width: usize) -> Self {
-        BlockOutputs { columns, width }
+    /// The outputs of block `block` (of `width` channels) of group `g`, whose groups have
+    /// `per_group` output channels each; the group's last block may be narrower.
+    pub fn of_block(g: usize, block: usize, per_group: usize, width: usize) -> Self {
+        let first = g * per_group + block * width;
+        BlockOutputs {
+            columns: first..(first + width).min((g + 1) * per_group),
+            width,
+        }
     }
 
     /// Zeroes the spill for a tile of `rows` rows.

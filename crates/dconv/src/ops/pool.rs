@@ -29,8 +29,6 @@ struct Pool {
     /// Padding before each axis, and the extent of the padded input along each axis.
     pad_begin: [usize; 2],
     padded_end: [usize; 2],
-    /// Every window lies whole inside the input (no padding, no window past the end).
-    unpadded: bool,
 }
 
 /// Channels reduced at a time in registers (four SSE vectors).
@@ -52,13 +50,18 @@ impl Kernel for Pool {
         }
         // The zeros of each output row are counted while it is still in registers or cache:
         // a pooling between two convolutions hands the next one its input sparsity.
+        let whole_windows = self.reduce == Reduce::Max && self.windows_inside();
         let zeros: usize = output
             .par_chunks_mut(ow * c_len)
             .enumerate()
             .map(|(row, out_row)| {
                 let (n, oy) = (row / oh, row % oh);
                 let image = &x[n * image_in..(n + 1) * image_in];
-                self.row(image, oy, out_row)
+                if whole_windows {
+                    self.max_row(image, &self.taps(0, oy), out_row)
+                } else {
+                    self.row(image, oy, out_row)
+                }
             })
             .sum();
         Some(zeros as f64 / output.len().max(1) as f64)
@@ -180,9 +183,6 @@ impl Pool {
     #[inline(always)]
     fn row(&self, image: &[f32], oy: usize, out_row: &mut [f32]) -> usize {
         let ys = self.taps(0, oy);
-        if self.reduce == Reduce::Max && self.unpadded {
-            return self.max_row(image, &ys, out_row);
-        }
         let mut zeros = 0;
         for (ox, out) in out_row.chunks_exact_mut(self.channels).enumerate() {
             let window = Window::new(ys.clone(), self.taps(1, ox));
@@ -357,11 +357,6 @@ pub(crate) fn plan(b: &mut Builder, ctx: &Ctx, op: &str, x: &Value) -> Result<Va
         dilation: two(&dilation, 1),
         pad_begin: two(&pad_begin, 0),
         padded_end: two(&padded_end, 1),
-        unpadded: false,
-    };
-    let pool = Pool {
-        unpadded: pool.windows_inside(),
-        ..pool
     };
     let mut out_shape = vec![shape[0], shape[1]];
     out_shape.extend(&out);
@@ -463,13 +458,8 @@ mod tests {
                 dilation,
                 pad_begin,
                 padded_end,
-                unpadded: false,
             };
-            let pool = Pool {
-                unpadded: pool.windows_inside(),
-                ..pool
-            };
-            fast_max += usize::from(pool.unpadded && reduce == Reduce::Max);
+            fast_max += usize::from(pool.windows_inside() && reduce == Reduce::Max);
             // Some exact zeros (and negative values) so that counting and max are exercised.
             let x: Vec<f32> = (0..batch * input[0] * input[1] * channels)
                 .map(|_| {
