@@ -247,7 +247,13 @@ fn prune_initializer(
 
     let external = t.data_location() == DataLocation::External;
     if t.raw_data.is_some() || external {
-        t.raw_data = Some(weights.iter().flat_map(|w| w.to_le_bytes()).collect());
+        t.raw_data = Some(
+            weights
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        );
         t.float_data.clear();
     } else {
         t.float_data = weights;

@@ -54,13 +54,15 @@ impl Model {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Model::from_bytes(&bytes, Some(base))
+        Model::from_proto(decode_file(bytes)?, Some(base))
     }
 
     /// Decodes a serialized `ModelProto`; `base` is the folder of external data (None refuses it).
     pub fn from_bytes(bytes: &[u8], base: Option<&Path>) -> Result<Model> {
-        let proto = ModelProto::decode(bytes)
-            .map_err(|e| Error::InvalidModel(format!("not an ONNX model: {e}")))?;
+        Model::from_proto(ModelProto::decode(bytes).map_err(not_onnx)?, base)
+    }
+
+    fn from_proto(proto: ModelProto, base: Option<&Path>) -> Result<Model> {
         let opset = proto
             .opset_import
             .iter()
@@ -73,12 +75,13 @@ impl Model {
                 OPSETS.end()
             )));
         }
-        let graph = proto
+        let mut graph = proto
             .graph
             .ok_or_else(|| Error::InvalidModel("the model has no graph".into()))?;
         let mut initializers = HashMap::new();
-        for t in &graph.initializer {
-            initializers.insert(t.name().to_string(), Arc::new(decode_tensor(t, base)?));
+        // Each tensor's encoded data is released as soon as it is decoded.
+        for t in std::mem::take(&mut graph.initializer) {
+            initializers.insert(t.name().to_string(), Arc::new(decode_tensor(&t, base)?));
         }
         let inputs = graph
             .input
@@ -110,6 +113,17 @@ impl Model {
     pub fn opset(&self) -> i64 {
         self.opset
     }
+}
+
+/// Decodes a whole model file. Decoded from `Bytes`, the tensors' data are views of the
+/// file, not copies: the file and the decoded weights are all that loading holds at its
+/// peak.
+fn decode_file(bytes: Vec<u8>) -> Result<ModelProto> {
+    ModelProto::decode(bytes::Bytes::from(bytes)).map_err(not_onnx)
+}
+
+fn not_onnx(e: prost::DecodeError) -> Error {
+    Error::InvalidModel(format!("not an ONNX model: {e}"))
 }
 
 fn declared_shape(info: &super::proto::ValueInfoProto) -> Option<Vec<Dim>> {
@@ -272,4 +286,36 @@ fn input_arity(op: &str) -> Option<(usize, usize)> {
         "Pad" => (1, 4),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::proto::{GraphProto, TensorProto};
+    use super::*;
+
+    #[test]
+    fn a_file_s_tensor_data_is_decoded_as_a_view_not_a_copy() {
+        let data: Vec<u8> = (0..4096u32)
+            .flat_map(|i| (i as f32).to_le_bytes())
+            .collect();
+        let proto = ModelProto {
+            graph: Some(GraphProto {
+                initializer: vec![TensorProto {
+                    raw_data: Some(data.into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let file = proto.encode_to_vec();
+        let file_range = file.as_ptr_range();
+        let decoded = decode_file(file).unwrap();
+        let raw = decoded.graph.unwrap().initializer[0]
+            .raw_data
+            .clone()
+            .unwrap();
+        assert_eq!(raw.len(), 4 * 4096);
+        assert!(file_range.contains(&raw.as_ptr()), "raw_data was copied");
+    }
 }
