@@ -14,11 +14,14 @@
 //! whole, aligned vectors and a 3 x 3 kernel copies each input value about
 //! `3 (1 + 2 / rows)` times, not 9.
 //!
-//! Work goes by bands of tile rows small enough that their planes and sums stay in L2: the
-//! band's input rows are transposed into planes, its tiles are computed into a staging
-//! buffer (`[tile][filter][row][lane]`), which is then transposed into the channels-last
-//! output through the epilogue. Threads share a band's (tile, filter chunk) items; when
-//! tiles are fewer than threads, filters are split into chunks so that every thread has work.
+//! Work goes by bands of tile rows small enough that their planes stay in L2: the band's
+//! input rows are transposed into planes, and each tile is computed into a staging buffer
+//! (`[filter][row][lane]`) that is transposed into the channels-last output through the
+//! epilogue. A band that one thread runs stages and finishes one tile at a time, so that
+//! its sums never leave cache. Threads that share a band (when tile rows are fewer than
+//! threads) share its (tile, filter chunk) items, stage all its tiles, and finish them
+//! together once all are done; when tiles are fewer than threads, filters are split into
+//! chunks so that every thread has work.
 
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::error::{Error, Result};
@@ -33,11 +36,12 @@ use std::time::{Duration, Instant};
 /// Bytes of window (input patches) a channel block may take: most of a 48 KB L1.
 const L1_BUDGET: usize = 36 * 1024;
 
-/// Bytes of input planes and staged sums a band of tile rows may take (at least one tile
-/// row) on one thread: most of a 2 MB L2.
+/// Bytes of input planes a band of tile rows may take (at least one tile row) when one
+/// thread runs it (and stages one tile's sums at a time): most of a 2 MB L2.
 const BAND_BUDGET: usize = 3 << 19;
 
-/// The same on several threads, which share a band: larger, since every band costs each
+/// The same, with the staged sums of all its tiles, on several threads, which share a band:
+/// larger, since every band costs each
 /// thread a wait for the others, and the planes each thread converts are read by all
 /// (256->256 at 60x60 on 2 threads: 1.56x the 1-thread speed with bands of one tile row,
 /// 1.9x with the whole image in one band).
@@ -118,14 +122,16 @@ impl SparseWeight {
         let tile_row_bytes = (tiles_x * spec.filters)
             .checked_mul(tile_len * 4)
             .ok_or_else(too_large)?;
-        let band_bytes = |band: usize| {
+        // A band's planes, plus its staged sums when threads share it.
+        let band_bytes = |band: usize, shared: bool| {
+            let staged = if shared { band * tile_row_bytes } else { 0 };
             (band * rows + max_row)
                 .saturating_mul(plane_row_bytes)
-                .saturating_add(band.saturating_mul(tile_row_bytes))
+                .saturating_add(staged)
         };
-        let bands_within = |budget: usize| -> Result<Bands> {
+        let bands_within = |budget: usize, shared: bool| -> Result<Bands> {
             let tile_rows = (1..tiles_y)
-                .take_while(|&band| band_bytes(band + 1) <= budget)
+                .take_while(|&band| band_bytes(band + 1, shared) <= budget)
                 .last()
                 .map_or(1, |band| band + 1);
             let plane = (tile_rows * rows + max_row)
@@ -142,8 +148,8 @@ impl SparseWeight {
             })
         };
         let bands = [
-            bands_within(BAND_BUDGET)?,
-            bands_within(SHARED_BAND_BUDGET)?,
+            bands_within(BAND_BUDGET, false)?,
+            bands_within(SHARED_BAND_BUDGET, true)?,
         ];
 
         let segment = (rows + max_row) * lanes;
@@ -450,39 +456,46 @@ impl SparseWeight {
         out: &mut [f32],
     ) -> usize {
         let (ow, filters) = (self.spec.out_width(), self.spec.filters);
-        // Bias and activation are applied in registers, on the way out of the transpose.
+        out.par_chunks_mut(ow * filters)
+            .zip(out_rows)
+            .map(|(row, y)| {
+                let tile_row = y / self.rows - band_start;
+                (0..self.tiles_x)
+                    .map(|tx| {
+                        let tile = tile_row * self.tiles_x + tx;
+                        let sums = &staged[tile * filters * self.tile_len..];
+                        self.finish_tile_row(sums, y % self.rows, tx, row)
+                    })
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Writes row `i` of the tile in column `tile_x` whose sums (`[filter][row][lane]`) are
+    /// `sums` into `row`, one channels-last output row, through the epilogue (bias and
+    /// activation applied in registers, on the way out of the transpose); returns the zeros
+    /// written.
+    fn finish_tile_row(&self, sums: &[f32], i: usize, tile_x: usize, row: &mut [f32]) -> usize {
+        let (ow, filters) = (self.spec.out_width(), self.spec.filters);
         let finish = Finish {
             bias: &self.epilogue.bias,
             clamp: self.epilogue.clamp(),
         };
-        out.par_chunks_mut(ow * filters)
-            .zip(out_rows)
-            .map(|(row, y)| {
-                let (tile_row, i) = (y / self.rows - band_start, y % self.rows);
-                let mut zeros = 0;
-                for tx in 0..self.tiles_x {
-                    let tile = tile_row * self.tiles_x + tx;
-                    // Row i of a folded tile is row i % f.rows of the half i / f.rows.
-                    let at = match self.folded(tx) {
-                        Some(f) => i % f.rows * self.lanes + i / f.rows * f.half,
-                        None => i * self.lanes,
-                    };
-                    let src = &staged[tile * filters * self.tile_len + at..];
-                    let cols = self.lanes.min(ow - tx * self.lanes);
-                    let dst = &mut row[tx * self.lanes * filters..];
-                    zeros += transpose_finish(
-                        self.isa,
-                        src,
-                        self.tile_len_at(tx),
-                        dst,
-                        filters,
-                        (filters, cols),
-                        Some(finish),
-                    );
-                }
-                zeros
-            })
-            .sum()
+        // Row i of a folded tile is row i % f.rows of the half i / f.rows.
+        let at = match self.folded(tile_x) {
+            Some(f) => i % f.rows * self.lanes + i / f.rows * f.half,
+            None => i * self.lanes,
+        };
+        let cols = self.lanes.min(ow - tile_x * self.lanes);
+        transpose_finish(
+            self.isa,
+            &sums[at..],
+            self.tile_len_at(tile_x),
+            &mut row[tile_x * self.lanes * filters..],
+            filters,
+            (filters, cols),
+            Some(finish),
+        )
     }
 }
 
@@ -541,8 +554,13 @@ impl ConvKernel for SparseWeight {
             (self.bands[usize::from(threads > 1)], 1, threads)
         };
         let planes_len = s.channels * g.channel_stride;
-        let staged_len =
-            (g.tile_rows * self.tiles_x * s.filters * self.tile_len).next_multiple_of(LINE);
+        // A band of one thread stages one tile at a time; a shared band, all its tiles.
+        let staged_tiles = if jobs == 1 {
+            1
+        } else {
+            g.tile_rows * self.tiles_x
+        };
+        let staged_len = (staged_tiles * s.filters * self.tile_len).next_multiple_of(LINE);
         // Per group: staged sums, then one window per thread; whole lines, and one line of
         // slack to start them all on a line.
         let partial_len = staged_len + jobs * self.window_len;
@@ -657,19 +675,38 @@ impl SparseWeight {
             convert += t0.elapsed();
             let band_rows = g.tile_rows.min(tile_rows.end - band_start);
             let tiles = band_rows * self.tiles_x;
-            // Enough items for every thread: split filters when tiles are few.
-            let chunks = run.jobs.div_ceil(tiles).min(s.filters);
-            let items = tiles * chunks;
-            let jobs = run.jobs.min(items);
             let planes = Planes {
                 data: scratch.planes,
                 bands: g,
             };
-            self.split(planes, chunks, 0..items, staged, windows, jobs);
             let rows =
                 band_start * self.rows..((band_start + band_rows) * self.rows).min(s.out_height());
             let out =
                 &mut out[(rows.start - first_row) * row_len..(rows.end - first_row) * row_len];
+            if run.jobs == 1 {
+                // Alone on the band: each tile is finished as soon as it is computed, while
+                // its sums are in cache, so that the band's planes have L2 to themselves.
+                for tile in 0..tiles {
+                    let window = &mut windows[..self.window_len];
+                    self.multiply(planes, 1, tile..tile + 1, staged, window);
+                    let (tile_y, tile_x) = (tile / self.tiles_x, tile % self.tiles_x);
+                    let first = tile_y * self.rows;
+                    for (i, row) in out
+                        .chunks_exact_mut(row_len)
+                        .skip(first)
+                        .take(self.rows)
+                        .enumerate()
+                    {
+                        zeros += self.finish_tile_row(staged, i, tile_x, row);
+                    }
+                }
+                continue;
+            }
+            // Enough items for every thread: split filters when tiles are few.
+            let chunks = run.jobs.div_ceil(tiles).min(s.filters);
+            let items = tiles * chunks;
+            let jobs = run.jobs.min(items);
+            self.split(planes, chunks, 0..items, staged, windows, jobs);
             zeros += self.finish(staged, band_start, rows, out);
         }
         (zeros, convert)
