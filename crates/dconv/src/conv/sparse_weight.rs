@@ -26,7 +26,9 @@
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::error::{Error, Result};
 use crate::kernels::multiversion::vectorized;
-use crate::kernels::shifted_axpy::{max_tile_rows, shifted_axpy, vector_floats, Tap, TapList};
+use crate::kernels::shifted_axpy::{
+    max_tile_rows, shifted_axpy, vector_floats, Tap, TapBounds, TapList,
+};
 use crate::kernels::transpose::{transpose, transpose_finish, Finish};
 use crate::kernels::Isa;
 use rayon::prelude::*;
@@ -54,11 +56,11 @@ pub(crate) struct SparseWeight {
     spec: ConvSpec,
     isa: Isa,
     epilogue: Epilogue,
-    /// Taps ordered by channel block, then filter, then offset; offsets index the window.
+    /// Taps (pairs and single taps) by channel block, then filter; offsets index the window.
     taps: TapList,
-    /// `taps[starts[b * filters + m] .. starts[b * filters + m + 1]]` are filter `m`'s taps
+    /// From `starts[b * filters + m]` to `starts[b * filters + m + 1]` are filter `m`'s taps
     /// in channel block `b`.
-    starts: Vec<usize>,
+    starts: Vec<TapBounds>,
     /// Channels per block, and blocks.
     block: usize,
     blocks: usize,
@@ -159,13 +161,14 @@ impl SparseWeight {
         let window_len = (block * window_channel).next_multiple_of(LINE);
 
         let (cg, mg) = (spec.channels_per_group(), spec.filters_per_group());
-        let mut taps = Vec::new();
+        // Taps one vector apart (kernel rows r and r + 1 at stride 1) become pairs.
+        let mut taps = TapList::new(lanes);
         let mut starts = Vec::with_capacity(spec.filters * blocks + 1);
-        starts.push(0);
+        starts.push(taps.end());
         for b in 0..blocks {
             for m in 0..spec.filters {
                 let group_first = m / mg * cg;
-                let from = taps.len();
+                let mut list = Vec::new();
                 let channels =
                     (b * block).max(group_first)..((b + 1) * block).min(group_first + cg);
                 for c in channels {
@@ -180,15 +183,13 @@ impl SparseWeight {
                                 + (phase * ks + s) * segment
                                 + r * dh / sh * lanes;
                             let offset = u32::try_from(offset).map_err(|_| too_large())?;
-                            taps.push(Tap { offset, weight: w });
+                            list.push(Tap { offset, weight: w });
                         }
                     }
                 }
-                taps[from..].sort_by_key(|t| t.offset);
-                starts.push(taps.len());
+                starts.push(taps.push_tile(list));
             }
         }
-        let taps = TapList::new(taps);
         debug_assert!(taps.span() + tile_len <= window_len + 1);
         Ok(SparseWeight {
             spec,

@@ -7,6 +7,11 @@
 //! positions reads a contiguous stretch of input per tap; each filter is one tile with its
 //! own list. The SIMD versions keep the whole tile in vector registers across its taps, and
 //! take a run of filters per call so that a short list costs no call of its own.
+//!
+//! A kernel reads one vector of planes per multiply-add, and loads, not multiply-adds, bound
+//! it. Two taps one vector apart (kernel rows `r` and `r + 1` of one channel and column,
+//! whose tiles overlap but for one vector) are kept as a [`TapPair`]: each vector the two
+//! read is loaded once and feeds both, `rows + 1` loads for `2 * rows` multiply-adds.
 
 use super::Isa;
 
@@ -18,34 +23,95 @@ pub struct Tap {
     pub weight: f32,
 }
 
-/// Taps with a known bound on their offsets, so that a kernel can check a whole range of
-/// them against the planes once instead of tap by tap.
+/// Two taps, the second `step` floats (one vector) after the first: `first` reads at
+/// `offset`, `second` at `offset + step`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[repr(C)]
+pub struct TapPair {
+    pub offset: u32,
+    pub first: f32,
+    pub second: f32,
+}
+
+/// Where one tile's list starts (or the previous one ends) in a [`TapList`]'s pairs and
+/// single taps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapBounds {
+    pub pairs: usize,
+    pub taps: usize,
+}
+
+/// The lists of a run of tiles, each as its pairs and its single taps, with a bound on the
+/// offsets they read, so that a kernel can check a whole range of them against the planes
+/// once instead of tap by tap.
 #[derive(Debug, Clone, Default)]
 pub struct TapList {
+    pairs: Vec<TapPair>,
     taps: Vec<Tap>,
-    /// One past the largest offset (0 when empty).
+    /// Floats from a pair's first tap to its second.
+    step: usize,
+    /// One past the largest offset read (0 when empty).
     span: usize,
 }
 
 impl TapList {
-    pub fn new(taps: Vec<Tap>) -> Self {
-        let span = taps
-            .iter()
-            .map(|t| t.offset as usize + 1)
-            .max()
-            .unwrap_or(0);
-        TapList { taps, span }
+    /// An empty list whose pairs join taps `step` floats apart (the vector width of the
+    /// kernel that will read it).
+    pub fn new(step: usize) -> Self {
+        TapList {
+            step,
+            ..TapList::default()
+        }
+    }
+
+    /// Appends one tile's taps, pairing each with the next when it reads `step` floats
+    /// further; returns where the list now ends.
+    pub fn push_tile(&mut self, mut taps: Vec<Tap>) -> TapBounds {
+        taps.sort_by_key(|t| t.offset);
+        let mut rest = taps.as_slice();
+        while let Some((&t, tail)) = rest.split_first() {
+            match tail.first() {
+                Some(&u) if u.offset as usize == t.offset as usize + self.step => {
+                    self.pairs.push(TapPair {
+                        offset: t.offset,
+                        first: t.weight,
+                        second: u.weight,
+                    });
+                    self.span = self.span.max(u.offset as usize + 1);
+                    rest = &tail[1..];
+                }
+                _ => {
+                    self.taps.push(t);
+                    self.span = self.span.max(t.offset as usize + 1);
+                    rest = tail;
+                }
+            }
+        }
+        self.end()
+    }
+
+    /// Where the list ends: the bounds of the next tile's start.
+    pub fn end(&self) -> TapBounds {
+        TapBounds {
+            pairs: self.pairs.len(),
+            taps: self.taps.len(),
+        }
+    }
+
+    pub fn pairs(&self) -> &[TapPair] {
+        &self.pairs
     }
     pub fn taps(&self) -> &[Tap] {
         &self.taps
     }
-    pub fn len(&self) -> usize {
-        self.taps.len()
+    /// Floats from a pair's first tap to its second.
+    pub fn step(&self) -> usize {
+        self.step
     }
     pub fn is_empty(&self) -> bool {
-        self.taps.is_empty()
+        self.taps.is_empty() && self.pairs.is_empty()
     }
-    /// One past the largest offset (0 when empty).
+    /// One past the largest offset read (0 when empty).
     pub fn span(&self) -> usize {
         self.span
     }
@@ -73,20 +139,33 @@ pub fn vector_floats(isa: Isa) -> usize {
 }
 
 /// For each tile `f` of `acc` (cut into `bounds.len() - 1` equal tiles):
-/// `tile[i] += w * planes[offset + i]` for every tap of `taps.taps()[bounds[f]..bounds[f + 1]]`
-/// and every `i` of the tile, with the kernel of `isa` (which must be supported by this CPU).
+/// `tile[i] += w * planes[offset + i]` for every tap of tile `f`'s list (its pairs and single
+/// taps from `bounds[f]` to `bounds[f + 1]`) and every `i` of the tile, with the kernel of
+/// `isa` (which must be supported by this CPU).
 ///
 /// # Panics
-/// If `bounds` is empty, decreasing or past the taps, if `acc` does not cut into equal tiles,
-/// if the planes are too short for some tap of the list, or if a SIMD `isa` is given tiles
-/// that are not 1 to [`max_tile_rows`] whole vectors.
-pub fn shifted_axpy(isa: Isa, planes: &[f32], taps: &TapList, bounds: &[usize], acc: &mut [f32]) {
+/// If `bounds` is empty, decreasing or past the lists, if `acc` does not cut into equal
+/// tiles, if the planes are too short for some tap of the list, or if a SIMD `isa` is given
+/// tiles that are not 1 to [`max_tile_rows`] whole vectors, or pairs whose step is not its
+/// vector.
+pub fn shifted_axpy(
+    isa: Isa,
+    planes: &[f32],
+    taps: &TapList,
+    bounds: &[TapBounds],
+    acc: &mut [f32],
+) {
     let tiles = bounds
         .len()
         .checked_sub(1)
         .expect("bounds of at least one tile");
+    let end = taps.end();
     assert!(
-        bounds.windows(2).all(|b| b[0] <= b[1]) && bounds.last() <= Some(&taps.len()),
+        bounds
+            .windows(2)
+            .all(|b| b[0].pairs <= b[1].pairs && b[0].taps <= b[1].taps)
+            && bounds[tiles].pairs <= end.pairs
+            && bounds[tiles].taps <= end.taps,
         "tap bounds decrease or run past the taps"
     );
     if tiles == 0 || acc.is_empty() {
@@ -108,39 +187,70 @@ pub fn shifted_axpy(isa: Isa, planes: &[f32], taps: &TapList, bounds: &[usize], 
             "{isa} takes tiles of 1 to {} whole vectors",
             max_tile_rows(isa)
         );
+        assert!(
+            taps.pairs().is_empty() || taps.step() == vector_floats(isa),
+            "{isa} takes pairs one vector apart"
+        );
         assert!(isa.is_supported(), "{isa} is not supported by this CPU");
     }
-    let list = taps.taps();
+    let lists = Lists {
+        pairs: taps.pairs(),
+        taps: taps.taps(),
+        bounds,
+    };
     match isa {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX-512F (checked above); every tap reads
-        // planes[offset .. offset + tile], within bounds since offset < span and
-        // planes.len() >= span - 1 + tile (checked above); bounds index the list (checked
-        // above); each tile is `rows` vectors of 16, 1 <= rows <= 16.
-        Isa::Avx512 => unsafe { avx512::tiles(rows, planes.as_ptr(), list, bounds, acc) },
+        // SAFETY: the CPU supports AVX-512F (checked above); a tap reads planes[offset ..
+        // offset + tile] and a pair planes[offset .. offset + 16 + tile], its second tap's
+        // tile, within bounds since every offset read is below span and planes.len() >=
+        // span - 1 + tile (checked above); bounds index the lists (checked above); each
+        // tile is `rows` vectors of 16, 1 <= rows <= 16.
+        Isa::Avx512 => unsafe { avx512::tiles(rows, planes.as_ptr(), lists, acc) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above, for AVX2 and FMA, with vectors of 8.
-        Isa::Avx2 => unsafe { avx2::tiles(rows, planes.as_ptr(), list, bounds, acc) },
+        Isa::Avx2 => unsafe { avx2::tiles(rows, planes.as_ptr(), lists, acc) },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above, for NEON, with vectors of 4.
-        Isa::Neon => unsafe { neon::tiles(rows, planes.as_ptr(), list, bounds, acc) },
+        Isa::Neon => unsafe { neon::tiles(rows, planes.as_ptr(), lists, acc) },
         _ => {
             for (acc, b) in acc.chunks_exact_mut(tile).zip(bounds.windows(2)) {
-                portable(planes, &list[b[0]..b[1]], acc);
+                let singles = taps.taps()[b[0].taps..b[1].taps].iter().copied();
+                let pairs = taps.pairs()[b[0].pairs..b[1].pairs].iter().flat_map(|p| {
+                    let second = p.offset as usize + taps.step();
+                    [
+                        Tap {
+                            offset: p.offset,
+                            weight: p.first,
+                        },
+                        Tap {
+                            offset: second as u32,
+                            weight: p.second,
+                        },
+                    ]
+                });
+                portable(planes, pairs.chain(singles), acc);
             }
         }
     }
 }
 
+/// The pairs, the single taps, and the bounds of each tile's part of both.
+#[derive(Clone, Copy)]
+struct Lists<'a> {
+    pairs: &'a [TapPair],
+    taps: &'a [Tap],
+    bounds: &'a [TapBounds],
+}
+
 /// Plain Rust, any tile length: chunks of the tile small enough to stay in registers.
-fn portable(planes: &[f32], taps: &[Tap], acc: &mut [f32]) {
+fn portable(planes: &[f32], taps: impl Iterator<Item = Tap> + Clone, acc: &mut [f32]) {
     const CHUNK: usize = 32;
     for (c, acc) in acc.chunks_mut(CHUNK).enumerate() {
         let base = c * CHUNK;
         let mut local = [0.0f32; CHUNK];
         let local = &mut local[..acc.len()];
         local.copy_from_slice(acc);
-        for t in taps {
+        for t in taps.clone() {
             let from = t.offset as usize + base;
             for (a, &x) in local.iter_mut().zip(&planes[from..from + acc.len()]) {
                 *a += t.weight * x;
@@ -172,39 +282,29 @@ macro_rules! simd_tiles {
      load: $load:ident, store: $store:ident, splat: $splat:ident,
      fma: |$a:ident, $w:ident, $x:ident| $fma:expr) => {
         mod $module {
-            use super::Tap;
+            use super::Lists;
             use std::arch::$arch::*;
 
             /// # Safety
             /// As [`tiles_of`], with `1 <= rows <= 16` for `NV`.
-            pub unsafe fn tiles(
-                rows: usize,
-                planes: *const f32,
-                taps: &[Tap],
-                bounds: &[usize],
-                acc: &mut [f32],
-            ) {
+            pub unsafe fn tiles(rows: usize, planes: *const f32, lists: Lists, acc: &mut [f32]) {
                 // SAFETY: the caller's guarantees, with NV = rows.
-                unsafe { by_rows!(rows, tiles_of(planes, taps, bounds, acc)) }
+                unsafe { by_rows!(rows, tiles_of(planes, lists, acc)) }
             }
 
             /// # Safety
             /// The CPU must support the target feature, `acc` must be tiles of `NV * lanes`
-            /// floats, one per window of `bounds`, which must index `taps`, and
+            /// floats, one per window of `lists.bounds`, which must index both lists, and
             /// `planes.add(t.offset + i)` must be readable for every tap `t` and every
-            /// `i < NV * lanes`.
+            /// `i < NV * lanes`, and for every pair `p` and every `i < (NV + 1) * lanes`.
             #[target_feature(enable = $feature)]
-            unsafe fn tiles_of<const NV: usize>(
-                planes: *const f32,
-                taps: &[Tap],
-                bounds: &[usize],
-                acc: &mut [f32],
-            ) {
+            unsafe fn tiles_of<const NV: usize>(planes: *const f32, lists: Lists, acc: &mut [f32]) {
                 let tile = NV * $lanes;
-                debug_assert_eq!(acc.len(), (bounds.len() - 1) * tile);
-                for (f, b) in bounds.windows(2).enumerate() {
-                    let list = &taps[b[0]..b[1]];
-                    if list.is_empty() {
+                debug_assert_eq!(acc.len(), (lists.bounds.len() - 1) * tile);
+                for (f, b) in lists.bounds.windows(2).enumerate() {
+                    let pairs = &lists.pairs[b[0].pairs..b[1].pairs];
+                    let singles = &lists.taps[b[0].taps..b[1].taps];
+                    if pairs.is_empty() && singles.is_empty() {
                         continue;
                     }
                     // SAFETY: acc holds tile f, NV * lanes floats from f * tile.
@@ -212,7 +312,32 @@ macro_rules! simd_tiles {
                     // SAFETY: as above.
                     let mut sum: [$vec; NV] =
                         std::array::from_fn(|i| unsafe { $load(out.add(i * $lanes)) });
-                    for t in list {
+                    for p in pairs {
+                        let (first, second) = ($splat(p.first), $splat(p.second));
+                        // SAFETY: the caller guarantees planes[offset .. offset + lanes + tile].
+                        let at = unsafe { planes.add(p.offset as usize) };
+                        // Vector k is row k of the first tap's tile and row k - 1 of the
+                        // second's. (Straight loops over constant bounds, so that the sums
+                        // stay in registers.)
+                        // SAFETY (all loads): vector k <= NV ends at (k + 1) * lanes <=
+                        // tile + lanes, within the span.
+                        let $x = unsafe { $load(at) };
+                        let ($a, $w) = (sum[0], first);
+                        sum[0] = $fma;
+                        for k in 1..NV {
+                            // SAFETY: as above.
+                            let $x = unsafe { $load(at.add(k * $lanes)) };
+                            let ($a, $w) = (sum[k], first);
+                            sum[k] = $fma;
+                            let ($a, $w) = (sum[k - 1], second);
+                            sum[k - 1] = $fma;
+                        }
+                        // SAFETY: as above.
+                        let $x = unsafe { $load(at.add(NV * $lanes)) };
+                        let ($a, $w) = (sum[NV - 1], second);
+                        sum[NV - 1] = $fma;
+                    }
+                    for t in singles {
                         let $w = $splat(t.weight);
                         // SAFETY: the caller guarantees planes[offset .. offset + tile].
                         let p = unsafe { planes.add(t.offset as usize) };
@@ -253,22 +378,45 @@ mod tests {
     use super::*;
     use crate::synth::Rng;
 
-    fn random_case(rng: &mut Rng, taps: usize, planes: usize) -> (TapList, Vec<f32>) {
-        let list = (0..taps)
-            .map(|_| Tap {
-                offset: (rng.next_u64() % planes as u64) as u32,
-                weight: rng.nonzero_value(),
+    /// Random lists of `taps` distinct offsets for `tiles` tiles, on a grid of `step` so that
+    /// about a third of the taps have a neighbour `step` further (a pair), with a few off the
+    /// grid; returns the lists and the `TapList` made of them.
+    fn random_lists(rng: &mut Rng, tiles: usize, taps: usize, step: usize) -> Vec<Vec<Tap>> {
+        (0..tiles)
+            .map(|_| {
+                let mut offsets: Vec<u32> = Vec::new();
+                while offsets.len() < taps {
+                    let grid = (rng.next_u64() % 40) as usize * step;
+                    let off_grid =
+                        usize::from(rng.unit() < 0.1) * (1 + rng.next_u64() as usize % 3);
+                    let offset = (grid + off_grid) as u32;
+                    if !offsets.contains(&offset) {
+                        offsets.push(offset);
+                    }
+                }
+                offsets
+                    .into_iter()
+                    .map(|offset| Tap {
+                        offset,
+                        weight: rng.nonzero_value(),
+                    })
+                    .collect()
             })
-            .collect();
-        let planes = (0..planes + 300).map(|_| rng.nonzero_value()).collect();
-        (TapList::new(list), planes)
+            .collect()
+    }
+
+    fn tap_list(lists: &[Vec<Tap>], step: usize) -> (TapList, Vec<TapBounds>) {
+        let mut taps = TapList::new(step);
+        let mut bounds = vec![taps.end()];
+        bounds.extend(lists.iter().map(|l| taps.push_tile(l.clone())));
+        (taps, bounds)
     }
 
     /// The obvious definition, for comparison.
-    fn naive(planes: &[f32], taps: &[Tap], bounds: &[usize], acc: &mut [f32]) {
-        let tile = acc.len() / (bounds.len() - 1);
-        for (acc, b) in acc.chunks_exact_mut(tile).zip(bounds.windows(2)) {
-            for t in &taps[b[0]..b[1]] {
+    fn naive(planes: &[f32], lists: &[Vec<Tap>], acc: &mut [f32]) {
+        let tile = acc.len() / lists.len();
+        for (acc, list) in acc.chunks_exact_mut(tile).zip(lists) {
+            for t in list {
                 for (i, a) in acc.iter_mut().enumerate() {
                     *a += t.weight * planes[t.offset as usize + i];
                 }
@@ -286,72 +434,95 @@ mod tests {
     }
 
     #[test]
-    fn portable_matches_naive_for_any_length() {
-        let mut rng = Rng::new(7);
-        for len in [1, 5, 31, 32, 33, 64, 100] {
-            let (taps, planes) = random_case(&mut rng, 13, 90);
-            for bounds in [&[2, 11][..], &[0, 3, 3, 9, 13]] {
-                let init: Vec<f32> = (0..len * (bounds.len() - 1)).map(|i| i as f32).collect();
+    fn neighbours_one_step_apart_become_pairs() {
+        let tap = |offset, weight| Tap { offset, weight };
+        let mut list = TapList::new(4);
+        // 0, 4 and 8 chain: the first two pair, the third stays single; 13 has no partner.
+        let end = list.push_tile(vec![tap(8, 3.0), tap(13, 4.0), tap(0, 1.0), tap(4, 2.0)]);
+        assert_eq!(
+            list.pairs(),
+            &[TapPair {
+                offset: 0,
+                first: 1.0,
+                second: 2.0
+            }]
+        );
+        assert_eq!(list.taps(), &[tap(8, 3.0), tap(13, 4.0)]);
+        assert_eq!(end, TapBounds { pairs: 1, taps: 2 });
+        assert_eq!(list.span(), 14);
+        // A pair's second tap sets the span.
+        list.push_tile(vec![tap(20, 1.0), tap(24, 1.0)]);
+        assert_eq!(list.span(), 25);
+    }
+
+    #[test]
+    fn every_isa_matches_the_definition() {
+        let mut rng = Rng::new(11);
+        for isa in Isa::supported() {
+            let step = vector_floats(isa);
+            let rows = (1..=max_tile_rows(isa)).chain([3, 8]);
+            for (rows, (tiles, taps)) in rows.zip(
+                [(1, 0), (1, 1), (3, 7), (1, 40), (4, 12)]
+                    .into_iter()
+                    .cycle(),
+            ) {
+                let tile = rows * step;
+                let lists = random_lists(&mut rng, tiles, taps, step);
+                let (list, bounds) = tap_list(&lists, step);
+                if taps >= 12 {
+                    assert!(!list.pairs().is_empty(), "the case has pairs");
+                }
+                let planes: Vec<f32> = (0..41 * step + 3 + tile)
+                    .map(|_| rng.nonzero_value())
+                    .collect();
+                let init: Vec<f32> = (0..tile * tiles).map(|_| rng.nonzero_value()).collect();
                 let (mut got, mut want) = (init.clone(), init);
-                shifted_axpy(Isa::Portable, &planes, &taps, bounds, &mut got);
-                naive(&planes, taps.taps(), bounds, &mut want);
-                assert_close(&got, &want, &format!("length {len}, bounds {bounds:?}"));
+                shifted_axpy(isa, &planes, &list, &bounds, &mut got);
+                naive(&planes, &lists, &mut want);
+                assert_close(&got, &want, &format!("{isa}, {rows} rows, {tiles} tiles"));
             }
         }
     }
 
     #[test]
-    fn every_isa_matches_portable() {
-        let mut rng = Rng::new(11);
-        for isa in Isa::supported() {
-            let runs = [
-                &[0, 0][..],
-                &[0, 1],
-                &[0, 7, 7, 12],
-                &[0, 40],
-                &[0, 3, 9, 9, 20],
-            ];
-            for (rows, bounds) in (1..=max_tile_rows(isa)).zip(runs.into_iter().cycle()) {
-                let tile = rows * vector_floats(isa);
-                let (taps, planes) = random_case(&mut rng, 40, 300);
-                let len = tile * (bounds.len() - 1);
-                let init: Vec<f32> = (0..len).map(|_| rng.nonzero_value()).collect();
-                let (mut got, mut want) = (init.clone(), init);
-                shifted_axpy(isa, &planes, &taps, bounds, &mut got);
-                shifted_axpy(Isa::Portable, &planes, &taps, bounds, &mut want);
-                assert_close(
-                    &got,
-                    &want,
-                    &format!("{isa}, {rows} rows, bounds {bounds:?}"),
-                );
-            }
+    fn portable_takes_any_tile_length() {
+        let mut rng = Rng::new(7);
+        for len in [1, 5, 31, 32, 33, 64, 100] {
+            let lists = random_lists(&mut rng, 3, 9, 6);
+            let (list, bounds) = tap_list(&lists, 6);
+            let planes: Vec<f32> = (0..250 + len).map(|_| rng.nonzero_value()).collect();
+            let init: Vec<f32> = (0..len * 3).map(|i| i as f32).collect();
+            let (mut got, mut want) = (init.clone(), init);
+            shifted_axpy(Isa::Portable, &planes, &list, &bounds, &mut got);
+            naive(&planes, &lists, &mut want);
+            assert_close(&got, &want, &format!("length {len}"));
         }
     }
 
-    fn one_tap_at(offset: u32) -> TapList {
-        TapList::new(vec![Tap {
-            offset,
-            weight: 1.0,
-        }])
+    fn one_tap_at(offset: u32) -> (TapList, Vec<TapBounds>) {
+        tap_list(
+            &[vec![Tap {
+                offset,
+                weight: 1.0,
+            }]],
+            4,
+        )
     }
 
     #[test]
     #[should_panic(expected = "planes too short")]
     fn short_planes_panic() {
         let mut acc = vec![0.0; 16];
-        shifted_axpy(
-            Isa::Portable,
-            &[0.0; 20],
-            &one_tap_at(10),
-            &[0, 1],
-            &mut acc,
-        );
+        let (list, bounds) = one_tap_at(10);
+        shifted_axpy(Isa::Portable, &[0.0; 20], &list, &bounds, &mut acc);
     }
 
     #[test]
     #[should_panic(expected = "tap bounds decrease")]
     fn bounds_past_the_taps_panic() {
         let mut acc = vec![0.0; 16];
-        shifted_axpy(Isa::Portable, &[0.0; 40], &one_tap_at(1), &[0, 2], &mut acc);
+        let (list, mut bounds) = one_tap_at(1);
+        bounds[1].taps = 2;
+        shifted_axpy(Isa::Portable, &[0.0; 40], &list, &bounds, &mut acc);
     }
 }
