@@ -530,15 +530,19 @@ struct Planes<'a> {
 }
 
 /// Rows per tile for an output of `height` rows, at most `max`: the count in
-/// `max/2 ..= max` that computes the fewest rows past the output (the largest on ties), so
-/// that 15, 30, 60 and 120 rows take tiles of 15 and 224 takes 16.
+/// `max/2 ..= max` that computes the fewest rows past the output; on ties, one that makes an
+/// even number of tile rows (two threads then take equal shares of whole tile rows), then
+/// the largest. So 15, 30, 60, 120 and 240 rows take tiles of 15, and 224 takes 16.
 fn tile_rows(height: usize, max: usize) -> usize {
     if height <= max {
         return height.max(1);
     }
     (max.div_ceil(2)..=max)
         .rev()
-        .min_by_key(|&rows| height.div_ceil(rows) * rows)
+        .min_by_key(|&rows| {
+            let tiles = height.div_ceil(rows);
+            (tiles * rows, tiles % 2)
+        })
         .expect("non-empty range")
 }
 
@@ -811,6 +815,7 @@ mod tests {
         assert_eq!(tile_rows(30, 16), 15);
         assert_eq!(tile_rows(60, 16), 15);
         assert_eq!(tile_rows(224, 16), 16);
+        assert_eq!(tile_rows(240, 16), 15);
         assert_eq!(tile_rows(1, 16), 1);
         assert_eq!(tile_rows(0, 8), 1);
         assert_eq!(tile_rows(17, 8), 6);
