@@ -7,7 +7,9 @@
 //! every tap, the virtual rows are consecutive NHWC pixels of the padded input at a constant
 //! shift. So `Y = sum over taps of X_shifted (Q x Cg) x W_tap (Cg x Mg)`, each term a plain
 //! GEMM over the input itself, and the 9x larger lowered matrix of im2col (132 MB for a
-//! 240x240x64 input) is never written. Positions with `ox >= OW` are computed and dropped
+//! 240x240x64 input) is never written. Without groups or column dilation the taps of one
+//! kernel row read neighbouring pixels, so a kernel row is one GEMM with K = S * C over
+//! overlapping rows of the input. Positions with `ox >= OW` are computed and dropped
 //! (2 of 242 columns for a 3x3 kernel).
 //!
 //! The output is computed a band of rows at a time: the band's padded input rows and its
@@ -25,9 +27,11 @@ const BAND_BYTES: usize = 1 << 20;
 
 /// Whether a layer takes this path: stride 1, a kernel larger than 1x1 (a 1x1 stride-1
 /// layer without padding is a single GEMM over the input already), and at most 256 channels
-/// per group. Measured on VGG-16's 3x3 layers: 64 channels at 240x240 1.45x faster than
-/// im2col + GEMM, 128 at 120x120 1.25x, 256 at 60x60 even, 512 at 30x30 10 % slower (one
-/// GEMM with K = 9 C writes its output once; nine with K = C read and write it nine times).
+/// per group. Measured on VGG-16's 3x3 layers with one GEMM per tap: 64 channels at 240x240
+/// 1.45x faster than im2col + GEMM, 128 at 120x120 1.25x, 256 at 60x60 even, 512 at 30x30
+/// 10 % slower (one GEMM with K = 9 C writes its output once; nine with K = C read and
+/// write it nine times). One GEMM per kernel row made the first three 2-6 % faster still;
+/// at 512 channels it stays 10 % slower than im2col.
 /// Layers whose band buffers would pass [`MAX_SCRATCH_BYTES`] (a padding far wider than the
 /// image, say) keep im2col, whose buffer is bounded.
 pub(crate) fn applies(spec: &ConvSpec) -> bool {
@@ -159,7 +163,7 @@ fn convolve_rows(
 }
 
 /// The virtual sums of group `g` for a band of `rows` output rows: one accumulating GEMM
-/// per tap.
+/// per kernel row, or per tap where the taps of a row are not side by side.
 fn multiply_band(
     spec: &ConvSpec,
     packed: &[f32],
@@ -180,21 +184,27 @@ fn multiply_band(
     let group = &packed[g * k_len * mg..(g + 1) * k_len * mg];
     // The last row needs only its OW valid positions: no read past the band's input.
     let q = (rows - 1) * bands.padded_w + spec.out_width();
-    for r in 0..kr {
-        for s in 0..ks {
-            let tap = r * ks + s;
-            let shift = r * dh * bands.padded_w + s * dw;
-            let product = if tap == 0 { gemm_f32 } else { gemm_f32_add };
-            product(
-                (q, mg, cg),
-                sums,
-                mg,
-                &input[shift * c + g * cg..],
-                c,
-                &group[tap * cg * mg..(tap + 1) * cg * mg],
-                mg,
-                1,
-            );
-        }
+    // Without groups or column dilation, the taps of one kernel row read consecutive pixels,
+    // whose channels lie side by side in NHWC: virtual row q's window for the whole kernel
+    // row is one contiguous run of S * C floats, so each kernel row is one GEMM with
+    // K = S * C over overlapping rows of the input (S times fewer passes over the sums).
+    let row_at_once = spec.groups == 1 && dw == 1;
+    let (taps_per_gemm, gemms) = if row_at_once { (ks, kr) } else { (1, kr * ks) };
+    for gemm in 0..gemms {
+        let first_tap = gemm * taps_per_gemm;
+        let (r, s) = (first_tap / ks, first_tap % ks);
+        let shift = r * dh * bands.padded_w + s * dw;
+        let product = if gemm == 0 { gemm_f32 } else { gemm_f32_add };
+        let rows_of_b = first_tap * cg..(first_tap + taps_per_gemm) * cg;
+        product(
+            (q, mg, taps_per_gemm * cg),
+            sums,
+            mg,
+            &input[shift * c + g * cg..],
+            c,
+            &group[rows_of_b.start * mg..rows_of_b.end * mg],
+            mg,
+            1,
+        );
     }
 }
