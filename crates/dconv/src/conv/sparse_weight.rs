@@ -43,10 +43,9 @@ const L1_BUDGET: usize = 36 * 1024;
 const BAND_BUDGET: usize = 3 << 19;
 
 /// The same, with the staged sums of all its tiles, on several threads, which share a band:
-/// larger, since every band costs each
-/// thread a wait for the others, and the planes each thread converts are read by all
-/// (256->256 at 60x60 on 2 threads: 1.56x the 1-thread speed with bands of one tile row,
-/// 1.9x with the whole image in one band).
+/// larger, since every band costs each thread a wait for the others, and the planes each
+/// thread converts are read by all (256->256 at 60x60 on 2 threads: 1.56x the 1-thread
+/// speed with bands of one tile row, 1.9x with the whole image in one band).
 const SHARED_BAND_BUDGET: usize = 12 << 20;
 
 /// Floats of a 64-byte cache line.
