@@ -9,10 +9,9 @@
 //! block of weights that pruning left all zero is skipped, so the work is the
 //! (non-zero activation, non-zero weight block) pairs that meet.
 
-use super::panels::{l1_slab_rows, BlockOutputs, WeightPanels};
+use super::panels::{l1_slab_rows, TileSums, WeightPanels};
 use super::tiles::{ensure_tiles, task_tiles, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
-use crate::kernels::aligned::CacheAligned;
 use crate::kernels::sparse_row_panel::{accumulate_rows, skip_rows, Entries, RowCursor};
 use crate::kernels::Isa;
 use crate::sparse::Csoa;
@@ -68,10 +67,11 @@ impl<const NB: usize> Im2Csoa<NB> {
     /// Multiplies group `g` of one image from its CSOA into `out`, then applies the
     /// epilogue to the group's channels.
     ///
-    /// Loops, outside in: tasks of tiles, in parallel; blocks of output channels; kernel taps
-    /// (a tap's panel rows stay in L2 while every tile of the task uses them); tiles, each
-    /// row reading the list of the pixel under the tap; chunks of channels whose panel rows
-    /// stay in L1.
+    /// Loops, outside in: tasks of tiles, in parallel; kernel taps (a tap's panel rows stay
+    /// in L2 while every tile of the task uses them); tiles, each row reading the list of the
+    /// pixel under the tap; chunks of channels; blocks of output channels, whose panel rows
+    /// of the chunk stay in L1. Blocks come last so that the entries of a chunk, scattered
+    /// over the pixel lists, are fetched once and re-read from L1 by every block.
     fn multiply(
         &self,
         tiles: &mut [CsoaTile],
@@ -83,48 +83,46 @@ impl<const NB: usize> Im2Csoa<NB> {
         let s = &self.spec;
         let (cg, mg, m) = (s.channels_per_group(), s.filters_per_group(), s.filters);
         let taps = s.kernel[0] * s.kernel[1];
-        let width = WeightPanels::<NB>::WIDTH;
+        let (width, blocks) = (WeightPanels::<NB>::WIDTH, self.panels.blocks());
         let chunks = cg.div_ceil(self.chunk);
         let (chans, vals) = csoa.entries();
         // Tasks of whole runs of tiles (see `task_tiles`), forked once per group: each task
-        // walks the blocks and taps itself, so its tiles share a tap's panel rows while they
-        // are in its core's L2, and no thread waits for the others between taps.
+        // walks the taps itself, so its tiles share a tap's panel rows while they are in its
+        // core's L2, and no thread waits for the others between taps.
         out.par_chunks_mut(per_task * tile * m)
             .zip(tiles.par_chunks_mut(per_task))
             .for_each(|(out, task)| {
-                for block in 0..self.panels.blocks() {
-                    let panel = self.panels.panel(g, block);
-                    let outputs = BlockOutputs::of_block(g, block, mg, width);
-                    for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
-                        outputs.begin(out.len() / m, &mut t.spill);
-                    }
-                    for tap in 0..taps {
-                        let tap_panel = &panel[tap * cg * width..];
-                        let flags = ((g * self.panels.blocks() + block) * taps + tap) * chunks;
-                        let zero_chunks = &self.zero_chunks[flags..flags + chunks];
-                        for t in task.iter_mut() {
-                            let rows = t.pixels.len() / taps;
-                            t.cursors.clear();
-                            t.cursors
-                                .extend(t.pixels[tap * rows..(tap + 1) * rows].iter().map(
-                                    |&pixel| {
-                                        if pixel == PADDING {
-                                            RowCursor::default()
-                                        } else {
-                                            let range = csoa.pixel_range(pixel as usize, g);
-                                            RowCursor {
-                                                next: range.start,
-                                                end: range.end,
-                                            }
-                                        }
-                                    },
-                                ));
-                            for (c_end, &zero) in (self.chunk..cg + self.chunk)
-                                .step_by(self.chunk)
-                                .zip(zero_chunks)
-                            {
-                                let limit = if c_end >= cg { u32::MAX } else { c_end as u32 };
-                                if zero {
+                for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
+                    t.sums.begin(out.len() / m, blocks, width);
+                }
+                for tap in 0..taps {
+                    for t in task.iter_mut() {
+                        let rows = t.pixels.len() / taps;
+                        t.cursors.clear();
+                        t.cursors
+                            .extend(t.pixels[tap * rows..(tap + 1) * rows].iter().map(|&pixel| {
+                                if pixel == PADDING {
+                                    RowCursor::default()
+                                } else {
+                                    let range = csoa.pixel_range(pixel as usize, g);
+                                    RowCursor {
+                                        next: range.start,
+                                        end: range.end,
+                                    }
+                                }
+                            }));
+                        for (chunk, c_end) in (self.chunk..cg + self.chunk)
+                            .step_by(self.chunk)
+                            .enumerate()
+                        {
+                            let limit = if c_end >= cg { u32::MAX } else { c_end as u32 };
+                            t.chunk_start.clone_from(&t.cursors);
+                            for block in 0..blocks {
+                                // Every block walks the chunk from its start; the last leaves
+                                // the cursors at the next chunk.
+                                t.cursors.copy_from_slice(&t.chunk_start);
+                                let flag = ((g * blocks + block) * taps + tap) * chunks + chunk;
+                                if self.zero_chunks[flag] {
                                     skip_rows(chans, &mut t.cursors, limit);
                                 } else {
                                     accumulate_rows::<NB>(
@@ -132,17 +130,17 @@ impl<const NB: usize> Im2Csoa<NB> {
                                         Entries::new(chans, vals),
                                         &mut t.cursors,
                                         limit,
-                                        tap_panel,
-                                        t.spill.as_mut_slice(),
+                                        &self.panels.panel(g, block)[tap * cg * width..],
+                                        t.sums.block_mut(block),
                                         width,
                                     );
                                 }
                             }
                         }
                     }
-                    for (out, t) in out.chunks_mut(tile * m).zip(task.iter()) {
-                        outputs.end(out, m, &t.spill);
-                    }
+                }
+                for (out, t) in out.chunks_mut(tile * m).zip(task.iter()) {
+                    t.sums.end(out, m, g, mg);
                 }
             });
         out.par_chunks_mut(m)
@@ -160,7 +158,9 @@ impl<const NB: usize> Im2Csoa<NB> {
 pub(crate) struct CsoaTile {
     pixels: Vec<u32>,
     cursors: Vec<RowCursor>,
-    spill: CacheAligned,
+    /// The cursors where the current chunk of channels starts.
+    chunk_start: Vec<RowCursor>,
+    sums: TileSums,
 }
 
 impl CsoaTile {

@@ -5,10 +5,9 @@
 //! matrix is then the concatenation of the non-zero lists of its receptive field's pixels,
 //! so conversion costs one pass over the input plus the non-zeros it emits, never `P x K`.
 
-use super::panels::{l1_slab_rows, l2_chunk_rows, BlockOutputs, WeightPanels};
+use super::panels::{l1_slab_rows, l2_chunk_rows, TileSums, WeightPanels};
 use super::tiles::{ensure_tiles, task_tiles, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
-use crate::kernels::aligned::CacheAligned;
 use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
 use crate::sparse::{Csoa, CsrMatrix};
@@ -78,7 +77,9 @@ fn expand_rows(
 pub(crate) struct CsrTile {
     pub csr: CsrMatrix,
     cursors: Vec<RowCursor>,
-    spill: CacheAligned,
+    /// The cursors where the current slab of k starts.
+    slab_start: Vec<RowCursor>,
+    sums: TileSums,
 }
 
 /// The product of CSR rows with a layer's weight panels: the multiply that im2CSR and the
@@ -110,10 +111,11 @@ impl<const NB: usize> CsrProduct<NB> {
     /// task) by the panels of group `g`, writing the image's NHWC output `out`, then applies
     /// the epilogue to the group's channels.
     ///
-    /// Loops, outside in: tasks of tiles, in parallel; blocks of output channels; chunks of
-    /// k whose panel rows stay in L2 (so that they come from memory once, whichever tile of
-    /// the task uses them); tiles; slabs of k whose panel rows stay in L1 while every row of
-    /// the tile reuses them.
+    /// Loops, outside in: tasks of tiles, in parallel; chunks of k whose panel rows, of
+    /// every block, stay in L2 (so that they come from memory once, whichever tile of the
+    /// task uses them); tiles; slabs of k; blocks of output channels, whose panel rows of
+    /// the slab stay in L1 while every row of the tile reuses them. Blocks come last so that
+    /// the rows' entries, which stream from L3, are fetched once rather than once per block.
     pub fn multiply_tiles(
         &self,
         g: usize,
@@ -130,50 +132,52 @@ impl<const NB: usize> CsrProduct<NB> {
         let isa = *isa;
         let (mg, m) = (spec.filters_per_group(), spec.filters);
         let k = spec.lowered_cols();
-        let width = WeightPanels::<NB>::WIDTH;
-        let (slab, chunk) = (l1_slab_rows(width), l2_chunk_rows(width));
+        let (width, blocks) = (WeightPanels::<NB>::WIDTH, panels.blocks());
+        let (slab, chunk) = (l1_slab_rows(width), l2_chunk_rows(width, blocks));
         // Tasks of whole runs of tiles (see `task_tiles`), forked once: each task walks the
-        // blocks and chunks itself, so no thread waits for the others between chunks.
+        // chunks itself, so no thread waits for the others between chunks.
         out.par_chunks_mut(per_task * tile * m)
             .zip(tiles.par_chunks_mut(per_task))
             .for_each(|(out, task)| {
-                for block in 0..panels.blocks() {
-                    let panel = panels.panel(g, block);
-                    let outputs = BlockOutputs::of_block(g, block, mg, width);
-                    for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
-                        let (row_ptr, _, _) = t.csr.parts();
-                        t.cursors.clear();
-                        t.cursors.extend(row_ptr.windows(2).map(|w| RowCursor {
-                            next: w[0],
-                            end: w[1],
-                        }));
-                        outputs.begin(out.len() / m, &mut t.spill);
-                    }
-                    for chunk_start in (0..k).step_by(chunk) {
-                        let chunk_end = (chunk_start + chunk).min(k);
-                        for t in task.iter_mut() {
-                            let (_, cols, vals) = t.csr.parts();
-                            for slab_end in (chunk_start + slab..chunk_end + slab).step_by(slab) {
-                                let limit = if slab_end >= k {
-                                    u32::MAX
-                                } else {
-                                    slab_end.min(chunk_end) as u32
-                                };
+                for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
+                    let (row_ptr, _, _) = t.csr.parts();
+                    t.cursors.clear();
+                    t.cursors.extend(row_ptr.windows(2).map(|w| RowCursor {
+                        next: w[0],
+                        end: w[1],
+                    }));
+                    t.sums.begin(out.len() / m, blocks, width);
+                }
+                for chunk_start in (0..k).step_by(chunk) {
+                    let chunk_end = (chunk_start + chunk).min(k);
+                    for t in task.iter_mut() {
+                        let (_, cols, vals) = t.csr.parts();
+                        for slab_end in (chunk_start + slab..chunk_end + slab).step_by(slab) {
+                            let limit = if slab_end >= k {
+                                u32::MAX
+                            } else {
+                                slab_end.min(chunk_end) as u32
+                            };
+                            t.slab_start.clone_from(&t.cursors);
+                            for block in 0..blocks {
+                                // Every block walks the slab from its start; the last leaves
+                                // the cursors at the next slab.
+                                t.cursors.copy_from_slice(&t.slab_start);
                                 accumulate_rows::<NB>(
                                     isa,
                                     Entries::new(cols, vals),
                                     &mut t.cursors,
                                     limit,
-                                    panel,
-                                    t.spill.as_mut_slice(),
+                                    panels.panel(g, block),
+                                    t.sums.block_mut(block),
                                     width,
                                 );
                             }
                         }
                     }
-                    for (out, t) in out.chunks_mut(tile * m).zip(task.iter()) {
-                        outputs.end(out, m, &t.spill);
-                    }
+                }
+                for (out, t) in out.chunks_mut(tile * m).zip(task.iter()) {
+                    t.sums.end(out, m, g, mg);
                 }
             });
         out.par_chunks_mut(m)

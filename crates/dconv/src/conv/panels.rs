@@ -3,7 +3,6 @@
 use super::ConvSpec;
 use crate::kernels::aligned::CacheAligned;
 use std::any::Any;
-use std::ops::Range;
 use std::sync::Arc;
 
 /// The weights of each group as `W^T` (K x M/G), cut into blocks of `16 * NB` output
@@ -101,12 +100,13 @@ pub(crate) const fn l1_slab_rows(width: usize) -> usize {
     }
 }
 
-/// Panel rows that stay in L2 while every tile of an image walks them: the loaded slice of
-/// the weights is then read from memory once per image rather than once per tile.
-pub(crate) const fn l2_chunk_rows(width: usize) -> usize {
+/// Panel rows, of all `blocks` blocks, that stay in L2 while every tile of an image walks
+/// them: the loaded slice of the weights is then read from memory once per image rather
+/// than once per tile. A whole number of L1 slabs, at least one.
+pub(crate) const fn l2_chunk_rows(width: usize, blocks: usize) -> usize {
     const CHUNK_BYTES: usize = 1 << 20;
     let slab = l1_slab_rows(width);
-    let rows = CHUNK_BYTES / (4 * width) / slab * slab;
+    let rows = CHUNK_BYTES / (4 * width * blocks) / slab * slab;
     if rows == 0 {
         slab
     } else {
@@ -114,39 +114,44 @@ pub(crate) const fn l2_chunk_rows(width: usize) -> usize {
     }
 }
 
-/// The outputs of one block of output channels of one tile, while it is accumulated:
-/// in a contiguous, cache-aligned spill, copied into the NHWC output at the end. (Rows of
-/// the output lie a power-of-two apart and start wherever the caller's buffer does; the
-/// spill's rows are neither, and a block narrower than the panel, the last of a group,
-/// cannot write past its columns.)
-pub(crate) struct BlockOutputs {
-    columns: Range<usize>,
+/// The sums of one tile of output rows while they are accumulated, block of output channels
+/// by block: each block's rows lie contiguously in a cache-aligned spill, and are copied into
+/// the NHWC output at the end. (Rows of the output lie a power-of-two apart and start
+/// wherever the caller's buffer does; the spill's rows are neither, and a block narrower than
+/// the panel, the last of a group, cannot write past its columns.)
+#[derive(Default)]
+pub(crate) struct TileSums {
+    spill: CacheAligned,
+    rows: usize,
     width: usize,
 }
 
-impl BlockOutputs {
-    /// The outputs of block `block` (of `width` channels) of group `g`, whose groups have
-    /// `per_group` output channels each; the group's last block may be narrower.
-    pub fn of_block(g: usize, block: usize, per_group: usize, width: usize) -> Self {
-        let first = g * per_group + block * width;
-        BlockOutputs {
-            columns: first..(first + width).min((g + 1) * per_group),
-            width,
-        }
+impl TileSums {
+    /// Zeroes the sums of `rows` rows of `blocks` blocks of `width` channels.
+    pub fn begin(&mut self, rows: usize, blocks: usize, width: usize) {
+        self.spill.reset_zeroed(blocks * rows * width);
+        (self.rows, self.width) = (rows, width);
     }
 
-    /// Zeroes the spill for a tile of `rows` rows.
-    pub fn begin(&self, rows: usize, spill: &mut CacheAligned) {
-        spill.reset_zeroed(rows * self.width);
+    /// The sums of block `block`: `width` floats per row.
+    pub fn block_mut(&mut self, block: usize) -> &mut [f32] {
+        let len = self.rows * self.width;
+        &mut self.spill.as_mut_slice()[block * len..][..len]
     }
 
-    /// Copies the accumulated block into `out` (rows of `row_len`).
-    pub fn end(&self, out: &mut [f32], row_len: usize, spill: &CacheAligned) {
-        for (row, block) in out
-            .chunks_exact_mut(row_len)
-            .zip(spill.as_slice().chunks_exact(self.width))
-        {
-            row[self.columns.clone()].copy_from_slice(&block[..self.columns.len()]);
+    /// Copies the sums into the columns of group `g` (of `per_group` output channels) of
+    /// `out`, whose rows are `row_len` long.
+    pub fn end(&self, out: &mut [f32], row_len: usize, g: usize, per_group: usize) {
+        let len = self.rows * self.width;
+        for (block, sums) in self.spill.as_slice().chunks_exact(len).enumerate() {
+            let first = g * per_group + block * self.width;
+            let columns = first..(first + self.width).min((g + 1) * per_group);
+            for (row, sums) in out
+                .chunks_exact_mut(row_len)
+                .zip(sums.chunks_exact(self.width))
+            {
+                row[columns.clone()].copy_from_slice(&sums[..columns.len()]);
+            }
         }
     }
 }
