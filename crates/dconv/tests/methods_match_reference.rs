@@ -397,6 +397,25 @@ fn sparse_weight_with_a_folded_last_column() {
     check_shape(Method::SparseWeight, spec, zeros, &THREADS, 7);
 }
 
+/// The sparse-activation methods cut the weights into blocks of output channels (128 wide
+/// on AVX-512, 64 elsewhere), the channels or lowered columns into chunks and slabs that
+/// fit L1 and L2, and the output rows into tiles; the random shapes above fit one of each.
+/// This one has three blocks per group on AVX-512 (the last 44 wide), im2CSOA chunks of
+/// 64, 64 and 22 channels, several L2 chunks of im2CSR's 1350 lowered columns, and 2 tiles
+/// on one thread.
+#[test]
+fn sparse_activation_methods_with_many_blocks_chunks_and_tiles() {
+    let spec = ConvSpec::new(300, 17, 19, 600, [3, 3])
+        .with_padding([1, 0, 1, 2])
+        .with_groups(2)
+        .with_bias(true)
+        .with_activation(Activation::Relu);
+    for method in [Method::LoweredCsr, Method::Im2Csr, Method::Im2Csoa] {
+        let zeros = (0.8, 0.7, ZeroPattern::Random);
+        check_shape(method, spec, zeros, &[1, 2], 13);
+    }
+}
+
 /// Dense at stride 1 sums shifted GEMMs a band of output rows at a time (bands of about
 /// 1 MB of input rows and sums); the random shapes above fit one band. This one takes 4
 /// bands of 26 rows, with groups, dilation and asymmetric padding.

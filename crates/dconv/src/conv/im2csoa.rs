@@ -12,7 +12,7 @@
 use super::panels::{l1_slab_rows, TileSums, WeightPanels};
 use super::tiles::{ensure_tiles, task_tiles, tile_rows};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
-use crate::kernels::sparse_row_panel::{accumulate_rows, skip_rows, Entries, RowCursor};
+use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
 use crate::sparse::Csoa;
 use rayon::prelude::*;
@@ -85,6 +85,11 @@ impl<const NB: usize> Im2Csoa<NB> {
         let taps = s.kernel[0] * s.kernel[1];
         let (width, blocks) = (WeightPanels::<NB>::WIDTH, self.panels.blocks());
         let chunks = cg.div_ceil(self.chunk);
+        assert_eq!(
+            csoa.chunk(),
+            self.chunk,
+            "the CSOA is cut into this method's chunks"
+        );
         let (chans, vals) = csoa.entries();
         // Tasks of whole runs of tiles (see `task_tiles`), forked once per group: each task
         // walks the taps itself, so its tiles share a tap's panel rows while they are in its
@@ -98,43 +103,38 @@ impl<const NB: usize> Im2Csoa<NB> {
                 for tap in 0..taps {
                     for t in task.iter_mut() {
                         let rows = t.pixels.len() / taps;
-                        t.cursors.clear();
-                        t.cursors
-                            .extend(t.pixels[tap * rows..(tap + 1) * rows].iter().map(|&pixel| {
-                                if pixel == PADDING {
-                                    RowCursor::default()
-                                } else {
-                                    let range = csoa.pixel_range(pixel as usize, g);
-                                    RowCursor {
-                                        next: range.start,
-                                        end: range.end,
+                        for chunk in 0..chunks {
+                            // Each row walks the chunk's sub-list of the pixel under the tap,
+                            // whose length the CSOA recorded.
+                            t.chunk_start.clear();
+                            t.chunk_start.extend(
+                                t.pixels[tap * rows..(tap + 1) * rows].iter().map(|&pixel| {
+                                    if pixel == PADDING {
+                                        RowCursor::default()
+                                    } else {
+                                        let range = csoa.chunk_range(pixel as usize, g, chunk);
+                                        RowCursor {
+                                            next: range.start,
+                                            end: range.end,
+                                        }
                                     }
-                                }
-                            }));
-                        for (chunk, c_end) in (self.chunk..cg + self.chunk)
-                            .step_by(self.chunk)
-                            .enumerate()
-                        {
-                            let limit = if c_end >= cg { u32::MAX } else { c_end as u32 };
-                            t.chunk_start.clone_from(&t.cursors);
+                                }),
+                            );
                             for block in 0..blocks {
-                                // Every block walks the chunk from its start; the last leaves
-                                // the cursors at the next chunk.
-                                t.cursors.copy_from_slice(&t.chunk_start);
                                 let flag = ((g * blocks + block) * taps + tap) * chunks + chunk;
                                 if self.zero_chunks[flag] {
-                                    skip_rows(chans, &mut t.cursors, limit);
-                                } else {
-                                    accumulate_rows::<NB>(
-                                        self.isa,
-                                        Entries::new(chans, vals),
-                                        &mut t.cursors,
-                                        limit,
-                                        &self.panels.panel(g, block)[tap * cg * width..],
-                                        t.sums.block_mut(block),
-                                        width,
-                                    );
+                                    continue;
                                 }
+                                t.cursors.clone_from(&t.chunk_start);
+                                accumulate_rows::<NB>(
+                                    self.isa,
+                                    Entries::new(chans, vals),
+                                    &mut t.cursors,
+                                    u32::MAX,
+                                    &self.panels.panel(g, block)[tap * cg * width..],
+                                    t.sums.block_mut(block),
+                                    width,
+                                );
                             }
                         }
                     }
@@ -202,7 +202,8 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
             .zip(output.chunks_exact_mut(rows * s.filters))
         {
             let start = Instant::now();
-            ws.csoa.fill(image, s.height, s.width, s.channels, s.groups);
+            ws.csoa
+                .fill(image, [s.height, s.width, s.channels], s.groups, self.chunk);
             let converted = Instant::now();
             timing.convert += converted - start;
             ws.csoa_tiles

@@ -201,7 +201,10 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
             for g in 0..s.groups {
                 let start = Instant::now();
                 if g == 0 {
-                    ws.csoa.fill(image, s.height, s.width, s.channels, s.groups);
+                    // One chunk per list: the rows are cut by slabs of k later.
+                    let cg = s.channels_per_group();
+                    ws.csoa
+                        .fill(image, [s.height, s.width, s.channels], s.groups, cg);
                 }
                 let csoa = &ws.csoa;
                 ws.csr_tiles

@@ -6,7 +6,10 @@
 //! Each row's entries are walked while their column is below a limit: callers walk all the
 //! rows of a tile once per block of k, so that the panel rows of that block stay in L1
 //! while every row reuses them, and each row's cursor remembers where the next block
-//! starts. A row's accumulators stay in vector registers for all its entries of the block.
+//! starts. (A caller that knows where each row's block ends, as im2CSOA does, passes no
+//! limit: a walk whose length is known from the start is not held up by comparing columns
+//! as they arrive.) A row's accumulators stay in vector registers for all its entries of
+//! the block.
 
 use super::Isa;
 
@@ -91,17 +94,6 @@ pub(crate) fn accumulate_rows<const NB: usize>(
 #[inline(never)]
 fn column_outside_panel(col: usize, rows: usize) -> ! {
     panic!("sparse column {col} is outside a panel of {rows} rows")
-}
-
-/// Advances each cursor past its entries whose column is below `limit`, multiplying
-/// nothing: for blocks of weights that are all zero.
-pub(crate) fn skip_rows(cols: &[u32], cursors: &mut [RowCursor], limit: u32) {
-    for cursor in cursors {
-        cursor.next += cols[cursor.next..cursor.end]
-            .iter()
-            .take_while(|&&c| c < limit)
-            .count();
-    }
 }
 
 /// Plain Rust, bounds-checked: the reference for the SIMD versions and the fallback.

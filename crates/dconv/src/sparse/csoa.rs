@@ -10,6 +10,11 @@ use std::ops::Range;
 /// instead of copying them, which is what im2CSOA multiplies from and what im2CSR expands
 /// its rows from.
 ///
+/// Each list is cut into the sub-lists of chunks of a group's channels (the last chunk may
+/// be narrower), and where each sub-list starts is recorded: a reader that walks the
+/// channels chunk by chunk then knows each walk's length before it starts, rather than
+/// finding its end by comparing channels as it goes.
+///
 /// Building it costs two passes over the image (count, then fill) and stores only the
 /// non-zeros, so that the lists of a layer's image stay in cache while they are re-read for
 /// every kernel tap.
@@ -17,7 +22,11 @@ use std::ops::Range;
 pub struct Csoa {
     width: usize,
     groups: usize,
-    /// Start of each (pixel, group) list in `chans`/`vals`; one more entry closes the last.
+    /// Channels per chunk, and chunks per (pixel, group) list.
+    chunk: usize,
+    chunks: usize,
+    /// Start of each (pixel, group, chunk) sub-list in `chans`/`vals`; one more entry closes
+    /// the last.
     offsets: Vec<usize>,
     /// Channel within the group, per entry.
     chans: Vec<u32>,
@@ -29,16 +38,16 @@ const ROWS_PER_TASK: usize = 4;
 
 impl Csoa {
     /// Compresses one NHWC image of `height x width x channels`, split into `groups` channel
-    /// groups. Panics if the sizes disagree (a programming error: callers check them).
+    /// groups whose lists are cut into chunks of `chunk` channels. Panics if the sizes
+    /// disagree (a programming error: callers check them).
     pub fn from_image(
         image: &[f32],
-        height: usize,
-        width: usize,
-        channels: usize,
+        [height, width, channels]: [usize; 3],
         groups: usize,
+        chunk: usize,
     ) -> Self {
         let mut csoa = Csoa::default();
-        csoa.fill(image, height, width, channels, groups);
+        csoa.fill(image, [height, width, channels], groups, chunk);
         csoa
     }
 
@@ -47,27 +56,31 @@ impl Csoa {
     pub fn fill(
         &mut self,
         image: &[f32],
-        height: usize,
-        width: usize,
-        channels: usize,
+        [height, width, channels]: [usize; 3],
         groups: usize,
+        chunk: usize,
     ) {
         assert_eq!(image.len(), height * width * channels, "image size");
         assert!(
             groups > 0 && channels.is_multiple_of(groups),
             "groups must divide channels"
         );
+        assert!(chunk > 0, "chunks hold at least one channel");
         let cg = channels / groups;
+        let chunks = cg.div_ceil(chunk);
         self.width = width;
         self.groups = groups;
-        // Pass 1: count each list's non-zeros, in parallel by rows of pixels.
-        self.offsets.resize(height * width * groups + 1, 0);
-        let (counts, _) = self.offsets.split_at_mut(height * width * groups);
+        (self.chunk, self.chunks) = (chunk.min(cg), chunks);
+        let lists = height * width * groups * chunks;
+        // Pass 1: count each sub-list's non-zeros, in parallel by rows of pixels.
+        self.offsets.resize(lists + 1, 0);
+        let (counts, _) = self.offsets.split_at_mut(lists);
         counts
-            .par_chunks_mut(width * groups)
+            .par_chunks_mut(width * groups * chunks)
             .zip(image.par_chunks(width * channels))
             .for_each(|(counts, row)| {
-                for (count, list) in counts.iter_mut().zip(row.chunks_exact(cg)) {
+                let sub_lists = row.chunks_exact(cg).flat_map(|list| list.chunks(chunk));
+                for (count, list) in counts.iter_mut().zip(sub_lists) {
                     *count = list.iter().filter(|&&v| v != 0.0).count();
                 }
             });
@@ -77,11 +90,11 @@ impl Csoa {
             let count = std::mem::replace(offset, total);
             total += count;
         }
-        self.offsets[height * width * groups] = total;
+        self.offsets[lists] = total;
         self.chans.resize(total, 0);
         self.vals.resize(total, 0.0);
         // Pass 2: fill, splitting the entries at row boundaries between threads.
-        let row_entries = |y: usize| self.offsets[y * width * groups];
+        let row_entries = |y: usize| self.offsets[y * width * groups * chunks];
         fill_rows(
             image,
             0..height,
@@ -103,8 +116,23 @@ impl Csoa {
     /// Where the entries of pixel `y * width + x` in group `g` lie in [`Csoa::entries`].
     #[inline]
     pub fn pixel_range(&self, pixel: usize, g: usize) -> Range<usize> {
-        let pg = pixel * self.groups + g;
-        self.offsets[pg]..self.offsets[pg + 1]
+        let first = (pixel * self.groups + g) * self.chunks;
+        self.offsets[first]..self.offsets[first + self.chunks]
+    }
+
+    /// Where the entries of chunk `chunk` of pixel `pixel`'s list in group `g` lie in
+    /// [`Csoa::entries`].
+    #[inline]
+    pub fn chunk_range(&self, pixel: usize, g: usize, chunk: usize) -> Range<usize> {
+        assert!(chunk < self.chunks, "chunk {chunk} of {}", self.chunks);
+        let at = (pixel * self.groups + g) * self.chunks + chunk;
+        self.offsets[at]..self.offsets[at + 1]
+    }
+
+    /// Channels per chunk: the `chunk` of the last fill, or the group's width if that was
+    /// narrower.
+    pub fn chunk(&self) -> usize {
+        self.chunk
     }
 
     /// All channel indices and values, list after list.
@@ -174,7 +202,7 @@ mod tests {
     fn lists_each_non_zero_once_by_pixel_and_group() {
         // 1 x 2 pixels, 4 channels in 2 groups.
         let image = [0.0, 1.0, 2.0, 0.0, /* pixel 2 */ 0.0, 0.0, 0.0, 3.0];
-        let csoa = Csoa::from_image(&image, 1, 2, 4, 2);
+        let csoa = Csoa::from_image(&image, [1, 2, 4], 2, 2);
         assert_eq!(csoa.pixel(0, 0, 0), (&[1u32][..], &[1.0f32][..]));
         assert_eq!(csoa.pixel(0, 0, 1), (&[0u32][..], &[2.0f32][..]));
         assert_eq!(csoa.pixel(0, 1, 0), (&[][..], &[][..]));
@@ -188,8 +216,8 @@ mod tests {
         let image: Vec<f32> = (0..h * w * c)
             .map(|i| if i % 3 == 0 { i as f32 } else { 0.0 })
             .collect();
-        let mut csoa = Csoa::from_image(&[1.0; 4], 1, 1, 4, 1);
-        csoa.fill(&image, h, w, c, 3);
+        let mut csoa = Csoa::from_image(&[1.0; 4], [1, 1, 4], 1, 4);
+        csoa.fill(&image, [h, w, c], 3, 1);
         for y in 0..h {
             for x in 0..w {
                 for g in 0..3 {
@@ -203,5 +231,23 @@ mod tests {
             }
         }
         assert_eq!(csoa.nnz(), image.iter().filter(|&&v| v != 0.0).count());
+    }
+
+    #[test]
+    fn chunks_split_each_list_by_channel() {
+        // One pixel, 7 channels in 1 group, chunks of 3 (the last one channel wide).
+        let image = [1.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0];
+        let csoa = Csoa::from_image(&image, [1, 1, 7], 1, 3);
+        let (chans, _) = csoa.entries();
+        let chunk = |k| &chans[csoa.chunk_range(0, 0, k)];
+        assert_eq!(
+            (chunk(0), chunk(1), chunk(2)),
+            (&[0, 2][..], &[][..], &[6][..])
+        );
+        assert_eq!(csoa.pixel_range(0, 0), 0..3);
+        // A chunk wider than the group is the whole list.
+        let csoa = Csoa::from_image(&image, [1, 1, 7], 1, 64);
+        assert_eq!(csoa.chunk_range(0, 0, 0), 0..3);
+        assert!(std::panic::catch_unwind(|| csoa.chunk_range(0, 0, 1)).is_err());
     }
 }
