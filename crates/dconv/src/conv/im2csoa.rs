@@ -9,8 +9,8 @@
 //! block of weights that pruning left all zero is skipped, so the work is the
 //! (non-zero activation, non-zero weight block) pairs that meet.
 
-use super::panels::{l1_slab_rows, TileSums, WeightPanels};
-use super::tiles::{ensure_tiles, task_tiles, tile_rows};
+use super::panels::{l1_slab_rows, WeightPanels};
+use super::tiles::{ensure_tiles, multiply_tasks, task_tiles, tile_rows, Tile, TileSums};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
@@ -67,21 +67,22 @@ impl<const NB: usize> Im2Csoa<NB> {
     /// Multiplies group `g` of one image from its CSOA into `out`, then applies the
     /// epilogue to the group's channels.
     ///
-    /// Loops, outside in: tasks of tiles, in parallel; kernel taps (a tap's panel rows stay
-    /// in L2 while every tile of the task uses them); tiles, each row reading the list of the
-    /// pixel under the tap; chunks of channels; blocks of output channels, whose panel rows
-    /// of the chunk stay in L1. Blocks come last so that the entries of a chunk, scattered
-    /// over the pixel lists, are fetched once and re-read from L1 by every block.
+    /// Loops, outside in: tasks of tiles, in parallel ([`multiply_tasks`]); kernel taps (a
+    /// tap's panel rows stay in L2 while every tile of the task uses them); tiles, each row
+    /// reading the list of the pixel under the tap; chunks of channels; blocks of output
+    /// channels, whose panel rows of the chunk stay in L1. Blocks come last so that the
+    /// entries of a chunk, scattered over the pixel lists, are fetched once and re-read
+    /// from L1 by every block.
     fn multiply(
         &self,
         tiles: &mut [CsoaTile],
-        (tile, per_task): (usize, usize),
+        split: (usize, usize),
         csoa: &Csoa,
         g: usize,
         out: &mut [f32],
     ) -> usize {
         let s = &self.spec;
-        let (cg, mg, m) = (s.channels_per_group(), s.filters_per_group(), s.filters);
+        let cg = s.channels_per_group();
         let taps = s.kernel[0] * s.kernel[1];
         let (width, blocks) = (WeightPanels::<NB>::WIDTH, self.panels.blocks());
         let chunks = cg.div_ceil(self.chunk);
@@ -91,64 +92,47 @@ impl<const NB: usize> Im2Csoa<NB> {
             "the CSOA is cut into this method's chunks"
         );
         let (chans, vals) = csoa.entries();
-        // Tasks of whole runs of tiles (see `task_tiles`), forked once per group: each task
-        // walks the taps itself, so its tiles share a tap's panel rows while they are in its
-        // core's L2, and no thread waits for the others between taps.
-        out.par_chunks_mut(per_task * tile * m)
-            .zip(tiles.par_chunks_mut(per_task))
-            .for_each(|(out, task)| {
-                for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
-                    t.sums.begin(out.len() / m, blocks, width);
-                }
-                for tap in 0..taps {
-                    for t in task.iter_mut() {
-                        let rows = t.pixels.len() / taps;
-                        for chunk in 0..chunks {
-                            // Each row walks the chunk's sub-list of the pixel under the tap,
-                            // whose length the CSOA recorded.
-                            t.chunk_start.clear();
-                            t.chunk_start.extend(
-                                t.pixels[tap * rows..(tap + 1) * rows].iter().map(|&pixel| {
-                                    if pixel == PADDING {
-                                        RowCursor::default()
-                                    } else {
-                                        let range = csoa.chunk_range(pixel as usize, g, chunk);
-                                        RowCursor {
-                                            next: range.start,
-                                            end: range.end,
-                                        }
+        let epilogue = (g, &self.epilogue);
+        multiply_tasks(s, epilogue, &self.panels, tiles, split, out, |task| {
+            for tap in 0..taps {
+                for t in task.iter_mut() {
+                    let rows = t.pixels.len() / taps;
+                    for chunk in 0..chunks {
+                        // Each row walks the chunk's sub-list of the pixel under the tap,
+                        // whose length the CSOA recorded.
+                        t.chunk_start.clear();
+                        t.chunk_start
+                            .extend(t.pixels[tap * rows..(tap + 1) * rows].iter().map(|&pixel| {
+                                if pixel == PADDING {
+                                    RowCursor::default()
+                                } else {
+                                    let range = csoa.chunk_range(pixel as usize, g, chunk);
+                                    RowCursor {
+                                        next: range.start,
+                                        end: range.end,
                                     }
-                                }),
-                            );
-                            for block in 0..blocks {
-                                let flag = ((g * blocks + block) * taps + tap) * chunks + chunk;
-                                if self.zero_chunks[flag] {
-                                    continue;
                                 }
-                                t.cursors.clone_from(&t.chunk_start);
-                                accumulate_rows::<NB>(
-                                    self.isa,
-                                    Entries::new(chans, vals),
-                                    &mut t.cursors,
-                                    u32::MAX,
-                                    &self.panels.panel(g, block)[tap * cg * width..],
-                                    t.sums.block_mut(block),
-                                    width,
-                                );
+                            }));
+                        for block in 0..blocks {
+                            let flag = ((g * blocks + block) * taps + tap) * chunks + chunk;
+                            if self.zero_chunks[flag] {
+                                continue;
                             }
+                            t.cursors.clone_from(&t.chunk_start);
+                            accumulate_rows::<NB>(
+                                self.isa,
+                                Entries::new(chans, vals),
+                                &mut t.cursors,
+                                u32::MAX,
+                                &self.panels.panel(g, block)[tap * cg * width..],
+                                t.sums.block_mut(block),
+                                width,
+                            );
                         }
                     }
                 }
-                for (out, t) in out.chunks_mut(tile * m).zip(task.iter()) {
-                    t.sums.end(out, m, g, mg);
-                }
-            });
-        out.par_chunks_mut(m)
-            .map(|row| {
-                self.epilogue
-                    .apply_row(&mut row[g * mg..(g + 1) * mg], g * mg)
-            })
-            .sum()
+            }
+        })
     }
 }
 
@@ -161,6 +145,12 @@ pub(crate) struct CsoaTile {
     /// The cursors where the current chunk of channels starts.
     chunk_start: Vec<RowCursor>,
     sums: TileSums,
+}
+
+impl Tile for CsoaTile {
+    fn sums(&mut self) -> &mut TileSums {
+        &mut self.sums
+    }
 }
 
 impl CsoaTile {

@@ -5,8 +5,8 @@
 //! matrix is then the concatenation of the non-zero lists of its receptive field's pixels,
 //! so conversion costs one pass over the input plus the non-zeros it emits, never `P x K`.
 
-use super::panels::{l1_slab_rows, l2_chunk_rows, TileSums, WeightPanels};
-use super::tiles::{ensure_tiles, task_tiles, tile_rows};
+use super::panels::{l1_slab_rows, l2_chunk_rows, WeightPanels};
+use super::tiles::{ensure_tiles, multiply_tasks, task_tiles, tile_rows, Tile, TileSums};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
@@ -82,6 +82,12 @@ pub(crate) struct CsrTile {
     sums: TileSums,
 }
 
+impl Tile for CsrTile {
+    fn sums(&mut self) -> &mut TileSums {
+        &mut self.sums
+    }
+}
+
 /// The product of CSR rows with a layer's weight panels: the multiply that im2CSR and the
 /// lowered CSR baseline share.
 pub(crate) struct CsrProduct<const NB: usize> {
@@ -107,20 +113,21 @@ impl<const NB: usize> CsrProduct<NB> {
         }
     }
 
-    /// Multiplies the CSR rows of every tile (`tile` output rows each, `per_task` tiles a
-    /// task) by the panels of group `g`, writing the image's NHWC output `out`, then applies
-    /// the epilogue to the group's channels.
+    /// Multiplies the CSR rows of every tile (`split` is `task_tiles`' answer) by the
+    /// panels of group `g`, writing the image's NHWC output `out`, then applies the
+    /// epilogue to the group's channels.
     ///
-    /// Loops, outside in: tasks of tiles, in parallel; chunks of k whose panel rows, of
-    /// every block, stay in L2 (so that they come from memory once, whichever tile of the
-    /// task uses them); tiles; slabs of k; blocks of output channels, whose panel rows of
-    /// the slab stay in L1 while every row of the tile reuses them. Blocks come last so that
-    /// the rows' entries, which stream from L3, are fetched once rather than once per block.
+    /// Loops, outside in: tasks of tiles, in parallel ([`multiply_tasks`]); chunks of k
+    /// whose panel rows, of every block, stay in L2 (so that they come from memory once,
+    /// whichever tile of the task uses them); tiles; slabs of k; blocks of output channels,
+    /// whose panel rows of the slab stay in L1 while every row of the tile reuses them.
+    /// Blocks come last so that the rows' entries, which stream from L3, are fetched once
+    /// rather than once per block.
     pub fn multiply_tiles(
         &self,
         g: usize,
         tiles: &mut [CsrTile],
-        (tile, per_task): (usize, usize),
+        split: (usize, usize),
         out: &mut [f32],
     ) -> usize {
         let CsrProduct {
@@ -129,60 +136,47 @@ impl<const NB: usize> CsrProduct<NB> {
             isa,
             epilogue,
         } = self;
-        let isa = *isa;
-        let (mg, m) = (spec.filters_per_group(), spec.filters);
         let k = spec.lowered_cols();
         let (width, blocks) = (WeightPanels::<NB>::WIDTH, panels.blocks());
         let (slab, chunk) = (l1_slab_rows(width), l2_chunk_rows(width, blocks));
-        // Tasks of whole runs of tiles (see `task_tiles`), forked once: each task walks the
-        // chunks itself, so no thread waits for the others between chunks.
-        out.par_chunks_mut(per_task * tile * m)
-            .zip(tiles.par_chunks_mut(per_task))
-            .for_each(|(out, task)| {
-                for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
-                    let (row_ptr, _, _) = t.csr.parts();
-                    t.cursors.clear();
-                    t.cursors.extend(row_ptr.windows(2).map(|w| RowCursor {
-                        next: w[0],
-                        end: w[1],
-                    }));
-                    t.sums.begin(out.len() / m, blocks, width);
-                }
-                for chunk_start in (0..k).step_by(chunk) {
-                    let chunk_end = (chunk_start + chunk).min(k);
-                    for t in task.iter_mut() {
-                        let (_, cols, vals) = t.csr.parts();
-                        for slab_end in (chunk_start + slab..chunk_end + slab).step_by(slab) {
-                            let limit = if slab_end >= k {
-                                u32::MAX
-                            } else {
-                                slab_end.min(chunk_end) as u32
-                            };
-                            t.slab_start.clone_from(&t.cursors);
-                            for block in 0..blocks {
-                                // Every block walks the slab from its start; the last leaves
-                                // the cursors at the next slab.
-                                t.cursors.copy_from_slice(&t.slab_start);
-                                accumulate_rows::<NB>(
-                                    isa,
-                                    Entries::new(cols, vals),
-                                    &mut t.cursors,
-                                    limit,
-                                    panels.panel(g, block),
-                                    t.sums.block_mut(block),
-                                    width,
-                                );
-                            }
+        multiply_tasks(spec, (g, epilogue), panels, tiles, split, out, |task| {
+            for t in task.iter_mut() {
+                let (row_ptr, _, _) = t.csr.parts();
+                t.cursors.clear();
+                t.cursors.extend(row_ptr.windows(2).map(|w| RowCursor {
+                    next: w[0],
+                    end: w[1],
+                }));
+            }
+            for chunk_start in (0..k).step_by(chunk) {
+                let chunk_end = (chunk_start + chunk).min(k);
+                for t in task.iter_mut() {
+                    let (_, cols, vals) = t.csr.parts();
+                    for slab_end in (chunk_start + slab..chunk_end + slab).step_by(slab) {
+                        let limit = if slab_end >= k {
+                            u32::MAX
+                        } else {
+                            slab_end.min(chunk_end) as u32
+                        };
+                        t.slab_start.clone_from(&t.cursors);
+                        for block in 0..blocks {
+                            // Every block walks the slab from its start; the last leaves
+                            // the cursors at the next slab.
+                            t.cursors.copy_from_slice(&t.slab_start);
+                            accumulate_rows::<NB>(
+                                *isa,
+                                Entries::new(cols, vals),
+                                &mut t.cursors,
+                                limit,
+                                panels.panel(g, block),
+                                t.sums.block_mut(block),
+                                width,
+                            );
                         }
                     }
                 }
-                for (out, t) in out.chunks_mut(tile * m).zip(task.iter()) {
-                    t.sums.end(out, m, g, mg);
-                }
-            });
-        out.par_chunks_mut(m)
-            .map(|row| epilogue.apply_row(&mut row[g * mg..(g + 1) * mg], g * mg))
-            .sum()
+            }
+        })
     }
 }
 

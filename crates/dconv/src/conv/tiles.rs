@@ -1,5 +1,9 @@
 //! Tiles of output rows: the unit of parallel work of the sparse-activation methods.
 
+use super::panels::WeightPanels;
+use super::{ConvSpec, Epilogue};
+use crate::kernels::aligned::CacheAligned;
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Most output rows in a tile: the tile's sparse rows and its spill of sums stay in L2.
@@ -34,4 +38,88 @@ pub(crate) fn ensure_tiles<S: Default>(scratch: &mut Vec<S>, tiles: usize) {
     if scratch.len() < tiles {
         scratch.resize_with(tiles, S::default);
     }
+}
+
+/// The sums of one tile of output rows while they are accumulated, block of output channels
+/// by block: each block's rows lie contiguously in a cache-aligned spill, and are copied into
+/// the NHWC output at the end. (Rows of the output lie a power-of-two apart and start
+/// wherever the caller's buffer does; the spill's rows are neither, and a block narrower than
+/// the panel, the last of a group, cannot write past its columns.)
+#[derive(Default)]
+pub(crate) struct TileSums {
+    spill: CacheAligned,
+    rows: usize,
+    width: usize,
+}
+
+impl TileSums {
+    /// Zeroes the sums of `rows` rows of `blocks` blocks of `width` channels.
+    pub fn begin(&mut self, rows: usize, blocks: usize, width: usize) {
+        self.spill.reset_zeroed(blocks * rows * width);
+        (self.rows, self.width) = (rows, width);
+    }
+
+    /// The sums of block `block`: `width` floats per row.
+    pub fn block_mut(&mut self, block: usize) -> &mut [f32] {
+        let len = self.rows * self.width;
+        &mut self.spill.as_mut_slice()[block * len..][..len]
+    }
+
+    /// Copies the sums into the columns of group `g` (of `per_group` output channels) of
+    /// `out`, whose rows are `row_len` long.
+    pub fn end(&self, out: &mut [f32], row_len: usize, g: usize, per_group: usize) {
+        let len = self.rows * self.width;
+        for (block, sums) in self.spill.as_slice().chunks_exact(len).enumerate() {
+            let first = g * per_group + block * self.width;
+            let columns = first..(first + self.width).min((g + 1) * per_group);
+            for (row, sums) in out
+                .chunks_exact_mut(row_len)
+                .zip(sums.chunks_exact(self.width))
+            {
+                row[columns.clone()].copy_from_slice(&sums[..columns.len()]);
+            }
+        }
+    }
+}
+
+/// The scratch of one tile of a sparse-activation method, which holds its sums.
+pub(crate) trait Tile: Send {
+    fn sums(&mut self) -> &mut TileSums;
+}
+
+/// The frame of a sparse-activation multiply of group `g`: tasks of whole runs of tiles
+/// (`split` is `task_tiles`' answer), forked once, in parallel. Each task zeroes its tiles'
+/// sums, lets `body` accumulate them, copies them into the image's NHWC output `out` and
+/// applies the epilogue to the group's channels while those rows are in cache. Each task
+/// walks the blocks and chunks of the weights itself, so no thread waits for the others
+/// between them. Returns how many outputs are zero.
+pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
+    spec: &ConvSpec,
+    (g, epilogue): (usize, &Epilogue),
+    panels: &WeightPanels<NB>,
+    tiles: &mut [T],
+    (tile, per_task): (usize, usize),
+    out: &mut [f32],
+    body: impl Fn(&mut [T]) + Sync,
+) -> usize {
+    let (m, mg) = (spec.filters, spec.filters_per_group());
+    let (width, blocks) = (WeightPanels::<NB>::WIDTH, panels.blocks());
+    let channels = g * mg..(g + 1) * mg;
+    out.par_chunks_mut(per_task * tile * m)
+        .zip(tiles.par_chunks_mut(per_task))
+        .map(|(out, task)| {
+            for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
+                t.sums().begin(out.len() / m, blocks, width);
+            }
+            body(task);
+            let mut zeros = 0;
+            for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
+                t.sums().end(out, m, g, mg);
+                for row in out.chunks_exact_mut(m) {
+                    zeros += epilogue.apply_row(&mut row[channels.clone()], channels.start);
+                }
+            }
+            zeros
+        })
+        .sum()
 }
