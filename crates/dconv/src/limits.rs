@@ -34,6 +34,12 @@ pub fn checked_elements(shape: &[usize], what: &str) -> Result<usize> {
     })
 }
 
+/// The product of `factors`, saturating: a size computed from a model's numbers must not
+/// wrap around to something small.
+pub(crate) fn saturating_product(factors: &[usize]) -> usize {
+    factors.iter().fold(1usize, |acc, &f| acc.saturating_mul(f))
+}
+
 /// Parses a byte count: a number with an optional K, M or G suffix (powers of 1024).
 pub fn parse_bytes(text: &str) -> Result<usize> {
     let text = text.trim();

@@ -5,7 +5,8 @@
 use dconv::conv::Method;
 use dconv::onnx::proto::{
     tensor_proto::{DataLocation, DataType},
-    AttributeProto, ModelProto, NodeProto, StringStringEntryProto, TensorProto,
+    tensor_shape_proto, type_proto, AttributeProto, ModelProto, NodeProto, StringStringEntryProto,
+    TensorProto,
 };
 use dconv::runtime::example_model;
 use dconv::{Error, Model, Policy, Session, SessionOptions, Tensor};
@@ -280,18 +281,66 @@ fn a_plan_over_the_memory_budget_is_refused() {
     let e = load_and_run(&example(), options(100)).unwrap_err();
     assert!(e.to_string().contains("100 bytes"), "{e}");
     assert_in_node(e, "Conv_0", |e| matches!(e, Error::OverBudget { .. }));
-    // Input (64 bytes) and output (128 bytes) fit one by one, not together (under the dense
+    // Input (64 bytes), output (128 bytes) and, on one thread, the workspace (bands of
+    // padded input and sums, 336 bytes) fit one by one, not together (under the dense
     // method, whose packed weights are smaller than the panels `auto` may prepare).
-    let dense = SessionOptions {
+    let dense = |budget| SessionOptions {
         policy: Policy::Force(Method::Dense),
-        ..options(150)
+        threads: 1,
+        ..options(budget)
     };
-    let e = load_and_run(&example(), dense).unwrap_err();
+    let e = load_and_run(&example(), dense(400)).unwrap_err();
     assert!(
         e.is_bad_input() && matches!(e, Error::OverBudget { .. }),
         "{e}"
     );
+    // The workspace alone over the budget is refused in its node.
+    let e = load_and_run(&example(), dense(300)).unwrap_err();
+    assert!(e.to_string().contains("workspace"), "{e}");
+    assert_in_node(e, "Conv_0", |e| matches!(e, Error::OverBudget { .. }));
     load_and_run(&example(), options(1 << 20)).unwrap();
+}
+
+/// A 200 x 200 kernel is 320 kB of weights, and its lowered matrix, as CSR, up to 13 GB of
+/// scratch: a method that would need more scratch than the budget is refused before it
+/// runs (not left to fail allocating), and `auto` plans without it.
+#[test]
+fn a_method_whose_scratch_is_over_the_budget_is_refused_or_avoided() {
+    let (k, side) = (200, 400);
+    let out = side - k + 1;
+    let mut proto = conv_with("pads", vec![0; 4]);
+    let graph = proto.graph.as_mut().unwrap();
+    graph.initializer[0].dims = vec![2, 1, k, k];
+    graph.initializer[0].float_data = vec![0.01; 2 * (k * k) as usize];
+    for (info, dims) in [
+        (&mut graph.input[0], [1, 1, side, side]),
+        (&mut graph.output[0], [1, 2, out, out]),
+    ] {
+        let Some(type_proto::Value::TensorType(tensor)) = &mut info.r#type.as_mut().unwrap().value
+        else {
+            unreachable!("the example's values are tensors")
+        };
+        for (dim, &d) in tensor.shape.as_mut().unwrap().dim.iter_mut().zip(&dims) {
+            dim.value = Some(tensor_shape_proto::dimension::Value::DimValue(d));
+        }
+    }
+    let model = load(&proto).unwrap();
+    let x = Tensor::from_f32(vec![1, 1, side as usize, side as usize], vec![1.0; 160_000]);
+    let run = |policy| {
+        let options = SessionOptions {
+            max_memory: Some(1 << 30),
+            policy,
+            ..Default::default()
+        };
+        Session::new(&model, options)?.run(&[("x", x.clone().unwrap())])
+    };
+    for method in [Method::LoweredCsr, Method::Im2Csr] {
+        let e = run(Policy::Force(method)).unwrap_err();
+        assert!(e.to_string().contains("workspace"), "{e}");
+        assert_in_node(e, "Conv_0", |e| matches!(e, Error::OverBudget { .. }));
+    }
+    let y = run(Policy::Auto).unwrap();
+    assert_eq!(y[0].1.shape(), [1, 2, out as usize, out as usize]);
 }
 
 /// Pads near 2^62 overflow the padded shape: an error, not a wrapped size.

@@ -177,6 +177,14 @@ fn run(conv: &Conv, input: &[f32], threads: usize) -> Vec<f32> {
         // Twice into the same workspace: a reused workspace must not leak state.
         conv.run(input, &mut out, &mut ws).unwrap();
         conv.run(input, &mut out, &mut ws).unwrap();
+        // What a runtime budgets for the layer bounds what it filled.
+        let (filled, bound) = (ws.bytes(), conv.scratch_bytes());
+        assert!(
+            filled <= bound,
+            "{} filled {filled} bytes of workspace, over its bound of {bound}, for {:?}",
+            conv.method(),
+            conv.spec()
+        );
     });
     out
 }

@@ -16,7 +16,9 @@ use super::{Activation, ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::direct_conv::{direct_conv_row, DirectRow, FILTER_ALIGN};
 use crate::kernels::gemm::gemm_f32;
 use crate::kernels::Isa;
+use crate::limits::saturating_product;
 use rayon::prelude::*;
+use std::mem::size_of;
 use std::time::{Duration, Instant};
 
 /// Output rows per rayon task in the epilogue pass.
@@ -193,7 +195,28 @@ pub(crate) fn lowers(s: &ConvSpec) -> bool {
 /// this size is still large enough that repacking the weights per block costs little.
 const LOWERED_BLOCK_BYTES: usize = 8 << 20;
 
+/// Lowered rows multiplied at a time (see [`LOWERED_BLOCK_BYTES`]).
+fn lowered_block_rows(s: &ConvSpec) -> usize {
+    (LOWERED_BLOCK_BYTES / (4 * s.lowered_cols())).clamp(1, s.out_pixels())
+}
+
 impl Dense {
+    /// Floats of the workspace's `lowered` buffer a run on `threads` threads uses: the
+    /// padded image (direct path), a band of rows per thread (shifted GEMMs), or a block
+    /// of lowered rows.
+    fn lowered_len(&self, threads: usize) -> usize {
+        let s = &self.spec;
+        if let Some(direct) = &self.direct {
+            saturating_product(&[direct.padded[0], direct.padded[1], s.channels])
+        } else if input_is_lowered(s) {
+            0
+        } else if shifted_gemm::applies(s) {
+            threads.saturating_mul(shifted_gemm::scratch_len(s))
+        } else {
+            lowered_block_rows(s).saturating_mul(s.lowered_cols())
+        }
+    }
+
     /// The direct path: pads each image into the workspace, then computes the output row by
     /// row, finished (bias, activation) and with its zeros counted.
     fn run_direct(
@@ -211,7 +234,7 @@ impl Dense {
         let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
         let mut zeros = 0;
         let in_image = s.height * s.width * c_len;
-        let padded_len = ph * pw * c_len;
+        let padded_len = self.lowered_len(rayon::current_num_threads());
         if ws.lowered.len() < padded_len {
             ws.lowered.resize(padded_len, 0.0);
         }
@@ -252,6 +275,11 @@ impl Dense {
 }
 
 impl ConvKernel for Dense {
+    fn scratch_bytes(&self) -> usize {
+        self.lowered_len(rayon::current_num_threads())
+            .saturating_mul(size_of::<f32>())
+    }
+
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         if let Some(direct) = &self.direct {
             return self.run_direct(direct, input, output, ws);
@@ -262,15 +290,9 @@ impl ConvKernel for Dense {
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
         let input_lowered = input_is_lowered(s);
         let shifted = !input_lowered && shifted_gemm::applies(s);
-        let block_rows = (LOWERED_BLOCK_BYTES / (4 * k_len)).clamp(1, p_len);
+        let block_rows = lowered_block_rows(s);
         let threads = rayon::current_num_threads();
-        let scratch = if shifted {
-            threads * shifted_gemm::scratch_len(s)
-        } else if input_lowered {
-            0
-        } else {
-            block_rows * k_len
-        };
+        let scratch = self.lowered_len(threads);
         if ws.lowered.len() < scratch {
             ws.lowered.resize(scratch, 0.0);
         }

@@ -10,12 +10,16 @@
 //! (non-zero activation, non-zero weight block) pairs that meet.
 
 use super::panels::{l1_slab_rows, WeightPanels};
-use super::tiles::{ensure_tiles, multiply_tasks, task_tiles, tile_rows, Tile, TileSums};
+use super::tiles::{
+    ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, Tile, TileSums,
+};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
+use crate::limits::saturating_product;
 use crate::sparse::Csoa;
 use rayon::prelude::*;
+use std::mem::size_of;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -154,6 +158,13 @@ impl Tile for CsoaTile {
 }
 
 impl CsoaTile {
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.pixels.len() * size_of::<u32>()
+            + (self.cursors.len() + self.chunk_start.len()) * size_of::<RowCursor>()
+            + self.sums.bytes()
+    }
+
     /// Records, tap by tap, the input pixel each output row of `rows` reads.
     fn locate(&mut self, spec: &ConvSpec, rows: std::ops::Range<usize>) {
         let ow = spec.out_width();
@@ -179,6 +190,22 @@ impl CsoaTile {
 }
 
 impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
+    fn scratch_bytes(&self) -> usize {
+        let s = &self.spec;
+        let pixels = s.height * s.width;
+        let chunks = s.channels_per_group().div_ceil(self.chunk);
+        let lists = saturating_product(&[pixels, s.groups, chunks]);
+        let csoa = Csoa::bytes_for(pixels, s.channels, lists);
+        let (taps, blocks) = (s.kernel[0] * s.kernel[1], self.panels.blocks());
+        let tiles = tiles_scratch::<CsoaTile>(s.out_pixels(), |rows| {
+            let located = saturating_product(&[taps, rows, size_of::<u32>()]);
+            let cursors = saturating_product(&[2, rows, size_of::<RowCursor>()]);
+            let sums = TileSums::bytes_for(rows, blocks, WeightPanels::<NB>::WIDTH);
+            located.saturating_add(cursors).saturating_add(sums)
+        });
+        csoa.saturating_add(tiles)
+    }
+
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.spec;
         let image_len = s.height * s.width * s.channels;

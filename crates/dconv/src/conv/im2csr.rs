@@ -6,12 +6,16 @@
 //! so conversion costs one pass over the input plus the non-zeros it emits, never `P x K`.
 
 use super::panels::{l1_slab_rows, l2_chunk_rows, WeightPanels};
-use super::tiles::{ensure_tiles, multiply_tasks, task_tiles, tile_rows, Tile, TileSums};
+use super::tiles::{
+    ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, Tile, TileSums,
+};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
+use crate::limits::saturating_product;
 use crate::sparse::{Csoa, CsrMatrix};
 use rayon::prelude::*;
+use std::mem::size_of;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -82,6 +86,15 @@ pub(crate) struct CsrTile {
     sums: TileSums,
 }
 
+impl CsrTile {
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.csr.bytes()
+            + (self.cursors.len() + self.slab_start.len()) * size_of::<RowCursor>()
+            + self.sums.bytes()
+    }
+}
+
 impl Tile for CsrTile {
     fn sums(&mut self) -> &mut TileSums {
         &mut self.sums
@@ -111,6 +124,19 @@ impl<const NB: usize> CsrProduct<NB> {
             isa,
             epilogue,
         }
+    }
+
+    /// The most bytes the tiles of a layer's CSR rows and their scratch fill, when every
+    /// value of the lowered matrix is non-zero.
+    pub fn tiles_bytes(&self) -> usize {
+        let (k, blocks) = (self.spec.lowered_cols(), self.panels.blocks());
+        tiles_scratch::<CsrTile>(self.spec.out_pixels(), |rows| {
+            let cursors = saturating_product(&[2, rows, size_of::<RowCursor>()]);
+            let sums = TileSums::bytes_for(rows, blocks, WeightPanels::<NB>::WIDTH);
+            CsrMatrix::bytes_for(rows, k)
+                .saturating_add(cursors)
+                .saturating_add(sums)
+        })
     }
 
     /// Multiplies the CSR rows of every tile (`split` is `task_tiles`' answer) by the
@@ -181,6 +207,13 @@ impl<const NB: usize> CsrProduct<NB> {
 }
 
 impl<const NB: usize> ConvKernel for Im2Csr<NB> {
+    fn scratch_bytes(&self) -> usize {
+        let s = &self.product.spec;
+        let pixels = s.height * s.width;
+        let csoa = Csoa::bytes_for(pixels, s.channels, pixels.saturating_mul(s.groups));
+        csoa.saturating_add(self.product.tiles_bytes())
+    }
+
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.product.spec;
         let image_len = s.height * s.width * s.channels;

@@ -8,10 +8,12 @@
 use super::im2col::lower_rows;
 use super::im2csr::CsrProduct;
 use super::panels::WeightPanels;
-use super::tiles::{ensure_tiles, task_tiles, tile_rows};
+use super::tiles::{ensure_tiles, task_tiles, tile_rows, tiles_scratch};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::Isa;
+use crate::limits::saturating_product;
 use rayon::prelude::*;
+use std::mem::size_of;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -33,6 +35,15 @@ impl<const NB: usize> LoweredCsr<NB> {
 }
 
 impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
+    fn scratch_bytes(&self) -> usize {
+        let s = &self.product.spec;
+        let k = s.lowered_cols();
+        let lowered = tiles_scratch::<Vec<f32>>(s.out_pixels(), |rows| {
+            saturating_product(&[rows, k, size_of::<f32>()])
+        });
+        lowered.saturating_add(self.product.tiles_bytes())
+    }
+
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.product.spec;
         let k = s.lowered_cols();

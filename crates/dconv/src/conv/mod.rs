@@ -17,13 +17,15 @@ mod shifted_gemm;
 mod sparse_weight;
 mod spec;
 mod tiles;
+mod workspace;
 
 pub use spec::{Activation, ConvSpec, Padding};
+pub use workspace::Workspace;
 
 use crate::error::{Error, Result};
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::Isa;
-use crate::sparse::Csoa;
+use crate::limits::saturating_product;
 use panels::SharedPanels;
 use std::fmt;
 use std::str::FromStr;
@@ -72,9 +74,7 @@ impl Method {
             Method::SparseWeight => weights.saturating_mul(8),
             Method::LoweredCsr | Method::Im2Csr | Method::Im2Csoa => {
                 let blocks = spec.filters_per_group().div_ceil(WIDEST_PANEL);
-                [spec.groups, blocks, spec.lowered_cols(), WIDEST_PANEL, 4]
-                    .iter()
-                    .fold(1usize, |acc, &v| acc.saturating_mul(v))
+                saturating_product(&[spec.groups, blocks, spec.lowered_cols(), WIDEST_PANEL, 4])
             }
         }
     }
@@ -151,27 +151,6 @@ impl Timing {
     }
 }
 
-/// Scratch buffers a method needs while it runs, owned by the caller and reused across runs
-/// and layers: they grow to the largest need and are never shrunk.
-#[derive(Default)]
-pub struct Workspace {
-    /// The dense lowered matrix (im2col) of one image and group.
-    pub(crate) lowered: Vec<f32>,
-    /// The current image's non-zeros, pixel by pixel.
-    pub(crate) csoa: Csoa,
-    /// One CSR block of lowered rows per tile of output rows.
-    pub(crate) csr_tiles: Vec<im2csr::CsrTile>,
-    /// Per tile of output rows, the dense lowered rows (lowered-csr).
-    pub(crate) lowered_tiles: Vec<Vec<f32>>,
-    /// Per tile of output rows, where im2CSOA reads its pixel lists.
-    pub(crate) csoa_tiles: Vec<im2csoa::CsoaTile>,
-    /// Zero-padded, channel-major input planes of one band of output rows (sparse-weight).
-    pub(crate) planes: Vec<f32>,
-    /// A band's sums of every tile and filter, then one input window per thread
-    /// (sparse-weight).
-    pub(crate) partials: Vec<f32>,
-}
-
 /// What every prepared method shares: the checked spec, the bias and the weight sparsity.
 pub(crate) struct Epilogue {
     pub bias: Vec<f32>,
@@ -228,6 +207,10 @@ fn finish_row(row: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32) -> usize {
 pub(crate) trait ConvKernel: Send + Sync {
     /// Computes `output` from `input`; both lengths are already checked.
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing;
+
+    /// The most bytes of workspace a run on the current thread pool fills, whatever the
+    /// input (saturating).
+    fn scratch_bytes(&self) -> usize;
 }
 
 /// A convolution layer with its weights prepared for one method.
@@ -405,6 +388,14 @@ impl Conv {
     /// Fraction of the weights that are exactly zero.
     pub fn weight_sparsity(&self) -> f64 {
         self.weight_sparsity
+    }
+    /// The most bytes of its [`Workspace`] a run on the current rayon pool fills, whatever
+    /// the input (saturating): a layer can ask for far more scratch than its weights and
+    /// tensors take (a lowered matrix is `R x S` times its input, and a sparse one may hold
+    /// every value), so a runtime checks this against its memory budget before the first
+    /// run. [`Workspace::bytes`] never exceeds it after a run of this layer alone.
+    pub fn scratch_bytes(&self) -> usize {
+        self.kernel.scratch_bytes()
     }
 }
 

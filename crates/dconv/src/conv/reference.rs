@@ -22,6 +22,10 @@ impl Reference {
 }
 
 impl ConvKernel for Reference {
+    fn scratch_bytes(&self) -> usize {
+        0
+    }
+
     fn run(&self, input: &[f32], output: &mut [f32], _ws: &mut Workspace) -> Timing {
         let start = Instant::now();
         let s = &self.spec;

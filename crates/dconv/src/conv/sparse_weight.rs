@@ -545,10 +545,21 @@ fn tile_rows(height: usize, max: usize) -> usize {
         .expect("non-empty range")
 }
 
-impl ConvKernel for SparseWeight {
-    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
+/// How a run splits its threads over bands, and the scratch each group of threads takes.
+struct RunShape {
+    /// The bands, how many groups of threads run bands at once, and threads per band.
+    g: Bands,
+    groups: usize,
+    jobs: usize,
+    /// Floats of planes, of staged sums, and of staged sums and windows, per group.
+    planes_len: usize,
+    staged_len: usize,
+    partial_len: usize,
+}
+
+impl SparseWeight {
+    fn run_shape(&self, threads: usize) -> RunShape {
         let s = &self.spec;
-        let threads = rayon::current_num_threads().max(1);
         // With enough tile rows, each thread takes whole bands of its own: no wait per band,
         // and no thread reads planes another converted. Otherwise they share each band.
         let own = threads > 1 && self.tiles_y >= threads;
@@ -568,6 +579,36 @@ impl ConvKernel for SparseWeight {
         // Per group: staged sums, then one window per thread; whole lines, and one line of
         // slack to start them all on a line.
         let partial_len = staged_len + jobs * self.window_len;
+        RunShape {
+            g,
+            groups,
+            jobs,
+            planes_len,
+            staged_len,
+            partial_len,
+        }
+    }
+}
+
+impl ConvKernel for SparseWeight {
+    fn scratch_bytes(&self) -> usize {
+        let shape = self.run_shape(rayon::current_num_threads().max(1));
+        let planes = shape.groups.saturating_mul(shape.planes_len);
+        let partials = shape.groups.saturating_mul(shape.partial_len);
+        let floats = planes.saturating_add(partials).saturating_add(LINE);
+        floats.saturating_mul(std::mem::size_of::<f32>())
+    }
+
+    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
+        let s = &self.spec;
+        let RunShape {
+            g,
+            groups,
+            jobs,
+            planes_len,
+            staged_len,
+            partial_len,
+        } = self.run_shape(rayon::current_num_threads().max(1));
         if ws.planes.len() < groups * planes_len {
             ws.planes.resize(groups * planes_len, 0.0);
         }

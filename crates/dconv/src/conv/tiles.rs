@@ -3,7 +3,9 @@
 use super::panels::WeightPanels;
 use super::{ConvSpec, Epilogue};
 use crate::kernels::aligned::CacheAligned;
+use crate::limits::saturating_product;
 use rayon::prelude::*;
+use std::mem::size_of;
 use std::ops::Range;
 
 /// Most output rows in a tile: the tile's sparse rows and its spill of sums stay in L2.
@@ -32,6 +34,14 @@ pub(crate) fn tile_rows(t: usize, tile: usize, rows: usize) -> Range<usize> {
     t * tile..((t + 1) * tile).min(rows)
 }
 
+/// The most bytes the tiles of `rows` output rows (cut as [`task_tiles`] cuts them) fill,
+/// when one tile of `r` rows fills `per_tile(r)` besides its struct (saturating).
+pub(crate) fn tiles_scratch<T>(rows: usize, per_tile: impl Fn(usize) -> usize) -> usize {
+    let (tile, _) = task_tiles(rows);
+    let each = per_tile(tile).saturating_add(size_of::<T>());
+    rows.div_ceil(tile).saturating_mul(each)
+}
+
 /// Grows `scratch` to hold one entry per tile (never shrinks, so nothing is allocated once
 /// the largest layer has run).
 pub(crate) fn ensure_tiles<S: Default>(scratch: &mut Vec<S>, tiles: usize) {
@@ -57,6 +67,16 @@ impl TileSums {
     pub fn begin(&mut self, rows: usize, blocks: usize, width: usize) {
         self.spill.reset_zeroed(blocks * rows * width);
         (self.rows, self.width) = (rows, width);
+    }
+
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        self.spill.bytes()
+    }
+
+    /// The most bytes the sums of `rows` rows of `blocks` blocks of `width` channels hold.
+    pub fn bytes_for(rows: usize, blocks: usize, width: usize) -> usize {
+        CacheAligned::bytes_for(saturating_product(&[rows, blocks, width]))
     }
 
     /// The sums of block `block`: `width` floats per row.

@@ -45,6 +45,17 @@ impl CacheAligned {
         self.len = len;
     }
 
+    /// Bytes it holds, with the slack that aligns it.
+    pub fn bytes(&self) -> usize {
+        self.buf.len() * size_of::<f32>()
+    }
+
+    /// The most bytes a buffer of `len` floats holds (saturating).
+    pub fn bytes_for(len: usize) -> usize {
+        len.saturating_add(FLOATS_PER_LINE - 1)
+            .saturating_mul(size_of::<f32>())
+    }
+
     pub fn as_slice(&self) -> &[f32] {
         &self.buf[self.start..self.start + self.len]
     }

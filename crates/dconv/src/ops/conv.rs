@@ -196,7 +196,6 @@ impl ConvDraft {
         let zeros = self.weights.iter().filter(|&&w| w == 0.0).count();
         let weight_sparsity = zeros as f64 / self.weights.len().max(1) as f64;
         let prepared = b.selection.methods(&self.spec, weight_sparsity);
-        let choice = b.selection.choice(&self.spec, weight_sparsity, &prepared);
         let names = prepared.iter().map(|m| m.name()).collect::<Vec<_>>();
         b.account_prepared(
             format!("preparing {}", names.join(", ")),
@@ -204,6 +203,9 @@ impl ConvDraft {
         )?;
         let methods =
             Conv::prepare_methods(&self.spec, &self.weights, Some(&self.bias), &prepared)?;
+        let methods = b.fit_scratch(methods)?;
+        let kept = methods.iter().map(Conv::method).collect::<Vec<_>>();
+        let choice = b.selection.choice(&self.spec, weight_sparsity, &kept);
         let step = ConvStep {
             methods,
             choice,

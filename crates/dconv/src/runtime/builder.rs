@@ -4,6 +4,7 @@
 
 use super::layout::{plain_strides, Layout};
 use super::policy::Selection;
+use crate::conv::Conv;
 use crate::error::{Error, Result};
 use crate::limits::{checked_elements, MAX_FOLDED_BYTES};
 use crate::ops::conv::ConvStep;
@@ -89,6 +90,9 @@ pub(crate) struct Builder {
     pub folded_bytes: usize,
     /// Bytes of the weights the convolutions' methods packed so far.
     pub prepared_bytes: usize,
+    /// The most workspace any convolution's prepared methods fill: one workspace serves
+    /// every layer.
+    pub scratch_bytes: usize,
     pub consts: Vec<Arc<Tensor>>,
     /// Element count of each slot.
     pub slot_lens: Vec<usize>,
@@ -109,6 +113,7 @@ impl Builder {
             budget,
             folded_bytes: 0,
             prepared_bytes: 0,
+            scratch_bytes: 0,
             consts: Vec::new(),
             slot_lens: Vec::new(),
             steps: Vec::new(),
@@ -172,6 +177,30 @@ impl Builder {
         }
         self.prepared_bytes += bytes;
         Ok(())
+    }
+
+    /// Keeps the prepared methods of a convolution whose workspace fits the budget on its
+    /// own (a layer can ask for far more scratch than its tensors take: a lowered matrix is
+    /// `R x S` times its input) and accounts for the largest kept; refuses the layer when
+    /// none fits, before any of them has run.
+    pub fn fit_scratch(&mut self, methods: Vec<Conv>) -> Result<Vec<Conv>> {
+        let budget = self.budget.unwrap_or(usize::MAX);
+        let (fit, over): (Vec<Conv>, Vec<Conv>) = methods
+            .into_iter()
+            .partition(|conv| conv.scratch_bytes() <= budget);
+        if let Some(largest) = fit.iter().map(Conv::scratch_bytes).max() {
+            self.scratch_bytes = self.scratch_bytes.max(largest);
+            return Ok(fit);
+        }
+        let smallest = over
+            .iter()
+            .min_by_key(|conv| conv.scratch_bytes())
+            .expect("a convolution prepares at least one method");
+        Err(Error::OverBudget {
+            what: format!("the workspace of method {}", smallest.method()),
+            needed: smallest.scratch_bytes(),
+            budget,
+        })
     }
 
     /// Where a step reads `v` from; a constant becomes (a float copy of) a plan constant.

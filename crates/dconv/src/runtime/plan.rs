@@ -234,20 +234,26 @@ fn plan_conv(
     Ok((out, draft.finish(b, x)?))
 }
 
-/// Refuses a plan whose buffers (each as large as the largest slot it holds) and folded
-/// constants exceed `budget` bytes. The methods' own scratch is not counted.
+/// Refuses a plan whose buffers (each as large as the largest slot it holds), folded
+/// constants, prepared weights and workspace (the most any layer's methods fill) exceed
+/// `budget` bytes.
 fn check_budget(b: &Builder, slot_buffer: &[usize], buffers: usize, budget: usize) -> Result<()> {
     let mut largest = vec![0usize; buffers];
     for (&buffer, &len) in slot_buffer.iter().zip(&b.slot_lens) {
         largest[buffer] = largest[buffer].max(len);
     }
+    let fixed = [b.folded_bytes, b.prepared_bytes, b.scratch_bytes];
     let needed = largest.iter().fold(
-        b.folded_bytes.saturating_add(b.prepared_bytes),
+        fixed
+            .iter()
+            .fold(0usize, |sum, &bytes| sum.saturating_add(bytes)),
         |sum, &len| sum.saturating_add(len.saturating_mul(size_of::<f32>())),
     );
     if needed > budget {
         return Err(Error::OverBudget {
-            what: format!("the plan's {buffers} buffers, folded constants and prepared weights"),
+            what: format!(
+                "the plan's {buffers} buffers, folded constants, prepared weights and workspace"
+            ),
             needed,
             budget,
         });

@@ -27,7 +27,8 @@ pub struct SessionOptions {
     pub policy: Policy,
     /// The cost model `auto` picks by (default: the compiled-in profile).
     pub cost_profile: CostProfile,
-    /// The most bytes a plan's buffers and folded constants may take; None: no bound.
+    /// The most bytes a plan's buffers, folded constants, prepared weights and workspace
+    /// (the most any layer fills) may take; None: [`crate::limits::DEFAULT_MAX_MEMORY`].
     pub max_memory: Option<usize>,
 }
 

@@ -2,6 +2,7 @@
 
 use crate::kernels::compact::compact_nonzeros;
 use rayon::prelude::*;
+use std::mem::size_of;
 use std::ops::Range;
 
 /// The non-zero activations of one NHWC image, each stored once with its position: for every
@@ -138,6 +139,21 @@ impl Csoa {
     /// All channel indices and values, list after list.
     pub fn entries(&self) -> (&[u32], &[f32]) {
         (&self.chans, &self.vals)
+    }
+
+    /// Bytes its lists and offsets hold.
+    pub fn bytes(&self) -> usize {
+        self.offsets.len() * size_of::<usize>()
+            + self.chans.len() * size_of::<u32>()
+            + self.vals.len() * size_of::<f32>()
+    }
+
+    /// The most bytes it holds for an image of `pixels x channels` cut into `lists` lists
+    /// (pixels x groups x chunks), when every activation is non-zero (saturating).
+    pub fn bytes_for(pixels: usize, channels: usize, lists: usize) -> usize {
+        let entry = size_of::<u32>() + size_of::<f32>();
+        let offsets = lists.saturating_add(1).saturating_mul(size_of::<usize>());
+        offsets.saturating_add(pixels.saturating_mul(channels).saturating_mul(entry))
     }
 
     /// Number of non-zero activations.

@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::compact::compact_nonzeros;
+use std::mem::size_of;
 
 /// A matrix in compressed sparse row form: row `i` holds the columns
 /// `cols[row_ptr[i]..row_ptr[i + 1]]`, strictly increasing and below `ncols`, with their
@@ -122,6 +123,21 @@ impl CsrMatrix {
     pub fn nnz(&self) -> usize {
         self.cols.len()
     }
+    /// Bytes its row pointers, columns and values hold.
+    pub fn bytes(&self) -> usize {
+        self.row_ptr.len() * size_of::<usize>()
+            + self.cols.len() * size_of::<u32>()
+            + self.vals.len() * size_of::<f32>()
+    }
+
+    /// The most bytes a matrix of `rows x cols` holds, when every value is non-zero
+    /// (saturating).
+    pub fn bytes_for(rows: usize, cols: usize) -> usize {
+        let entry = size_of::<u32>() + size_of::<f32>();
+        let row_ptr = rows.saturating_add(1).saturating_mul(size_of::<usize>());
+        row_ptr.saturating_add(rows.saturating_mul(cols).saturating_mul(entry))
+    }
+
     /// The row pointers, columns and values, for kernels that walk many rows at once.
     pub(crate) fn parts(&self) -> (&[usize], &[u32], &[f32]) {
         (&self.row_ptr, &self.cols, &self.vals)
