@@ -1,5 +1,5 @@
-//! The dense method's path for stride-1 layers: a sum of shifted GEMMs, one per kernel tap,
-//! with no lowered matrix.
+//! The dense method's path for stride-1 layers: a sum of shifted GEMMs, one per kernel row
+//! (or per tap), with no lowered matrix.
 //!
 //! At stride 1, tap `(r, s)` of output `(oy, ox)` reads padded input pixel
 //! `(oy + r*dh, ox + s*dw)`. On a "virtual" output grid as wide as the padded input (`Wp`),
@@ -13,7 +13,7 @@
 //! (2 of 242 columns for a 3x3 kernel).
 //!
 //! The output is computed a band of rows at a time: the band's padded input rows and its
-//! virtual sums together fit L2, so the GEMMs read the input from L2 once per tap. Threads
+//! virtual sums together fit L2, so the GEMMs read the input from L2 once each. Threads
 //! take even shares of the output rows, each with its own band buffers.
 
 use super::im2col::pad_rows;
