@@ -100,3 +100,19 @@ pub(crate) fn prefetch_l2(data: &[f32]) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = data;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Isa;
+
+    /// The kernels' tests compare every supported ISA with the portable code, which comes
+    /// first; on AArch64, which always has NEON, the NEON kernels must be among them
+    /// (`scripts/test-aarch64` runs the tests there under emulation).
+    #[test]
+    fn the_tested_isas_start_with_portable_and_include_neon_on_aarch64() {
+        let supported = Isa::supported();
+        assert_eq!(supported.first(), Some(&Isa::Portable));
+        #[cfg(target_arch = "aarch64")]
+        assert!(supported.contains(&Isa::Neon), "{supported:?}");
+    }
+}
