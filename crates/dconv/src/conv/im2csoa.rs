@@ -11,7 +11,7 @@
 
 use super::panels::{l1_slab_rows, WeightPanels};
 use super::tiles::{
-    ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, Tile, TileSums,
+    ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
@@ -199,9 +199,7 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
         let (taps, blocks) = (s.kernel[0] * s.kernel[1], self.panels.blocks());
         let tiles = tiles_scratch::<CsoaTile>(s.out_pixels(), |rows| {
             let located = saturating_product(&[taps, rows, size_of::<u32>()]);
-            let cursors = saturating_product(&[2, rows, size_of::<RowCursor>()]);
-            let sums = TileSums::bytes_for(rows, blocks, WeightPanels::<NB>::WIDTH);
-            located.saturating_add(cursors).saturating_add(sums)
+            located.saturating_add(walk_bytes(rows, blocks, WeightPanels::<NB>::WIDTH))
         });
         csoa.saturating_add(tiles)
     }

@@ -7,12 +7,11 @@
 
 use super::panels::{l1_slab_rows, l2_chunk_rows, WeightPanels};
 use super::tiles::{
-    ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, Tile, TileSums,
+    ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
-use crate::limits::saturating_product;
 use crate::sparse::{Csoa, CsrMatrix};
 use rayon::prelude::*;
 use std::mem::size_of;
@@ -131,11 +130,11 @@ impl<const NB: usize> CsrProduct<NB> {
     pub fn tiles_bytes(&self) -> usize {
         let (k, blocks) = (self.spec.lowered_cols(), self.panels.blocks());
         tiles_scratch::<CsrTile>(self.spec.out_pixels(), |rows| {
-            let cursors = saturating_product(&[2, rows, size_of::<RowCursor>()]);
-            let sums = TileSums::bytes_for(rows, blocks, WeightPanels::<NB>::WIDTH);
-            CsrMatrix::bytes_for(rows, k)
-                .saturating_add(cursors)
-                .saturating_add(sums)
+            CsrMatrix::bytes_for(rows, k).saturating_add(walk_bytes(
+                rows,
+                blocks,
+                WeightPanels::<NB>::WIDTH,
+            ))
         })
     }
 

@@ -3,6 +3,7 @@
 use super::panels::WeightPanels;
 use super::{ConvSpec, Epilogue};
 use crate::kernels::aligned::CacheAligned;
+use crate::kernels::sparse_row_panel::RowCursor;
 use crate::limits::saturating_product;
 use rayon::prelude::*;
 use std::mem::size_of;
@@ -40,6 +41,14 @@ pub(crate) fn tiles_scratch<T>(rows: usize, per_tile: impl Fn(usize) -> usize) -
     let (tile, _) = task_tiles(rows);
     let each = per_tile(tile).saturating_add(size_of::<T>());
     rows.div_ceil(tile).saturating_mul(each)
+}
+
+/// The most bytes one tile of `rows` rows fills for the multiply itself, whichever method:
+/// two cursors per row (the walk, and where it restarts for the next block) and the sums
+/// of `blocks` blocks of `width` channels (saturating).
+pub(crate) fn walk_bytes(rows: usize, blocks: usize, width: usize) -> usize {
+    saturating_product(&[2, rows, size_of::<RowCursor>()])
+        .saturating_add(TileSums::bytes_for(rows, blocks, width))
 }
 
 /// Grows `scratch` to hold one entry per tile (never shrinks, so nothing is allocated once
