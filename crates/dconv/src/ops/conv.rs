@@ -6,7 +6,7 @@ use crate::conv::{Activation, Conv, ConvSpec, Method, Workspace};
 use crate::error::{Error, Result};
 use crate::runtime::builder::{Builder, StepOp, Value};
 use crate::runtime::layout::Layout;
-use crate::runtime::policy::Choice;
+use crate::runtime::policy::{Choice, Selection};
 
 /// A convolution read from its node, before folding and fusion.
 pub(crate) struct ConvDraft {
@@ -278,6 +278,31 @@ impl ConvStep {
     /// Every prepared convolution.
     pub fn convs(&self) -> &[Conv] {
         &self.methods
+    }
+
+    /// The prepared convolutions the step could run without: all but a forced method, or,
+    /// under `auto`, any while another is left.
+    pub fn spare(&self) -> impl Iterator<Item = &Conv> {
+        let forced = match self.choice {
+            Choice::Fixed(m) => Some(m),
+            Choice::Cheapest(_) => None,
+        };
+        let others = forced.is_some() || self.methods.len() > 1;
+        self.methods
+            .iter()
+            .filter(move |c| others && Some(c.method()) != forced)
+    }
+
+    /// Drops the prepared `method`, one of [`spare`](Self::spare) (a tight memory budget
+    /// cannot hold its workspace), and picks among the methods left from then on.
+    pub fn drop_method(&mut self, method: Method, selection: &Selection) {
+        self.methods.retain(|c| c.method() != method);
+        assert!(!self.methods.is_empty(), "a convolution keeps one method");
+        if let Choice::Cheapest(_) = self.choice {
+            let spec = *self.methods[0].spec();
+            let kept = self.methods().collect::<Vec<_>>();
+            self.choice = selection.choice(&spec, self.weight_sparsity, &kept);
+        }
     }
 
     /// Fraction of zero weights (after BatchNormalization folding).

@@ -90,9 +90,6 @@ pub(crate) struct Builder {
     pub folded_bytes: usize,
     /// Bytes of the weights the convolutions' methods packed so far.
     pub prepared_bytes: usize,
-    /// The most workspace any convolution's prepared methods fill: one workspace serves
-    /// every layer.
-    pub scratch_bytes: usize,
     pub consts: Vec<Arc<Tensor>>,
     /// Element count of each slot.
     pub slot_lens: Vec<usize>,
@@ -113,7 +110,6 @@ impl Builder {
             budget,
             folded_bytes: 0,
             prepared_bytes: 0,
-            scratch_bytes: 0,
             consts: Vec::new(),
             slot_lens: Vec::new(),
             steps: Vec::new(),
@@ -181,15 +177,15 @@ impl Builder {
 
     /// Keeps the prepared methods of a convolution whose workspace fits the budget on its
     /// own (a layer can ask for far more scratch than its tensors take: a lowered matrix is
-    /// `R x S` times its input) and accounts for the largest kept; refuses the layer when
-    /// none fits, before any of them has run.
-    pub fn fit_scratch(&mut self, methods: Vec<Conv>) -> Result<Vec<Conv>> {
+    /// `R x S` times its input); refuses the layer when none fits, before any of them has
+    /// run. (Whether the kept ones fit beside the rest of the plan is
+    /// [`budget::fit`](super::budget::fit)'s question, once the plan is whole.)
+    pub fn fit_scratch(&self, methods: Vec<Conv>) -> Result<Vec<Conv>> {
         let budget = self.budget.unwrap_or(usize::MAX);
         let (fit, over): (Vec<Conv>, Vec<Conv>) = methods
             .into_iter()
             .partition(|conv| conv.scratch_bytes() <= budget);
-        if let Some(largest) = fit.iter().map(Conv::scratch_bytes).max() {
-            self.scratch_bytes = self.scratch_bytes.max(largest);
+        if !fit.is_empty() {
             return Ok(fit);
         }
         let smallest = over

@@ -19,6 +19,7 @@
 //! ```
 
 mod analysis;
+mod budget;
 pub(crate) mod builder;
 mod example;
 pub(crate) mod layout;

@@ -138,7 +138,7 @@ pub(crate) fn build(
     drop(values);
     let (slot_buffer, buffers) = assign_buffers(&b, &inputs, &outputs);
     if let Some(budget) = budget {
-        check_budget(&b, &slot_buffer, buffers, budget)?;
+        super::budget::fit(&mut b, &slot_buffer, buffers, budget)?;
     }
     Ok(Plan {
         steps: b.steps,
@@ -232,33 +232,6 @@ fn plan_conv(
         }
     }
     Ok((out, draft.finish(b, x)?))
-}
-
-/// Refuses a plan whose buffers (each as large as the largest slot it holds), folded
-/// constants, prepared weights and workspace (the most any layer's methods fill) exceed
-/// `budget` bytes.
-fn check_budget(b: &Builder, slot_buffer: &[usize], buffers: usize, budget: usize) -> Result<()> {
-    let mut largest = vec![0usize; buffers];
-    for (&buffer, &len) in slot_buffer.iter().zip(&b.slot_lens) {
-        largest[buffer] = largest[buffer].max(len);
-    }
-    let fixed = [b.folded_bytes, b.prepared_bytes, b.scratch_bytes];
-    let needed = largest.iter().fold(
-        fixed
-            .iter()
-            .fold(0usize, |sum, &bytes| sum.saturating_add(bytes)),
-        |sum, &len| sum.saturating_add(len.saturating_mul(size_of::<f32>())),
-    );
-    if needed > budget {
-        return Err(Error::OverBudget {
-            what: format!(
-                "the plan's {buffers} buffers, folded constants, prepared weights and workspace"
-            ),
-            needed,
-            budget,
-        });
-    }
-    Ok(())
 }
 
 /// Gives each slot a buffer, reusing the buffers of slots no later step reads. A step's

@@ -28,7 +28,9 @@ pub struct SessionOptions {
     /// The cost model `auto` picks by (default: the compiled-in profile).
     pub cost_profile: CostProfile,
     /// The most bytes a plan's buffers, folded constants, prepared weights and workspace
-    /// (the most any layer fills) may take; None: [`crate::limits::DEFAULT_MAX_MEMORY`].
+    /// (per method, the most any layer fills) may take; None:
+    /// [`crate::limits::DEFAULT_MAX_MEMORY`]. Under [`Policy::Auto`], a tight budget drops
+    /// the methods with the largest workspaces before it refuses a model.
     pub max_memory: Option<usize>,
 }
 
