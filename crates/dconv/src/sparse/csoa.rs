@@ -1,6 +1,7 @@
 //! Compressed Sparse Overlapped Activations.
 
-use crate::kernels::compact::compact_nonzeros;
+use crate::kernels::compact::{compact_nonzeros, count_nonzeros};
+use crate::kernels::Isa;
 use rayon::prelude::*;
 use std::mem::size_of;
 use std::ops::Range;
@@ -73,6 +74,7 @@ impl Csoa {
         self.groups = groups;
         (self.chunk, self.chunks) = (chunk.min(cg), chunks);
         let lists = height * width * groups * chunks;
+        let isa = Isa::detect();
         // Pass 1: count each sub-list's non-zeros, in parallel by rows of pixels.
         self.offsets.resize(lists + 1, 0);
         let (counts, _) = self.offsets.split_at_mut(lists);
@@ -82,7 +84,7 @@ impl Csoa {
             .for_each(|(counts, row)| {
                 let sub_lists = row.chunks_exact(cg).flat_map(|list| list.chunks(chunk));
                 for (count, list) in counts.iter_mut().zip(sub_lists) {
-                    *count = list.iter().filter(|&&v| v != 0.0).count();
+                    *count = count_nonzeros(isa, list);
                 }
             });
         // Counts to offsets (an exclusive prefix sum), closed by the total.
@@ -204,9 +206,9 @@ fn fill_rows(
         );
         return;
     }
-    let mut n = 0;
+    let (isa, mut n) = (Isa::detect(), 0);
     for list in image[rows.start * row_len..rows.end * row_len].chunks_exact(cg) {
-        n = compact_nonzeros(list, 0, chans, vals, n);
+        n = compact_nonzeros(isa, list, 0, chans, vals, n);
     }
 }
 

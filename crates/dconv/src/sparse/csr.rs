@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::compact::compact_nonzeros;
+use crate::kernels::Isa;
 use std::mem::size_of;
 
 /// A matrix in compressed sparse row form: row `i` holds the columns
@@ -73,9 +74,9 @@ impl CsrMatrix {
         // Room for every value, then cut back to the non-zeros.
         self.cols.resize(dense.len(), 0);
         self.vals.resize(dense.len(), 0.0);
-        let mut nnz = 0;
+        let (isa, mut nnz) = (Isa::detect(), 0);
         for row in dense.chunks_exact(ncols) {
-            nnz = compact_nonzeros(row, 0, &mut self.cols, &mut self.vals, nnz);
+            nnz = compact_nonzeros(isa, row, 0, &mut self.cols, &mut self.vals, nnz);
             self.row_ptr.push(nnz);
         }
         self.cols.truncate(nnz);
