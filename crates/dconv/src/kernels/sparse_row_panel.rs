@@ -57,9 +57,6 @@ pub(crate) fn accumulate_rows<const NB: usize>(
         return;
     };
     let Entries { cols, vals } = entries;
-    assert!(cursors
-        .iter()
-        .all(|c| c.next <= c.end && c.end <= cols.len()));
     assert!(stride >= 16 * NB && last * stride + 16 * NB <= out.len());
     let isa = if isa.is_supported() {
         isa
@@ -67,8 +64,8 @@ pub(crate) fn accumulate_rows<const NB: usize>(
         Isa::Portable
     };
     match isa {
-        // SAFETY: cursor ranges and the output extent are checked above, columns in the
-        // kernel, and the CPU has the feature.
+        // SAFETY: the two lengths (in `Entries::new`) and the output extent are checked
+        // above, cursors and columns in the kernel, and the CPU has the feature.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe {
             x86::rows_avx512::<NB>(cols, vals, cursors, limit, panel, out, stride)
@@ -96,6 +93,20 @@ fn column_outside_panel(col: usize, rows: usize) -> ! {
     panic!("sparse column {col} is outside a panel of {rows} rows")
 }
 
+/// Panics unless a row's cursor lies within `entries` entries. Every kernel checks each
+/// row's as it starts the row: the x86 kernels then read through raw pointers.
+#[inline(always)]
+fn check_cursor(cursor: RowCursor, entries: usize) {
+    #[cold]
+    #[inline(never)]
+    fn outside(cursor: RowCursor, entries: usize) -> ! {
+        panic!("row cursor {cursor:?} is outside {entries} entries")
+    }
+    if cursor.next > cursor.end || cursor.end > entries {
+        outside(cursor, entries)
+    }
+}
+
 /// Plain Rust, bounds-checked: the reference for the SIMD versions and the fallback.
 fn rows_portable<const NB: usize>(
     cols: &[u32],
@@ -107,6 +118,7 @@ fn rows_portable<const NB: usize>(
     stride: usize,
 ) {
     for (r, cursor) in cursors.iter_mut().enumerate() {
+        check_cursor(*cursor, cols.len());
         let acc = &mut out[r * stride..][..16 * NB];
         while cursor.next < cursor.end && cols[cursor.next] < limit {
             let (c, v) = (cols[cursor.next] as usize, vals[cursor.next]);
@@ -127,10 +139,9 @@ mod x86 {
     macro_rules! x86_rows_kernel {
         ($name:ident, $feature:literal, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident, $add:ident) => {
             /// # Safety
-            /// SAFETY: the CPU must have `$feature`; every cursor must satisfy
-            /// `next <= end <= cols.len() == vals.len()`, every column must index a whole
-            /// `16 * NB` row of `panel`, and row `r`'s `16 * NB` outputs at `r * stride` must
-            /// lie in `out` (what `rows` checks before calling).
+            /// SAFETY: the CPU must have `$feature`, `cols.len() == vals.len()`, and row `r`'s
+            /// `16 * NB` outputs at `r * stride` must lie in `out` (what `accumulate_rows`
+            /// checks before calling). Cursors and columns are checked here, as they are read.
             #[target_feature(enable = $feature)]
             pub(super) unsafe fn $name<const NB: usize>(
                 cols: &[u32],
@@ -151,15 +162,13 @@ mod x86 {
                 let (base, cp, vp) = (panel.as_ptr(), cols.as_ptr(), vals.as_ptr());
                 for r in 0..cursors.len() {
                     let (mut i, end) = (cursors[r].next, cursors[r].end);
+                    super::check_cursor(cursors[r], cols.len());
                     // The entries of a row a little ahead are scattered in memory: ask for
-                    // them now so that they arrive while this row is multiplied.
+                    // them now so that they arrive while this row is multiplied (a prefetch
+                    // never faults, wherever it points).
                     if let Some(ahead) = cursors.get(r + 2) {
-                        // SAFETY: `ahead.next <= cols.len()` (checked by the caller); a
-                        // prefetch never faults, even one past the end.
-                        unsafe {
-                            _mm_prefetch::<_MM_HINT_T0>(cp.add(ahead.next).cast());
-                            _mm_prefetch::<_MM_HINT_T0>(vp.add(ahead.next).cast());
-                        }
+                        _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(ahead.next).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(ahead.next).cast());
                     }
                     // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
                     let dst = unsafe { out.as_mut_ptr().add(r * stride) };
@@ -171,7 +180,8 @@ mod x86 {
                             a[j][q] = unsafe { $load(dst.add(j * 16 + q * $lanes)) };
                         }
                     }
-                    // SAFETY (loop reads): i + 1 < end <= cols.len() == vals.len().
+                    // SAFETY (loop reads): i + 1 < end <= cols.len() == vals.len() (checked as the
+                    // row starts).
                     while i + 1 < end && unsafe { *cp.add(i + 1) } < limit {
                         // SAFETY: as above.
                         let (c0, c1) = unsafe { (*cp.add(i) as usize, *cp.add(i + 1) as usize) };
@@ -282,6 +292,7 @@ mod arm {
     ) {
         let width = 16 * NB;
         for (r, cursor) in cursors.iter_mut().enumerate() {
+            super::check_cursor(*cursor, cols.len());
             // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
             let dst = unsafe { out.as_mut_ptr().add(r * stride) };
             let mut a = [[vdupq_n_f32(0.0); 4]; NB];
@@ -382,7 +393,7 @@ mod tests {
     }
 
     #[test]
-    fn short_outputs_and_columns_outside_the_panel_are_refused() {
+    fn short_outputs_and_cursors_and_columns_outside_the_arrays_are_refused() {
         for isa in Isa::supported() {
             let short = std::panic::catch_unwind(|| {
                 let mut cursors = [RowCursor::default(); 2];
@@ -419,6 +430,25 @@ mod tests {
                     );
                 });
                 assert!(outside.is_err(), "{isa}: column outside the panel accepted");
+            }
+            // A second row whose cursor ends past the entries, or starts after its end.
+            for bad in [RowCursor { next: 0, end: 3 }, RowCursor { next: 2, end: 1 }] {
+                let outside = std::panic::catch_unwind(|| {
+                    let (cols, vals) = ([0u32, 1], [1.0f32; 2]);
+                    let mut cursors = [RowCursor { next: 0, end: 2 }, bad];
+                    let mut out = vec![0.0; 32];
+                    let panel = vec![1.0; 3 * 16];
+                    accumulate_rows::<1>(
+                        isa,
+                        Entries::new(&cols, &vals),
+                        &mut cursors,
+                        u32::MAX,
+                        &panel,
+                        &mut out,
+                        16,
+                    );
+                });
+                assert!(outside.is_err(), "{isa}: cursor {bad:?} accepted");
             }
         }
     }
