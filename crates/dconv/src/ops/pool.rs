@@ -4,6 +4,8 @@
 use super::conv::resolve_pads;
 use super::{Ctx, Kernel};
 use crate::error::{Error, Result};
+use crate::kernels::multiversion::vectorized;
+use crate::kernels::Isa;
 use crate::runtime::builder::{Builder, Value};
 use crate::runtime::layout::Layout;
 use rayon::prelude::*;
@@ -31,7 +33,7 @@ struct Pool {
     padded_end: [usize; 2],
 }
 
-/// Channels reduced at a time in registers (four SSE vectors).
+/// Channels reduced at a time in registers (one AVX-512 vector, two AVX or four SSE ones).
 const CHUNK: usize = 16;
 
 /// Windows with more taps than this (global pools) add whole pixels into the output row
@@ -51,17 +53,25 @@ impl Kernel for Pool {
         // The zeros of each output row are counted while it is still in registers or cache:
         // a pooling between two convolutions hands the next one its input sparsity.
         let whole_windows = self.reduce == Reduce::Max && self.windows_inside();
+        let isa = Isa::detect();
         let zeros: usize = output
             .par_chunks_mut(ow * c_len)
             .enumerate()
             .map(|(row, out_row)| {
                 let (n, oy) = (row / oh, row % oh);
                 let image = &x[n * image_in..(n + 1) * image_in];
-                if whole_windows {
-                    self.max_row(image, &self.taps(0, oy), out_row)
-                } else {
-                    self.row(image, oy, out_row)
-                }
+                // Compiled for the CPU's vector width, whole channel vectors at a time.
+                vectorized(
+                    isa,
+                    #[inline(always)]
+                    || {
+                        if whole_windows {
+                            self.max_row(image, &self.taps(0, oy), out_row)
+                        } else {
+                            self.row(image, oy, out_row)
+                        }
+                    },
+                )
             })
             .sum();
         Some(zeros as f64 / output.len().max(1) as f64)
