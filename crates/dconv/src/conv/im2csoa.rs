@@ -14,7 +14,7 @@ use super::tiles::{
     ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
-use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
+use crate::kernels::sparse_row_panel::{accumulate_ranges, Entries, RowCursor};
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
 use crate::sparse::Csoa;
@@ -104,8 +104,8 @@ impl<const NB: usize> Im2Csoa<NB> {
                     for chunk in 0..chunks {
                         // Each row walks the chunk's sub-list of the pixel under the tap,
                         // whose length the CSOA recorded.
-                        t.chunk_start.clear();
-                        t.chunk_start
+                        t.walks.clear();
+                        t.walks
                             .extend(t.pixels[tap * rows..(tap + 1) * rows].iter().map(|&pixel| {
                                 if pixel == PADDING {
                                     RowCursor::default()
@@ -122,12 +122,10 @@ impl<const NB: usize> Im2Csoa<NB> {
                             if self.zero_chunks[flag] {
                                 continue;
                             }
-                            t.cursors.clone_from(&t.chunk_start);
-                            accumulate_rows::<NB>(
+                            accumulate_ranges::<NB>(
                                 self.isa,
                                 Entries::new(chans, vals),
-                                &mut t.cursors,
-                                u32::MAX,
+                                &t.walks,
                                 &self.panels.panel(g, block)[tap * cg * width..],
                                 t.sums.block_mut(block),
                                 width,
@@ -145,9 +143,8 @@ impl<const NB: usize> Im2Csoa<NB> {
 #[derive(Default)]
 pub(crate) struct CsoaTile {
     pixels: Vec<u32>,
-    cursors: Vec<RowCursor>,
-    /// The cursors where the current chunk of channels starts.
-    chunk_start: Vec<RowCursor>,
+    /// Each row's walk of the current tap and chunk of channels: the sub-list it reads.
+    walks: Vec<RowCursor>,
     sums: TileSums,
 }
 
@@ -161,7 +158,7 @@ impl CsoaTile {
     /// Bytes it holds.
     pub fn bytes(&self) -> usize {
         self.pixels.len() * size_of::<u32>()
-            + (self.cursors.len() + self.chunk_start.len()) * size_of::<RowCursor>()
+            + self.walks.len() * size_of::<RowCursor>()
             + self.sums.bytes()
     }
 

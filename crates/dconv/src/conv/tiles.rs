@@ -44,8 +44,8 @@ pub(crate) fn tiles_scratch<T>(rows: usize, per_tile: impl Fn(usize) -> usize) -
 }
 
 /// The most bytes one tile of `rows` rows fills for the multiply itself, whichever method:
-/// two cursors per row (the walk, and where it restarts for the next block) and the sums
-/// of `blocks` blocks of `width` channels (saturating).
+/// at most two cursors per row (im2CSR's walk and where it restarts for the next block;
+/// im2CSOA keeps one) and the sums of `blocks` blocks of `width` channels (saturating).
 pub(crate) fn walk_bytes(rows: usize, blocks: usize, width: usize) -> usize {
     saturating_product(&[2, rows, size_of::<RowCursor>()])
         .saturating_add(TileSums::bytes_for(rows, blocks, width))

@@ -36,6 +36,42 @@ pub(crate) struct RowCursor {
     pub end: usize,
 }
 
+/// The rows a kernel walks: where each row's pending entries lie, and what is kept of where
+/// its walk stopped.
+trait Rows {
+    fn len(&self) -> usize;
+    fn cursor(&self, r: usize) -> RowCursor;
+    /// Row `r`'s walk stopped before entry `next`.
+    fn stop(&mut self, r: usize, next: usize);
+}
+
+/// Cursors that advance past what each walk multiplied, for callers that walk a row's
+/// entries in several calls, one block of k at a time.
+impl Rows for &mut [RowCursor] {
+    fn len(&self) -> usize {
+        <[RowCursor]>::len(self)
+    }
+    fn cursor(&self, r: usize) -> RowCursor {
+        self[r]
+    }
+    fn stop(&mut self, r: usize, next: usize) {
+        self[r].next = next;
+    }
+}
+
+/// Rows walked whole, each over a range fixed in advance: nothing to keep.
+struct Ranges<'a>(&'a [RowCursor]);
+
+impl Rows for Ranges<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn cursor(&self, r: usize) -> RowCursor {
+        self.0[r]
+    }
+    fn stop(&mut self, _: usize, _: usize) {}
+}
+
 /// For each row `r`, adds `v * panel[c]` over its pending entries whose column is below
 /// `limit` to the `16 * NB` floats at `out[r * stride..]`, and advances its cursor past them.
 /// Columns must increase along a row.
@@ -53,7 +89,34 @@ pub(crate) fn accumulate_rows<const NB: usize>(
     out: &mut [f32],
     stride: usize,
 ) {
-    let Some(last) = cursors.len().checked_sub(1) else {
+    accumulate::<NB, _>(isa, entries, cursors, limit, panel, out, stride);
+}
+
+/// [`accumulate_rows`] over every entry of each row's range, which stays as it is: for a
+/// caller that knows where each row's walk ends and walks the same ranges again for the
+/// next block of output channels.
+pub(crate) fn accumulate_ranges<const NB: usize>(
+    isa: Isa,
+    entries: Entries,
+    ranges: &[RowCursor],
+    panel: &[f32],
+    out: &mut [f32],
+    stride: usize,
+) {
+    accumulate::<NB, _>(isa, entries, Ranges(ranges), u32::MAX, panel, out, stride);
+}
+
+/// Checks the output extent and runs the kernel of `isa` (or the portable one).
+fn accumulate<const NB: usize, R: Rows>(
+    isa: Isa,
+    entries: Entries,
+    rows: R,
+    limit: u32,
+    panel: &[f32],
+    out: &mut [f32],
+    stride: usize,
+) {
+    let Some(last) = rows.len().checked_sub(1) else {
         return;
     };
     let Entries { cols, vals } = entries;
@@ -68,19 +131,19 @@ pub(crate) fn accumulate_rows<const NB: usize>(
         // above, cursors and columns in the kernel, and the CPU has the feature.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => unsafe {
-            x86::rows_avx512::<NB>(cols, vals, cursors, limit, panel, out, stride)
+            x86::rows_avx512::<NB, R>(cols, vals, rows, limit, panel, out, stride)
         },
         // SAFETY: as above.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe {
-            x86::rows_avx2::<NB>(cols, vals, cursors, limit, panel, out, stride)
+            x86::rows_avx2::<NB, R>(cols, vals, rows, limit, panel, out, stride)
         },
         // SAFETY: as above.
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => unsafe {
-            arm::rows_neon::<NB>(cols, vals, cursors, limit, panel, out, stride)
+            arm::rows_neon::<NB, R>(cols, vals, rows, limit, panel, out, stride)
         },
-        _ => rows_portable::<NB>(cols, vals, cursors, limit, panel, out, stride),
+        _ => rows_portable::<NB, R>(cols, vals, rows, limit, panel, out, stride),
     }
 }
 
@@ -108,31 +171,33 @@ fn check_cursor(cursor: RowCursor, entries: usize) {
 }
 
 /// Plain Rust, bounds-checked: the reference for the SIMD versions and the fallback.
-fn rows_portable<const NB: usize>(
+fn rows_portable<const NB: usize, R: Rows>(
     cols: &[u32],
     vals: &[f32],
-    cursors: &mut [RowCursor],
+    mut rows: R,
     limit: u32,
     panel: &[f32],
     out: &mut [f32],
     stride: usize,
 ) {
-    for (r, cursor) in cursors.iter_mut().enumerate() {
-        check_cursor(*cursor, cols.len());
+    for r in 0..rows.len() {
+        let RowCursor { mut next, end } = rows.cursor(r);
+        check_cursor(rows.cursor(r), cols.len());
         let acc = &mut out[r * stride..][..16 * NB];
-        while cursor.next < cursor.end && cols[cursor.next] < limit {
-            let (c, v) = (cols[cursor.next] as usize, vals[cursor.next]);
+        while next < end && cols[next] < limit {
+            let (c, v) = (cols[next] as usize, vals[next]);
             for (a, w) in acc.iter_mut().zip(&panel[c * 16 * NB..][..16 * NB]) {
                 *a += v * w;
             }
-            cursor.next += 1;
+            next += 1;
         }
+        rows.stop(r, next);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::RowCursor;
+    use super::{RowCursor, Rows};
     use std::arch::x86_64::*;
 
     /// Defines the x86 kernel for one vector width: `$lanes` floats per vector.
@@ -143,10 +208,10 @@ mod x86 {
             /// `16 * NB` outputs at `r * stride` must lie in `out` (what `accumulate_rows`
             /// checks before calling). Cursors and columns are checked here, as they are read.
             #[target_feature(enable = $feature)]
-            pub(super) unsafe fn $name<const NB: usize>(
+            pub(super) unsafe fn $name<const NB: usize, R: Rows>(
                 cols: &[u32],
                 vals: &[f32],
-                cursors: &mut [RowCursor],
+                mut rows: R,
                 limit: u32,
                 panel: &[f32],
                 out: &mut [f32],
@@ -160,15 +225,16 @@ mod x86 {
                 let width = 16 * NB;
                 let panel_rows = panel.len() / width;
                 let (base, cp, vp) = (panel.as_ptr(), cols.as_ptr(), vals.as_ptr());
-                for r in 0..cursors.len() {
-                    let (mut i, end) = (cursors[r].next, cursors[r].end);
-                    super::check_cursor(cursors[r], cols.len());
+                for r in 0..rows.len() {
+                    let RowCursor { next: mut i, end } = rows.cursor(r);
+                    super::check_cursor(rows.cursor(r), cols.len());
                     // The entries of a row a little ahead are scattered in memory: ask for
                     // them now so that they arrive while this row is multiplied (a prefetch
                     // never faults, wherever it points).
-                    if let Some(ahead) = cursors.get(r + 2) {
-                        _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(ahead.next).cast());
-                        _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(ahead.next).cast());
+                    if r + 2 < rows.len() {
+                        let ahead = rows.cursor(r + 2).next;
+                        _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(ahead).cast());
+                        _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(ahead).cast());
                     }
                     // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
                     let dst = unsafe { out.as_mut_ptr().add(r * stride) };
@@ -241,7 +307,7 @@ mod x86 {
                             unsafe { $store(dst.add(j * 16 + q * $lanes), sum) };
                         }
                     }
-                    cursors[r].next = i;
+                    rows.stop(r, i);
                 }
             }
         };
@@ -275,24 +341,25 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
-    use super::RowCursor;
+    use super::{RowCursor, Rows};
     use std::arch::aarch64::*;
 
     /// # Safety
     /// SAFETY: the CPU must have NEON; the ranges are those of the x86 kernels' contract.
     #[target_feature(enable = "neon")]
-    pub(super) unsafe fn rows_neon<const NB: usize>(
+    pub(super) unsafe fn rows_neon<const NB: usize, R: Rows>(
         cols: &[u32],
         vals: &[f32],
-        cursors: &mut [RowCursor],
+        mut rows: R,
         limit: u32,
         panel: &[f32],
         out: &mut [f32],
         stride: usize,
     ) {
         let width = 16 * NB;
-        for (r, cursor) in cursors.iter_mut().enumerate() {
-            super::check_cursor(*cursor, cols.len());
+        for r in 0..rows.len() {
+            let RowCursor { mut next, end } = rows.cursor(r);
+            super::check_cursor(rows.cursor(r), cols.len());
             // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
             let dst = unsafe { out.as_mut_ptr().add(r * stride) };
             let mut a = [[vdupq_n_f32(0.0); 4]; NB];
@@ -302,8 +369,8 @@ mod arm {
                     a[j][q] = unsafe { vld1q_f32(dst.add(j * 16 + q * 4)) };
                 }
             }
-            while cursor.next < cursor.end && cols[cursor.next] < limit {
-                let (c, v) = (cols[cursor.next] as usize, vals[cursor.next]);
+            while next < end && cols[next] < limit {
+                let (c, v) = (cols[next] as usize, vals[next]);
                 let row = &panel[c * width..][..width];
                 // SAFETY: `row` holds `width` = 16 * NB floats.
                 unsafe {
@@ -314,7 +381,7 @@ mod arm {
                         }
                     }
                 }
-                cursor.next += 1;
+                next += 1;
             }
             for j in 0..NB {
                 for q in 0..4 {
@@ -322,6 +389,7 @@ mod arm {
                     unsafe { vst1q_f32(dst.add(j * 16 + q * 4), a[j][q]) };
                 }
             }
+            rows.stop(r, next);
         }
     }
 }
@@ -332,7 +400,8 @@ mod tests {
     use crate::synth::{random_sparse, Rng};
 
     /// Random rows with increasing columns, walked in two blocks of k; every ISA must match
-    /// the portable kernel and leave the same cursors.
+    /// the portable kernel and leave the same cursors. Then the same rows walked whole once
+    /// more, as fixed ranges: the sums must match again.
     fn check<const NB: usize>(isa: Isa, seed: u64) {
         let mut rng = Rng::new(seed);
         let panel_rows = 41;
@@ -350,12 +419,12 @@ mod tests {
         let stride = 16 * NB + 5;
         let init: Vec<f32> = (0..7 * stride).map(|l| l as f32 * 0.01).collect();
         let (mut want, mut got) = (init.clone(), init);
-        let (mut want_cursors, mut got_cursors) = (cursors.clone(), cursors);
+        let (mut want_cursors, mut got_cursors) = (cursors.clone(), cursors.clone());
         for limit in [17, u32::MAX] {
-            rows_portable::<NB>(
+            rows_portable::<NB, _>(
                 &cols,
                 &vals,
-                &mut want_cursors,
+                &mut want_cursors[..],
                 limit,
                 &panel,
                 &mut want,
@@ -373,6 +442,23 @@ mod tests {
             assert_eq!(want_cursors, got_cursors, "{isa} NB={NB} limit {limit}");
         }
         assert!(got_cursors.iter().all(|c| c.next == c.end));
+        rows_portable::<NB, _>(
+            &cols,
+            &vals,
+            &mut cursors.clone()[..],
+            u32::MAX,
+            &panel,
+            &mut want,
+            stride,
+        );
+        accumulate_ranges::<NB>(
+            isa,
+            Entries::new(&cols, &vals),
+            &cursors,
+            &panel,
+            &mut got,
+            stride,
+        );
         for (w, g) in want.iter().zip(&got) {
             assert!(
                 (w - g).abs() <= 1e-5 * (1.0 + w.abs()),
