@@ -24,16 +24,23 @@ impl<const NB: usize> WeightPanels<NB> {
         let [kr, ks] = spec.kernel;
         let rows = spec.lowered_cols();
         let blocks = mg.div_ceil(Self::WIDTH);
+        let taps = kr * ks;
         let mut data = CacheAligned::zeroed(spec.groups * blocks * rows * Self::WIDTH);
         let panels = data.as_mut_slice();
-        for (m, filter) in weights.chunks_exact(cg * kr * ks).enumerate() {
-            let (g, within) = (m / mg, m % mg);
-            let (block, lane) = (within / Self::WIDTH, within % Self::WIDTH);
-            let panel =
-                &mut panels[(g * blocks + block) * rows * Self::WIDTH..][..rows * Self::WIDTH];
+        let filters: Vec<&[f32]> = weights.chunks_exact(cg * taps).collect();
+        // Block by block, channel by channel: the taps of one channel of the block's filters
+        // (a line of each) are read once, and each panel row is written whole, rather than
+        // each filter scattering its weights over every row of the panel.
+        for (gb, panel) in panels.chunks_exact_mut(rows * Self::WIDTH).enumerate() {
+            let (g, block) = (gb / blocks, gb % blocks);
+            let first = g * mg + block * Self::WIDTH;
+            let block_filters = &filters[first..g * mg + mg.min((block + 1) * Self::WIDTH)];
             for c in 0..cg {
-                for tap in 0..kr * ks {
-                    panel[((tap * cg) + c) * Self::WIDTH + lane] = filter[c * kr * ks + tap];
+                for tap in 0..taps {
+                    let row = &mut panel[(tap * cg + c) * Self::WIDTH..][..Self::WIDTH];
+                    for (w, filter) in row.iter_mut().zip(block_filters) {
+                        *w = filter[c * taps + tap];
+                    }
                 }
             }
         }
