@@ -16,7 +16,7 @@
 use super::Isa;
 
 /// One non-zero weight: where it reads in the planes, and its value.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 #[repr(C)]
 pub struct Tap {
     pub offset: u32,
@@ -65,8 +65,9 @@ impl TapList {
     }
 
     /// Appends one tile's taps, pairing each with the next when it reads `step` floats
-    /// further; returns where the list now ends.
-    pub fn push_tile(&mut self, mut taps: Vec<Tap>) -> TapBounds {
+    /// further, and empties `taps` (so that the caller can reuse it); returns where the list
+    /// now ends.
+    pub fn push_tile(&mut self, taps: &mut Vec<Tap>) -> TapBounds {
         taps.sort_by_key(|t| t.offset);
         let mut rest = taps.as_slice();
         while let Some((&t, tail)) = rest.split_first() {
@@ -87,6 +88,7 @@ impl TapList {
                 }
             }
         }
+        taps.clear();
         self.end()
     }
 
@@ -405,7 +407,7 @@ mod tests {
     fn tap_list(lists: &[Vec<Tap>], step: usize) -> (TapList, Vec<TapBounds>) {
         let mut taps = TapList::new(step);
         let mut bounds = vec![taps.end()];
-        bounds.extend(lists.iter().map(|l| taps.push_tile(l.clone())));
+        bounds.extend(lists.iter().map(|l| taps.push_tile(&mut l.clone())));
         (taps, bounds)
     }
 
@@ -435,7 +437,12 @@ mod tests {
         let tap = |offset, weight| Tap { offset, weight };
         let mut list = TapList::new(4);
         // 0, 4 and 8 chain: the first two pair, the third stays single; 13 has no partner.
-        let end = list.push_tile(vec![tap(8, 3.0), tap(13, 4.0), tap(0, 1.0), tap(4, 2.0)]);
+        let end = list.push_tile(&mut vec![
+            tap(8, 3.0),
+            tap(13, 4.0),
+            tap(0, 1.0),
+            tap(4, 2.0),
+        ]);
         assert_eq!(
             list.pairs(),
             &[TapPair {
@@ -448,7 +455,7 @@ mod tests {
         assert_eq!(end, TapBounds { pairs: 1, taps: 2 });
         assert_eq!(list.span(), 14);
         // A pair's second tap sets the span.
-        list.push_tile(vec![tap(20, 1.0), tap(24, 1.0)]);
+        list.push_tile(&mut vec![tap(20, 1.0), tap(24, 1.0)]);
         assert_eq!(list.span(), 25);
     }
 
