@@ -346,6 +346,9 @@ mod arm {
 
     /// # Safety
     /// SAFETY: the CPU must have NEON; the ranges are those of the x86 kernels' contract.
+    // The accumulators are indexed in straight loops over constant bounds, as in the x86
+    // kernels, so that they stay in registers.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "neon")]
     pub(super) unsafe fn rows_neon<const NB: usize, R: Rows>(
         cols: &[u32],
