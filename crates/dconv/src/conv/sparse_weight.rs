@@ -294,15 +294,12 @@ impl SparseWeight {
         window: &mut [f32],
     ) {
         let sw = self.spec.stride[1];
-        let channels = b * self.block..((b + 1) * self.block).min(self.spec.channels);
         let vectors = folded.map_or(self.rows, |f| f.rows) + self.max_row;
         let mut segments = window.chunks_exact_mut(self.segment);
-        for c in channels {
+        for c in self.block_channels(b) {
             for &ph in &self.row_phases {
                 for &(pw, column) in &self.columns {
-                    let plane =
-                        c * planes.bands.channel_stride + (ph * sw + pw) * planes.bands.plane;
-                    let first = plane + y0 * self.plane_w + x0 + column;
+                    let first = planes.start(c, (ph, pw), sw) + y0 * self.plane_w + x0 + column;
                     let dst = segments.next().expect("window holds the block");
                     for (k, dst) in dst.chunks_exact_mut(L).take(vectors).enumerate() {
                         let from = first + k * self.plane_w;
@@ -325,12 +322,10 @@ impl SparseWeight {
     fn prefetch_window(&self, planes: Planes, b: usize, (y0, x0): (usize, usize)) {
         let sw = self.spec.stride[1];
         let span = self.lanes + self.columns.iter().map(|c| c.1).max().unwrap_or(0);
-        let channels = b * self.block..((b + 1) * self.block).min(self.spec.channels);
-        for c in channels {
+        for c in self.block_channels(b) {
             for &ph in &self.row_phases {
                 for pw in 0..sw {
-                    let plane =
-                        c * planes.bands.channel_stride + (ph * sw + pw) * planes.bands.plane;
+                    let plane = planes.start(c, (ph, pw), sw);
                     for k in 0..self.rows + self.max_row {
                         let from = plane + (y0 + k) * self.plane_w + x0;
                         for line in planes.data[from..from + span].chunks(LINE) {
@@ -340,6 +335,11 @@ impl SparseWeight {
                 }
             }
         }
+    }
+
+    /// The channels of channel block `b`.
+    fn block_channels(&self, b: usize) -> Range<usize> {
+        b * self.block..((b + 1) * self.block).min(self.spec.channels)
     }
 
     /// Filters `m` of chunk `chunk` out of `chunks`.
@@ -535,6 +535,14 @@ struct Bands {
 struct Planes<'a> {
     data: &'a [f32],
     bands: Bands,
+}
+
+impl Planes<'_> {
+    /// Where the plane of channel `c` and phase `(ph, pw)` starts, at column stride `sw`.
+    #[inline(always)]
+    fn start(&self, c: usize, (ph, pw): (usize, usize), sw: usize) -> usize {
+        c * self.bands.channel_stride + (ph * sw + pw) * self.bands.plane
+    }
 }
 
 /// Rows per tile for an output of `height` rows, at most `max`: the count in
