@@ -280,27 +280,35 @@ impl ConvStep {
         &self.methods
     }
 
-    /// The prepared convolutions the step could run without: all but a forced method, or,
-    /// under `auto`, any while another is left.
-    pub fn spare(&self) -> impl Iterator<Item = &Conv> {
+    /// The prepared methods kept when those whose workspace is over `limit` bytes go: a
+    /// forced method always stays, and under `auto` at least the one of least workspace.
+    pub fn kept_within(&self, limit: usize) -> impl Iterator<Item = &Conv> {
         let forced = match self.choice {
             Choice::Fixed(m) => Some(m),
             Choice::Cheapest(_) => None,
         };
-        let others = forced.is_some() || self.methods.len() > 1;
+        let stays = move |c: &Conv| c.scratch_bytes() <= limit || Some(c.method()) == forced;
+        let leanest = self
+            .methods
+            .iter()
+            .min_by_key(|c| c.scratch_bytes())
+            .map(Conv::method);
+        let none_stays = !self.methods.iter().any(stays);
         self.methods
             .iter()
-            .filter(move |c| others && Some(c.method()) != forced)
+            .filter(move |c| stays(c) || (none_stays && Some(c.method()) == leanest))
     }
 
-    /// Drops the prepared `method`, one of [`spare`](Self::spare) (a tight memory budget
-    /// cannot hold its workspace), and picks among the methods left from then on.
-    pub fn drop_method(&mut self, method: Method, selection: &Selection) {
-        self.methods.retain(|c| c.method() != method);
-        assert!(!self.methods.is_empty(), "a convolution keeps one method");
+    /// Keeps only [`kept_within`](Self::kept_within)`(limit)` (a tight memory budget cannot
+    /// hold the others' workspace) and picks among them from then on.
+    pub fn keep_within(&mut self, limit: usize, selection: &Selection) {
+        let kept: Vec<Method> = self.kept_within(limit).map(Conv::method).collect();
+        if kept.len() == self.methods.len() {
+            return;
+        }
+        self.methods.retain(|c| kept.contains(&c.method()));
         if let Choice::Cheapest(_) = self.choice {
             let spec = *self.methods[0].spec();
-            let kept = self.methods().collect::<Vec<_>>();
             self.choice = selection.choice(&spec, self.weight_sparsity, &kept);
         }
     }

@@ -4,33 +4,34 @@
 
 use super::builder::{Builder, Step, StepOp};
 use super::policy::Selection;
-use crate::conv::Method;
+use crate::conv::{Conv, Method};
 use crate::error::{Error, Result};
+use crate::ops::conv::ConvStep;
 use std::mem::size_of;
 
-/// The most bytes the session's workspace fills over runs of every step. Each method's
-/// buffers grow to the largest layer that method runs and are never shrunk, so the bound
-/// is, per method, its largest layer's workspace, summed over methods (a buffer two methods
-/// share counts twice).
-pub(crate) fn workspace_bytes(steps: &[Step]) -> usize {
-    Method::ALL
+/// The most bytes the session's workspace fills over runs of every step, each convolution
+/// keeping only the methods whose workspace is at most `limit` bytes (`usize::MAX`: all;
+/// see [`ConvStep::kept_within`]). Each method's buffers grow to the largest layer that
+/// method runs and are never shrunk, so the bound is, per method, its largest layer's
+/// workspace, summed over methods (a buffer two methods share counts twice).
+pub(crate) fn workspace_bytes(steps: &[Step], limit: usize) -> usize {
+    let mut largest = [0usize; Method::ALL.len()];
+    for conv in conv_steps(steps).flat_map(|step| step.kept_within(limit)) {
+        let m = Method::ALL.iter().position(|&m| m == conv.method());
+        let slot = &mut largest[m.expect("every method is in Method::ALL")];
+        *slot = (*slot).max(conv.scratch_bytes());
+    }
+    largest
         .iter()
-        .map(|&method| {
-            conv_steps(steps)
-                .filter_map(|step| step.prepared(method).ok())
-                .map(|conv| conv.scratch_bytes())
-                .max()
-                .unwrap_or(0)
-        })
-        .fold(0, usize::saturating_add)
+        .fold(0, |sum, &bytes| sum.saturating_add(bytes))
 }
 
 /// Refuses a plan whose buffers (each as large as the largest slot it holds), folded
-/// constants, prepared weights and workspace exceed `budget` bytes. First, while it is over,
-/// drops the prepared method with the largest workspace of any convolution that keeps
-/// another: under a tight budget `auto` plans without the methods whose lowered matrices
-/// could fill it (they are the ones a sparse enough input would pick), instead of refusing
-/// the model. A forced method is never dropped.
+/// constants, prepared weights and workspace exceed `budget` bytes. First, when it is over,
+/// drops the prepared methods of largest workspace ([`shed`]): under a tight budget `auto`
+/// plans without the methods whose lowered matrices could fill it (they are the ones a
+/// sparse enough input would pick), instead of refusing the model. A forced method is never
+/// dropped.
 pub(crate) fn fit(
     b: &mut Builder,
     slot_buffer: &[usize],
@@ -47,7 +48,7 @@ pub(crate) fn fit(
         .chain([b.folded_bytes, b.prepared_bytes])
         .fold(0, usize::saturating_add);
     shed(&mut b.steps, &b.selection, budget.saturating_sub(fixed));
-    let needed = fixed.saturating_add(workspace_bytes(&b.steps));
+    let needed = fixed.saturating_add(workspace_bytes(&b.steps, usize::MAX));
     if needed > budget {
         return Err(Error::OverBudget {
             what: format!(
@@ -60,43 +61,33 @@ pub(crate) fn fit(
     Ok(())
 }
 
-/// Drops spare prepared methods, the largest workspace first, until the workspace fits
-/// `allowance` bytes or no convolution has one to spare.
+/// Drops the prepared methods of largest workspace until the workspace fits `allowance`
+/// bytes: every method over the largest limit on a method's workspace that fits (or, when
+/// none does, all it can), but a forced one and each layer's leanest. The limits are the
+/// methods' own workspaces, searched by halving, so planning stays `O(n log n)` in the
+/// number of layers, however many a model has.
 fn shed(steps: &mut [Step], selection: &Selection, allowance: usize) {
-    while workspace_bytes(steps) > allowance {
-        if !drop_largest_spare(steps, selection) {
-            break;
+    let mut limits: Vec<usize> = conv_steps(steps)
+        .flat_map(|step| step.convs().iter().map(Conv::scratch_bytes))
+        .chain([0])
+        .collect();
+    limits.sort_unstable();
+    limits.dedup();
+    // The workspace only grows with the limit: the limits that fit come first.
+    let fitting = limits.partition_point(|&limit| workspace_bytes(steps, limit) <= allowance);
+    let limit = limits[fitting.saturating_sub(1)];
+    if limit == *limits.last().expect("0 is a limit") {
+        return;
+    }
+    for step in steps.iter_mut() {
+        if let StepOp::Conv(conv) = &mut step.op {
+            conv.keep_within(limit, selection);
         }
     }
 }
 
-/// Drops the spare prepared method with the largest workspace; false when no convolution
-/// has one.
-fn drop_largest_spare(steps: &mut [Step], selection: &Selection) -> bool {
-    let spare = conv_steps(steps)
-        .enumerate()
-        .flat_map(|(i, step)| {
-            step.spare()
-                .map(move |conv| (i, conv.method(), conv.scratch_bytes()))
-        })
-        .max_by_key(|&(i, _, bytes)| (bytes, i));
-    let Some((i, method, _)) = spare else {
-        return false;
-    };
-    let step = steps
-        .iter_mut()
-        .filter_map(|step| match &mut step.op {
-            StepOp::Conv(conv) => Some(conv),
-            StepOp::Kernel(_) => None,
-        })
-        .nth(i)
-        .expect("the index of a convolution step");
-    step.drop_method(method, selection);
-    true
-}
-
 /// The convolution steps, in order.
-fn conv_steps(steps: &[Step]) -> impl Iterator<Item = &crate::ops::conv::ConvStep> {
+fn conv_steps(steps: &[Step]) -> impl Iterator<Item = &ConvStep> {
     steps.iter().filter_map(|step| match &step.op {
         StepOp::Conv(conv) => Some(&**conv),
         StepOp::Kernel(_) => None,
@@ -123,7 +114,78 @@ mod tests {
         build(&model, &[vec![1, 1, 4, 4]], selection, None).unwrap()
     }
 
-    fn only_conv(plan: &Plan) -> &crate::ops::conv::ConvStep {
+    /// The example model with `extra` more Conv (2 -> 2, 3x3, pad 1) + Relu pairs after
+    /// its own, every method prepared: layers of two workspace sizes.
+    fn chain(extra: usize) -> Plan {
+        use crate::onnx::proto::{ModelProto, NodeProto};
+        use prost::Message;
+        let mut proto = ModelProto::decode(&crate::runtime::example_model()[..]).unwrap();
+        let graph = proto.graph.as_mut().unwrap();
+        let (conv, relu) = (graph.node[0].clone(), graph.node[1].clone());
+        let mut w2 = graph.initializer[0].clone();
+        (w2.name, w2.dims) = (Some("w2".into()), vec![2, 2, 3, 3]);
+        w2.float_data = (0..36).map(|i| (i % 5) as f32 - 2.0).collect();
+        graph.initializer.push(w2);
+        for i in 0..extra {
+            let rename = |n: &NodeProto, inputs: Vec<String>, output: String| NodeProto {
+                name: Some(format!("{}_{}", n.op_type(), i + 1)),
+                input: inputs,
+                output: vec![output],
+                ..n.clone()
+            };
+            let (x, c, y) = (
+                format!("y{i}"),
+                format!("c{}", i + 1),
+                format!("y{}", i + 1),
+            );
+            graph
+                .node
+                .push(rename(&conv, vec![x, "w2".into()], c.clone()));
+            graph.node.push(rename(&relu, vec![c], y));
+        }
+        graph.node[1].output = vec!["y0".into()];
+        graph.output[0].name = Some(format!("y{extra}"));
+        let model = Model::from_bytes(&proto.encode_to_vec(), None).unwrap();
+        let selection = Selection {
+            prepare_every_method: true,
+            ..Default::default()
+        };
+        build(&model, &[vec![1, 1, 4, 4]], selection, None).unwrap()
+    }
+
+    /// Over a chain of layers, for every allowance between the leanest plan's workspace and
+    /// the whole one's: the plan fits, and each layer keeps exactly its methods under the
+    /// largest limit that fits (found here by a plain scan of every limit).
+    #[test]
+    fn shedding_keeps_the_methods_under_the_largest_limit_that_fits() {
+        let whole = chain(6);
+        let (leanest, full) = (
+            workspace_bytes(&whole.steps, 0),
+            workspace_bytes(&whole.steps, usize::MAX),
+        );
+        let limits: Vec<usize> = conv_steps(&whole.steps)
+            .flat_map(|step| step.convs().iter().map(Conv::scratch_bytes))
+            .collect();
+        assert!(leanest < full);
+        for allowance in (leanest..=full).step_by((full - leanest) / 40 + 1) {
+            let limit = limits
+                .iter()
+                .copied()
+                .filter(|&l| workspace_bytes(&whole.steps, l) <= allowance)
+                .max()
+                .unwrap_or(0);
+            let mut plan = chain(6);
+            shed(&mut plan.steps, &Selection::default(), allowance);
+            let kept = workspace_bytes(&plan.steps, usize::MAX);
+            assert!(kept <= allowance, "{kept} bytes kept for {allowance}");
+            for (shed, whole) in conv_steps(&plan.steps).zip(conv_steps(&whole.steps)) {
+                let want: Vec<Method> = whole.kept_within(limit).map(Conv::method).collect();
+                assert_eq!(shed.methods().collect::<Vec<_>>(), want, "{allowance}");
+            }
+        }
+    }
+
+    fn only_conv(plan: &Plan) -> &ConvStep {
         let mut convs = conv_steps(&plan.steps);
         let conv = convs.next().expect("the example has a Conv");
         assert!(convs.next().is_none());
@@ -149,7 +211,7 @@ mod tests {
             "{} bytes filled",
             ws.bytes()
         );
-        assert!(ws.bytes() <= workspace_bytes(&plan.steps));
+        assert!(ws.bytes() <= workspace_bytes(&plan.steps, usize::MAX));
     }
 
     /// Shedding drops the largest workspaces first and, however tight the budget, leaves
@@ -157,7 +219,7 @@ mod tests {
     #[test]
     fn shedding_drops_the_largest_workspace_first_and_keeps_a_method() {
         let mut auto = plan(Policy::Auto);
-        let full = workspace_bytes(&auto.steps);
+        let full = workspace_bytes(&auto.steps, usize::MAX);
         let scratch = |plan: &Plan| {
             let mut s: Vec<(usize, Method)> = only_conv(plan)
                 .convs()
@@ -171,7 +233,7 @@ mod tests {
         let (largest, largest_method) = *before.last().unwrap();
         shed(&mut auto.steps, &Selection::default(), full - 1);
         assert_eq!(scratch(&auto), before[..before.len() - 1]);
-        assert_eq!(workspace_bytes(&auto.steps), full - largest);
+        assert_eq!(workspace_bytes(&auto.steps, usize::MAX), full - largest);
         assert!(only_conv(&auto).prepared(largest_method).is_err());
 
         shed(&mut auto.steps, &Selection::default(), 0);
