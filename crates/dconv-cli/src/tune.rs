@@ -1,13 +1,14 @@
 //! `dconv tune`: measures the cost model's coefficients on this machine. A handful of
 //! VGG-like layer shapes, each method timed over the sparsities its cost depends on
 //! (input sparsity for the lowering and Direct Conversion methods, weight sparsity for
-//! sparse-weight; dense alongside both), then a least-squares fit per method. Prints the fit
-//! quality point by point and writes the profile as JSON.
+//! sparse-weight; dense alongside both), each layer with a bias and a fused ReLU as in a
+//! model, then a least-squares fit per method. Prints the fit quality point by point and
+//! writes the profile as JSON.
 
 use crate::Failure;
 use dconv::conv::select::fit::{fit, fit_one, Sample};
 use dconv::conv::select::{CostProfile, LayerCosts, MODELED};
-use dconv::conv::{Conv, ConvSpec, Method, Workspace};
+use dconv::conv::{Activation, Conv, ConvSpec, Method, Workspace};
 use dconv::synth::{self, Rng, ZeroPattern};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,6 +41,12 @@ fn conv3x3(channels: usize, size: usize, filters: usize) -> ConvSpec {
     ConvSpec::new(channels, size, size, filters, [3, 3]).with_padding([1, 1, 1, 1])
 }
 
+/// `spec` as a model's convolutions run: with a bias and a fused ReLU, so that the times the
+/// fit sees include each method's epilogue.
+fn as_in_models(spec: ConvSpec) -> ConvSpec {
+    spec.with_bias(true).with_activation(Activation::Relu)
+}
+
 fn plan(quick: bool) -> Plan {
     // The VGG-16 blocks (at a quarter of their MACs where they are large), a first layer on
     // an RGB image, and a 1x1 layer.
@@ -52,7 +59,7 @@ fn plan(quick: bool) -> Plan {
     ];
     if quick {
         return Plan {
-            shapes,
+            shapes: shapes.into_iter().map(as_in_models).collect(),
             input_sparsities: &[0.0, 0.4, 0.7, 0.9],
             weight_sparsities: &[0.0, 0.6, 0.9],
             runs: 5,
@@ -64,7 +71,7 @@ fn plan(quick: bool) -> Plan {
         ConvSpec::new(256, 30, 30, 128, [1, 1]),
     ]);
     Plan {
-        shapes,
+        shapes: shapes.into_iter().map(as_in_models).collect(),
         input_sparsities: &[0.0, 0.2, 0.4, 0.55, 0.7, 0.8, 0.9, 0.95],
         weight_sparsities: &[0.0, 0.5, 0.7, 0.8, 0.9, 0.95],
         runs: 9,
@@ -177,10 +184,11 @@ fn same_point(a: &Sample, b: &Sample) -> bool {
 }
 
 fn prepare(spec: &ConvSpec, weights: &[f32], methods: &[Method]) -> Result<Vec<Conv>, Failure> {
+    let bias = vec![0.0; spec.filters];
     methods
         .iter()
         .map(|&m| {
-            Conv::prepare(spec, weights, None, m)
+            Conv::prepare(spec, weights, spec.bias.then_some(&bias[..]), m)
                 .map_err(|e| Failure::Run(format!("cannot prepare {m}: {e}")))
         })
         .collect()
