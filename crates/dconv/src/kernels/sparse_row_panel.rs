@@ -181,8 +181,9 @@ fn rows_portable<const NB: usize, R: Rows>(
     stride: usize,
 ) {
     for r in 0..rows.len() {
-        let RowCursor { mut next, end } = rows.cursor(r);
-        check_cursor(rows.cursor(r), cols.len());
+        let cursor = rows.cursor(r);
+        check_cursor(cursor, cols.len());
+        let RowCursor { mut next, end } = cursor;
         let acc = &mut out[r * stride..][..16 * NB];
         while next < end && cols[next] < limit {
             let (c, v) = (cols[next] as usize, vals[next]);
@@ -226,8 +227,9 @@ mod x86 {
                 let panel_rows = panel.len() / width;
                 let (base, cp, vp) = (panel.as_ptr(), cols.as_ptr(), vals.as_ptr());
                 for r in 0..rows.len() {
-                    let RowCursor { next: mut i, end } = rows.cursor(r);
-                    super::check_cursor(rows.cursor(r), cols.len());
+                    let cursor = rows.cursor(r);
+                    super::check_cursor(cursor, cols.len());
+                    let RowCursor { next: mut i, end } = cursor;
                     // The entries of a row a little ahead are scattered in memory: ask for
                     // them now so that they arrive while this row is multiplied (a prefetch
                     // never faults, wherever it points).
@@ -361,8 +363,9 @@ mod arm {
     ) {
         let width = 16 * NB;
         for r in 0..rows.len() {
-            let RowCursor { mut next, end } = rows.cursor(r);
-            super::check_cursor(rows.cursor(r), cols.len());
+            let cursor = rows.cursor(r);
+            super::check_cursor(cursor, cols.len());
+            let RowCursor { mut next, end } = cursor;
             // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
             let dst = unsafe { out.as_mut_ptr().add(r * stride) };
             let mut a = [[vdupq_n_f32(0.0); 4]; NB];
