@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
-use panels::SharedPanels;
+use panels::{packed_once, SharedPanels};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -336,13 +336,13 @@ impl Conv {
                 match isa {
                     Isa::Avx512 => Box::new($($method)::+::<8>::new(
                         *spec,
-                        shared.get(spec, weights),
+                        packed_once(&mut shared.wide, spec, weights),
                         epilogue,
                         isa,
                     )) as Box<dyn ConvKernel>,
                     _ => Box::new($($method)::+::<4>::new(
                         *spec,
-                        shared.get(spec, weights),
+                        packed_once(&mut shared.narrow, spec, weights),
                         epilogue,
                         isa,
                     )),

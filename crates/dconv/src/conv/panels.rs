@@ -2,7 +2,6 @@
 
 use super::ConvSpec;
 use crate::kernels::aligned::CacheAligned;
-use std::any::Any;
 use std::sync::Arc;
 
 /// The weights of each group as `W^T` (K x M/G), cut into blocks of `16 * NB` output
@@ -68,31 +67,24 @@ impl<const NB: usize> WeightPanels<NB> {
 
 /// The panels of one layer's weights, packed once for every method that reads them
 /// (im2csr, lowered-csr and im2csoa pack exactly the same panels): a layer that prepares
-/// several of them keeps one copy.
+/// several of them keeps one copy. One slot per panel width the kernels use.
 #[derive(Default)]
 pub(crate) struct SharedPanels {
-    packed: Option<Arc<dyn Any + Send + Sync>>,
+    /// 8 blocks of 16 output channels: the AVX-512 kernels.
+    pub wide: Option<Arc<WeightPanels<8>>>,
+    /// 4 blocks: the AVX2, NEON and portable kernels.
+    pub narrow: Option<Arc<WeightPanels<4>>>,
 }
 
-impl SharedPanels {
-    /// The panels of `weights` `NB` blocks wide, packed on the first call. `spec` and
-    /// `weights` must be the same on every call.
-    pub fn get<const NB: usize>(
-        &mut self,
-        spec: &ConvSpec,
-        weights: &[f32],
-    ) -> Arc<WeightPanels<NB>> {
-        if let Some(panels) = self
-            .packed
-            .clone()
-            .and_then(|p| p.downcast::<WeightPanels<NB>>().ok())
-        {
-            return panels;
-        }
-        let panels = Arc::new(WeightPanels::<NB>::pack(spec, weights));
-        self.packed = Some(panels.clone());
-        panels
-    }
+/// The panels in `slot`, packed from `weights` on the first call. `spec` and `weights` must
+/// be the same on every call.
+pub(crate) fn packed_once<const NB: usize>(
+    slot: &mut Option<Arc<WeightPanels<NB>>>,
+    spec: &ConvSpec,
+    weights: &[f32],
+) -> Arc<WeightPanels<NB>> {
+    slot.get_or_insert_with(|| Arc::new(WeightPanels::pack(spec, weights)))
+        .clone()
 }
 
 /// Rows of a panel that fit in L1 next to the outputs they update: a block of k this tall
@@ -118,5 +110,31 @@ pub(crate) const fn l2_chunk_rows(width: usize, blocks: usize) -> usize {
         slab
     } else {
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_packs_once_and_then_shares() {
+        // 3 channels, 20 filters of 2 x 2: the 4-block panel (64 wide) holds all 20.
+        let spec = ConvSpec::new(3, 4, 4, 20, [2, 2]);
+        let weights: Vec<f32> = (0..spec.weight_len().unwrap()).map(|i| i as f32).collect();
+        let mut shared = SharedPanels::default();
+        let first = packed_once(&mut shared.narrow, &spec, &weights);
+        // Other weights on a second call would be the caller's error; they show that the
+        // slot is not packed again.
+        let second = packed_once(&mut shared.narrow, &spec, &vec![0.0; weights.len()]);
+        assert!(Arc::ptr_eq(&first, &second));
+        assert!(shared.wide.is_none());
+        // Row (tap 3, channel 2) holds, at column 17, filter 17's weight of that tap.
+        let (c, tap, m) = (2, 3, 17);
+        let row = tap * spec.channels_per_group() + c;
+        assert_eq!(
+            first.panel(0, 0)[row * 64 + m],
+            (m * 12 + c * 4 + tap) as f32
+        );
     }
 }
