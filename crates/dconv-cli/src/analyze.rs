@@ -11,7 +11,7 @@ use dconv::conv::select::MODELED;
 use dconv::runtime::LayerAnalysis;
 use dconv::{Model, Policy, Session};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `auto` passes on a layer when its pick is at most this much slower than the best.
 const AUTO_TOLERANCE: f64 = 0.05;
@@ -44,8 +44,13 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let options = args.session.options(args.threads, Policy::Auto)?;
     let session = Session::new(&model, options).map_err(Failure::from)?;
     eprintln!("timing every method on each convolution ...");
+    let started = Instant::now();
+    let mut progress = |layer: &LayerAnalysis, done: usize, convs: usize| {
+        let elapsed = started.elapsed().as_secs_f64();
+        eprintln!("  [{done}/{convs}] {} ({elapsed:.1} s)", layer.name);
+    };
     let layers = session
-        .analyze(&[(input_name.as_str(), tensor)], args.runs)
+        .analyze_reporting(&[(input_name.as_str(), tensor)], args.runs, &mut progress)
         .map_err(Failure::from)?;
     print_table(&layers);
     if let Some(path) = &args.svg {

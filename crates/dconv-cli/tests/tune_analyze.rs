@@ -1,5 +1,6 @@
 //! Runs the built `dconv` binary: `analyze` reports every method per layer with the
-//! auto-vs-best check and draws its chart; a bad `--profile` is the caller's error (exit 2).
+//! auto-vs-best check, tells its progress layer by layer, and draws its chart; a bad
+//! `--profile` is the caller's error (exit 2).
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -54,6 +55,9 @@ fn analyze_prints_every_method_and_the_auto_check_and_draws_the_chart() {
         assert!(stdout.contains(column), "no '{column}' in\n{stdout}");
     }
     assert!(stdout.contains("of 1 layers"), "{stdout}");
+    // Progress on stderr, a line per layer as it is timed.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[1/1] Conv_0 ("), "{stderr}");
     let chart = std::fs::read_to_string(&svg).unwrap();
     assert!(
         chart.starts_with("<svg") && chart.contains("im2csoa"),

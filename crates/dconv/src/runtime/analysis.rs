@@ -61,18 +61,27 @@ impl LayerAnalysis {
     }
 }
 
+/// What a caller hears as each convolution has been timed: the layer, how many have been
+/// timed so far (this one included), and how many the plan has.
+pub type OnLayer<'a> = &'a mut (dyn FnMut(&LayerAnalysis, usize, usize) + Send);
+
 /// Times every prepared method of each convolution a run reaches.
-pub(crate) struct Probe {
+pub(crate) struct Probe<'a> {
     runs: usize,
     selection: Selection,
+    /// Convolutions in the plan.
+    pub convs: usize,
+    on_layer: OnLayer<'a>,
     pub layers: Vec<LayerAnalysis>,
 }
 
-impl Probe {
-    pub fn new(runs: usize, selection: Selection) -> Self {
+impl<'a> Probe<'a> {
+    pub fn new(runs: usize, selection: Selection, on_layer: OnLayer<'a>) -> Self {
         Probe {
             runs: runs.max(1),
             selection,
+            convs: 0,
+            on_layer,
             layers: Vec::new(),
         }
     }
@@ -131,6 +140,8 @@ impl Probe {
                 })
                 .collect(),
         });
+        let layer = self.layers.last().expect("just pushed");
+        (self.on_layer)(layer, self.layers.len(), self.convs);
         Ok(())
     }
 }
@@ -138,4 +149,33 @@ impl Probe {
 fn median(times: &mut [Duration]) -> Duration {
     times.sort_unstable();
     times.get(times.len() / 2).copied().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::runtime::example::example_chain;
+    use crate::{Model, Session, SessionOptions, Tensor};
+
+    #[test]
+    fn each_layer_is_reported_as_soon_as_it_is_timed() {
+        let model = Model::from_bytes(&example_chain(2), None).unwrap();
+        let options = SessionOptions {
+            threads: 1,
+            ..Default::default()
+        };
+        let session = Session::new(&model, options).unwrap();
+        let pixels = (0..16).map(|i| i as f32 - 5.0).collect();
+        let input = Tensor::from_f32(vec![1, 1, 4, 4], pixels).unwrap();
+        let mut heard = Vec::new();
+        let mut on_layer = |layer: &super::LayerAnalysis, done: usize, convs: usize| {
+            heard.push((layer.name.clone(), done, convs));
+        };
+        let layers = session
+            .analyze_reporting(&[("x", input)], 1, &mut on_layer)
+            .unwrap();
+        let names: Vec<String> = layers.iter().map(|l| l.name.clone()).collect();
+        assert_eq!(names, ["Conv_0", "Conv_1", "Conv_2"]);
+        let expected: Vec<_> = names.into_iter().zip(1..).map(|(n, i)| (n, i, 3)).collect();
+        assert_eq!(heard, expected);
+    }
 }

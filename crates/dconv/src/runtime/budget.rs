@@ -114,38 +114,12 @@ mod tests {
         build(&model, &[vec![1, 1, 4, 4]], selection, None).unwrap()
     }
 
-    /// The example model with `extra` more Conv (2 -> 2, 3x3, pad 1) + Relu pairs after
-    /// its own, every method prepared: layers of two workspace sizes.
+    /// The example model with `extra` more Conv + Relu pairs after its own
+    /// ([`example_chain`](crate::runtime::example::example_chain)), every method prepared:
+    /// layers of two workspace sizes.
     fn chain(extra: usize) -> Plan {
-        use crate::onnx::proto::{ModelProto, NodeProto};
-        use prost::Message;
-        let mut proto = ModelProto::decode(&crate::runtime::example_model()[..]).unwrap();
-        let graph = proto.graph.as_mut().unwrap();
-        let (conv, relu) = (graph.node[0].clone(), graph.node[1].clone());
-        let mut w2 = graph.initializer[0].clone();
-        (w2.name, w2.dims) = (Some("w2".into()), vec![2, 2, 3, 3]);
-        w2.float_data = (0..36).map(|i| (i % 5) as f32 - 2.0).collect();
-        graph.initializer.push(w2);
-        for i in 0..extra {
-            let rename = |n: &NodeProto, inputs: Vec<String>, output: String| NodeProto {
-                name: Some(format!("{}_{}", n.op_type(), i + 1)),
-                input: inputs,
-                output: vec![output],
-                ..n.clone()
-            };
-            let (x, c, y) = (
-                format!("y{i}"),
-                format!("c{}", i + 1),
-                format!("y{}", i + 1),
-            );
-            graph
-                .node
-                .push(rename(&conv, vec![x, "w2".into()], c.clone()));
-            graph.node.push(rename(&relu, vec![c], y));
-        }
-        graph.node[1].output = vec!["y0".into()];
-        graph.output[0].name = Some(format!("y{extra}"));
-        let model = Model::from_bytes(&proto.encode_to_vec(), None).unwrap();
+        let bytes = crate::runtime::example::example_chain(extra);
+        let model = Model::from_bytes(&bytes, None).unwrap();
         let selection = Selection {
             prepare_every_method: true,
             ..Default::default()

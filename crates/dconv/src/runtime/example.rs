@@ -76,3 +76,36 @@ pub fn example_model() -> Vec<u8> {
     }
     .encode_to_vec()
 }
+
+/// The example model with `extra` more Conv (2 -> 2, 3x3, pad 1) + Relu pairs after its own,
+/// `Conv_1`, `Relu_1`, ... (output `y{extra}`): a chain of layers of two shapes, for tests.
+#[cfg(test)]
+pub(crate) fn example_chain(extra: usize) -> Vec<u8> {
+    let mut proto = ModelProto::decode(&example_model()[..]).expect("the example decodes");
+    let graph = proto.graph.as_mut().expect("the example has a graph");
+    let (conv, relu) = (graph.node[0].clone(), graph.node[1].clone());
+    let mut w2 = graph.initializer[0].clone();
+    (w2.name, w2.dims) = (Some("w2".into()), vec![2, 2, 3, 3]);
+    w2.float_data = (0..36).map(|i| (i % 5) as f32 - 2.0).collect();
+    graph.initializer.push(w2);
+    for i in 0..extra {
+        let rename = |n: &NodeProto, inputs: Vec<String>, output: String| NodeProto {
+            name: Some(format!("{}_{}", n.op_type(), i + 1)),
+            input: inputs,
+            output: vec![output],
+            ..n.clone()
+        };
+        let (x, c, y) = (
+            format!("y{i}"),
+            format!("c{}", i + 1),
+            format!("y{}", i + 1),
+        );
+        graph
+            .node
+            .push(rename(&conv, vec![x, "w2".into()], c.clone()));
+        graph.node.push(rename(&relu, vec![c], y));
+    }
+    graph.node[1].output = vec!["y0".into()];
+    graph.output[0].name = Some(format!("y{extra}"));
+    proto.encode_to_vec()
+}

@@ -28,7 +28,7 @@ pub(crate) mod policy;
 mod profile;
 mod session;
 
-pub use analysis::{LayerAnalysis, MethodTime};
+pub use analysis::{LayerAnalysis, MethodTime, OnLayer};
 pub use example::example_model;
 pub use policy::Policy;
 pub use profile::{Profile, StepProfile};

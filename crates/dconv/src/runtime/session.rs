@@ -2,7 +2,7 @@
 //! shapes and reusing buffers across runs. A session is `Sync`: several threads may run it
 //! at once, each run taking its own scratch buffers from a pool.
 
-use super::analysis::{LayerAnalysis, Probe};
+use super::analysis::{LayerAnalysis, OnLayer, Probe};
 use super::builder::{Src, Step, StepOp, Value};
 use super::plan::{self, Plan};
 use super::policy::{Policy, Selection};
@@ -127,15 +127,31 @@ impl<'m> Session<'m> {
     /// Runs the model once with every method prepared, timing each method `runs` times on
     /// the input each convolution actually sees; one row per convolution, in run order.
     pub fn analyze(&self, inputs: &[(&str, Tensor)], runs: usize) -> Result<Vec<LayerAnalysis>> {
+        self.analyze_reporting(inputs, runs, &mut |_, _, _| {})
+    }
+
+    /// [`analyze`](Self::analyze), calling `on_layer` as each convolution has been timed (a
+    /// large model takes minutes: a caller can show how far it is).
+    pub fn analyze_reporting(
+        &self,
+        inputs: &[(&str, Tensor)],
+        runs: usize,
+        on_layer: OnLayer,
+    ) -> Result<Vec<LayerAnalysis>> {
         let ordered = self.order_inputs(inputs)?;
         let shapes: Vec<Vec<usize>> = ordered.iter().map(|(_, s)| s.clone()).collect();
         let selection = Selection {
             prepare_every_method: true,
             ..self.selection()
         };
-        let mut probe = Probe::new(runs, selection);
+        let mut probe = Probe::new(runs, selection, on_layer);
         self.in_pool(|| {
             let plan = plan::build(self.model, &shapes, selection, self.options.max_memory)?;
+            probe.convs = plan
+                .steps
+                .iter()
+                .filter(|s| matches!(s.op, StepOp::Conv(_)))
+                .count();
             execute(
                 &plan,
                 &ordered,
