@@ -1,6 +1,6 @@
 //! Direct sparse convolution: sparse weights x dense activations, with no lowered matrix.
 //!
-//! The input is transposed into zero-padded, channel-major planes. With a stride, every
+//! The input is transposed into zero-padded planes, one per channel. With a stride, every
 //! channel is split into `stride_h x stride_w` phase planes (space to depth: phase
 //! `(ph, pw)` holds `Xpad[c][y*sh + ph][x*sw + pw]`), so that kernel position `(r, s)` of
 //! output `(oy, ox)` reads phase `(r*dh % sh, s*dw % sw)` at `(oy + r*dh/sh, ox + s*dw/sw)`.
@@ -15,7 +15,10 @@
 //! `3 (1 + 2 / rows)` times, not 9.
 //!
 //! Work goes by bands of tile rows small enough that their planes stay in L2: the band's
-//! input rows are transposed into planes, and each tile is computed into a staging buffer
+//! input rows are transposed into planes, stored row by row (row `y` of every channel's
+//! planes, then row `y + 1`), so that transposing one input row writes one stretch of memory
+//! rather than a short piece of each of hundreds of planes (4-9 % faster on 128-256
+//! channels, the same on 64 and 512); and each tile is computed into a staging buffer
 //! (`[filter][row][lane]`) that is transposed into the channels-last output through the
 //! epilogue. A band that one thread runs stages and finishes one tile at a time, so that
 //! its sums never leave cache. Threads that share a band (when tile rows are fewer than
@@ -80,8 +83,6 @@ pub(crate) struct SparseWeight {
     max_row: usize,
     /// Per kernel column `s`: its column phase `s*dw % sw` and shift `s*dw / sw`.
     columns: Vec<(usize, usize)>,
-    /// Phase-plane width (columns).
-    plane_w: usize,
     /// Floats of one patch (`rows + max_row` vectors).
     segment: usize,
     /// Floats of a thread's window (whole cache lines).
@@ -135,17 +136,19 @@ impl SparseWeight {
                 .take_while(|&band| band_bytes(band + 1, shared) <= budget)
                 .last()
                 .map_or(1, |band| band + 1);
-            let plane = (tile_rows * rows + max_row)
-                .checked_mul(plane_w)
-                .ok_or_else(too_large)?;
-            let channel_stride = plane.checked_mul(sh * sw).ok_or_else(too_large)?;
-            spec.channels
+            let plane_rows = tile_rows * rows + max_row;
+            let channel_stride = (sh * sw).checked_mul(plane_w).ok_or_else(too_large)?;
+            let row_stride = spec
+                .channels
                 .checked_mul(channel_stride)
                 .ok_or_else(too_large)?;
+            plane_rows.checked_mul(row_stride).ok_or_else(too_large)?;
             Ok(Bands {
                 tile_rows,
-                plane,
+                plane_rows,
+                plane_w,
                 channel_stride,
+                row_stride,
             })
         };
         let bands = [
@@ -217,7 +220,6 @@ impl SparseWeight {
             row_phases,
             max_row,
             columns,
-            plane_w,
             segment,
             window_len,
         })
@@ -226,30 +228,26 @@ impl SparseWeight {
     /// Transposes the rows of one NHWC image that the band of tile rows from `band_start`
     /// reads into the band's phase planes, a padded row at a time. Only cells inside the
     /// padded image are written: the others are read by dropped positions only.
-    fn convert(&self, image: &[f32], g: Bands, band_start: usize, jobs: usize, planes: &mut [f32]) {
+    fn convert(&self, image: &[f32], g: Bands, band_start: usize, planes: &mut [f32]) {
         let s = &self.spec;
         let [sh, sw] = s.stride;
         let [padded_h, padded_w] = s.padded_size().expect("validated spec");
         let first = band_start * self.rows;
-        let plane_rows = first..(first + g.plane / self.plane_w).min(padded_h.div_ceil(sh));
+        let plane_rows = first..(first + g.plane_rows).min(padded_h.div_ceil(sh));
         let (top, left, width) = (s.padding.top, s.padding.left, s.width);
-        // One block of channels per thread, whole vectors of each pixel: a pixel's channels
-        // are read together while its cache lines are at hand.
-        let chunk_channels = s.channels.div_ceil(jobs.max(1)).next_multiple_of(8);
-        planes[..s.channels * g.channel_stride]
-            .par_chunks_mut(chunk_channels * g.channel_stride)
-            .enumerate()
-            .for_each(|(chunk, planes)| {
-                let channels = planes.len() / g.channel_stride;
-                for (y, py) in plane_rows
-                    .clone()
-                    .flat_map(|py| self.row_phases.iter().map(move |&ph| (py * sh + ph, py)))
-                    .filter(|&(y, _)| y < padded_h)
-                {
+        // One plane row (every channel and phase) per task: each reads whole input rows.
+        planes[..plane_rows.len() * g.row_stride]
+            .par_chunks_mut(g.row_stride)
+            .zip(plane_rows)
+            .for_each(|(planes, py)| {
+                for (y, ph) in self.row_phases.iter().map(|&ph| (py * sh + ph, ph)) {
+                    if y >= padded_h {
+                        continue;
+                    }
                     let iy = y.checked_sub(top).filter(|&iy| iy < s.height);
                     for pw in 0..sw.min(padded_w) {
-                        // Phase (y % sh, pw), row y / sh: padded columns x * sw + pw.
-                        let row = (y % sh * sw + pw) * g.plane + (py - first) * self.plane_w;
+                        // Phase (ph, pw): padded columns x * sw + pw.
+                        let row = (ph * sw + pw) * g.plane_w;
                         let len = (padded_w - pw).div_ceil(sw);
                         // Columns inside the input: left <= x * sw + pw < left + width.
                         let (lo, hi) = match iy {
@@ -259,21 +257,21 @@ impl SparseWeight {
                             ),
                             None => (len, len),
                         };
-                        for c in 0..channels {
+                        for c in 0..s.channels {
                             let dst = &mut planes[c * g.channel_stride + row..][..len];
                             dst[..lo].fill(0.0);
                             dst[hi.max(lo)..].fill(0.0);
                         }
                         if let (Some(iy), true) = (iy, hi > lo) {
                             let ix = lo * sw + pw - left;
-                            let from = (iy * width + ix) * s.channels + chunk * chunk_channels;
+                            let from = (iy * width + ix) * s.channels;
                             transpose(
                                 self.isa,
                                 &image[from..],
                                 sw * s.channels,
                                 &mut planes[row + lo..],
                                 g.channel_stride,
-                                (hi - lo, channels),
+                                (hi - lo, s.channels),
                             );
                         }
                     }
@@ -299,14 +297,15 @@ impl SparseWeight {
         for c in self.block_channels(b) {
             for &ph in &self.row_phases {
                 for &(pw, column) in &self.columns {
-                    let first = planes.start(c, (ph, pw), sw) + y0 * self.plane_w + x0 + column;
+                    let first =
+                        planes.start(c, (ph, pw), sw) + y0 * planes.row_stride() + x0 + column;
                     let dst = segments.next().expect("window holds the block");
                     for (k, dst) in dst.chunks_exact_mut(L).take(vectors).enumerate() {
-                        let from = first + k * self.plane_w;
+                        let from = first + k * planes.row_stride();
                         match folded {
                             None => dst.copy_from_slice(&planes.data[from..from + L]),
                             Some(f) => {
-                                let lower = from + f.rows * self.plane_w;
+                                let lower = from + f.rows * planes.row_stride();
                                 let (a, b) = dst.split_at_mut(L / 2);
                                 a.copy_from_slice(&planes.data[from..from + L / 2]);
                                 b.copy_from_slice(&planes.data[lower..lower + L / 2]);
@@ -327,7 +326,7 @@ impl SparseWeight {
                 for pw in 0..sw {
                     let plane = planes.start(c, (ph, pw), sw);
                     for k in 0..self.rows + self.max_row {
-                        let from = plane + (y0 + k) * self.plane_w + x0;
+                        let from = plane + (y0 + k) * planes.row_stride() + x0;
                         for line in planes.data[from..from + span].chunks(LINE) {
                             crate::kernels::prefetch_l2(line);
                         }
@@ -524,10 +523,13 @@ struct Fold {
 struct Bands {
     /// Tile rows per band.
     tile_rows: usize,
-    /// Floats of one band's phase plane (`tile_rows * rows + max_row` plane rows) and of all
-    /// phase planes of a channel.
-    plane: usize,
+    /// Plane rows of a band (`tile_rows * rows + max_row`); floats of one plane's row; floats
+    /// from a channel's planes to the next channel's, within a plane row; and from one plane
+    /// row (of every channel and phase) to the next.
+    plane_rows: usize,
+    plane_w: usize,
     channel_stride: usize,
+    row_stride: usize,
 }
 
 /// A band's planes and their shape.
@@ -541,7 +543,13 @@ impl Planes<'_> {
     /// Where the plane of channel `c` and phase `(ph, pw)` starts, at column stride `sw`.
     #[inline(always)]
     fn start(&self, c: usize, (ph, pw): (usize, usize), sw: usize) -> usize {
-        c * self.bands.channel_stride + (ph * sw + pw) * self.bands.plane
+        c * self.bands.channel_stride + (ph * sw + pw) * self.bands.plane_w
+    }
+
+    /// Floats from a plane row to the next.
+    #[inline(always)]
+    fn row_stride(&self) -> usize {
+        self.bands.row_stride
     }
 }
 
@@ -585,7 +593,7 @@ impl SparseWeight {
         } else {
             (self.bands[usize::from(threads > 1)], 1, threads)
         };
-        let planes_len = s.channels * g.channel_stride;
+        let planes_len = g.plane_rows * g.row_stride;
         // A band of one thread stages one tile at a time; a shared band, all its tiles.
         let staged_tiles = if jobs == 1 {
             1
@@ -733,7 +741,7 @@ impl SparseWeight {
         let (mut zeros, mut convert) = (0, Duration::ZERO);
         for band_start in tile_rows.clone().step_by(g.tile_rows) {
             let t0 = Instant::now();
-            self.convert(image, g, band_start, run.jobs, scratch.planes);
+            self.convert(image, g, band_start, scratch.planes);
             convert += t0.elapsed();
             let band_rows = g.tile_rows.min(tile_rows.end - band_start);
             let tiles = band_rows * self.tiles_x;

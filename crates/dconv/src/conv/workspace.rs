@@ -18,7 +18,7 @@ pub struct Workspace {
     pub(crate) lowered_tiles: Vec<Vec<f32>>,
     /// Per tile of output rows, where im2CSOA reads its pixel lists.
     pub(crate) csoa_tiles: Vec<im2csoa::CsoaTile>,
-    /// Zero-padded, channel-major input planes of one band of output rows (sparse-weight).
+    /// Zero-padded input planes of one band of output rows, row by row (sparse-weight).
     pub(crate) planes: Vec<f32>,
     /// A band's sums of every tile and filter, then one input window per thread
     /// (sparse-weight).
