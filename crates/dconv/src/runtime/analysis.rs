@@ -70,17 +70,17 @@ pub(crate) struct Probe<'a> {
     runs: usize,
     selection: Selection,
     /// Convolutions in the plan.
-    pub convs: usize,
+    convs: usize,
     on_layer: OnLayer<'a>,
     pub layers: Vec<LayerAnalysis>,
 }
 
 impl<'a> Probe<'a> {
-    pub fn new(runs: usize, selection: Selection, on_layer: OnLayer<'a>) -> Self {
+    pub fn new(runs: usize, selection: Selection, convs: usize, on_layer: OnLayer<'a>) -> Self {
         Probe {
             runs: runs.max(1),
             selection,
-            convs: 0,
+            convs,
             on_layer,
             layers: Vec::new(),
         }

@@ -144,23 +144,23 @@ impl<'m> Session<'m> {
             prepare_every_method: true,
             ..self.selection()
         };
-        let mut probe = Probe::new(runs, selection, on_layer);
         self.in_pool(|| {
             let plan = plan::build(self.model, &shapes, selection, self.options.max_memory)?;
-            probe.convs = plan
+            let convs = plan
                 .steps
                 .iter()
                 .filter(|s| matches!(s.op, StepOp::Conv(_)))
                 .count();
+            let mut probe = Probe::new(runs, selection, convs, on_layer);
             execute(
                 &plan,
                 &ordered,
                 &mut Scratch::default(),
                 None,
                 Some(&mut probe),
-            )
-        })?;
-        Ok(probe.layers)
+            )?;
+            Ok(probe.layers)
+        })
     }
 
     fn selection(&self) -> Selection {
