@@ -228,16 +228,20 @@ impl SparseWeight {
     /// Transposes the rows of one NHWC image that the band of tile rows from `band_start`
     /// reads into the band's phase planes, a padded row at a time. Only cells inside the
     /// padded image are written: the others are read by dropped positions only.
-    fn convert(&self, image: &[f32], g: Bands, band_start: usize, planes: &mut [f32]) {
+    fn convert(&self, image: &[f32], g: Bands, band_start: usize, jobs: usize, planes: &mut [f32]) {
         let s = &self.spec;
         let [sh, sw] = s.stride;
         let [padded_h, padded_w] = s.padded_size().expect("validated spec");
         let first = band_start * self.rows;
         let plane_rows = first..(first + g.plane_rows).min(padded_h.div_ceil(sh));
         let (top, left, width) = (s.padding.top, s.padding.left, s.width);
-        // One plane row (every channel and phase) per task: each reads whole input rows.
+        // An even share of the plane rows (every channel and phase of each) per thread that
+        // shares the band, so that each reads whole input rows; a band of its own stays on
+        // this thread, whose cache its kernel then reads.
+        let per_job = plane_rows.len().div_ceil(jobs.max(1));
         planes[..plane_rows.len() * g.row_stride]
             .par_chunks_mut(g.row_stride)
+            .with_min_len(per_job)
             .zip(plane_rows)
             .for_each(|(planes, py)| {
                 for (y, ph) in self.row_phases.iter().map(|&ph| (py * sh + ph, ph)) {
@@ -741,7 +745,7 @@ impl SparseWeight {
         let (mut zeros, mut convert) = (0, Duration::ZERO);
         for band_start in tile_rows.clone().step_by(g.tile_rows) {
             let t0 = Instant::now();
-            self.convert(image, g, band_start, scratch.planes);
+            self.convert(image, g, band_start, run.jobs, scratch.planes);
             convert += t0.elapsed();
             let band_rows = g.tile_rows.min(tile_rows.end - band_start);
             let tiles = band_rows * self.tiles_x;
