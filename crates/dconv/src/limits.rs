@@ -49,13 +49,18 @@ pub fn parse_bytes(text: &str) -> Result<usize> {
         Some((i, 'g' | 'G')) => (&text[..i], 30),
         _ => (text, 0),
     };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(Error::InvalidArgument(format!(
+            "'{text}' is not a byte count (a number with an optional K, M or G suffix)"
+        )));
+    }
     digits
         .parse::<usize>()
         .ok()
         .and_then(|n| n.checked_mul(1usize << shift))
         .ok_or_else(|| {
             Error::InvalidArgument(format!(
-                "'{text}' is not a byte count (a number with an optional K, M or G suffix)"
+                "'{text}' is more bytes than this machine can address"
             ))
         })
 }
@@ -70,9 +75,14 @@ mod tests {
         assert_eq!(parse_bytes("4K").unwrap(), 4096);
         assert_eq!(parse_bytes("3m").unwrap(), 3 << 20);
         assert_eq!(parse_bytes("2G").unwrap(), 2 << 30);
-        for bad in ["", "G", "-1", "1.5G", "1T", "99999999999999999999G"] {
-            assert!(parse_bytes(bad).is_err(), "{bad}");
+        for bad in ["", "G", "-1", "+1", "1.5G", "1T", "1 G"] {
+            let err = parse_bytes(bad).unwrap_err().to_string();
+            assert!(err.contains("is not a byte count"), "{bad}: {err}");
         }
+        let err = parse_bytes("99999999999999999999G")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more bytes than"), "{err}");
     }
 
     #[test]
