@@ -62,16 +62,17 @@ impl Method {
     ];
 
     /// At most how many bytes of packed weights preparing this method for `spec` takes
-    /// (saturating): the panels of the sparse-activation methods pad each group's filters to
-    /// whole blocks of 128 output channels, so a depthwise layer grows a hundredfold.
-    pub fn prepared_bytes(self, spec: &ConvSpec) -> usize {
+    /// (saturating), when `nonzeros` of its weights are not zero: the panels of the
+    /// sparse-activation methods pad each group's filters to whole blocks of 128 output
+    /// channels, so a depthwise layer grows a hundredfold; sparse-weight keeps only the
+    /// non-zeros.
+    pub fn prepared_bytes(self, spec: &ConvSpec, nonzeros: usize) -> usize {
         const WIDEST_PANEL: usize = 128;
         let weights = spec.weight_len().unwrap_or(usize::MAX);
         match self {
             Method::Reference => weights.saturating_mul(4),
             Method::Dense => dense::prepared_bytes(spec),
-            // An offset and a value per weight, at most.
-            Method::SparseWeight => weights.saturating_mul(8),
+            Method::SparseWeight => sparse_weight::prepared_bytes(spec, nonzeros.min(weights)),
             Method::LoweredCsr | Method::Im2Csr | Method::Im2Csoa => {
                 let blocks = spec.filters_per_group().div_ceil(WIDEST_PANEL);
                 saturating_product(&[spec.groups, blocks, spec.lowered_cols(), WIDEST_PANEL, 4])
@@ -80,15 +81,16 @@ impl Method {
     }
 
     /// At most how many bytes of packed weights [`Conv::prepare_methods`] takes for
-    /// `methods` (saturating): the panels the sparse-activation methods share count once.
-    pub fn prepared_bytes_of(methods: &[Method], spec: &ConvSpec) -> usize {
+    /// `methods` (saturating), `nonzeros` as in [`Method::prepared_bytes`]: the panels the
+    /// sparse-activation methods share count once.
+    pub fn prepared_bytes_of(methods: &[Method], spec: &ConvSpec, nonzeros: usize) -> usize {
         let mut panels = false;
         methods.iter().fold(0usize, |sum, &m| {
             let shares = m.reads_panels();
             let bytes = if shares && panels {
                 0
             } else {
-                m.prepared_bytes(spec)
+                m.prepared_bytes(spec, nonzeros)
             };
             panels |= shares;
             sum.saturating_add(bytes)
@@ -450,11 +452,15 @@ mod tests {
             conv.run(&input, &mut actual, &mut ws).unwrap();
             assert_eq!(actual, expected, "{m}");
         }
-        let panels = Method::Im2Csr.prepared_bytes(&spec);
+        let nonzeros = weights.iter().filter(|&&w| w != 0.0).count();
+        let panels = Method::Im2Csr.prepared_bytes(&spec, nonzeros);
         assert_eq!(
-            Method::prepared_bytes_of(&methods, &spec),
-            Method::Dense.prepared_bytes(&spec) + panels
+            Method::prepared_bytes_of(&methods, &spec, nonzeros),
+            Method::Dense.prepared_bytes(&spec, nonzeros) + panels
         );
-        assert_eq!(Method::prepared_bytes_of(&[Method::Im2Csoa], &spec), panels);
+        assert_eq!(
+            Method::prepared_bytes_of(&[Method::Im2Csoa], &spec, nonzeros),
+            panels
+        );
     }
 }

@@ -34,7 +34,9 @@ use crate::kernels::shifted_axpy::{
 };
 use crate::kernels::transpose::{transpose, transpose_finish, Finish};
 use crate::kernels::Isa;
+use crate::limits::saturating_product;
 use rayon::prelude::*;
+use std::mem::size_of;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -98,8 +100,16 @@ impl SparseWeight {
         let (out_h, out_w) = (spec.out_height(), spec.out_width());
         let too_large = || Error::Overflow("sparse-weight input planes");
 
-        let lanes = vector_floats(isa);
-        let rows = tile_rows(out_h, max_tile_rows(isa));
+        let WindowShape {
+            lanes,
+            rows,
+            row_phases,
+            max_row,
+            segment,
+            window_channel,
+            block,
+            blocks,
+        } = WindowShape::new(&spec, isa);
         let tile_len = rows * lanes;
         let (tiles_y, tiles_x) = (out_h.div_ceil(rows), out_w.div_ceil(lanes));
         let last_column = out_w - (tiles_x - 1) * lanes;
@@ -108,10 +118,6 @@ impl SparseWeight {
             half: lanes / 2,
         });
 
-        let mut row_phases: Vec<usize> = (0..kr).map(|r| r * dh % sh).collect();
-        row_phases.sort_unstable();
-        row_phases.dedup();
-        let max_row = (kr - 1) * dh / sh;
         let columns: Vec<(usize, usize)> = (0..ks).map(|s| (s * dw % sw, s * dw / sw)).collect();
         let max_column = (ks - 1) * dw / sw;
 
@@ -156,10 +162,6 @@ impl SparseWeight {
             bands_within(SHARED_BAND_BUDGET, true)?,
         ];
 
-        let segment = (rows + max_row) * lanes;
-        let window_channel = row_phases.len() * ks * segment;
-        let block = (L1_BUDGET / (4 * window_channel)).clamp(1, spec.channels);
-        let blocks = spec.channels.div_ceil(block);
         let window_len = (block * window_channel).next_multiple_of(LINE);
 
         let (cg, mg) = (spec.channels_per_group(), spec.filters_per_group());
@@ -201,6 +203,8 @@ impl SparseWeight {
                 starts.push(taps.push_tile(&mut list));
             }
         }
+        // Kept for the layer's life: no slack from growing, so that `prepared_bytes` holds.
+        taps.shrink_to_fit();
         debug_assert!(taps.span() + tile_len <= window_len + 1);
         Ok(SparseWeight {
             spec,
@@ -557,6 +561,65 @@ impl Planes<'_> {
     }
 }
 
+/// The window one tile reads on `isa`, per channel, and how many channels a block of it
+/// holds: what cuts the taps into channel blocks, known from the spec alone.
+struct WindowShape {
+    /// Floats per vector, and output rows (vectors) per tile.
+    lanes: usize,
+    rows: usize,
+    /// Distinct row phases `r*dh % sh` the kernel reads, and the largest row shift.
+    row_phases: Vec<usize>,
+    max_row: usize,
+    /// Floats of one patch (`rows + max_row` vectors), and of one channel's patches.
+    segment: usize,
+    window_channel: usize,
+    /// Channels per block (the window of a block stays in L1), and blocks.
+    block: usize,
+    blocks: usize,
+}
+
+impl WindowShape {
+    fn new(spec: &ConvSpec, isa: Isa) -> Self {
+        let ([kr, ks], [sh, _], [dh, _]) = (spec.kernel, spec.stride, spec.dilation);
+        let lanes = vector_floats(isa);
+        let rows = tile_rows(spec.out_height(), max_tile_rows(isa));
+        let mut row_phases: Vec<usize> = (0..kr).map(|r| r * dh % sh).collect();
+        row_phases.sort_unstable();
+        row_phases.dedup();
+        let max_row = (kr - 1) * dh / sh;
+        let segment = (rows + max_row) * lanes;
+        let window_channel = row_phases.len() * ks * segment;
+        let block = (L1_BUDGET / (4 * window_channel)).clamp(1, spec.channels);
+        WindowShape {
+            lanes,
+            rows,
+            row_phases,
+            max_row,
+            segment,
+            window_channel,
+            block,
+            blocks: spec.channels.div_ceil(block),
+        }
+    }
+}
+
+/// At most how many bytes the taps of a layer with `nonzeros` non-zero weights take, on any
+/// ISA (saturating): one tap per non-zero weight (a pair of taps takes less than two), and
+/// where each filter's taps start in each channel block. A pruned layer keeps a fraction of
+/// its dense size, and a memory budget counts only that.
+pub(crate) fn prepared_bytes(spec: &ConvSpec, nonzeros: usize) -> usize {
+    let blocks = Isa::ALL
+        .iter()
+        .map(|&isa| WindowShape::new(spec, isa).blocks)
+        .max()
+        .unwrap_or(1);
+    let starts = saturating_product(&[spec.filters, blocks, size_of::<TapBounds>()]);
+    nonzeros
+        .saturating_mul(size_of::<Tap>())
+        .saturating_add(starts)
+        .saturating_add(size_of::<TapBounds>())
+}
+
 /// Rows per tile for an output of `height` rows, at most `max`: the count in
 /// `max/2 ..= max` that computes the fewest rows past the output; on ties, one that makes an
 /// even number of tile rows (two threads then take equal shares of whole tile rows), then
@@ -791,6 +854,7 @@ impl SparseWeight {
 mod tests {
     use super::*;
     use crate::conv::Activation;
+    use crate::synth::{random_sparse, Rng};
 
     /// The shape of `sparse_weight_with_many_channel_blocks_and_bands` (in
     /// tests/methods_match_reference.rs) needs several channel blocks and, on one thread,
@@ -874,6 +938,57 @@ mod tests {
                 };
                 let conv = SparseWeight::new(spec, &weights, epilogue, isa).unwrap();
                 assert_eq!(conv.fold.is_some(), folds, "{isa} {spec:?}");
+            }
+        }
+    }
+
+    /// The bound a memory budget counts holds what every ISA's layout keeps, over shapes of
+    /// every stride, dilation and group count and weight sparsities from 0 to 100 %, and
+    /// shrinks with the non-zeros.
+    #[test]
+    fn prepared_bytes_bound_what_is_kept() {
+        let mut rng = Rng::new(7);
+        let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
+        for case in 0..60 {
+            let groups = [1, 2, 4][pick(3)];
+            let (k, stride, dilation) = (1 + pick(5), 1 + pick(3), 1 + pick(2));
+            let size = (k - 1) * dilation + 1 + pick(20);
+            let spec = ConvSpec::new(
+                groups * (1 + pick(24)),
+                size,
+                size + pick(9),
+                groups * (1 + pick(40)),
+                [k, k],
+            )
+            .with_stride([stride, 1 + pick(2)])
+            .with_dilation([dilation, 1])
+            .with_padding([pick(2), pick(2), pick(2), pick(2)])
+            .with_groups(groups);
+            spec.validate().unwrap();
+            let sparsity = [0.0, 0.5, 0.9, 1.0][case % 4];
+            let weights = random_sparse(
+                spec.weight_len().unwrap(),
+                sparsity,
+                &mut Rng::new(case as u64),
+            );
+            let nonzeros = weights.iter().filter(|&&w| w != 0.0).count();
+            let bound = prepared_bytes(&spec, nonzeros);
+            for isa in Isa::ALL {
+                let epilogue = Epilogue {
+                    bias: vec![0.0; spec.filters],
+                    activation: Activation::None,
+                    isa,
+                };
+                let conv = SparseWeight::new(spec, &weights, epilogue, isa).unwrap();
+                let kept = conv.taps.bytes() + conv.starts.capacity() * size_of::<TapBounds>();
+                assert!(
+                    kept <= bound,
+                    "{isa} {spec:?} at {sparsity}: {kept} > {bound}"
+                );
+            }
+            if sparsity == 0.9 {
+                let dense = prepared_bytes(&spec, spec.weight_len().unwrap());
+                assert!(bound < dense, "{spec:?}: {bound} of {dense}");
             }
         }
     }

@@ -92,6 +92,18 @@ impl TapList {
         self.end()
     }
 
+    /// Frees the capacity that growing left past the list.
+    pub fn shrink_to_fit(&mut self) {
+        self.pairs.shrink_to_fit();
+        self.taps.shrink_to_fit();
+    }
+
+    /// Bytes the list holds, capacity included.
+    pub fn bytes(&self) -> usize {
+        self.pairs.capacity() * std::mem::size_of::<TapPair>()
+            + self.taps.capacity() * std::mem::size_of::<Tap>()
+    }
+
     /// Where the list ends: the bounds of the next tile's start.
     pub fn end(&self) -> TapBounds {
         TapBounds {

@@ -199,7 +199,7 @@ impl ConvDraft {
         let names = prepared.iter().map(|m| m.name()).collect::<Vec<_>>();
         b.account_prepared(
             format!("preparing {}", names.join(", ")),
-            Method::prepared_bytes_of(&prepared, &self.spec),
+            Method::prepared_bytes_of(&prepared, &self.spec, self.weights.len() - zeros),
         )?;
         let methods =
             Conv::prepare_methods(&self.spec, &self.weights, Some(&self.bias), &prepared)?;
