@@ -195,11 +195,12 @@ impl ConvDraft {
         let x = b.in_layout(input, Layout::ChannelsLast)?;
         let zeros = self.weights.iter().filter(|&&w| w == 0.0).count();
         let weight_sparsity = zeros as f64 / self.weights.len().max(1) as f64;
+        let nonzeros = self.weights.len() - zeros;
         let prepared = b.selection.methods(&self.spec, weight_sparsity);
         let names = prepared.iter().map(|m| m.name()).collect::<Vec<_>>();
         b.account_prepared(
             format!("preparing {}", names.join(", ")),
-            Method::prepared_bytes_of(&prepared, &self.spec, self.weights.len() - zeros),
+            Method::prepared_bytes_of(&prepared, &self.spec, nonzeros),
         )?;
         let methods =
             Conv::prepare_methods(&self.spec, &self.weights, Some(&self.bias), &prepared)?;
@@ -210,6 +211,7 @@ impl ConvDraft {
             methods,
             choice,
             weight_sparsity,
+            nonzeros,
             counts_zeros: self.spec.activation != Activation::None,
         };
         let src = b.src(&x);
@@ -227,6 +229,8 @@ pub(crate) struct ConvStep {
     methods: Vec<Conv>,
     choice: Choice,
     weight_sparsity: f64,
+    /// Non-zero weights, which the sparse-weight method's packed size follows.
+    nonzeros: usize,
     /// Whether a fused ReLU makes the output sparse enough to be worth counting.
     counts_zeros: bool,
 }
@@ -297,6 +301,15 @@ impl ConvStep {
         self.methods
             .iter()
             .filter(move |c| stays(c) || (none_stays && Some(c.method()) == leanest))
+    }
+
+    /// At most how many bytes the weights of [`kept_within`](Self::kept_within)`(limit)` hold
+    /// packed.
+    pub fn prepared_bytes_within(&self, limit: usize) -> usize {
+        let kept: Vec<Method> = self.kept_within(limit).map(Conv::method).collect();
+        self.methods.first().map_or(0, |conv| {
+            Method::prepared_bytes_of(&kept, conv.spec(), self.nonzeros)
+        })
     }
 
     /// Keeps only [`kept_within`](Self::kept_within)`(limit)` (a tight memory budget cannot

@@ -26,12 +26,20 @@ pub(crate) fn workspace_bytes(steps: &[Step], limit: usize) -> usize {
         .fold(0, |sum, &bytes| sum.saturating_add(bytes))
 }
 
+/// The most bytes the convolutions' packed weights and the session's workspace take when
+/// each convolution keeps only its methods of workspace at most `limit` bytes.
+fn kept_bytes(steps: &[Step], limit: usize) -> usize {
+    conv_steps(steps)
+        .map(|step| step.prepared_bytes_within(limit))
+        .fold(workspace_bytes(steps, limit), usize::saturating_add)
+}
+
 /// Refuses a plan whose buffers (each as large as the largest slot it holds), folded
 /// constants, prepared weights and workspace exceed `budget` bytes. First, when it is over,
-/// drops the prepared methods of largest workspace ([`shed`]): under a tight budget `auto`
-/// plans without the methods whose lowered matrices could fill it (they are the ones a
-/// sparse enough input would pick), instead of refusing the model. A forced method is never
-/// dropped.
+/// drops the prepared methods of largest workspace, and their packed weights ([`shed`]):
+/// under a tight budget `auto` plans without the methods whose lowered matrices could fill
+/// it (they are the ones a sparse enough input would pick), instead of refusing the model.
+/// A forced method is never dropped.
 pub(crate) fn fit(
     b: &mut Builder,
     slot_buffer: &[usize],
@@ -45,10 +53,10 @@ pub(crate) fn fit(
     let fixed = largest
         .iter()
         .map(|&len| len.saturating_mul(size_of::<f32>()))
-        .chain([b.folded_bytes, b.prepared_bytes])
+        .chain([b.folded_bytes])
         .fold(0, usize::saturating_add);
     shed(&mut b.steps, &b.selection, budget.saturating_sub(fixed));
-    let needed = fixed.saturating_add(workspace_bytes(&b.steps, usize::MAX));
+    let needed = fixed.saturating_add(kept_bytes(&b.steps, usize::MAX));
     if needed > budget {
         return Err(Error::OverBudget {
             what: format!(
@@ -61,9 +69,10 @@ pub(crate) fn fit(
     Ok(())
 }
 
-/// Drops the prepared methods of largest workspace until the workspace fits `allowance`
-/// bytes: every method over the largest limit on a method's workspace that fits (or, when
-/// none does, all it can), but a forced one and each layer's leanest. The limits are the
+/// Drops the prepared methods of largest workspace until the workspace and the packed
+/// weights kept fit `allowance` bytes: every method over the largest limit on a method's
+/// workspace that fits (or, when none does, all it can), but a forced one and each layer's
+/// leanest. The limits are the
 /// methods' own workspaces, searched by halving, so planning stays `O(n log n)` in the
 /// number of layers, however many a model has.
 fn shed(steps: &mut [Step], selection: &Selection, allowance: usize) {
@@ -73,8 +82,8 @@ fn shed(steps: &mut [Step], selection: &Selection, allowance: usize) {
         .collect();
     limits.sort_unstable();
     limits.dedup();
-    // The workspace only grows with the limit: the limits that fit come first.
-    let fitting = limits.partition_point(|&limit| workspace_bytes(steps, limit) <= allowance);
+    // What is kept only grows with the limit: the limits that fit come first.
+    let fitting = limits.partition_point(|&limit| kept_bytes(steps, limit) <= allowance);
     let limit = limits[fitting.saturating_sub(1)];
     if limit == *limits.last().expect("0 is a limit") {
         return;
@@ -128,14 +137,14 @@ mod tests {
     }
 
     /// Over a chain of layers, for every allowance between the leanest plan's workspace and
-    /// the whole one's: the plan fits, and each layer keeps exactly its methods under the
-    /// largest limit that fits (found here by a plain scan of every limit).
+    /// packed weights and the whole one's: the plan fits, and each layer keeps exactly its
+    /// methods under the largest limit that fits (found here by a plain scan of every limit).
     #[test]
     fn shedding_keeps_the_methods_under_the_largest_limit_that_fits() {
         let whole = chain(6);
         let (leanest, full) = (
-            workspace_bytes(&whole.steps, 0),
-            workspace_bytes(&whole.steps, usize::MAX),
+            kept_bytes(&whole.steps, 0),
+            kept_bytes(&whole.steps, usize::MAX),
         );
         let limits: Vec<usize> = conv_steps(&whole.steps)
             .flat_map(|step| step.convs().iter().map(Conv::scratch_bytes))
@@ -145,18 +154,50 @@ mod tests {
             let limit = limits
                 .iter()
                 .copied()
-                .filter(|&l| workspace_bytes(&whole.steps, l) <= allowance)
+                .filter(|&l| kept_bytes(&whole.steps, l) <= allowance)
                 .max()
                 .unwrap_or(0);
             let mut plan = chain(6);
             shed(&mut plan.steps, &Selection::default(), allowance);
-            let kept = workspace_bytes(&plan.steps, usize::MAX);
+            let kept = kept_bytes(&plan.steps, usize::MAX);
             assert!(kept <= allowance, "{kept} bytes kept for {allowance}");
             for (shed, whole) in conv_steps(&plan.steps).zip(conv_steps(&whole.steps)) {
                 let want: Vec<Method> = whole.kept_within(limit).map(Conv::method).collect();
                 assert_eq!(shed.methods().collect::<Vec<_>>(), want, "{allowance}");
             }
         }
+    }
+
+    /// Shedding a method frees its packed weights too: the least budget a chain of layers
+    /// plans within, every method prepared, is below what the packed weights of every method
+    /// and the leanest workspace take together (packing needs the first, running the second
+    /// with what is kept of the first), and the plan it gives holds within it.
+    #[test]
+    fn shedding_counts_the_packed_weights_it_frees() {
+        let bytes = crate::runtime::example::example_chain(6);
+        let model = Model::from_bytes(&bytes, None).unwrap();
+        let selection = Selection {
+            prepare_every_method: true,
+            ..Default::default()
+        };
+        let within = |budget| build(&model, &[vec![1, 1, 4, 4]], selection, Some(budget));
+        let whole = chain(6);
+        let every: usize = conv_steps(&whole.steps)
+            .map(|step| step.prepared_bytes_within(usize::MAX))
+            .sum();
+        let leanest_workspace = workspace_bytes(&whole.steps, 0);
+        let (mut refused, mut fits) = (0, every + leanest_workspace + (1 << 20));
+        assert!(within(fits).is_ok());
+        while fits - refused > 1 {
+            let mid = (refused + fits) / 2;
+            match within(mid) {
+                Ok(_) => fits = mid,
+                Err(_) => refused = mid,
+            }
+        }
+        assert!(fits < every + leanest_workspace, "{fits} of {every}");
+        let plan = within(fits).unwrap();
+        assert!(kept_bytes(&plan.steps, usize::MAX) <= fits);
     }
 
     fn only_conv(plan: &Plan) -> &ConvStep {
@@ -205,7 +246,8 @@ mod tests {
         };
         let before = scratch(&auto);
         let (largest, largest_method) = *before.last().unwrap();
-        shed(&mut auto.steps, &Selection::default(), full - 1);
+        let allowance = kept_bytes(&auto.steps, usize::MAX) - 1;
+        shed(&mut auto.steps, &Selection::default(), allowance);
         assert_eq!(scratch(&auto), before[..before.len() - 1]);
         assert_eq!(workspace_bytes(&auto.steps, usize::MAX), full - largest);
         assert!(only_conv(&auto).prepared(largest_method).is_err());
