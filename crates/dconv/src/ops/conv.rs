@@ -196,12 +196,7 @@ impl ConvDraft {
         let zeros = self.weights.iter().filter(|&&w| w == 0.0).count();
         let weight_sparsity = zeros as f64 / self.weights.len().max(1) as f64;
         let nonzeros = self.weights.len() - zeros;
-        let prepared = b.selection.methods(&self.spec, weight_sparsity);
-        let names = prepared.iter().map(|m| m.name()).collect::<Vec<_>>();
-        b.account_prepared(
-            format!("preparing {}", names.join(", ")),
-            Method::prepared_bytes_of(&prepared, &self.spec, nonzeros),
-        )?;
+        let prepared = b.account_methods(&self.spec, weight_sparsity, nonzeros)?;
         let methods =
             Conv::prepare_methods(&self.spec, &self.weights, Some(&self.bias), &prepared)?;
         let methods = b.fit_scratch(methods)?;

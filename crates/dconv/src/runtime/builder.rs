@@ -3,8 +3,8 @@
 //! whose inputs are all constants are evaluated on the spot (constant folding).
 
 use super::layout::{plain_strides, Layout};
-use super::policy::Selection;
-use crate::conv::Conv;
+use super::policy::{Policy, Selection};
+use crate::conv::{Conv, ConvSpec, Method};
 use crate::error::{Error, Result};
 use crate::limits::{checked_elements, MAX_FOLDED_BYTES};
 use crate::ops::conv::ConvStep;
@@ -173,6 +173,44 @@ impl Builder {
         }
         self.prepared_bytes += bytes;
         Ok(())
+    }
+
+    /// The methods to prepare for a convolution with `nonzeros` non-zero weights, their
+    /// packed weights accounted for. Under `auto`, a layer whose methods do not all fit
+    /// beside what is planned before it prepares only the one that packs the fewest bytes
+    /// (a pruned layer's sparse weights, say): a tight budget makes the plan leaner rather
+    /// than refusing the model. Analysis, which times every method, and a forced method get
+    /// all or nothing.
+    pub fn account_methods(
+        &mut self,
+        spec: &ConvSpec,
+        weight_sparsity: f64,
+        nonzeros: usize,
+    ) -> Result<Vec<Method>> {
+        let methods = self.selection.methods(spec, weight_sparsity);
+        let names = methods
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let all = Method::prepared_bytes_of(&methods, spec, nonzeros);
+        let refused = match self.account_prepared(format!("preparing {names}"), all) {
+            Ok(()) => return Ok(methods),
+            Err(refused) => refused,
+        };
+        let thins = self.selection.policy == Policy::Auto && !self.selection.prepare_every_method;
+        let leanest = methods
+            .iter()
+            .copied()
+            .min_by_key(|m| m.prepared_bytes(spec, nonzeros));
+        match leanest {
+            Some(leanest) if thins && methods.len() > 1 => {
+                let what = format!("preparing {leanest}, the leanest of {names}");
+                self.account_prepared(what, leanest.prepared_bytes(spec, nonzeros))?;
+                Ok(vec![leanest])
+            }
+            _ => Err(refused),
+        }
     }
 
     /// Keeps the prepared methods of a convolution whose workspace fits the budget on its
@@ -382,4 +420,59 @@ pub(crate) fn reshape_value(v: &Value, shape: Vec<usize>) -> Result<Value> {
 /// Row-major strides, re-exported for operators.
 pub(crate) fn strides_of(shape: &[usize]) -> Vec<isize> {
     plain_strides(shape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Under `auto`, a pruned layer whose methods do not all fit prepares the leanest alone;
+    /// past that, and for a forced method or analysis, the budget refuses the layer.
+    #[test]
+    fn a_tight_budget_thins_auto_to_its_leanest_method() {
+        let spec = ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1; 4]);
+        let nonzeros = spec.weight_len().unwrap() / 10;
+        let auto = Selection::default();
+        let methods = auto.methods(&spec, 0.9);
+        assert!(methods.len() > 1, "{methods:?}");
+        let bytes = |m: Method| m.prepared_bytes(&spec, nonzeros);
+        let leanest = methods.iter().copied().min_by_key(|&m| bytes(m)).unwrap();
+        let all = Method::prepared_bytes_of(&methods, &spec, nonzeros);
+        assert!(bytes(leanest) < all);
+
+        let mut roomy = Builder::new(auto, Some(all));
+        assert_eq!(
+            roomy.account_methods(&spec, 0.9, nonzeros).unwrap(),
+            methods
+        );
+        assert_eq!(roomy.prepared_bytes, all);
+
+        let mut tight = Builder::new(auto, Some(all - 1));
+        assert_eq!(
+            tight.account_methods(&spec, 0.9, nonzeros).unwrap(),
+            [leanest]
+        );
+        assert_eq!(tight.prepared_bytes, bytes(leanest));
+
+        let mut over = Builder::new(auto, Some(bytes(leanest) - 1));
+        let refused = over.account_methods(&spec, 0.9, nonzeros).unwrap_err();
+        assert!(
+            matches!(&refused, Error::OverBudget { what, .. } if what.contains("leanest")),
+            "{refused}"
+        );
+        assert_eq!(over.prepared_bytes, 0);
+
+        let every = Selection {
+            prepare_every_method: true,
+            ..auto
+        };
+        let forced = Selection {
+            policy: Policy::Force(Method::Dense),
+            ..auto
+        };
+        for (selection, budget) in [(every, all - 1), (forced, bytes(Method::Dense) - 1)] {
+            let mut strict = Builder::new(selection, Some(budget));
+            assert!(strict.account_methods(&spec, 0.9, nonzeros).is_err());
+        }
+    }
 }
