@@ -6,7 +6,7 @@
 //! larger than the input, and a second pass to compress it.
 
 use super::im2col::lower_rows;
-use super::im2csr::CsrProduct;
+use super::im2csr::{CsrProduct, RowSource};
 use super::panels::WeightPanels;
 use super::tiles::{ensure_tiles, task_tiles, tile_rows, tiles_scratch};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
@@ -41,7 +41,7 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
         let lowered = tiles_scratch::<Vec<f32>>(s.out_pixels(), |rows| {
             saturating_product(&[rows, k, size_of::<f32>()])
         });
-        lowered.saturating_add(self.product.tiles_bytes())
+        lowered.saturating_add(self.product.tiles_bytes(k))
     }
 
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
@@ -76,8 +76,9 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
                     });
                 let converted = Instant::now();
                 timing.convert += converted - start;
-                let zeros = self.product.multiply_tiles(
+                let (zeros, _) = self.product.multiply_tiles(
                     g,
+                    RowSource::Built,
                     &mut ws.csr_tiles[..tiles],
                     (tile, per_task),
                     out,
