@@ -424,6 +424,20 @@ fn sparse_activation_methods_with_many_blocks_chunks_and_tiles() {
     }
 }
 
+/// im2CSOA takes its blocks of output channels outside its taps when one block's sums and
+/// the entries fit L2 where all blocks' sums do not: this shape (2 blocks, 2304 rows) does
+/// so on one thread and not on two, whose tasks hold a quarter of the rows (a unit test in
+/// `conv::im2csoa` checks both).
+#[test]
+fn im2csoa_with_blocks_outside() {
+    let spec = ConvSpec::new(16, 48, 48, 256, [3, 3])
+        .with_padding([1, 1, 1, 1])
+        .with_bias(true)
+        .with_activation(Activation::Relu);
+    let zeros = (0.8, 0.7, ZeroPattern::Random);
+    check_shape(Method::Im2Csoa, spec, zeros, &[1, 2], 17);
+}
+
 /// Dense at stride 1 sums shifted GEMMs a band of output rows at a time (bands of about
 /// 1 MB of input rows and sums); the random shapes above fit one band. This one takes 4
 /// bands of 26 rows, with groups, dilation and asymmetric padding.
