@@ -13,8 +13,9 @@ pub struct SessionArgs {
     #[arg(long, value_name = "PROFILE.json")]
     profile: Option<PathBuf>,
     /// Refuse a model whose plan would need more memory than this (bytes, or with a K, M
-    /// or G suffix); under auto, methods with large workspaces are dropped first
-    /// [default: 16G].
+    /// or G suffix); under auto, the plan first gets leaner: a layer whose methods do not
+    /// all fit prepares only the one with the smallest weights, and methods with large
+    /// workspaces are dropped [default: 16G].
     #[arg(long, value_name = "BYTES", value_parser = parse_max_memory)]
     max_memory: Option<usize>,
 }
