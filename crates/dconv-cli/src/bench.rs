@@ -5,7 +5,7 @@ use crate::measure::{measure, ms, Measurement};
 use crate::memory::peak_rss_mb;
 use crate::model_input::InputArgs;
 use crate::progress::Progress;
-use crate::session_args::SessionArgs;
+use crate::session_args::{tell_budget_notes, SessionArgs};
 use crate::Failure;
 use dconv::{Model, Policy, Session};
 use serde::Serialize;
@@ -71,6 +71,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let progress = Progress::new((warmup + 2 * runs) as u64, "bench");
     let measured = measure(&session, &input, warmup, runs, &progress)?;
     drop(progress);
+    tell_budget_notes("bench", &session, input.1.shape())?;
     let report = report(args, &measured);
     print_report(&report);
     if let Some(path) = &args.json {

@@ -2,7 +2,7 @@
 //! as .npy and, for a classifier, prints its top classes.
 
 use crate::model_input::InputArgs;
-use crate::session_args::SessionArgs;
+use crate::session_args::{tell_budget_notes, SessionArgs};
 use crate::Failure;
 use dconv::io::npy::write_npy;
 use dconv::{Model, Policy, Session, Tensor};
@@ -39,9 +39,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let (input_name, tensor) = args.input.load(&model)?;
     let options = args.session.options(args.threads, args.policy)?;
     let session = Session::new(&model, options).map_err(Failure::from)?;
+    let shape = tensor.shape().to_vec();
     let outputs = session
         .run(&[(input_name.as_str(), tensor)])
         .map_err(Failure::from)?;
+    tell_budget_notes("run", &session, &shape)?;
     let (name, output) = match &args.output_name {
         Some(wanted) => outputs
             .iter()

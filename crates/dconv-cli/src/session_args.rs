@@ -3,7 +3,7 @@
 
 use crate::Failure;
 use dconv::conv::select::CostProfile;
-use dconv::{Policy, SessionOptions};
+use dconv::{Policy, Session, SessionOptions};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -13,9 +13,9 @@ pub struct SessionArgs {
     #[arg(long, value_name = "PROFILE.json")]
     profile: Option<PathBuf>,
     /// Refuse a model whose plan would need more memory than this (bytes, or with a K, M
-    /// or G suffix); under auto, the plan first gets leaner: a layer whose methods do not
-    /// all fit prepares only the one with the smallest weights, and methods with large
-    /// workspaces are dropped [default: 16G].
+    /// or G suffix); under auto, the plan first gets leaner: methods with large workspaces
+    /// are dropped, then each layer keeps only its method with the smallest packed weights
+    /// (stderr says what was taken out) [default: 16G].
     #[arg(long, value_name = "BYTES", value_parser = parse_max_memory)]
     max_memory: Option<usize>,
 }
@@ -39,4 +39,16 @@ impl SessionArgs {
             max_memory: self.max_memory,
         })
     }
+}
+
+/// Tells on stderr, as `dconv COMMAND: ...`, what fitting `--max-memory` took out of the plan
+/// for an input of `shape` (nothing when the budget took nothing).
+pub fn tell_budget_notes(command: &str, session: &Session, shape: &[usize]) -> Result<(), Failure> {
+    for note in session
+        .budget_notes(&[shape.to_vec()])
+        .map_err(Failure::from)?
+    {
+        eprintln!("dconv {command}: {note}");
+    }
+    Ok(())
 }

@@ -308,17 +308,20 @@ impl ConvStep {
     }
 
     /// Keeps only [`kept_within`](Self::kept_within)`(limit)` (a tight memory budget cannot
-    /// hold the others' workspace) and picks among them from then on.
-    pub fn keep_within(&mut self, limit: usize, selection: &Selection) {
+    /// hold the others' workspace) and picks among them from then on; returns the methods
+    /// dropped.
+    pub fn keep_within(&mut self, limit: usize, selection: &Selection) -> Vec<Method> {
         let kept: Vec<Method> = self.kept_within(limit).map(Conv::method).collect();
-        if kept.len() == self.methods.len() {
-            return;
+        let dropped: Vec<Method> = self.methods().filter(|m| !kept.contains(m)).collect();
+        if dropped.is_empty() {
+            return dropped;
         }
         self.methods.retain(|c| kept.contains(&c.method()));
         if let Choice::Cheapest(_) = self.choice {
             let spec = *self.methods[0].spec();
             self.choice = selection.choice(&spec, self.weight_sparsity, &kept);
         }
+        dropped
     }
 
     /// Fraction of zero weights (after BatchNormalization folding).

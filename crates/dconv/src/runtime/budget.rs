@@ -55,7 +55,8 @@ pub(crate) fn fit(
         .map(|&len| len.saturating_mul(size_of::<f32>()))
         .chain([b.folded_bytes])
         .fold(0, usize::saturating_add);
-    shed(&mut b.steps, &b.selection, budget.saturating_sub(fixed));
+    let notes = shed(&mut b.steps, &b.selection, budget.saturating_sub(fixed));
+    b.budget_notes.extend(notes);
     let needed = fixed.saturating_add(kept_bytes(&b.steps, usize::MAX));
     if needed > budget {
         return Err(Error::OverBudget {
@@ -74,8 +75,9 @@ pub(crate) fn fit(
 /// workspace that fits (or, when none does, all it can), but a forced one and each layer's
 /// leanest. The limits are the
 /// methods' own workspaces, searched by halving, so planning stays `O(n log n)` in the
-/// number of layers, however many a model has.
-fn shed(steps: &mut [Step], selection: &Selection, allowance: usize) {
+/// number of layers, however many a model has. Returns a line per convolution that lost
+/// methods, for the user.
+fn shed(steps: &mut [Step], selection: &Selection, allowance: usize) -> Vec<String> {
     let mut limits: Vec<usize> = conv_steps(steps)
         .flat_map(|step| step.convs().iter().map(Conv::scratch_bytes))
         .chain([0])
@@ -86,13 +88,23 @@ fn shed(steps: &mut [Step], selection: &Selection, allowance: usize) {
     let fitting = limits.partition_point(|&limit| kept_bytes(steps, limit) <= allowance);
     let limit = limits[fitting.saturating_sub(1)];
     if limit == *limits.last().expect("0 is a limit") {
-        return;
+        return Vec::new();
     }
+    let mut notes = Vec::new();
     for step in steps.iter_mut() {
         if let StepOp::Conv(conv) = &mut step.op {
-            conv.keep_within(limit, selection);
+            let dropped = conv.keep_within(limit, selection);
+            if !dropped.is_empty() {
+                let names: Vec<&str> = dropped.iter().map(|m| m.name()).collect();
+                notes.push(format!(
+                    "node '{}': dropped {}, whose workspace does not fit the memory budget",
+                    step.node,
+                    names.join(", ")
+                ));
+            }
         }
     }
+    notes
 }
 
 /// The convolution steps, in order.

@@ -3,7 +3,7 @@
 //! whose inputs are all constants are evaluated on the spot (constant folding).
 
 use super::layout::{plain_strides, Layout};
-use super::policy::{Policy, Selection};
+use super::policy::Selection;
 use crate::conv::{Conv, ConvSpec, Method};
 use crate::error::{Error, Result};
 use crate::limits::{checked_elements, MAX_FOLDED_BYTES};
@@ -98,6 +98,8 @@ pub(crate) struct Builder {
     pub node: String,
     /// Its operator, recorded in the steps it adds.
     pub op_type: String,
+    /// What fitting the memory budget took out of the plan, a line per convolution.
+    pub budget_notes: Vec<String>,
 }
 
 /// The operator name of the steps that convert between the plain and channels-last layouts.
@@ -115,6 +117,7 @@ impl Builder {
             steps: Vec::new(),
             node: String::new(),
             op_type: String::new(),
+            budget_notes: Vec::new(),
         }
     }
 
@@ -176,41 +179,36 @@ impl Builder {
     }
 
     /// The methods to prepare for a convolution with `nonzeros` non-zero weights, their
-    /// packed weights accounted for. Under `auto`, a layer whose methods do not all fit
-    /// beside what is planned before it prepares only the one that packs the fewest bytes
-    /// (a pruned layer's sparse weights, say): a tight budget makes the plan leaner rather
-    /// than refusing the model. Analysis, which times every method, and a forced method get
-    /// all or nothing.
+    /// packed weights accounted for: those the selection may pick, or in a lean plan the
+    /// one of them that packs the fewest bytes (a pruned layer's sparse weights, say).
     pub fn account_methods(
         &mut self,
         spec: &ConvSpec,
         weight_sparsity: f64,
         nonzeros: usize,
     ) -> Result<Vec<Method>> {
-        let methods = self.selection.methods(spec, weight_sparsity);
+        let mut methods = self.selection.methods(spec, weight_sparsity);
         let names = methods
             .iter()
             .map(|m| m.name())
             .collect::<Vec<_>>()
             .join(", ");
-        let all = Method::prepared_bytes_of(&methods, spec, nonzeros);
-        let refused = match self.account_prepared(format!("preparing {names}"), all) {
-            Ok(()) => return Ok(methods),
-            Err(refused) => refused,
-        };
-        let thins = self.selection.policy == Policy::Auto && !self.selection.prepare_every_method;
-        let leanest = methods
-            .iter()
-            .copied()
-            .min_by_key(|m| m.prepared_bytes(spec, nonzeros));
-        match leanest {
-            Some(leanest) if thins && methods.len() > 1 => {
-                let what = format!("preparing {leanest}, the leanest of {names}");
-                self.account_prepared(what, leanest.prepared_bytes(spec, nonzeros))?;
-                Ok(vec![leanest])
-            }
-            _ => Err(refused),
+        if self.selection.lean && methods.len() > 1 {
+            let leanest = methods
+                .iter()
+                .copied()
+                .min_by_key(|m| m.prepared_bytes(spec, nonzeros))
+                .expect("more than one method");
+            self.budget_notes.push(format!(
+                "node '{}': prepared {leanest} alone, of {names}, to fit the memory budget",
+                self.node
+            ));
+            methods = vec![leanest];
         }
+        let bytes = Method::prepared_bytes_of(&methods, spec, nonzeros);
+        let what = methods.iter().map(|m| m.name()).collect::<Vec<_>>();
+        self.account_prepared(format!("preparing {}", what.join(", ")), bytes)?;
+        Ok(methods)
     }
 
     /// Keeps the prepared methods of a convolution whose workspace fits the budget on its
@@ -426,10 +424,10 @@ pub(crate) fn strides_of(shape: &[usize]) -> Vec<isize> {
 mod tests {
     use super::*;
 
-    /// Under `auto`, a pruned layer whose methods do not all fit prepares the leanest alone;
-    /// past that, and for a forced method or analysis, the budget refuses the layer.
+    /// A lean plan prepares, of a pruned layer's methods, the one with the smallest packed
+    /// weights, and says so; a plain one prepares all of them, or refuses the layer.
     #[test]
-    fn a_tight_budget_thins_auto_to_its_leanest_method() {
+    fn a_lean_plan_prepares_the_leanest_method() {
         let spec = ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1; 4]);
         let nonzeros = spec.weight_len().unwrap() / 10;
         let auto = Selection::default();
@@ -440,39 +438,25 @@ mod tests {
         let all = Method::prepared_bytes_of(&methods, &spec, nonzeros);
         assert!(bytes(leanest) < all);
 
-        let mut roomy = Builder::new(auto, Some(all));
+        let mut plain = Builder::new(auto, Some(all));
         assert_eq!(
-            roomy.account_methods(&spec, 0.9, nonzeros).unwrap(),
+            plain.account_methods(&spec, 0.9, nonzeros).unwrap(),
             methods
         );
-        assert_eq!(roomy.prepared_bytes, all);
+        assert_eq!(plain.prepared_bytes, all);
+        assert!(plain.budget_notes.is_empty());
+        let mut short = Builder::new(auto, Some(all - 1));
+        assert!(short.account_methods(&spec, 0.9, nonzeros).is_err());
 
-        let mut tight = Builder::new(auto, Some(all - 1));
+        let lean = Selection { lean: true, ..auto };
+        let mut thin = Builder::new(lean, Some(bytes(leanest)));
         assert_eq!(
-            tight.account_methods(&spec, 0.9, nonzeros).unwrap(),
+            thin.account_methods(&spec, 0.9, nonzeros).unwrap(),
             [leanest]
         );
-        assert_eq!(tight.prepared_bytes, bytes(leanest));
-
-        let mut over = Builder::new(auto, Some(bytes(leanest) - 1));
-        let refused = over.account_methods(&spec, 0.9, nonzeros).unwrap_err();
-        assert!(
-            matches!(&refused, Error::OverBudget { what, .. } if what.contains("leanest")),
-            "{refused}"
-        );
-        assert_eq!(over.prepared_bytes, 0);
-
-        let every = Selection {
-            prepare_every_method: true,
-            ..auto
-        };
-        let forced = Selection {
-            policy: Policy::Force(Method::Dense),
-            ..auto
-        };
-        for (selection, budget) in [(every, all - 1), (forced, bytes(Method::Dense) - 1)] {
-            let mut strict = Builder::new(selection, Some(budget));
-            assert!(strict.account_methods(&spec, 0.9, nonzeros).is_err());
-        }
+        assert_eq!(thin.prepared_bytes, bytes(leanest));
+        assert_eq!(thin.budget_notes.len(), 1);
+        let mut over = Builder::new(lean, Some(bytes(leanest) - 1));
+        assert!(over.account_methods(&spec, 0.9, nonzeros).is_err());
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct Plan {
     pub inputs: Vec<usize>,
     /// The model outputs, in the model's order (plain layout).
     pub outputs: Vec<(String, Value)>,
+    /// What fitting the memory budget took out of the plan, a line per convolution.
+    pub budget_notes: Vec<String>,
 }
 
 /// The graph around the node being planned, for the fusions that look ahead.
@@ -147,6 +149,7 @@ pub(crate) fn build(
         buffers,
         inputs,
         outputs,
+        budget_notes: b.budget_notes,
     })
 }
 

@@ -63,6 +63,10 @@ pub(crate) struct Selection {
     /// Prepare every modeled method, not only those the policy may pick: analysis times
     /// them all.
     pub prepare_every_method: bool,
+    /// Prepare, of the methods `auto` may pick for a convolution, only the one whose packed
+    /// weights are smallest: the plan a session falls back to when the methods do not all
+    /// fit its memory budget.
+    pub lean: bool,
 }
 
 impl Selection {

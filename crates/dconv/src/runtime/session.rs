@@ -30,7 +30,8 @@ pub struct SessionOptions {
     /// The most bytes a plan's buffers, folded constants, prepared weights and workspace
     /// (per method, the most any layer fills) may take; None:
     /// [`crate::limits::DEFAULT_MAX_MEMORY`]. Under [`Policy::Auto`], a tight budget drops
-    /// the methods with the largest workspaces before it refuses a model.
+    /// the methods with the largest workspaces, then plans each convolution with only its
+    /// method of smallest packed weights, before it refuses a model.
     pub max_memory: Option<usize>,
 }
 
@@ -168,6 +169,7 @@ impl<'m> Session<'m> {
             policy: Policy::Auto,
             profile: self.options.cost_profile,
             prepare_every_method: false,
+            lean: false,
         }
     }
 
@@ -194,6 +196,13 @@ impl<'m> Session<'m> {
                 StepOp::Kernel(_) => None,
             })
             .collect())
+    }
+
+    /// What fitting the memory budget took out of the plan for these input shapes: a line
+    /// per convolution that prepares or keeps fewer methods than `auto` would pick from
+    /// (empty when nothing was taken out).
+    pub fn budget_notes(&self, shapes: &[Vec<usize>]) -> Result<Vec<String>> {
+        Ok(self.plan_for(shapes.to_vec())?.budget_notes.clone())
     }
 
     /// The inputs in the model's order, with their shapes checked against the declared ones.
@@ -264,9 +273,30 @@ impl<'m> Session<'m> {
             ..self.selection()
         };
         let budget = self.options.max_memory;
-        let plan = Arc::new(self.in_pool(|| plan::build(self.model, &key, selection, budget))?);
+        let build = |selection| self.in_pool(|| plan::build(self.model, &key, selection, budget));
+        // Under `auto`, a budget too tight for every method a convolution may pick gets the
+        // lean plan, one method per convolution, rather than a refusal. (Thinning layers one
+        // by one as they are planned would depend on their order: the first layers would
+        // keep all, and a larger budget could refuse a model that a smaller one runs.)
+        let plan = match build(selection) {
+            Err(e) if over_budget(&e) && selection.policy == Policy::Auto => build(Selection {
+                lean: true,
+                ..selection
+            })?,
+            plan => plan?,
+        };
+        let plan = Arc::new(plan);
         plans.insert(key, plan.clone());
         Ok(plan)
+    }
+}
+
+/// Whether `e` is a memory budget's refusal, in whichever node.
+fn over_budget(e: &Error) -> bool {
+    match e {
+        Error::OverBudget { .. } => true,
+        Error::Node { source, .. } => over_budget(source),
+        _ => false,
     }
 }
 
