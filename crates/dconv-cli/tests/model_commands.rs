@@ -150,3 +150,45 @@ fn an_image_without_its_size_is_a_usage_error() {
     let out = dconv(&["prune", "m.onnx", "-o", "y.onnx"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Under a tight `--max-memory`, `auto` runs the 90 %-pruned VGG-16 on its lean plan (one
+/// method per convolution, the one with the smallest packed weights) and names on stderr
+/// the layers that lost methods; every larger budget runs too, and one below the lean
+/// plan's needs is refused as bad input.
+#[test]
+fn a_tight_budget_runs_the_pruned_model_leaner_and_says_so() {
+    let model = repo().join("models/vgg16-pruned90.onnx");
+    let input = repo().join("models/photos/astronaut.input.npy");
+    assert!(
+        model.is_file() && input.is_file(),
+        "run scripts/fetch-models and scripts/make-test-models first"
+    );
+    let (model, input) = (model.to_str().unwrap(), input.to_str().unwrap());
+    let run = |budget: &str| {
+        let out = dconv(&[
+            "run",
+            model,
+            "--input",
+            input,
+            "--threads",
+            "1",
+            "--max-memory",
+            budget,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr)
+    };
+    let (code, lean) = run("55M");
+    assert_eq!(code, Some(0), "{lean}");
+    assert!(lean.contains("sparse-weight alone, of"), "{lean}");
+    for budget in ["60M", "70M", "90M"] {
+        let (code, stderr) = run(budget);
+        assert_eq!(code, Some(0), "{budget}: {stderr}");
+    }
+    let (code, roomy) = run("16G");
+    assert_eq!(code, Some(0), "{roomy}");
+    assert!(!roomy.contains("memory budget"), "{roomy}");
+    let (code, refused) = run("30M");
+    assert_eq!(code, Some(2), "{refused}");
+    assert!(refused.contains("over the memory budget"), "{refused}");
+}
