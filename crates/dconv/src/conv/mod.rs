@@ -97,6 +97,15 @@ impl Method {
         })
     }
 
+    /// The names of `methods`, comma-separated, for messages.
+    pub fn names(methods: &[Method]) -> String {
+        methods
+            .iter()
+            .map(|m| m.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// Whether the method multiplies by the shared weight panels.
     fn reads_panels(self) -> bool {
         matches!(self, Method::LoweredCsr | Method::Im2Csr | Method::Im2Csoa)

@@ -95,11 +95,10 @@ fn shed(steps: &mut [Step], selection: &Selection, allowance: usize) -> Vec<Stri
         if let StepOp::Conv(conv) = &mut step.op {
             let dropped = conv.keep_within(limit, selection);
             if !dropped.is_empty() {
-                let names: Vec<&str> = dropped.iter().map(|m| m.name()).collect();
                 notes.push(format!(
                     "node '{}': dropped {}, whose workspace does not fit the memory budget",
                     step.node,
-                    names.join(", ")
+                    Method::names(&dropped)
                 ));
             }
         }

@@ -188,11 +188,6 @@ impl Builder {
         nonzeros: usize,
     ) -> Result<Vec<Method>> {
         let mut methods = self.selection.methods(spec, weight_sparsity);
-        let names = methods
-            .iter()
-            .map(|m| m.name())
-            .collect::<Vec<_>>()
-            .join(", ");
         if self.selection.lean && methods.len() > 1 {
             let leanest = methods
                 .iter()
@@ -200,14 +195,14 @@ impl Builder {
                 .min_by_key(|m| m.prepared_bytes(spec, nonzeros))
                 .expect("more than one method");
             self.budget_notes.push(format!(
-                "node '{}': prepared {leanest} alone, of {names}, to fit the memory budget",
-                self.node
+                "node '{}': prepared {leanest} alone, of {}, to fit the memory budget",
+                self.node,
+                Method::names(&methods)
             ));
             methods = vec![leanest];
         }
         let bytes = Method::prepared_bytes_of(&methods, spec, nonzeros);
-        let what = methods.iter().map(|m| m.name()).collect::<Vec<_>>();
-        self.account_prepared(format!("preparing {}", what.join(", ")), bytes)?;
+        self.account_prepared(format!("preparing {}", Method::names(&methods)), bytes)?;
         Ok(methods)
     }
 
