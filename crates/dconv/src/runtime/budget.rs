@@ -73,10 +73,9 @@ pub(crate) fn fit(
 /// Drops the prepared methods of largest workspace until the workspace and the packed
 /// weights kept fit `allowance` bytes: every method over the largest limit on a method's
 /// workspace that fits (or, when none does, all it can), but a forced one and each layer's
-/// leanest. The limits are the
-/// methods' own workspaces, searched by halving, so planning stays `O(n log n)` in the
-/// number of layers, however many a model has. Returns a line per convolution that lost
-/// methods, for the user.
+/// leanest. The limits are the methods' own workspaces, searched by halving, so planning
+/// stays `O(n log n)` in the number of layers, however many a model has. Returns a line per
+/// convolution that lost methods, for the user.
 fn shed(steps: &mut [Step], selection: &Selection, allowance: usize) -> Vec<String> {
     let mut limits: Vec<usize> = conv_steps(steps)
         .flat_map(|step| step.convs().iter().map(Conv::scratch_bytes))
