@@ -22,6 +22,7 @@
 //! assert_eq!(output[(5 * 10 + 5) * 16], 36.0);
 //! ```
 
+pub mod cache;
 pub mod conv;
 pub mod error;
 pub mod io;

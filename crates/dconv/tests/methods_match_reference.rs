@@ -373,12 +373,13 @@ fn sparse_weight_with_many_channel_blocks_and_bands() {
 }
 
 /// With fewer tile rows than threads, sparse-weight's threads share each band (the planes of
-/// a band of tile rows), splitting its tiles' filters; a band of shared planes may take 12
-/// MB, so only a wide layer needs several. On AVX-512 this one has 2 tile rows in 2 bands
-/// (a unit test in `conv::sparse_weight` checks it).
+/// a band of tile rows), splitting its tiles' filters; a band of shared planes may take six
+/// times the L2, so only a wide layer needs several. With a 1 or 2 MB L2 this one has 2 or
+/// 3 tile rows in 2 or more bands on every ISA (a unit test in `conv::sparse_weight` checks
+/// it).
 #[test]
 fn sparse_weight_with_shared_bands_on_four_threads() {
-    let spec = ConvSpec::new(64, 32, 700, 80, [3, 3])
+    let spec = ConvSpec::new(64, 18, 1500, 80, [3, 3])
         .with_padding([1, 1, 1, 1])
         .with_bias(true)
         .with_activation(Activation::Relu);
@@ -409,8 +410,8 @@ fn sparse_weight_with_a_folded_last_column() {
 /// on AVX-512, 64 elsewhere), the channels or lowered columns into chunks and slabs that
 /// fit L1 and L2, and the output rows into tiles; the random shapes above fit one of each.
 /// This one has three blocks per group on AVX-512 (the last 44 wide), im2CSOA chunks of
-/// 64, 64 and 22 channels, several L2 chunks of im2CSR's 1350 lowered columns, and 2 tiles
-/// on one thread.
+/// 64, 64 and 22 channels, with an L2 of up to 2 MB several L2 chunks of im2CSR's 1350
+/// lowered columns, and 2 tiles on one thread.
 #[test]
 fn sparse_activation_methods_with_many_blocks_chunks_and_tiles() {
     let spec = ConvSpec::new(300, 17, 19, 600, [3, 3])
@@ -425,8 +426,8 @@ fn sparse_activation_methods_with_many_blocks_chunks_and_tiles() {
 }
 
 /// im2CSOA takes its blocks of output channels outside its taps when one block's sums and
-/// the entries fit L2 where all blocks' sums do not: this shape (2 blocks, 2304 rows) does
-/// so on one thread and not on two, whose tasks hold a quarter of the rows (a unit test in
+/// the entries fit L2 where all blocks' sums do not: with a 2 MB L2, this shape (2 blocks,
+/// 2304 rows) does so on one thread and not on two, whose tasks hold a quarter of the rows (a unit test in
 /// `conv::im2csoa` checks both).
 #[test]
 fn im2csoa_with_blocks_outside() {
@@ -438,9 +439,9 @@ fn im2csoa_with_blocks_outside() {
     check_shape(Method::Im2Csoa, spec, zeros, &[1, 2], 17);
 }
 
-/// Dense at stride 1 sums shifted GEMMs a band of output rows at a time (bands of about
-/// 1 MB of input rows and sums); the random shapes above fit one band. This one takes 4
-/// bands of 26 rows, with groups, dilation and asymmetric padding.
+/// Dense at stride 1 sums shifted GEMMs a band of output rows at a time (bands of input rows
+/// and sums of half the L2); the random shapes above fit one band. With a 2 MB L2 this one
+/// takes 4 bands of 26 rows, with groups, dilation and asymmetric padding.
 #[test]
 fn dense_stride_one_in_several_bands() {
     let spec = ConvSpec::new(64, 80, 98, 64, [3, 2])

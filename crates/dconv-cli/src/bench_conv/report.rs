@@ -3,6 +3,7 @@
 
 use super::{Args, DataSparsity, Measurement};
 use crate::Failure;
+use dconv::cache::CacheSizes;
 use dconv::conv::{Activation, ConvSpec, Method};
 use dconv::kernels::Isa;
 use serde::Serialize;
@@ -32,6 +33,9 @@ struct JsonReport<'a> {
     threads: usize,
     runs: usize,
     isa: &'static str,
+    /// The cache sizes the methods blocked for, in bytes.
+    l1d_bytes: usize,
+    l2_bytes: usize,
     results: &'a [AlgorithmResult],
 }
 
@@ -184,8 +188,13 @@ pub fn print_header(
         measured.weights * 100.0,
     );
     println!(
-        "isa {isa}, {} thread(s), {} warm-up + {} timed runs per method, seed {}",
-        args.threads, args.warmup, args.runs, args.seed
+        "isa {isa}, caches blocked for {}, {} thread(s), {} warm-up + {} timed runs per \
+         method, seed {}",
+        CacheSizes::detect(),
+        args.threads,
+        args.warmup,
+        args.runs,
+        args.seed
     );
 }
 
@@ -253,6 +262,8 @@ pub fn write_json(
         threads: args.threads,
         runs: args.runs,
         isa: isa.name(),
+        l1d_bytes: CacheSizes::detect().l1d,
+        l2_bytes: CacheSizes::detect().l2,
         results,
     };
     let text = serde_json::to_string_pretty(&report)

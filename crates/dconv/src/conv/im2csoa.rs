@@ -14,6 +14,7 @@ use super::tiles::{
     ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use crate::cache::CacheSizes;
 use crate::kernels::sparse_row_panel::{accumulate_ranges, Entries, RowCursor};
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
@@ -96,6 +97,7 @@ impl<const NB: usize> Im2Csoa<NB> {
             (blocks, WeightPanels::<NB>::WIDTH),
             s.channels_per_group(),
             csoa.entries().0.len(),
+            &CacheSizes::detect(),
         );
         let epilogue = (g, &self.epilogue);
         multiply_tasks(s, epilogue, &self.panels, tiles, split, out, |task| {
@@ -168,7 +170,8 @@ impl<const NB: usize> Im2Csoa<NB> {
 /// Blocks outside (blocks, taps, tiles, chunks): the sums of one block of output channels
 /// stay in L2 across all taps, beside the entries and the block's share of a tap's panel
 /// rows, at the price of reading the entries from L2 once per block. The second is chosen
-/// only when the first's data overflow L2 and its own fit: on 512->512 at 30x30 with 80 %
+/// only when the first's data overflow L2 and its own fit: on a 2 MB L2, on 512->512 at
+/// 30x30 with 80 %
 /// zero inputs (sums 1.8 MB, a tap's panel rows 1 MB, entries 0.7 MB; one block's sums 0.46
 /// MB) it is 7 % faster; at 15x15, where everything fits, 2 % slower; on 256->256 at 56x56,
 /// where neither fits, 6 % slower.
@@ -177,9 +180,10 @@ fn blocks_go_outside(
     (blocks, width): (usize, usize),
     panel_rows: usize,
     entries: usize,
+    caches: &CacheSizes,
 ) -> bool {
-    /// Bytes of L2 (of 2 MB) that the data of one loop order may take.
-    const L2_BUDGET: usize = 7 << 18;
+    // The data of one loop order may take seven eighths of L2.
+    let l2_budget = caches.l2_share(7, 8);
     let row_bytes = width * size_of::<f32>();
     let (sums, panel) = (task_rows * row_bytes, panel_rows * row_bytes);
     // The task's rows read about their share of the entries.
@@ -187,7 +191,7 @@ fn blocks_go_outside(
     let entries = entries * entry / rows.max(1) * task_rows;
     let taps_outside = blocks * (sums + panel) + entries;
     let blocks_outside = sums + panel + entries;
-    blocks > 1 && taps_outside > L2_BUDGET && blocks_outside <= L2_BUDGET
+    blocks > 1 && taps_outside > l2_budget && blocks_outside <= l2_budget
 }
 
 /// Per tile of output rows: the input pixel under each (tap, row), and the scratch of the
@@ -323,16 +327,20 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
 mod tests {
     use super::*;
 
-    /// Blocks go outside where the taps-outside order overflows L2 and theirs fits: on the
-    /// 30x30 acceptance layer, not at 15x15 (everything fits) nor on 256->256 at 56x56
-    /// (neither fits); and on the shape of `im2csoa_with_blocks_outside` (in
-    /// tests/methods_match_reference.rs) on one thread only, so that it tests both orders.
+    /// Blocks go outside where the taps-outside order overflows L2 and theirs fits. On a 2 MB
+    /// L2: on the 30x30 acceptance layer, not at 15x15 (everything fits) nor on 256->256 at
+    /// 56x56 (neither fits); and on the shape of `im2csoa_with_blocks_outside` (in
+    /// tests/methods_match_reference.rs) on one thread only, so that there it tests both
+    /// orders. On a 1 MB L2, the 30x30 layer's one block of sums no longer fits either.
     #[test]
     fn blocks_go_outside_only_where_that_alone_fits_l2() {
-        let fits = |rows: usize, task_rows, channels, filters: usize| {
+        let order = |caches, rows: usize, task_rows, channels, filters: usize| {
             let entries = rows * channels / 5;
             let blocks = filters.div_ceil(128);
-            blocks_go_outside((task_rows, rows), (blocks, 128), channels, entries)
+            blocks_go_outside((task_rows, rows), (blocks, 128), channels, entries, caches)
+        };
+        let fits = |rows, task_rows, channels, filters| {
+            order(&CacheSizes::TUNED_ON, rows, task_rows, channels, filters)
         };
         assert!(fits(900, 900, 512, 512));
         assert!(!fits(225, 225, 512, 512));
@@ -340,5 +348,8 @@ mod tests {
         assert!(fits(48 * 48, 48 * 48, 16, 256));
         assert!(!fits(48 * 48, 48 * 48 / 2, 16, 256));
         assert!(!fits(48 * 48, 48 * 48, 16, 128), "one block");
+        let small = CacheSizes::FALLBACK;
+        assert!(!order(&small, 900, 900, 512, 512));
+        assert!(order(&small, 900, 450, 512, 512));
     }
 }

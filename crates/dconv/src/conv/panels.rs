@@ -1,6 +1,7 @@
 //! Weights packed as panels for the sparse-activation methods.
 
 use super::ConvSpec;
+use crate::cache::CacheSizes;
 use crate::kernels::aligned::CacheAligned;
 use std::sync::Arc;
 
@@ -87,30 +88,20 @@ pub(crate) fn packed_once<const NB: usize>(
         .clone()
 }
 
-/// Rows of a panel that fit in L1 next to the outputs they update: a block of k this tall
-/// is reused by every row of a tile before the next block is read.
-pub(crate) const fn l1_slab_rows(width: usize) -> usize {
-    const SLAB_BYTES: usize = 32 << 10;
-    let rows = SLAB_BYTES / (4 * width);
-    if rows == 0 {
-        1
-    } else {
-        rows
-    }
+/// Rows of a panel that fit in L1 next to the outputs they update (two thirds of the L1d:
+/// 32 KB of 48): a block of k this tall is reused by every row of a tile before the next
+/// block is read.
+pub(crate) fn l1_slab_rows(width: usize) -> usize {
+    (CacheSizes::detect().l1d_share(2, 3) / (4 * width)).max(1)
 }
 
 /// Panel rows, of all `blocks` blocks, that stay in L2 while every tile of an image walks
 /// them: the loaded slice of the weights is then read from memory once per image rather
-/// than once per tile. A whole number of L1 slabs, at least one.
-pub(crate) const fn l2_chunk_rows(width: usize, blocks: usize) -> usize {
-    const CHUNK_BYTES: usize = 1 << 20;
+/// than once per tile. Half of the L2, a whole number of L1 slabs, at least one.
+pub(crate) fn l2_chunk_rows(width: usize, blocks: usize) -> usize {
     let slab = l1_slab_rows(width);
-    let rows = CHUNK_BYTES / (4 * width * blocks) / slab * slab;
-    if rows == 0 {
-        slab
-    } else {
-        rows
-    }
+    let rows = CacheSizes::detect().l2_share(1, 2) / (4 * width * blocks) / slab * slab;
+    rows.max(slab)
 }
 
 #[cfg(test)]

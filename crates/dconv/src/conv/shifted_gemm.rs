@@ -18,12 +18,15 @@
 
 use super::im2col::pad_rows;
 use super::{ConvSpec, Epilogue};
+use crate::cache::CacheSizes;
 use crate::kernels::gemm::{gemm_f32, gemm_f32_add};
 use rayon::prelude::*;
 use std::ops::Range;
 
-/// Bytes of padded input rows and virtual sums a band may take: about half of a 2 MB L2.
-const BAND_BYTES: usize = 1 << 20;
+/// Bytes of padded input rows and virtual sums a band may take: half of the L2.
+fn band_bytes() -> usize {
+    CacheSizes::detect().l2_share(1, 2)
+}
 
 /// Whether a layer takes this path: stride 1, a kernel larger than 1x1 (a 1x1 stride-1
 /// layer without padding is a single GEMM over the input already), and at most 256 channels
@@ -67,7 +70,7 @@ impl Bands {
         let padded_w = spec.width + spec.padding.left + spec.padding.right;
         let extra_rows = (spec.kernel[0] - 1) * spec.dilation[0];
         let row_bytes = padded_w.saturating_mul(4 * (spec.channels + spec.filters_per_group()));
-        let rows = (BAND_BYTES / row_bytes.max(1)).clamp(1, spec.out_height().max(1));
+        let rows = (band_bytes() / row_bytes.max(1)).clamp(1, spec.out_height().max(1));
         Bands {
             padded_w,
             rows,

@@ -27,6 +27,7 @@
 //! chunks so that every thread has work.
 
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use crate::cache::CacheSizes;
 use crate::error::{Error, Result};
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::shifted_axpy::{
@@ -40,18 +41,25 @@ use std::mem::size_of;
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-/// Bytes of window (input patches) a channel block may take: most of a 48 KB L1.
-const L1_BUDGET: usize = 36 * 1024;
+/// Bytes of window (input patches) a channel block may take: three quarters of the L1d.
+fn l1_budget(caches: &CacheSizes) -> usize {
+    caches.l1d_share(3, 4)
+}
 
 /// Bytes of input planes a band of tile rows may take (at least one tile row) when one
-/// thread runs it (and stages one tile's sums at a time): most of a 2 MB L2.
-const BAND_BUDGET: usize = 3 << 19;
+/// thread runs it (and stages one tile's sums at a time): three quarters of the L2.
+fn band_budget(caches: &CacheSizes) -> usize {
+    caches.l2_share(3, 4)
+}
 
 /// The same, with the staged sums of all its tiles, on several threads, which share a band:
-/// larger, since every band costs each thread a wait for the others, and the planes each
-/// thread converts are read by all (256->256 at 60x60 on 2 threads: 1.56x the 1-thread
-/// speed with bands of one tile row, 1.9x with the whole image in one band).
-const SHARED_BAND_BUDGET: usize = 12 << 20;
+/// six times the L2, since every band costs each thread a wait for the others, and the
+/// planes each thread converts are read by all (256->256 at 60x60 on 2 threads, 2 MB L2:
+/// 1.56x the 1-thread speed with bands of one tile row, 1.9x with the whole image in one
+/// band).
+fn shared_band_budget(caches: &CacheSizes) -> usize {
+    caches.l2_share(6, 1)
+}
 
 /// Floats of a 64-byte cache line.
 const LINE: usize = 64 / std::mem::size_of::<f32>();
@@ -93,6 +101,17 @@ pub(crate) struct SparseWeight {
 
 impl SparseWeight {
     pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Result<Self> {
+        Self::blocked_for(spec, weights, epilogue, isa, &CacheSizes::detect())
+    }
+
+    /// Like [`new`](Self::new), with blocks and bands sized for `caches`.
+    fn blocked_for(
+        spec: ConvSpec,
+        weights: &[f32],
+        epilogue: Epilogue,
+        isa: Isa,
+        caches: &CacheSizes,
+    ) -> Result<Self> {
         let [sh, sw] = spec.stride;
         let [dh, dw] = spec.dilation;
         let [kr, ks] = spec.kernel;
@@ -109,7 +128,7 @@ impl SparseWeight {
             window_channel,
             block,
             blocks,
-        } = WindowShape::new(&spec, isa);
+        } = WindowShape::new(&spec, isa, caches);
         let tile_len = rows * lanes;
         let (tiles_y, tiles_x) = (out_h.div_ceil(rows), out_w.div_ceil(lanes));
         let last_column = out_w - (tiles_x - 1) * lanes;
@@ -158,8 +177,8 @@ impl SparseWeight {
             })
         };
         let bands = [
-            bands_within(BAND_BUDGET, false)?,
-            bands_within(SHARED_BAND_BUDGET, true)?,
+            bands_within(band_budget(caches), false)?,
+            bands_within(shared_band_budget(caches), true)?,
         ];
 
         let window_len = (block * window_channel).next_multiple_of(LINE);
@@ -579,7 +598,7 @@ struct WindowShape {
 }
 
 impl WindowShape {
-    fn new(spec: &ConvSpec, isa: Isa) -> Self {
+    fn new(spec: &ConvSpec, isa: Isa, caches: &CacheSizes) -> Self {
         let ([kr, ks], [sh, _], [dh, _]) = (spec.kernel, spec.stride, spec.dilation);
         let lanes = vector_floats(isa);
         let rows = tile_rows(spec.out_height(), max_tile_rows(isa));
@@ -589,7 +608,7 @@ impl WindowShape {
         let max_row = (kr - 1) * dh / sh;
         let segment = (rows + max_row) * lanes;
         let window_channel = row_phases.len() * ks * segment;
-        let block = (L1_BUDGET / (4 * window_channel)).clamp(1, spec.channels);
+        let block = (l1_budget(caches) / (4 * window_channel)).clamp(1, spec.channels);
         WindowShape {
             lanes,
             rows,
@@ -604,13 +623,13 @@ impl WindowShape {
 }
 
 /// At most how many bytes the taps of a layer with `nonzeros` non-zero weights take, on any
-/// ISA (saturating): one tap per non-zero weight (a pair of taps takes less than two), and
+/// ISA with this CPU's caches (saturating): one tap per non-zero weight (a pair of taps takes less than two), and
 /// where each filter's taps start in each channel block. A pruned layer keeps a fraction of
 /// its dense size, and a memory budget counts only that.
 pub(crate) fn prepared_bytes(spec: &ConvSpec, nonzeros: usize) -> usize {
     let blocks = Isa::ALL
         .iter()
-        .map(|&isa| WindowShape::new(spec, isa).blocks)
+        .map(|&isa| WindowShape::new(spec, isa, &CacheSizes::detect()).blocks)
         .max()
         .unwrap_or(1);
     let starts = saturating_product(&[spec.filters, blocks, size_of::<TapBounds>()]);
@@ -856,6 +875,21 @@ mod tests {
     use crate::conv::Activation;
     use crate::synth::{random_sparse, Rng};
 
+    /// Sparse-weight prepared for `spec` on `isa`, blocked for `caches`.
+    fn blocked(spec: ConvSpec, isa: Isa, caches: &CacheSizes) -> SparseWeight {
+        let weights = vec![1.0; spec.weight_len().unwrap()];
+        let epilogue = Epilogue {
+            bias: vec![0.0; spec.filters],
+            activation: Activation::None,
+            isa,
+        };
+        SparseWeight::blocked_for(spec, &weights, epilogue, isa, caches).unwrap()
+    }
+
+    /// The caches these shapes are checked for: those the shares were tuned on, and smaller
+    /// ones (larger caches may fit these shapes whole).
+    const CACHES: [CacheSizes; 2] = [CacheSizes::TUNED_ON, CacheSizes::FALLBACK];
+
     /// The shape of `sparse_weight_with_many_channel_blocks_and_bands` (in
     /// tests/methods_match_reference.rs) needs several channel blocks and, on one thread,
     /// several bands on every ISA.
@@ -868,46 +902,37 @@ mod tests {
             .with_groups(2)
             .with_batch(2);
         spec.validate().unwrap();
-        let weights = vec![1.0; spec.weight_len().unwrap()];
-        for isa in Isa::supported() {
-            let epilogue = Epilogue {
-                bias: vec![0.0; spec.filters],
-                activation: Activation::None,
-                isa,
-            };
-            let conv = SparseWeight::new(spec, &weights, epilogue, isa).unwrap();
-            assert!(conv.blocks > 1, "{isa}: {} blocks", conv.blocks);
-            let band = conv.bands[0].tile_rows;
-            assert!(
-                band < conv.tiles_y,
-                "{isa}: band {band} of {}",
-                conv.tiles_y
-            );
+        for isa in Isa::ALL {
+            for caches in &CACHES {
+                let conv = blocked(spec, isa, caches);
+                assert!(conv.blocks > 1, "{isa}, {caches}: {} blocks", conv.blocks);
+                let band = conv.bands[0].tile_rows;
+                assert!(
+                    band < conv.tiles_y,
+                    "{isa}, {caches}: band {band} of {}",
+                    conv.tiles_y
+                );
+            }
         }
     }
 
     /// The shape of `sparse_weight_with_shared_bands_on_four_threads` (in
-    /// tests/methods_match_reference.rs), on AVX-512, has fewer tile rows than 4 threads and
-    /// more than one band of them at the shared budget.
+    /// tests/methods_match_reference.rs) has fewer tile rows than 4 threads and more than
+    /// one band of them at the shared budget, on every ISA.
     #[test]
     fn the_shared_band_test_shape_needs_two_bands() {
-        if !Isa::Avx512.is_supported() {
-            return;
+        let spec = ConvSpec::new(64, 18, 1500, 80, [3, 3]).with_padding([1; 4]);
+        for isa in Isa::ALL {
+            for caches in &CACHES {
+                let conv = blocked(spec, isa, caches);
+                let shared = conv.bands[1].tile_rows;
+                assert!(
+                    conv.tiles_y < 4 && shared < conv.tiles_y,
+                    "{isa}, {caches}: {shared} of {}",
+                    conv.tiles_y
+                );
+            }
         }
-        let spec = ConvSpec::new(64, 32, 700, 80, [3, 3]).with_padding([1; 4]);
-        let weights = vec![1.0; spec.weight_len().unwrap()];
-        let epilogue = Epilogue {
-            bias: vec![0.0; spec.filters],
-            activation: Activation::None,
-            isa: Isa::Avx512,
-        };
-        let conv = SparseWeight::new(spec, &weights, epilogue, Isa::Avx512).unwrap();
-        let shared = conv.bands[1].tile_rows;
-        assert!(
-            conv.tiles_y < 4 && shared < conv.tiles_y,
-            "{shared} of {}",
-            conv.tiles_y
-        );
     }
 
     /// The shape of `sparse_weight_with_a_folded_last_column` (in
