@@ -154,7 +154,10 @@ fn an_image_without_its_size_is_a_usage_error() {
 /// Under a tight `--max-memory`, `auto` runs the 90 %-pruned VGG-16 on its lean plan (one
 /// method per convolution, the one with the smallest packed weights) and names on stderr
 /// the layers that lost methods; every larger budget runs too, and one below the lean
-/// plan's needs is refused as bad input.
+/// plan's needs is refused as bad input. The cost profile is pinned to one compiled-in
+/// profile: the methods `auto` may pick, and so the lean plan, are then those of every
+/// instruction set (the portable profile, say, keeps dense on layers where AVX-512's keeps
+/// sparse-weight, and a lean plan of dense weights needs more).
 #[test]
 fn a_tight_budget_runs_the_pruned_model_leaner_and_says_so() {
     let model = repo().join("models/vgg16-pruned90.onnx");
@@ -163,6 +166,7 @@ fn a_tight_budget_runs_the_pruned_model_leaner_and_says_so() {
         model.is_file() && input.is_file(),
         "run scripts/fetch-models and scripts/make-test-models first"
     );
+    let profile = repo().join("crates/dconv/src/conv/select/profiles/avx512.json");
     let (model, input) = (model.to_str().unwrap(), input.to_str().unwrap());
     let run = |budget: &str| {
         let out = dconv(&[
@@ -174,6 +178,8 @@ fn a_tight_budget_runs_the_pruned_model_leaner_and_says_so() {
             "1",
             "--max-memory",
             budget,
+            "--profile",
+            profile.to_str().unwrap(),
         ]);
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         (out.status.code(), stderr)
