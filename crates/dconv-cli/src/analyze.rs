@@ -41,7 +41,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     }
     let model = Model::load(&args.model).map_err(Failure::from)?;
     let (input_name, tensor) = args.input.load(&model)?;
-    let options = args.session.options(args.threads, Policy::Auto)?;
+    let options = args
+        .session
+        .options("analyze", args.threads, Policy::Auto)?;
     let session = Session::new(&model, options).map_err(Failure::from)?;
     eprintln!("timing every method on each convolution ...");
     let started = Instant::now();

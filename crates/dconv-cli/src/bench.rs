@@ -65,7 +65,7 @@ struct LayerRow {
 pub fn run(args: &Args) -> Result<(), Failure> {
     let model = Model::load(&args.model).map_err(Failure::from)?;
     let input = args.input.load(&model)?;
-    let options = args.session.options(args.threads, args.policy)?;
+    let options = args.session.options("bench", args.threads, args.policy)?;
     let session = Session::new(&model, options).map_err(Failure::from)?;
     let (warmup, runs) = (args.warmup as usize, args.runs as usize);
     let progress = Progress::new((warmup + 2 * runs) as u64, "bench");

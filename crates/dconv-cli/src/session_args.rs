@@ -3,13 +3,15 @@
 
 use crate::Failure;
 use dconv::conv::select::CostProfile;
+use dconv::kernels::Isa;
 use dconv::{Policy, Session, SessionOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct SessionArgs {
     /// The cost profile `auto` picks methods by (JSON from `dconv tune`) [default: the one
-    /// measured on the development machine, compiled in].
+    /// compiled in for the instruction set this CPU runs, measured on the development
+    /// machine].
     #[arg(long, value_name = "PROFILE.json")]
     profile: Option<PathBuf>,
     /// Refuse a model whose plan would need more memory than this (bytes, or with a K, M
@@ -26,18 +28,47 @@ fn parse_max_memory(text: &str) -> Result<usize, String> {
 
 impl SessionArgs {
     /// Session options with these and `threads`, `policy`; an unreadable or invalid profile
-    /// is the caller's error.
-    pub fn options(&self, threads: usize, policy: Policy) -> Result<SessionOptions, Failure> {
+    /// is the caller's error. Under `auto`, tells on stderr, as `dconv COMMAND: ...`, which
+    /// cost profile picks the methods.
+    pub fn options(
+        &self,
+        command: &str,
+        threads: usize,
+        policy: Policy,
+    ) -> Result<SessionOptions, Failure> {
         let cost_profile = match &self.profile {
             Some(path) => CostProfile::load(path).map_err(|e| Failure::Usage(e.to_string()))?,
             None => CostProfile::default(),
         };
+        if policy == Policy::Auto {
+            eprintln!(
+                "dconv {command}: {}",
+                describe_profile(self.profile.as_deref(), &cost_profile)
+            );
+        }
         Ok(SessionOptions {
             threads,
             policy,
             cost_profile,
             max_memory: self.max_memory,
         })
+    }
+}
+
+/// Which cost profile `auto` uses, and whether it was measured with the instruction set this
+/// CPU runs.
+fn describe_profile(path: Option<&Path>, profile: &CostProfile) -> String {
+    let isa = Isa::detect();
+    let source = match path {
+        Some(path) => format!("cost profile {}", path.display()),
+        None => "compiled-in cost profile".to_string(),
+    };
+    match profile.isa {
+        Some(measured) if measured == isa => format!("isa {isa}, {source} (measured with {isa})"),
+        Some(measured) => format!(
+            "isa {isa}, {source} (measured with {measured}; `dconv tune` measures one for this CPU)"
+        ),
+        None => format!("isa {isa}, {source} (its isa unrecorded)"),
     }
 }
 

@@ -6,9 +6,11 @@
 //! writes the profile as JSON.
 
 use crate::Failure;
+use dconv::cache::CacheSizes;
 use dconv::conv::select::fit::{fit, fit_one, Sample};
 use dconv::conv::select::{CostProfile, LayerCosts, MODELED};
 use dconv::conv::{Activation, Conv, ConvSpec, Method, Workspace};
+use dconv::kernels::Isa;
 use dconv::synth::{self, Rng, ZeroPattern};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -99,6 +101,12 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         .num_threads(args.threads)
         .build()
         .map_err(|e| Failure::Run(format!("cannot start {} threads: {e}", args.threads)))?;
+    eprintln!(
+        "isa {}, caches blocked for {}, {} thread(s)",
+        Isa::detect(),
+        CacheSizes::detect(),
+        args.threads
+    );
     let started = Instant::now();
     let samples = pool.install(|| measure_all(&plan, args.seed))?;
     eprintln!(
@@ -108,7 +116,9 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     );
     let measured = samples.clone();
     let samples = without_drift(samples)?;
-    let profile = fit(&samples, args.threads).map_err(|e| Failure::Run(e.to_string()))?;
+    let profile = fit(&samples, args.threads)
+        .map_err(|e| Failure::Run(e.to_string()))?
+        .measured_with(Isa::detect());
     print_fit(&profile, &samples, &measured);
     print_choices(&profile, &samples);
     match &args.out {

@@ -31,6 +31,7 @@ pub mod fit;
 
 use super::{ConvSpec, Method};
 use crate::error::{Error, Result};
+use crate::kernels::Isa;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -158,16 +159,26 @@ pub fn term_is_signed(name: &str) -> bool {
 pub struct CostProfile {
     /// The threads the coefficients were measured with.
     pub threads: usize,
+    /// The instruction set the kernels were timed with, where the profile says: the same
+    /// layer's crossovers differ between AVX-512's kernels and AVX2's.
+    pub isa: Option<Isa>,
     coefficients: [[f64; MAX_TERMS]; MODELED.len()],
 }
 
-/// The compiled-in profile: `dconv tune --threads 1` on the development machine.
-const DEFAULT_PROFILE: &str = include_str!("select/default_profile.json");
+/// The compiled-in profiles: `dconv tune --threads 1` on the development machine (an
+/// AVX-512 Xeon with a 48 KB L1d and a 2 MB L2), one per instruction set, each lower one
+/// forced with `DCONV_ISA`. NEON has no machine here: it takes the portable profile, whose
+/// kernels were compiled for x86-64's 128-bit vectors, NEON's width.
+const COMPILED_IN: [(Isa, &str); 3] = [
+    (Isa::Avx512, include_str!("select/profiles/avx512.json")),
+    (Isa::Avx2, include_str!("select/profiles/avx2.json")),
+    (Isa::Portable, include_str!("select/profiles/portable.json")),
+];
 
 impl Default for CostProfile {
+    /// The compiled-in profile of the instruction set this CPU runs.
     fn default() -> Self {
-        // A unit test proves that the compiled-in file parses.
-        CostProfile::from_json(DEFAULT_PROFILE).expect("the compiled-in cost profile is valid")
+        CostProfile::compiled_in(Isa::detect())
     }
 }
 
@@ -176,6 +187,9 @@ impl Default for CostProfile {
 #[serde(deny_unknown_fields)]
 struct ProfileFile {
     threads: usize,
+    /// The instruction set it was measured with (files from before it was recorded lack it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    isa: Option<String>,
     /// Method name -> term name -> nanoseconds per unit.
     methods: BTreeMap<String, BTreeMap<String, f64>>,
 }
@@ -189,8 +203,28 @@ impl CostProfile {
     pub fn new(threads: usize, coefficients: [[f64; MAX_TERMS]; MODELED.len()]) -> Self {
         CostProfile {
             threads,
+            isa: None,
             coefficients,
         }
+    }
+
+    /// The same coefficients, said to be measured with `isa`.
+    pub fn measured_with(self, isa: Isa) -> Self {
+        CostProfile {
+            isa: Some(isa),
+            ..self
+        }
+    }
+
+    /// The compiled-in profile for `isa` (see [`COMPILED_IN`]; NEON takes the portable one).
+    pub fn compiled_in(isa: Isa) -> CostProfile {
+        let wanted = if isa == Isa::Neon { Isa::Portable } else { isa };
+        let text = COMPILED_IN
+            .iter()
+            .find(|(isa, _)| *isa == wanted)
+            .map_or(COMPILED_IN[0].1, |(_, text)| text);
+        // A unit test proves that every compiled-in file parses.
+        CostProfile::from_json(text).expect("the compiled-in cost profiles are valid")
     }
 
     /// The coefficients of `method`, in [`term_names`] order; `None` for `reference`.
@@ -229,6 +263,20 @@ impl CostProfile {
         if file.threads == 0 {
             return Err(bad("threads must be at least 1".into()));
         }
+        let isa = match &file.isa {
+            None => None,
+            Some(name) => Some(
+                Isa::ALL
+                    .into_iter()
+                    .find(|isa| isa.name() == name)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "unknown isa '{name}' (expected: {})",
+                            Isa::ALL.map(Isa::name).join(", ")
+                        ))
+                    })?,
+            ),
+        };
         let names = || MODELED.map(Method::name).join(", ");
         if let Some(unknown) = file
             .methods
@@ -267,7 +315,10 @@ impl CostProfile {
                 coefficients[i][j] = value;
             }
         }
-        Ok(CostProfile::new(file.threads, coefficients))
+        Ok(CostProfile {
+            isa,
+            ..CostProfile::new(file.threads, coefficients)
+        })
     }
 
     /// Pretty JSON with method and term names.
@@ -285,6 +336,7 @@ impl CostProfile {
             .collect();
         let file = ProfileFile {
             threads: self.threads,
+            isa: self.isa.map(|isa| isa.name().to_string()),
             methods,
         };
         // Maps of strings to finite floats always serialize.
@@ -455,16 +507,29 @@ mod tests {
     }
 
     #[test]
-    fn the_compiled_in_profile_parses_and_round_trips() {
-        let text = DEFAULT_PROFILE;
-        let profile = CostProfile::from_json(text).unwrap();
-        assert_eq!(CostProfile::from_json(&profile.to_json()).unwrap(), profile);
-        assert_eq!(CostProfile::default(), profile);
+    fn the_compiled_in_profiles_parse_round_trip_and_say_their_isa() {
+        for (isa, text) in COMPILED_IN {
+            let profile = CostProfile::from_json(text).unwrap();
+            assert_eq!(profile.isa, Some(isa));
+            assert_eq!(CostProfile::from_json(&profile.to_json()).unwrap(), profile);
+            assert_eq!(CostProfile::compiled_in(isa), profile);
+        }
+        assert_eq!(
+            CostProfile::compiled_in(Isa::Neon),
+            CostProfile::compiled_in(Isa::Portable)
+        );
+        assert_eq!(
+            CostProfile::default(),
+            CostProfile::compiled_in(Isa::detect())
+        );
     }
 
     #[test]
     fn profiles_round_trip_through_json() {
         let p = toy();
+        assert_eq!(CostProfile::from_json(&p.to_json()).unwrap(), p);
+        let p = p.measured_with(Isa::Avx2);
+        assert!(p.to_json().contains("\"isa\": \"avx2\""));
         assert_eq!(CostProfile::from_json(&p.to_json()).unwrap(), p);
     }
 
@@ -488,6 +553,10 @@ mod tests {
                 "finite number ≥ 0",
             ),
             (&good.replace("\"threads\"", "\"thread\""), "unknown field"),
+            (
+                &good.replace("\"threads\": 1", "\"threads\": 1, \"isa\": \"sse9\""),
+                "unknown isa 'sse9'",
+            ),
         ];
         for (text, expected) in cases {
             let err = CostProfile::from_json(text).unwrap_err();
@@ -577,7 +646,8 @@ mod tests {
 
     #[test]
     fn winners_choose_what_every_method_would() {
-        for profile in [toy(), CostProfile::default()] {
+        let compiled_in = COMPILED_IN.map(|(isa, _)| CostProfile::compiled_in(isa));
+        for profile in [toy()].into_iter().chain(compiled_in) {
             for (spec, weight_sparsity) in random_layers(200) {
                 let winners = profile.winners(&spec, weight_sparsity);
                 assert!(!winners.is_empty());
@@ -597,17 +667,26 @@ mod tests {
 
     #[test]
     fn one_method_is_prepared_where_it_always_wins() {
-        let p = CostProfile::default();
-        // VGG-16's first layer: three input channels, a dense method's best case.
+        // VGG-16's first layer: three input channels, a dense method's best case with SIMD
+        // kernels. (The portable direct kernel for few channels is 8x slower than theirs,
+        // and there the sparse-activation methods measured faster.)
         let first = ConvSpec::new(3, 240, 240, 64, [3, 3]).with_padding([1, 1, 1, 1]);
-        assert_eq!(p.winners(&first, 0.0), vec![Method::Dense]);
+        for isa in [Isa::Avx512, Isa::Avx2] {
+            let p = CostProfile::compiled_in(isa);
+            assert_eq!(p.winners(&first, 0.0), vec![Method::Dense], "{isa}");
+        }
         // A deep layer: dense for dense inputs, a Direct Conversion method for sparse ones;
         // never sparse-weight with dense weights.
         let deep = ConvSpec::new(512, 15, 15, 512, [3, 3]).with_padding([1, 1, 1, 1]);
-        let winners = p.winners(&deep, 0.0);
-        assert_eq!(winners.first(), Some(&Method::Dense), "{winners:?}");
-        assert!(winners.contains(&Method::Im2Csoa), "{winners:?}");
-        assert!(!winners.contains(&Method::SparseWeight), "{winners:?}");
+        for (isa, _) in COMPILED_IN {
+            let winners = CostProfile::compiled_in(isa).winners(&deep, 0.0);
+            assert_eq!(winners.first(), Some(&Method::Dense), "{isa}: {winners:?}");
+            assert!(winners.contains(&Method::Im2Csoa), "{isa}: {winners:?}");
+            assert!(
+                !winners.contains(&Method::SparseWeight),
+                "{isa}: {winners:?}"
+            );
+        }
     }
 
     #[test]
