@@ -41,9 +41,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     }
     let model = Model::load(&args.model).map_err(Failure::from)?;
     let (input_name, tensor) = args.input.load(&model)?;
-    let options = args
-        .session
-        .options("analyze", args.threads, Policy::Auto)?;
+    let options = args.session.options(args.threads, Policy::Auto)?;
     let session = Session::new(&model, options).map_err(Failure::from)?;
     eprintln!("timing every method on each convolution ...");
     let started = Instant::now();
@@ -54,6 +52,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let layers = session
         .analyze_reporting(&[(input_name.as_str(), tensor)], args.runs, &mut progress)
         .map_err(Failure::from)?;
+    args.session.tell_profile("analyze", &session);
     print_table(&layers);
     if let Some(path) = &args.svg {
         chart::draw(path, &layers)?;

@@ -65,12 +65,13 @@ struct LayerRow {
 pub fn run(args: &Args) -> Result<(), Failure> {
     let model = Model::load(&args.model).map_err(Failure::from)?;
     let input = args.input.load(&model)?;
-    let options = args.session.options("bench", args.threads, args.policy)?;
+    let options = args.session.options(args.threads, args.policy)?;
     let session = Session::new(&model, options).map_err(Failure::from)?;
     let (warmup, runs) = (args.warmup as usize, args.runs as usize);
     let progress = Progress::new((warmup + 2 * runs) as u64, "bench");
     let measured = measure(&session, &input, warmup, runs, &progress)?;
     drop(progress);
+    args.session.tell_profile("bench", &session);
     tell_budget_notes("bench", &session, input.1.shape())?;
     let report = report(args, &measured);
     print_report(&report);

@@ -37,12 +37,13 @@ pub struct Args {
 pub fn run(args: &Args) -> Result<(), Failure> {
     let model = Model::load(&args.model).map_err(Failure::from)?;
     let (input_name, tensor) = args.input.load(&model)?;
-    let options = args.session.options("run", args.threads, args.policy)?;
+    let options = args.session.options(args.threads, args.policy)?;
     let session = Session::new(&model, options).map_err(Failure::from)?;
     let shape = tensor.shape().to_vec();
     let outputs = session
         .run(&[(input_name.as_str(), tensor)])
         .map_err(Failure::from)?;
+    args.session.tell_profile("run", &session);
     tell_budget_notes("run", &session, &shape)?;
     let (name, output) = match &args.output_name {
         Some(wanted) => outputs

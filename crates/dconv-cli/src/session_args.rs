@@ -28,30 +28,29 @@ fn parse_max_memory(text: &str) -> Result<usize, String> {
 
 impl SessionArgs {
     /// Session options with these and `threads`, `policy`; an unreadable or invalid profile
-    /// is the caller's error. Under `auto`, tells on stderr, as `dconv COMMAND: ...`, which
-    /// cost profile picks the methods.
-    pub fn options(
-        &self,
-        command: &str,
-        threads: usize,
-        policy: Policy,
-    ) -> Result<SessionOptions, Failure> {
+    /// is the caller's error.
+    pub fn options(&self, threads: usize, policy: Policy) -> Result<SessionOptions, Failure> {
         let cost_profile = match &self.profile {
             Some(path) => CostProfile::load(path).map_err(|e| Failure::Usage(e.to_string()))?,
             None => CostProfile::default(),
         };
-        if policy == Policy::Auto {
-            eprintln!(
-                "dconv {command}: {}",
-                describe_profile(self.profile.as_deref(), &cost_profile)
-            );
-        }
         Ok(SessionOptions {
             threads,
             policy,
             cost_profile,
             max_memory: self.max_memory,
         })
+    }
+
+    /// Tells on stderr, as `dconv COMMAND: ...`, which cost profile `auto` picks the
+    /// methods of `session` by (nothing under a forced method). Called once the session
+    /// has run, so that an error stays the first line of stderr.
+    pub fn tell_profile(&self, command: &str, session: &Session) {
+        let options = session.options();
+        if options.policy == Policy::Auto {
+            let profile = describe_profile(self.profile.as_deref(), &options.cost_profile);
+            eprintln!("dconv {command}: {profile}");
+        }
     }
 }
 
