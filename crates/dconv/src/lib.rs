@@ -22,6 +22,10 @@
 //! assert_eq!(output[(5 * 10 + 5) * 16], 36.0);
 //! ```
 
+// `unsafe` lives in the kernels alone (each block with its SAFETY note); the compiler keeps
+// it there.
+#![deny(unsafe_code)]
+
 pub mod cache;
 pub mod conv;
 pub mod error;

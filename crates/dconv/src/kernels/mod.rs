@@ -1,6 +1,11 @@
 //! Microkernels: small loops named by what they compute, kept apart from the convolution
 //! methods that call them. Each has a portable version and, where it pays, explicit SIMD
 //! versions chosen at run time by [`Isa`].
+//!
+//! The one module where `unsafe` is allowed (the crate denies it elsewhere): intrinsics and
+//! unchecked loads, each block with a `// SAFETY:` line.
+
+#![allow(unsafe_code)]
 
 pub mod aligned;
 pub(crate) mod compact;
