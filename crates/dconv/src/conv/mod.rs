@@ -162,7 +162,8 @@ impl Timing {
     }
 }
 
-/// What every prepared method shares: the checked spec, the bias and the weight sparsity.
+/// What every method applies to its sums as it stores them: the bias and the fused
+/// activation, in a row loop compiled for the instruction set the method runs.
 pub(crate) struct Epilogue {
     pub bias: Vec<f32>,
     pub activation: Activation,
