@@ -459,6 +459,26 @@ fn dense_stride_one_in_several_bands() {
     );
 }
 
+/// Dense takes a path of its own for depthwise layers, channels in the vector lanes in blocks
+/// of 64 and the rest one by one; the random shapes above have a few channels. These have
+/// whole blocks and a remainder, a channel multiplier of 1 and of 2 (whose padded image
+/// repeats each input channel), stride, dilation and asymmetric padding.
+#[test]
+fn dense_depthwise_over_blocks_of_channels() {
+    for (channels, multiplier) in [(150, 1), (70, 2)] {
+        let spec = ConvSpec::new(channels, 13, 11, channels * multiplier, [3, 3])
+            .with_stride([2, 1])
+            .with_dilation([1, 2])
+            .with_padding([1, 2, 0, 1])
+            .with_groups(channels)
+            .with_batch(2)
+            .with_bias(true)
+            .with_activation(Activation::Relu6);
+        let zeros = (0.5, 0.3, ZeroPattern::Relu);
+        check_shape(Method::Dense, spec, zeros, &[1, 2], 19);
+    }
+}
+
 /// A method with a fused activation counts its output's zeros as it writes them (so the next
 /// layer's input sparsity costs no extra pass), and the count is exact.
 #[test]

@@ -8,9 +8,11 @@
 //! direct path instead: its lowered matrix has K = 27 columns, so building it (a few short
 //! copies per row) and packing it for the GEMM cost more than the product. The input is
 //! padded once, and [`direct_conv_row`] broadcasts each input value straight from it
-//! against a vector of filters, with the bias, activation and zero count fused.
+//! against a vector of filters, with the bias, activation and zero count fused. A depthwise
+//! layer takes its own path ([`depthwise`](super::depthwise)).
 
-use super::im2col::{lower, pad_rows};
+use super::depthwise::{self, Depthwise};
+use super::im2col::{lower, over_padded_images, pad_rows};
 use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::direct_conv::{direct_conv_row, DirectRow, FILTER_ALIGN};
@@ -58,6 +60,8 @@ pub(crate) struct Dense {
     epilogue: Epilogue,
     /// The direct path, for layers with few input channels.
     direct: Option<Direct>,
+    /// The path of depthwise layers.
+    depthwise: Option<Depthwise>,
 }
 
 /// At most how many bytes [`Dense::new`] keeps for `spec` (saturating): the GEMM's packed
@@ -133,9 +137,10 @@ impl Dense {
     /// Packs ONNX `[M][Cg][R][S]` weights; `spec` must be validated and `weights` checked.
     pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Self {
         let direct = Direct::new(&spec, weights, &epilogue, isa);
-        // The direct path does not use the GEMM's packing.
+        let depthwise = depthwise::applies(&spec).then(|| Depthwise::new(&spec, weights, isa));
+        // Neither path uses the GEMM's packing.
         let mut packed = Vec::new();
-        if direct.is_none() {
+        if direct.is_none() && depthwise.is_none() {
             let mg = spec.filters_per_group();
             let k_len = spec.lowered_cols();
             packed = vec![0.0; weights.len()];
@@ -150,6 +155,7 @@ impl Dense {
             packed,
             epilogue,
             direct,
+            depthwise,
         }
     }
 
@@ -185,9 +191,13 @@ fn input_is_lowered(s: &ConvSpec) -> bool {
 }
 
 /// Whether the dense method writes a lowered matrix for this layer: not when it takes the
-/// direct path, when the input is one already, nor when it sums shifted GEMMs.
+/// direct or the depthwise path, when the input is one already, nor when it sums shifted
+/// GEMMs.
 pub(crate) fn lowers(s: &ConvSpec) -> bool {
-    !direct_applies(s) && !input_is_lowered(s) && !shifted_gemm::applies(s)
+    !direct_applies(s)
+        && !depthwise::applies(s)
+        && !input_is_lowered(s)
+        && !shifted_gemm::applies(s)
 }
 
 /// Bytes of lowered rows multiplied at a time: the lowered matrix of an early layer (a
@@ -208,6 +218,8 @@ impl Dense {
         let s = &self.spec;
         if let Some(direct) = &self.direct {
             saturating_product(&[direct.padded[0], direct.padded[1], s.channels])
+        } else if self.depthwise.is_some() {
+            depthwise::padded_len(s)
         } else if input_is_lowered(s) {
             0
         } else if shifted_gemm::applies(s) {
@@ -229,48 +241,27 @@ impl Dense {
         let s = &self.spec;
         let (c_len, m_len) = (s.channels, s.filters);
         let [ph, pw] = direct.padded;
-        let ow = s.out_width();
         let clamp = self.epilogue.clamp();
-        let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
-        let mut zeros = 0;
-        let in_image = s.height * s.width * c_len;
         let padded_len = self.lowered_len(rayon::current_num_threads());
-        if ws.lowered.len() < padded_len {
-            ws.lowered.resize(padded_len, 0.0);
-        }
-        for (image, out) in input
-            .chunks_exact(in_image)
-            .zip(output.chunks_exact_mut(s.out_pixels() * m_len))
-        {
-            let start = Instant::now();
-            let padded = &mut ws.lowered[..padded_len];
-            pad_rows(s, image, 0..ph, padded);
-            let padded_at = Instant::now();
-            convert += padded_at - start;
-            let padded = &*padded;
-            zeros += out
-                .par_chunks_mut(ow * m_len)
-                .enumerate()
-                .map(|(oy, out_row)| {
-                    let row = DirectRow {
-                        input: padded,
-                        base: oy * s.stride[0] * pw * c_len,
-                        pixel_step: s.stride[1] * c_len,
-                        taps: &direct.taps,
-                        weights: &direct.weights,
-                        bias: &direct.bias,
-                        clamp,
-                    };
-                    direct_conv_row(direct.isa, &row, m_len, out_row)
-                })
-                .sum::<usize>();
-            multiply += padded_at.elapsed();
-        }
-        Timing {
-            convert,
-            multiply,
-            output_zeros: Some(zeros),
-        }
+        over_padded_images(
+            s,
+            (input, output),
+            ws,
+            padded_len,
+            |image, padded| pad_rows(s, image, 0..ph, padded),
+            |oy, padded, out_row| {
+                let row = DirectRow {
+                    input: padded,
+                    base: oy * s.stride[0] * pw * c_len,
+                    pixel_step: s.stride[1] * c_len,
+                    taps: &direct.taps,
+                    weights: &direct.weights,
+                    bias: &direct.bias,
+                    clamp,
+                };
+                direct_conv_row(direct.isa, &row, m_len, out_row)
+            },
+        )
     }
 }
 
@@ -283,6 +274,9 @@ impl ConvKernel for Dense {
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         if let Some(direct) = &self.direct {
             return self.run_direct(direct, input, output, ws);
+        }
+        if let Some(depthwise) = &self.depthwise {
+            return depthwise.run(&self.spec, &self.epilogue, input, output, ws);
         }
         let s = &self.spec;
         let (p_len, k_len) = (s.out_pixels(), s.lowered_cols());
@@ -379,6 +373,7 @@ mod tests {
             (2, 2, 1),
             (5, 8, 1),
             (4, 8, 2),
+            (6, 12, 6),
         ] {
             let spec = ConvSpec::new(c, 6, 6, m, [3, 3])
                 .with_padding([1, 1, 1, 1])
@@ -395,11 +390,17 @@ mod tests {
                 + dense
                     .direct
                     .as_ref()
-                    .map_or(0, |d| d.weights.len() + d.bias.len() + d.taps.len());
+                    .map_or(0, |d| d.weights.len() + d.bias.len() + d.taps.len())
+                + dense.depthwise.as_ref().map_or(0, |d| d.weights_len());
             assert!(kept * 4 <= prepared_bytes(&spec), "{spec:?}: {kept} floats");
             assert_eq!(
                 dense.direct.is_some(),
                 c <= 4 && m >= 8 && groups == 1,
+                "{spec:?}"
+            );
+            assert_eq!(
+                dense.depthwise.is_some(),
+                groups > 1 && groups == c,
                 "{spec:?}"
             );
         }

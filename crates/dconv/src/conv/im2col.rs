@@ -6,9 +6,10 @@
 //! run of `Cg` floats copied from one NHWC pixel (or zeros where the tap falls into the
 //! padding). Weights multiplied with L must be packed in the same `k` order.
 
-use super::ConvSpec;
+use super::{ConvSpec, Timing, Workspace};
 use rayon::prelude::*;
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 /// Output rows lowered per rayon task: enough work to amortize a task, small enough to
 /// balance the threads.
@@ -119,6 +120,47 @@ pub(crate) fn pad_rows(spec: &ConvSpec, image: &[f32], rows: Range<usize>, out: 
             }
             None => dst.fill(0.0),
         }
+    }
+}
+
+/// The frame of the paths that pad each image once and then compute output rows straight
+/// from it (dense's direct and depthwise paths): per image of the NHWC batch, `pad` fills
+/// the first `padded_len` floats of the workspace's `lowered` buffer from the image, then
+/// `row(oy, padded, out_row)` finishes each output row, in parallel, returning its zeros.
+pub(crate) fn over_padded_images(
+    spec: &ConvSpec,
+    (input, output): (&[f32], &mut [f32]),
+    ws: &mut Workspace,
+    padded_len: usize,
+    pad: impl Fn(&[f32], &mut [f32]),
+    row: impl Fn(usize, &[f32], &mut [f32]) -> usize + Sync,
+) -> Timing {
+    if ws.lowered.len() < padded_len {
+        ws.lowered.resize(padded_len, 0.0);
+    }
+    let row_len = spec.out_width() * spec.filters;
+    let (mut convert, mut multiply, mut zeros) = (Duration::ZERO, Duration::ZERO, 0);
+    for (image, out) in input
+        .chunks_exact(spec.height * spec.width * spec.channels)
+        .zip(output.chunks_exact_mut(spec.out_pixels() * spec.filters))
+    {
+        let start = Instant::now();
+        let padded = &mut ws.lowered[..padded_len];
+        pad(image, padded);
+        let padded_at = Instant::now();
+        convert += padded_at - start;
+        let padded = &*padded;
+        zeros += out
+            .par_chunks_mut(row_len)
+            .enumerate()
+            .map(|(oy, out_row)| row(oy, padded, out_row))
+            .sum::<usize>();
+        multiply += padded_at.elapsed();
+    }
+    Timing {
+        convert,
+        multiply,
+        output_zeros: Some(zeros),
     }
 }
 

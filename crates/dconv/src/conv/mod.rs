@@ -6,6 +6,7 @@
 //! have grown to the layer's needs. Threads come from the current rayon pool.
 
 mod dense;
+mod depthwise;
 mod im2col;
 mod im2csoa;
 mod im2csr;

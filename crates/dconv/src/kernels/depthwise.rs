@@ -1,0 +1,110 @@
+//! One output row of a depthwise convolution, channels in the vector lanes: each output
+//! channel is the sum over the kernel's taps of one padded input channel times its weight,
+//! so a block of channels keeps its sums in registers across all taps.
+
+use super::multiversion::vectorized;
+use super::Isa;
+
+/// Channels whose sums one pass keeps in registers (four AVX-512 vectors, eight AVX2 ones).
+const BLOCK: usize = 64;
+
+/// Where one output row reads: the zero-padded input, `[PH][PW][M]` (each output channel's
+/// input channel already at its own index), and the weights `[R * S][M]`.
+pub(crate) struct DepthwiseRow<'a> {
+    pub input: &'a [f32],
+    /// Index in `input` of the first tap of the row's first pixel.
+    pub base: usize,
+    /// Floats between the windows of neighbouring output pixels.
+    pub pixel_step: usize,
+    /// Offset of each tap from a window's first float.
+    pub taps: &'a [usize],
+    pub weights: &'a [f32],
+}
+
+/// Writes the sums of one output row, `out` being `[OW][M]`.
+pub(crate) fn depthwise_row(isa: Isa, row: &DepthwiseRow, channels: usize, out: &mut [f32]) {
+    vectorized(
+        isa,
+        #[inline(always)]
+        || row_sums(row, channels, out),
+    )
+}
+
+#[inline(always)]
+fn row_sums(row: &DepthwiseRow, channels: usize, out: &mut [f32]) {
+    let blocks = channels / BLOCK * BLOCK;
+    for (x, pixel) in out.chunks_exact_mut(channels).enumerate() {
+        let window = row.base + x * row.pixel_step;
+        for first in (0..blocks).step_by(BLOCK) {
+            let mut sums = [0.0f32; BLOCK];
+            for (t, &tap) in row.taps.iter().enumerate() {
+                let input: &[f32; BLOCK] = row.input[window + tap + first..][..BLOCK]
+                    .try_into()
+                    .expect("a block of BLOCK floats");
+                let weights: &[f32; BLOCK] = row.weights[t * channels + first..][..BLOCK]
+                    .try_into()
+                    .expect("a block of BLOCK floats");
+                for i in 0..BLOCK {
+                    sums[i] += input[i] * weights[i];
+                }
+            }
+            pixel[first..first + BLOCK].copy_from_slice(&sums);
+        }
+        // The channels past the last whole block, tap by tap.
+        let rest = &mut pixel[blocks..];
+        rest.fill(0.0);
+        for (t, &tap) in row.taps.iter().enumerate() {
+            let input = &row.input[window + tap + blocks..][..rest.len()];
+            let weights = &row.weights[t * channels + blocks..][..rest.len()];
+            for ((sum, x), w) in rest.iter_mut().zip(input).zip(weights) {
+                *sum += x * w;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every ISA gives the sums of the plain definition, over whole blocks and a remainder.
+    #[test]
+    fn rows_match_the_definition_on_every_isa() {
+        let channels = BLOCK + 7;
+        let (width, taps) = (5, [0, channels, 3 * channels]);
+        let input: Vec<f32> = (0..(width + 4) * channels)
+            .map(|i| (i % 13) as f32 - 6.0)
+            .collect();
+        let weights: Vec<f32> = (0..taps.len() * channels)
+            .map(|i| (i % 7) as f32 * 0.5 - 1.5)
+            .collect();
+        let row = DepthwiseRow {
+            input: &input,
+            base: channels,
+            pixel_step: channels,
+            taps: &taps,
+            weights: &weights,
+        };
+        let mut want = vec![0.0; width * channels];
+        for x in 0..width {
+            for m in 0..channels {
+                let window = row.base + x * row.pixel_step;
+                want[x * channels + m] = taps
+                    .iter()
+                    .enumerate()
+                    .map(|(t, tap)| input[window + tap + m] * weights[t * channels + m])
+                    .sum();
+            }
+        }
+        for isa in Isa::supported() {
+            let mut got = vec![f32::NAN; width * channels];
+            depthwise_row(isa, &row, channels, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                    "{isa} at {i}: {g} vs {w}"
+                );
+            }
+        }
+    }
+}
