@@ -153,20 +153,33 @@ pub(crate) fn build(
     })
 }
 
+/// The inputs of a node that follows the Conv being planned, but its first (the Conv's
+/// output, which has no value yet) as None: its parameters (a BatchNormalization's
+/// statistics, a Clip's bounds).
+fn resolve_parameters(node: &Node, values: &HashMap<String, Value>) -> Result<Vec<Option<Value>>> {
+    let mut inputs = vec![None];
+    for name in node.input.iter().skip(1) {
+        inputs.push(resolve_input(name, values)?);
+    }
+    Ok(inputs)
+}
+
 fn resolve_inputs(node: &Node, values: &HashMap<String, Value>) -> Result<Vec<Option<Value>>> {
     node.input
         .iter()
-        .map(|name| {
-            if name.is_empty() {
-                return Ok(None);
-            }
-            values.get(name).cloned().map(Some).ok_or_else(|| {
-                Error::Unsupported(format!(
-                    "input '{name}' is an optional output of an earlier node that dconv does not compute"
-                ))
-            })
-        })
+        .map(|name| resolve_input(name, values))
         .collect()
+}
+
+fn resolve_input(name: &str, values: &HashMap<String, Value>) -> Result<Option<Value>> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    values.get(name).cloned().map(Some).ok_or_else(|| {
+        Error::Unsupported(format!(
+            "input '{name}' is an optional output of an earlier node that dconv does not compute"
+        ))
+    })
 }
 
 /// Plans a Conv with the BatchNormalization and activation that follow it folded in;
@@ -203,7 +216,7 @@ fn plan_conv(
         let next = &graph.nodes[j];
         let only_y = next.output.iter().skip(1).all(|o| graph.is_unused(o));
         if next.op_type() == "BatchNormalization" && only_y {
-            if let Ok(bn) = resolve_inputs(next, values)
+            if let Ok(bn) = resolve_parameters(next, values)
                 .and_then(|inputs| BatchNorm::from_inputs(&ctx_of(next, opset), &inputs))
             {
                 if bn.scale.len() == draft.spec.filters {
@@ -218,7 +231,7 @@ fn plan_conv(
         let next = &graph.nodes[j];
         let activation = match next.op_type() {
             "Relu" => Some(Activation::Relu),
-            "Clip" => resolve_inputs(next, values)
+            "Clip" => resolve_parameters(next, values)
                 .and_then(|inputs| crate::ops::clip_bounds(&ctx_of(next, opset), &inputs))
                 .ok()
                 .and_then(|bounds| match bounds {

@@ -1,0 +1,118 @@
+//! A BatchNormalization and an activation after a Conv fold into its one step (a ReLU, or a
+//! Clip to [0, 6] whose bounds are inputs, as opset 11 and later write ReLU6), and the
+//! fused step computes what the separate steps do.
+
+use dconv::onnx::proto::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
+use dconv::runtime::{example_model, Session, SessionOptions};
+use dconv::{Model, Tensor};
+use prost::Message;
+
+fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+    NodeProto {
+        op_type: Some(op.into()),
+        name: Some(format!("{op}_{output}")),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: vec![output.into()],
+        ..Default::default()
+    }
+}
+
+fn floats(name: &str, values: Vec<f32>) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: if values.len() == 1 {
+            vec![]
+        } else {
+            vec![values.len() as i64]
+        },
+        data_type: Some(DataType::Float as i32),
+        float_data: values,
+        ..Default::default()
+    }
+}
+
+/// The example's Conv (1 -> 2 channels, output `c`) followed by `after` (nodes from `c` to
+/// `y`) with extra initializers; with `c` also a graph output when `expose_conv`, which
+/// keeps every step apart.
+fn model(after: Vec<NodeProto>, initializers: Vec<TensorProto>, expose_conv: bool) -> Model {
+    let mut proto = ModelProto::decode(&example_model()[..]).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    graph.node.truncate(1);
+    graph.node.extend(after);
+    graph.initializer.extend(initializers);
+    if expose_conv {
+        let mut c = graph.output[0].clone();
+        c.name = Some("c".into());
+        graph.output.push(c);
+    }
+    Model::from_bytes(&proto.encode_to_vec(), None).unwrap()
+}
+
+/// The output `y` and the ops of the steps that ran.
+fn run(model: &Model) -> (Vec<f32>, Vec<String>) {
+    let session = Session::new(
+        model,
+        SessionOptions {
+            threads: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let data: Vec<f32> = (0..16).map(|i| (i % 5) as f32 * 2.0 - 3.0).collect();
+    let x = Tensor::from_f32(vec![1, 1, 4, 4], data).unwrap();
+    let (outputs, profile) = session.run_profiled(&[("x", x)]).unwrap();
+    let y = outputs
+        .iter()
+        .find(|(n, _)| n == "y")
+        .unwrap()
+        .1
+        .to_f32_vec();
+    let ops = profile.steps.iter().map(|s| s.op.clone()).collect();
+    (y, ops)
+}
+
+fn assert_fuses(after: Vec<NodeProto>, initializers: Vec<TensorProto>, folded: &[&str]) {
+    let (fused, fused_ops) = run(&model(after.clone(), initializers.clone(), false));
+    let (apart, apart_ops) = run(&model(after, initializers, true));
+    for op in folded {
+        assert!(
+            !fused_ops.iter().any(|o| o == op),
+            "{op} ran: {fused_ops:?}"
+        );
+        assert!(
+            apart_ops.iter().any(|o| o == op),
+            "{op} did not run: {apart_ops:?}"
+        );
+    }
+    assert_eq!(fused_ops.iter().filter(|o| *o == "Conv").count(), 1);
+    assert!(fused.iter().any(|&v| v == 0.0) && fused.iter().any(|&v| v > 0.0));
+    for (i, (f, a)) in fused.iter().zip(&apart).enumerate() {
+        assert!(
+            (f - a).abs() <= 1e-5 * a.abs().max(1.0),
+            "at {i}: {f} vs {a}"
+        );
+    }
+}
+
+#[test]
+fn batch_norm_and_relu_fold_into_the_conv() {
+    let bn = node("BatchNormalization", &["c", "s", "b", "m", "v"], "n");
+    let stats = vec![
+        floats("s", vec![0.5, 2.0]),
+        floats("b", vec![0.25, -1.0]),
+        floats("m", vec![1.0, -0.5]),
+        floats("v", vec![4.0, 0.25]),
+    ];
+    assert_fuses(
+        vec![bn, node("Relu", &["n"], "y")],
+        stats,
+        &["BatchNormalization", "Relu"],
+    );
+}
+
+#[test]
+fn clip_with_bounds_as_inputs_folds_into_the_conv() {
+    let clip = node("Clip", &["c", "lo", "hi"], "y");
+    let bounds = vec![floats("lo", vec![0.0]), floats("hi", vec![6.0])];
+    assert_fuses(vec![clip], bounds, &["Clip"]);
+}
