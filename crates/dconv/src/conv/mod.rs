@@ -412,6 +412,15 @@ impl Conv {
     }
 }
 
+/// Filters of a group once padded to whole weight panels, as `isa`'s kernels read them.
+pub(crate) fn panel_filters(filters_per_group: usize, isa: Isa) -> usize {
+    let width = match isa {
+        Isa::Avx512 => panels::WeightPanels::<8>::WIDTH,
+        _ => panels::WeightPanels::<4>::WIDTH,
+    };
+    filters_per_group.next_multiple_of(width)
+}
+
 fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<()> {
     if expected == actual {
         Ok(())

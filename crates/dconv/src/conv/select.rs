@@ -9,15 +9,17 @@
 //! - `dense`: fixed + mac · MACs + lowered · P·K (im2col writes every lowered element; 0
 //!   where it lowers nothing: 1x1 stride-1 layers, and those it sums shifted GEMMs for).
 //! - `lowered-csr`: fixed + lowered · P·K (im2col and the compression scan) + nz_lowered ·
-//!   d·P·K + nz_mac · d·MACs.
+//!   d·P·K + nz_mac · d·PMACs.
 //! - `im2csr`: fixed + input · |X| (the conversion reads the input once) + pixel_tap ·
-//!   P·R·S (per-row bookkeeping) + nz_lowered · d·P·K (entries emitted) + nz_mac · d·MACs +
-//!   nz_mac_squared · d²·MACs.
+//!   P·R·S (per-row bookkeeping) + nz_lowered · d·P·K (entries emitted) + nz_mac · d·PMACs +
+//!   nz_mac_squared · d²·PMACs.
 //! - `im2csoa`: fixed + input · |X| + pixel_tap · P·R·S + nz_input · d·|X| (non-zeros
-//!   stored) + nz_mac · d·MACs + nz_mac_squared · d²·MACs.
+//!   stored) + nz_mac · d·PMACs + nz_mac_squared · d²·PMACs.
 //! - `sparse-weight`: fixed + input · |X| (the padded plane copy) + nz_weight · e·M·K (each
 //!   non-zero weight starts a row of work) + nz_mac · e·MACs.
 //!
+//! PMACs are the multiply-adds against weight panels, each group's filters padded to whole
+//! panels (MACs wherever a group's filters fill them, as in every layer `tune` measures).
 //! The d² term lets the product's rate change with density (BENCHMARKS.md: im2csr slows down
 //! on nearly dense inputs, im2csoa speeds up); it is the only one allowed to be negative.
 //! Weight sparsity does not enter im2csr or im2csoa: their inner loop runs over a dense vector
@@ -29,7 +31,7 @@
 
 pub mod fit;
 
-use super::{ConvSpec, Method};
+use super::{panel_filters, ConvSpec, Method};
 use crate::error::{Error, Result};
 use crate::kernels::Isa;
 use serde::{Deserialize, Serialize};
@@ -57,6 +59,11 @@ const SIGNED_TERM: &str = "nz_mac_squared";
 pub struct LayerSize {
     /// Multiply-adds of the dense convolution, all images.
     pub macs: f64,
+    /// Multiply-adds of the methods that multiply by weight panels (lowered-csr, im2csr,
+    /// im2csoa): each group's filters are padded to whole panels, so a layer of many small
+    /// groups (ShuffleNet's 1x1 layers, a depthwise one) does up to a panel's width times
+    /// `macs`.
+    pub panel_macs: f64,
     /// Elements of the lowered matrices, all images and groups (P·K·G·N).
     pub lowered: f64,
     /// Elements `dense` lowers: `lowered`, or 0 where it lowers nothing.
@@ -80,6 +87,10 @@ impl LayerSize {
         let lowered = batch * (oh * ow) as f64 * spec.lowered_cols() as f64 * spec.groups as f64;
         LayerSize {
             macs: batch * (oh * ow) as f64 * weights,
+            panel_macs: batch
+                * (oh * ow) as f64
+                * spec.lowered_cols() as f64
+                * (spec.groups * panel_filters(spec.filters_per_group(), Isa::detect())) as f64,
             lowered,
             dense_lowered: if super::dense::lowers(spec) {
                 lowered
@@ -126,22 +137,22 @@ pub fn term_values(method: Method, size: &LayerSize, d: f64, e: f64) -> [f64; MA
     let s = size;
     match method {
         Method::Dense => [1.0, s.macs, s.dense_lowered, 0.0, 0.0, 0.0],
-        Method::LoweredCsr => [1.0, s.lowered, d * s.lowered, d * s.macs, 0.0, 0.0],
+        Method::LoweredCsr => [1.0, s.lowered, d * s.lowered, d * s.panel_macs, 0.0, 0.0],
         Method::Im2Csr => [
             1.0,
             s.input,
             s.pixel_taps,
             d * s.lowered,
-            d * s.macs,
-            d * d * s.macs,
+            d * s.panel_macs,
+            d * d * s.panel_macs,
         ],
         Method::Im2Csoa => [
             1.0,
             s.input,
             s.pixel_taps,
             d * s.input,
-            d * s.macs,
-            d * d * s.macs,
+            d * s.panel_macs,
+            d * d * s.panel_macs,
         ],
         Method::SparseWeight => [1.0, s.input, e * s.weights * s.batch, e * s.macs, 0.0, 0.0],
         Method::Reference => [0.0; MAX_TERMS],
@@ -694,6 +705,27 @@ mod tests {
         }
         let avx512 = CostProfile::compiled_in(Isa::Avx512).winners(&deep, 0.0);
         assert_eq!(avx512.first(), Some(&Method::Dense), "{avx512:?}");
+    }
+
+    /// The panel methods pad each group's filters to whole panels, and are priced so: a
+    /// depthwise layer, one filter a group, costs them a panel's width per filter, and no
+    /// compiled-in profile picks one for it at any sparsity.
+    #[test]
+    fn small_groups_are_priced_at_their_padded_panels() {
+        let depthwise = ConvSpec::new(144, 28, 28, 144, [3, 3])
+            .with_padding([1; 4])
+            .with_groups(144);
+        let size = LayerSize::of(&depthwise);
+        let width = panel_filters(1, Isa::detect()) as f64;
+        assert_eq!(size.panel_macs, size.macs * width);
+        let vgg = LayerSize::of(&vgg_block4());
+        assert_eq!(vgg.panel_macs, vgg.macs);
+        for (isa, _) in COMPILED_IN {
+            let costs = LayerCosts::new(&CostProfile::compiled_in(isa), &depthwise, 0.0, &MODELED);
+            for s in [0.0, 0.5, 0.9] {
+                assert_eq!(costs.cheapest(s), Method::Dense, "{isa} at {s}");
+            }
+        }
     }
 
     #[test]
