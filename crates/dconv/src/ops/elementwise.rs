@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::runtime::builder::{Builder, Value};
 use crate::runtime::layout::Layout;
 use crate::tensor::{Tensor, TensorData};
+use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
 enum Unary {
@@ -57,19 +58,42 @@ impl Kernel for UnaryKernel {
         let f = self.0;
         if let Unary::Relu = f {
             // Count the zeros while writing them: the next convolution's method depends on it.
-            let mut zeros = 0usize;
-            for (o, &x) in output.iter_mut().zip(inputs[0]) {
-                *o = x.max(0.0);
-                zeros += (*o == 0.0) as usize;
-            }
+            let zeros = in_parallel_chunks(output, inputs[0], |out, x| {
+                let mut zeros = 0usize;
+                for (o, &x) in out.iter_mut().zip(x) {
+                    *o = x.max(0.0);
+                    zeros += (*o == 0.0) as usize;
+                }
+                zeros
+            });
             return Some(zeros as f64 / output.len().max(1) as f64);
         }
-        output
-            .iter_mut()
-            .zip(inputs[0])
-            .for_each(|(o, &x)| *o = f.apply(x));
+        in_parallel_chunks(output, inputs[0], |out, x| {
+            out.iter_mut().zip(x).for_each(|(o, &x)| *o = f.apply(x));
+            0
+        });
         None
     }
+}
+
+/// Elements per task of an element-wise pass: below it, one thread does the whole pass.
+pub(crate) const ELEMENTS_PER_TASK: usize = 1 << 15;
+
+/// Runs `f` on matching chunks of `output` and `input` (of equal length) on the threads of
+/// the current pool, chunks of [`ELEMENTS_PER_TASK`]; sums what it returns.
+pub(crate) fn in_parallel_chunks(
+    output: &mut [f32],
+    input: &[f32],
+    f: impl Fn(&mut [f32], &[f32]) -> usize + Sync,
+) -> usize {
+    if output.len() <= ELEMENTS_PER_TASK {
+        return f(output, input);
+    }
+    output
+        .par_chunks_mut(ELEMENTS_PER_TASK)
+        .zip(input.par_chunks(ELEMENTS_PER_TASK))
+        .map(|(out, x)| f(out, x))
+        .sum()
 }
 
 /// The scalar value of an optional constant input (Clip's min and max from opset 11).
@@ -190,11 +214,28 @@ struct BinaryKernel {
     f: Binary,
     shape: Vec<usize>,
     strides: [Vec<isize>; 2],
+    /// Both operands are stored as the output is, element for element.
+    same_layout: bool,
 }
 
 impl Kernel for BinaryKernel {
     fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
         let f = self.f;
+        if self.same_layout {
+            // No broadcast (a residual Add, say): one flat pass, split over the threads.
+            let (a, b) = (inputs[0], inputs[1]);
+            let chunks = output.len().div_ceil(ELEMENTS_PER_TASK).max(1);
+            let per = output.len().div_ceil(chunks).max(1);
+            output
+                .par_chunks_mut(per)
+                .zip(a.par_chunks(per).zip(b.par_chunks(per)))
+                .for_each(|(out, (a, b))| {
+                    out.iter_mut()
+                        .zip(a.iter().zip(b))
+                        .for_each(|(o, (&x, &y))| *o = f.apply(x, y));
+                });
+            return None;
+        }
         broadcast(
             &self.shape,
             &self.strides,
@@ -351,10 +392,20 @@ pub(crate) fn plan_binary(
         .find(|v| v.layout() == Layout::ChannelsLast && v.shape().len() == out.len())
         .map_or(Layout::Plain, |_| Layout::ChannelsLast);
     let order = layout.storage_order(out.len());
+    let shape: Vec<usize> = order.iter().map(|&i| out[i]).collect();
+    let strides = strides.map(|s| order.iter().map(|&i| s[i]).collect::<Vec<_>>());
+    let contiguous = crate::runtime::layout::plain_strides(&shape);
+    let same_layout = strides.iter().all(|s| {
+        s.iter()
+            .zip(&contiguous)
+            .zip(&shape)
+            .all(|((a, c), &n)| n == 1 || a == c)
+    });
     let kernel = BinaryKernel {
         f,
-        shape: order.iter().map(|&i| out[i]).collect(),
-        strides: strides.map(|s| order.iter().map(|&i| s[i]).collect()),
+        shape,
+        strides,
+        same_layout,
     };
     b.emit(&[x, y], out, layout, Box::new(kernel))
 }
