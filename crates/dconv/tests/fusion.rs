@@ -1,6 +1,7 @@
-//! A BatchNormalization and an activation after a Conv fold into its one step (a ReLU, or a
-//! Clip to [0, 6] whose bounds are inputs, as opset 11 and later write ReLU6), and the
-//! fused step computes what the separate steps do.
+//! A BatchNormalization (or a Mul and an Add by per-channel constants) and an activation
+//! after a Conv fold into its one step (a ReLU, or a Clip to [0, 6] whose bounds are inputs,
+//! as opset 11 and later write ReLU6), and the fused step computes what the separate steps
+//! do.
 
 use dconv::onnx::proto::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 use dconv::runtime::{example_model, Session, SessionOptions};
@@ -115,4 +116,25 @@ fn clip_with_bounds_as_inputs_folds_into_the_conv() {
     let clip = node("Clip", &["c", "lo", "hi"], "y");
     let bounds = vec![floats("lo", vec![0.0]), floats("hi", vec![6.0])];
     assert_fuses(vec![clip], bounds, &["Clip"]);
+}
+
+/// Inception v2 writes its BatchNormalizations out as a Mul and an Add by constants, the
+/// per-channel scale unsqueezed in a node after the Conv: both fold, with the ReLU.
+#[test]
+fn mul_and_add_by_channel_constants_fold_into_the_conv() {
+    let axes = TensorProto {
+        name: Some("axes".into()),
+        dims: vec![2],
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: vec![1, 2],
+        ..Default::default()
+    };
+    let after = vec![
+        node("Unsqueeze", &["k", "axes"], "k3"),
+        node("Mul", &["c", "k3"], "p"),
+        node("Add", &["t", "p"], "q"),
+        node("Relu", &["q"], "y"),
+    ];
+    let constants = vec![floats("k", vec![0.5, -2.0]), floats("t", vec![0.75]), axes];
+    assert_fuses(after, constants, &["Mul", "Add", "Relu"]);
 }

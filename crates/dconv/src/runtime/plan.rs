@@ -99,7 +99,31 @@ pub(crate) fn build(
         }
     }
 
+    // Nodes planned already: folded into a Conv, or constant.
     let mut fused = HashSet::new();
+    // Constant subgraphs first, so that folding a Conv's successors sees their values (a
+    // Mul's per-channel scale may be unsqueezed after the Conv it follows, in node order).
+    for (i, node) in model.nodes.iter().enumerate() {
+        let constant = |name: &String| values.get(name).is_some_and(|v| v.as_const().is_some());
+        if node.op_type() == "Conv" || !node.input.iter().filter(|n| !n.is_empty()).all(constant) {
+            continue;
+        }
+        b.node = node_label(node, i);
+        b.op_type = node.op_type().to_string();
+        let node_inputs = resolve_inputs(node, &values).map_err(in_node(node, i))?;
+        let ctx = Ctx {
+            attrs: Attrs(&node.attribute),
+            opset: model.opset(),
+        };
+        let outputs =
+            plan_op(&mut b, &ctx, node.op_type(), &node_inputs).map_err(in_node(node, i))?;
+        for (name, value) in node.output.iter().zip(outputs) {
+            if !name.is_empty() {
+                values.insert(name.clone(), value);
+            }
+        }
+        fused.insert(i);
+    }
     for (i, node) in model.nodes.iter().enumerate() {
         if fused.contains(&i) {
             continue;
@@ -151,6 +175,47 @@ pub(crate) fn build(
         outputs,
         budget_notes: b.budget_notes,
     })
+}
+
+/// The other operand of a binary `node` one of whose operands is `x` (a Conv output of `rank`
+/// axes, `[N, M, ...]`), when it is a float constant that numpy broadcasting applies per
+/// channel without changing the output's shape: a scalar of at most `rank` unit axes, or
+/// `[M, 1, ...]` of `rank - 1` axes, or that with a leading unit axis; as `M` values.
+fn channel_constant(
+    node: &Node,
+    x: &str,
+    values: &HashMap<String, Value>,
+    (filters, rank): (usize, usize),
+) -> Option<Vec<f32>> {
+    let [a, b] = node.input.as_slice() else {
+        return None;
+    };
+    let other = if a == x {
+        b
+    } else if b == x {
+        a
+    } else {
+        return None;
+    };
+    if other == x {
+        return None;
+    }
+    let tensor = values.get(other.as_str())?.as_const()?;
+    let data = tensor.as_f32()?;
+    let shape = tensor.shape();
+    if shape.len() > rank {
+        return None;
+    }
+    if data.len() == 1 {
+        return Some(vec![data[0]; filters]);
+    }
+    let per_channel = match shape {
+        [1, rest @ ..] if shape.len() == rank => rest,
+        rest => rest,
+    };
+    let unit_rest = per_channel.iter().skip(1).all(|&d| d == 1);
+    (per_channel.len() == rank - 1 && per_channel.first() == Some(&filters) && unit_rest)
+        .then(|| data.to_vec())
 }
 
 /// The inputs of a node that follows the Conv being planned, but its first (the Conv's
@@ -212,19 +277,41 @@ fn plan_conv(
         }
     }
 
-    if let Some(j) = graph.sole_consumer(&out) {
+    // Per-channel affine maps after the Conv fold into its weights and bias, one after the
+    // other: BatchNormalization, and Mul and Add by constants (BatchNormalization written
+    // out, as in Inception v2).
+    while let Some(j) = graph.sole_consumer(&out) {
         let next = &graph.nodes[j];
         let only_y = next.output.iter().skip(1).all(|o| graph.is_unused(o));
-        if next.op_type() == "BatchNormalization" && only_y {
-            if let Ok(bn) = resolve_parameters(next, values)
+        let filters = draft.spec.filters;
+        let affine = match next.op_type() {
+            "BatchNormalization" if only_y => resolve_parameters(next, values)
                 .and_then(|inputs| BatchNorm::from_inputs(&ctx_of(next, opset), &inputs))
-            {
-                if bn.scale.len() == draft.spec.filters {
-                    draft.fold_batch_norm(&bn);
-                    fused.insert(j);
-                    out = next.output[0].clone();
-                }
+                .ok(),
+            "Mul" | "Add" if opset >= 7 => {
+                let rank = x.shape().len();
+                channel_constant(next, &out, values, (filters, rank)).map(|c| {
+                    match next.op_type() {
+                        "Mul" => BatchNorm {
+                            scale: c,
+                            shift: vec![0.0; filters],
+                        },
+                        _ => BatchNorm {
+                            scale: vec![1.0; filters],
+                            shift: c,
+                        },
+                    }
+                })
             }
+            _ => None,
+        };
+        match affine {
+            Some(bn) if bn.scale.len() == filters => {
+                draft.fold_batch_norm(&bn);
+                fused.insert(j);
+                out = next.output[0].clone();
+            }
+            _ => break,
         }
     }
     if let Some(j) = graph.sole_consumer(&out) {
