@@ -2,7 +2,10 @@
 //! gather are all "copy these strided views into those", which also makes them work on any
 //! storage layout and on integer constants alike.
 
+use super::elementwise::ELEMENTS_PER_TASK;
 use super::Kernel;
+use crate::limits::MAX_RANK;
+use rayon::prelude::*;
 
 /// A strided window of a flat buffer: element `idx` is at `offset + sum(idx[i] * strides[i])`.
 #[derive(Debug, Clone)]
@@ -51,25 +54,108 @@ impl CopyKernel {
 
 impl Kernel for CopyKernel {
     fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
-        self.apply(inputs, output, self.fill);
+        match self.outer_axis(output.len()) {
+            Some((axis, rows)) if output.len() > ELEMENTS_PER_TASK => {
+                self.apply_by_rows(inputs, output, (axis, rows))
+            }
+            _ => self.apply(inputs, output, self.fill),
+        }
         None
+    }
+}
+
+impl CopyKernel {
+    /// The axis along which the output splits into `rows` equal runs that each part's
+    /// destination writes within (a Concat along channels in channels-last storage splits
+    /// by image rows): the same axis of every part's destination, its outermost in storage,
+    /// with the same length and a stride of one run.
+    fn outer_axis(&self, len: usize) -> Option<(usize, usize)> {
+        let first = &self.parts.first()?.dst;
+        let axis = (0..first.shape.len())
+            .filter(|&a| first.shape[a] > 1)
+            .max_by_key(|&a| first.strides[a])?;
+        let rows = first.shape[axis];
+        let run = len / rows;
+        let fits = |v: &View| {
+            let within: isize = (0..v.shape.len())
+                .filter(|&a| a != axis)
+                .map(|a| (v.shape[a] as isize - 1) * v.strides[a])
+                .sum();
+            v.shape.get(axis) == Some(&rows)
+                && v.strides[axis] == run as isize
+                && v.strides.iter().all(|&s| s >= 0)
+                && v.offset >= 0
+                && v.offset + within < run as isize
+        };
+        let ranked = self.parts.iter().all(|p| p.src.shape.len() <= MAX_RANK);
+        (run * rows == len && ranked && self.parts.iter().all(|p| fits(&p.dst)))
+            .then_some((axis, rows))
+    }
+
+    /// [`apply`](Self::apply) in tasks of whole runs along `axis`, on the current pool.
+    fn apply_by_rows(&self, inputs: &[&[f32]], output: &mut [f32], (axis, rows): (usize, usize)) {
+        let run = output.len() / rows;
+        let per_task = (ELEMENTS_PER_TASK / run).max(1);
+        output
+            .par_chunks_mut(per_task * run)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let (first, count) = (task * per_task, out.len() / run);
+                if let Some(fill) = self.fill {
+                    out.fill(fill);
+                }
+                for part in &self.parts {
+                    let (src, dst) = (&part.src, &part.dst);
+                    // The part's shape with `count` rows, on the stack (outer_axis checked
+                    // the rank).
+                    let mut shape = [0; MAX_RANK];
+                    let shape = &mut shape[..src.shape.len()];
+                    shape.copy_from_slice(&src.shape);
+                    shape[axis] = count;
+                    copy_strided(
+                        (
+                            inputs[part.input],
+                            src.offset + first as isize * src.strides[axis],
+                        ),
+                        (out, dst.offset),
+                        shape,
+                        (&src.strides, &dst.strides),
+                    );
+                }
+            });
     }
 }
 
 /// Copies every element of `sv` in `src` to the same index of `dv` in `dst` (same shapes).
 pub(crate) fn copy_view<T: Copy>(src: &[T], sv: &View, dst: &mut [T], dv: &View) {
-    let rank = sv.shape.len();
-    if sv.shape.contains(&0) {
+    copy_strided(
+        (src, sv.offset),
+        (dst, dv.offset),
+        &sv.shape,
+        (&sv.strides, &dv.strides),
+    );
+}
+
+/// Copies the elements of `shape` from `src` at `offset + sum(idx[i] * strides.0[i])` to the
+/// same index of `dst` at its offset and `strides.1`.
+fn copy_strided<T: Copy>(
+    (src, src_offset): (&[T], isize),
+    (dst, dst_offset): (&mut [T], isize),
+    shape: &[usize],
+    (src_strides, dst_strides): (&[isize], &[isize]),
+) {
+    let rank = shape.len();
+    if shape.contains(&0) {
         return;
     }
     if rank == 0 {
-        dst[dv.offset as usize] = src[sv.offset as usize];
+        dst[dst_offset as usize] = src[src_offset as usize];
         return;
     }
-    let inner = sv.shape[rank - 1];
-    let (ss, ds) = (sv.strides[rank - 1], dv.strides[rank - 1]);
+    let inner = shape[rank - 1];
+    let (ss, ds) = (src_strides[rank - 1], dst_strides[rank - 1]);
     let mut index = vec![0usize; rank - 1];
-    let (mut so, mut dof) = (sv.offset, dv.offset);
+    let (mut so, mut dof) = (src_offset, dst_offset);
     loop {
         if ss == 1 && ds == 1 {
             let (s, d) = (so as usize, dof as usize);
@@ -87,14 +173,66 @@ pub(crate) fn copy_view<T: Copy>(src: &[T], sv: &View, dst: &mut [T], dv: &View)
             }
             axis -= 1;
             index[axis] += 1;
-            so += sv.strides[axis];
-            dof += dv.strides[axis];
-            if index[axis] < sv.shape[axis] {
+            so += src_strides[axis];
+            dof += dst_strides[axis];
+            if index[axis] < shape[axis] {
                 break;
             }
-            so -= sv.strides[axis] * sv.shape[axis] as isize;
-            dof -= dv.strides[axis] * sv.shape[axis] as isize;
+            so -= src_strides[axis] * shape[axis] as isize;
+            dof -= dst_strides[axis] * shape[axis] as isize;
             index[axis] = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Concat along channels of two channels-last images (logical NCHW views over NHWC
+    /// storage), large enough to split by image rows: the threads' runs equal the whole copy.
+    #[test]
+    fn a_channel_concat_splits_by_rows_and_copies_the_same() {
+        let (h, w, c) = (70, 60, [5, 11]);
+        let total = c[0] + c[1];
+        let inputs: Vec<Vec<f32>> = c
+            .iter()
+            .enumerate()
+            .map(|(i, &ci)| (0..h * w * ci).map(|v| (v * 3 + i) as f32).collect())
+            .collect();
+        let nhwc = |channels: usize| {
+            vec![
+                (h * w * channels) as isize,
+                1,
+                (w * channels) as isize,
+                channels as isize,
+            ]
+        };
+        let parts = (0..2)
+            .map(|i| CopyPart {
+                input: i,
+                src: View::new(0, vec![1, c[i], h, w], nhwc(c[i])),
+                dst: View::new((i * c[0]) as isize, vec![1, c[i], h, w], nhwc(total)),
+            })
+            .collect();
+        let kernel = CopyKernel { parts, fill: None };
+        let len = h * w * total;
+        assert!(len > ELEMENTS_PER_TASK);
+        assert_eq!(kernel.outer_axis(len), Some((2, h)));
+        let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+        let mut whole = vec![f32::NAN; len];
+        kernel.apply(&refs, &mut whole, None);
+        let mut by_rows = vec![f32::NAN; len];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| kernel.run(&refs, &mut by_rows));
+        assert_eq!(by_rows, whole);
+        assert!(whole.iter().all(|v| !v.is_nan()));
+        assert_eq!(
+            whole[c[0]], 1.0,
+            "the second image's first value follows the first's"
+        );
     }
 }
