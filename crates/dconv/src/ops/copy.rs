@@ -2,10 +2,9 @@
 //! gather are all "copy these strided views into those", which also makes them work on any
 //! storage layout and on integer constants alike.
 
-use super::elementwise::ELEMENTS_PER_TASK;
+use super::elementwise::{in_parallel_chunks, ELEMENTS_PER_TASK};
 use super::Kernel;
 use crate::limits::MAX_RANK;
-use rayon::prelude::*;
 
 /// A strided window of a flat buffer: element `idx` is at `offset + sum(idx[i] * strides[i])`.
 #[derive(Debug, Clone)]
@@ -96,33 +95,31 @@ impl CopyKernel {
     fn apply_by_rows(&self, inputs: &[&[f32]], output: &mut [f32], (axis, rows): (usize, usize)) {
         let run = output.len() / rows;
         let per_task = (ELEMENTS_PER_TASK / run).max(1);
-        output
-            .par_chunks_mut(per_task * run)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let (first, count) = (task * per_task, out.len() / run);
-                if let Some(fill) = self.fill {
-                    out.fill(fill);
-                }
-                for part in &self.parts {
-                    let (src, dst) = (&part.src, &part.dst);
-                    // The part's shape with `count` rows, on the stack (outer_axis checked
-                    // the rank).
-                    let mut shape = [0; MAX_RANK];
-                    let shape = &mut shape[..src.shape.len()];
-                    shape.copy_from_slice(&src.shape);
-                    shape[axis] = count;
-                    copy_strided(
-                        (
-                            inputs[part.input],
-                            src.offset + first as isize * src.strides[axis],
-                        ),
-                        (out, dst.offset),
-                        shape,
-                        (&src.strides, &dst.strides),
-                    );
-                }
-            });
+        in_parallel_chunks(output, per_task * run, |start, out| {
+            let (first, count) = (start / run, out.len() / run);
+            if let Some(fill) = self.fill {
+                out.fill(fill);
+            }
+            for part in &self.parts {
+                let (src, dst) = (&part.src, &part.dst);
+                // The part's shape with `count` rows, on the stack (outer_axis checked
+                // the rank).
+                let mut shape = [0; MAX_RANK];
+                let shape = &mut shape[..src.shape.len()];
+                shape.copy_from_slice(&src.shape);
+                shape[axis] = count;
+                copy_strided(
+                    (
+                        inputs[part.input],
+                        src.offset + first as isize * src.strides[axis],
+                    ),
+                    (out, dst.offset),
+                    shape,
+                    (&src.strides, &dst.strides),
+                );
+            }
+            0
+        });
     }
 }
 

@@ -58,7 +58,8 @@ impl Kernel for UnaryKernel {
         let f = self.0;
         if let Unary::Relu = f {
             // Count the zeros while writing them: the next convolution's method depends on it.
-            let zeros = in_parallel_chunks(output, inputs[0], |out, x| {
+            let zeros = in_parallel_chunks(output, ELEMENTS_PER_TASK, |first, out| {
+                let x = &inputs[0][first..][..out.len()];
                 let mut zeros = 0usize;
                 for (o, &x) in out.iter_mut().zip(x) {
                     *o = x.max(0.0);
@@ -68,7 +69,8 @@ impl Kernel for UnaryKernel {
             });
             return Some(zeros as f64 / output.len().max(1) as f64);
         }
-        in_parallel_chunks(output, inputs[0], |out, x| {
+        in_parallel_chunks(output, ELEMENTS_PER_TASK, |first, out| {
+            let x = &inputs[0][first..][..out.len()];
             out.iter_mut().zip(x).for_each(|(o, &x)| *o = f.apply(x));
             0
         });
@@ -79,20 +81,21 @@ impl Kernel for UnaryKernel {
 /// Elements per task of an element-wise pass: below it, one thread does the whole pass.
 pub(crate) const ELEMENTS_PER_TASK: usize = 1 << 15;
 
-/// Runs `f` on matching chunks of `output` and `input` (of equal length) on the threads of
-/// the current pool, chunks of [`ELEMENTS_PER_TASK`]; sums what it returns.
+/// Runs `f(first, chunk)` on chunks of `output` of `chunk_len` elements (the whole of it when
+/// it is no longer than that), `first` being the chunk's first index, on the threads of the
+/// current pool; sums what it returns.
 pub(crate) fn in_parallel_chunks(
     output: &mut [f32],
-    input: &[f32],
-    f: impl Fn(&mut [f32], &[f32]) -> usize + Sync,
+    chunk_len: usize,
+    f: impl Fn(usize, &mut [f32]) -> usize + Sync,
 ) -> usize {
-    if output.len() <= ELEMENTS_PER_TASK {
-        return f(output, input);
+    if output.len() <= chunk_len {
+        return f(0, output);
     }
     output
-        .par_chunks_mut(ELEMENTS_PER_TASK)
-        .zip(input.par_chunks(ELEMENTS_PER_TASK))
-        .map(|(out, x)| f(out, x))
+        .par_chunks_mut(chunk_len)
+        .enumerate()
+        .map(|(i, out)| f(i * chunk_len, out))
         .sum()
 }
 
@@ -223,17 +226,13 @@ impl Kernel for BinaryKernel {
         let f = self.f;
         if self.same_layout {
             // No broadcast (a residual Add, say): one flat pass, split over the threads.
-            let (a, b) = (inputs[0], inputs[1]);
-            let chunks = output.len().div_ceil(ELEMENTS_PER_TASK).max(1);
-            let per = output.len().div_ceil(chunks).max(1);
-            output
-                .par_chunks_mut(per)
-                .zip(a.par_chunks(per).zip(b.par_chunks(per)))
-                .for_each(|(out, (a, b))| {
-                    out.iter_mut()
-                        .zip(a.iter().zip(b))
-                        .for_each(|(o, (&x, &y))| *o = f.apply(x, y));
-                });
+            in_parallel_chunks(output, ELEMENTS_PER_TASK, |first, out| {
+                let (a, b) = (&inputs[0][first..], &inputs[1][first..]);
+                out.iter_mut()
+                    .zip(a.iter().zip(b))
+                    .for_each(|(o, (&x, &y))| *o = f.apply(x, y));
+                0
+            });
             return None;
         }
         broadcast(

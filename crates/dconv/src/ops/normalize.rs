@@ -2,12 +2,11 @@
 //! per-channel affine map, folded into a preceding Conv where the planner can), LRN and
 //! Softmax.
 
-use super::elementwise::ELEMENTS_PER_TASK;
+use super::elementwise::{in_parallel_chunks, ELEMENTS_PER_TASK};
 use super::{axis, need_const_f32, Ctx, Kernel};
 use crate::error::{Error, Result};
 use crate::runtime::builder::{Builder, Value};
 use crate::runtime::layout::Layout;
-use rayon::prelude::*;
 
 /// BatchNormalization at inference: `y = x * scale[c] + shift[c]`.
 pub(crate) struct BatchNorm {
@@ -59,16 +58,15 @@ impl Kernel for ChannelAffine {
             // (rather than a division per element), split over the threads.
             let (scale, shift) = (&self.bn.scale, &self.bn.shift);
             let pixels = (ELEMENTS_PER_TASK / c_len.max(1)).max(1) * c_len;
-            output
-                .par_chunks_mut(pixels)
-                .zip(inputs[0].par_chunks(pixels))
-                .for_each(|(out, x)| {
-                    for (out, x) in out.chunks_exact_mut(c_len).zip(x.chunks_exact(c_len)) {
-                        for (((o, &v), &s), &t) in out.iter_mut().zip(x).zip(scale).zip(shift) {
-                            *o = v * s + t;
-                        }
+            in_parallel_chunks(output, pixels, |first, out| {
+                let x = &inputs[0][first..][..out.len()];
+                for (out, x) in out.chunks_exact_mut(c_len).zip(x.chunks_exact(c_len)) {
+                    for (((o, &v), &s), &t) in out.iter_mut().zip(x).zip(scale).zip(shift) {
+                        *o = v * s + t;
                     }
-                });
+                }
+                0
+            });
             return None;
         }
         for (block, (out, x)) in output

@@ -101,52 +101,42 @@ pub(crate) fn build(
 
     // Nodes planned already: folded into a Conv, or constant.
     let mut fused = HashSet::new();
-    // Constant subgraphs first, so that folding a Conv's successors sees their values (a
-    // Mul's per-channel scale may be unsqueezed after the Conv it follows, in node order).
-    for (i, node) in model.nodes.iter().enumerate() {
-        let constant = |name: &String| values.get(name).is_some_and(|v| v.as_const().is_some());
-        if node.op_type() == "Conv" || !node.input.iter().filter(|n| !n.is_empty()).all(constant) {
-            continue;
-        }
-        b.node = node_label(node, i);
-        b.op_type = node.op_type().to_string();
-        let node_inputs = resolve_inputs(node, &values).map_err(in_node(node, i))?;
-        let ctx = Ctx {
-            attrs: Attrs(&node.attribute),
-            opset: model.opset(),
-        };
-        let outputs =
-            plan_op(&mut b, &ctx, node.op_type(), &node_inputs).map_err(in_node(node, i))?;
-        for (name, value) in node.output.iter().zip(outputs) {
-            if !name.is_empty() {
-                values.insert(name.clone(), value);
+    // Two passes: constant subgraphs first, so that folding a Conv's successors sees their
+    // values (a Mul's per-channel scale may be unsqueezed after the Conv it follows, in node
+    // order); then the rest.
+    for constants_pass in [true, false] {
+        for (i, node) in model.nodes.iter().enumerate() {
+            if fused.contains(&i) {
+                continue;
             }
-        }
-        fused.insert(i);
-    }
-    for (i, node) in model.nodes.iter().enumerate() {
-        if fused.contains(&i) {
-            continue;
-        }
-        b.node = node_label(node, i);
-        b.op_type = node.op_type().to_string();
-        let wrap = in_node(node, i);
-        let node_inputs = resolve_inputs(node, &values).map_err(&wrap)?;
-        let ctx = Ctx {
-            attrs: Attrs(&node.attribute),
-            opset: model.opset(),
-        };
-        if node.op_type() == "Conv" {
-            let (name, value) =
-                plan_conv(&mut b, &ctx, &graph, i, &node_inputs, &values, &mut fused)
-                    .map_err(&wrap)?;
-            values.insert(name, value);
-            continue;
-        }
-        let outputs = plan_op(&mut b, &ctx, node.op_type(), &node_inputs).map_err(&wrap)?;
-        for (name, value) in node.output.iter().zip(outputs) {
-            if !name.is_empty() {
-                values.insert(name.clone(), value);
+            let constant = |name: &String| values.get(name).is_some_and(|v| v.as_const().is_some());
+            let inputs_constant = node.input.iter().filter(|n| !n.is_empty()).all(constant);
+            if constants_pass && (node.op_type() == "Conv" || !inputs_constant) {
+                continue;
+            }
+            b.node = node_label(node, i);
+            b.op_type = node.op_type().to_string();
+            let wrap = in_node(node, i);
+            let node_inputs = resolve_inputs(node, &values).map_err(&wrap)?;
+            let ctx = Ctx {
+                attrs: Attrs(&node.attribute),
+                opset: model.opset(),
+            };
+            if node.op_type() == "Conv" {
+                let (name, value) =
+                    plan_conv(&mut b, &ctx, &graph, i, &node_inputs, &values, &mut fused)
+                        .map_err(&wrap)?;
+                values.insert(name, value);
+                continue;
+            }
+            let outputs = plan_op(&mut b, &ctx, node.op_type(), &node_inputs).map_err(&wrap)?;
+            for (name, value) in node.output.iter().zip(outputs) {
+                if !name.is_empty() {
+                    values.insert(name.clone(), value);
+                }
+            }
+            if constants_pass {
+                fused.insert(i);
             }
         }
     }
