@@ -44,4 +44,4 @@ pub mod tensor;
 pub use error::{Error, Result};
 pub use onnx::Model;
 pub use runtime::{Policy, Session, SessionOptions};
-pub use tensor::{Tensor, TensorData};
+pub use tensor::{AsTensorView, Tensor, TensorData, TensorView};

@@ -93,6 +93,55 @@ impl Tensor {
     }
 }
 
+/// A borrowed float tensor: how a run reads an input that lives elsewhere (a numpy array,
+/// a memory-mapped file) without first copying it into a [`Tensor`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TensorView<'a> {
+    shape: &'a [usize],
+    data: &'a [f32],
+}
+
+impl<'a> TensorView<'a> {
+    /// A view; fails when `data` does not hold exactly the shape's element count.
+    pub fn new(shape: &'a [usize], data: &'a [f32]) -> Result<TensorView<'a>> {
+        let expected = element_count(shape)?;
+        if expected != data.len() {
+            return Err(Error::InvalidArgument(format!(
+                "a tensor of shape {shape:?} needs {expected} elements, got {}",
+                data.len()
+            )));
+        }
+        Ok(TensorView { shape, data })
+    }
+    pub fn shape(&self) -> &'a [usize] {
+        self.shape
+    }
+    pub fn data(&self) -> &'a [f32] {
+        self.data
+    }
+}
+
+/// What a session run takes as an input: an owned [`Tensor`] or a [`TensorView`].
+pub trait AsTensorView {
+    /// The float view of the tensor; None for a tensor of another element type.
+    fn tensor_view(&self) -> Option<TensorView<'_>>;
+}
+
+impl AsTensorView for Tensor {
+    fn tensor_view(&self) -> Option<TensorView<'_>> {
+        Some(TensorView {
+            shape: &self.shape,
+            data: self.as_f32()?,
+        })
+    }
+}
+
+impl AsTensorView for TensorView<'_> {
+    fn tensor_view(&self) -> Option<TensorView<'_>> {
+        Some(*self)
+    }
+}
+
 /// The number of elements of `shape`, or an error when it overflows.
 pub fn element_count(shape: &[usize]) -> Result<usize> {
     shape

@@ -42,6 +42,8 @@ pub struct Model {
     pub(crate) initializers: HashMap<String, Arc<Tensor>>,
     inputs: Vec<ModelInput>,
     outputs: Vec<String>,
+    /// The shape each output declares, if it declares one (bindings report it before a run).
+    output_shapes: Vec<Option<Vec<Dim>>>,
     opset: i64,
 }
 
@@ -93,12 +95,14 @@ impl Model {
             })
             .collect::<Vec<_>>();
         let outputs: Vec<String> = graph.output.iter().map(|o| o.name().to_string()).collect();
+        let output_shapes = graph.output.iter().map(declared_shape).collect();
         check_graph(&graph.node, &initializers, &inputs, &outputs)?;
         Ok(Model {
             nodes: graph.node,
             initializers,
             inputs,
             outputs,
+            output_shapes,
             opset,
         })
     }
@@ -108,6 +112,11 @@ impl Model {
     }
     pub fn outputs(&self) -> &[String] {
         &self.outputs
+    }
+    /// The shapes the outputs declare, in [`outputs`](Self::outputs)' order (None where an
+    /// output declares none); the actual shapes depend on the inputs' shapes.
+    pub fn declared_output_shapes(&self) -> &[Option<Vec<Dim>>] {
+        &self.output_shapes
     }
     /// The default-domain opset the model was exported for.
     pub fn opset(&self) -> i64 {

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::kernels::aligned::CacheAligned;
 use crate::onnx::{Dim, Model};
 use crate::ops::conv::zero_fraction;
-use crate::tensor::{Tensor, TensorData};
+use crate::tensor::{AsTensorView, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -47,9 +47,26 @@ struct Scratch {
     workspace: Workspace,
 }
 
+/// The model a session runs: borrowed from the caller, or shared with it (a session that
+/// must own what it runs, such as one held by Python).
+enum SessionModel<'m> {
+    Borrowed(&'m Model),
+    Shared(Arc<Model>),
+}
+
+impl std::ops::Deref for SessionModel<'_> {
+    type Target = Model;
+    fn deref(&self) -> &Model {
+        match self {
+            SessionModel::Borrowed(model) => model,
+            SessionModel::Shared(model) => model,
+        }
+    }
+}
+
 /// A model ready to run with fixed options.
 pub struct Session<'m> {
-    model: &'m Model,
+    model: SessionModel<'m>,
     options: SessionOptions,
     pool: Option<rayon::ThreadPool>,
     plans: Mutex<HashMap<Vec<Vec<usize>>, Arc<Plan>>>,
@@ -57,7 +74,18 @@ pub struct Session<'m> {
 }
 
 impl<'m> Session<'m> {
+    /// A session that borrows `model`.
     pub fn new(model: &'m Model, options: SessionOptions) -> Result<Session<'m>> {
+        Session::with_model(SessionModel::Borrowed(model), options)
+    }
+
+    /// A session that shares ownership of `model`, so that it can outlive the caller's
+    /// borrow (a session held by another language's runtime, or moved to another thread).
+    pub fn shared(model: Arc<Model>, options: SessionOptions) -> Result<Session<'static>> {
+        Session::with_model(SessionModel::Shared(model), options)
+    }
+
+    fn with_model(model: SessionModel<'m>, options: SessionOptions) -> Result<Session<'m>> {
         let pool = match options.threads {
             0 => None,
             n => Some(
@@ -80,7 +108,7 @@ impl<'m> Session<'m> {
     }
 
     pub fn model(&self) -> &Model {
-        self.model
+        &self.model
     }
     pub fn options(&self) -> SessionOptions {
         self.options
@@ -88,7 +116,8 @@ impl<'m> Session<'m> {
 
     /// Runs the model on named float inputs (every model input exactly once) and returns
     /// the model's outputs, by name, in the model's order.
-    pub fn run(&self, inputs: &[(&str, Tensor)]) -> Result<Vec<(String, Tensor)>> {
+    /// Inputs are [`Tensor`]s or borrowed [`TensorView`](crate::tensor::TensorView)s.
+    pub fn run(&self, inputs: &[(&str, impl AsTensorView)]) -> Result<Vec<(String, Tensor)>> {
         self.run_recording(inputs, None)
     }
 
@@ -97,7 +126,7 @@ impl<'m> Session<'m> {
     /// outside the timed part.
     pub fn run_profiled(
         &self,
-        inputs: &[(&str, Tensor)],
+        inputs: &[(&str, impl AsTensorView)],
     ) -> Result<(Vec<(String, Tensor)>, Profile)> {
         let mut profile = Profile::default();
         let outputs = self.run_recording(inputs, Some(&mut profile))?;
@@ -106,7 +135,7 @@ impl<'m> Session<'m> {
 
     fn run_recording(
         &self,
-        inputs: &[(&str, Tensor)],
+        inputs: &[(&str, impl AsTensorView)],
         profile: Option<&mut Profile>,
     ) -> Result<Vec<(String, Tensor)>> {
         let ordered = self.order_inputs(inputs)?;
@@ -127,7 +156,11 @@ impl<'m> Session<'m> {
 
     /// Runs the model once with every method prepared, timing each method `runs` times on
     /// the input each convolution actually sees; one row per convolution, in run order.
-    pub fn analyze(&self, inputs: &[(&str, Tensor)], runs: usize) -> Result<Vec<LayerAnalysis>> {
+    pub fn analyze(
+        &self,
+        inputs: &[(&str, impl AsTensorView)],
+        runs: usize,
+    ) -> Result<Vec<LayerAnalysis>> {
         self.analyze_reporting(inputs, runs, &mut |_, _, _| {})
     }
 
@@ -135,7 +168,7 @@ impl<'m> Session<'m> {
     /// large model takes minutes: a caller can show how far it is).
     pub fn analyze_reporting(
         &self,
-        inputs: &[(&str, Tensor)],
+        inputs: &[(&str, impl AsTensorView)],
         runs: usize,
         on_layer: OnLayer,
     ) -> Result<Vec<LayerAnalysis>> {
@@ -146,7 +179,7 @@ impl<'m> Session<'m> {
             ..self.selection()
         };
         self.in_pool(|| {
-            let plan = plan::build(self.model, &shapes, selection, self.options.max_memory)?;
+            let plan = plan::build(&self.model, &shapes, selection, self.options.max_memory)?;
             let convs = plan
                 .steps
                 .iter()
@@ -208,7 +241,7 @@ impl<'m> Session<'m> {
     /// The inputs in the model's order, with their shapes checked against the declared ones.
     fn order_inputs<'t>(
         &self,
-        inputs: &'t [(&str, Tensor)],
+        inputs: &'t [(&str, impl AsTensorView)],
     ) -> Result<Vec<(&'t [f32], Vec<usize>)>> {
         if let Some((name, _)) = inputs
             .iter()
@@ -234,7 +267,7 @@ impl<'m> Session<'m> {
                     .ok_or_else(|| {
                         Error::InvalidModel(format!("input '{}' was not given", declared.name))
                     })?;
-                let TensorData::F32(data) = tensor.data() else {
+                let Some(tensor) = tensor.tensor_view() else {
                     return Err(Error::Unsupported(format!(
                         "input '{}' must be float",
                         declared.name
@@ -254,7 +287,7 @@ impl<'m> Session<'m> {
                         });
                     }
                 }
-                Ok((data.as_slice(), tensor.shape().to_vec()))
+                Ok((tensor.data(), tensor.shape().to_vec()))
             })
             .collect()
     }
@@ -273,7 +306,7 @@ impl<'m> Session<'m> {
             ..self.selection()
         };
         let budget = self.options.max_memory;
-        let build = |selection| self.in_pool(|| plan::build(self.model, &key, selection, budget));
+        let build = |selection| self.in_pool(|| plan::build(&self.model, &key, selection, budget));
         // Under `auto`, a budget too tight for every method a convolution may pick gets the
         // lean plan, one method per convolution, rather than a refusal. (Thinning layers one
         // by one as they are planned would depend on their order: the first layers would
