@@ -275,8 +275,8 @@ def main():
         parser.error("nothing to do: give -o OUT.onnx and/or --classify PHOTO...")
     try:
         model = build_model(load_checkpoint(args.checkpoint))
-    except (OSError, CheckpointError, pickle.UnpicklingError) as e:
-        sys.exit(f"efficientnet_lite0.py: {e}")
+    except (OSError, EOFError, CheckpointError, pickle.UnpicklingError) as e:
+        sys.exit(f"efficientnet_lite0.py: {args.checkpoint}: not a checkpoint this reads ({e})")
     if args.output:
         onnx.save(model, str(args.output))
         print(f"efficientnet_lite0.py: wrote {args.output}")
