@@ -28,13 +28,20 @@ def _sample_positions(in_len: int, out_len: int):
 
 
 def load_image(path, height: int, width: int, layout: str, scale: float,
-               mean=None, std=None) -> np.ndarray:
-    """A float32 [1, 3, H, W] (layout 'nchw') or [1, H, W, 3] ('nhwc') tensor."""
+               mean=None, std=None, box=None) -> np.ndarray:
+    """A float32 [1, 3, H, W] (layout 'nchw') or [1, H, W, 3] ('nhwc') tensor; of the
+    photograph's pixels box = (left, top, right, bottom) only when given."""
     with Image.open(path) as image:
         if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
             raise ValueError(f"{path}: {image.mode} (16-bit or float) images are not supported "
                              "here; let dconv make the input .npy")
         rgb = np.asarray(image.convert("RGB"), dtype=np.float64)
+    if box is not None:
+        left, top, right, bottom = box
+        if not (0 <= left < right <= rgb.shape[1] and 0 <= top < bottom <= rgb.shape[0]):
+            raise ValueError(f"{path}: box {box} is not inside its "
+                             f"{rgb.shape[1]}x{rgb.shape[0]} pixels")
+        rgb = rgb[top:bottom, left:right]
     y0, y1, fy = _sample_positions(rgb.shape[0], height)
     x0, x1, fx = _sample_positions(rgb.shape[1], width)
     fx = fx[None, :, None]
