@@ -91,12 +91,16 @@ def classify(model, paths, *, size, layout, scale=1.0, mean=(0.0, 0.0, 0.0),
     per image, in the order of `paths`. Ray must be initialised."""
     preprocessing = dict(size=tuple(size), layout=layout, scale=scale, mean=tuple(mean),
                          std=tuple(std))
-    # Reading files is I/O: its tasks reserve no CPU, or actors holding every CPU of the
-    # cluster (concurrency x threads) would wait forever for their input.
+    # Reading files is I/O: one read task at a time, reserving no CPU, or actors holding every
+    # CPU of the cluster (concurrency x threads) would wait forever for their input (and
+    # CPU-less tasks without a limit start a worker process each).
     rows = (ray.data.read_binary_files([str(p) for p in paths], include_paths=True,
-                                       ray_remote_args={"num_cpus": 0})
+                                       concurrency=1, ray_remote_args={"num_cpus": 0},
+                                       # A block per batch: fewer, larger read tasks.
+                                       override_num_blocks=max(1, len(paths) // batch_size))
             .map_batches(Classifier, batch_size=batch_size, batch_format="numpy",
-                         concurrency=concurrency, num_cpus=threads,
+                         compute=ray.data.ActorPoolStrategy(size=concurrency),
+                         num_cpus=threads,
                          fn_constructor_kwargs=dict(model=str(model), engine=engine,
                                                     threads=threads,
                                                     preprocessing=preprocessing, top=top))
