@@ -33,18 +33,18 @@ fn floats(name: &str, values: Vec<f32>) -> TensorProto {
 }
 
 /// The example's Conv (1 -> 2 channels, output `c`) followed by `after` (nodes from `c` to
-/// `y`) with extra initializers; with `c` also a graph output when `expose_conv`, which
-/// keeps every step apart.
-fn model(after: Vec<NodeProto>, initializers: Vec<TensorProto>, expose_conv: bool) -> Model {
+/// `y`) with extra initializers; with the tensor `expose` also a graph output, which keeps
+/// the steps that make and read it apart.
+fn model(after: Vec<NodeProto>, initializers: Vec<TensorProto>, expose: Option<&str>) -> Model {
     let mut proto = ModelProto::decode(&example_model()[..]).unwrap();
     let graph = proto.graph.as_mut().unwrap();
     graph.node.truncate(1);
     graph.node.extend(after);
     graph.initializer.extend(initializers);
-    if expose_conv {
-        let mut c = graph.output[0].clone();
-        c.name = Some("c".into());
-        graph.output.push(c);
+    if let Some(name) = expose {
+        let mut exposed = graph.output[0].clone();
+        exposed.name = Some(name.into());
+        graph.output.push(exposed);
     }
     Model::from_bytes(&proto.encode_to_vec(), None).unwrap()
 }
@@ -73,8 +73,8 @@ fn run(model: &Model) -> (Vec<f32>, Vec<String>) {
 }
 
 fn assert_fuses(after: Vec<NodeProto>, initializers: Vec<TensorProto>, folded: &[&str]) {
-    let (fused, fused_ops) = run(&model(after.clone(), initializers.clone(), false));
-    let (apart, apart_ops) = run(&model(after, initializers, true));
+    let (fused, fused_ops) = run(&model(after.clone(), initializers.clone(), None));
+    let (apart, apart_ops) = run(&model(after, initializers, Some("c")));
     for op in folded {
         assert!(
             !fused_ops.iter().any(|o| o == op),
@@ -87,10 +87,16 @@ fn assert_fuses(after: Vec<NodeProto>, initializers: Vec<TensorProto>, folded: &
     }
     assert_eq!(fused_ops.iter().filter(|o| *o == "Conv").count(), 1);
     assert!(fused.contains(&0.0) && fused.iter().any(|&v| v > 0.0));
-    for (i, (f, a)) in fused.iter().zip(&apart).enumerate() {
+    assert_close(&fused, &apart, "fused");
+}
+
+/// `fused` equals `apart` up to rounding.
+fn assert_close(fused: &[f32], apart: &[f32], what: &str) {
+    assert_eq!(fused.len(), apart.len());
+    for (i, (f, a)) in fused.iter().zip(apart).enumerate() {
         assert!(
             (f - a).abs() <= 1e-5 * a.abs().max(1.0),
-            "at {i}: {f} vs {a}"
+            "{what} at {i}: {f} vs {a}"
         );
     }
 }
@@ -137,4 +143,56 @@ fn mul_and_add_by_channel_constants_fold_into_the_conv() {
     ];
     let constants = vec![floats("k", vec![0.5, -2.0]), floats("t", vec![0.75]), axes];
     assert_fuses(after, constants, &["Mul", "Add", "Relu"]);
+}
+
+/// HardSwish written out as Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(., 6) (or a Mul by
+/// 1/6), as PaddlePaddle exports MobileNetV3, with `six` the divisor's name and value.
+fn hard_swish_written_out(last: &str, six: f32) -> (Vec<NodeProto>, Vec<TensorProto>) {
+    let nodes = vec![
+        node("Add", &["c", "three"], "a"),
+        node("Clip", &["a", "lo", "hi"], "h"),
+        node("Mul", &["c", "h"], "m"),
+        node(last, &["m", "six"], "y"),
+    ];
+    let constants = vec![
+        floats("three", vec![3.0]),
+        floats("lo", vec![0.0]),
+        floats("hi", vec![6.0]),
+        floats("six", vec![six]),
+    ];
+    (nodes, constants)
+}
+
+#[test]
+fn hard_swish_written_out_runs_as_one_step() {
+    for (last, six) in [("Div", 6.0), ("Mul", 1.0 / 6.0)] {
+        let (after, constants) = hard_swish_written_out(last, six);
+        let (fused, fused_ops) = run(&model(after.clone(), constants.clone(), None));
+        // With the Mul's output read by the graph too, the four nodes must run apart.
+        let (apart, apart_ops) = run(&model(after, constants, Some("m")));
+        assert!(
+            fused_ops.contains(&"HardSwish".to_string()),
+            "{fused_ops:?}"
+        );
+        assert!(!fused_ops.contains(&"Clip".to_string()), "{fused_ops:?}");
+        assert!(apart_ops.contains(&"Clip".to_string()), "{apart_ops:?}");
+        assert!(
+            !apart_ops.contains(&"HardSwish".to_string()),
+            "{apart_ops:?}"
+        );
+        // Inputs at or below -3 (out: zero) and between -3 and 0 (out: negative) both occur.
+        assert!(apart.contains(&0.0) && apart.iter().any(|&v| v < 0.0));
+        assert_close(&fused, &apart, last);
+    }
+}
+
+#[test]
+fn other_bounds_or_divisors_are_not_taken_for_hard_swish() {
+    let (after, mut constants) = hard_swish_written_out("Div", 6.0);
+    constants[2] = floats("hi", vec![5.0]);
+    let (_, ops) = run(&model(after, constants, None));
+    assert!(!ops.contains(&"HardSwish".to_string()), "{ops:?}");
+    let (after, constants) = hard_swish_written_out("Div", 3.0);
+    let (_, ops) = run(&model(after, constants, None));
+    assert!(!ops.contains(&"HardSwish".to_string()), "{ops:?}");
 }

@@ -1,6 +1,6 @@
 //! Planning: one pass over a model's nodes for one set of input shapes. Constants fold,
 //! BatchNormalization folds into the Conv before it, a ReLU or ReLU6 after a Conv fuses
-//! into it, layouts are fixed, and every run-time tensor gets a buffer that is reused once
+//! into it, HardSwish written out as four nodes runs as one, layouts are fixed, and every run-time tensor gets a buffer that is reused once
 //! the tensor is dead.
 
 use super::builder::{Builder, Dynamic, Src, Step, Value, LAYOUT_OP};
@@ -122,6 +122,17 @@ pub(crate) fn build(
                 attrs: Attrs(&node.attribute),
                 opset: model.opset(),
             };
+            if let Some(hard_swish) = hard_swish_written_out(&graph, i, &values, model.opset()) {
+                b.op_type = "HardSwish".into();
+                let x = resolve_input(&hard_swish.x, &values).map_err(&wrap)?;
+                let [value] = plan_op(&mut b, &ctx, "HardSwish", &[x])
+                    .map_err(&wrap)?
+                    .try_into()
+                    .map_err(|_| wrap(Error::InvalidModel("HardSwish has one output".into())))?;
+                values.insert(hard_swish.output, value);
+                fused.extend(hard_swish.nodes);
+                continue;
+            }
             if node.op_type() == "Conv" {
                 let (name, value) =
                     plan_conv(&mut b, &ctx, &graph, i, &node_inputs, &values, &mut fused)
@@ -164,6 +175,79 @@ pub(crate) fn build(
         inputs,
         outputs,
         budget_notes: b.budget_notes,
+    })
+}
+
+/// HardSwish written out as four nodes, as exporters without the operator write it
+/// (PaddlePaddle's MobileNetV3): `Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(., 6)`, the
+/// last possibly `Mul(., 1/6)`, with no other reader of the three intermediate tensors.
+struct HardSwishWrittenOut {
+    x: String,
+    /// The Clip, Mul and Div nodes, planned with the Add as one step.
+    nodes: [usize; 3],
+    output: String,
+}
+
+fn hard_swish_written_out(
+    graph: &Graph,
+    add: usize,
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> Option<HardSwishWrittenOut> {
+    let scalar = |name: &str, expected: f32| {
+        values
+            .get(name)
+            .and_then(Value::as_const)
+            .and_then(|t| t.as_f32())
+            .is_some_and(|d| d.len() == 1 && (d[0] - expected).abs() <= 1e-6 * expected)
+    };
+    // The operand of a binary node that is not `known` (None if both or neither are).
+    let other = |node: &Node, known: &str| match node.input.as_slice() {
+        [a, b] if a == known && b != known => Some(b.clone()),
+        [a, b] if b == known && a != known => Some(a.clone()),
+        _ => None,
+    };
+    let nodes = graph.nodes;
+    let add_node = &nodes[add];
+    if add_node.op_type() != "Add" || opset < 7 {
+        return None;
+    }
+    let x = add_node
+        .input
+        .iter()
+        .find(|name| !scalar(name, 3.0))
+        .filter(|x| other(add_node, x).is_some_and(|c| scalar(&c, 3.0)))?
+        .clone();
+    let clip = graph.sole_consumer(add_node.output.first()?)?;
+    let clip_node = &nodes[clip];
+    let ctx = Ctx {
+        attrs: Attrs(&clip_node.attribute),
+        opset,
+    };
+    let bounds = (clip_node.op_type() == "Clip")
+        .then(|| resolve_parameters(clip_node, values).ok())
+        .flatten()
+        .and_then(|inputs| crate::ops::clip_bounds(&ctx, &inputs).ok())?;
+    if bounds != (0.0, 6.0) || clip_node.input.first() != add_node.output.first() {
+        return None;
+    }
+    let mul = graph.sole_consumer(clip_node.output.first()?)?;
+    let mul_node = &nodes[mul];
+    if mul_node.op_type() != "Mul" || other(mul_node, clip_node.output.first()?)? != x {
+        return None;
+    }
+    let div = graph.sole_consumer(mul_node.output.first()?)?;
+    let div_node = &nodes[div];
+    let by = other(div_node, mul_node.output.first()?)?;
+    let divides_by_six = match div_node.op_type() {
+        "Div" => div_node.input.first() == mul_node.output.first() && scalar(&by, 6.0),
+        "Mul" => scalar(&by, 1.0 / 6.0),
+        _ => false,
+    };
+    divides_by_six.then(|| HardSwishWrittenOut {
+        x,
+        nodes: [clip, mul, div],
+        output: div_node.output.first().cloned().unwrap_or_default(),
     })
 }
 
