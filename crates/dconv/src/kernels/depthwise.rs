@@ -5,7 +5,9 @@
 use super::multiversion::vectorized;
 use super::Isa;
 
-/// Channels whose sums one pass keeps in registers (four AVX-512 vectors, eight AVX2 ones).
+/// Channels whose sums one pass keeps in registers (four AVX-512 vectors, eight AVX2 ones);
+/// the channels past the last whole block go by blocks of 32 and 16, so that the usual
+/// channel counts (32, 96, 144, 240, ...) keep their sums in registers too.
 const BLOCK: usize = 64;
 
 /// Where one output row reads: the zero-padded input, `[PH][PW][M]` (each output channel's
@@ -32,30 +34,27 @@ pub(crate) fn depthwise_row(isa: Isa, row: &DepthwiseRow, channels: usize, out: 
 
 #[inline(always)]
 fn row_sums(row: &DepthwiseRow, channels: usize, out: &mut [f32]) {
-    let blocks = channels / BLOCK * BLOCK;
     for (x, pixel) in out.chunks_exact_mut(channels).enumerate() {
         let window = row.base + x * row.pixel_step;
-        for first in (0..blocks).step_by(BLOCK) {
-            let mut sums = [0.0f32; BLOCK];
-            for (t, &tap) in row.taps.iter().enumerate() {
-                let input: &[f32; BLOCK] = row.input[window + tap + first..][..BLOCK]
-                    .try_into()
-                    .expect("a block of BLOCK floats");
-                let weights: &[f32; BLOCK] = row.weights[t * channels + first..][..BLOCK]
-                    .try_into()
-                    .expect("a block of BLOCK floats");
-                for i in 0..BLOCK {
-                    sums[i] += input[i] * weights[i];
-                }
-            }
-            pixel[first..first + BLOCK].copy_from_slice(&sums);
+        let mut first = 0;
+        while first + BLOCK <= channels {
+            block_sums::<BLOCK>(row, channels, window, first, pixel);
+            first += BLOCK;
         }
-        // The channels past the last whole block, tap by tap.
-        let rest = &mut pixel[blocks..];
+        if first + BLOCK / 2 <= channels {
+            block_sums::<{ BLOCK / 2 }>(row, channels, window, first, pixel);
+            first += BLOCK / 2;
+        }
+        if first + BLOCK / 4 <= channels {
+            block_sums::<{ BLOCK / 4 }>(row, channels, window, first, pixel);
+            first += BLOCK / 4;
+        }
+        // The last (fewer than 16) channels, tap by tap.
+        let rest = &mut pixel[first..];
         rest.fill(0.0);
         for (t, &tap) in row.taps.iter().enumerate() {
-            let input = &row.input[window + tap + blocks..][..rest.len()];
-            let weights = &row.weights[t * channels + blocks..][..rest.len()];
+            let input = &row.input[window + tap + first..][..rest.len()];
+            let weights = &row.weights[t * channels + first..][..rest.len()];
             for ((sum, x), w) in rest.iter_mut().zip(input).zip(weights) {
                 *sum += x * w;
             }
@@ -63,14 +62,45 @@ fn row_sums(row: &DepthwiseRow, channels: usize, out: &mut [f32]) {
     }
 }
 
+/// The sums of channels `first..first + B` of the pixel whose window starts at `window`,
+/// held in registers across all taps.
+#[inline(always)]
+fn block_sums<const B: usize>(
+    row: &DepthwiseRow,
+    channels: usize,
+    window: usize,
+    first: usize,
+    pixel: &mut [f32],
+) {
+    let mut sums = [0.0f32; B];
+    for (t, &tap) in row.taps.iter().enumerate() {
+        let input: &[f32; B] = row.input[window + tap + first..][..B]
+            .try_into()
+            .expect("a block of B floats");
+        let weights: &[f32; B] = row.weights[t * channels + first..][..B]
+            .try_into()
+            .expect("a block of B floats");
+        for i in 0..B {
+            sums[i] += input[i] * weights[i];
+        }
+    }
+    pixel[first..first + B].copy_from_slice(&sums);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every ISA gives the sums of the plain definition, over whole blocks and a remainder.
+    /// Every ISA gives the sums of the plain definition, over whole blocks, the half and
+    /// quarter blocks and a remainder.
     #[test]
     fn rows_match_the_definition_on_every_isa() {
-        let channels = BLOCK + 7;
+        for channels in [7, 16, 32 + 7, 48, BLOCK + 32 + 16 + 7, 2 * BLOCK] {
+            check_row(channels);
+        }
+    }
+
+    fn check_row(channels: usize) {
         let (width, taps) = (5, [0, channels, 3 * channels]);
         let input: Vec<f32> = (0..(width + 4) * channels)
             .map(|i| (i % 13) as f32 - 6.0)
@@ -102,7 +132,7 @@ mod tests {
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                    "{isa} at {i}: {g} vs {w}"
+                    "{isa}, {channels} channels, at {i}: {g} vs {w}"
                 );
             }
         }
