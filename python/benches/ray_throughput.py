@@ -34,7 +34,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path,
-                        default=REPO / "models" / "vgg16-deep-compression.onnx")
+                        default=REPO / "models" / "vgg16-deep-compression.onnx",
+                        help="default: the Deep Compression VGG-16 that `dconv demo` writes")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeat", type=int, default=50)
     parser.add_argument("--concurrency", type=int, default=2)

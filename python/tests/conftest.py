@@ -1,9 +1,15 @@
 """Shared paths and helpers of the Python package's tests (run by scripts/test-python, in the
 repository's .venv, after scripts/test has fetched the test data)."""
+import atexit
+import functools
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+import dconv
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "data" / "onnx-1.23.2"
@@ -19,7 +25,20 @@ def required(path: Path, how: str) -> Path:
 
 
 def vgg16(name: str = "vgg16") -> Path:
+    """The real VGG-16 (scripts/fetch-models), its 90 %-pruned copy (scripts/make-test-models)
+    or its copy pruned to Deep Compression's densities (made here, as `dconv demo` does)."""
+    if name == "vgg16-deep-compression":
+        return deep_compression_vgg16()
     return required(MODELS / f"{name}.onnx", "run scripts/fetch-models and scripts/make-test-models")
+
+
+@functools.cache
+def deep_compression_vgg16() -> Path:
+    folder = tempfile.mkdtemp(prefix="dconv-tests-")
+    atexit.register(shutil.rmtree, folder, True)
+    out = Path(folder) / "vgg16-deep-compression.onnx"
+    dconv.prune(vgg16(), out, sparsity="deep-compression-vgg16")
+    return out
 
 
 def photo_input(photo: str) -> np.ndarray:
