@@ -15,9 +15,11 @@ use std::path::{Path, PathBuf};
 /// `sparsity`: the fraction of weights to zero in every layer (a float in [0, 1]), the
 /// name "deep-compression-vgg16" (Deep Compression's densities for VGG-16's 13
 /// convolutions), or a dict from node (or weight initializer) name to fraction, which
-/// leaves other layers alone. `block`: only None (element-wise pruning) is implemented.
+/// leaves other layers alone. `block`: None prunes weight by weight; B zeros a Conv's
+/// weights in whole blocks of B consecutive output channels at one input channel and kernel
+/// tap (those of smallest L2 norm), `sparsity` then being the fraction of blocks zeroed.
 /// `skip_first` leaves the first convolution dense; `include_gemm` also prunes Gemm and
-/// MatMul weights.
+/// MatMul weights (weight by weight).
 ///
 /// Returns one dict per pruned weight tensor: `node`, `op`, `initializer`, `weights`,
 /// `sparsity_before`, `sparsity_after`.
@@ -32,11 +34,6 @@ pub fn prune<'py>(
     skip_first: bool,
     include_gemm: bool,
 ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-    if block.is_some() {
-        return Err(invalid(
-            "block pruning is not implemented yet: give block=None (element-wise pruning)",
-        ));
-    }
     let target = if let Ok(fraction) = sparsity.extract::<f64>() {
         Target::Uniform(fraction)
     } else if let Ok(name) = sparsity.extract::<String>() {
@@ -59,6 +56,7 @@ pub fn prune<'py>(
         target,
         skip_first,
         include_gemm,
+        block,
     };
     let layers = py.detach(|| {
         guarded(|| {

@@ -77,10 +77,29 @@ def test_prune_writes_a_model_both_engines_run(tmp_path):
     assert len(profile) == 13
 
 
+def test_block_pruning_zeros_whole_blocks_of_16_output_channels(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    out = tmp_path / "blocks.onnx"
+    rows = dconv.prune(vgg16(), out, sparsity=0.9, block=16, skip_first=True)
+    weights = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(out)).graph.initializer}
+    for row in rows:
+        w = weights[row["initializer"]]
+        blocks = w.reshape(w.shape[0] // 16, 16, -1)  # VGG-16's filter counts divide by 16
+        zero = np.all(blocks == 0, axis=1)
+        assert abs(zero.mean() - 0.9) < 0.01, row["node"]
+        # Every block is all zero or has no zero: none is zeroed in part.
+        assert np.all(zero | np.all(blocks != 0, axis=1)), row["node"]
+    x = {"input": photo_input("coffee")}
+    expected = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, x)[0]
+    assert_agrees(dconv.InferenceSession(out).run(None, x)[0], expected, "block-pruned")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"sparsity": "lottery"}, "unknown pruning profile"),
     ({"sparsity": 1.5}, "sparsity"),
-    ({"sparsity": 0.5, "block": 16}, "block pruning is not implemented"),
+    ({"sparsity": 0.5, "block": 0}, "block"),
 ])
 def test_prune_refuses_bad_arguments(tmp_path, kwargs, message):
     with pytest.raises(dconv.InvalidArgument, match=message):

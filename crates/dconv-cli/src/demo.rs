@@ -203,6 +203,7 @@ fn deep_compression_copy(dense: &Path, target: &Path) -> Result<PathBuf, Failure
         target: Target::DeepCompressionVgg16,
         skip_first: false,
         include_gemm: false,
+        block: None,
     };
     let (pruned, _) = prune_model(&bytes, dense.parent(), &options)
         .map_err(|e| Failure::from(e).in_file(dense))?;

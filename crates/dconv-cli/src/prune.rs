@@ -27,9 +27,14 @@ pub struct Args {
     /// Leave the first convolution dense.
     #[arg(long)]
     skip_first: bool,
-    /// Also prune the weights of Gemm and MatMul nodes.
+    /// Also prune the weights of Gemm and MatMul nodes (element by element).
     #[arg(long)]
     include_gemm: bool,
+    /// Zero Conv weights in whole blocks of B consecutive output channels at one input
+    /// channel and kernel tap, those of smallest L2 norm; the sparsity is then the fraction
+    /// of blocks zeroed.
+    #[arg(long, value_name = "B")]
+    block: Option<usize>,
 }
 
 pub fn run(args: &Args) -> Result<(), Failure> {
@@ -47,6 +52,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         target,
         skip_first: args.skip_first,
         include_gemm: args.include_gemm,
+        block: args.block,
     };
     let bytes = std::fs::read(&args.model)
         .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", args.model.display())))?;

@@ -144,6 +144,31 @@ fn run_on_a_photograph_matches_its_prepared_input_and_prints_top_classes() {
 }
 
 #[test]
+fn prune_in_blocks_takes_a_block_size_and_refuses_zero() {
+    let case = repo().join("data/onnx-1.23.2/pytorch-converted/test_Conv2d/model.onnx");
+    assert!(case.is_file(), "run scripts/fetch-testdata first");
+    let pruned = temp("conv2d-blocks.onnx");
+    let (case, pruned) = (case.to_str().unwrap(), pruned.to_str().unwrap());
+    let run = |block| {
+        dconv(&[
+            "prune",
+            case,
+            "-o",
+            pruned,
+            "--sparsity",
+            "0.5",
+            "--block",
+            block,
+        ])
+    };
+    let table = stdout(&run("2"));
+    assert!(table.contains("-> "), "{table}");
+    let out = run("0");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("block"));
+}
+
+#[test]
 fn an_image_without_its_size_is_a_usage_error() {
     let out = dconv(&["run", "m.onnx", "--image", "x.png", "--layout", "nhwc"]);
     assert_eq!(out.status.code(), Some(2));

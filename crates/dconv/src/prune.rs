@@ -1,5 +1,8 @@
 //! Magnitude pruning of an ONNX model's weights: in each chosen layer, the weights of
-//! smallest magnitude are set to zero until the asked fraction of them is zero. The model is
+//! smallest magnitude are set to zero until the asked fraction of them is zero; or, with a
+//! block size B, whole blocks of B consecutive output channels at one (input channel, kernel
+//! tap) of a Conv, those of smallest L2 norm, until the asked fraction of blocks is zero (the
+//! structure a vector of B filters' sums can skip). The model is
 //! re-encoded with only those initializers changed, so that any ONNX runtime loads it.
 
 use crate::error::{Error, Result};
@@ -35,8 +38,11 @@ pub struct PruneOptions {
     pub target: Target,
     /// Leave the first Conv dense (it sees the raw image, where zeros buy nothing).
     pub skip_first: bool,
-    /// Also prune the weights of Gemm and MatMul nodes.
+    /// Also prune the weights of Gemm and MatMul nodes (element by element).
     pub include_gemm: bool,
+    /// Prune Conv weights in blocks of this many consecutive output channels; None (or 1):
+    /// element by element.
+    pub block: Option<usize>,
 }
 
 /// One pruned weight tensor.
@@ -65,6 +71,11 @@ pub fn prune_model(
         .graph
         .as_mut()
         .ok_or_else(|| Error::InvalidModel("the model has no graph".into()))?;
+    if options.block == Some(0) {
+        return Err(Error::InvalidArgument(
+            "a pruning block holds at least one output channel".into(),
+        ));
+    }
     let layers = prunable_layers(graph, options.include_gemm);
     let targets = layer_targets(&layers, options)?;
 
@@ -88,8 +99,9 @@ pub fn prune_model(
             )));
         };
         let tensor = &mut graph.initializer[i];
+        let block = options.block.filter(|_| layer.op == "Conv").unwrap_or(1);
         let (before, after) =
-            prune_initializer(tensor, base, sparsity).map_err(|e| Error::Node {
+            prune_initializer(tensor, base, sparsity, block).map_err(|e| Error::Node {
                 node: layer.node.clone(),
                 op: layer.op.clone(),
                 source: Box::new(e),
@@ -219,12 +231,14 @@ fn element_count(t: &TensorProto) -> usize {
 }
 
 /// Zeros the smallest-magnitude weights of `t` until `sparsity` of them are zero (weights
-/// already zero count); writes them back in the form they came in (`raw_data` or
+/// already zero count), or with `block` > 1 the blocks of smallest norm (see
+/// [`zero_smallest_blocks`]) until `sparsity` of the blocks are; writes them back in the form they came in (`raw_data` or
 /// `float_data`), external data inlined as `raw_data`. Returns the sparsity before and after.
 fn prune_initializer(
     t: &mut TensorProto,
     base: Option<&Path>,
     sparsity: f64,
+    block: usize,
 ) -> Result<(f64, f64)> {
     if t.data_type() != DataType::Float as i32 {
         return Err(Error::Unsupported(format!(
@@ -241,8 +255,13 @@ fn prune_initializer(
     };
     let n = weights.len().max(1) as f64;
     let before = zero_count(&weights) as f64 / n;
-    let count = (sparsity * weights.len() as f64).round() as usize;
-    zero_smallest(&mut weights, count);
+    if block > 1 {
+        let filters = t.dims.first().map_or(0, |&m| m.max(0) as usize);
+        zero_smallest_blocks(&mut weights, filters, block, sparsity);
+    } else {
+        let count = (sparsity * weights.len() as f64).round() as usize;
+        zero_smallest(&mut weights, count);
+    }
     let after = zero_count(&weights) as f64 / n;
 
     let external = t.data_location() == DataLocation::External;
@@ -287,9 +306,56 @@ fn zero_smallest(weights: &mut [f32], count: usize) {
     }
 }
 
+/// Conv weights `[M][K]` (K = C/G x R x S) in blocks of `block` consecutive filters at one
+/// k (the last block of each k shorter when `block` does not divide M): zeros the blocks of
+/// smallest L2 norm, ties by position, until `sparsity` of the blocks are zero (blocks
+/// already zero count).
+fn zero_smallest_blocks(weights: &mut [f32], filters: usize, block: usize, sparsity: f64) {
+    if filters == 0 || weights.is_empty() || !weights.len().is_multiple_of(filters) {
+        return;
+    }
+    let k_len = weights.len() / filters;
+    let blocks_per_k = filters.div_ceil(block);
+    let members = |b: usize| {
+        let (mb, k) = (b / k_len, b % k_len);
+        (mb * block..((mb + 1) * block).min(filters)).map(move |m| m * k_len + k)
+    };
+    let norms: Vec<f64> = (0..blocks_per_k * k_len)
+        .map(|b| members(b).map(|i| f64::from(weights[i]).powi(2)).sum())
+        .collect();
+    let count = ((sparsity * norms.len() as f64).round() as usize).min(norms.len());
+    if count == 0 {
+        return;
+    }
+    let mut order: Vec<usize> = (0..norms.len()).collect();
+    order.select_nth_unstable_by(count - 1, |&a, &b| {
+        norms[a].total_cmp(&norms[b]).then(a.cmp(&b))
+    });
+    for &b in &order[..count] {
+        for i in members(b) {
+            weights[i] = 0.0;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::zero_smallest;
+    use super::{zero_smallest, zero_smallest_blocks};
+
+    /// Two filters' blocks of 2 over 3 positions k, plus a lone third filter: the blocks of
+    /// smallest norm go whole, the short last block counts as one.
+    #[test]
+    fn blocks_of_smallest_norm_go_whole() {
+        // [M = 3][K = 3]; blocks: (filters 0-1, k) and (filter 2, k).
+        let mut w = vec![
+            1.0, 0.1, 3.0, //
+            -1.0, 0.1, 0.0, //
+            0.5, 2.0, 0.01,
+        ];
+        zero_smallest_blocks(&mut w, 3, 2, 0.5);
+        // Norms: k0 2.0, k1 0.02, k2 9.0 (filters 0-1); 0.25, 4.0, 0.0001 (filter 2).
+        assert_eq!(w, vec![1.0, 0.0, 3.0, -1.0, 0.0, 0.0, 0.0, 2.0, 0.0]);
+    }
 
     #[test]
     fn zeros_exactly_the_smallest_magnitudes() {

@@ -22,11 +22,20 @@ fn test_case(name: &str) -> PathBuf {
 }
 
 fn prune(case: &Path, target: Target) -> dconv::Result<(Vec<u8>, Vec<dconv::prune::PrunedLayer>)> {
+    prune_in_blocks(case, target, None)
+}
+
+fn prune_in_blocks(
+    case: &Path,
+    target: Target,
+    block: Option<usize>,
+) -> dconv::Result<(Vec<u8>, Vec<dconv::prune::PrunedLayer>)> {
     let bytes = std::fs::read(case.join("model.onnx")).unwrap();
     let options = PruneOptions {
         target,
         skip_first: false,
         include_gemm: true,
+        block,
     };
     prune_model(&bytes, Some(case), &options)
 }
@@ -69,40 +78,98 @@ fn pruned_layers_reach_the_asked_sparsity_and_every_policy_agrees() {
             assert!((layer.sparsity_after - sparsity).abs() < 0.5 / weights.len() as f64 + 1e-9);
         }
 
-        let input = read_tensor_file(&dir.join("test_data_set_0/input_0.pb")).unwrap();
-        let expected = run(&model, Policy::Force(Method::Reference), &input);
-        let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let policies = [Policy::Auto]
-            .into_iter()
-            .chain(Method::ALL.map(Policy::Force));
-        for policy in policies {
-            let actual = run(&model, policy, &input);
-            let worst = actual
-                .iter()
-                .zip(&expected)
-                .fold(0f32, |m, (a, e)| m.max((a - e).abs()));
-            assert!(
-                worst <= 1e-4 * scale + 1e-5,
-                "{case} under {policy:?}: max error {worst}"
-            );
-        }
+        assert_every_policy_agrees(case, &dir, &model);
     }
+}
+
+/// Every policy computes what the reference does on the case's input.
+fn assert_every_policy_agrees(case: &str, dir: &Path, model: &Model) {
+    let input = read_tensor_file(&dir.join("test_data_set_0/input_0.pb")).unwrap();
+    let expected = run(model, Policy::Force(Method::Reference), &input);
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let policies = [Policy::Auto]
+        .into_iter()
+        .chain(Method::ALL.map(Policy::Force));
+    for policy in policies {
+        let actual = run(model, policy, &input);
+        let worst = actual
+            .iter()
+            .zip(&expected)
+            .fold(0f32, |m, (a, e)| m.max((a - e).abs()));
+        assert!(
+            worst <= 1e-4 * scale + 1e-5,
+            "{case} under {policy:?}: max error {worst}"
+        );
+    }
+}
+
+/// With a block size, a Conv's weights go in whole blocks of consecutive output channels at
+/// one (input channel, tap): every block is all zero or as it was, the asked fraction of the
+/// blocks is zero, and every policy still agrees.
+#[test]
+fn block_pruning_zeros_whole_blocks_of_output_channels() {
+    for (case, block, sparsity) in [
+        ("test_Conv2d", 4, 0.6),
+        ("test_Conv2d", 3, 0.5),
+        ("test_Conv2d_groups", 2, 0.7),
+    ] {
+        let dir = test_case(case);
+        let original = std::fs::read(dir.join("model.onnx")).unwrap();
+        let (bytes, layers) =
+            prune_in_blocks(&dir, Target::Uniform(sparsity), Some(block)).unwrap();
+        let layer = &layers[0];
+        let (before, after) = (
+            model_weight(&original, &layer.initializer),
+            model_weight(&bytes, &layer.initializer),
+        );
+        let filters = initializer(&bytes, &layer.initializer).dims[0] as usize;
+        let k_len = after.len() / filters;
+        let (mut blocks, mut zero_blocks) = (0, 0);
+        for first in (0..filters).step_by(block) {
+            for k in 0..k_len {
+                let members: Vec<usize> = (first..(first + block).min(filters))
+                    .map(|m| m * k_len + k)
+                    .collect();
+                let zero = members.iter().all(|&i| after[i] == 0.0);
+                let kept = members.iter().all(|&i| after[i] == before[i]);
+                assert!(zero || kept, "{case}: block ({first}, {k}) partly zeroed");
+                blocks += 1;
+                zero_blocks += usize::from(zero);
+            }
+        }
+        assert_eq!(
+            zero_blocks,
+            (sparsity * blocks as f64).round() as usize,
+            "{case}, blocks of {block}"
+        );
+        assert_every_policy_agrees(case, &dir, &Model::from_bytes(&bytes, None).unwrap());
+    }
+}
+
+#[test]
+fn a_block_of_zero_channels_is_refused() {
+    let result = prune_in_blocks(&test_case("test_Conv2d"), Target::Uniform(0.5), Some(0));
+    assert!(matches!(result, Err(Error::InvalidArgument(m)) if m.contains("block")));
 }
 
 /// The float weights of initializer `name` in a serialized model.
 fn model_weight(bytes: &[u8], name: &str) -> Vec<f32> {
+    dconv::onnx::decode_tensor(&initializer(bytes, name), None)
+        .unwrap()
+        .to_f32_vec()
+}
+
+/// Initializer `name` of a serialized model.
+fn initializer(bytes: &[u8], name: &str) -> dconv::onnx::proto::TensorProto {
     use prost::Message;
     let proto = dconv::onnx::proto::ModelProto::decode(bytes).unwrap();
-    let tensor = proto
+    proto
         .graph
         .unwrap()
         .initializer
         .into_iter()
         .find(|t| t.name() == name)
-        .unwrap();
-    dconv::onnx::decode_tensor(&tensor, None)
         .unwrap()
-        .to_f32_vec()
 }
 
 #[test]
@@ -150,6 +217,7 @@ fn the_vgg16_profile_gives_each_conv_its_deep_compression_density() {
         target: Target::DeepCompressionVgg16,
         skip_first: false,
         include_gemm: false,
+        block: None,
     };
     let (pruned, layers) = prune_model(&bytes, Some(&dir), &options).unwrap();
     assert_eq!(layers.len(), 13);
