@@ -8,8 +8,9 @@
    input and threads, alternated over N rounds (this machine is shared: the ratio is taken
    per round, and the rounds' median ratio is reported).
 2. A 1x1-pixel model (a 1x1 Conv on a 1x1x1x1 input, built here), at 0 (every core, the
-   default), 1 and 2 threads: the median time of a whole `session.run` call from Python, and
-   the engine's own time for the same run (`run_with_stats`' step times).
+   default), 1 and 2 threads: a whole `session.run` call from Python against a `dconv bench`
+   run, alternated over N rounds; the median of the rounds' differences is what the binding
+   adds.
 Needs the release dconv (target/release/dconv) and the package installed in the venv.
 """
 import argparse
@@ -82,29 +83,33 @@ def main():
     print(f"dense VGG-16, {args.threads} thread(s): median ratio Python / dconv bench = "
           f"{statistics.median(ratios):.4f}")
 
-    # The call's cost depends on the session's threads: 0 (the default) runs on rayon's global
-    # pool from the calling thread; a session of its own pool hands each run to that pool's
-    # threads, which must be woken.
-    for threads in (0, 1, 2):
-        pixel_options = dconv.SessionOptions()
-        pixel_options.intra_op_num_threads = threads
-        pixel = dconv.InferenceSession(pixel_model(), pixel_options)
+    # A run's fixed cost depends on the session's threads: 0 (the default) runs on rayon's
+    # global pool from the calling thread; a session with a pool of its own hands each run
+    # to that pool's threads, which must be woken. `dconv bench` pays the same, so the
+    # binding's cost is the difference of the two, measured alternately.
+    with tempfile.TemporaryDirectory() as folder:
+        model_path, input_path = Path(folder) / "pixel.onnx", Path(folder) / "pixel.npy"
+        model_path.write_bytes(pixel_model())
         x = {"x": np.ones((1, 1, 1, 1), np.float32)}
-        calls = 20000
-        for _ in range(1000):
-            pixel.run(None, x)
-        call_us = []
-        for _ in range(args.rounds):
-            started = time.perf_counter()
-            for _ in range(calls):
+        np.save(input_path, x["x"])
+        for threads in (0, 1, 2):
+            pixel_options = dconv.SessionOptions()
+            pixel_options.intra_op_num_threads = threads
+            pixel = dconv.InferenceSession(str(model_path), pixel_options)
+            calls, python_us, cli_us = 20000, [], []
+            for _ in range(1000):
                 pixel.run(None, x)
-            call_us.append(1e6 * (time.perf_counter() - started) / calls)
-        engine_us = statistics.median(
-            1e3 * sum(row["time_ms"] for row in pixel.run_with_stats(None, x)[1])
-            for _ in range(1000))
-        print(f"1x1-pixel model, intra_op_num_threads={threads}: a Python run() call takes "
-              f"{statistics.median(call_us):.1f} us (median of {args.rounds} x {calls} calls); "
-              f"the engine's steps take {engine_us:.1f} us")
+            for _ in range(args.rounds):
+                started = time.perf_counter()
+                for _ in range(calls):
+                    pixel.run(None, x)
+                python_us.append(1e6 * (time.perf_counter() - started) / calls)
+                cli_us.append(1e3 * bench_median_ms(model_path, input_path, calls, threads))
+            extra = statistics.median(p - c for p, c in zip(python_us, cli_us))
+            print(f"1x1-pixel model, intra_op_num_threads={threads}: a Python run() call "
+                  f"{statistics.median(python_us):.1f} us, a `dconv bench` run "
+                  f"{statistics.median(cli_us):.1f} us (medians of {args.rounds} rounds of "
+                  f"{calls}); the binding adds {extra:.1f} us")
 
 if __name__ == "__main__":
     main()
