@@ -1,8 +1,10 @@
 //! Synthetic tensors for tests and benchmarks: random values with a chosen fraction of
-//! zeros, placed at random or clustered the way a ReLU leaves them.
+//! zeros, placed at random, clustered the way a ReLU leaves them, or (for weights) in whole
+//! blocks of output channels.
 
 use crate::error::{Error, Result};
 use std::fmt;
+use std::ops::Range;
 use std::str::FromStr;
 
 /// A small, fast, seedable generator (SplitMix64): reproducible data without a dependency.
@@ -164,6 +166,95 @@ fn smooth_field(shape: [usize; 4], rng: &mut Rng) -> Vec<f32> {
     field
 }
 
+/// How conv weights `[M][C/G][R][S]` split into blocks of `block` consecutive output
+/// channels at one (input channel, kernel tap) within a group, the last block of each group
+/// shorter when `block` does not divide M/G: the structure a vector of B filters' sums can
+/// skip (issue #18), as `dconv prune --block` leaves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightBlocks {
+    filters: usize,
+    groups: usize,
+    filter_len: usize,
+    block: usize,
+}
+
+impl WeightBlocks {
+    /// `filter_len` is one filter's length, C/G x R x S; `groups` must divide `filters`.
+    pub fn new(filters: usize, groups: usize, filter_len: usize, block: usize) -> Result<Self> {
+        if block == 0 {
+            return Err(Error::InvalidArgument(
+                "a weight block holds at least one output channel".into(),
+            ));
+        }
+        if groups == 0 || !filters.is_multiple_of(groups) {
+            return Err(Error::InvalidArgument(format!(
+                "{groups} groups do not divide {filters} filters"
+            )));
+        }
+        Ok(WeightBlocks {
+            filters,
+            groups,
+            filter_len,
+            block,
+        })
+    }
+
+    /// The number of blocks.
+    pub fn count(&self) -> usize {
+        self.groups * self.filter_len * (self.filters / self.groups).div_ceil(self.block)
+    }
+
+    /// Each block as its filters and its position within a filter.
+    fn iter(&self) -> impl Iterator<Item = (Range<usize>, usize)> + '_ {
+        let per_group = self.filters / self.groups;
+        (0..self.groups).flat_map(move |g| {
+            (0..self.filter_len).flat_map(move |k| {
+                (0..per_group).step_by(self.block).map(move |start| {
+                    let end = (start + self.block).min(per_group);
+                    (g * per_group + start..g * per_group + end, k)
+                })
+            })
+        })
+    }
+
+    /// The fraction of blocks of `weights` (M x filter_len values) that are all zero.
+    pub fn zero_fraction(&self, weights: &[f32]) -> f64 {
+        let zero = self
+            .iter()
+            .filter(|(filters, k)| {
+                filters
+                    .clone()
+                    .all(|m| weights[m * self.filter_len + k] == 0.0)
+            })
+            .count();
+        zero as f64 / self.count().max(1) as f64
+    }
+}
+
+/// Weights laid out as `blocks` describes in which exactly round(`sparsity` x blocks) blocks,
+/// chosen at random, are all zero and every other weight is a non-zero value in [-1, 1).
+pub fn block_sparse_weights(blocks: &WeightBlocks, sparsity: f64, rng: &mut Rng) -> Vec<f32> {
+    let count = blocks.count();
+    let zeros = ((sparsity * count as f64).round() as usize).min(count);
+    // A partial Fisher-Yates shuffle: its first `zeros` entries are a uniform random choice.
+    let mut order: Vec<usize> = (0..count).collect();
+    for i in 0..zeros {
+        let j = i + (rng.next_u64() % (count - i) as u64) as usize;
+        order.swap(i, j);
+    }
+    let mut is_zero = vec![false; count];
+    for &b in &order[..zeros] {
+        is_zero[b] = true;
+    }
+    let mut weights = vec![0.0; blocks.filters * blocks.filter_len];
+    for ((filters, k), _) in blocks.iter().zip(is_zero).filter(|(_, zero)| !zero) {
+        for m in filters {
+            weights[m * blocks.filter_len + k] = rng.nonzero_value();
+        }
+    }
+    weights
+}
+
 /// Fraction of exact zeros in `values`.
 pub fn sparsity(values: &[f32]) -> f64 {
     if values.is_empty() {
@@ -221,5 +312,78 @@ mod tests {
             let x = activations([2, 16, 16, 8], s, ZeroPattern::Random, &mut rng);
             assert!((sparsity(&x) - s).abs() < 0.03);
         }
+    }
+
+    /// Every block of `weights` is all zero or all non-zero; returns the zero blocks' count.
+    fn zero_blocks_checking_whole(blocks: &WeightBlocks, weights: &[f32]) -> usize {
+        blocks
+            .iter()
+            .filter(|(filters, k)| {
+                let zeros = filters
+                    .clone()
+                    .filter(|m| weights[m * blocks.filter_len + k] == 0.0)
+                    .count();
+                assert!(zeros == 0 || zeros == filters.len(), "{filters:?} at {k}");
+                zeros > 0
+            })
+            .count()
+    }
+
+    #[test]
+    fn weight_blocks_are_whole_and_exactly_the_asked_fraction() {
+        // M = 12, C/G x R x S = 5: blocks of 4 divide the filters, blocks of 5 leave 2.
+        for block in [1, 4, 5, 12, 20] {
+            let blocks = WeightBlocks::new(12, 1, 5, block).unwrap();
+            assert_eq!(blocks.count(), 5 * 12usize.div_ceil(block));
+            for sparsity in [0.0, 0.3, 0.5, 1.0] {
+                let w = block_sparse_weights(&blocks, sparsity, &mut Rng::new(3));
+                assert_eq!(w.len(), 60);
+                let zero = zero_blocks_checking_whole(&blocks, &w);
+                let expected = (sparsity * blocks.count() as f64).round() as usize;
+                assert_eq!(zero, expected, "block {block}, sparsity {sparsity}");
+                assert_eq!(
+                    blocks.zero_fraction(&w),
+                    expected as f64 / blocks.count() as f64
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_last_weight_block_is_short_when_the_block_does_not_divide() {
+        let blocks = WeightBlocks::new(5, 1, 2, 2).unwrap();
+        let runs: Vec<_> = blocks.iter().collect();
+        assert_eq!(
+            runs,
+            [
+                (0..2, 0),
+                (2..4, 0),
+                (4..5, 0),
+                (0..2, 1),
+                (2..4, 1),
+                (4..5, 1)
+            ]
+        );
+        let w = block_sparse_weights(&blocks, 0.5, &mut Rng::new(9));
+        assert_eq!(zero_blocks_checking_whole(&blocks, &w), 3);
+    }
+
+    #[test]
+    fn weight_blocks_stay_within_a_group() {
+        // Two groups of 3 filters in blocks of 2: filters 2 and 3 never share a block.
+        let blocks = WeightBlocks::new(6, 2, 1, 2).unwrap();
+        let runs: Vec<_> = blocks.iter().map(|(filters, _)| filters).collect();
+        assert_eq!(runs, [0..2, 2..3, 3..5, 5..6]);
+        for seed in 0..20 {
+            let w = block_sparse_weights(&blocks, 0.5, &mut Rng::new(seed));
+            assert_eq!(zero_blocks_checking_whole(&blocks, &w), 2, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn weight_blocks_refuse_a_block_of_zero_and_groups_that_do_not_divide() {
+        assert!(WeightBlocks::new(4, 1, 9, 0).is_err());
+        assert!(WeightBlocks::new(4, 3, 9, 2).is_err());
+        assert!(WeightBlocks::new(4, 0, 9, 2).is_err());
     }
 }
