@@ -12,58 +12,61 @@ fn dconv(args: &[&str]) -> Output {
         .expect("the dconv binary runs")
 }
 
-fn json_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}.json", std::process::id()))
-}
-
-fn read_json(path: &PathBuf) -> Value {
-    let text = std::fs::read_to_string(path).expect("the JSON file was written");
-    std::fs::remove_file(path).ok();
-    serde_json::from_str(&text).expect("valid JSON")
-}
-
-#[test]
-fn bench_conv_writes_the_json_report() {
-    let path = json_path("explicit-shape");
-    let out = dconv(&[
-        "bench-conv",
-        "--channels",
-        "6",
-        "--height",
-        "9",
-        "--width",
-        "7",
-        "--filters",
-        "5",
-        "--kernel",
-        "3",
-        "--stride",
-        "2",
-        "--pad",
-        "1",
-        "--input-sparsity",
-        "0.6",
-        "--weight-sparsity",
-        "0.5",
-        "--zeros",
-        "relu",
-        "--algorithms",
-        "reference",
-        "--runs",
-        "3",
-        "--warmup",
-        "1",
-        "--json",
-        path.to_str().unwrap(),
-    ]);
+/// Runs `dconv bench-conv ARGS --json FILE`, checks that it succeeded and returns its
+/// stdout and the JSON it wrote.
+fn bench_json(name: &str, args: &[&str]) -> (String, Value) {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("{name}-{}.json", std::process::id()));
+    let mut all = vec!["bench-conv"];
+    all.extend(args);
+    all.extend(["--json", path.to_str().unwrap()]);
+    let out = dconv(&all);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("reference"));
+    let text = std::fs::read_to_string(&path).expect("the JSON file was written");
+    std::fs::remove_file(&path).ok();
+    let report = serde_json::from_str(&text).expect("valid JSON");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), report)
+}
 
-    let report = read_json(&path);
+#[test]
+fn bench_conv_writes_the_json_report() {
+    let (stdout, report) = bench_json(
+        "explicit-shape",
+        &[
+            "--channels",
+            "6",
+            "--height",
+            "9",
+            "--width",
+            "7",
+            "--filters",
+            "5",
+            "--kernel",
+            "3",
+            "--stride",
+            "2",
+            "--pad",
+            "1",
+            "--input-sparsity",
+            "0.6",
+            "--weight-sparsity",
+            "0.5",
+            "--zeros",
+            "relu",
+            "--algorithms",
+            "reference",
+            "--runs",
+            "3",
+            "--warmup",
+            "1",
+        ],
+    );
+    assert!(stdout.contains("reference"));
+
     let spec = &report["spec"];
     assert_eq!(spec["channels"], 6);
     assert_eq!(spec["height"], 9);
@@ -102,30 +105,23 @@ fn bench_conv_writes_the_json_report() {
 
 #[test]
 fn layer_shortcut_gives_the_shape_and_flags_override_it() {
-    let path = json_path("layer");
-    let out = dconv(&[
-        "bench-conv",
-        "--layer",
-        "vgg16.conv5_3",
-        "--channels",
-        "4",
-        "--filters",
-        "3",
-        "--algorithms",
-        "reference",
-        "--runs",
-        "1",
-        "--threads",
-        "2",
-        "--json",
-        path.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let (_, report) = bench_json(
+        "layer",
+        &[
+            "--layer",
+            "vgg16.conv5_3",
+            "--channels",
+            "4",
+            "--filters",
+            "3",
+            "--algorithms",
+            "reference",
+            "--runs",
+            "1",
+            "--threads",
+            "2",
+        ],
     );
-    let report = read_json(&path);
     assert_eq!(report["spec"]["channels"], 4);
     assert_eq!(report["spec"]["filters"], 3);
     assert_eq!(report["spec"]["height"], 14);
