@@ -57,9 +57,14 @@ pub struct Args {
     /// measured on that layer).
     #[arg(long, value_name = "F", value_parser = shape_args::fraction)]
     input_sparsity: Option<f64>,
-    /// Fraction of zero weights, in [0, 1].
+    /// Fraction of zero weights, in [0, 1]; with --weight-block, the fraction of blocks.
     #[arg(long, value_name = "F", value_parser = shape_args::fraction, default_value_t = 0.0)]
     weight_sparsity: f64,
+    /// Zero the weights in whole blocks of B consecutive output channels (within a group) at
+    /// one input channel and kernel tap, as block pruning leaves them [default: element by
+    /// element].
+    #[arg(long, value_name = "B", value_parser = shape_args::positive)]
+    weight_block: Option<usize>,
     /// Where the input's zeros lie: random (independent) or relu (clustered in blobs).
     #[arg(long, value_name = "PATTERN", default_value_t = ZeroPattern::Random)]
     zeros: ZeroPattern,
@@ -100,6 +105,8 @@ struct Measurement {
 struct DataSparsity {
     input: f64,
     weights: f64,
+    /// The fraction of all-zero weight blocks, with --weight-block.
+    weight_blocks: Option<f64>,
 }
 
 pub fn run(args: &Args) -> Result<(), Failure> {
@@ -132,15 +139,24 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         args.zeros,
         &mut rng,
     );
-    let weights = synth::random_sparse(
-        spec.weight_len()
-            .map_err(|e| Failure::Usage(e.to_string()))?,
-        args.weight_sparsity,
-        &mut rng,
-    );
+    let weight_len = spec
+        .weight_len()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let blocks = args
+        .weight_block
+        .map(|block| {
+            synth::WeightBlocks::new(spec.filters, spec.groups, weight_len / spec.filters, block)
+        })
+        .transpose()
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    let weights = match &blocks {
+        Some(blocks) => synth::block_sparse_weights(blocks, args.weight_sparsity, &mut rng),
+        None => synth::random_sparse(weight_len, args.weight_sparsity, &mut rng),
+    };
     let measured = DataSparsity {
         input: synth::sparsity(&input),
         weights: synth::sparsity(&weights),
+        weight_blocks: blocks.map(|b| b.zero_fraction(&weights)),
     };
     let convs = methods
         .iter()
@@ -163,7 +179,7 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     report::print_table(&results);
     check_agreement(&measurements)?;
     if let Some(path) = &args.json {
-        report::write_json(path, args, &spec, input_sparsity, isa, &results)?;
+        report::write_json(path, args, &spec, input_sparsity, &measured, isa, &results)?;
         println!("wrote {}", path.display());
     }
     Ok(())

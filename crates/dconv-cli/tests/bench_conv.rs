@@ -84,6 +84,8 @@ fn bench_conv_writes_the_json_report() {
     assert_eq!(spec["macs"], 5 * 4 * 5 * 6 * 9);
     assert_eq!(report["input_sparsity"], 0.6);
     assert_eq!(report["weight_sparsity"], 0.5);
+    assert_eq!(report["weight_block"], Value::Null);
+    assert_eq!(report["weight_zero_blocks"], Value::Null);
     assert_eq!(report["zeros"], "relu");
     assert_eq!(report["threads"], 1);
     assert_eq!(report["runs"], 3);
@@ -101,6 +103,48 @@ fn bench_conv_writes_the_json_report() {
     assert!(field("gflops_dense_equivalent") > 0.0);
     // The reference skips no zeros: its effective rate is its dense-equivalent rate.
     assert_eq!(field("gflops_effective"), field("gflops_dense_equivalent"));
+}
+
+#[test]
+fn weight_blocks_are_reported() {
+    // 6 filters in 2 groups, blocks of 2: per (group, input channel, tap) blocks of 2 and 1,
+    // 2 x 2 x 9 x 2 = 72 blocks of which 18 are zero.
+    let (stdout, report) = bench_json(
+        "weight-block",
+        &[
+            "--channels",
+            "4",
+            "--height",
+            "6",
+            "--width",
+            "6",
+            "--filters",
+            "6",
+            "--groups",
+            "2",
+            "--kernel",
+            "3",
+            "--input-sparsity",
+            "0.5",
+            "--weight-sparsity",
+            "0.25",
+            "--weight-block",
+            "2",
+            "--algorithms",
+            "dense,sparse-weight",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+        ],
+    );
+    assert!(
+        stdout.contains("in blocks of 2 output channels"),
+        "{stdout}"
+    );
+    assert_eq!(report["weight_sparsity"], 0.25);
+    assert_eq!(report["weight_block"], 2);
+    assert_eq!(report["weight_zero_blocks"], 0.25);
 }
 
 #[test]
@@ -147,13 +191,14 @@ fn bad_arguments_exit_2_with_one_line() {
         "--algorithms",
         "reference",
     ];
-    let cases: [&[&str]; 8] = [
+    let cases: [&[&str]; 9] = [
         &["--input-sparsity", "1.5"],
         &["--input-sparsity", "0.5", "--weight-sparsity", "-0.1"],
         &["--input-sparsity", "0.5", "--runs", "0"],
         &["--input-sparsity", "0.5", "--algorithms", "fastest"],
         &["--input-sparsity", "0.5", "--zeros", "stripes"],
         &["--input-sparsity", "0.5", "--groups", "3"],
+        &["--input-sparsity", "0.5", "--weight-block", "0"],
         &["--input-sparsity", "0.5", "--no-such-flag"],
         &[],
     ];

@@ -29,6 +29,10 @@ struct JsonReport<'a> {
     spec: SpecReport,
     input_sparsity: f64,
     weight_sparsity: f64,
+    /// Output channels per block of zero weights; null when zeros were placed one by one.
+    weight_block: Option<usize>,
+    /// The fraction of weight blocks measured all zero; null without a block.
+    weight_zero_blocks: Option<f64>,
     zeros: &'static str,
     threads: usize,
     runs: usize,
@@ -177,15 +181,26 @@ pub fn print_header(
         spec.out_height(),
         spec.out_width(),
     );
+    let weights = match (args.weight_block, measured.weight_blocks) {
+        (Some(block), Some(blocks)) => format!(
+            "weights {:.1}% zero in blocks of {block} output channels (measured {:.1}% of \
+             blocks, {:.1}% of weights)",
+            args.weight_sparsity * 100.0,
+            blocks * 100.0,
+            measured.weights * 100.0,
+        ),
+        _ => format!(
+            "weights {:.1}% zero (measured {:.1}%)",
+            args.weight_sparsity * 100.0,
+            measured.weights * 100.0,
+        ),
+    };
     println!(
-        "{} dense multiply-adds; input {:.1}% zero ({} pattern, measured {:.1}%), \
-         weights {:.1}% zero (measured {:.1}%)",
+        "{} dense multiply-adds; input {:.1}% zero ({} pattern, measured {:.1}%), {weights}",
         with_unit(dense_macs(spec) as f64),
         input_sparsity * 100.0,
         args.zeros,
         measured.input * 100.0,
-        args.weight_sparsity * 100.0,
-        measured.weights * 100.0,
     );
     println!(
         "isa {isa}, caches blocked for {}, {} thread(s), {} warm-up + {} timed runs per \
@@ -251,6 +266,7 @@ pub fn write_json(
     args: &Args,
     spec: &ConvSpec,
     input_sparsity: f64,
+    measured: &DataSparsity,
     isa: Isa,
     results: &[AlgorithmResult],
 ) -> Result<(), Failure> {
@@ -258,6 +274,8 @@ pub fn write_json(
         spec: SpecReport::new(spec),
         input_sparsity,
         weight_sparsity: args.weight_sparsity,
+        weight_block: args.weight_block,
+        weight_zero_blocks: measured.weight_blocks,
         zeros: args.zeros.name(),
         threads: args.threads,
         runs: args.runs,
