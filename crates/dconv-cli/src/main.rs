@@ -35,9 +35,10 @@ enum Command {
     /// Time a model end to end and layer by layer on one input.
     Bench(bench::Args),
     /// VGG-16, dense and pruned to Deep Compression's densities, on a photograph under the
-    /// dense and the auto policy: per-layer sparsity, methods, times and speedups.
+    /// dense and the auto policy: per-layer sparsity, methods, times, speedups and top classes.
     Demo(demo::Args),
-    /// Prune an ONNX model's convolution weights by magnitude, uniformly or per layer.
+    /// Prune an ONNX model's convolution weights by magnitude, uniformly or per layer; with
+    /// --report, show how far that moves each layer's output on an input.
     Prune(prune::Args),
     /// Measure the cost model's coefficients on this machine and write them as a profile.
     Tune(tune::Args),

@@ -19,6 +19,8 @@ pub struct Measurement {
     pub median: Duration,
     pub min: Duration,
     pub layers: Vec<LayerTiming>,
+    /// The model's outputs in the last timed run (empty when `runs` is 0).
+    pub outputs: Vec<(String, Tensor)>,
 }
 
 /// Runs `session` `warmup` times, then `runs` plain runs for the end-to-end times and `runs`
@@ -37,9 +39,10 @@ pub fn measure(
         progress.step();
     }
     let mut totals = Vec::with_capacity(runs);
+    let mut outputs = Vec::new();
     for _ in 0..runs {
         let started = Instant::now();
-        session.run(&inputs)?;
+        outputs = session.run(&inputs)?;
         totals.push(started.elapsed());
         progress.step();
     }
@@ -69,6 +72,7 @@ pub fn measure(
         median: median(totals.clone()),
         min: totals.iter().min().copied().unwrap_or_default(),
         layers,
+        outputs,
     })
 }
 

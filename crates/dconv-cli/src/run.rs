@@ -76,6 +76,24 @@ pub fn top_classes(output: &Tensor) -> Option<Vec<(usize, f32)>> {
     Some(scored)
 }
 
+/// The highest-scoring entry of the first image's output (of all of it when the output has
+/// one axis) and its score; None for an empty output.
+pub fn top_class(output: &Tensor) -> Option<(usize, f32)> {
+    let data = output.to_f32_vec();
+    let per_image = match output.shape() {
+        [n, _, ..] => data.len().checked_div(*n).unwrap_or(0),
+        _ => data.len(),
+    };
+    data[..per_image]
+        .iter()
+        .copied()
+        .enumerate()
+        .fold(None, |best, (i, v)| match best {
+            Some((_, b)) if b.total_cmp(&v).is_ge() => best,
+            _ => Some((i, v)),
+        })
+}
+
 fn print_top_classes(name: &str, output: &Tensor) {
     if let Some(top) = top_classes(output) {
         println!("top classes of '{name}':");

@@ -1,6 +1,7 @@
 //! Runs the built `dconv` binary on models: `prune` writes a model that loads and reaches
-//! its sparsity, `bench` writes the promised JSON, `run --image` feeds a photograph exactly as
-//! the prepared .npy of it and prints the top classes; bad arguments exit with code 2.
+//! its sparsity and, with `--report`, what that costs on an input, `bench` writes the
+//! promised JSON, `run --image` feeds a photograph exactly as the prepared .npy of it and
+//! prints the top classes; bad arguments exit with code 2.
 
 use dconv::io::npy::write_npy;
 use dconv::onnx::read_tensor_file;
@@ -166,6 +167,95 @@ fn prune_in_blocks_takes_a_block_size_and_refuses_zero() {
     let out = run("0");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("block"));
+}
+
+/// A fresh folder holding the example model (one Conv, `Conv_0`, output `c`, then Relu,
+/// output `y`) as `model.onnx` and an input of mixed signs as `x.npy`.
+fn example_dir(name: &str) -> PathBuf {
+    let dir = temp(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("model.onnx"), dconv::runtime::example_model()).unwrap();
+    let x: Vec<f32> = (0..16).map(|i| (i % 5) as f32 - 1.5).collect();
+    write_npy(&dir.join("x.npy"), &[1, 1, 4, 4], &x).unwrap();
+    dir
+}
+
+/// `dconv prune` on the example model with `--report x.npy`.
+fn prune_with_report(dir: &Path, sparsity: &str, report: &Path) -> Output {
+    let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
+    dconv(&[
+        "prune",
+        &path("model.onnx"),
+        "-o",
+        &path("pruned.onnx"),
+        "--sparsity",
+        sparsity,
+        "--report",
+        report.to_str().unwrap(),
+    ])
+}
+
+/// The report's rows (after its header) as (first column, error in %), and its top-class line.
+fn report_rows(stdout: &str) -> (Vec<(String, f64)>, String) {
+    let mut lines = stdout
+        .lines()
+        .skip_while(|l| !l.contains("relative L2 error"))
+        .skip(2);
+    let rows = lines
+        .by_ref()
+        .take_while(|l| !l.starts_with("top class"))
+        .map(|l| {
+            let cells: Vec<&str> = l.split_whitespace().collect();
+            let error = cells[cells.len() - 2].parse().expect("an error in %");
+            (cells[0].to_string(), error)
+        })
+        .collect();
+    let top = stdout
+        .lines()
+        .find(|l| l.starts_with("top class"))
+        .unwrap_or_default();
+    (rows, top.to_string())
+}
+
+#[test]
+fn prune_report_gives_each_pruned_layer_and_the_output_its_error() {
+    let dir = example_dir("report");
+    let (rows, top) = report_rows(&stdout(&prune_with_report(&dir, "0.5", &dir.join("x.npy"))));
+    let names: Vec<&str> = rows.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["Conv_0", "output"], "{rows:?}");
+    assert!(rows.iter().all(|(_, e)| *e > 0.0), "{rows:?}");
+    assert!(
+        top.starts_with("top class of 'y': dense ") && top.contains(", pruned "),
+        "{top}"
+    );
+
+    let (rows, top) = report_rows(&stdout(&prune_with_report(&dir, "0", &dir.join("x.npy"))));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|(_, e)| *e == 0.0), "{rows:?}");
+    assert!(top.ends_with(": agrees"), "{top}");
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn a_bad_report_input_is_a_usage_error_and_writes_nothing() {
+    let dir = example_dir("bad-report");
+    write_npy(&dir.join("wide.npy"), &[1, 1, 4, 5], &[1.0; 20]).unwrap();
+    for (input, says) in [
+        ("missing.npy", "missing.npy: cannot open"),
+        (
+            "photo.png",
+            "photo.png: a photograph needs --size and --layout",
+        ),
+        ("wide.npy", "has shape [1, 1, 4, 5]"),
+    ] {
+        let out = prune_with_report(&dir, "0.5", &dir.join(input));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{input}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{input}: {stderr}");
+        assert!(stderr.contains(says), "{input}: {stderr}");
+        assert!(!dir.join("pruned.onnx").exists(), "{input}");
+    }
+    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]

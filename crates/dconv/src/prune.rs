@@ -51,6 +51,8 @@ pub struct PrunedLayer {
     /// The node (or `#index`) whose weights these are.
     pub node: String,
     pub op: String,
+    /// The tensor the node computes (its first output).
+    pub output: String,
     pub initializer: String,
     pub weights: usize,
     pub sparsity_before: f64,
@@ -109,6 +111,7 @@ pub fn prune_model(
         report.push(PrunedLayer {
             node: layer.node.clone(),
             op: layer.op.clone(),
+            output: layer.output.clone(),
             initializer: layer.weight.clone(),
             weights: element_count(tensor),
             sparsity_before: before,
@@ -122,6 +125,7 @@ pub fn prune_model(
 struct Layer {
     node: String,
     op: String,
+    output: String,
     weight: String,
 }
 
@@ -158,6 +162,7 @@ fn prunable_layers(graph: &crate::onnx::proto::GraphProto, include_gemm: bool) -
             Some(Layer {
                 node: node_name,
                 op: op.to_string(),
+                output: node.output.first().cloned().unwrap_or_default(),
                 weight: weight.clone(),
             })
         })

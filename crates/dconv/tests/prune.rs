@@ -178,10 +178,12 @@ fn per_layer_targets_name_nodes_or_weights_and_unknown_names_are_refused() {
     let bytes = std::fs::read(dir.join("model.onnx")).unwrap();
     let proto =
         <dconv::onnx::proto::ModelProto as prost::Message>::decode(bytes.as_slice()).unwrap();
-    let weight = proto.graph.unwrap().node[0].input[1].clone();
+    let conv = &proto.graph.unwrap().node[0];
+    let weight = conv.input[1].clone();
 
     let (_, layers) = prune(&dir, Target::PerLayer(HashMap::from([(weight, 0.25)]))).unwrap();
     assert_eq!(layers.len(), 1);
+    assert_eq!(layers[0].output, conv.output[0]);
     assert!((layers[0].sparsity_after - 0.25).abs() < 0.01);
 
     let unknown = prune(

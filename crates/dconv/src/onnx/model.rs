@@ -122,6 +122,32 @@ impl Model {
     pub fn opset(&self) -> i64 {
         self.opset
     }
+
+    /// The model with `names` (tensors its nodes compute, or its inputs) added after its
+    /// outputs, so that a run returns them too; names already among the outputs are
+    /// skipped. A Conv whose own output is asked for no longer has the BatchNormalization
+    /// or activation after it fused in.
+    pub fn with_outputs<S: AsRef<str>>(mut self, names: &[S]) -> Result<Model> {
+        for name in names.iter().map(AsRef::as_ref) {
+            if self.outputs.iter().any(|o| o == name) {
+                continue;
+            }
+            let known = self.inputs.iter().any(|i| i.name == name)
+                || self.initializers.contains_key(name)
+                || self
+                    .nodes
+                    .iter()
+                    .any(|n| n.output.iter().any(|o| o == name));
+            if name.is_empty() || !known {
+                return Err(Error::InvalidArgument(format!(
+                    "the model has no tensor '{name}' to output"
+                )));
+            }
+            self.outputs.push(name.to_string());
+            self.output_shapes.push(None);
+        }
+        Ok(self)
+    }
 }
 
 /// Decodes a whole model file. Decoded from `Bytes`, the tensors' data are views of the
@@ -326,5 +352,26 @@ mod tests {
             .unwrap();
         assert_eq!(raw.len(), 4 * 4096);
         assert!(file_range.contains(&raw.as_ptr()), "raw_data was copied");
+    }
+
+    #[test]
+    fn an_intermediate_tensor_asked_for_is_returned_after_the_outputs() {
+        use crate::runtime::{example_model, Session, SessionOptions};
+        let model = Model::from_bytes(&example_model(), None).unwrap();
+        let model = model.with_outputs(&["c", "y"]).unwrap();
+        assert_eq!(model.outputs(), ["y", "c"]);
+        let session = Session::new(&model, SessionOptions::default()).unwrap();
+        let input = Tensor::from_f32(vec![1, 1, 4, 4], vec![1.0; 16]).unwrap();
+        let outputs = session.run(&[("x", input)]).unwrap();
+        let (c, y) = (outputs[1].1.to_f32_vec(), outputs[0].1.to_f32_vec());
+        assert_eq!(outputs[1].0, "c");
+        // The Conv's own output, before the Relu that is no longer fused into it.
+        assert_eq!((c[5], c[16 + 5]), (9.0, -9.0));
+        let relu: Vec<f32> = c.iter().map(|v| v.max(0.0)).collect();
+        assert_eq!(y, relu);
+
+        let model = Model::from_bytes(&example_model(), None).unwrap();
+        let err = model.with_outputs(&["nowhere"]).unwrap_err();
+        assert!(err.to_string().contains("'nowhere'"), "{err}");
     }
 }
