@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 /// name "deep-compression-vgg16" (Deep Compression's densities for VGG-16's 13
 /// convolutions), or a dict from node (or weight initializer) name to fraction, which
 /// leaves other layers alone. `block`: None prunes weight by weight; B zeros a Conv's
-/// weights in whole blocks of B consecutive output channels at one input channel and kernel
-/// tap (those of smallest L2 norm), `sparsity` then being the fraction of blocks zeroed.
+/// weights in whole blocks of B consecutive output channels of one group at one input
+/// channel and kernel tap (those of smallest L2 norm), `sparsity` then being the fraction of blocks zeroed.
 /// `skip_first` leaves the first convolution dense; `include_gemm` also prunes Gemm and
 /// MatMul weights (weight by weight).
 ///

@@ -36,8 +36,8 @@ pub struct Args {
     /// Also prune the weights of Gemm and MatMul nodes (element by element).
     #[arg(long)]
     include_gemm: bool,
-    /// Zero Conv weights in whole blocks of B consecutive output channels at one input
-    /// channel and kernel tap, those of smallest L2 norm; the sparsity is then the fraction
+    /// Zero Conv weights in whole blocks of B consecutive output channels of one group at
+    /// one input channel and kernel tap, those of smallest L2 norm; the sparsity is then the fraction
     /// of blocks zeroed.
     #[arg(long, value_name = "B")]
     block: Option<usize>,

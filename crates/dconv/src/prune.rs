@@ -1,7 +1,7 @@
 //! Magnitude pruning of an ONNX model's weights: in each chosen layer, the weights of
 //! smallest magnitude are set to zero until the asked fraction of them is zero; or, with a
-//! block size B, whole blocks of B consecutive output channels at one (input channel, kernel
-//! tap) of a Conv, those of smallest L2 norm, until the asked fraction of blocks is zero (the
+//! block size B, whole blocks of B consecutive output channels of one group at one (input
+//! channel, kernel tap) of a Conv, those of smallest L2 norm, until the asked fraction of blocks is zero (the
 //! structure a vector of B filters' sums can skip). The model is
 //! re-encoded with only those initializers changed, so that any ONNX runtime loads it.
 
@@ -102,8 +102,12 @@ pub fn prune_model(
         };
         let tensor = &mut graph.initializer[i];
         let block = options.block.filter(|_| layer.op == "Conv").unwrap_or(1);
+        let blocks = Blocks {
+            width: block,
+            groups: layer.groups,
+        };
         let (before, after) =
-            prune_initializer(tensor, base, sparsity, block).map_err(|e| Error::Node {
+            prune_initializer(tensor, base, sparsity, blocks).map_err(|e| Error::Node {
                 node: layer.node.clone(),
                 op: layer.op.clone(),
                 source: Box::new(e),
@@ -127,6 +131,8 @@ struct Layer {
     op: String,
     output: String,
     weight: String,
+    /// A Conv's groups (1 for other nodes): blocks of output channels stay in one group.
+    groups: usize,
 }
 
 /// The Convs (and, when asked, Gemms and MatMuls) in graph order with the name of their
@@ -159,11 +165,17 @@ fn prunable_layers(graph: &crate::onnx::proto::GraphProto, include_gemm: bool) -
             } else {
                 node.name().to_string()
             };
+            let groups = node
+                .attribute
+                .iter()
+                .find(|a| a.name() == "group")
+                .map_or(1, |a| usize::try_from(a.i()).unwrap_or(0));
             Some(Layer {
                 node: node_name,
                 op: op.to_string(),
                 output: node.output.first().cloned().unwrap_or_default(),
                 weight: weight.clone(),
+                groups,
             })
         })
         .collect()
@@ -235,15 +247,24 @@ fn element_count(t: &TensorProto) -> usize {
     t.dims.iter().map(|&d| d.max(0) as usize).product()
 }
 
+/// How a Conv's weights are pruned in blocks: `width` consecutive output channels of one
+/// of its `groups`, at one input channel and tap (width 1: weight by weight).
+#[derive(Debug, Clone, Copy)]
+struct Blocks {
+    width: usize,
+    groups: usize,
+}
+
 /// Zeros the smallest-magnitude weights of `t` until `sparsity` of them are zero (weights
-/// already zero count), or with `block` > 1 the blocks of smallest norm (see
-/// [`zero_smallest_blocks`]) until `sparsity` of the blocks are; writes them back in the form they came in (`raw_data` or
-/// `float_data`), external data inlined as `raw_data`. Returns the sparsity before and after.
+/// already zero count), or in blocks wider than 1 the blocks of smallest norm (see
+/// [`zero_smallest_blocks`]) until `sparsity` of the blocks are; writes them back in the
+/// form they came in (`raw_data` or `float_data`), external data inlined as `raw_data`.
+/// Returns the sparsity before and after.
 fn prune_initializer(
     t: &mut TensorProto,
     base: Option<&Path>,
     sparsity: f64,
-    block: usize,
+    blocks: Blocks,
 ) -> Result<(f64, f64)> {
     if t.data_type() != DataType::Float as i32 {
         return Err(Error::Unsupported(format!(
@@ -260,9 +281,9 @@ fn prune_initializer(
     };
     let n = weights.len().max(1) as f64;
     let before = zero_count(&weights) as f64 / n;
-    if block > 1 {
+    if blocks.width > 1 {
         let filters = t.dims.first().map_or(0, |&m| m.max(0) as usize);
-        zero_smallest_blocks(&mut weights, filters, block, sparsity);
+        zero_smallest_blocks(&mut weights, filters, blocks, sparsity);
     } else {
         let count = (sparsity * weights.len() as f64).round() as usize;
         zero_smallest(&mut weights, count);
@@ -311,21 +332,31 @@ fn zero_smallest(weights: &mut [f32], count: usize) {
     }
 }
 
-/// Conv weights `[M][K]` (K = C/G x R x S) in blocks of `block` consecutive filters at one
-/// k (the last block of each k shorter when `block` does not divide M): zeros the blocks of
-/// smallest L2 norm, ties by position, until `sparsity` of the blocks are zero (blocks
-/// already zero count).
-fn zero_smallest_blocks(weights: &mut [f32], filters: usize, block: usize, sparsity: f64) {
-    if filters == 0 || weights.is_empty() || !weights.len().is_multiple_of(filters) {
+/// Conv weights `[M][K]` (K = C/G x R x S) in blocks of `blocks.width` consecutive filters
+/// of one group at one k (the last block of each group shorter when the width does not
+/// divide the group's filters): zeros the blocks of smallest L2 norm, ties by position,
+/// until `sparsity` of the blocks are zero (blocks already zero count). Weights whose
+/// filters the groups do not divide are left as they are (the model is invalid, and
+/// loading it says so).
+fn zero_smallest_blocks(weights: &mut [f32], filters: usize, blocks: Blocks, sparsity: f64) {
+    let Blocks { width, groups } = blocks;
+    if filters == 0
+        || weights.is_empty()
+        || !weights.len().is_multiple_of(filters)
+        || groups == 0
+        || !filters.is_multiple_of(groups)
+    {
         return;
     }
-    let k_len = weights.len() / filters;
-    let blocks_per_k = filters.div_ceil(block);
+    let (k_len, per_group) = (weights.len() / filters, filters / groups);
+    let blocks_per_group = per_group.div_ceil(width);
     let members = |b: usize| {
-        let (mb, k) = (b / k_len, b % k_len);
-        (mb * block..((mb + 1) * block).min(filters)).map(move |m| m * k_len + k)
+        let (gb, k) = (b / k_len, b % k_len);
+        let first = gb / blocks_per_group * per_group + gb % blocks_per_group * width;
+        let end = (first + width).min(first - first % per_group + per_group);
+        (first..end).map(move |m| m * k_len + k)
     };
-    let norms: Vec<f64> = (0..blocks_per_k * k_len)
+    let norms: Vec<f64> = (0..groups * blocks_per_group * k_len)
         .map(|b| members(b).map(|i| f64::from(weights[i]).powi(2)).sum())
         .collect();
     let count = ((sparsity * norms.len() as f64).round() as usize).min(norms.len());
@@ -345,7 +376,7 @@ fn zero_smallest_blocks(weights: &mut [f32], filters: usize, block: usize, spars
 
 #[cfg(test)]
 mod tests {
-    use super::{zero_smallest, zero_smallest_blocks};
+    use super::{zero_smallest, zero_smallest_blocks, Blocks};
 
     /// Two filters' blocks of 2 over 3 positions k, plus a lone third filter: the blocks of
     /// smallest norm go whole, the short last block counts as one.
@@ -357,9 +388,28 @@ mod tests {
             -1.0, 0.1, 0.0, //
             0.5, 2.0, 0.01,
         ];
-        zero_smallest_blocks(&mut w, 3, 2, 0.5);
+        let blocks = Blocks {
+            width: 2,
+            groups: 1,
+        };
+        zero_smallest_blocks(&mut w, 3, blocks, 0.5);
         // Norms: k0 2.0, k1 0.02, k2 9.0 (filters 0-1); 0.25, 4.0, 0.0001 (filter 2).
         assert_eq!(w, vec![1.0, 0.0, 3.0, -1.0, 0.0, 0.0, 0.0, 2.0, 0.0]);
+    }
+
+    /// Blocks stay inside a group: two groups of 3 filters in blocks of 2 are filters 0-1,
+    /// 2, 3-4 and 5, never 2-3.
+    #[test]
+    fn blocks_do_not_cross_groups() {
+        // [M = 6][K = 1]: filters 2 and 3 are the two smallest, in different groups.
+        let mut w = vec![5.0, 5.0, 0.1, 0.1, 6.0, 7.0];
+        let blocks = Blocks {
+            width: 2,
+            groups: 2,
+        };
+        zero_smallest_blocks(&mut w, 6, blocks, 0.5);
+        // Norms: 50 (0-1), 0.01 (2), 36.01 (3-4), 49 (5): the two smallest go.
+        assert_eq!(w, vec![5.0, 5.0, 0.0, 0.0, 0.0, 7.0]);
     }
 
     #[test]
