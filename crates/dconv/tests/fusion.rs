@@ -1,7 +1,7 @@
 //! A BatchNormalization (or a Mul and an Add by per-channel constants) and an activation
-//! after a Conv fold into its one step (a ReLU, or a Clip to [0, 6] whose bounds are inputs,
-//! as opset 11 and later write ReLU6), and the fused step computes what the separate steps
-//! do.
+//! after a Conv fold into its one step (a ReLU, a Clip to [0, 6] whose bounds are inputs,
+//! as opset 11 and later write ReLU6, a HardSigmoid, a HardSwish, or a HardSwish written
+//! out as four nodes), and the fused step computes what the separate steps do.
 
 use dconv::onnx::proto::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 use dconv::runtime::{example_model, Session, SessionOptions};
@@ -164,25 +164,44 @@ fn hard_swish_written_out(last: &str, six: f32) -> (Vec<NodeProto>, Vec<TensorPr
 }
 
 #[test]
+fn hard_sigmoid_and_hard_swish_fold_into_the_conv() {
+    let mut hard_sigmoid = node("HardSigmoid", &["c"], "y");
+    hard_sigmoid.attribute = vec![dconv::onnx::proto::AttributeProto {
+        name: Some("alpha".into()),
+        r#type: Some(dconv::onnx::proto::attribute_proto::AttributeType::Float as i32),
+        f: Some(0.25),
+        ..Default::default()
+    }];
+    assert_fuses(vec![hard_sigmoid], vec![], &["HardSigmoid"]);
+    assert_fuses(vec![node("HardSwish", &["c"], "y")], vec![], &["HardSwish"]);
+}
+
+/// After a Conv, the four nodes fold into it; after a tensor the graph also outputs, they
+/// run as one HardSwish step; with the Mul's output read by the graph too, apart.
+#[test]
 fn hard_swish_written_out_runs_as_one_step() {
     for (last, six) in [("Div", 6.0), ("Mul", 1.0 / 6.0)] {
         let (after, constants) = hard_swish_written_out(last, six);
         let (fused, fused_ops) = run(&model(after.clone(), constants.clone(), None));
-        // With the Mul's output read by the graph too, the four nodes must run apart.
+        let (one_step, one_step_ops) = run(&model(after.clone(), constants.clone(), Some("c")));
         let (apart, apart_ops) = run(&model(after, constants, Some("m")));
+        let has = |ops: &[String], op: &str| ops.iter().any(|o| o == op);
         assert!(
-            fused_ops.contains(&"HardSwish".to_string()),
+            !has(&fused_ops, "HardSwish") && !has(&fused_ops, "Clip"),
             "{fused_ops:?}"
         );
-        assert!(!fused_ops.contains(&"Clip".to_string()), "{fused_ops:?}");
-        assert!(apart_ops.contains(&"Clip".to_string()), "{apart_ops:?}");
         assert!(
-            !apart_ops.contains(&"HardSwish".to_string()),
-            "{apart_ops:?}"
+            !has(&fused_ops, "Add") && !has(&fused_ops, last),
+            "{fused_ops:?}"
         );
+        assert!(has(&one_step_ops, "HardSwish"), "{one_step_ops:?}");
+        assert!(!has(&one_step_ops, "Clip"), "{one_step_ops:?}");
+        assert!(has(&apart_ops, "Clip"), "{apart_ops:?}");
+        assert!(!has(&apart_ops, "HardSwish"), "{apart_ops:?}");
         // Inputs at or below -3 (out: zero) and between -3 and 0 (out: negative) both occur.
         assert!(apart.contains(&0.0) && apart.iter().any(|&v| v < 0.0));
         assert_close(&fused, &apart, last);
+        assert_close(&one_step, &apart, last);
     }
 }
 

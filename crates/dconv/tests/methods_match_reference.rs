@@ -41,7 +41,10 @@ fn activation() -> impl Strategy<Value = Activation> {
     prop_oneof![
         Just(Activation::None),
         Just(Activation::Relu),
-        Just(Activation::Relu6)
+        Just(Activation::Relu6),
+        Just(Activation::HardSwish),
+        (0.1f32..0.5, -0.5f32..1.0)
+            .prop_map(|(alpha, beta)| Activation::HardSigmoid { alpha, beta }),
     ]
 }
 
@@ -293,7 +296,18 @@ fn zero_input_gives_exactly_the_bias() {
     let bias: Vec<f32> = (0..10).map(|m| m as f32 * 1.7 - 7.3).collect();
     let weights = synth::random_sparse(spec.weight_len().unwrap(), 0.5, &mut Rng::new(3));
     let input = vec![0.0; spec.input_len().unwrap()];
-    for act in [Activation::None, Activation::Relu, Activation::Relu6] {
+    let hard_sigmoid = Activation::HardSigmoid {
+        alpha: 0.2,
+        beta: 0.5,
+    };
+    let activations = [
+        Activation::None,
+        Activation::Relu,
+        Activation::Relu6,
+        Activation::HardSwish,
+        hard_sigmoid,
+    ];
+    for act in activations {
         let spec = spec.with_activation(act);
         for method in Method::ALL {
             for isa in Isa::supported() {

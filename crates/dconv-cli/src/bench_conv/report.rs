@@ -4,7 +4,7 @@
 use super::{Args, DataSparsity, Measurement};
 use crate::Failure;
 use dconv::cache::CacheSizes;
-use dconv::conv::{Activation, ConvSpec, Method};
+use dconv::conv::{ConvSpec, Method};
 use dconv::kernels::Isa;
 use serde::Serialize;
 use std::path::Path;
@@ -78,11 +78,7 @@ impl SpecReport {
             padding: [p.top, p.left, p.bottom, p.right],
             groups: spec.groups,
             bias: spec.bias,
-            activation: match spec.activation {
-                Activation::None => "none",
-                Activation::Relu => "relu",
-                Activation::Relu6 => "relu6",
-            },
+            activation: spec.activation.name(),
             out_height: spec.out_height(),
             out_width: spec.out_width(),
             macs: dense_macs(spec),

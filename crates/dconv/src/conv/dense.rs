@@ -241,7 +241,7 @@ impl Dense {
         let s = &self.spec;
         let (c_len, m_len) = (s.channels, s.filters);
         let [ph, pw] = direct.padded;
-        let clamp = self.epilogue.clamp();
+        let curve = self.epilogue.curve();
         let padded_len = self.lowered_len(rayon::current_num_threads());
         over_padded_images(
             s,
@@ -257,7 +257,7 @@ impl Dense {
                     taps: &direct.taps,
                     weights: &direct.weights,
                     bias: &direct.bias,
-                    clamp,
+                    curve,
                 };
                 direct_conv_row(direct.isa, &row, m_len, out_row)
             },

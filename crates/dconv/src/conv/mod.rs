@@ -24,6 +24,7 @@ pub use spec::{Activation, ConvSpec, Padding};
 pub use workspace::Workspace;
 
 use crate::error::{Error, Result};
+use crate::kernels::curve::Curve;
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
@@ -179,14 +180,10 @@ impl Epilogue {
         self.activation.apply(acc + self.bias[m])
     }
 
-    /// The bounds of the activation (`max(lo, min(hi, x))`), None for none: what the SIMD
-    /// kernels that finish sums in registers apply.
-    pub fn clamp(&self) -> Option<(f32, f32)> {
-        match self.activation {
-            Activation::None => None,
-            Activation::Relu => Some((0.0, f32::INFINITY)),
-            Activation::Relu6 => Some((0.0, 6.0)),
-        }
+    /// The activation as a gated clamp, None for none: what the SIMD kernels that finish
+    /// sums in registers apply.
+    pub fn curve(&self) -> Option<Curve> {
+        self.activation.curve()
     }
 
     /// Finishes the outputs of channels `first..first + row.len()` of one pixel in place and
@@ -198,10 +195,15 @@ impl Epilogue {
         vectorized(
             self.isa,
             #[inline(always)]
-            || match self.activation {
-                Activation::None => finish_row(row, bias, |x| x),
-                Activation::Relu => finish_row(row, bias, |x| x.max(0.0)),
-                Activation::Relu6 => finish_row(row, bias, |x| x.clamp(0.0, 6.0)),
+            || match self.activation.curve() {
+                None => finish_row(row, bias, |x| x),
+                Some(c) if c == Curve::clamp(0.0, f32::INFINITY) => {
+                    finish_row(row, bias, |x| x.max(0.0))
+                }
+                Some(c) if !c.gated && (c.alpha, c.beta) == (1.0, 0.0) => {
+                    finish_row(row, bias, |x| x.max(c.lo).min(c.hi))
+                }
+                Some(c) => finish_row(row, bias, |x| c.apply(x)),
             },
         )
     }

@@ -514,7 +514,7 @@ impl SparseWeight {
         let (ow, filters) = (self.spec.out_width(), self.spec.filters);
         let finish = Finish {
             bias: &self.epilogue.bias,
-            clamp: self.epilogue.clamp(),
+            curve: self.epilogue.curve(),
         };
         // Row i of a folded tile is row i % f.rows of the half i / f.rows.
         let at = match self.folded(tile_x) {

@@ -1,24 +1,60 @@
 //! [`ConvSpec`]: the shape of one convolution, checked before anything is allocated.
 
 use crate::error::{Error, Result};
+use crate::kernels::curve::Curve;
 
 /// The activation fused into a convolution's output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum Activation {
     #[default]
     None,
     Relu,
     /// ReLU clipped at 6 (ONNX `Clip(0, 6)`).
     Relu6,
+    /// `clamp(alpha * x + beta, 0, 1)` (ONNX `HardSigmoid`).
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// `x * clamp(x / 6 + 1/2, 0, 1)` (ONNX `HardSwish`, MobileNetV3's activation).
+    HardSwish,
 }
 
 impl Activation {
     #[inline(always)]
     pub fn apply(self, x: f32) -> f32 {
+        self.curve().map_or(x, |c| c.apply(x))
+    }
+
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
         match self {
-            Activation::None => x,
-            Activation::Relu => x.max(0.0),
-            Activation::Relu6 => x.clamp(0.0, 6.0),
+            Activation::None => "none",
+            Activation::Relu => "relu",
+            Activation::Relu6 => "relu6",
+            Activation::HardSigmoid { .. } => "hard-sigmoid",
+            Activation::HardSwish => "hard-swish",
+        }
+    }
+
+    /// The activation as the gated clamp the kernels apply; None for none.
+    pub fn curve(self) -> Option<Curve> {
+        match self {
+            Activation::None => None,
+            Activation::Relu => Some(Curve::clamp(0.0, f32::INFINITY)),
+            Activation::Relu6 => Some(Curve::clamp(0.0, 6.0)),
+            Activation::HardSigmoid { alpha, beta } => Some(Curve {
+                alpha,
+                beta,
+                ..Curve::clamp(0.0, 1.0)
+            }),
+            Activation::HardSwish => Some(Curve {
+                alpha: 1.0 / 6.0,
+                beta: 0.5,
+                lo: 0.0,
+                hi: 1.0,
+                gated: true,
+            }),
         }
     }
 }
@@ -35,7 +71,7 @@ pub struct Padding {
 /// One convolution: input `batch x channels x height x width` (stored NHWC), weights
 /// `filters x (channels / groups) x kernel[0] x kernel[1]`, output `batch x filters x
 /// out_height x out_width` (stored NHWC). A 1-D convolution is height 1 with kernel height 1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConvSpec {
     pub batch: usize,
     pub channels: usize,

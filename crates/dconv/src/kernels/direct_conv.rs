@@ -10,6 +10,7 @@
 //! of several pixels by up to 64 filters stays in registers across all taps, and is written
 //! once, finished.
 
+use super::curve::Curve;
 use super::Isa;
 
 /// Filters per packed weight row are padded to a multiple of this (the widest vector).
@@ -29,8 +30,8 @@ pub(crate) struct DirectRow<'a> {
     pub weights: &'a [f32],
     /// `[filters_padded]`, zero past the real filters.
     pub bias: &'a [f32],
-    /// Bounds of the activation (`max(lo, min(hi, x))`), None for none.
-    pub clamp: Option<(f32, f32)>,
+    /// The activation, None for none.
+    pub curve: Option<Curve>,
 }
 
 /// Computes one output row, `out = [out_width][filters]`; returns how many outputs are
@@ -99,10 +100,7 @@ fn portable(row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
             }
             let width = FILTER_ALIGN.min(filters - m0);
             for (o, &a) in pixel[m0..m0 + width].iter_mut().zip(&acc) {
-                *o = match row.clamp {
-                    Some((lo, hi)) => a.max(lo).min(hi),
-                    None => a,
-                };
+                *o = row.curve.map_or(a, |c| c.apply(a));
                 zeros += (*o == 0.0) as usize;
             }
         }
@@ -111,13 +109,14 @@ fn portable(row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
 }
 
 /// One SIMD kernel per instruction set: tiles of `NP` pixels by `NV` vectors of filters in
-/// registers, accumulated over every tap, then clamped, stored and counted.
+/// registers, accumulated over every tap, then finished by the activation, stored and
+/// counted.
 #[cfg(target_arch = "x86_64")]
 macro_rules! direct_row {
     ($module:ident, $feature:literal, $lanes:expr, $vec:ty, [$($plan:tt)*],
      load: $load:ident, store: $store:ident, splat: $splat:ident,
      fma: |$a:ident, $w:ident, $x:ident| $fma:expr,
-     max: $max:ident, min: $min:ident,
+     max: $max:ident, min: $min:ident, mul: $mul:ident, fma_ab: $fma_ab:ident,
      zeros: |$z:ident| $zeros:expr) => {
         mod $module {
             use super::DirectRow;
@@ -184,10 +183,12 @@ macro_rules! direct_row {
                 let width = (filters - m0).min(NV * LANES);
                 for (p, acc) in acc.iter_mut().enumerate() {
                     let dst = (p0 + p) * filters + m0;
-                    if let Some((lo, hi)) = row.clamp {
-                        let (lo, hi) = ($splat(lo), $splat(hi));
+                    if let Some(c) = row.curve {
+                        let (alpha, beta) = ($splat(c.alpha), $splat(c.beta));
+                        let (lo, hi) = ($splat(c.lo), $splat(c.hi));
                         for a in acc.iter_mut() {
-                            *a = $min($max(*a, lo), hi);
+                            let t = $min($max($fma_ab(alpha, *a, beta), lo), hi);
+                            *a = if c.gated { $mul(*a, t) } else { t };
                         }
                     }
                     if width == NV * LANES {
@@ -248,32 +249,41 @@ macro_rules! direct_row {
 direct_row!(avx512, "avx512f", 16, __m512, [4 x 5, 2 x 10, 1 x 12],
     load: _mm512_loadu_ps, store: _mm512_storeu_ps, splat: _mm512_set1_ps,
     fma: |a, w, x| _mm512_fmadd_ps(x, w, a),
-    max: _mm512_max_ps, min: _mm512_min_ps,
+    max: _mm512_max_ps, min: _mm512_min_ps, mul: _mm512_mul_ps, fma_ab: _mm512_fmadd_ps,
     zeros: |v| _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_setzero_ps()).count_ones() as usize);
 
 #[cfg(target_arch = "x86_64")]
 direct_row!(avx2, "avx2,fma", 8, __m256, [2 x 6, 1 x 12],
     load: _mm256_loadu_ps, store: _mm256_storeu_ps, splat: _mm256_set1_ps,
     fma: |a, w, x| _mm256_fmadd_ps(x, w, a),
-    max: _mm256_max_ps, min: _mm256_min_ps,
+    max: _mm256_max_ps, min: _mm256_min_ps, mul: _mm256_mul_ps, fma_ab: _mm256_fmadd_ps,
     zeros: |v| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_setzero_ps())).count_ones() as usize);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::Activation;
     use crate::synth::Rng;
 
     #[test]
     fn every_isa_matches_the_definition() {
         let mut rng = Rng::new(9);
         for isa in Isa::supported() {
-            for (filters, pixels, taps_len, clamp) in [
-                (64usize, 15usize, 27usize, Some((0.0, f32::INFINITY))),
+            // Every activation: ReLU, ReLU6, HardSwish, HardSigmoid, none.
+            let hard_swish = Activation::HardSwish.curve();
+            let hard_sigmoid = Activation::HardSigmoid {
+                alpha: 0.2,
+                beta: 0.5,
+            }
+            .curve();
+            for (filters, pixels, taps_len, curve) in [
+                (64usize, 15usize, 27usize, Activation::Relu.curve()),
                 (16, 13, 5, None),
-                (3, 7, 1, Some((0.0, 6.0))),
-                (40, 1, 12, Some((0.0, f32::INFINITY))),
-                (100, 29, 9, None),
+                (3, 7, 1, Activation::Relu6.curve()),
+                (40, 1, 12, hard_swish),
+                (100, 29, 9, hard_sigmoid),
                 (5, 0, 3, None),
+                (20, 14, 4, hard_swish),
             ] {
                 let mp = filters.next_multiple_of(FILTER_ALIGN);
                 let step = 3;
@@ -299,7 +309,7 @@ mod tests {
                     taps: &taps,
                     weights: &weights,
                     bias: &bias,
-                    clamp,
+                    curve,
                 };
                 let mut want = vec![0.0; pixels * filters];
                 for p in 0..pixels {
@@ -308,7 +318,7 @@ mod tests {
                         for (k, &t) in taps.iter().enumerate() {
                             acc += input[2 + p * step + t as usize] * weights[k * mp + m];
                         }
-                        want[p * filters + m] = clamp.map_or(acc, |(lo, hi)| acc.max(lo).min(hi));
+                        want[p * filters + m] = curve.map_or(acc, |c| c.apply(acc));
                     }
                 }
                 let mut got = vec![f32::NAN; want.len()];
@@ -334,7 +344,7 @@ mod tests {
             taps: &[0, 4],
             weights: &[0.0; 32],
             bias: &[0.0; 16],
-            clamp: None,
+            curve: None,
         };
         direct_conv_row(Isa::Portable, &row, 16, &mut [0.0; 32]);
     }

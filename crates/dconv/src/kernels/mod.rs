@@ -9,6 +9,7 @@
 
 pub mod aligned;
 pub(crate) mod compact;
+pub mod curve;
 pub(crate) mod depthwise;
 pub(crate) mod direct_conv;
 pub(crate) mod gemm;

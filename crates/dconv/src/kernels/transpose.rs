@@ -1,6 +1,6 @@
 //! Out-of-place transposition of a strided block:
 //! `dst[j * dst_stride + i] = src[i * src_stride + j]` for `i < rows`, `j < cols`, optionally
-//! finishing each value on its way (bias of its source row, then a clamp).
+//! finishing each value on its way (bias of its source row, then an activation).
 //!
 //! A direct convolution over channel planes changes layout twice per layer (channels-last
 //! pixels into planes, and its sums back into channels-last pixels). Element by element
@@ -10,25 +10,22 @@
 //! (16 x 16 blocks with AVX-512 were slower: sixteen destination rows at a plane's stride
 //! apart thrash L1 where eight do not.)
 
+use super::curve::Curve;
 use super::Isa;
 
 /// What a transposition does to each value `v` of source row `i` before storing it:
-/// `max(lo, min(hi, v + bias[i]))`, clamped only when `clamp` is set (a convolution's
-/// bias and activation).
+/// `curve(v + bias[i])`, the curve only when set (a convolution's bias and activation).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Finish<'a> {
     pub bias: &'a [f32],
-    pub clamp: Option<(f32, f32)>,
+    pub curve: Option<Curve>,
 }
 
 impl Finish<'_> {
     #[inline(always)]
     fn apply(&self, i: usize, v: f32) -> f32 {
         let v = v + self.bias[i];
-        match self.clamp {
-            Some((lo, hi)) => v.max(lo).min(hi),
-            None => v,
-        }
+        self.curve.map_or(v, |c| c.apply(v))
     }
 }
 
@@ -135,7 +132,7 @@ fn scalar(b: &mut Block, ((i0, i1), (j0, j1)): ((usize, usize), (usize, usize)))
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Block;
+    use super::{Block, Curve};
     use std::arch::x86_64::*;
 
     const W: usize = 8;
@@ -154,7 +151,7 @@ mod x86 {
             // SAFETY: rows i..i+8 of the bias are inside it.
             let bias = b
                 .finish
-                .map(|f| unsafe { (_mm256_loadu_ps(f.bias.as_ptr().add(i)), f.clamp) });
+                .map(|f| unsafe { (_mm256_loadu_ps(f.bias.as_ptr().add(i)), f.curve) });
             for j in (0..j_full).step_by(W) {
                 // SAFETY: rows i..i+8 and columns j..j+8 are inside both blocks.
                 let rows: [__m256; W] = std::array::from_fn(|k| unsafe {
@@ -162,8 +159,8 @@ mod x86 {
                 });
                 for (k, v) in transpose8(rows).into_iter().enumerate() {
                     let v = match bias {
-                        Some((bias, clamp)) => {
-                            let v = finish8(v, bias, clamp);
+                        Some((bias, curve)) => {
+                            let v = finish8(v, bias, curve);
                             zeros += zeros8(v, W);
                             v
                         }
@@ -219,7 +216,7 @@ mod x86 {
                 Some(f) => {
                     // SAFETY: rows i..i+h of the bias are inside it; the mask reads no others.
                     let bias = unsafe { _mm256_maskload_ps(f.bias.as_ptr().add(i), row_mask) };
-                    let v = finish8(v, bias, f.clamp);
+                    let v = finish8(v, bias, f.curve);
                     zeros += zeros8(v, h);
                     v
                 }
@@ -232,16 +229,24 @@ mod x86 {
         zeros
     }
 
-    /// `max(lo, min(hi, v + bias))`, clamped only when `clamp` is set.
+    /// `curve(v + bias)`, the curve only when set.
     #[inline]
     #[target_feature(enable = "avx")]
-    fn finish8(v: __m256, bias: __m256, clamp: Option<(f32, f32)>) -> __m256 {
+    fn finish8(v: __m256, bias: __m256, curve: Option<Curve>) -> __m256 {
         let v = _mm256_add_ps(v, bias);
-        match clamp {
-            Some((lo, hi)) => {
-                _mm256_min_ps(_mm256_max_ps(v, _mm256_set1_ps(lo)), _mm256_set1_ps(hi))
-            }
-            None => v,
+        let Some(c) = curve else { return v };
+        let affine = _mm256_add_ps(
+            _mm256_mul_ps(_mm256_set1_ps(c.alpha), v),
+            _mm256_set1_ps(c.beta),
+        );
+        let t = _mm256_min_ps(
+            _mm256_max_ps(affine, _mm256_set1_ps(c.lo)),
+            _mm256_set1_ps(c.hi),
+        );
+        if c.gated {
+            _mm256_mul_ps(v, t)
+        } else {
+            t
         }
     }
 
@@ -297,6 +302,7 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::Activation;
     use crate::synth::Rng;
 
     /// Shapes with whole 8 x 8 blocks, ragged edges, and neither.
@@ -342,16 +348,28 @@ mod tests {
         }
     }
 
-    /// With a bias and each clamp: the finished values and their zero count, on every ISA.
+    /// With a bias and each activation: the finished values and their zero count, on every
+    /// ISA.
     #[test]
     fn finishing_matches_the_definition() {
         let mut rng = Rng::new(8);
         for isa in Isa::supported() {
             for (rows, cols) in SHAPES {
-                for clamp in [None, Some((0.0, f32::INFINITY)), Some((0.0, 0.5))] {
+                let curves = [
+                    None,
+                    Some(Curve::clamp(0.0, f32::INFINITY)),
+                    Some(Curve::clamp(0.0, 0.5)),
+                    Activation::HardSwish.curve(),
+                    Activation::HardSigmoid {
+                        alpha: 0.2,
+                        beta: 0.5,
+                    }
+                    .curve(),
+                ];
+                for curve in curves {
                     let (src_stride, dst_stride) = (cols + 1, rows + 2);
                     // Some sums are exactly minus their bias, so that zeros come out
-                    // without a clamp too.
+                    // without an activation too.
                     let bias: Vec<f32> = (0..rows).map(|_| rng.nonzero_value()).collect();
                     let src: Vec<f32> = (0..rows * src_stride)
                         .map(|k| match k % 7 {
@@ -359,7 +377,7 @@ mod tests {
                             _ => rng.nonzero_value(),
                         })
                         .collect();
-                    let finish = Finish { bias: &bias, clamp };
+                    let finish = Finish { bias: &bias, curve };
                     let mut dst = vec![-1.0; cols * dst_stride];
                     let zeros = transpose_finish(
                         isa,
@@ -378,12 +396,12 @@ mod tests {
                             assert_eq!(
                                 dst[j * dst_stride + i],
                                 want,
-                                "{isa} {rows}x{cols} {clamp:?} at {i},{j}"
+                                "{isa} {rows}x{cols} {curve:?} at {i},{j}"
                             );
                         }
                         assert_eq!(dst[j * dst_stride + rows], -1.0, "{isa}: wrote past a row");
                     }
-                    assert_eq!(zeros, want_zeros, "{isa} {rows}x{cols} {clamp:?}");
+                    assert_eq!(zeros, want_zeros, "{isa} {rows}x{cols} {curve:?}");
                 }
             }
         }

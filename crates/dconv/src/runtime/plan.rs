@@ -388,27 +388,66 @@ fn plan_conv(
             _ => break,
         }
     }
-    if let Some(j) = graph.sole_consumer(&out) {
-        let next = &graph.nodes[j];
-        let activation = match next.op_type() {
-            "Relu" => Some(Activation::Relu),
-            "Clip" => resolve_parameters(next, values)
-                .and_then(|inputs| crate::ops::clip_bounds(&ctx_of(next, opset), &inputs))
-                .ok()
-                .and_then(|bounds| match bounds {
-                    (0.0, 6.0) => Some(Activation::Relu6),
-                    (0.0, f32::INFINITY) => Some(Activation::Relu),
-                    _ => None,
-                }),
-            _ => None,
-        };
-        if let Some(activation) = activation {
-            draft.spec.activation = activation;
-            fused.insert(j);
-            out = next.output.first().cloned().unwrap_or_default();
-        }
+    if let Some((activation, nodes, output)) = fused_activation(graph, &out, values, opset) {
+        draft.spec.activation = activation;
+        fused.extend(nodes);
+        out = output;
     }
     Ok((out, draft.finish(b, x)?))
+}
+
+/// The activation after a Conv's output `out` that its epilogue can apply, with the nodes
+/// that compute it and the tensor they write: Relu, Clip to [0, 6] or [0, ∞), HardSigmoid,
+/// HardSwish, or HardSwish written out as four nodes (whose first and third both read
+/// `out`).
+fn fused_activation(
+    graph: &Graph,
+    out: &str,
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> Option<(Activation, Vec<usize>, String)> {
+    let output = |j: usize| graph.nodes[j].output.first().cloned().unwrap_or_default();
+    if let Some(j) = graph.sole_consumer(out) {
+        let next = &graph.nodes[j];
+        let attrs = Attrs(&next.attribute);
+        let activation = match next.op_type() {
+            "Relu" => Activation::Relu,
+            "Clip" => {
+                let ctx = Ctx { attrs, opset };
+                let inputs = resolve_parameters(next, values).ok()?;
+                match crate::ops::clip_bounds(&ctx, &inputs).ok()? {
+                    (0.0, 6.0) => Activation::Relu6,
+                    (0.0, f32::INFINITY) => Activation::Relu,
+                    _ => return None,
+                }
+            }
+            "HardSigmoid" => Activation::HardSigmoid {
+                alpha: attrs.float("alpha", 0.2),
+                beta: attrs.float("beta", 0.5),
+            },
+            "HardSwish" => Activation::HardSwish,
+            _ => return None,
+        };
+        return Some((activation, vec![j], output(j)));
+    }
+    let readers = match graph.consumers.get(out).map(Vec::as_slice) {
+        Some(&[a, b]) if !graph.outputs.contains(out) => [a, b],
+        _ => return None,
+    };
+    readers
+        .iter()
+        .zip(readers.iter().rev())
+        .find_map(|(&add, &other)| {
+            let written = hard_swish_written_out(graph, add, values, opset)?;
+            let [clip, mul, div] = written.nodes;
+            (written.x == out && other == mul).then(|| {
+                (
+                    Activation::HardSwish,
+                    vec![add, clip, mul, div],
+                    written.output,
+                )
+            })
+        })
 }
 
 /// Gives each slot a buffer, reusing the buffers of slots no later step reads. A step's

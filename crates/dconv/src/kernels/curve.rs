@@ -1,0 +1,38 @@
+//! The activations a kernel applies to its sums as it stores them, in one form that a few
+//! vector instructions compute: `y = g(x) · clamp(α·x + β, lo, hi)`, with `g(x) = x` for
+//! a gated curve and 1 otherwise. ReLU is `clamp(x, 0, ∞)`, ReLU6 `clamp(x, 0, 6)`,
+//! HardSigmoid `clamp(α·x + β, 0, 1)` and HardSwish `x · clamp(x/6 + 1/2, 0, 1)`.
+
+/// One activation as a gated clamp (see the module notes).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Curve {
+    pub alpha: f32,
+    pub beta: f32,
+    pub lo: f32,
+    pub hi: f32,
+    /// Whether the clamp multiplies `x` (HardSwish) rather than being the result.
+    pub gated: bool,
+}
+
+impl Curve {
+    /// `clamp(x, lo, hi)`.
+    pub const fn clamp(lo: f32, hi: f32) -> Curve {
+        Curve {
+            alpha: 1.0,
+            beta: 0.0,
+            lo,
+            hi,
+            gated: false,
+        }
+    }
+
+    #[inline(always)]
+    pub fn apply(&self, x: f32) -> f32 {
+        let t = (self.alpha * x + self.beta).max(self.lo).min(self.hi);
+        if self.gated {
+            x * t
+        } else {
+            t
+        }
+    }
+}
