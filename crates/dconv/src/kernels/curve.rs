@@ -26,6 +26,12 @@ impl Curve {
         }
     }
 
+    /// Whether `α·x + β` is `x`: ReLU and ReLU6, whose kernels skip the multiply-add.
+    #[inline(always)]
+    pub fn is_plain_clamp(&self) -> bool {
+        !self.gated && self.alpha == 1.0 && self.beta == 0.0
+    }
+
     #[inline(always)]
     pub fn apply(&self, x: f32) -> f32 {
         let t = (self.alpha * x + self.beta).max(self.lo).min(self.hi);

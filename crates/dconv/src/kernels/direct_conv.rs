@@ -186,8 +186,10 @@ macro_rules! direct_row {
                     if let Some(c) = row.curve {
                         let (alpha, beta) = ($splat(c.alpha), $splat(c.beta));
                         let (lo, hi) = ($splat(c.lo), $splat(c.hi));
+                        let plain = c.is_plain_clamp();
                         for a in acc.iter_mut() {
-                            let t = $min($max($fma_ab(alpha, *a, beta), lo), hi);
+                            let affine = if plain { *a } else { $fma_ab(alpha, *a, beta) };
+                            let t = $min($max(affine, lo), hi);
                             *a = if c.gated { $mul(*a, t) } else { t };
                         }
                     }

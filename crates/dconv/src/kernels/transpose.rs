@@ -235,10 +235,14 @@ mod x86 {
     fn finish8(v: __m256, bias: __m256, curve: Option<Curve>) -> __m256 {
         let v = _mm256_add_ps(v, bias);
         let Some(c) = curve else { return v };
-        let affine = _mm256_add_ps(
-            _mm256_mul_ps(_mm256_set1_ps(c.alpha), v),
-            _mm256_set1_ps(c.beta),
-        );
+        let affine = if c.is_plain_clamp() {
+            v
+        } else {
+            _mm256_add_ps(
+                _mm256_mul_ps(_mm256_set1_ps(c.alpha), v),
+                _mm256_set1_ps(c.beta),
+            )
+        };
         let t = _mm256_min_ps(
             _mm256_max_ps(affine, _mm256_set1_ps(c.lo)),
             _mm256_set1_ps(c.hi),
