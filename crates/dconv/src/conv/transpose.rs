@@ -11,6 +11,7 @@
 //! bias and the fused activation. The columns are computed for a block of input rows at a
 //! time, so that their memory stays bounded whatever the image's size.
 
+use super::spec::product;
 use super::{Activation, Epilogue, Workspace};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::gemm_f32;
@@ -374,13 +375,6 @@ fn add(sums: &mut [f32], values: &[f32]) {
     }
 }
 
-fn product(values: &[usize], what: &'static str) -> Result<usize> {
-    values
-        .iter()
-        .try_fold(1usize, |acc, &v| acc.checked_mul(v))
-        .ok_or(Error::Overflow(what))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -420,11 +414,10 @@ mod tests {
         y
     }
 
-    /// Blocks of one input row, rows no input reaches (stride above the kernel's extent),
-    /// negative crops and a fused ReLU give the definition's result and count its zeros.
-    #[test]
-    fn blocks_of_rows_and_unreached_rows_match_the_definition() {
-        let spec = TransposeSpec {
+    /// Groups, a stride above the kernel's extent (rows no input reaches), a negative crop
+    /// and a fused ReLU.
+    fn odd_spec() -> TransposeSpec {
+        TransposeSpec {
             batch: 2,
             channels: 4,
             height: 5,
@@ -437,7 +430,13 @@ mod tests {
             output: [17, 8],
             groups: 2,
             activation: Activation::Relu,
-        };
+        }
+    }
+
+    /// Blocks of one input row or more give the definition's result and count its zeros.
+    #[test]
+    fn blocks_of_rows_and_unreached_rows_match_the_definition() {
+        let spec = odd_spec();
         let x: Vec<f32> = (0..spec.input_len().unwrap())
             .map(|i| (i % 7) as f32 - 3.0)
             .collect();
@@ -458,20 +457,7 @@ mod tests {
 
     #[test]
     fn sizes_that_overflow_are_refused() {
-        let ok = TransposeSpec {
-            batch: 1,
-            channels: 2,
-            height: 3,
-            width: 3,
-            filters: 2,
-            kernel: [3, 3],
-            stride: [2, 2],
-            dilation: [1, 1],
-            crop: [1, 1],
-            output: [5, 5],
-            groups: 1,
-            activation: Activation::None,
-        };
+        let ok = odd_spec();
         ok.validate().unwrap();
         for bad in [
             TransposeSpec {

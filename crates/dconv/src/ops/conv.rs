@@ -77,6 +77,21 @@ pub(crate) fn window_extent(kernel: usize, dilation: usize) -> Result<usize> {
         })
 }
 
+/// The optional bias input of a convolution with `filters` outputs (zeros without one).
+pub(crate) fn read_bias(b: Option<&Value>, filters: usize) -> Result<Vec<f32>> {
+    let Some(b) = b else {
+        return Ok(vec![0.0; filters]);
+    };
+    let bias = need_const_f32(b, "bias")?;
+    if bias.len() != filters {
+        return Err(Error::InvalidModel(format!(
+            "bias of shape {:?} for {filters} filters",
+            b.shape()
+        )));
+    }
+    Ok(bias.to_vec())
+}
+
 /// Reads a Conv node whose input has logical shape `x` (rank 3 or 4).
 pub(crate) fn draft(ctx: &Ctx, x: &[usize], w: &Value, b: Option<&Value>) -> Result<ConvDraft> {
     let rank = x.len();
@@ -154,19 +169,7 @@ pub(crate) fn draft(ctx: &Ctx, x: &[usize], w: &Value, b: Option<&Value>) -> Res
         .with_groups(groups)
         .with_bias(true);
     spec.validate()?;
-    let bias = match b {
-        Some(b) => {
-            let bias = need_const_f32(b, "bias")?;
-            if bias.len() != filters {
-                return Err(Error::InvalidModel(format!(
-                    "bias of shape {:?} for {filters} filters",
-                    b.shape()
-                )));
-            }
-            bias.to_vec()
-        }
-        None => vec![0.0; filters],
-    };
+    let bias = read_bias(b, filters)?;
     let [oh, ow] = spec.output_size();
     let out_shape = if rank == 4 {
         vec![x[0], filters, oh, ow]

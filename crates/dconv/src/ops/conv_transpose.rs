@@ -3,7 +3,7 @@
 //! (see [`Draft`]); the step runs channels-last like a Conv, so that none of the layout
 //! conversions of a decoder's Conv, ConvTranspose, Conv are needed.
 
-use super::conv::Draft;
+use super::conv::{read_bias, Draft};
 use super::normalize::BatchNorm;
 use super::{need_const_f32, Ctx};
 use crate::conv::{Activation, ConvTranspose, TransposeSpec};
@@ -169,14 +169,14 @@ pub(crate) fn draft(
     let resolved = pads_and_output(ctx, x, &stride, &full)?;
     let out = resolved
         .iter()
-        .map(|&(_, _, out)| usize::try_from(out).ok().filter(|&o| o > 0))
-        .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| {
-            Error::InvalidModel(format!(
-                "pads {:?} leave no output of the full {full:?}",
-                resolved.iter().map(|&(b, e, _)| (b, e)).collect::<Vec<_>>()
-            ))
-        })?;
+        .map(|&(begin, end, out)| match usize::try_from(out) {
+            Ok(out) if out > 0 => Ok(out),
+            Err(_) if out > 0 => Err(Error::Overflow("the ConvTranspose output size")),
+            _ => Err(Error::InvalidModel(format!(
+                "pads ({begin}, {end}) leave no output of the full {full:?}"
+            ))),
+        })
+        .collect::<Result<Vec<usize>>>()?;
     let crop = resolved
         .iter()
         .map(|&(begin, _, _)| isize::try_from(begin))
@@ -202,19 +202,7 @@ pub(crate) fn draft(
         activation: Activation::None,
     };
     spec.validate()?;
-    let bias = match b {
-        Some(b) => {
-            let bias = need_const_f32(b, "bias")?;
-            if bias.len() != filters {
-                return Err(Error::InvalidModel(format!(
-                    "bias of shape {:?} for {filters} filters",
-                    b.shape()
-                )));
-            }
-            bias.to_vec()
-        }
-        None => vec![0.0; filters],
-    };
+    let bias = read_bias(b, filters)?;
     let mut out_shape = vec![x[0], filters];
     out_shape.extend(&out);
     Ok(TransposeDraft {
