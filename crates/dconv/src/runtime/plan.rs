@@ -1,7 +1,7 @@
 //! Planning: one pass over a model's nodes for one set of input shapes. Constants fold,
 //! BatchNormalization folds into the Conv (or ConvTranspose) before it, a ReLU or ReLU6
-//! after one fuses into it, HardSwish written out as four nodes runs as one, layouts are fixed, and every
-//! run-time tensor gets a buffer that is reused once the tensor is dead.
+//! after one fuses into it, HardSwish written out as four nodes runs as one, layouts are
+//! fixed, and every run-time tensor gets a buffer that is reused once the tensor is dead.
 
 use super::builder::{Builder, Dynamic, Src, Step, Value, LAYOUT_OP};
 use super::layout::Layout;
