@@ -117,14 +117,21 @@ fn print_report(r: &Report) {
         .max()
         .unwrap_or(0)
         .max(5);
+    let op_width = r
+        .layers
+        .iter()
+        .map(|l| l.op.len())
+        .max()
+        .unwrap_or(0)
+        .max(10);
     println!(
-        "{:<width$}  {:<10}  {:<13}  {:>8}  {:>8}  {:>8}  {:>9}",
+        "{:<width$}  {:<op_width$}  {:<13}  {:>8}  {:>8}  {:>8}  {:>9}",
         "layer", "op", "method", "in zeros", "w zeros", "GMACs", "median ms"
     );
     let percent = |f: f64| format!("{:.1} %", 100.0 * f);
     for l in &r.layers {
         println!(
-            "{:<width$}  {:<10}  {:<13}  {:>8}  {:>8}  {:>8}  {:>9.3}",
+            "{:<width$}  {:<op_width$}  {:<13}  {:>8}  {:>8}  {:>8}  {:>9.3}",
             l.name,
             l.op,
             l.algorithm.as_deref().unwrap_or("-"),

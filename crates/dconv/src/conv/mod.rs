@@ -18,9 +18,11 @@ mod shifted_gemm;
 mod sparse_weight;
 mod spec;
 mod tiles;
+mod transpose;
 mod workspace;
 
 pub use spec::{Activation, ConvSpec, Padding};
+pub(crate) use transpose::{ConvTranspose, TransposeSpec};
 pub use workspace::Workspace;
 
 use crate::error::{Error, Result};

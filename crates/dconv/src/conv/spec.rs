@@ -318,7 +318,8 @@ fn add(a: usize, b: usize) -> Result<usize> {
 fn mul(a: usize, b: usize) -> Result<usize> {
     a.checked_mul(b).ok_or(Error::Overflow("convolution size"))
 }
-fn product(values: &[usize], what: &'static str) -> Result<usize> {
+/// The product of `values`, or an overflow error naming `what`.
+pub(super) fn product(values: &[usize], what: &'static str) -> Result<usize> {
     values
         .iter()
         .try_fold(1usize, |acc, &v| acc.checked_mul(v))

@@ -8,7 +8,8 @@ use std::mem::size_of;
 /// and layers: they grow to the largest need and are never shrunk.
 #[derive(Default)]
 pub struct Workspace {
-    /// The dense lowered matrix (im2col) of one image and group.
+    /// The dense lowered matrix (im2col) of one image and group; a transposed convolution's
+    /// columns.
     pub(crate) lowered: Vec<f32>,
     /// The current image's non-zeros, pixel by pixel.
     pub(crate) csoa: Csoa,

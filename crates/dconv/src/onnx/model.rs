@@ -11,7 +11,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 /// The default-domain opsets dconv implements.
-pub const OPSETS: std::ops::RangeInclusive<i64> = 6..=21;
+pub const OPSETS: std::ops::RangeInclusive<i64> = 6..=22;
 
 /// One dimension of a declared input shape.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,7 +313,7 @@ fn input_arity(op: &str) -> Option<(usize, usize)> {
         | "ConstantOfShape" | "Cast" | "Identity" => (1, 1),
         "Add" | "Sub" | "Mul" | "Div" | "PRelu" | "Pow" | "MatMul" | "Gather" => (2, 2),
         "Max" | "Min" | "Sum" | "Concat" => (1, any),
-        "Conv" | "Gemm" => (2, 3),
+        "Conv" | "ConvTranspose" | "Gemm" => (2, 3),
         "Clip" | "Dropout" => (1, 3),
         "BatchNormalization" => (5, 5),
         "Reshape" | "Squeeze" | "Unsqueeze" => (1, 2),

@@ -1,6 +1,7 @@
 //! Conv: ONNX attributes to a [`ConvSpec`], BatchNormalization folding, activation fusion,
 //! and the run-time step that picks a prepared method per run from the input's sparsity.
 
+use super::normalize::BatchNorm;
 use super::{need_const_f32, Ctx};
 use crate::conv::{Activation, Conv, ConvSpec, Method, Workspace};
 use crate::error::{Error, Result};
@@ -74,6 +75,21 @@ pub(crate) fn window_extent(kernel: usize, dilation: usize) -> Result<usize> {
                 "a window of {kernel} taps dilated by {dilation} has no valid extent"
             ))
         })
+}
+
+/// The optional bias input of a convolution with `filters` outputs (zeros without one).
+pub(crate) fn read_bias(b: Option<&Value>, filters: usize) -> Result<Vec<f32>> {
+    let Some(b) = b else {
+        return Ok(vec![0.0; filters]);
+    };
+    let bias = need_const_f32(b, "bias")?;
+    if bias.len() != filters {
+        return Err(Error::InvalidModel(format!(
+            "bias of shape {:?} for {filters} filters",
+            b.shape()
+        )));
+    }
+    Ok(bias.to_vec())
 }
 
 /// Reads a Conv node whose input has logical shape `x` (rank 3 or 4).
@@ -153,19 +169,7 @@ pub(crate) fn draft(ctx: &Ctx, x: &[usize], w: &Value, b: Option<&Value>) -> Res
         .with_groups(groups)
         .with_bias(true);
     spec.validate()?;
-    let bias = match b {
-        Some(b) => {
-            let bias = need_const_f32(b, "bias")?;
-            if bias.len() != filters {
-                return Err(Error::InvalidModel(format!(
-                    "bias of shape {:?} for {filters} filters",
-                    b.shape()
-                )));
-            }
-            bias.to_vec()
-        }
-        None => vec![0.0; filters],
-    };
+    let bias = read_bias(b, filters)?;
     let [oh, ow] = spec.output_size();
     let out_shape = if rank == 4 {
         vec![x[0], filters, oh, ow]
@@ -180,9 +184,25 @@ pub(crate) fn draft(ctx: &Ctx, x: &[usize], w: &Value, b: Option<&Value>) -> Res
     })
 }
 
-impl ConvDraft {
-    /// Folds `y = (x - mean) * scale / sqrt(var + eps) + shift` into the weights and bias.
-    pub fn fold_batch_norm(&mut self, bn: &super::normalize::BatchNorm) {
+/// A convolution (plain or transposed) read from its node, into which the planner folds
+/// the per-channel affine maps and the activation that follow it.
+pub(crate) trait Draft {
+    /// Output channels.
+    fn filters(&self) -> usize;
+    /// Folds `y = x * scale[m] + shift[m]` (a BatchNormalization) into the weights and bias.
+    fn fold_batch_norm(&mut self, bn: &BatchNorm);
+    /// Applies `activation` to the output as it is written.
+    fn fuse(&mut self, activation: Activation);
+    /// Packs the weights and adds the step, reading `input`.
+    fn finish(self: Box<Self>, b: &mut Builder, input: &Value) -> Result<Value>;
+}
+
+impl Draft for ConvDraft {
+    fn filters(&self) -> usize {
+        self.spec.filters
+    }
+
+    fn fold_batch_norm(&mut self, bn: &BatchNorm) {
         let per_filter = self.weights.len() / self.spec.filters;
         for (m, filter) in self.weights.chunks_exact_mut(per_filter).enumerate() {
             filter.iter_mut().for_each(|w| *w *= bn.scale[m]);
@@ -190,8 +210,12 @@ impl ConvDraft {
         }
     }
 
+    fn fuse(&mut self, activation: Activation) {
+        self.spec.activation = activation;
+    }
+
     /// Prepares the methods the policy may pick and adds the step.
-    pub fn finish(self, b: &mut Builder, input: &Value) -> Result<Value> {
+    fn finish(self: Box<Self>, b: &mut Builder, input: &Value) -> Result<Value> {
         let x = b.in_layout(input, Layout::ChannelsLast)?;
         let zeros = self.weights.iter().filter(|&&w| w == 0.0).count();
         let weight_sparsity = zeros as f64 / self.weights.len().max(1) as f64;

@@ -3,6 +3,7 @@
 //! resolved, or folds itself to a constant when its inputs are constants.
 
 pub(crate) mod conv;
+pub(crate) mod conv_transpose;
 pub(crate) mod copy;
 mod elementwise;
 mod matmul;

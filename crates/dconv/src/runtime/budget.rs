@@ -1,10 +1,10 @@
 //! A plan's memory against the session's budget: its buffers, folded constants, prepared
-//! weights and the one workspace its convolutions share, and, when that is too much, the
-//! leaner plan that `auto` falls back to.
+//! weights and the one workspace its convolutions (transposed ones too) share, and, when
+//! that is too much, the leaner plan that `auto` falls back to.
 
 use super::builder::{Builder, Step, StepOp};
 use super::policy::Selection;
-use crate::conv::{Conv, Method};
+use crate::conv::{Conv, ConvTranspose, Method};
 use crate::error::{Error, Result};
 use crate::ops::conv::ConvStep;
 use std::mem::size_of;
@@ -13,7 +13,8 @@ use std::mem::size_of;
 /// keeping only the methods whose workspace is at most `limit` bytes (`usize::MAX`: all;
 /// see [`ConvStep::kept_within`]). Each method's buffers grow to the largest layer that
 /// method runs and are never shrunk, so the bound is, per method, its largest layer's
-/// workspace, summed over methods (a buffer two methods share counts twice).
+/// workspace, summed over methods (a buffer two methods share counts twice), plus the
+/// largest transposed convolution's.
 pub(crate) fn workspace_bytes(steps: &[Step], limit: usize) -> usize {
     let mut largest = [0usize; Method::ALL.len()];
     for conv in conv_steps(steps).flat_map(|step| step.kept_within(limit)) {
@@ -21,9 +22,12 @@ pub(crate) fn workspace_bytes(steps: &[Step], limit: usize) -> usize {
         let slot = &mut largest[m.expect("every method is in Method::ALL")];
         *slot = (*slot).max(conv.scratch_bytes());
     }
+    let transposed = transposed_steps(steps).map(ConvTranspose::scratch_bytes);
     largest
         .iter()
-        .fold(0, |sum, &bytes| sum.saturating_add(bytes))
+        .copied()
+        .chain(transposed.max())
+        .fold(0, usize::saturating_add)
 }
 
 /// The most bytes the convolutions' packed weights and the session's workspace take when
@@ -54,6 +58,7 @@ pub(crate) fn fit(
         .iter()
         .map(|&len| len.saturating_mul(size_of::<f32>()))
         .chain([b.folded_bytes])
+        .chain(transposed_steps(&b.steps).map(|t| ConvTranspose::prepared_bytes(t.spec())))
         .fold(0, usize::saturating_add);
     let notes = shed(&mut b.steps, &b.selection, budget.saturating_sub(fixed));
     b.budget_notes.extend(notes);
@@ -109,7 +114,15 @@ fn shed(steps: &mut [Step], selection: &Selection, allowance: usize) -> Vec<Stri
 fn conv_steps(steps: &[Step]) -> impl Iterator<Item = &ConvStep> {
     steps.iter().filter_map(|step| match &step.op {
         StepOp::Conv(conv) => Some(&**conv),
-        StepOp::Kernel(_) => None,
+        StepOp::ConvTranspose(_) | StepOp::Kernel(_) => None,
+    })
+}
+
+/// The transposed convolution steps, in order.
+fn transposed_steps(steps: &[Step]) -> impl Iterator<Item = &ConvTranspose> {
+    steps.iter().filter_map(|step| match &step.op {
+        StepOp::ConvTranspose(conv) => Some(&**conv),
+        StepOp::Conv(_) | StepOp::Kernel(_) => None,
     })
 }
 

@@ -4,7 +4,7 @@
 
 use super::layout::{plain_strides, Layout};
 use super::policy::Selection;
-use crate::conv::{Conv, ConvSpec, Method};
+use crate::conv::{Conv, ConvSpec, ConvTranspose, Method};
 use crate::error::{Error, Result};
 use crate::limits::{checked_elements, MAX_FOLDED_BYTES};
 use crate::ops::conv::ConvStep;
@@ -66,6 +66,7 @@ impl Value {
 /// What a step does.
 pub(crate) enum StepOp {
     Conv(Box<ConvStep>),
+    ConvTranspose(Box<ConvTranspose>),
     Kernel(Box<dyn Kernel>),
 }
 

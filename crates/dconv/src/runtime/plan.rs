@@ -1,7 +1,7 @@
 //! Planning: one pass over a model's nodes for one set of input shapes. Constants fold,
-//! BatchNormalization folds into the Conv before it, a ReLU or ReLU6 after a Conv fuses
-//! into it, HardSwish written out as four nodes runs as one, layouts are fixed, and every
-//! run-time tensor gets a buffer that is reused once the tensor is dead.
+//! BatchNormalization folds into the Conv (or ConvTranspose) before it, a ReLU or ReLU6
+//! after one fuses into it, HardSwish written out as four nodes runs as one, layouts are
+//! fixed, and every run-time tensor gets a buffer that is reused once the tensor is dead.
 
 use super::builder::{Builder, Dynamic, Src, Step, Value, LAYOUT_OP};
 use super::layout::Layout;
@@ -9,8 +9,9 @@ use super::policy::Selection;
 use crate::conv::Activation;
 use crate::error::{Error, Result};
 use crate::onnx::{node_label, Attrs, Model, Node};
+use crate::ops::conv::Draft;
 use crate::ops::normalize::BatchNorm;
-use crate::ops::{conv, plan_op, Ctx};
+use crate::ops::{conv, conv_transpose, plan_op, Ctx};
 use crate::tensor::Tensor;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -111,7 +112,8 @@ pub(crate) fn build(
             }
             let constant = |name: &String| values.get(name).is_some_and(|v| v.as_const().is_some());
             let inputs_constant = node.input.iter().filter(|n| !n.is_empty()).all(constant);
-            if constants_pass && (node.op_type() == "Conv" || !inputs_constant) {
+            let convolution = matches!(node.op_type(), "Conv" | "ConvTranspose");
+            if constants_pass && (convolution || !inputs_constant) {
                 continue;
             }
             b.node = node_label(node, i);
@@ -133,7 +135,7 @@ pub(crate) fn build(
                 fused.extend(hard_swish.nodes);
                 continue;
             }
-            if node.op_type() == "Conv" {
+            if convolution {
                 let (name, value) =
                     plan_conv(&mut b, &ctx, &graph, i, &node_inputs, &values, &mut fused)
                         .map_err(&wrap)?;
@@ -321,8 +323,8 @@ fn resolve_input(name: &str, values: &HashMap<String, Value>) -> Result<Option<V
     })
 }
 
-/// Plans a Conv with the BatchNormalization and activation that follow it folded in;
-/// returns the name and value of the last fused node's output.
+/// Plans a Conv or ConvTranspose with the BatchNormalization and activation that follow it
+/// folded in; returns the name and value of the last fused node's output.
 fn plan_conv(
     b: &mut Builder,
     ctx: &Ctx,
@@ -333,15 +335,21 @@ fn plan_conv(
     fused: &mut HashSet<usize>,
 ) -> Result<(String, Value)> {
     let node = &graph.nodes[i];
+    let op = node.op_type();
     let x = inputs
         .first()
         .and_then(Option::as_ref)
-        .ok_or_else(|| Error::InvalidModel("Conv needs an input".into()))?;
+        .ok_or_else(|| Error::InvalidModel(format!("{op} needs an input")))?;
     let w = inputs
         .get(1)
         .and_then(Option::as_ref)
-        .ok_or_else(|| Error::InvalidModel("Conv needs weights".into()))?;
-    let mut draft = conv::draft(ctx, x.shape(), w, inputs.get(2).and_then(Option::as_ref))?;
+        .ok_or_else(|| Error::InvalidModel(format!("{op} needs weights")))?;
+    let bias = inputs.get(2).and_then(Option::as_ref);
+    let mut draft: Box<dyn Draft> = if op == "ConvTranspose" {
+        Box::new(conv_transpose::draft(ctx, x.shape(), w, bias)?)
+    } else {
+        Box::new(conv::draft(ctx, x.shape(), w, bias)?)
+    };
     let mut out = node.output.first().cloned().unwrap_or_default();
     let opset = ctx.opset;
     fn ctx_of(n: &Node, opset: i64) -> Ctx<'_> {
@@ -357,7 +365,7 @@ fn plan_conv(
     while let Some(j) = graph.sole_consumer(&out) {
         let next = &graph.nodes[j];
         let only_y = next.output.iter().skip(1).all(|o| graph.is_unused(o));
-        let filters = draft.spec.filters;
+        let filters = draft.filters();
         let affine = match next.op_type() {
             "BatchNormalization" if only_y => resolve_parameters(next, values)
                 .and_then(|inputs| BatchNorm::from_inputs(&ctx_of(next, opset), &inputs))
@@ -389,7 +397,7 @@ fn plan_conv(
         }
     }
     if let Some((activation, nodes, output)) = fused_activation(graph, &out, values, opset) {
-        draft.spec.activation = activation;
+        draft.fuse(activation);
         fused.extend(nodes);
         out = output;
     }

@@ -226,7 +226,7 @@ impl<'m> Session<'m> {
             .iter()
             .filter_map(|s| match &s.op {
                 StepOp::Conv(c) => Some((s.node.clone(), c.methods().collect())),
-                StepOp::Kernel(_) => None,
+                StepOp::ConvTranspose(_) | StepOp::Kernel(_) => None,
             })
             .collect())
     }
@@ -353,6 +353,7 @@ fn step_profile(
 ) -> StepProfile {
     let (weight_sparsity, macs) = match &step.op {
         StepOp::Conv(conv) => (Some(conv.weight_sparsity()), conv.macs()),
+        StepOp::ConvTranspose(conv) => (None, conv.spec().macs().unwrap_or(0)),
         StepOp::Kernel(_) => (None, 0),
     };
     StepProfile {
@@ -409,8 +410,17 @@ fn execute(
             .as_ref()
             .map(|_| known.unwrap_or_else(|| read.first().map_or(0.0, |r| zero_fraction(r))));
         let started = profile.as_ref().map(|_| Instant::now());
+        let in_step = |e| Error::Node {
+            node: step.node.clone(),
+            op: step.op_type.clone(),
+            source: Box::new(e),
+        };
         let (counted, method) = match &step.op {
             StepOp::Kernel(kernel) => (kernel.run(&read, out), None),
+            StepOp::ConvTranspose(conv) => {
+                let zeros = conv.run(read[0], out, workspace).map_err(in_step)?;
+                (Some(zeros as f64 / out.len().max(1) as f64), None)
+            }
             StepOp::Conv(conv) => {
                 let done = probe
                     .as_deref_mut()
@@ -418,11 +428,7 @@ fn execute(
                         p.before_conv(&step.node, conv, read[0], known, out, workspace)
                     })
                     .and_then(|()| conv.run(read[0], known, out, workspace))
-                    .map_err(|e| Error::Node {
-                        node: step.node.clone(),
-                        op: "Conv".into(),
-                        source: Box::new(e),
-                    })?;
+                    .map_err(in_step)?;
                 (done.output_sparsity, Some(done.method))
             }
         };
