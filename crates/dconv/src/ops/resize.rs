@@ -553,29 +553,48 @@ impl Resize {
     /// One output row, which reads input rows as `tap` says; returns its zeros.
     #[inline(always)]
     fn row<'a>(&self, image: &'a [f32], tap: Option<Tap>, out: &mut [f32]) -> usize {
-        let lanes = self.lanes;
+        let (lanes, outside) = (self.lanes, self.extrapolation);
         let line = self.input[1] * lanes;
-        match tap {
-            None => out.fill(self.extrapolation),
-            Some(ty) => {
-                let upper = &image[ty.lo * line..][..line];
-                let lower = &image[ty.hi * line..][..line];
-                let pixel = |row: &'a [f32], x: usize| &row[x * lanes..][..lanes];
-                for (tx, px) in self.cols.iter().zip(out.chunks_exact_mut(lanes)) {
-                    let Some(tx) = tx else {
-                        px.fill(self.extrapolation);
-                        continue;
-                    };
-                    if !self.linear {
-                        px.copy_from_slice(pixel(upper, tx.lo));
-                        continue;
-                    }
-                    let ([y0, y1], [x0, x1]) = (ty.weights, tx.weights);
-                    let (a, b) = (pixel(upper, tx.lo), pixel(upper, tx.hi));
-                    let (c, d) = (pixel(lower, tx.lo), pixel(lower, tx.hi));
-                    for ((((p, &a), &b), &c), &d) in px.iter_mut().zip(a).zip(b).zip(c).zip(d) {
-                        *p = y0 * (x0 * a + x1 * b) + y1 * (x0 * c + x1 * d);
-                    }
+        let Some(ty) = tap else {
+            out.fill(outside);
+            return if outside == 0.0 { out.len() } else { 0 };
+        };
+        let upper = &image[ty.lo * line..][..line];
+        let lower = &image[ty.hi * line..][..line];
+        let [y0, y1] = ty.weights;
+        let cols = self.cols.iter();
+        if lanes == 1 {
+            // Plain layout: a value per pixel, gathered along the row.
+            if self.linear {
+                for (tx, p) in cols.zip(out.iter_mut()) {
+                    *p = tx.map_or(outside, |t| {
+                        let [x0, x1] = t.weights;
+                        y0 * (x0 * upper[t.lo] + x1 * upper[t.hi])
+                            + y1 * (x0 * lower[t.lo] + x1 * lower[t.hi])
+                    });
+                }
+            } else {
+                for (tx, p) in cols.zip(out.iter_mut()) {
+                    *p = tx.map_or(outside, |t| upper[t.lo]);
+                }
+            }
+        } else {
+            // Channels-last: whole channel vectors.
+            let pixel = |row: &'a [f32], x: usize| &row[x * lanes..][..lanes];
+            for (tx, px) in cols.zip(out.chunks_exact_mut(lanes)) {
+                let Some(tx) = tx else {
+                    px.fill(outside);
+                    continue;
+                };
+                if !self.linear {
+                    px.copy_from_slice(pixel(upper, tx.lo));
+                    continue;
+                }
+                let [x0, x1] = tx.weights;
+                let (a, b) = (pixel(upper, tx.lo), pixel(upper, tx.hi));
+                let (c, d) = (pixel(lower, tx.lo), pixel(lower, tx.hi));
+                for ((((p, &a), &b), &c), &d) in px.iter_mut().zip(a).zip(b).zip(c).zip(d) {
+                    *p = y0 * (x0 * a + x1 * b) + y1 * (x0 * c + x1 * d);
                 }
             }
         }
