@@ -1,6 +1,7 @@
 //! Resize equals a reference written from ONNX's formulas on random shapes, scales, sizes and
-//! modes, on a plain input and after a Conv (channels-last inside); malformed Resize,
-//! Upsample and Pad nodes are refused with errors that say what is wrong, never a panic.
+//! modes, on a plain input and after a Conv (channels-last inside); Pad gives the same after a
+//! Conv as on a plain input; malformed Resize, Upsample and Pad nodes are refused with errors
+//! that say what is wrong, never a panic.
 
 use dconv::onnx::proto::{
     tensor_proto::DataType, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
@@ -322,23 +323,34 @@ fn model(opset: i64, nodes: Vec<NodeProto>, initializer: Vec<TensorProto>) -> Mo
     }
 }
 
+/// Adds a 1x1 Conv that passes `x` (`channels` channels, rank `rank`) through unchanged, into
+/// the channels-last layout; returns its output.
+fn identity_conv(
+    channels: usize,
+    rank: usize,
+    nodes: &mut Vec<NodeProto>,
+    initializer: &mut Vec<TensorProto>,
+) -> &'static str {
+    let mut dims = vec![channels as i64; 2];
+    dims.resize(rank, 1);
+    let identity = (0..channels * channels)
+        .map(|i| if i % (channels + 1) == 0 { 1.0 } else { 0.0 })
+        .collect();
+    initializer.push(TensorProto {
+        dims,
+        ..floats("w", identity)
+    });
+    nodes.push(node("Conv", &["x", "w"], "c", vec![]));
+    "c"
+}
+
 fn resize_model(case: &Case) -> ModelProto {
     let rank = case.shape.len();
     let c = case.shape[1];
     let mut initializer = Vec::new();
     let mut nodes = Vec::new();
     let data = if case.after_conv {
-        let mut dims = vec![c as i64, c as i64];
-        dims.resize(rank, 1);
-        let identity = (0..c * c)
-            .map(|i| if i % (c + 1) == 0 { 1.0 } else { 0.0 })
-            .collect();
-        initializer.push(TensorProto {
-            dims,
-            ..floats("w", identity)
-        });
-        nodes.push(node("Conv", &["x", "w"], "c", vec![]));
-        "c"
+        identity_conv(c, rank, &mut nodes, &mut initializer)
     } else {
         "x"
     };
@@ -375,6 +387,45 @@ fn resize_model(case: &Case) -> ModelProto {
     ];
     nodes.push(node("Resize", &inputs, "y", attributes));
     model(19, nodes, initializer)
+}
+
+#[test]
+fn pad_after_a_conv_equals_pad_of_its_input() {
+    let shape = vec![2, 3, 4, 5];
+    let values: Vec<f32> = (0..120).map(|i| (i % 17) as f32 - 8.0).collect();
+    // Mode, pads, and the axes they pad (all when none are given).
+    let cases: [(&str, &[i64], &[i64]); 6] = [
+        ("constant", &[0, 1, 2, 3, 0, 2, 1, 0], &[]),
+        ("edge", &[0, 0, 1, 2, 0, 0, 3, 1], &[]),
+        ("reflect", &[0, 0, 1, 3, 0, 0, 2, 4], &[]),
+        ("reflect", &[7, 9, 6, 11], &[2, 3]),
+        ("wrap", &[0, 0, 5, 12, 0, 0, 9, 2], &[]),
+        ("edge", &[1, 2], &[-1]),
+    ];
+    for (mode, pads, axes) in cases {
+        let run = |after_conv: bool| {
+            let (mut nodes, mut initializer) = (Vec::new(), vec![ints("pads", pads.to_vec())]);
+            let data = if after_conv {
+                identity_conv(3, 4, &mut nodes, &mut initializer)
+            } else {
+                "x"
+            };
+            let mut inputs = vec![data, "pads"];
+            if !axes.is_empty() {
+                initializer.push(ints("axes", axes.to_vec()));
+                inputs.extend(["", "axes"]);
+            }
+            nodes.push(node("Pad", &inputs, "y", vec![text("mode", mode)]));
+            let proto = model(19, nodes, initializer);
+            let model = Model::from_bytes(&proto.encode_to_vec(), None).unwrap();
+            let session = Session::new(&model, SessionOptions::default()).unwrap();
+            let x = Tensor::from_f32(shape.clone(), values.clone()).unwrap();
+            session.run(&[("x", x)]).unwrap().remove(0).1
+        };
+        let (plain, channels_last) = (run(false), run(true));
+        assert_eq!(plain, channels_last, "{mode} by {pads:?} on {axes:?}");
+        assert!(plain.len() > 120, "{mode} by {pads:?}");
+    }
 }
 
 /// The error of running `op` on inputs `inputs` (`x`, 1x1x4x4, and initializers) at `opset`:
