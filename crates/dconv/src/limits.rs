@@ -12,6 +12,9 @@ pub const MAX_NODES: usize = 100_000;
 pub const MAX_NODE_ARITY: usize = 1024;
 /// Most values in a list attribute (`pads`, `perm`, `value_ints`...).
 pub const MAX_ATTRIBUTE_VALUES: usize = 4096;
+/// Most strided copies one data-movement step may make (a Pad in mode reflect or wrap with
+/// pads many times its data's length needs a copy per repeat).
+pub const MAX_COPY_PARTS: usize = 1 << 12;
 /// Most bytes of constants a plan may fold (a Transpose of a weight, a ConstantOfShape) when
 /// the session has no memory budget of its own.
 pub const MAX_FOLDED_BYTES: usize = 4 << 30;

@@ -31,6 +31,22 @@ impl<'a> Attrs<'a> {
         self.get(name)
             .map(|a| String::from_utf8_lossy(a.s()).into_owned())
     }
+    /// The value of string attribute `name` (`default` when absent) among `options`; any
+    /// other value is an error that lists them.
+    pub fn choice<T: Copy>(&self, name: &str, default: &str, options: &[(&str, T)]) -> Result<T> {
+        let value = self.string(name).unwrap_or_else(|| default.to_string());
+        options
+            .iter()
+            .find(|(known, _)| *known == value)
+            .map(|&(_, t)| t)
+            .ok_or_else(|| {
+                let known: Vec<&str> = options.iter().map(|(k, _)| *k).collect();
+                Error::InvalidModel(format!(
+                    "attribute {name} is '{value}' (expected one of: {})",
+                    known.join(", ")
+                ))
+            })
+    }
     pub fn tensor(&self, name: &str) -> Result<Option<Tensor>> {
         self.get(name)
             .and_then(|a| a.t.as_ref())

@@ -13,5 +13,5 @@ pub mod proto {
 
 pub(crate) use attrs::Attrs;
 pub(crate) use model::node_label;
-pub use model::{Dim, Model, ModelInput, Node};
+pub use model::{Dim, Model, ModelInput, Node, OPSETS};
 pub use tensor_proto::{decode_tensor, read_tensor_file};

@@ -316,9 +316,9 @@ fn input_arity(op: &str) -> Option<(usize, usize)> {
         "Conv" | "ConvTranspose" | "Gemm" => (2, 3),
         "Clip" | "Dropout" => (1, 3),
         "BatchNormalization" => (5, 5),
-        "Reshape" | "Squeeze" | "Unsqueeze" => (1, 2),
+        "Reshape" | "Squeeze" | "Unsqueeze" | "Upsample" => (1, 2),
         "Slice" => (1, 5),
-        "Pad" => (1, 4),
+        "Pad" | "Resize" => (1, 4),
         _ => return None,
     })
 }

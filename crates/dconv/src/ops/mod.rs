@@ -9,6 +9,7 @@ mod elementwise;
 mod matmul;
 pub(crate) mod normalize;
 mod pool;
+mod resize;
 mod shape;
 
 pub(crate) use elementwise::clip_bounds;
@@ -70,6 +71,7 @@ pub(crate) fn plan_op(
         "Softmax" => one(normalize::plan_softmax(b, ctx, input(0)?)?),
         "Gemm" => one(matmul::plan_gemm(b, ctx, inputs)?),
         "MatMul" => one(matmul::plan_matmul(b, input(0)?, input(1)?)?),
+        "Resize" | "Upsample" => one(resize::plan(b, ctx, op, input(0)?, inputs)?),
         "Reshape" | "Flatten" | "Squeeze" | "Unsqueeze" | "Transpose" | "Concat" | "Slice"
         | "Pad" | "Gather" | "Shape" | "ConstantOfShape" | "Cast" | "Constant" => {
             one(shape::plan(b, ctx, op, inputs)?)
@@ -107,4 +109,19 @@ pub(crate) fn axis(axis: i64, rank: usize) -> Result<usize> {
             "axis {axis} is out of range for rank {rank}"
         )))
     }
+}
+
+/// Resolves the list of axes `given` to an operator (Pad's or Resize's `axes`) of a rank-`rank`
+/// tensor; none may repeat.
+pub(crate) fn distinct_axes(given: &[i64], rank: usize, op: &str) -> Result<Vec<usize>> {
+    let axes = given
+        .iter()
+        .map(|&a| axis(a, rank))
+        .collect::<Result<Vec<_>>>()?;
+    if (1..axes.len()).any(|i| axes[..i].contains(&axes[i])) {
+        return Err(Error::InvalidModel(format!(
+            "{op} axes {given:?} repeat an axis"
+        )));
+    }
+    Ok(axes)
 }

@@ -4,8 +4,9 @@
 //! on run-time tensors the reshapes are free and the rest are strided copies.
 
 use super::copy::{CopyKernel, CopyPart, View};
-use super::{axis, need_const_i64, Ctx};
+use super::{axis, distinct_axes, need_const_i64, Ctx};
 use crate::error::{Error, Result};
+use crate::limits::MAX_COPY_PARTS;
 use crate::runtime::builder::{reshape_value, strides_of, Builder, Dynamic, Value};
 use crate::runtime::layout::Layout;
 use crate::tensor::{element_count, Tensor, TensorData};
@@ -413,27 +414,41 @@ fn slice(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> 
     copy_one_view(b, x, shape, src, dst, None)
 }
 
+/// What Pad puts around the data (`mode`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum PadMode {
+    Constant,
+    /// The nearest value at the border.
+    Edge,
+    /// The data mirrored about its first and last values.
+    Reflect,
+    /// The data repeated.
+    Wrap,
+}
+
 fn pad(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> {
     let x = inputs
         .first()
         .and_then(Option::as_ref)
         .ok_or_else(|| Error::InvalidModel("Pad needs data".into()))?;
-    let mode = ctx
-        .attrs
-        .string("mode")
-        .unwrap_or_else(|| "constant".into());
-    if mode != "constant" {
-        return Err(Error::Unsupported(format!("Pad mode {mode}")));
+    let mut modes = vec![
+        ("constant", PadMode::Constant),
+        ("edge", PadMode::Edge),
+        ("reflect", PadMode::Reflect),
+    ];
+    if ctx.opset >= 19 {
+        modes.push(("wrap", PadMode::Wrap));
     }
+    let mode = ctx.attrs.choice("mode", "constant", &modes)?;
     let rank = x.shape().len();
-    let (pads, value) = if ctx.opset < 11 {
+    let (pads, value, axes) = if ctx.opset < 11 {
         let pads = ctx
             .attrs
             .ints("pads")
             .or_else(|| ctx.attrs.ints("paddings"))
             .map(<[i64]>::to_vec)
             .unwrap_or_default();
-        (pads, ctx.attrs.float("value", 0.0))
+        (pads, ctx.attrs.float("value", 0.0), None)
     } else {
         let pads = need_const_i64(
             inputs
@@ -449,37 +464,166 @@ fn pad(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> {
                 .ok_or_else(|| Error::Unsupported("Pad value computed at run time".into()))?,
             None => 0.0,
         };
-        if inputs.get(3).and_then(Option::as_ref).is_some() {
-            return Err(Error::Unsupported("Pad with axes".into()));
-        }
-        (pads, value)
+        let axes = inputs
+            .get(3)
+            .and_then(Option::as_ref)
+            .map(|a| need_const_i64(a, "the axes of Pad"))
+            .transpose()?;
+        (pads, value, axes)
     };
-    if pads.len() != 2 * rank {
+    let axes = match axes {
+        Some(given) => distinct_axes(&given, rank, "Pad")?,
+        None => (0..rank).collect(),
+    };
+    if pads.len() != 2 * axes.len() {
         return Err(Error::InvalidModel(format!(
-            "Pad pads {pads:?} for rank {rank}"
+            "Pad pads {pads:?} for {} axes (two per axis)",
+            axes.len()
         )));
     }
     let pads = to_sizes(&pads, "Pad pads (negative pads are not supported)")?;
+    let (mut before, mut after) = (vec![0; rank], vec![0; rank]);
+    for (i, &a) in axes.iter().enumerate() {
+        (before[a], after[a]) = (pads[i], pads[i + axes.len()]);
+    }
     let shape = (0..rank)
         .map(|i| {
             x.shape()[i]
-                .checked_add(pads[i])
-                .and_then(|d| d.checked_add(pads[i + rank]))
+                .checked_add(before[i])
+                .and_then(|d| d.checked_add(after[i]))
                 .ok_or_else(|| Error::InvalidModel(format!("Pad pads {pads:?} overflow the shape")))
         })
         .collect::<Result<Vec<usize>>>()?;
-    // The offset below indexes the output: its element count must fit an isize.
+    // The offsets below index the output: its element count must fit an isize.
     let elements = crate::limits::checked_elements(&shape, "the output of Pad")?;
     if isize::try_from(elements).is_err() {
         return Err(Error::InvalidModel(format!(
             "Pad output {shape:?} is too large"
         )));
     }
-    let out_strides = strides_of(&shape);
-    let offset: isize = (0..rank).map(|i| pads[i] as isize * out_strides[i]).sum();
-    let src = View::new(0, x.shape().to_vec(), x.strides());
-    let dst = View::new(offset, x.shape().to_vec(), out_strides);
-    copy_one_view(b, x, shape, src, dst, Some(value))
+    let layout = x.layout();
+    let parts = if elements == 0 {
+        Vec::new()
+    } else {
+        let runs = (0..rank)
+            .map(|a| pad_runs(mode, x.shape()[a], before[a], after[a]))
+            .collect::<Result<Vec<_>>>()?;
+        pad_parts(&runs, &x.strides(), &layout.strides(&shape))?
+    };
+    let fill = (mode == PadMode::Constant).then_some(value);
+    b.emit_copy(&[x], shape, layout, CopyKernel { parts, fill })
+}
+
+/// Output coordinates `start..start + len` along one axis that read input coordinates
+/// `src`, `src + step`, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    start: usize,
+    len: usize,
+    src: usize,
+    step: isize,
+}
+
+/// The runs that fill an axis of `n` values padded by `before` and `after` in `mode` (in
+/// constant mode, the data alone: the fill does the rest).
+fn pad_runs(mode: PadMode, n: usize, before: usize, after: usize) -> Result<Vec<Run>> {
+    if mode == PadMode::Constant || before + after == 0 {
+        return Ok(if n == 0 {
+            Vec::new()
+        } else {
+            vec![Run {
+                start: before,
+                len: n,
+                src: 0,
+                step: 1,
+            }]
+        });
+    }
+    if n == 0 {
+        return Err(Error::InvalidModel(format!(
+            "Pad by {before} and {after} of an empty axis (only a constant can fill it)"
+        )));
+    }
+    // The caller checked that the padded length fits an isize.
+    let (n, total) = (n as isize, (before + n + after) as isize);
+    let mut runs = Vec::new();
+    let mut o = 0;
+    while o < total {
+        // Where input coordinate `v` (outside 0..n in the padding) reads, and how many
+        // coordinates on it keeps reading at that step.
+        let v = o - before as isize;
+        let (src, step, left) = match mode {
+            PadMode::Edge if v < 0 => (0, 0, -v),
+            PadMode::Edge if v < n => (v, 1, n - v),
+            PadMode::Edge => (n - 1, 0, total),
+            PadMode::Wrap => {
+                let m = v.rem_euclid(n);
+                (m, 1, n - m)
+            }
+            PadMode::Reflect if n == 1 => (0, 0, total),
+            PadMode::Reflect => {
+                let period = 2 * (n - 1);
+                let m = v.rem_euclid(period);
+                if m < n {
+                    (m, 1, n - m)
+                } else {
+                    (period - m, -1, period - m)
+                }
+            }
+            PadMode::Constant => unreachable!("returned above"),
+        };
+        let len = left.min(total - o);
+        runs.push(Run {
+            start: o as usize,
+            len: len as usize,
+            src: src as usize,
+            step,
+        });
+        if runs.len() > MAX_COPY_PARTS {
+            return Err(Error::Unsupported(format!(
+                "Pad by {before} and {after} around {n} values, which repeats them more than \
+                 {MAX_COPY_PARTS} times"
+            )));
+        }
+        o += len;
+    }
+    Ok(runs)
+}
+
+/// A copy per combination of one run on each axis, from the input of `src_strides` to the
+/// output of `dst_strides`.
+fn pad_parts(
+    runs: &[Vec<Run>],
+    src_strides: &[isize],
+    dst_strides: &[isize],
+) -> Result<Vec<CopyPart>> {
+    let count = crate::limits::saturating_product(&runs.iter().map(Vec::len).collect::<Vec<_>>());
+    if count > MAX_COPY_PARTS {
+        return Err(Error::Unsupported(format!(
+            "Pad of more than {MAX_COPY_PARTS} pieces"
+        )));
+    }
+    Ok((0..count)
+        .map(|k| {
+            let mut rest = k;
+            let (mut src, mut dst) = (
+                View::new(0, Vec::new(), Vec::new()),
+                View::new(0, Vec::new(), dst_strides.to_vec()),
+            );
+            for (a, axis_runs) in runs.iter().enumerate().rev() {
+                let run = axis_runs[rest % axis_runs.len()];
+                rest /= axis_runs.len();
+                src.offset += run.src as isize * src_strides[a];
+                dst.offset += run.start as isize * dst_strides[a];
+                src.shape.push(run.len);
+                src.strides.push(run.step * src_strides[a]);
+            }
+            src.shape.reverse();
+            src.strides.reverse();
+            dst.shape = src.shape.clone();
+            CopyPart { input: 0, src, dst }
+        })
+        .collect())
 }
 
 /// Emits a copy of one strided view of `x` (`src`) into `dst`, a view of a plain tensor of
@@ -552,4 +696,57 @@ fn gather(b: &mut Builder, ctx: &Ctx, x: &Value, indices: &Value) -> Result<Valu
         })
         .collect::<Result<Vec<_>>>()?;
     b.emit_copy(&[x], shape, Layout::Plain, CopyKernel { parts, fill: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The input coordinate that coordinate `v` of the padded axis reads, by the definition
+    /// (numpy.pad's): clamped, mirrored until inside, or taken modulo the length.
+    fn naive(mode: PadMode, n: usize, v: isize) -> usize {
+        let n = n as isize;
+        match mode {
+            PadMode::Edge => v.clamp(0, n - 1) as usize,
+            PadMode::Wrap => v.rem_euclid(n) as usize,
+            PadMode::Reflect if n == 1 => 0,
+            PadMode::Reflect => {
+                let mut v = v;
+                while !(0..n).contains(&v) {
+                    v = if v < 0 { -v } else { 2 * (n - 1) - v };
+                }
+                v as usize
+            }
+            PadMode::Constant => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn pad_runs_read_what_the_definition_reads() {
+        for mode in [PadMode::Edge, PadMode::Reflect, PadMode::Wrap] {
+            for n in 1..6 {
+                for (before, after) in [(0, 0), (1, 0), (0, 2), (3, 4), (11, 7), (0, 13)] {
+                    let runs = pad_runs(mode, n, before, after).unwrap();
+                    let mut read = Vec::new();
+                    for run in &runs {
+                        assert_eq!(run.start, read.len(), "{mode:?} {n} {before} {after}");
+                        for k in 0..run.len as isize {
+                            read.push((run.src as isize + k * run.step) as usize);
+                        }
+                    }
+                    let want: Vec<usize> = (0..before + n + after)
+                        .map(|o| naive(mode, n, o as isize - before as isize))
+                        .collect();
+                    assert_eq!(read, want, "{mode:?} of {n} by {before} and {after}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn pads_that_repeat_the_data_too_often_are_refused() {
+        assert!(pad_runs(PadMode::Wrap, 1, MAX_COPY_PARTS, 0).is_err());
+        assert!(pad_runs(PadMode::Wrap, 1, MAX_COPY_PARTS - 1, 0).is_ok());
+        assert!(pad_runs(PadMode::Reflect, 0, 1, 0).is_err());
+    }
 }
