@@ -12,6 +12,9 @@ use dconv::{Error, Model, Session, SessionOptions, Tensor};
 use proptest::prelude::*;
 use prost::Message;
 
+mod common;
+use common::{float, node, string};
+
 const TRANSFORMS: [&str; 6] = [
     "half_pixel",
     "half_pixel_symmetric",
@@ -270,35 +273,6 @@ fn ints(name: &str, values: Vec<i64>) -> TensorProto {
     }
 }
 
-fn text(name: &str, value: &str) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        s: Some(value.as_bytes().to_vec()),
-        r#type: Some(3),
-        ..Default::default()
-    }
-}
-
-fn number(name: &str, value: f32) -> AttributeProto {
-    AttributeProto {
-        name: Some(name.into()),
-        f: Some(value),
-        r#type: Some(1),
-        ..Default::default()
-    }
-}
-
-fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
-    NodeProto {
-        op_type: Some(op.into()),
-        name: Some(format!("{op}_{output}")),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![output.into()],
-        attribute,
-        ..Default::default()
-    }
-}
-
 /// A model of opset `opset` from input `x` to output `y`.
 fn model(opset: i64, nodes: Vec<NodeProto>, initializer: Vec<TensorProto>) -> ModelProto {
     let info = |name: &str| ValueInfoProto {
@@ -360,7 +334,7 @@ fn resize_model(case: &Case) -> ModelProto {
         v
     };
     initializer.push(floats("scales", whole(&case.scales, 1.0)));
-    let mode = text("mode", if case.linear { "linear" } else { "nearest" });
+    let mode = string("mode", if case.linear { "linear" } else { "nearest" });
     if case.legacy {
         nodes.push(node("Resize", &[data, "scales"], "y", vec![mode]));
         return model(10, nodes, initializer);
@@ -381,9 +355,9 @@ fn resize_model(case: &Case) -> ModelProto {
     };
     let attributes = vec![
         mode,
-        text("coordinate_transformation_mode", case.transform),
-        text("nearest_mode", case.rounding),
-        number("extrapolation_value", case.extrapolation),
+        string("coordinate_transformation_mode", case.transform),
+        string("nearest_mode", case.rounding),
+        float("extrapolation_value", case.extrapolation),
     ];
     nodes.push(node("Resize", &inputs, "y", attributes));
     model(19, nodes, initializer)
@@ -415,7 +389,7 @@ fn pad_after_a_conv_equals_pad_of_its_input() {
                 initializer.push(ints("axes", axes.to_vec()));
                 inputs.extend(["", "axes"]);
             }
-            nodes.push(node("Pad", &inputs, "y", vec![text("mode", mode)]));
+            nodes.push(node("Pad", &inputs, "y", vec![string("mode", mode)]));
             let proto = model(19, nodes, initializer);
             let model = Model::from_bytes(&proto.encode_to_vec(), None).unwrap();
             let session = Session::new(&model, SessionOptions::default()).unwrap();
@@ -475,7 +449,7 @@ fn malformed_resize_nodes_are_refused_saying_what_is_wrong() {
         ("nearest_mode", "round_half_even"),
         ("keep_aspect_ratio_policy", "fit"),
     ] {
-        let attributes = vec![text(attribute, value)];
+        let attributes = vec![string(attribute, value)];
         assert_refused(resize, doubled(), attributes, invalid, &[attribute, value]);
     }
     assert_refused(
@@ -527,13 +501,18 @@ fn malformed_resize_nodes_are_refused_saying_what_is_wrong() {
     };
     let two = vec![sizes(vec![8, 8])];
     assert_refused(sized, two, vec![axes], invalid, &["repeat"]);
-    let crop = || vec![text("coordinate_transformation_mode", "tf_crop_and_resize")];
+    let crop = || {
+        vec![string(
+            "coordinate_transformation_mode",
+            "tf_crop_and_resize",
+        )]
+    };
     assert_refused(resize, doubled(), crop(), invalid, &["roi"]);
     let cropped = (19, "Resize", &["x", "roi", "scales"][..]);
     let short_roi = vec![floats("roi", vec![0.0; 3]), doubled().remove(0)];
     assert_refused(cropped, short_roi, crop(), invalid, &["roi has 3 values"]);
     // What dconv does not do, it says.
-    let cubic = vec![text("mode", "cubic")];
+    let cubic = vec![string("mode", "cubic")];
     assert_refused(resize, doubled(), cubic, unsupported, &["cubic"]);
     let antialias = vec![AttributeProto {
         name: Some("antialias".into()),
@@ -587,7 +566,7 @@ fn malformed_upsample_and_pad_nodes_are_refused_saying_what_is_wrong() {
     assert_refused(no_scales, vec![], vec![], invalid, &["without scales"]);
     let pad = |opset| (opset, "Pad", &["x", "pads"][..]);
     let pads = |v: Vec<i64>| vec![ints("pads", v)];
-    let mirror = vec![text("mode", "mirror")];
+    let mirror = vec![string("mode", "mirror")];
     assert_refused(
         pad(19),
         pads(vec![0; 8]),
@@ -595,14 +574,14 @@ fn malformed_upsample_and_pad_nodes_are_refused_saying_what_is_wrong() {
         invalid,
         &["mode", "mirror"],
     );
-    let wrap = || vec![text("mode", "wrap")];
+    let wrap = || vec![string("mode", "wrap")];
     assert_refused(pad(18), pads(vec![0; 8]), wrap(), invalid, &["'wrap'"]);
     let around = pads(vec![0, 0, 0, 1 << 20, 0, 0, 0, 0]);
     assert_refused(pad(19), around, wrap(), unsupported, &["repeats"]);
     let with_axes = (19, "Pad", &["x", "pads", "", "axes"][..]);
     let repeated = vec![ints("pads", vec![1; 4]), ints("axes", vec![3, -1])];
     assert_refused(with_axes, repeated, vec![], invalid, &["repeat"]);
-    let reflect = vec![text("mode", "reflect")];
+    let reflect = vec![string("mode", "reflect")];
     assert_refused(
         pad(19),
         pads(vec![0, 0, 1, 1]),
