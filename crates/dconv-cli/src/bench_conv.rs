@@ -145,7 +145,12 @@ pub fn run(args: &Args) -> Result<(), Failure> {
     let blocks = args
         .weight_block
         .map(|block| {
-            synth::WeightBlocks::new(spec.filters, spec.groups, weight_len / spec.filters, block)
+            dconv::prune::WeightBlocks::new(
+                spec.filters,
+                spec.groups,
+                weight_len / spec.filters,
+                block,
+            )
         })
         .transpose()
         .map_err(|e| Failure::Usage(e.to_string()))?;

@@ -12,6 +12,7 @@ use crate::onnx::proto::{ModelProto, TensorProto};
 use crate::tensor::TensorData;
 use prost::Message;
 use std::collections::{HashMap, HashSet};
+use std::ops::Range;
 use std::path::Path;
 
 /// The fraction of weights that Deep Compression (Han et al., 2016) keeps in VGG-16's
@@ -283,7 +284,21 @@ fn prune_initializer(
     let before = zero_count(&weights) as f64 / n;
     if blocks.width > 1 {
         let filters = t.dims.first().map_or(0, |&m| m.max(0) as usize);
-        zero_smallest_blocks(&mut weights, filters, blocks, sparsity);
+        // Weights whose filters the groups do not divide are left as they are (the model
+        // is invalid, and loading it says so).
+        let layout = (filters > 0 && weights.len().is_multiple_of(filters))
+            .then(|| {
+                WeightBlocks::new(
+                    filters,
+                    blocks.groups,
+                    weights.len() / filters,
+                    blocks.width,
+                )
+            })
+            .and_then(|b| b.ok());
+        if let Some(layout) = layout {
+            zero_smallest_blocks(&mut weights, &layout, sparsity);
+        }
     } else {
         let count = (sparsity * weights.len() as f64).round() as usize;
         zero_smallest(&mut weights, count);
@@ -332,32 +347,85 @@ fn zero_smallest(weights: &mut [f32], count: usize) {
     }
 }
 
-/// Conv weights `[M][K]` (K = C/G x R x S) in blocks of `blocks.width` consecutive filters
-/// of one group at one k (the last block of each group shorter when the width does not
-/// divide the group's filters): zeros the blocks of smallest L2 norm, ties by position,
-/// until `sparsity` of the blocks are zero (blocks already zero count). Weights whose
-/// filters the groups do not divide are left as they are (the model is invalid, and
-/// loading it says so).
-fn zero_smallest_blocks(weights: &mut [f32], filters: usize, blocks: Blocks, sparsity: f64) {
-    let Blocks { width, groups } = blocks;
-    if filters == 0
-        || weights.is_empty()
-        || !weights.len().is_multiple_of(filters)
-        || groups == 0
-        || !filters.is_multiple_of(groups)
-    {
-        return;
+/// How conv weights `[M][C/G][R][S]` split into blocks of `block` consecutive output
+/// channels at one (input channel, kernel tap) within a group, the last block of each group
+/// shorter when `block` does not divide M/G: the structure a vector of B filters' sums can
+/// skip (issue #18), as `dconv prune --block` leaves it
+/// and `dconv bench-conv --weight-block` lays it out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightBlocks {
+    pub(crate) filters: usize,
+    groups: usize,
+    pub(crate) filter_len: usize,
+    block: usize,
+}
+
+impl WeightBlocks {
+    /// `filter_len` is one filter's length, C/G x R x S; `groups` must divide `filters`.
+    pub fn new(filters: usize, groups: usize, filter_len: usize, block: usize) -> Result<Self> {
+        if block == 0 {
+            return Err(Error::InvalidArgument(
+                "a weight block holds at least one output channel".into(),
+            ));
+        }
+        if groups == 0 || !filters.is_multiple_of(groups) {
+            return Err(Error::InvalidArgument(format!(
+                "{groups} groups do not divide {filters} filters"
+            )));
+        }
+        Ok(WeightBlocks {
+            filters,
+            groups,
+            filter_len,
+            block,
+        })
     }
-    let (k_len, per_group) = (weights.len() / filters, filters / groups);
-    let blocks_per_group = per_group.div_ceil(width);
-    let members = |b: usize| {
-        let (gb, k) = (b / k_len, b % k_len);
-        let first = gb / blocks_per_group * per_group + gb % blocks_per_group * width;
-        let end = (first + width).min(first - first % per_group + per_group);
-        (first..end).map(move |m| m * k_len + k)
-    };
-    let norms: Vec<f64> = (0..groups * blocks_per_group * k_len)
-        .map(|b| members(b).map(|i| f64::from(weights[i]).powi(2)).sum())
+
+    /// The number of blocks.
+    pub fn count(&self) -> usize {
+        self.groups * self.filter_len * (self.filters / self.groups).div_ceil(self.block)
+    }
+
+    /// Each block as its filters and its position within a filter.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Range<usize>, usize)> + '_ {
+        let per_group = self.filters / self.groups;
+        (0..self.groups).flat_map(move |g| {
+            (0..self.filter_len).flat_map(move |k| {
+                (0..per_group).step_by(self.block).map(move |start| {
+                    let end = (start + self.block).min(per_group);
+                    (g * per_group + start..g * per_group + end, k)
+                })
+            })
+        })
+    }
+
+    /// The fraction of blocks of `weights` (M x filter_len values) that are all zero.
+    pub fn zero_fraction(&self, weights: &[f32]) -> f64 {
+        let zero = self
+            .iter()
+            .filter(|(filters, k)| {
+                filters
+                    .clone()
+                    .all(|m| weights[m * self.filter_len + k] == 0.0)
+            })
+            .count();
+        zero as f64 / self.count().max(1) as f64
+    }
+}
+
+/// Zeros the blocks of `weights` (laid out as `blocks` says) of smallest L2 norm, ties by
+/// position, until `sparsity` of the blocks are zero (blocks already zero count).
+fn zero_smallest_blocks(weights: &mut [f32], blocks: &WeightBlocks, sparsity: f64) {
+    let k_len = blocks.filter_len;
+    let all: Vec<(Range<usize>, usize)> = blocks.iter().collect();
+    let norms: Vec<f64> = all
+        .iter()
+        .map(|(filters, k)| {
+            filters
+                .clone()
+                .map(|m| f64::from(weights[m * k_len + k]).powi(2))
+                .sum()
+        })
         .collect();
     let count = ((sparsity * norms.len() as f64).round() as usize).min(norms.len());
     if count == 0 {
@@ -368,15 +436,16 @@ fn zero_smallest_blocks(weights: &mut [f32], filters: usize, blocks: Blocks, spa
         norms[a].total_cmp(&norms[b]).then(a.cmp(&b))
     });
     for &b in &order[..count] {
-        for i in members(b) {
-            weights[i] = 0.0;
+        let (filters, k) = &all[b];
+        for m in filters.clone() {
+            weights[m * k_len + k] = 0.0;
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{zero_smallest, zero_smallest_blocks, Blocks};
+    use super::{zero_smallest, zero_smallest_blocks, WeightBlocks};
 
     /// Two filters' blocks of 2 over 3 positions k, plus a lone third filter: the blocks of
     /// smallest norm go whole, the short last block counts as one.
@@ -388,11 +457,8 @@ mod tests {
             -1.0, 0.1, 0.0, //
             0.5, 2.0, 0.01,
         ];
-        let blocks = Blocks {
-            width: 2,
-            groups: 1,
-        };
-        zero_smallest_blocks(&mut w, 3, blocks, 0.5);
+        let blocks = WeightBlocks::new(3, 1, 3, 2).unwrap();
+        zero_smallest_blocks(&mut w, &blocks, 0.5);
         // Norms: k0 2.0, k1 0.02, k2 9.0 (filters 0-1); 0.25, 4.0, 0.0001 (filter 2).
         assert_eq!(w, vec![1.0, 0.0, 3.0, -1.0, 0.0, 0.0, 0.0, 2.0, 0.0]);
     }
@@ -403,11 +469,8 @@ mod tests {
     fn blocks_do_not_cross_groups() {
         // [M = 6][K = 1]: filters 2 and 3 are the two smallest, in different groups.
         let mut w = vec![5.0, 5.0, 0.1, 0.1, 6.0, 7.0];
-        let blocks = Blocks {
-            width: 2,
-            groups: 2,
-        };
-        zero_smallest_blocks(&mut w, 6, blocks, 0.5);
+        let blocks = WeightBlocks::new(6, 2, 1, 2).unwrap();
+        zero_smallest_blocks(&mut w, &blocks, 0.5);
         // Norms: 50 (0-1), 0.01 (2), 36.01 (3-4), 49 (5): the two smallest go.
         assert_eq!(w, vec![5.0, 5.0, 0.0, 0.0, 0.0, 7.0]);
     }

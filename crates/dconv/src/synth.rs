@@ -3,8 +3,8 @@
 //! blocks of output channels.
 
 use crate::error::{Error, Result};
+use crate::prune::WeightBlocks;
 use std::fmt;
-use std::ops::Range;
 use std::str::FromStr;
 
 /// A small, fast, seedable generator (SplitMix64): reproducible data without a dependency.
@@ -164,71 +164,6 @@ fn smooth_field(shape: [usize; 4], rng: &mut Rng) -> Vec<f32> {
         }
     }
     field
-}
-
-/// How conv weights `[M][C/G][R][S]` split into blocks of `block` consecutive output
-/// channels at one (input channel, kernel tap) within a group, the last block of each group
-/// shorter when `block` does not divide M/G: the structure a vector of B filters' sums can
-/// skip (issue #18), as `dconv prune --block` leaves it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WeightBlocks {
-    filters: usize,
-    groups: usize,
-    filter_len: usize,
-    block: usize,
-}
-
-impl WeightBlocks {
-    /// `filter_len` is one filter's length, C/G x R x S; `groups` must divide `filters`.
-    pub fn new(filters: usize, groups: usize, filter_len: usize, block: usize) -> Result<Self> {
-        if block == 0 {
-            return Err(Error::InvalidArgument(
-                "a weight block holds at least one output channel".into(),
-            ));
-        }
-        if groups == 0 || !filters.is_multiple_of(groups) {
-            return Err(Error::InvalidArgument(format!(
-                "{groups} groups do not divide {filters} filters"
-            )));
-        }
-        Ok(WeightBlocks {
-            filters,
-            groups,
-            filter_len,
-            block,
-        })
-    }
-
-    /// The number of blocks.
-    pub fn count(&self) -> usize {
-        self.groups * self.filter_len * (self.filters / self.groups).div_ceil(self.block)
-    }
-
-    /// Each block as its filters and its position within a filter.
-    fn iter(&self) -> impl Iterator<Item = (Range<usize>, usize)> + '_ {
-        let per_group = self.filters / self.groups;
-        (0..self.groups).flat_map(move |g| {
-            (0..self.filter_len).flat_map(move |k| {
-                (0..per_group).step_by(self.block).map(move |start| {
-                    let end = (start + self.block).min(per_group);
-                    (g * per_group + start..g * per_group + end, k)
-                })
-            })
-        })
-    }
-
-    /// The fraction of blocks of `weights` (M x filter_len values) that are all zero.
-    pub fn zero_fraction(&self, weights: &[f32]) -> f64 {
-        let zero = self
-            .iter()
-            .filter(|(filters, k)| {
-                filters
-                    .clone()
-                    .all(|m| weights[m * self.filter_len + k] == 0.0)
-            })
-            .count();
-        zero as f64 / self.count().max(1) as f64
-    }
 }
 
 /// Weights laid out as `blocks` describes in which exactly round(`sparsity` x blocks) blocks,
