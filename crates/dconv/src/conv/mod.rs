@@ -202,9 +202,7 @@ impl Epilogue {
                 Some(c) if c == Curve::clamp(0.0, f32::INFINITY) => {
                     finish_row(row, bias, |x| x.max(0.0))
                 }
-                Some(c) if !c.gated && (c.alpha, c.beta) == (1.0, 0.0) => {
-                    finish_row(row, bias, |x| x.max(c.lo).min(c.hi))
-                }
+                Some(c) if c.is_plain_clamp() => finish_row(row, bias, |x| x.max(c.lo).min(c.hi)),
                 Some(c) => finish_row(row, bias, |x| c.apply(x)),
             },
         )
