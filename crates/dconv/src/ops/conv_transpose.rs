@@ -9,8 +9,8 @@ use super::{need_const_f32, Ctx};
 use crate::conv::{Activation, ConvTranspose, TransposeSpec};
 use crate::error::{Error, Result};
 use crate::kernels::Isa;
-use crate::runtime::builder::{Builder, StepOp, Value};
-use crate::runtime::layout::Layout;
+use crate::plan::builder::{Builder, StepOp, Value};
+use crate::plan::layout::Layout;
 
 /// A ConvTranspose read from its node, before folding and fusion.
 pub(crate) struct TransposeDraft {

@@ -4,7 +4,6 @@
 
 pub(crate) mod conv;
 pub(crate) mod conv_transpose;
-pub(crate) mod copy;
 mod elementwise;
 mod matmul;
 pub(crate) mod normalize;
@@ -16,15 +15,8 @@ pub(crate) use elementwise::clip_bounds;
 
 use crate::error::{Error, Result};
 use crate::onnx::Attrs;
-use crate::runtime::builder::{Builder, Value};
+use crate::plan::builder::{Builder, Value};
 use crate::tensor::Tensor;
-
-/// An operator with its shapes resolved, run on flat buffers.
-pub(crate) trait Kernel: Send + Sync {
-    /// Writes every element of `output`; returns the fraction of zeros of the output when it
-    /// counted them on the way (as a ReLU does), for the next convolution's method choice.
-    fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64>;
-}
 
 /// What an operator sees of its node.
 pub(crate) struct Ctx<'a> {

@@ -3,12 +3,12 @@
 //! and Constant. On constants they fold (this is where a model's shape arithmetic goes);
 //! on run-time tensors the reshapes are free and the rest are strided copies.
 
-use super::copy::{CopyKernel, CopyPart, View};
 use super::{axis, distinct_axes, need_const_i64, Ctx};
 use crate::error::{Error, Result};
 use crate::limits::MAX_COPY_PARTS;
-use crate::runtime::builder::{reshape_value, strides_of, Builder, Dynamic, Value};
-use crate::runtime::layout::Layout;
+use crate::plan::builder::{reshape_value, strides_of, Builder, Dynamic, Value};
+use crate::plan::copy::{CopyKernel, CopyPart, View};
+use crate::plan::layout::Layout;
 use crate::tensor::{element_count, Tensor, TensorData};
 
 pub(crate) fn plan(

@@ -3,10 +3,10 @@
 //! that is too much, the leaner plan that `auto` falls back to.
 
 use super::builder::{Builder, Step, StepOp};
+use super::conv_step::ConvStep;
 use super::policy::Selection;
 use crate::conv::{Conv, ConvTranspose, Method};
 use crate::error::{Error, Result};
-use crate::ops::conv::ConvStep;
 use std::mem::size_of;
 
 /// The most bytes the session's workspace fills over runs of every step, each convolution
@@ -131,7 +131,7 @@ mod tests {
     use super::*;
     use crate::conv::Workspace;
     use crate::onnx::Model;
-    use crate::runtime::plan::{build, Plan};
+    use crate::runtime::planner::{build, Plan};
     use crate::runtime::Policy;
 
     /// The example model (Conv 1 -> 2, 3x3, pad 1, + ReLU on 4x4) with every method

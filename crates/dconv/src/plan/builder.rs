@@ -2,14 +2,14 @@
 //! computed at run time), slots for the latter, and the steps that fill them. Operators
 //! whose inputs are all constants are evaluated on the spot (constant folding).
 
+use super::conv_step::ConvStep;
+use super::copy::{CopyKernel, CopyPart, View};
+use super::kernel::Kernel;
 use super::layout::{plain_strides, Layout};
 use super::policy::Selection;
 use crate::conv::{Conv, ConvSpec, ConvTranspose, Method};
 use crate::error::{Error, Result};
 use crate::limits::{checked_elements, MAX_FOLDED_BYTES};
-use crate::ops::conv::ConvStep;
-use crate::ops::copy::{CopyKernel, CopyPart, View};
-use crate::ops::Kernel;
 use crate::tensor::{element_count, Tensor, TensorData};
 use std::sync::Arc;
 

@@ -3,15 +3,15 @@
 //! after one fuses into it, HardSwish written out as four nodes runs as one, layouts are
 //! fixed, and every run-time tensor gets a buffer that is reused once the tensor is dead.
 
-use super::builder::{Builder, Dynamic, Src, Step, Value, LAYOUT_OP};
-use super::layout::Layout;
-use super::policy::Selection;
 use crate::conv::Activation;
 use crate::error::{Error, Result};
 use crate::onnx::{node_label, Attrs, Model, Node};
 use crate::ops::conv::Draft;
 use crate::ops::normalize::BatchNorm;
 use crate::ops::{conv, conv_transpose, plan_op, Ctx};
+use crate::plan::builder::{Builder, Dynamic, Src, Step, Value, LAYOUT_OP};
+use crate::plan::layout::Layout;
+use crate::plan::policy::Selection;
 use crate::tensor::Tensor;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -167,7 +167,7 @@ pub(crate) fn build(
     drop(values);
     let (slot_buffer, buffers) = assign_buffers(&b, &inputs, &outputs);
     if let Some(budget) = budget {
-        super::budget::fit(&mut b, &slot_buffer, buffers, budget)?;
+        crate::plan::budget::fit(&mut b, &slot_buffer, buffers, budget)?;
     }
     Ok(Plan {
         steps: b.steps,
