@@ -3,7 +3,7 @@
 
 use super::normalize::BatchNorm;
 use super::{need_const_f32, Ctx};
-use crate::conv::{Activation, Conv, ConvSpec};
+use crate::conv::{Activation, Conv, ConvSpec, Method};
 use crate::error::{Error, Result};
 use crate::plan::builder::{Builder, StepOp, Value};
 use crate::plan::conv_step::ConvStep;
@@ -220,10 +220,10 @@ impl Draft for ConvDraft {
         let zeros = self.weights.iter().filter(|&&w| w == 0.0).count();
         let weight_sparsity = zeros as f64 / self.weights.len().max(1) as f64;
         let nonzeros = self.weights.len() - zeros;
-        let prepared = b.account_methods(&self.spec, weight_sparsity, nonzeros)?;
+        let prepared = methods_to_prepare(b, &self.spec, weight_sparsity, nonzeros)?;
         let methods =
             Conv::prepare_methods(&self.spec, &self.weights, Some(&self.bias), &prepared)?;
-        let methods = b.fit_scratch(methods)?;
+        let methods = b.memory.fit_scratch(methods)?;
         let kept = methods.iter().map(Conv::method).collect::<Vec<_>>();
         let choice = b.selection.choice(&self.spec, weight_sparsity, &kept);
         let counts_zeros = self.spec.activation != Activation::None;
@@ -235,5 +235,77 @@ impl Draft for ConvDraft {
             Layout::ChannelsLast,
             StepOp::Conv(Box::new(step)),
         )
+    }
+}
+
+/// The methods to prepare for a convolution with `nonzeros` non-zero weights, their packed
+/// weights accounted for: those the selection may pick, or in a lean plan the one of them
+/// that packs the fewest bytes (a pruned layer's sparse weights, say).
+fn methods_to_prepare(
+    b: &mut Builder,
+    spec: &ConvSpec,
+    weight_sparsity: f64,
+    nonzeros: usize,
+) -> Result<Vec<Method>> {
+    let mut methods = b.selection.methods(spec, weight_sparsity);
+    if b.selection.lean && methods.len() > 1 {
+        let leanest = methods
+            .iter()
+            .copied()
+            .min_by_key(|m| m.prepared_bytes(spec, nonzeros))
+            .expect("more than one method");
+        let note = format!(
+            "node '{}': prepared {leanest} alone, of {}, to fit the memory budget",
+            b.node(),
+            Method::names(&methods)
+        );
+        b.memory.notes.push(note);
+        methods = vec![leanest];
+    }
+    let bytes = Method::prepared_bytes_of(&methods, spec, nonzeros);
+    let what = format!("preparing {}", Method::names(&methods));
+    b.memory.account_prepared(what, bytes)?;
+    Ok(methods)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::policy::Selection;
+
+    /// A lean plan prepares, of a pruned layer's methods, the one with the smallest packed
+    /// weights, and says so; a plain one prepares all of them, or refuses the layer.
+    #[test]
+    fn a_lean_plan_prepares_the_leanest_method() {
+        let spec = ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1; 4]);
+        let nonzeros = spec.weight_len().unwrap() / 10;
+        let auto = Selection::default();
+        let methods = auto.methods(&spec, 0.9);
+        assert!(methods.len() > 1, "{methods:?}");
+        let bytes = |m: Method| m.prepared_bytes(&spec, nonzeros);
+        let leanest = methods.iter().copied().min_by_key(|&m| bytes(m)).unwrap();
+        let all = Method::prepared_bytes_of(&methods, &spec, nonzeros);
+        assert!(bytes(leanest) < all);
+
+        let mut plain = Builder::new(auto, Some(all));
+        assert_eq!(
+            methods_to_prepare(&mut plain, &spec, 0.9, nonzeros).unwrap(),
+            methods
+        );
+        assert_eq!(plain.memory.prepared_bytes, all);
+        assert!(plain.memory.notes.is_empty());
+        let mut short = Builder::new(auto, Some(all - 1));
+        assert!(methods_to_prepare(&mut short, &spec, 0.9, nonzeros).is_err());
+
+        let lean = Selection { lean: true, ..auto };
+        let mut thin = Builder::new(lean, Some(bytes(leanest)));
+        assert_eq!(
+            methods_to_prepare(&mut thin, &spec, 0.9, nonzeros).unwrap(),
+            [leanest]
+        );
+        assert_eq!(thin.memory.prepared_bytes, bytes(leanest));
+        assert_eq!(thin.memory.notes.len(), 1);
+        let mut over = Builder::new(lean, Some(bytes(leanest) - 1));
+        assert!(methods_to_prepare(&mut over, &spec, 0.9, nonzeros).is_err());
     }
 }

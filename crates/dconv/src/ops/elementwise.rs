@@ -350,7 +350,7 @@ pub(crate) fn plan_binary(
     ];
     if let (Some(tx), Some(ty)) = (x.as_const(), y.as_const()) {
         if let (TensorData::I64(dx), TensorData::I64(dy)) = (tx.data(), ty.data()) {
-            let mut data = vec![0i64; b.fold_elements(&out)?];
+            let mut data = vec![0i64; b.memory.fold_elements(&out)?];
             let mut failure = None;
             broadcast(&out, &strides, dx, dy, &mut data, |p, q| {
                 f.apply_int(p, q).unwrap_or_else(|e| {

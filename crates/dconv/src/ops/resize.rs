@@ -476,7 +476,8 @@ fn emit(b: &mut Builder, op: &str, x: &Value, p: &Params) -> Result<Value> {
     };
     // The tables are constants of the plan, and counted as such before they are built.
     let entries = cols.output.saturating_add(rows.map_or(1, |m| m.output));
-    b.fold_elements(&[entries, size_of::<Option<Tap>>().div_ceil(size_of::<i64>())])?;
+    b.memory
+        .fold_elements(&[entries, size_of::<Option<Tap>>().div_ceil(size_of::<i64>())])?;
     let table = |m: &AxisMap| -> Vec<Option<Tap>> {
         (0..m.output)
             .map(|o| m.tap(transform, interpolation, o))

@@ -6,9 +6,9 @@
 use super::{axis, distinct_axes, need_const_i64, Ctx};
 use crate::error::{Error, Result};
 use crate::limits::MAX_COPY_PARTS;
-use crate::plan::builder::{reshape_value, strides_of, Builder, Dynamic, Value};
+use crate::plan::builder::{reshape_value, Builder, Dynamic, Value};
 use crate::plan::copy::{CopyKernel, CopyPart, View};
-use crate::plan::layout::Layout;
+use crate::plan::layout::{plain_strides, Layout};
 use crate::tensor::{element_count, Tensor, TensorData};
 
 pub(crate) fn plan(
@@ -121,7 +121,7 @@ fn constant_of_shape(b: &mut Builder, ctx: &Ctx, shape: &Value) -> Result<Value>
         &need_const_i64(shape, "the shape of ConstantOfShape")?,
         "shape",
     )?;
-    let count = b.fold_elements(&shape)?;
+    let count = b.memory.fold_elements(&shape)?;
     let value = ctx.attrs.tensor("value")?;
     let t = match value.as_ref().map(Tensor::data) {
         None => Tensor::from_f32(shape, vec![0.0; count])?,
@@ -281,7 +281,7 @@ fn transpose(b: &mut Builder, ctx: &Ctx, x: &Value) -> Result<Value> {
     }
     let strides = x.strides();
     let src = View::new(0, shape.clone(), perm.iter().map(|&a| strides[a]).collect());
-    let dst = View::new(0, shape.clone(), strides_of(&shape));
+    let dst = View::new(0, shape.clone(), plain_strides(&shape));
     copy_one_view(b, x, shape, src, dst, None)
 }
 
@@ -410,7 +410,7 @@ fn slice(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> 
         };
     }
     let src = View::new(offset, shape.clone(), src_strides);
-    let dst = View::new(0, shape.clone(), strides_of(&shape));
+    let dst = View::new(0, shape.clone(), plain_strides(&shape));
     copy_one_view(b, x, shape, src, dst, None)
 }
 
@@ -658,14 +658,14 @@ fn gather(b: &mut Builder, ctx: &Ctx, x: &Value, indices: &Value) -> Result<Valu
     shape.extend(&idx_shape);
     shape.extend(&x.shape()[at + 1..]);
     let in_strides = x.strides();
-    let out_strides = strides_of(&shape);
+    let out_strides = plain_strides(&shape);
     let mut slice_shape = x.shape().to_vec();
     slice_shape.remove(at);
     let mut src_strides = in_strides.clone();
     src_strides.remove(at);
     let mut dst_strides = out_strides[..at].to_vec();
     dst_strides.extend(&out_strides[at + idx_shape.len()..]);
-    let idx_strides = strides_of(&idx_shape);
+    let idx_strides = plain_strides(&idx_shape);
     let parts = idx
         .iter()
         .enumerate()

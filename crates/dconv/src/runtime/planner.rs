@@ -116,8 +116,7 @@ pub(crate) fn build(
             if constants_pass && (convolution || !inputs_constant) {
                 continue;
             }
-            b.node = node_label(node, i);
-            b.op_type = node.op_type().to_string();
+            b.begin_node(node_label(node, i), node.op_type());
             let wrap = in_node(node, i);
             let node_inputs = resolve_inputs(node, &values).map_err(&wrap)?;
             let ctx = Ctx {
@@ -125,7 +124,7 @@ pub(crate) fn build(
                 opset: model.opset(),
             };
             if let Some(hard_swish) = hard_swish_written_out(&graph, i, &values, model.opset()) {
-                b.op_type = "HardSwish".into();
+                b.begin_node(node_label(node, i), "HardSwish");
                 let x = resolve_input(&hard_swish.x, &values).map_err(&wrap)?;
                 let [value] = plan_op(&mut b, &ctx, "HardSwish", &[x])
                     .map_err(&wrap)?
@@ -153,8 +152,7 @@ pub(crate) fn build(
             }
         }
     }
-    b.node = "output".into();
-    b.op_type = LAYOUT_OP.into();
+    b.begin_node("output".into(), LAYOUT_OP);
     let mut outputs = Vec::new();
     for name in model.outputs() {
         let v = values.get(name).ok_or_else(|| {
@@ -176,7 +174,7 @@ pub(crate) fn build(
         buffers,
         inputs,
         outputs,
-        budget_notes: b.budget_notes,
+        budget_notes: b.memory.notes,
     })
 }
 
