@@ -1,8 +1,9 @@
-//! Conv: ONNX attributes to a [`ConvSpec`], BatchNormalization folding, activation fusion,
-//! and the run-time step that picks a prepared method per run from the input's sparsity.
+//! Conv: ONNX attributes to a [`ConvSpec`]; the per-channel maps and activation the fusion
+//! pass gave it ([`ConvTail`]) folded into its weights and epilogue; the methods to prepare,
+//! within the memory budget, for the [`ConvStep`] that picks one per run.
 
 use super::normalize::BatchNorm;
-use super::{need_const_f32, Ctx};
+use super::{conv_transpose, need_const_f32, required, Ctx};
 use crate::conv::{Activation, Conv, ConvSpec, Method};
 use crate::error::{Error, Result};
 use crate::plan::builder::{Builder, StepOp, Value};
@@ -184,9 +185,50 @@ pub(crate) fn draft(ctx: &Ctx, x: &[usize], w: &Value, b: Option<&Value>) -> Res
     })
 }
 
+/// What the fusion pass folded into a convolution: the per-channel affine maps after it
+/// (BatchNormalization, Mul and Add by constants), in order, then an activation.
+#[derive(Default)]
+pub(crate) struct ConvTail {
+    pub affines: Vec<BatchNorm>,
+    pub activation: Option<Activation>,
+}
+
+/// Plans a Conv or ConvTranspose node `op`, with its [`ConvTail`] folded in.
+pub(crate) fn plan(
+    b: &mut Builder,
+    ctx: &Ctx,
+    op: &str,
+    inputs: &[Option<Value>],
+) -> Result<Value> {
+    let x = required(inputs, 0, op, "an input")?;
+    let w = required(inputs, 1, op, "weights")?;
+    let bias = inputs.get(2).and_then(Option::as_ref);
+    let mut draft: Box<dyn Draft> = if op == "ConvTranspose" {
+        Box::new(conv_transpose::draft(ctx, x.shape(), w, bias)?)
+    } else {
+        Box::new(draft(ctx, x.shape(), w, bias)?)
+    };
+    if let Some(tail) = ctx.tail {
+        for affine in &tail.affines {
+            if affine.scale.len() != draft.filters() {
+                return Err(Error::InvalidModel(format!(
+                    "a per-channel map of {} channels after {} filters",
+                    affine.scale.len(),
+                    draft.filters()
+                )));
+            }
+            draft.fold_batch_norm(affine);
+        }
+        if let Some(activation) = tail.activation {
+            draft.fuse(activation);
+        }
+    }
+    draft.finish(b, x)
+}
+
 /// A convolution (plain or transposed) read from its node, into which the planner folds
 /// the per-channel affine maps and the activation that follow it.
-pub(crate) trait Draft {
+pub(super) trait Draft {
     /// Output channels.
     fn filters(&self) -> usize;
     /// Folds `y = x * scale[m] + shift[m]` (a BatchNormalization) into the weights and bias.

@@ -2,7 +2,7 @@
 //! (two inputs). Both work on any storage layout: a binary operator computes in the storage
 //! order of its channels-last input, reading the other through broadcast strides.
 
-use super::Ctx;
+use super::{required, Ctx};
 use crate::error::{Error, Result};
 use crate::plan::builder::{Builder, Value};
 use crate::plan::kernel::{in_parallel_chunks, Kernel, ELEMENTS_PER_TASK};
@@ -112,10 +112,7 @@ pub(crate) fn plan_unary(
     op: &str,
     inputs: &[Option<Value>],
 ) -> Result<Value> {
-    let x = inputs
-        .first()
-        .and_then(Option::as_ref)
-        .ok_or_else(|| Error::InvalidModel(format!("{op} needs an input")))?;
+    let x = required(inputs, 0, op, "an input")?;
     let f = match op {
         "Relu" => Unary::Relu,
         "Sigmoid" => Unary::Sigmoid,

@@ -3,7 +3,7 @@
 //! and Constant. On constants they fold (this is where a model's shape arithmetic goes);
 //! on run-time tensors the reshapes are free and the rest are strided copies.
 
-use super::{axis, distinct_axes, need_const_i64, Ctx};
+use super::{axis, distinct_axes, need_const_i64, required, Ctx};
 use crate::error::{Error, Result};
 use crate::limits::MAX_COPY_PARTS;
 use crate::plan::builder::{reshape_value, Builder, Dynamic, Value};
@@ -17,12 +17,7 @@ pub(crate) fn plan(
     op: &str,
     inputs: &[Option<Value>],
 ) -> Result<Value> {
-    let input = |i: usize| -> Result<&Value> {
-        inputs
-            .get(i)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| Error::InvalidModel(format!("{op} needs input {i}")))
-    };
+    let input = |i: usize| required(inputs, i, op, &format!("input {i}"));
     let optional = |i: usize| inputs.get(i).and_then(Option::as_ref);
     match op {
         "Constant" => constant(ctx),

@@ -1,6 +1,6 @@
 //! The plan layer: what operators build at plan time and the runtime runs. Values (constants
 //! or tensors known at run time) and their storage layouts, the steps that compute them, the
-//! [`Kernel`] trait and the copy kernels every operator shares, the convolution step with its
+//! [`Kernel`](kernel::Kernel) trait and the copy kernels every operator shares, the convolution step with its
 //! method choice, and the memory budget a plan must fit.
 //!
 //! Operators (`crate::ops`) import this layer and nothing above it; the runtime

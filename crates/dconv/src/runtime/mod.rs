@@ -20,6 +20,7 @@
 
 mod analysis;
 pub(crate) mod example;
+mod fuse;
 pub(crate) mod planner;
 mod profile;
 mod session;

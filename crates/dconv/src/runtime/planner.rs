@@ -1,14 +1,12 @@
-//! Planning: one pass over a model's nodes for one set of input shapes. Constants fold,
-//! BatchNormalization folds into the Conv (or ConvTranspose) before it, a ReLU or ReLU6
-//! after one fuses into it, HardSwish written out as four nodes runs as one, layouts are
-//! fixed, and every run-time tensor gets a buffer that is reused once the tensor is dead.
+//! Planning a model for one set of input shapes: constants fold, the fusion pass
+//! ([`fuse`](super::fuse)) decides which nodes run as one step, each node asks its operator
+//! for its steps, layouts are fixed, and every run-time tensor gets a buffer that is reused
+//! once the tensor is dead.
 
-use crate::conv::Activation;
+use super::fuse::{fuse, Fusion};
 use crate::error::{Error, Result};
 use crate::onnx::{node_label, Attrs, Model, Node};
-use crate::ops::conv::Draft;
-use crate::ops::normalize::BatchNorm;
-use crate::ops::{conv, conv_transpose, plan_op, Ctx};
+use crate::ops::{plan_op, Ctx};
 use crate::plan::builder::{Builder, Dynamic, Src, Step, Value, LAYOUT_OP};
 use crate::plan::layout::Layout;
 use crate::plan::policy::Selection;
@@ -29,26 +27,6 @@ pub(crate) struct Plan {
     pub outputs: Vec<(String, Value)>,
     /// What fitting the memory budget took out of the plan, a line per convolution.
     pub budget_notes: Vec<String>,
-}
-
-/// The graph around the node being planned, for the fusions that look ahead.
-struct Graph<'m> {
-    nodes: &'m [Node],
-    consumers: HashMap<&'m str, Vec<usize>>,
-    outputs: HashSet<&'m str>,
-}
-
-impl<'m> Graph<'m> {
-    /// The one node that reads `name`, when nothing else (not even the graph's outputs) does.
-    fn sole_consumer(&self, name: &str) -> Option<usize> {
-        match self.consumers.get(name).map(Vec::as_slice) {
-            Some(&[j]) if !self.outputs.contains(name) => Some(j),
-            _ => None,
-        }
-    }
-    fn is_unused(&self, name: &str) -> bool {
-        name.is_empty() || (!self.consumers.contains_key(name) && !self.outputs.contains(name))
-    }
 }
 
 fn in_node(node: &Node, index: usize) -> impl Fn(Error) -> Error + '_ {
@@ -89,67 +67,22 @@ pub(crate) fn build(
         });
         values.insert(input.name.clone(), v);
     }
-    let mut graph = Graph {
-        nodes: &model.nodes,
-        consumers: HashMap::new(),
-        outputs: model.outputs().iter().map(String::as_str).collect(),
-    };
-    for (j, node) in model.nodes.iter().enumerate() {
-        for input in node.input.iter().filter(|i| !i.is_empty()) {
-            graph.consumers.entry(input.as_str()).or_default().push(j);
+    // Constants first, so that the fusion pass sees the values it decides by (a Mul's
+    // per-channel scale may be unsqueezed after the Conv it follows, in node order); then
+    // the rest, as the fusion pass decided.
+    let mut planned = HashSet::new();
+    for (i, node) in model.nodes.iter().enumerate() {
+        let constant = |name: &String| values.get(name).is_some_and(|v| v.as_const().is_some());
+        let convolution = matches!(node.op_type(), "Conv" | "ConvTranspose");
+        if !convolution && node.input.iter().filter(|n| !n.is_empty()).all(constant) {
+            plan_node(&mut b, model, i, None, &mut values)?;
+            planned.insert(i);
         }
     }
-
-    // Nodes planned already: folded into a Conv, or constant.
-    let mut fused = HashSet::new();
-    // Two passes: constant subgraphs first, so that folding a Conv's successors sees their
-    // values (a Mul's per-channel scale may be unsqueezed after the Conv it follows, in node
-    // order); then the rest.
-    for constants_pass in [true, false] {
-        for (i, node) in model.nodes.iter().enumerate() {
-            if fused.contains(&i) {
-                continue;
-            }
-            let constant = |name: &String| values.get(name).is_some_and(|v| v.as_const().is_some());
-            let inputs_constant = node.input.iter().filter(|n| !n.is_empty()).all(constant);
-            let convolution = matches!(node.op_type(), "Conv" | "ConvTranspose");
-            if constants_pass && (convolution || !inputs_constant) {
-                continue;
-            }
-            b.begin_node(node_label(node, i), node.op_type());
-            let wrap = in_node(node, i);
-            let node_inputs = resolve_inputs(node, &values).map_err(&wrap)?;
-            let ctx = Ctx {
-                attrs: Attrs(&node.attribute),
-                opset: model.opset(),
-            };
-            if let Some(hard_swish) = hard_swish_written_out(&graph, i, &values, model.opset()) {
-                b.begin_node(node_label(node, i), "HardSwish");
-                let x = resolve_input(&hard_swish.x, &values).map_err(&wrap)?;
-                let [value] = plan_op(&mut b, &ctx, "HardSwish", &[x])
-                    .map_err(&wrap)?
-                    .try_into()
-                    .map_err(|_| wrap(Error::InvalidModel("HardSwish has one output".into())))?;
-                values.insert(hard_swish.output, value);
-                fused.extend(hard_swish.nodes);
-                continue;
-            }
-            if convolution {
-                let (name, value) =
-                    plan_conv(&mut b, &ctx, &graph, i, &node_inputs, &values, &mut fused)
-                        .map_err(&wrap)?;
-                values.insert(name, value);
-                continue;
-            }
-            let outputs = plan_op(&mut b, &ctx, node.op_type(), &node_inputs).map_err(&wrap)?;
-            for (name, value) in node.output.iter().zip(outputs) {
-                if !name.is_empty() {
-                    values.insert(name.clone(), value);
-                }
-            }
-            if constants_pass {
-                fused.insert(i);
-            }
+    let fusions = fuse(model, &values, &planned);
+    for i in 0..model.nodes.len() {
+        if !planned.contains(&i) && !fusions.taken.contains(&i) {
+            plan_node(&mut b, model, i, fusions.at.get(&i), &mut values)?;
         }
     }
     b.begin_node("output".into(), LAYOUT_OP);
@@ -178,129 +111,41 @@ pub(crate) fn build(
     })
 }
 
-/// HardSwish written out as four nodes, as exporters without the operator write it
-/// (PaddlePaddle's MobileNetV3): `Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(., 6)`, the
-/// last possibly `Mul(., 1/6)`, with no other reader of the three intermediate tensors.
-struct HardSwishWrittenOut {
-    x: String,
-    /// The Clip, Mul and Div nodes, planned with the Add as one step.
-    nodes: [usize; 3],
-    output: String,
-}
-
-fn hard_swish_written_out(
-    graph: &Graph,
-    add: usize,
-    values: &HashMap<String, Value>,
-    opset: i64,
-) -> Option<HardSwishWrittenOut> {
-    let scalar = |name: &str, expected: f32| {
-        values
-            .get(name)
-            .and_then(Value::as_const)
-            .and_then(|t| t.as_f32())
-            .is_some_and(|d| d.len() == 1 && (d[0] - expected).abs() <= 1e-6 * expected)
+/// Plans node `i` as the fusion pass decided (`fusion`), and records the values it computes.
+fn plan_node(
+    b: &mut Builder,
+    model: &Model,
+    i: usize,
+    fusion: Option<&Fusion>,
+    values: &mut HashMap<String, Value>,
+) -> Result<()> {
+    let node = &model.nodes[i];
+    let wrap = in_node(node, i);
+    let mut ctx = Ctx::new(Attrs(&node.attribute), model.opset());
+    let (op, inputs, names) = match fusion {
+        None => (
+            node.op_type(),
+            resolve_inputs(node, values),
+            &node.output[..],
+        ),
+        Some(Fusion::Conv { tail, output }) => {
+            ctx.tail = Some(tail);
+            let names = std::slice::from_ref(output);
+            (node.op_type(), resolve_inputs(node, values), names)
+        }
+        Some(Fusion::HardSwish { x, output }) => {
+            let x = resolve_input(x, values).map(|x| vec![x]);
+            ("HardSwish", x, std::slice::from_ref(output))
+        }
     };
-    // The operand of a binary node that is not `known` (None if both or neither are).
-    let other = |node: &Node, known: &str| match node.input.as_slice() {
-        [a, b] if a == known && b != known => Some(b.clone()),
-        [a, b] if b == known && a != known => Some(a.clone()),
-        _ => None,
-    };
-    let nodes = graph.nodes;
-    let add_node = &nodes[add];
-    if add_node.op_type() != "Add" || opset < 7 {
-        return None;
+    b.begin_node(node_label(node, i), op);
+    let outputs = plan_op(b, &ctx, op, &inputs.map_err(&wrap)?).map_err(&wrap)?;
+    for (name, value) in names.iter().zip(outputs) {
+        if !name.is_empty() {
+            values.insert(name.clone(), value);
+        }
     }
-    let x = add_node
-        .input
-        .iter()
-        .find(|name| !scalar(name, 3.0))
-        .filter(|x| other(add_node, x).is_some_and(|c| scalar(&c, 3.0)))?
-        .clone();
-    let clip = graph.sole_consumer(add_node.output.first()?)?;
-    let clip_node = &nodes[clip];
-    let ctx = Ctx {
-        attrs: Attrs(&clip_node.attribute),
-        opset,
-    };
-    let bounds = (clip_node.op_type() == "Clip")
-        .then(|| resolve_parameters(clip_node, values).ok())
-        .flatten()
-        .and_then(|inputs| crate::ops::clip_bounds(&ctx, &inputs).ok())?;
-    if bounds != (0.0, 6.0) || clip_node.input.first() != add_node.output.first() {
-        return None;
-    }
-    let mul = graph.sole_consumer(clip_node.output.first()?)?;
-    let mul_node = &nodes[mul];
-    if mul_node.op_type() != "Mul" || other(mul_node, clip_node.output.first()?)? != x {
-        return None;
-    }
-    let div = graph.sole_consumer(mul_node.output.first()?)?;
-    let div_node = &nodes[div];
-    let by = other(div_node, mul_node.output.first()?)?;
-    let divides_by_six = match div_node.op_type() {
-        "Div" => div_node.input.first() == mul_node.output.first() && scalar(&by, 6.0),
-        "Mul" => scalar(&by, 1.0 / 6.0),
-        _ => false,
-    };
-    divides_by_six.then(|| HardSwishWrittenOut {
-        x,
-        nodes: [clip, mul, div],
-        output: div_node.output.first().cloned().unwrap_or_default(),
-    })
-}
-
-/// The other operand of a binary `node` one of whose operands is `x` (a Conv output of `rank`
-/// axes, `[N, M, ...]`), when it is a float constant that numpy broadcasting applies per
-/// channel without changing the output's shape: a scalar of at most `rank` unit axes, or
-/// `[M, 1, ...]` of `rank - 1` axes, or that with a leading unit axis; as `M` values.
-fn channel_constant(
-    node: &Node,
-    x: &str,
-    values: &HashMap<String, Value>,
-    (filters, rank): (usize, usize),
-) -> Option<Vec<f32>> {
-    let [a, b] = node.input.as_slice() else {
-        return None;
-    };
-    let other = if a == x {
-        b
-    } else if b == x {
-        a
-    } else {
-        return None;
-    };
-    if other == x {
-        return None;
-    }
-    let tensor = values.get(other.as_str())?.as_const()?;
-    let data = tensor.as_f32()?;
-    let shape = tensor.shape();
-    if shape.len() > rank {
-        return None;
-    }
-    if data.len() == 1 {
-        return Some(vec![data[0]; filters]);
-    }
-    let per_channel = match shape {
-        [1, rest @ ..] if shape.len() == rank => rest,
-        rest => rest,
-    };
-    let unit_rest = per_channel.iter().skip(1).all(|&d| d == 1);
-    (per_channel.len() == rank - 1 && per_channel.first() == Some(&filters) && unit_rest)
-        .then(|| data.to_vec())
-}
-
-/// The inputs of a node that follows the Conv being planned, but its first (the Conv's
-/// output, which has no value yet) as None: its parameters (a BatchNormalization's
-/// statistics, a Clip's bounds).
-fn resolve_parameters(node: &Node, values: &HashMap<String, Value>) -> Result<Vec<Option<Value>>> {
-    let mut inputs = vec![None];
-    for name in node.input.iter().skip(1) {
-        inputs.push(resolve_input(name, values)?);
-    }
-    Ok(inputs)
+    Ok(())
 }
 
 fn resolve_inputs(node: &Node, values: &HashMap<String, Value>) -> Result<Vec<Option<Value>>> {
@@ -319,141 +164,6 @@ fn resolve_input(name: &str, values: &HashMap<String, Value>) -> Result<Option<V
             "input '{name}' is an optional output of an earlier node that dconv does not compute"
         ))
     })
-}
-
-/// Plans a Conv or ConvTranspose with the BatchNormalization and activation that follow it
-/// folded in; returns the name and value of the last fused node's output.
-fn plan_conv(
-    b: &mut Builder,
-    ctx: &Ctx,
-    graph: &Graph,
-    i: usize,
-    inputs: &[Option<Value>],
-    values: &HashMap<String, Value>,
-    fused: &mut HashSet<usize>,
-) -> Result<(String, Value)> {
-    let node = &graph.nodes[i];
-    let op = node.op_type();
-    let x = inputs
-        .first()
-        .and_then(Option::as_ref)
-        .ok_or_else(|| Error::InvalidModel(format!("{op} needs an input")))?;
-    let w = inputs
-        .get(1)
-        .and_then(Option::as_ref)
-        .ok_or_else(|| Error::InvalidModel(format!("{op} needs weights")))?;
-    let bias = inputs.get(2).and_then(Option::as_ref);
-    let mut draft: Box<dyn Draft> = if op == "ConvTranspose" {
-        Box::new(conv_transpose::draft(ctx, x.shape(), w, bias)?)
-    } else {
-        Box::new(conv::draft(ctx, x.shape(), w, bias)?)
-    };
-    let mut out = node.output.first().cloned().unwrap_or_default();
-    let opset = ctx.opset;
-    fn ctx_of(n: &Node, opset: i64) -> Ctx<'_> {
-        Ctx {
-            attrs: Attrs(&n.attribute),
-            opset,
-        }
-    }
-
-    // Per-channel affine maps after the Conv fold into its weights and bias, one after the
-    // other: BatchNormalization, and Mul and Add by constants (BatchNormalization written
-    // out, as in Inception v2).
-    while let Some(j) = graph.sole_consumer(&out) {
-        let next = &graph.nodes[j];
-        let only_y = next.output.iter().skip(1).all(|o| graph.is_unused(o));
-        let filters = draft.filters();
-        let affine = match next.op_type() {
-            "BatchNormalization" if only_y => resolve_parameters(next, values)
-                .and_then(|inputs| BatchNorm::from_inputs(&ctx_of(next, opset), &inputs))
-                .ok(),
-            "Mul" | "Add" if opset >= 7 => {
-                let rank = x.shape().len();
-                channel_constant(next, &out, values, (filters, rank)).map(|c| {
-                    match next.op_type() {
-                        "Mul" => BatchNorm {
-                            scale: c,
-                            shift: vec![0.0; filters],
-                        },
-                        _ => BatchNorm {
-                            scale: vec![1.0; filters],
-                            shift: c,
-                        },
-                    }
-                })
-            }
-            _ => None,
-        };
-        match affine {
-            Some(bn) if bn.scale.len() == filters => {
-                draft.fold_batch_norm(&bn);
-                fused.insert(j);
-                out = next.output[0].clone();
-            }
-            _ => break,
-        }
-    }
-    if let Some((activation, nodes, output)) = fused_activation(graph, &out, values, opset) {
-        draft.fuse(activation);
-        fused.extend(nodes);
-        out = output;
-    }
-    Ok((out, draft.finish(b, x)?))
-}
-
-/// The activation after a Conv's output `out` that its epilogue can apply, with the nodes
-/// that compute it and the tensor they write: Relu, Clip to [0, 6] or [0, ∞), HardSigmoid,
-/// HardSwish, or HardSwish written out as four nodes (whose first and third both read
-/// `out`).
-fn fused_activation(
-    graph: &Graph,
-    out: &str,
-    values: &HashMap<String, Value>,
-    opset: i64,
-) -> Option<(Activation, Vec<usize>, String)> {
-    let output = |j: usize| graph.nodes[j].output.first().cloned().unwrap_or_default();
-    if let Some(j) = graph.sole_consumer(out) {
-        let next = &graph.nodes[j];
-        let attrs = Attrs(&next.attribute);
-        let activation = match next.op_type() {
-            "Relu" => Activation::Relu,
-            "Clip" => {
-                let ctx = Ctx { attrs, opset };
-                let inputs = resolve_parameters(next, values).ok()?;
-                match crate::ops::clip_bounds(&ctx, &inputs).ok()? {
-                    (0.0, 6.0) => Activation::Relu6,
-                    (0.0, f32::INFINITY) => Activation::Relu,
-                    _ => return None,
-                }
-            }
-            "HardSigmoid" => Activation::HardSigmoid {
-                alpha: attrs.float("alpha", 0.2),
-                beta: attrs.float("beta", 0.5),
-            },
-            "HardSwish" => Activation::HardSwish,
-            _ => return None,
-        };
-        return Some((activation, vec![j], output(j)));
-    }
-    let readers = match graph.consumers.get(out).map(Vec::as_slice) {
-        Some(&[a, b]) if !graph.outputs.contains(out) => [a, b],
-        _ => return None,
-    };
-    readers
-        .iter()
-        .zip(readers.iter().rev())
-        .find_map(|(&add, &other)| {
-            let written = hard_swish_written_out(graph, add, values, opset)?;
-            let [clip, mul, div] = written.nodes;
-            (written.x == out && other == mul).then(|| {
-                (
-                    Activation::HardSwish,
-                    vec![add, clip, mul, div],
-                    written.output,
-                )
-            })
-        })
 }
 
 /// Gives each slot a buffer, reusing the buffers of slots no later step reads. A step's
