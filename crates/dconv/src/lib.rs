@@ -35,6 +35,7 @@ pub mod limits;
 pub mod models;
 pub mod onnx;
 mod ops;
+mod plan;
 pub mod prune;
 pub mod runtime;
 pub mod sparse;

@@ -1,13 +1,14 @@
-//! Conv: ONNX attributes to a [`ConvSpec`], BatchNormalization folding, activation fusion,
-//! and the run-time step that picks a prepared method per run from the input's sparsity.
+//! Conv: ONNX attributes to a [`ConvSpec`]; the per-channel maps and activation the fusion
+//! pass gave it ([`ConvTail`]) folded into its weights and epilogue; the methods to prepare,
+//! within the memory budget, for the [`ConvStep`] that picks one per run.
 
 use super::normalize::BatchNorm;
-use super::{need_const_f32, Ctx};
-use crate::conv::{Activation, Conv, ConvSpec, Method, Workspace};
+use super::{conv_transpose, need_const_f32, required, Ctx};
+use crate::conv::{Activation, Conv, ConvSpec, Method};
 use crate::error::{Error, Result};
-use crate::runtime::builder::{Builder, StepOp, Value};
-use crate::runtime::layout::Layout;
-use crate::runtime::policy::{Choice, Selection};
+use crate::plan::builder::{Builder, StepOp, Value};
+use crate::plan::conv_step::ConvStep;
+use crate::plan::layout::Layout;
 
 /// A convolution read from its node, before folding and fusion.
 pub(crate) struct ConvDraft {
@@ -184,9 +185,50 @@ pub(crate) fn draft(ctx: &Ctx, x: &[usize], w: &Value, b: Option<&Value>) -> Res
     })
 }
 
+/// What the fusion pass folded into a convolution: the per-channel affine maps after it
+/// (BatchNormalization, Mul and Add by constants), in order, then an activation.
+#[derive(Default)]
+pub(crate) struct ConvTail {
+    pub affines: Vec<BatchNorm>,
+    pub activation: Option<Activation>,
+}
+
+/// Plans a Conv or ConvTranspose node `op`, with its [`ConvTail`] folded in.
+pub(crate) fn plan(
+    b: &mut Builder,
+    ctx: &Ctx,
+    op: &str,
+    inputs: &[Option<Value>],
+) -> Result<Value> {
+    let x = required(inputs, 0, op, "an input")?;
+    let w = required(inputs, 1, op, "weights")?;
+    let bias = inputs.get(2).and_then(Option::as_ref);
+    let mut draft: Box<dyn Draft> = if op == "ConvTranspose" {
+        Box::new(conv_transpose::draft(ctx, x.shape(), w, bias)?)
+    } else {
+        Box::new(draft(ctx, x.shape(), w, bias)?)
+    };
+    if let Some(tail) = ctx.tail {
+        for affine in &tail.affines {
+            if affine.scale.len() != draft.filters() {
+                return Err(Error::InvalidModel(format!(
+                    "a per-channel map of {} channels after {} filters",
+                    affine.scale.len(),
+                    draft.filters()
+                )));
+            }
+            draft.fold_batch_norm(affine);
+        }
+        if let Some(activation) = tail.activation {
+            draft.fuse(activation);
+        }
+    }
+    draft.finish(b, x)
+}
+
 /// A convolution (plain or transposed) read from its node, into which the planner folds
 /// the per-channel affine maps and the activation that follow it.
-pub(crate) trait Draft {
+pub(super) trait Draft {
     /// Output channels.
     fn filters(&self) -> usize;
     /// Folds `y = x * scale[m] + shift[m]` (a BatchNormalization) into the weights and bias.
@@ -220,19 +262,14 @@ impl Draft for ConvDraft {
         let zeros = self.weights.iter().filter(|&&w| w == 0.0).count();
         let weight_sparsity = zeros as f64 / self.weights.len().max(1) as f64;
         let nonzeros = self.weights.len() - zeros;
-        let prepared = b.account_methods(&self.spec, weight_sparsity, nonzeros)?;
+        let prepared = methods_to_prepare(b, &self.spec, weight_sparsity, nonzeros)?;
         let methods =
             Conv::prepare_methods(&self.spec, &self.weights, Some(&self.bias), &prepared)?;
-        let methods = b.fit_scratch(methods)?;
+        let methods = b.memory.fit_scratch(methods)?;
         let kept = methods.iter().map(Conv::method).collect::<Vec<_>>();
         let choice = b.selection.choice(&self.spec, weight_sparsity, &kept);
-        let step = ConvStep {
-            methods,
-            choice,
-            weight_sparsity,
-            nonzeros,
-            counts_zeros: self.spec.activation != Activation::None,
-        };
+        let counts_zeros = self.spec.activation != Activation::None;
+        let step = ConvStep::new(methods, choice, weight_sparsity, nonzeros, counts_zeros);
         let src = b.src(&x);
         b.push(
             vec![src],
@@ -243,139 +280,74 @@ impl Draft for ConvDraft {
     }
 }
 
-/// A convolution at run time: every method its policy may pick, prepared.
-pub(crate) struct ConvStep {
-    methods: Vec<Conv>,
-    choice: Choice,
+/// The methods to prepare for a convolution with `nonzeros` non-zero weights, their packed
+/// weights accounted for: those the selection may pick, or in a lean plan the one of them
+/// that packs the fewest bytes (a pruned layer's sparse weights, say).
+fn methods_to_prepare(
+    b: &mut Builder,
+    spec: &ConvSpec,
     weight_sparsity: f64,
-    /// Non-zero weights, which the sparse-weight method's packed size follows.
     nonzeros: usize,
-    /// Whether a fused ReLU makes the output sparse enough to be worth counting.
-    counts_zeros: bool,
+) -> Result<Vec<Method>> {
+    let mut methods = b.selection.methods(spec, weight_sparsity);
+    if b.selection.lean && methods.len() > 1 {
+        let leanest = methods
+            .iter()
+            .copied()
+            .min_by_key(|m| m.prepared_bytes(spec, nonzeros))
+            .expect("more than one method");
+        let note = format!(
+            "node '{}': prepared {leanest} alone, of {}, to fit the memory budget",
+            b.node(),
+            Method::names(&methods)
+        );
+        b.memory.notes.push(note);
+        methods = vec![leanest];
+    }
+    let bytes = Method::prepared_bytes_of(&methods, spec, nonzeros);
+    let what = format!("preparing {}", Method::names(&methods));
+    b.memory.account_prepared(what, bytes)?;
+    Ok(methods)
 }
 
-impl ConvStep {
-    /// Runs on channels-last `input`, whose fraction of zeros is `input_sparsity` when its
-    /// producer counted them; returns the method used and the output's fraction of zeros
-    /// when counted.
-    pub fn run(
-        &self,
-        input: &[f32],
-        input_sparsity: Option<f64>,
-        output: &mut [f32],
-        ws: &mut Workspace,
-    ) -> Result<ConvRun> {
-        let method = self.choose(input, input_sparsity);
-        let timing = self.prepared(method)?.run(input, output, ws)?;
-        Ok(ConvRun {
-            method,
-            // The fused activation counted the zeros as it wrote them; a method without an
-            // epilogue pass leaves them to count here.
-            output_sparsity: (self.counts_zeros && self.choice.needs_sparsity()).then(|| {
-                timing.output_zeros.map_or_else(
-                    || zero_fraction(output),
-                    |z| z as f64 / output.len().max(1) as f64,
-                )
-            }),
-        })
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::policy::Selection;
+
+    /// A lean plan prepares, of a pruned layer's methods, the one with the smallest packed
+    /// weights, and says so; a plain one prepares all of them, or refuses the layer.
+    #[test]
+    fn a_lean_plan_prepares_the_leanest_method() {
+        let spec = ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1; 4]);
+        let nonzeros = spec.weight_len().unwrap() / 10;
+        let auto = Selection::default();
+        let methods = auto.methods(&spec, 0.9);
+        assert!(methods.len() > 1, "{methods:?}");
+        let bytes = |m: Method| m.prepared_bytes(&spec, nonzeros);
+        let leanest = methods.iter().copied().min_by_key(|&m| bytes(m)).unwrap();
+        let all = Method::prepared_bytes_of(&methods, &spec, nonzeros);
+        assert!(bytes(leanest) < all);
+
+        let mut plain = Builder::new(auto, Some(all));
+        assert_eq!(
+            methods_to_prepare(&mut plain, &spec, 0.9, nonzeros).unwrap(),
+            methods
+        );
+        assert_eq!(plain.memory.prepared_bytes, all);
+        assert!(plain.memory.notes.is_empty());
+        let mut short = Builder::new(auto, Some(all - 1));
+        assert!(methods_to_prepare(&mut short, &spec, 0.9, nonzeros).is_err());
+
+        let lean = Selection { lean: true, ..auto };
+        let mut thin = Builder::new(lean, Some(bytes(leanest)));
+        assert_eq!(
+            methods_to_prepare(&mut thin, &spec, 0.9, nonzeros).unwrap(),
+            [leanest]
+        );
+        assert_eq!(thin.memory.prepared_bytes, bytes(leanest));
+        assert_eq!(thin.memory.notes.len(), 1);
+        let mut over = Builder::new(lean, Some(bytes(leanest) - 1));
+        assert!(methods_to_prepare(&mut over, &spec, 0.9, nonzeros).is_err());
     }
-
-    /// The method a run on `input` uses (its sparsity counted here when not known).
-    pub fn choose(&self, input: &[f32], input_sparsity: Option<f64>) -> Method {
-        if self.choice.needs_sparsity() {
-            self.choice
-                .choose(input_sparsity.unwrap_or_else(|| zero_fraction(input)))
-        } else {
-            self.choice.choose(0.0)
-        }
-    }
-
-    /// The prepared convolution of `method`.
-    pub fn prepared(&self, method: Method) -> Result<&Conv> {
-        self.methods
-            .iter()
-            .find(|c| c.method() == method)
-            .ok_or_else(|| Error::Unsupported(format!("method {method} was not prepared")))
-    }
-
-    /// Every prepared convolution.
-    pub fn convs(&self) -> &[Conv] {
-        &self.methods
-    }
-
-    /// The prepared methods kept when those whose workspace is over `limit` bytes go: a
-    /// forced method always stays, and under `auto` at least the one of least workspace.
-    pub fn kept_within(&self, limit: usize) -> impl Iterator<Item = &Conv> {
-        let forced = match self.choice {
-            Choice::Fixed(m) => Some(m),
-            Choice::Cheapest(_) => None,
-        };
-        let stays = move |c: &Conv| c.scratch_bytes() <= limit || Some(c.method()) == forced;
-        let leanest = self
-            .methods
-            .iter()
-            .min_by_key(|c| c.scratch_bytes())
-            .map(Conv::method);
-        let none_stays = !self.methods.iter().any(stays);
-        self.methods
-            .iter()
-            .filter(move |c| stays(c) || (none_stays && Some(c.method()) == leanest))
-    }
-
-    /// At most how many bytes the weights of [`kept_within`](Self::kept_within)`(limit)` hold
-    /// packed.
-    pub fn prepared_bytes_within(&self, limit: usize) -> usize {
-        let kept: Vec<Method> = self.kept_within(limit).map(Conv::method).collect();
-        self.methods.first().map_or(0, |conv| {
-            Method::prepared_bytes_of(&kept, conv.spec(), self.nonzeros)
-        })
-    }
-
-    /// Keeps only [`kept_within`](Self::kept_within)`(limit)` (a tight memory budget cannot
-    /// hold the others' workspace) and picks among them from then on; returns the methods
-    /// dropped.
-    pub fn keep_within(&mut self, limit: usize, selection: &Selection) -> Vec<Method> {
-        let kept: Vec<Method> = self.kept_within(limit).map(Conv::method).collect();
-        let dropped: Vec<Method> = self.methods().filter(|m| !kept.contains(m)).collect();
-        if dropped.is_empty() {
-            return dropped;
-        }
-        self.methods.retain(|c| kept.contains(&c.method()));
-        if let Choice::Cheapest(_) = self.choice {
-            let spec = *self.methods[0].spec();
-            self.choice = selection.choice(&spec, self.weight_sparsity, &kept);
-        }
-        dropped
-    }
-
-    /// Fraction of zero weights (after BatchNormalization folding).
-    pub fn weight_sparsity(&self) -> f64 {
-        self.weight_sparsity
-    }
-
-    /// The methods prepared for this convolution.
-    pub fn methods(&self) -> impl Iterator<Item = Method> + '_ {
-        self.methods.iter().map(Conv::method)
-    }
-
-    /// Multiply-adds of the dense convolution (0 if they overflow 64 bits).
-    pub fn macs(&self) -> u64 {
-        self.methods
-            .first()
-            .and_then(|c| c.spec().macs().ok())
-            .unwrap_or(0)
-    }
-}
-
-/// What one run of a convolution did.
-pub(crate) struct ConvRun {
-    pub method: Method,
-    /// The output's fraction of zeros, when the fused activation counted them.
-    pub output_sparsity: Option<f64>,
-}
-
-/// Fraction of exactly-zero elements.
-pub(crate) fn zero_fraction(data: &[f32]) -> f64 {
-    let zeros = data.iter().filter(|&&v| v == 0.0).count();
-    zeros as f64 / data.len().max(1) as f64
 }

@@ -9,8 +9,8 @@ use super::{need_const_f32, Ctx};
 use crate::conv::{Activation, ConvTranspose, TransposeSpec};
 use crate::error::{Error, Result};
 use crate::kernels::Isa;
-use crate::runtime::builder::{Builder, StepOp, Value};
-use crate::runtime::layout::Layout;
+use crate::plan::builder::{Builder, StepOp, Value};
+use crate::plan::layout::Layout;
 
 /// A ConvTranspose read from its node, before folding and fusion.
 pub(crate) struct TransposeDraft {
@@ -242,16 +242,11 @@ impl Draft for TransposeDraft {
     fn finish(self: Box<Self>, b: &mut Builder, input: &Value) -> Result<Value> {
         let x = b.in_layout(input, Layout::ChannelsLast)?;
         let packing = ConvTranspose::prepared_bytes(&self.spec);
-        b.account_prepared("packing ConvTranspose weights".into(), packing)?;
+        b.memory
+            .account_prepared("packing ConvTranspose weights".into(), packing)?;
         let conv = ConvTranspose::new(self.spec, &self.weights, self.bias, Isa::detect())?;
-        let budget = b.budget.unwrap_or(usize::MAX);
-        if conv.scratch_bytes() > budget {
-            return Err(Error::OverBudget {
-                what: "the columns of ConvTranspose".into(),
-                needed: conv.scratch_bytes(),
-                budget,
-            });
-        }
+        b.memory
+            .check_scratch("the columns of ConvTranspose".into(), conv.scratch_bytes())?;
         let src = b.src(&x);
         b.push(
             vec![src],

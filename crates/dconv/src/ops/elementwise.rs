@@ -2,12 +2,12 @@
 //! (two inputs). Both work on any storage layout: a binary operator computes in the storage
 //! order of its channels-last input, reading the other through broadcast strides.
 
-use super::{Ctx, Kernel};
+use super::{required, Ctx};
 use crate::error::{Error, Result};
-use crate::runtime::builder::{Builder, Value};
-use crate::runtime::layout::Layout;
+use crate::plan::builder::{Builder, Value};
+use crate::plan::kernel::{in_parallel_chunks, Kernel, ELEMENTS_PER_TASK};
+use crate::plan::layout::Layout;
 use crate::tensor::{Tensor, TensorData};
-use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
 enum Unary {
@@ -78,27 +78,6 @@ impl Kernel for UnaryKernel {
     }
 }
 
-/// Elements per task of an element-wise pass: below it, one thread does the whole pass.
-pub(crate) const ELEMENTS_PER_TASK: usize = 1 << 15;
-
-/// Runs `f(first, chunk)` on chunks of `output` of `chunk_len` elements (the whole of it when
-/// it is no longer than that), `first` being the chunk's first index, on the threads of the
-/// current pool; sums what it returns.
-pub(crate) fn in_parallel_chunks(
-    output: &mut [f32],
-    chunk_len: usize,
-    f: impl Fn(usize, &mut [f32]) -> usize + Sync,
-) -> usize {
-    if output.len() <= chunk_len {
-        return f(0, output);
-    }
-    output
-        .par_chunks_mut(chunk_len)
-        .enumerate()
-        .map(|(i, out)| f(i * chunk_len, out))
-        .sum()
-}
-
 /// The scalar value of an optional constant input (Clip's min and max from opset 11).
 fn optional_scalar(inputs: &[Option<Value>], i: usize, default: f32) -> Result<f32> {
     match inputs.get(i).and_then(Option::as_ref) {
@@ -133,10 +112,7 @@ pub(crate) fn plan_unary(
     op: &str,
     inputs: &[Option<Value>],
 ) -> Result<Value> {
-    let x = inputs
-        .first()
-        .and_then(Option::as_ref)
-        .ok_or_else(|| Error::InvalidModel(format!("{op} needs an input")))?;
+    let x = required(inputs, 0, op, "an input")?;
     let f = match op {
         "Relu" => Unary::Relu,
         "Sigmoid" => Unary::Sigmoid,
@@ -363,7 +339,7 @@ pub(crate) fn plan_binary(
         y_strides
     } else {
         // Legacy alignment only inserts unit axes into a constant or plain tensor.
-        crate::runtime::layout::plain_strides(&y_shape)
+        crate::plan::layout::plain_strides(&y_shape)
     };
     let strides = [
         broadcast_strides(x.shape(), &x.strides(), &out),
@@ -371,7 +347,7 @@ pub(crate) fn plan_binary(
     ];
     if let (Some(tx), Some(ty)) = (x.as_const(), y.as_const()) {
         if let (TensorData::I64(dx), TensorData::I64(dy)) = (tx.data(), ty.data()) {
-            let mut data = vec![0i64; b.fold_elements(&out)?];
+            let mut data = vec![0i64; b.memory.fold_elements(&out)?];
             let mut failure = None;
             broadcast(&out, &strides, dx, dy, &mut data, |p, q| {
                 f.apply_int(p, q).unwrap_or_else(|e| {
@@ -393,7 +369,7 @@ pub(crate) fn plan_binary(
     let order = layout.storage_order(out.len());
     let shape: Vec<usize> = order.iter().map(|&i| out[i]).collect();
     let strides = strides.map(|s| order.iter().map(|&i| s[i]).collect::<Vec<_>>());
-    let contiguous = crate::runtime::layout::plain_strides(&shape);
+    let contiguous = crate::plan::layout::plain_strides(&shape);
     let same_layout = strides.iter().all(|s| {
         s.iter()
             .zip(&contiguous)

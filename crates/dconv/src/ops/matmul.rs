@@ -4,13 +4,14 @@
 //! go to the dense GEMM, with A and B in whatever orientation they are stored. alpha, beta
 //! and C are applied to each row of the output afterwards, so nothing is allocated.
 
-use super::{Ctx, Kernel};
+use super::Ctx;
 use crate::error::{Error, Result};
 use crate::kernels::gemm::gemm_f32_strided;
 use crate::kernels::gemv::{gemv_kn, gemv_nk};
 use crate::kernels::Isa;
-use crate::runtime::builder::{Builder, Value};
-use crate::runtime::layout::Layout;
+use crate::plan::builder::{Builder, Value};
+use crate::plan::kernel::Kernel;
+use crate::plan::layout::Layout;
 use rayon::prelude::*;
 
 /// Rows of A from which a product goes to the GEMM: below, B is read once per row by the

@@ -1,10 +1,9 @@
 //! The operators of the runtime. Each one reads its node (attributes, input shapes and
-//! layouts, constant inputs) once at plan time and returns a [`Kernel`] with everything
+//! layouts, constant inputs) once at plan time and returns a [`Kernel`](crate::plan::kernel::Kernel) with everything
 //! resolved, or folds itself to a constant when its inputs are constants.
 
 pub(crate) mod conv;
-pub(crate) mod conv_transpose;
-pub(crate) mod copy;
+mod conv_transpose;
 mod elementwise;
 mod matmul;
 pub(crate) mod normalize;
@@ -16,20 +15,26 @@ pub(crate) use elementwise::clip_bounds;
 
 use crate::error::{Error, Result};
 use crate::onnx::Attrs;
-use crate::runtime::builder::{Builder, Value};
+use crate::plan::builder::{Builder, Value};
 use crate::tensor::Tensor;
-
-/// An operator with its shapes resolved, run on flat buffers.
-pub(crate) trait Kernel: Send + Sync {
-    /// Writes every element of `output`; returns the fraction of zeros of the output when it
-    /// counted them on the way (as a ReLU does), for the next convolution's method choice.
-    fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64>;
-}
+use conv::ConvTail;
 
 /// What an operator sees of its node.
 pub(crate) struct Ctx<'a> {
     pub attrs: Attrs<'a>,
     pub opset: i64,
+    /// For a Conv or ConvTranspose, what the fusion pass folded into it.
+    pub tail: Option<&'a ConvTail>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(attrs: Attrs<'a>, opset: i64) -> Self {
+        Ctx {
+            attrs,
+            opset,
+            tail: None,
+        }
+    }
 }
 
 /// Plans one node: returns its outputs (fewer than the node declares when the rest are
@@ -40,15 +45,11 @@ pub(crate) fn plan_op(
     op: &str,
     inputs: &[Option<Value>],
 ) -> Result<Vec<Value>> {
-    let input = |i: usize| -> Result<&Value> {
-        inputs
-            .get(i)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| Error::InvalidModel(format!("{op} needs input {i}")))
-    };
+    let input = |i: usize| required(inputs, i, op, &format!("input {i}"));
     let one = |v: Value| Ok(vec![v]);
     match op {
         "Identity" | "Dropout" => one(input(0)?.clone()),
+        "Conv" | "ConvTranspose" => one(conv::plan(b, ctx, op, inputs)?),
         "Relu" | "Sigmoid" | "LeakyRelu" | "HardSigmoid" | "HardSwish" | "Clip" | "Tanh"
         | "Exp" | "Neg" | "Sqrt" | "Reciprocal" | "Abs" => {
             one(elementwise::plan_unary(b, ctx, op, inputs)?)
@@ -81,6 +82,19 @@ pub(crate) fn plan_op(
             ctx.opset
         ))),
     }
+}
+
+/// Input `i` of an `op` node, which it needs: an error naming `what` it lacks otherwise.
+pub(crate) fn required<'v>(
+    inputs: &'v [Option<Value>],
+    i: usize,
+    op: &str,
+    what: &str,
+) -> Result<&'v Value> {
+    inputs
+        .get(i)
+        .and_then(Option::as_ref)
+        .ok_or_else(|| Error::InvalidModel(format!("{op} needs {what}")))
 }
 
 /// The float data of a constant input that an operator needs at plan time (weights).

@@ -2,11 +2,12 @@
 //! per-channel affine map, folded into a preceding Conv where the planner can), LRN and
 //! Softmax.
 
-use super::elementwise::{in_parallel_chunks, ELEMENTS_PER_TASK};
-use super::{axis, need_const_f32, Ctx, Kernel};
+use super::{axis, need_const_f32, Ctx};
 use crate::error::{Error, Result};
-use crate::runtime::builder::{Builder, Value};
-use crate::runtime::layout::Layout;
+use crate::plan::builder::{Builder, Value};
+use crate::plan::kernel::Kernel;
+use crate::plan::kernel::{in_parallel_chunks, ELEMENTS_PER_TASK};
+use crate::plan::layout::Layout;
 
 /// BatchNormalization at inference: `y = x * scale[c] + shift[c]`.
 pub(crate) struct BatchNorm {

@@ -2,12 +2,13 @@
 //! the channels of a pixel are contiguous and every window reduces whole channel vectors.
 
 use super::conv::resolve_pads;
-use super::{Ctx, Kernel};
+use super::Ctx;
 use crate::error::{Error, Result};
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::Isa;
-use crate::runtime::builder::{Builder, Value};
-use crate::runtime::layout::Layout;
+use crate::plan::builder::{Builder, Value};
+use crate::plan::kernel::Kernel;
+use crate::plan::layout::Layout;
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,7 +376,7 @@ pub(crate) fn plan(b: &mut Builder, ctx: &Ctx, op: &str, x: &Value) -> Result<Va
         vec![src],
         out_shape,
         Layout::ChannelsLast,
-        crate::runtime::builder::StepOp::Kernel(Box::new(pool)),
+        crate::plan::builder::StepOp::Kernel(Box::new(pool)),
     )
 }
 

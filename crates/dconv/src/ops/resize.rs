@@ -4,14 +4,15 @@
 //! weights; a run reads whole pixels through the tables (a channel vector when channels-last,
 //! one value when plain), with no division or rounding in its loops.
 
-use super::elementwise::{in_parallel_chunks, ELEMENTS_PER_TASK};
-use super::{distinct_axes, need_const_f32, need_const_i64, Ctx, Kernel};
+use super::{distinct_axes, need_const_f32, need_const_i64, Ctx};
 use crate::error::{Error, Result};
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::Isa;
 use crate::limits::checked_elements;
-use crate::runtime::builder::{Builder, Value};
-use crate::runtime::layout::Layout;
+use crate::plan::builder::{Builder, Value};
+use crate::plan::kernel::Kernel;
+use crate::plan::kernel::{in_parallel_chunks, ELEMENTS_PER_TASK};
+use crate::plan::layout::Layout;
 
 /// How an output coordinate maps back to the input (`coordinate_transformation_mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -475,7 +476,8 @@ fn emit(b: &mut Builder, op: &str, x: &Value, p: &Params) -> Result<Value> {
     };
     // The tables are constants of the plan, and counted as such before they are built.
     let entries = cols.output.saturating_add(rows.map_or(1, |m| m.output));
-    b.fold_elements(&[entries, size_of::<Option<Tap>>().div_ceil(size_of::<i64>())])?;
+    b.memory
+        .fold_elements(&[entries, size_of::<Option<Tap>>().div_ceil(size_of::<i64>())])?;
     let table = |m: &AxisMap| -> Vec<Option<Tap>> {
         (0..m.output)
             .map(|o| m.tap(transform, interpolation, o))

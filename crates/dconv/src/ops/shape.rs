@@ -3,12 +3,12 @@
 //! and Constant. On constants they fold (this is where a model's shape arithmetic goes);
 //! on run-time tensors the reshapes are free and the rest are strided copies.
 
-use super::copy::{CopyKernel, CopyPart, View};
-use super::{axis, distinct_axes, need_const_i64, Ctx};
+use super::{axis, distinct_axes, need_const_i64, required, Ctx};
 use crate::error::{Error, Result};
 use crate::limits::MAX_COPY_PARTS;
-use crate::runtime::builder::{reshape_value, strides_of, Builder, Dynamic, Value};
-use crate::runtime::layout::Layout;
+use crate::plan::builder::{reshape_value, Builder, Dynamic, Value};
+use crate::plan::copy::{CopyKernel, CopyPart, View};
+use crate::plan::layout::{plain_strides, Layout};
 use crate::tensor::{element_count, Tensor, TensorData};
 
 pub(crate) fn plan(
@@ -17,12 +17,7 @@ pub(crate) fn plan(
     op: &str,
     inputs: &[Option<Value>],
 ) -> Result<Value> {
-    let input = |i: usize| -> Result<&Value> {
-        inputs
-            .get(i)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| Error::InvalidModel(format!("{op} needs input {i}")))
-    };
+    let input = |i: usize| required(inputs, i, op, &format!("input {i}"));
     let optional = |i: usize| inputs.get(i).and_then(Option::as_ref);
     match op {
         "Constant" => constant(ctx),
@@ -121,7 +116,7 @@ fn constant_of_shape(b: &mut Builder, ctx: &Ctx, shape: &Value) -> Result<Value>
         &need_const_i64(shape, "the shape of ConstantOfShape")?,
         "shape",
     )?;
-    let count = b.fold_elements(&shape)?;
+    let count = b.memory.fold_elements(&shape)?;
     let value = ctx.attrs.tensor("value")?;
     let t = match value.as_ref().map(Tensor::data) {
         None => Tensor::from_f32(shape, vec![0.0; count])?,
@@ -281,7 +276,7 @@ fn transpose(b: &mut Builder, ctx: &Ctx, x: &Value) -> Result<Value> {
     }
     let strides = x.strides();
     let src = View::new(0, shape.clone(), perm.iter().map(|&a| strides[a]).collect());
-    let dst = View::new(0, shape.clone(), strides_of(&shape));
+    let dst = View::new(0, shape.clone(), plain_strides(&shape));
     copy_one_view(b, x, shape, src, dst, None)
 }
 
@@ -410,7 +405,7 @@ fn slice(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> 
         };
     }
     let src = View::new(offset, shape.clone(), src_strides);
-    let dst = View::new(0, shape.clone(), strides_of(&shape));
+    let dst = View::new(0, shape.clone(), plain_strides(&shape));
     copy_one_view(b, x, shape, src, dst, None)
 }
 
@@ -658,14 +653,14 @@ fn gather(b: &mut Builder, ctx: &Ctx, x: &Value, indices: &Value) -> Result<Valu
     shape.extend(&idx_shape);
     shape.extend(&x.shape()[at + 1..]);
     let in_strides = x.strides();
-    let out_strides = strides_of(&shape);
+    let out_strides = plain_strides(&shape);
     let mut slice_shape = x.shape().to_vec();
     slice_shape.remove(at);
     let mut src_strides = in_strides.clone();
     src_strides.remove(at);
     let mut dst_strides = out_strides[..at].to_vec();
     dst_strides.extend(&out_strides[at + idx_shape.len()..]);
-    let idx_strides = strides_of(&idx_shape);
+    let idx_strides = plain_strides(&idx_shape);
     let parts = idx
         .iter()
         .enumerate()

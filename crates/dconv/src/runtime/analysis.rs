@@ -7,8 +7,8 @@
 use crate::conv::select::LayerCosts;
 use crate::conv::{ConvSpec, Method, Workspace};
 use crate::error::Result;
-use crate::ops::conv::{zero_fraction, ConvStep};
-use crate::runtime::policy::Selection;
+use crate::plan::conv_step::{zero_fraction, ConvStep};
+use crate::plan::policy::Selection;
 use std::time::{Duration, Instant};
 
 /// One method on one layer.

@@ -19,17 +19,14 @@
 //! ```
 
 mod analysis;
-mod budget;
-pub(crate) mod builder;
-mod example;
-pub(crate) mod layout;
-mod plan;
-pub(crate) mod policy;
+pub(crate) mod example;
+mod fuse;
+pub(crate) mod planner;
 mod profile;
 mod session;
 
+pub use crate::plan::Policy;
 pub use analysis::{LayerAnalysis, MethodTime, OnLayer};
 pub use example::example_model;
-pub use policy::Policy;
 pub use profile::{Profile, StepProfile};
 pub use session::{Session, SessionOptions};

@@ -3,16 +3,16 @@
 //! at once, each run taking its own scratch buffers from a pool.
 
 use super::analysis::{LayerAnalysis, OnLayer, Probe};
-use super::builder::{Src, Step, StepOp, Value};
-use super::plan::{self, Plan};
-use super::policy::{Policy, Selection};
+use super::planner::{self, Plan};
 use super::profile::{Profile, StepProfile};
 use crate::conv::select::CostProfile;
 use crate::conv::{Method, Workspace};
 use crate::error::{Error, Result};
 use crate::kernels::aligned::CacheAligned;
 use crate::onnx::{Dim, Model};
-use crate::ops::conv::zero_fraction;
+use crate::plan::builder::{Src, Step, StepOp, Value};
+use crate::plan::conv_step::zero_fraction;
+use crate::plan::policy::{Policy, Selection};
 use crate::tensor::{AsTensorView, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -179,7 +179,7 @@ impl<'m> Session<'m> {
             ..self.selection()
         };
         self.in_pool(|| {
-            let plan = plan::build(&self.model, &shapes, selection, self.options.max_memory)?;
+            let plan = planner::build(&self.model, &shapes, selection, self.options.max_memory)?;
             let convs = plan
                 .steps
                 .iter()
@@ -306,7 +306,8 @@ impl<'m> Session<'m> {
             ..self.selection()
         };
         let budget = self.options.max_memory;
-        let build = |selection| self.in_pool(|| plan::build(&self.model, &key, selection, budget));
+        let build =
+            |selection| self.in_pool(|| planner::build(&self.model, &key, selection, budget));
         // Under `auto`, a budget too tight for every method a convolution may pick gets the
         // lean plan, one method per convolution, rather than a refusal. (Thinning layers one
         // by one as they are planned would depend on their order: the first layers would

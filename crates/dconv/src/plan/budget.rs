@@ -1,13 +1,133 @@
-//! A plan's memory against the session's budget: its buffers, folded constants, prepared
-//! weights and the one workspace its convolutions (transposed ones too) share, and, when
-//! that is too much, the leaner plan that `auto` falls back to.
+//! A plan's memory against the session's budget, in one place: as the plan is built, each
+//! buffer, folded constant, packed weight and workspace is accounted for before it is
+//! allocated ([`Memory`]); once it is whole, its buffers, constants, prepared weights and the
+//! one workspace its convolutions (transposed ones too) share must fit together ([`fit`]),
+//! else `auto` falls back to a leaner plan.
 
 use super::builder::{Builder, Step, StepOp};
+use super::conv_step::ConvStep;
 use super::policy::Selection;
 use crate::conv::{Conv, ConvTranspose, Method};
 use crate::error::{Error, Result};
-use crate::ops::conv::ConvStep;
+use crate::limits::{checked_elements, MAX_FOLDED_BYTES};
 use std::mem::size_of;
+
+/// What a plan being built has taken of its budget so far.
+#[derive(Debug)]
+pub(crate) struct Memory {
+    /// The most bytes the plan's buffers and folded constants may take, when bounded.
+    budget: Option<usize>,
+    /// Bytes of the constants folded so far.
+    folded_bytes: usize,
+    /// Bytes of the weights the convolutions' methods packed so far.
+    pub prepared_bytes: usize,
+    /// What fitting the memory budget took out of the plan, a line per convolution.
+    pub notes: Vec<String>,
+}
+
+impl Memory {
+    pub fn new(budget: Option<usize>) -> Self {
+        Memory {
+            budget,
+            folded_bytes: 0,
+            prepared_bytes: 0,
+            notes: Vec::new(),
+        }
+    }
+
+    /// The element count of a run-time tensor of `shape`; one that alone exceeds the budget
+    /// is refused.
+    pub fn slot_elements(&self, shape: &[usize]) -> Result<usize> {
+        let len = checked_elements(shape, "a tensor")?;
+        if let Some(budget) = self.budget {
+            let needed = len.saturating_mul(size_of::<f32>());
+            if needed > budget {
+                return Err(Error::OverBudget {
+                    what: format!("a tensor of shape {shape:?}"),
+                    needed,
+                    budget,
+                });
+            }
+        }
+        Ok(len)
+    }
+
+    /// Accounts for a constant of `shape` about to be folded (at most 8 bytes an element)
+    /// and returns its element count; refused past the budget, or past
+    /// [`MAX_FOLDED_BYTES`] without one, before anything is allocated.
+    pub fn fold_elements(&mut self, shape: &[usize]) -> Result<usize> {
+        let len = checked_elements(shape, "a folded constant")?;
+        let budget = self.budget.unwrap_or(MAX_FOLDED_BYTES);
+        let needed = len
+            .saturating_mul(size_of::<i64>())
+            .saturating_add(self.folded_bytes);
+        if needed > budget {
+            return Err(Error::OverBudget {
+                what: format!("folding constants (the last of shape {shape:?})"),
+                needed,
+                budget,
+            });
+        }
+        self.folded_bytes = needed;
+        Ok(len)
+    }
+
+    /// Accounts for `bytes` of weights a convolution method is about to pack: a method can
+    /// blow small weights up (a depthwise filter padded to a block of output channels), so
+    /// what it packs counts against the budget before it is allocated.
+    pub fn account_prepared(&mut self, what: String, bytes: usize) -> Result<()> {
+        let budget = self.budget.unwrap_or(MAX_FOLDED_BYTES);
+        let needed = self
+            .folded_bytes
+            .saturating_add(self.prepared_bytes)
+            .saturating_add(bytes);
+        if needed > budget {
+            return Err(Error::OverBudget {
+                what,
+                needed,
+                budget,
+            });
+        }
+        self.prepared_bytes += bytes;
+        Ok(())
+    }
+
+    /// Whether a workspace of `bytes` fits the budget on its own (a layer can ask for far
+    /// more scratch than its tensors take: a lowered matrix is `R x S` times its input).
+    /// Whether it fits beside the rest of the plan is [`fit`]'s question, once the plan is
+    /// whole.
+    pub fn scratch_fits(&self, bytes: usize) -> bool {
+        bytes <= self.budget.unwrap_or(usize::MAX)
+    }
+
+    /// Refuses a workspace `what` of `bytes` that does not fit the budget on its own.
+    pub fn check_scratch(&self, what: String, bytes: usize) -> Result<()> {
+        if self.scratch_fits(bytes) {
+            return Ok(());
+        }
+        Err(Error::OverBudget {
+            what,
+            needed: bytes,
+            budget: self.budget.unwrap_or(usize::MAX),
+        })
+    }
+
+    /// Keeps the prepared methods of a convolution whose workspace fits the budget on its
+    /// own; refuses the layer when none fits, before any of them has run.
+    pub fn fit_scratch(&self, methods: Vec<Conv>) -> Result<Vec<Conv>> {
+        let (fit, over): (Vec<Conv>, Vec<Conv>) = methods
+            .into_iter()
+            .partition(|conv| self.scratch_fits(conv.scratch_bytes()));
+        match over.iter().min_by_key(|conv| conv.scratch_bytes()) {
+            Some(smallest) if fit.is_empty() => self.check_scratch(
+                format!("the workspace of method {}", smallest.method()),
+                smallest.scratch_bytes(),
+            ),
+            _ => Ok(()),
+        }?;
+        Ok(fit)
+    }
+}
 
 /// The most bytes the session's workspace fills over runs of every step, each convolution
 /// keeping only the methods whose workspace is at most `limit` bytes (`usize::MAX`: all;
@@ -57,11 +177,11 @@ pub(crate) fn fit(
     let fixed = largest
         .iter()
         .map(|&len| len.saturating_mul(size_of::<f32>()))
-        .chain([b.folded_bytes])
+        .chain([b.memory.folded_bytes])
         .chain(transposed_steps(&b.steps).map(|t| ConvTranspose::prepared_bytes(t.spec())))
         .fold(0, usize::saturating_add);
     let notes = shed(&mut b.steps, &b.selection, budget.saturating_sub(fixed));
-    b.budget_notes.extend(notes);
+    b.memory.notes.extend(notes);
     let needed = fixed.saturating_add(kept_bytes(&b.steps, usize::MAX));
     if needed > budget {
         return Err(Error::OverBudget {
@@ -131,7 +251,7 @@ mod tests {
     use super::*;
     use crate::conv::Workspace;
     use crate::onnx::Model;
-    use crate::runtime::plan::{build, Plan};
+    use crate::runtime::planner::{build, Plan};
     use crate::runtime::Policy;
 
     /// The example model (Conv 1 -> 2, 3x3, pad 1, + ReLU on 4x4) with every method

@@ -2,8 +2,8 @@
 //! gather are all "copy these strided views into those", which also makes them work on any
 //! storage layout and on integer constants alike.
 
-use super::elementwise::{in_parallel_chunks, ELEMENTS_PER_TASK};
-use super::Kernel;
+use super::kernel::Kernel;
+use super::kernel::{in_parallel_chunks, ELEMENTS_PER_TASK};
 use crate::limits::MAX_RANK;
 
 /// A strided window of a flat buffer: element `idx` is at `offset + sum(idx[i] * strides[i])`.

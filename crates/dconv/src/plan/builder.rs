@@ -2,14 +2,15 @@
 //! computed at run time), slots for the latter, and the steps that fill them. Operators
 //! whose inputs are all constants are evaluated on the spot (constant folding).
 
-use super::layout::{plain_strides, Layout};
+use super::budget::Memory;
+use super::conv_step::ConvStep;
+use super::copy::{CopyKernel, CopyPart, View};
+use super::kernel::Kernel;
+use super::layout::Layout;
 use super::policy::Selection;
-use crate::conv::{Conv, ConvSpec, ConvTranspose, Method};
+use crate::conv::ConvTranspose;
 use crate::error::{Error, Result};
-use crate::limits::{checked_elements, MAX_FOLDED_BYTES};
-use crate::ops::conv::ConvStep;
-use crate::ops::copy::{CopyKernel, CopyPart, View};
-use crate::ops::Kernel;
+use crate::limits::checked_elements;
 use crate::tensor::{element_count, Tensor, TensorData};
 use std::sync::Arc;
 
@@ -82,25 +83,20 @@ pub(crate) struct Step {
     pub op: StepOp,
 }
 
+/// Builds a plan node by node: slots for run-time tensors, plan constants and steps, within
+/// the session's memory budget.
 pub(crate) struct Builder {
     /// How convolutions prepare and pick their methods.
     pub selection: Selection,
-    /// The most bytes the plan's buffers and folded constants may take, when bounded.
-    pub budget: Option<usize>,
-    /// Bytes of the constants folded so far.
-    pub folded_bytes: usize,
-    /// Bytes of the weights the convolutions' methods packed so far.
-    pub prepared_bytes: usize,
+    /// What the plan has taken of its budget.
+    pub memory: Memory,
     pub consts: Vec<Arc<Tensor>>,
     /// Element count of each slot.
     pub slot_lens: Vec<usize>,
     pub steps: Vec<Step>,
-    /// The node being planned, named in the steps it adds.
-    pub node: String,
-    /// Its operator, recorded in the steps it adds.
-    pub op_type: String,
-    /// What fitting the memory budget took out of the plan, a line per convolution.
-    pub budget_notes: Vec<String>,
+    /// The node being planned and its operator, recorded in the steps it adds.
+    node: String,
+    op_type: String,
 }
 
 /// The operator name of the steps that convert between the plain and channels-last layouts.
@@ -110,125 +106,32 @@ impl Builder {
     pub fn new(selection: Selection, budget: Option<usize>) -> Self {
         Builder {
             selection,
-            budget,
-            folded_bytes: 0,
-            prepared_bytes: 0,
+            memory: Memory::new(budget),
             consts: Vec::new(),
             slot_lens: Vec::new(),
             steps: Vec::new(),
             node: String::new(),
             op_type: String::new(),
-            budget_notes: Vec::new(),
         }
+    }
+
+    /// Names the node whose steps follow, for profiles and messages: `op_type` is the
+    /// operator recorded in them (the fused one's when several nodes plan as one).
+    pub fn begin_node(&mut self, node: String, op_type: &str) {
+        self.node = node;
+        self.op_type = op_type.to_string();
+    }
+
+    /// The node being planned.
+    pub fn node(&self) -> &str {
+        &self.node
     }
 
     /// A slot for a run-time tensor of `shape`; one that alone exceeds the budget is refused.
     pub fn new_slot(&mut self, shape: &[usize]) -> Result<usize> {
-        let len = checked_elements(shape, "a tensor")?;
-        if let Some(budget) = self.budget {
-            let needed = len.saturating_mul(size_of::<f32>());
-            if needed > budget {
-                return Err(Error::OverBudget {
-                    what: format!("a tensor of shape {shape:?}"),
-                    needed,
-                    budget,
-                });
-            }
-        }
+        let len = self.memory.slot_elements(shape)?;
         self.slot_lens.push(len);
         Ok(self.slot_lens.len() - 1)
-    }
-
-    /// Accounts for a constant of `shape` about to be folded (at most 8 bytes an element)
-    /// and returns its element count; refused past the budget, or past
-    /// [`MAX_FOLDED_BYTES`] without one, before anything is allocated.
-    pub fn fold_elements(&mut self, shape: &[usize]) -> Result<usize> {
-        let len = checked_elements(shape, "a folded constant")?;
-        let budget = self.budget.unwrap_or(MAX_FOLDED_BYTES);
-        let needed = len
-            .saturating_mul(size_of::<i64>())
-            .saturating_add(self.folded_bytes);
-        if needed > budget {
-            return Err(Error::OverBudget {
-                what: format!("folding constants (the last of shape {shape:?})"),
-                needed,
-                budget,
-            });
-        }
-        self.folded_bytes = needed;
-        Ok(len)
-    }
-
-    /// Accounts for `bytes` of weights a convolution method is about to pack: a method can
-    /// blow small weights up (a depthwise filter padded to a block of output channels), so
-    /// what it packs counts against the budget before it is allocated.
-    pub fn account_prepared(&mut self, what: String, bytes: usize) -> Result<()> {
-        let budget = self.budget.unwrap_or(MAX_FOLDED_BYTES);
-        let needed = self
-            .folded_bytes
-            .saturating_add(self.prepared_bytes)
-            .saturating_add(bytes);
-        if needed > budget {
-            return Err(Error::OverBudget {
-                what,
-                needed,
-                budget,
-            });
-        }
-        self.prepared_bytes += bytes;
-        Ok(())
-    }
-
-    /// The methods to prepare for a convolution with `nonzeros` non-zero weights, their
-    /// packed weights accounted for: those the selection may pick, or in a lean plan the
-    /// one of them that packs the fewest bytes (a pruned layer's sparse weights, say).
-    pub fn account_methods(
-        &mut self,
-        spec: &ConvSpec,
-        weight_sparsity: f64,
-        nonzeros: usize,
-    ) -> Result<Vec<Method>> {
-        let mut methods = self.selection.methods(spec, weight_sparsity);
-        if self.selection.lean && methods.len() > 1 {
-            let leanest = methods
-                .iter()
-                .copied()
-                .min_by_key(|m| m.prepared_bytes(spec, nonzeros))
-                .expect("more than one method");
-            self.budget_notes.push(format!(
-                "node '{}': prepared {leanest} alone, of {}, to fit the memory budget",
-                self.node,
-                Method::names(&methods)
-            ));
-            methods = vec![leanest];
-        }
-        let bytes = Method::prepared_bytes_of(&methods, spec, nonzeros);
-        self.account_prepared(format!("preparing {}", Method::names(&methods)), bytes)?;
-        Ok(methods)
-    }
-
-    /// Keeps the prepared methods of a convolution whose workspace fits the budget on its
-    /// own (a layer can ask for far more scratch than its tensors take: a lowered matrix is
-    /// `R x S` times its input); refuses the layer when none fits, before any of them has
-    /// run. (Whether the kept ones fit beside the rest of the plan is
-    /// [`budget::fit`](super::budget::fit)'s question, once the plan is whole.)
-    pub fn fit_scratch(&self, methods: Vec<Conv>) -> Result<Vec<Conv>> {
-        let budget = self.budget.unwrap_or(usize::MAX);
-        let (fit, over): (Vec<Conv>, Vec<Conv>) = methods
-            .into_iter()
-            .partition(|conv| conv.scratch_bytes() <= budget);
-        if !fit.is_empty() {
-            return Ok(fit);
-        }
-        let smallest = over
-            .iter()
-            .min_by_key(|conv| conv.scratch_bytes())
-            .expect("a convolution prepares at least one method");
-        Err(Error::OverBudget {
-            what: format!("the workspace of method {}", smallest.method()),
-            needed: smallest.scratch_bytes(),
-            budget,
-        })
     }
 
     /// Where a step reads `v` from; a constant becomes (a float copy of) a plan constant.
@@ -260,7 +163,7 @@ impl Builder {
         kernel: Box<dyn Kernel>,
     ) -> Result<Value> {
         if inputs.iter().all(|v| v.as_const().is_some()) {
-            let len = self.fold_elements(&shape)?;
+            let len = self.memory.fold_elements(&shape)?;
             let data: Vec<Vec<f32>> = inputs
                 .iter()
                 .map(|v| v.as_const().map(Tensor::to_f32_vec).unwrap_or_default())
@@ -327,7 +230,7 @@ impl Builder {
             if all_int && !consts.is_empty() {
                 let data: Vec<Vec<i64>> = consts.iter().map(|t| t.to_i64_vec()).collect();
                 let slices: Vec<&[i64]> = data.iter().map(Vec::as_slice).collect();
-                let mut out = vec![0i64; self.fold_elements(&shape)?];
+                let mut out = vec![0i64; self.memory.fold_elements(&shape)?];
                 kernel.apply(&slices, &mut out, kernel.fill.map(|f| f as i64));
                 return Ok(Value::constant(Tensor::from_i64(shape, out)?));
             }
@@ -362,7 +265,7 @@ impl Builder {
             // Constants stay plain; a channels-last copy of one is a plan constant.
             let src = self.src(v);
             let Src::Const(i) = src else { unreachable!() };
-            self.fold_elements(&shape)?;
+            self.memory.fold_elements(&shape)?;
             let data = self.consts[i].to_f32_vec();
             let mut out = vec![0.0; data.len()];
             kernel.apply(&[&data], &mut out, None);
@@ -409,50 +312,4 @@ pub(crate) fn reshape_value(v: &Value, shape: Vec<usize>) -> Result<Value> {
             })
         }
     })
-}
-
-/// Row-major strides, re-exported for operators.
-pub(crate) fn strides_of(shape: &[usize]) -> Vec<isize> {
-    plain_strides(shape)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A lean plan prepares, of a pruned layer's methods, the one with the smallest packed
-    /// weights, and says so; a plain one prepares all of them, or refuses the layer.
-    #[test]
-    fn a_lean_plan_prepares_the_leanest_method() {
-        let spec = ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1; 4]);
-        let nonzeros = spec.weight_len().unwrap() / 10;
-        let auto = Selection::default();
-        let methods = auto.methods(&spec, 0.9);
-        assert!(methods.len() > 1, "{methods:?}");
-        let bytes = |m: Method| m.prepared_bytes(&spec, nonzeros);
-        let leanest = methods.iter().copied().min_by_key(|&m| bytes(m)).unwrap();
-        let all = Method::prepared_bytes_of(&methods, &spec, nonzeros);
-        assert!(bytes(leanest) < all);
-
-        let mut plain = Builder::new(auto, Some(all));
-        assert_eq!(
-            plain.account_methods(&spec, 0.9, nonzeros).unwrap(),
-            methods
-        );
-        assert_eq!(plain.prepared_bytes, all);
-        assert!(plain.budget_notes.is_empty());
-        let mut short = Builder::new(auto, Some(all - 1));
-        assert!(short.account_methods(&spec, 0.9, nonzeros).is_err());
-
-        let lean = Selection { lean: true, ..auto };
-        let mut thin = Builder::new(lean, Some(bytes(leanest)));
-        assert_eq!(
-            thin.account_methods(&spec, 0.9, nonzeros).unwrap(),
-            [leanest]
-        );
-        assert_eq!(thin.prepared_bytes, bytes(leanest));
-        assert_eq!(thin.budget_notes.len(), 1);
-        let mut over = Builder::new(lean, Some(bytes(leanest) - 1));
-        assert!(over.account_methods(&spec, 0.9, nonzeros).is_err());
-    }
 }

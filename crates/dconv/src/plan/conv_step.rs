@@ -1,0 +1,159 @@
+//! [`ConvStep`]: a convolution as a plan runs it, with every method its policy may pick
+//! prepared, choosing one per run from the input's sparsity.
+
+use super::policy::{Choice, Selection};
+use crate::conv::{Conv, Method, Workspace};
+use crate::error::{Error, Result};
+
+/// A convolution at run time: every method its policy may pick, prepared.
+pub(crate) struct ConvStep {
+    methods: Vec<Conv>,
+    choice: Choice,
+    weight_sparsity: f64,
+    /// Non-zero weights, which the sparse-weight method's packed size follows.
+    nonzeros: usize,
+    /// Whether a fused ReLU makes the output sparse enough to be worth counting.
+    counts_zeros: bool,
+}
+
+impl ConvStep {
+    pub fn new(
+        methods: Vec<Conv>,
+        choice: Choice,
+        weight_sparsity: f64,
+        nonzeros: usize,
+        counts_zeros: bool,
+    ) -> Self {
+        ConvStep {
+            methods,
+            choice,
+            weight_sparsity,
+            nonzeros,
+            counts_zeros,
+        }
+    }
+
+    /// Runs on channels-last `input`, whose fraction of zeros is `input_sparsity` when its
+    /// producer counted them; returns the method used and the output's fraction of zeros
+    /// when counted.
+    pub fn run(
+        &self,
+        input: &[f32],
+        input_sparsity: Option<f64>,
+        output: &mut [f32],
+        ws: &mut Workspace,
+    ) -> Result<ConvRun> {
+        let method = self.choose(input, input_sparsity);
+        let timing = self.prepared(method)?.run(input, output, ws)?;
+        Ok(ConvRun {
+            method,
+            // The fused activation counted the zeros as it wrote them; a method without an
+            // epilogue pass leaves them to count here.
+            output_sparsity: (self.counts_zeros && self.choice.needs_sparsity()).then(|| {
+                timing.output_zeros.map_or_else(
+                    || zero_fraction(output),
+                    |z| z as f64 / output.len().max(1) as f64,
+                )
+            }),
+        })
+    }
+
+    /// The method a run on `input` uses (its sparsity counted here when not known).
+    pub fn choose(&self, input: &[f32], input_sparsity: Option<f64>) -> Method {
+        if self.choice.needs_sparsity() {
+            self.choice
+                .choose(input_sparsity.unwrap_or_else(|| zero_fraction(input)))
+        } else {
+            self.choice.choose(0.0)
+        }
+    }
+
+    /// The prepared convolution of `method`.
+    pub fn prepared(&self, method: Method) -> Result<&Conv> {
+        self.methods
+            .iter()
+            .find(|c| c.method() == method)
+            .ok_or_else(|| Error::Unsupported(format!("method {method} was not prepared")))
+    }
+
+    /// Every prepared convolution.
+    pub fn convs(&self) -> &[Conv] {
+        &self.methods
+    }
+
+    /// The prepared methods kept when those whose workspace is over `limit` bytes go: a
+    /// forced method always stays, and under `auto` at least the one of least workspace.
+    pub fn kept_within(&self, limit: usize) -> impl Iterator<Item = &Conv> {
+        let forced = match self.choice {
+            Choice::Fixed(m) => Some(m),
+            Choice::Cheapest(_) => None,
+        };
+        let stays = move |c: &Conv| c.scratch_bytes() <= limit || Some(c.method()) == forced;
+        let leanest = self
+            .methods
+            .iter()
+            .min_by_key(|c| c.scratch_bytes())
+            .map(Conv::method);
+        let none_stays = !self.methods.iter().any(stays);
+        self.methods
+            .iter()
+            .filter(move |c| stays(c) || (none_stays && Some(c.method()) == leanest))
+    }
+
+    /// At most how many bytes the weights of [`kept_within`](Self::kept_within)`(limit)` hold
+    /// packed.
+    pub fn prepared_bytes_within(&self, limit: usize) -> usize {
+        let kept: Vec<Method> = self.kept_within(limit).map(Conv::method).collect();
+        self.methods.first().map_or(0, |conv| {
+            Method::prepared_bytes_of(&kept, conv.spec(), self.nonzeros)
+        })
+    }
+
+    /// Keeps only [`kept_within`](Self::kept_within)`(limit)` (a tight memory budget cannot
+    /// hold the others' workspace) and picks among them from then on; returns the methods
+    /// dropped.
+    pub fn keep_within(&mut self, limit: usize, selection: &Selection) -> Vec<Method> {
+        let kept: Vec<Method> = self.kept_within(limit).map(Conv::method).collect();
+        let dropped: Vec<Method> = self.methods().filter(|m| !kept.contains(m)).collect();
+        if dropped.is_empty() {
+            return dropped;
+        }
+        self.methods.retain(|c| kept.contains(&c.method()));
+        if let Choice::Cheapest(_) = self.choice {
+            let spec = *self.methods[0].spec();
+            self.choice = selection.choice(&spec, self.weight_sparsity, &kept);
+        }
+        dropped
+    }
+
+    /// Fraction of zero weights (after BatchNormalization folding).
+    pub fn weight_sparsity(&self) -> f64 {
+        self.weight_sparsity
+    }
+
+    /// The methods prepared for this convolution.
+    pub fn methods(&self) -> impl Iterator<Item = Method> + '_ {
+        self.methods.iter().map(Conv::method)
+    }
+
+    /// Multiply-adds of the dense convolution (0 if they overflow 64 bits).
+    pub fn macs(&self) -> u64 {
+        self.methods
+            .first()
+            .and_then(|c| c.spec().macs().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// What one run of a convolution did.
+pub(crate) struct ConvRun {
+    pub method: Method,
+    /// The output's fraction of zeros, when the fused activation counted them.
+    pub output_sparsity: Option<f64>,
+}
+
+/// Fraction of exactly-zero elements.
+pub(crate) fn zero_fraction(data: &[f32]) -> f64 {
+    let zeros = data.iter().filter(|&&v| v == 0.0).count();
+    zeros as f64 / data.len().max(1) as f64
+}

@@ -1,0 +1,342 @@
+//! Fusion: the pass between folding constants and planning that decides which nodes run
+//! as one step. A Conv (or ConvTranspose) takes over the BatchNormalization, per-channel Mul
+//! and Add, and activation after it ([`ConvTail`]); HardSwish written out as four nodes runs
+//! as the one operator. Every decision reads only constants, which the folding pass has
+//! computed, so it is made once for the whole graph, before any step is planned.
+
+use crate::conv::Activation;
+use crate::onnx::{Attrs, Model, Node};
+use crate::ops::conv::ConvTail;
+use crate::ops::normalize::BatchNorm;
+use crate::ops::{clip_bounds, Ctx};
+use crate::plan::builder::Value;
+use std::collections::{HashMap, HashSet};
+
+/// How a node is planned when fusion changed it.
+pub(crate) enum Fusion {
+    /// A Conv or ConvTranspose with what follows it folded in; `output` is the tensor the
+    /// last node taken writes.
+    Conv { tail: ConvTail, output: String },
+    /// An Add that starts HardSwish written out: HardSwish of `x`, written to `output`.
+    HardSwish { x: String, output: String },
+}
+
+/// The fusion pass's decisions: what becomes of the nodes that start a fused group, and the
+/// nodes the groups take (planned with the first, so skipped).
+#[derive(Default)]
+pub(crate) struct Fusions {
+    pub at: HashMap<usize, Fusion>,
+    pub taken: HashSet<usize>,
+}
+
+/// Decides the fusions of `model`'s nodes, but the `planned` ones (constants folded
+/// already), from the constants in `values`.
+pub(crate) fn fuse(
+    model: &Model,
+    values: &HashMap<String, Value>,
+    planned: &HashSet<usize>,
+) -> Fusions {
+    let graph = Graph::new(model);
+    let opset = model.opset();
+    let mut fusions = Fusions::default();
+    for (i, node) in model.nodes.iter().enumerate() {
+        if planned.contains(&i) || fusions.taken.contains(&i) {
+            continue;
+        }
+        let found = match node.op_type() {
+            "Conv" | "ConvTranspose" => conv_tail(&graph, i, values, opset)
+                .map(|(tail, taken, output)| (Fusion::Conv { tail, output }, taken)),
+            "Add" => hard_swish_written_out(&graph, i, values, opset).map(|hs| {
+                let x = hs.x;
+                let output = hs.output;
+                (Fusion::HardSwish { x, output }, hs.nodes.to_vec())
+            }),
+            _ => None,
+        };
+        if let Some((fusion, taken)) = found {
+            fusions.at.insert(i, fusion);
+            fusions.taken.extend(taken);
+        }
+    }
+    fusions
+}
+
+/// A model's nodes with who reads each tensor, for the fusions that look ahead.
+struct Graph<'m> {
+    nodes: &'m [Node],
+    consumers: HashMap<&'m str, Vec<usize>>,
+    outputs: HashSet<&'m str>,
+}
+
+impl<'m> Graph<'m> {
+    fn new(model: &'m Model) -> Self {
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (j, node) in model.nodes.iter().enumerate() {
+            for input in node.input.iter().filter(|i| !i.is_empty()) {
+                consumers.entry(input.as_str()).or_default().push(j);
+            }
+        }
+        Graph {
+            nodes: &model.nodes,
+            consumers,
+            outputs: model.outputs().iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The one node that reads `name`, when nothing else (not even the graph's outputs) does.
+    fn sole_consumer(&self, name: &str) -> Option<usize> {
+        match self.consumers.get(name).map(Vec::as_slice) {
+            Some(&[j]) if !self.outputs.contains(name) => Some(j),
+            _ => None,
+        }
+    }
+    fn is_unused(&self, name: &str) -> bool {
+        name.is_empty() || (!self.consumers.contains_key(name) && !self.outputs.contains(name))
+    }
+}
+
+/// HardSwish written out as four nodes, as exporters without the operator write it
+/// (PaddlePaddle's MobileNetV3): `Add(x, 3) -> Clip(0, 6) -> Mul(x, .) -> Div(., 6)`, the
+/// last possibly `Mul(., 1/6)`, with no other reader of the three intermediate tensors.
+struct HardSwishWrittenOut {
+    x: String,
+    /// The Clip, Mul and Div nodes, planned with the Add as one step.
+    nodes: [usize; 3],
+    output: String,
+}
+
+fn hard_swish_written_out(
+    graph: &Graph,
+    add: usize,
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> Option<HardSwishWrittenOut> {
+    let scalar = |name: &str, expected: f32| {
+        values
+            .get(name)
+            .and_then(Value::as_const)
+            .and_then(|t| t.as_f32())
+            .is_some_and(|d| d.len() == 1 && (d[0] - expected).abs() <= 1e-6 * expected)
+    };
+    // The operand of a binary node that is not `known` (None if both or neither are).
+    let other = |node: &Node, known: &str| match node.input.as_slice() {
+        [a, b] if a == known && b != known => Some(b.clone()),
+        [a, b] if b == known && a != known => Some(a.clone()),
+        _ => None,
+    };
+    let nodes = graph.nodes;
+    let add_node = &nodes[add];
+    if add_node.op_type() != "Add" || opset < 7 {
+        return None;
+    }
+    let x = add_node
+        .input
+        .iter()
+        .find(|name| !scalar(name, 3.0))
+        .filter(|x| other(add_node, x).is_some_and(|c| scalar(&c, 3.0)))?
+        .clone();
+    let clip = graph.sole_consumer(add_node.output.first()?)?;
+    let clip_node = &nodes[clip];
+    let ctx = Ctx::new(Attrs(&clip_node.attribute), opset);
+    let bounds = (clip_node.op_type() == "Clip")
+        .then(|| resolve_parameters(clip_node, values))
+        .flatten()
+        .and_then(|inputs| clip_bounds(&ctx, &inputs).ok())?;
+    if bounds != (0.0, 6.0) || clip_node.input.first() != add_node.output.first() {
+        return None;
+    }
+    let mul = graph.sole_consumer(clip_node.output.first()?)?;
+    let mul_node = &nodes[mul];
+    if mul_node.op_type() != "Mul" || other(mul_node, clip_node.output.first()?)? != x {
+        return None;
+    }
+    let div = graph.sole_consumer(mul_node.output.first()?)?;
+    let div_node = &nodes[div];
+    let by = other(div_node, mul_node.output.first()?)?;
+    let divides_by_six = match div_node.op_type() {
+        "Div" => div_node.input.first() == mul_node.output.first() && scalar(&by, 6.0),
+        "Mul" => scalar(&by, 1.0 / 6.0),
+        _ => false,
+    };
+    divides_by_six.then(|| HardSwishWrittenOut {
+        x,
+        nodes: [clip, mul, div],
+        output: div_node.output.first().cloned().unwrap_or_default(),
+    })
+}
+
+/// The other operand of a binary `node` one of whose operands is `x` (a Conv output of `rank`
+/// axes, `[N, M, ...]`), when it is a float constant that numpy broadcasting applies per
+/// channel without changing the output's shape: a scalar of at most `rank` unit axes, or
+/// `[M, 1, ...]` of `rank - 1` axes, or that with a leading unit axis; as `M` values.
+fn channel_constant(
+    node: &Node,
+    x: &str,
+    values: &HashMap<String, Value>,
+    (filters, rank): (usize, usize),
+) -> Option<Vec<f32>> {
+    let [a, b] = node.input.as_slice() else {
+        return None;
+    };
+    let other = if a == x {
+        b
+    } else if b == x {
+        a
+    } else {
+        return None;
+    };
+    if other == x {
+        return None;
+    }
+    let tensor = values.get(other.as_str())?.as_const()?;
+    let data = tensor.as_f32()?;
+    let shape = tensor.shape();
+    if shape.len() > rank {
+        return None;
+    }
+    if data.len() == 1 {
+        return Some(vec![data[0]; filters]);
+    }
+    let per_channel = match shape {
+        [1, rest @ ..] if shape.len() == rank => rest,
+        rest => rest,
+    };
+    let unit_rest = per_channel.iter().skip(1).all(|&d| d == 1);
+    (per_channel.len() == rank - 1 && per_channel.first() == Some(&filters) && unit_rest)
+        .then(|| data.to_vec())
+}
+
+/// The inputs of a node that follows a Conv, but its first (the Conv's output, which has no
+/// value yet) as None: its parameters (a BatchNormalization's statistics, a Clip's bounds).
+/// None when one of them has no value.
+fn resolve_parameters(node: &Node, values: &HashMap<String, Value>) -> Option<Vec<Option<Value>>> {
+    let mut inputs = vec![None];
+    for name in node.input.iter().skip(1) {
+        inputs.push(match name.as_str() {
+            "" => None,
+            name => Some(values.get(name)?.clone()),
+        });
+    }
+    Some(inputs)
+}
+
+/// What follows Conv (or ConvTranspose) node `i` that its epilogue can take over: the
+/// per-channel affine maps (BatchNormalization, and Mul and Add by constants: Inception v2
+/// writes BatchNormalization out so), one after the other, then an activation; with the
+/// nodes taken and the tensor the last of them writes. None when nothing follows it so.
+fn conv_tail(
+    graph: &Graph,
+    i: usize,
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> Option<(ConvTail, Vec<usize>, String)> {
+    let node = &graph.nodes[i];
+    let (filters, rank) = filters_and_rank(node, values)?;
+    let mut tail = ConvTail::default();
+    let mut taken = Vec::new();
+    let mut out = node.output.first().cloned().unwrap_or_default();
+    while let Some(j) = graph.sole_consumer(&out) {
+        let next = &graph.nodes[j];
+        let only_y = next.output.iter().skip(1).all(|o| graph.is_unused(o));
+        let affine = match next.op_type() {
+            "BatchNormalization" if only_y => resolve_parameters(next, values).and_then(|inputs| {
+                BatchNorm::from_inputs(&Ctx::new(Attrs(&next.attribute), opset), &inputs).ok()
+            }),
+            "Mul" | "Add" if opset >= 7 => channel_constant(next, &out, values, (filters, rank))
+                .map(|c| match next.op_type() {
+                    "Mul" => BatchNorm {
+                        scale: c,
+                        shift: vec![0.0; filters],
+                    },
+                    _ => BatchNorm {
+                        scale: vec![1.0; filters],
+                        shift: c,
+                    },
+                }),
+            _ => None,
+        };
+        match affine {
+            Some(bn) if bn.scale.len() == filters => {
+                tail.affines.push(bn);
+                taken.push(j);
+                out = next.output[0].clone();
+            }
+            _ => break,
+        }
+    }
+    if let Some((activation, nodes, output)) = fused_activation(graph, &out, values, opset) {
+        tail.activation = Some(activation);
+        taken.extend(nodes);
+        out = output;
+    }
+    (!taken.is_empty()).then_some((tail, taken, out))
+}
+
+/// The output channels and the rank of a Conv or ConvTranspose node's output, from its
+/// weights' shape (its input may not have a value yet: the pass runs before planning); None
+/// when they are not known, which planning the node reports.
+fn filters_and_rank(node: &Node, values: &HashMap<String, Value>) -> Option<(usize, usize)> {
+    let shape = values.get(node.input.get(1)?)?.shape();
+    let filters = match node.op_type() {
+        "ConvTranspose" => {
+            let groups = usize::try_from(Attrs(&node.attribute).int("group", 1)).ok()?;
+            shape.get(1)?.checked_mul(groups)?
+        }
+        _ => *shape.first()?,
+    };
+    Some((filters, shape.len()))
+}
+
+/// The activation after a Conv's output `out` that its epilogue can apply, with the nodes
+/// that compute it and the tensor they write: Relu, Clip to [0, 6] or [0, ∞), HardSigmoid,
+/// HardSwish, or HardSwish written out as four nodes (whose first and third both read
+/// `out`).
+fn fused_activation(
+    graph: &Graph,
+    out: &str,
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> Option<(Activation, Vec<usize>, String)> {
+    let output = |j: usize| graph.nodes[j].output.first().cloned().unwrap_or_default();
+    if let Some(j) = graph.sole_consumer(out) {
+        let next = &graph.nodes[j];
+        let attrs = Attrs(&next.attribute);
+        let activation = match next.op_type() {
+            "Relu" => Activation::Relu,
+            "Clip" => {
+                let ctx = Ctx::new(attrs, opset);
+                let inputs = resolve_parameters(next, values)?;
+                match clip_bounds(&ctx, &inputs).ok()? {
+                    (0.0, 6.0) => Activation::Relu6,
+                    (0.0, f32::INFINITY) => Activation::Relu,
+                    _ => return None,
+                }
+            }
+            "HardSigmoid" => Activation::HardSigmoid {
+                alpha: attrs.float("alpha", 0.2),
+                beta: attrs.float("beta", 0.5),
+            },
+            "HardSwish" => Activation::HardSwish,
+            _ => return None,
+        };
+        return Some((activation, vec![j], output(j)));
+    }
+    let readers = match graph.consumers.get(out).map(Vec::as_slice) {
+        Some(&[a, b]) if !graph.outputs.contains(out) => [a, b],
+        _ => return None,
+    };
+    readers
+        .iter()
+        .zip(readers.iter().rev())
+        .find_map(|(&add, &other)| {
+            let written = hard_swish_written_out(graph, add, values, opset)?;
+            let [clip, mul, div] = written.nodes;
+            (written.x == out && other == mul).then(|| {
+                (
+                    Activation::HardSwish,
+                    vec![add, clip, mul, div],
+                    written.output,
+                )
+            })
+        })
+}
