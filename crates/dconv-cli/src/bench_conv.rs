@@ -14,8 +14,9 @@ use dconv::kernels::aligned::CacheAligned;
 use dconv::kernels::Isa;
 use dconv::models::{self, ConvLayer};
 use dconv::synth::{self, Rng, ZeroPattern};
+use dconv::timing::{Protocol, Stage};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -233,10 +234,9 @@ fn spec_from(args: &Args, layer: Option<&ConvLayer>) -> Result<ConvSpec, Failure
     .with_batch(args.batch.unwrap_or(base.batch)))
 }
 
-/// Warms every method up, then times `args.runs` rounds in which each method runs once in
-/// turn: a machine whose speed drifts during the benchmark then slows every method alike,
-/// and the ratios between methods stay true. Input and outputs start on a cache line, as the
-/// buffers of a model run do.
+/// Times every method by the [`Protocol`]: `args.warmup` warm-up runs of each, then
+/// `args.runs` rounds, with a progress line on stderr before each. Input and outputs start
+/// on a cache line, as the buffers of a model run do.
 fn measure(
     convs: &[Conv],
     input: &[f32],
@@ -247,44 +247,48 @@ fn measure(
     aligned_input.reset(input.len());
     aligned_input.as_mut_slice().copy_from_slice(input);
     let input = aligned_input.as_slice();
-    let mut outputs = Vec::with_capacity(convs.len());
-    for conv in convs {
-        let run_failed = |e: dconv::Error| Failure::Run(format!("{} failed: {e}", conv.method()));
-        let mut output = CacheAligned::default();
-        output.reset(conv.spec().output_len().map_err(run_failed)?);
-        eprintln!("warming up {} ...", conv.method());
-        for _ in 0..args.warmup {
-            conv.run(input, output.as_mut_slice(), workspace)
-                .map_err(run_failed)?;
-        }
-        outputs.push(output);
-    }
-    let mut measurements: Vec<Measurement> = convs
+    let run_failed = |conv: &Conv| {
+        let method = conv.method();
+        move |e: dconv::Error| Failure::Run(format!("{method} failed: {e}"))
+    };
+    let mut outputs = convs
         .iter()
-        .map(|conv| Measurement {
-            method: conv.method(),
-            totals: Vec::with_capacity(args.runs),
-            converts: Vec::with_capacity(args.runs),
-            multiplies: Vec::with_capacity(args.runs),
-            output: Vec::new(),
+        .map(|conv| {
+            let mut output = CacheAligned::default();
+            output.reset(conv.spec().output_len().map_err(run_failed(conv))?);
+            Ok(output)
         })
-        .collect();
-    for round in 0..args.runs {
-        eprintln!("round {} of {} ...", round + 1, args.runs);
-        for ((conv, measurement), output) in convs.iter().zip(&mut measurements).zip(&mut outputs) {
-            let start = Instant::now();
-            let timing = conv
-                .run(input, output.as_mut_slice(), workspace)
-                .map_err(|e| Failure::Run(format!("{} failed: {e}", conv.method())))?;
-            measurement.totals.push(start.elapsed());
-            measurement.converts.push(timing.convert);
-            measurement.multiplies.push(timing.multiply);
-        }
-    }
-    for (measurement, output) in measurements.iter_mut().zip(&outputs) {
-        measurement.output = output.as_slice().to_vec();
-    }
-    Ok(measurements)
+        .collect::<Result<Vec<_>, Failure>>()?;
+    let protocol = Protocol {
+        warmup: args.warmup,
+        rounds: args.runs,
+    };
+    let samples = protocol.time_reporting(
+        convs.len(),
+        |i| {
+            convs[i]
+                .run(input, outputs[i].as_mut_slice(), workspace)
+                .map_err(run_failed(&convs[i]))
+        },
+        |stage| match stage {
+            Stage::WarmUp { candidate } => {
+                eprintln!("warming up {} ...", convs[candidate].method())
+            }
+            Stage::Round { round } => eprintln!("round {} of {} ...", round + 1, args.runs),
+        },
+    )?;
+    Ok(convs
+        .iter()
+        .zip(samples)
+        .zip(&outputs)
+        .map(|((conv, samples), output)| Measurement {
+            method: conv.method(),
+            converts: samples.values.iter().map(|t| t.convert).collect(),
+            multiplies: samples.values.iter().map(|t| t.multiply).collect(),
+            totals: samples.times,
+            output: output.as_slice().to_vec(),
+        })
+        .collect())
 }
 
 /// Checks every method's output against the dense method's, or the first method's.

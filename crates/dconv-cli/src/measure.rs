@@ -2,6 +2,7 @@
 
 use crate::progress::Progress;
 use dconv::runtime::StepProfile;
+use dconv::timing::median;
 use dconv::{Session, Tensor};
 use std::time::{Duration, Instant};
 
@@ -59,30 +60,21 @@ pub fn measure(
             .map(|(i, step)| LayerTiming {
                 step: step.clone(),
                 median: median(
-                    profiles
+                    &profiles
                         .iter()
                         .filter_map(|p| p.steps.get(i).map(|s| s.time))
-                        .collect(),
+                        .collect::<Vec<_>>(),
                 ),
             })
             .collect(),
         None => Vec::new(),
     };
     Ok(Measurement {
-        median: median(totals.clone()),
+        median: median(&totals),
         min: totals.iter().min().copied().unwrap_or_default(),
         layers,
         outputs,
     })
-}
-
-/// The median (the lower of the middle two for an even count); zero for no samples.
-pub fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort_unstable();
-    match samples.len() {
-        0 => Duration::ZERO,
-        n => samples[(n - 1) / 2],
-    }
 }
 
 /// Milliseconds as a float, for tables and JSON.

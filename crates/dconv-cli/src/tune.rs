@@ -12,8 +12,9 @@ use dconv::conv::select::{CostProfile, LayerCosts, MODELED};
 use dconv::conv::{Activation, Conv, ConvSpec, Method, Workspace};
 use dconv::kernels::Isa;
 use dconv::synth::{self, Rng, ZeroPattern};
+use dconv::timing::Protocol;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -214,7 +215,8 @@ fn activations(spec: &ConvSpec, sparsity: f64, rng: &mut Rng) -> Vec<f32> {
     )
 }
 
-/// One warm-up run of each method, then `runs` rounds of each in turn; the medians.
+/// Times `convs` on `input` by the [`Protocol`] (one warm-up run of each, `runs` rounds);
+/// a sample of each method's median.
 fn time_point(
     convs: &[Conv],
     input: &[f32],
@@ -228,32 +230,25 @@ fn time_point(
     let spec = *first.spec();
     let failed = |m: Method| move |e: dconv::Error| Failure::Run(format!("{m} failed: {e}"));
     let mut output = vec![0.0f32; spec.output_len().map_err(failed(first.method()))?];
-    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(runs); convs.len()];
-    for conv in convs {
-        conv.run(input, &mut output, workspace)
-            .map_err(failed(conv.method()))?;
-    }
-    for _ in 0..runs {
-        for (conv, t) in convs.iter().zip(&mut times) {
-            let start = Instant::now();
-            conv.run(input, &mut output, workspace)
-                .map_err(failed(conv.method()))?;
-            t.push(start.elapsed());
-        }
-    }
+    let protocol = Protocol {
+        warmup: 1,
+        rounds: runs,
+    };
+    let samples = protocol.time(convs.len(), |i| {
+        convs[i]
+            .run(input, &mut output, workspace)
+            .map_err(failed(convs[i].method()))
+    })?;
     let input_sparsity = synth::sparsity(input);
     Ok(convs
         .iter()
-        .zip(&mut times)
-        .map(|(conv, t)| {
-            t.sort_unstable();
-            Sample {
-                method: conv.method(),
-                spec,
-                input_sparsity,
-                weight_sparsity,
-                nanos: t[t.len() / 2].as_nanos() as f64,
-            }
+        .zip(&samples)
+        .map(|(conv, s)| Sample {
+            method: conv.method(),
+            spec,
+            input_sparsity,
+            weight_sparsity,
+            nanos: s.median().as_nanos() as f64,
         })
         .collect())
 }

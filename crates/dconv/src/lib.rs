@@ -41,6 +41,7 @@ pub mod runtime;
 pub mod sparse;
 pub mod synth;
 pub mod tensor;
+pub mod timing;
 
 pub use error::{Error, Result};
 pub use onnx::Model;

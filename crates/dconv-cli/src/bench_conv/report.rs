@@ -2,10 +2,12 @@
 //! the same results as JSON.
 
 use super::{Args, DataSparsity, Measurement};
+use crate::measure::ms;
 use crate::Failure;
 use dconv::cache::CacheSizes;
 use dconv::conv::{ConvSpec, Method};
 use dconv::kernels::Isa;
+use dconv::timing::median;
 use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
@@ -127,20 +129,9 @@ pub fn summarize(
         .collect()
 }
 
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-/// The median in milliseconds (the mean of the middle two for an even count).
+/// The median in milliseconds.
 fn median_ms(durations: &[Duration]) -> f64 {
-    let mut sorted: Vec<f64> = durations.iter().map(|d| ms(*d)).collect();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => 0.0,
-        _ if n % 2 == 1 => sorted[n / 2],
-        _ => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
+    ms(median(durations))
 }
 
 pub fn print_header(

@@ -9,7 +9,8 @@ use crate::conv::{ConvSpec, Method, Workspace};
 use crate::error::Result;
 use crate::plan::conv_step::{zero_fraction, ConvStep};
 use crate::plan::policy::Selection;
-use std::time::{Duration, Instant};
+use crate::timing::Protocol;
+use std::time::Duration;
 
 /// One method on one layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,8 +87,8 @@ impl<'a> Probe<'a> {
         }
     }
 
-    /// Called before `conv` runs on `input`: one warm-up run of each method, then `runs`
-    /// rounds of each method in turn (drift in the machine's speed hits all alike).
+    /// Called before `conv` runs on `input`: times every method by the [`Protocol`], with
+    /// one warm-up run of each and `runs` rounds.
     pub fn before_conv(
         &mut self,
         name: &str,
@@ -103,17 +104,11 @@ impl<'a> Probe<'a> {
         };
         let spec = *first.spec();
         let sparsity = input_sparsity.unwrap_or_else(|| zero_fraction(input));
-        let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(self.runs); convs.len()];
-        for c in convs {
-            c.run(input, output, ws)?;
-        }
-        for _ in 0..self.runs {
-            for (c, t) in convs.iter().zip(&mut times) {
-                let start = Instant::now();
-                c.run(input, output, ws)?;
-                t.push(start.elapsed());
-            }
-        }
+        let protocol = Protocol {
+            warmup: 1,
+            rounds: self.runs,
+        };
+        let samples = protocol.time(convs.len(), |i| convs[i].run(input, output, ws))?;
         let methods: Vec<Method> = convs.iter().map(|c| c.method()).collect();
         let costs = LayerCosts::new(
             &self.selection.profile,
@@ -130,10 +125,10 @@ impl<'a> Probe<'a> {
             auto: conv.choose(input, Some(sparsity)),
             methods: methods
                 .iter()
-                .zip(&mut times)
-                .map(|(&method, t)| MethodTime {
+                .zip(&samples)
+                .map(|(&method, s)| MethodTime {
                     method,
-                    measured: median(t),
+                    measured: s.median(),
                     predicted: Duration::from_secs_f64(
                         costs.predict(method, sparsity).unwrap_or(0.0).max(0.0) * 1e-9,
                     ),
@@ -144,11 +139,6 @@ impl<'a> Probe<'a> {
         (self.on_layer)(layer, self.layers.len(), self.convs);
         Ok(())
     }
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort_unstable();
-    times.get(times.len() / 2).copied().unwrap_or_default()
 }
 
 #[cfg(test)]
