@@ -32,12 +32,14 @@ pub mod error;
 pub mod io;
 pub mod kernels;
 pub mod limits;
+#[cfg(any(test, feature = "testing"))]
 pub mod models;
 pub mod onnx;
 mod ops;
 pub mod prune;
 pub mod runtime;
 pub mod sparse;
+#[cfg(any(test, feature = "testing"))]
 pub mod synth;
 pub mod tensor;
 
