@@ -32,7 +32,7 @@ pub(crate) struct Im2Csoa<const NB: usize> {
     panels: Arc<WeightPanels<NB>>,
     /// Channels per chunk of a tap: the panel rows of one chunk stay in L1.
     chunk: usize,
-    /// Per (group, block, tap, chunk): whether its weights are all non-zero-free.
+    /// Per (group, block, tap, chunk): whether its weights are all zero.
     zero_chunks: Vec<bool>,
     isa: Isa,
     epilogue: Epilogue,

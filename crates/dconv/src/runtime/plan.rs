@@ -1,5 +1,5 @@
 //! Planning: one pass over a model's nodes for one set of input shapes. Constants fold,
-//! BatchNormalization folds into the Conv (or ConvTranspose) before it, a ReLU or ReLU6
+//! BatchNormalization folds into the Conv (or ConvTranspose) before it, the activation
 //! after one fuses into it, HardSwish written out as four nodes runs as one, layouts are
 //! fixed, and every run-time tensor gets a buffer that is reused once the tensor is dead.
 
