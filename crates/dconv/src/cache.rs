@@ -18,7 +18,7 @@ pub struct CacheSizes {
 }
 
 impl CacheSizes {
-    /// The caches the shares were tuned on (and the methods' figures in docs measured on).
+    /// The caches the shares were tuned on.
     pub const TUNED_ON: CacheSizes = CacheSizes {
         l1d: 48 << 10,
         l2: 2 << 20,

@@ -32,6 +32,7 @@ pub mod error;
 pub mod io;
 pub mod kernels;
 pub mod limits;
+#[cfg(any(test, feature = "testing"))]
 pub mod models;
 pub mod onnx;
 mod ops;
@@ -39,6 +40,7 @@ mod plan;
 pub mod prune;
 pub mod runtime;
 pub mod sparse;
+#[cfg(any(test, feature = "testing"))]
 pub mod synth;
 pub mod tensor;
 pub mod timing;

@@ -32,7 +32,7 @@ pub(crate) struct Im2Csoa<const NB: usize> {
     panels: Arc<WeightPanels<NB>>,
     /// Channels per chunk of a tap: the panel rows of one chunk stay in L1.
     chunk: usize,
-    /// Per (group, block, tap, chunk): whether its weights are all non-zero-free.
+    /// Per (group, block, tap, chunk): whether its weights are all zero.
     zero_chunks: Vec<bool>,
     isa: Isa,
     epilogue: Epilogue,
@@ -170,11 +170,7 @@ impl<const NB: usize> Im2Csoa<NB> {
 /// Blocks outside (blocks, taps, tiles, chunks): the sums of one block of output channels
 /// stay in L2 across all taps, beside the entries and the block's share of a tap's panel
 /// rows, at the price of reading the entries from L2 once per block. The second is chosen
-/// only when the first's data overflow L2 and its own fit: on a 2 MB L2, on 512->512 at
-/// 30x30 with 80 %
-/// zero inputs (sums 1.8 MB, a tap's panel rows 1 MB, entries 0.7 MB; one block's sums 0.46
-/// MB) it is 7 % faster; at 15x15, where everything fits, 2 % slower; on 256->256 at 56x56,
-/// where neither fits, 6 % slower.
+/// only when the first's data overflow L2 and its own fit (BENCHMARKS.md has the figures).
 fn blocks_go_outside(
     (task_rows, rows): (usize, usize),
     (blocks, width): (usize, usize),

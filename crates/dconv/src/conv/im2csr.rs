@@ -127,8 +127,7 @@ pub(crate) enum RowSource<'a> {
     Built,
     /// Expanded from these pixel lists a chunk of k at a time, as the multiply reaches the
     /// chunk (im2CSR): the rows of a chunk are then written and read in L2, where a whole
-    /// tile's rows would spill to L3 and come back scattered (6 % faster on 512->512 at
-    /// 30x30 with 80 % zero inputs, 2-12 % on other VGG-16 shapes).
+    /// tile's rows would spill to L3 and come back scattered.
     Expanded(&'a Csoa),
 }
 

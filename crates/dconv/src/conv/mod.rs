@@ -167,9 +167,12 @@ impl Timing {
 }
 
 /// What every method applies to its sums as it stores them: the bias and the fused
-/// activation, in a row loop compiled for the instruction set the method runs.
+/// activation, in a row loop compiled for the instruction set the method runs, or as the
+/// [`curve`](Self::curve) in kernels that finish sums in registers.
 pub(crate) struct Epilogue {
+    /// One value per output channel; zeros when the layer has no bias.
     pub bias: Vec<f32>,
+    /// The activation fused after the bias.
     pub activation: Activation,
     /// The instruction set the row loop is compiled for.
     pub isa: Isa,

@@ -228,7 +228,7 @@ impl CostProfile {
         }
     }
 
-    /// The compiled-in profile for `isa` (see [`COMPILED_IN`]; NEON takes the portable one).
+    /// The profile compiled in for `isa` (NEON takes the portable one).
     pub fn compiled_in(isa: Isa) -> CostProfile {
         let wanted = if isa == Isa::Neon { Isa::Portable } else { isa };
         let text = COMPILED_IN

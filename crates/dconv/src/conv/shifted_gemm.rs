@@ -30,11 +30,8 @@ fn band_bytes() -> usize {
 
 /// Whether a layer takes this path: stride 1, a kernel larger than 1x1 (a 1x1 stride-1
 /// layer without padding is a single GEMM over the input already), and at most 256 channels
-/// per group. Measured on VGG-16's 3x3 layers with one GEMM per tap: 64 channels at 240x240
-/// 1.45x faster than im2col + GEMM, 128 at 120x120 1.25x, 256 at 60x60 even, 512 at 30x30
-/// 10 % slower (one GEMM with K = 9 C writes its output once; nine with K = C read and
-/// write it nine times). One GEMM per kernel row made the first three 2-6 % faster still;
-/// at 512 channels it stays 10 % slower than im2col.
+/// per group: with more, im2col's one GEMM with K = R S C, which writes its output once,
+/// is faster than a GEMM per kernel row, each of which reads and writes it (BENCHMARKS.md).
 /// Layers whose band buffers would pass [`MAX_SCRATCH_BYTES`] (a padding far wider than the
 /// image, say) keep im2col, whose buffer is bounded.
 pub(crate) fn applies(spec: &ConvSpec) -> bool {

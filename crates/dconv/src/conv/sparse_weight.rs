@@ -17,8 +17,8 @@
 //! Work goes by bands of tile rows small enough that their planes stay in L2: the band's
 //! input rows are transposed into planes, stored row by row (row `y` of every channel's
 //! planes, then row `y + 1`), so that transposing one input row writes one stretch of memory
-//! rather than a short piece of each of hundreds of planes (4-9 % faster on 128-256
-//! channels, the same on 64 and 512); and each tile is computed into a staging buffer
+//! rather than a short piece of each of hundreds of planes; and each tile is computed
+//! into a staging buffer
 //! (`[filter][row][lane]`) that is transposed into the channels-last output through the
 //! epilogue. A band that one thread runs stages and finishes one tile at a time, so that
 //! its sums never leave cache. Threads that share a band (when tile rows are fewer than
@@ -54,9 +54,7 @@ fn band_budget(caches: &CacheSizes) -> usize {
 
 /// The same, with the staged sums of all its tiles, on several threads, which share a band:
 /// six times the L2, since every band costs each thread a wait for the others, and the
-/// planes each thread converts are read by all (256->256 at 60x60 on 2 threads, 2 MB L2:
-/// 1.56x the 1-thread speed with bands of one tile row, 1.9x with the whole image in one
-/// band).
+/// planes each thread converts are read by all.
 fn shared_band_budget(caches: &CacheSizes) -> usize {
     caches.l2_share(6, 1)
 }

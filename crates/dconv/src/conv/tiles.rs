@@ -12,10 +12,10 @@ use std::ops::Range;
 /// Most output rows in a tile: the tile's sparse rows and its spill of sums stay in L2.
 const MAX_TILE_ROWS: usize = 256;
 
-/// Tiles for work cut into tasks of whole runs of tiles, each task an equal share of the
-/// rows: `(rows per tile, tiles per task)`, tiles of at most [`MAX_TILE_ROWS`]. One task per
-/// thread, or on several threads two when each still gets a full tile, so that a thread
-/// slowed by a neighbour on this shared machine hands work to the others. (Every task walks all of a layer's
+/// Tiles for work cut into tasks of whole runs of tiles, each task an equal share of the rows:
+/// `(rows per tile, tiles per task)`, tiles of at most [`MAX_TILE_ROWS`]. One task per thread,
+/// or on several threads two when each still gets a full tile, so that a thread slowed by
+/// another process on its core hands work to the others. (Every task walks all of a layer's
 /// weight panels, so more, smaller tasks cost more reads from L3.)
 pub(crate) fn task_tiles(rows: usize) -> (usize, usize) {
     let max = MAX_TILE_ROWS;

@@ -6,8 +6,8 @@ const FLOATS_PER_LINE: usize = LINE / 4;
 
 /// A float buffer whose first element sits on a 64-byte boundary, so that whole-vector loads
 /// of rows that are multiples of 16 floats never straddle two cache lines. (A large `Vec`
-/// from the allocator starts 16 bytes past a page boundary here: every 64-byte load from it
-/// touched two lines, which cost a third of the sparse multiply's speed.)
+/// may start 16 bytes past a page boundary, and every 64-byte load from it then touches two
+/// lines.)
 #[derive(Debug, Clone, Default)]
 pub struct CacheAligned {
     buf: Vec<f32>,

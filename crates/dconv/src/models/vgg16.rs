@@ -2,7 +2,7 @@
 //! convolutions with padding 1, in five blocks separated by 2 x 2 max-pooling.
 //!
 //! The input sparsities are those measured on real photographs with a trained VGG-16
-//! (see ../shared/DESIGN.md, section 6): 0-15 % in blocks 1-2, 30-48 % in block 3,
+//! (the one `scripts/fetch-models` fetches): 0-15 % in blocks 1-2, 30-48 % in block 3,
 //! 56-65 % in block 4 and 70-85 % in block 5.
 
 use super::ConvLayer;

@@ -5,8 +5,9 @@
 //! use dconv::runtime::{Policy, Session, SessionOptions};
 //! use dconv::{Model, Tensor};
 //!
-//! // A tiny model: Conv 1 -> 2 channels (3x3, pad 1) + Relu, built in code.
-//! let model = Model::from_bytes(&dconv::runtime::example_model(), None).unwrap();
+//! // A tiny model: Conv 1 -> 2 channels (3x3, pad 1) + Relu; `Model::load` reads a file.
+//! # let onnx_bytes = dconv::runtime::example_model(); // built in code (feature `testing`)
+//! let model = Model::from_bytes(&onnx_bytes, None).unwrap();
 //! let session = Session::new(&model, SessionOptions { threads: 1, policy: Policy::Auto, ..Default::default() }).unwrap();
 //! let input = Tensor::from_f32(vec![1, 1, 4, 4], vec![1.0; 16]).unwrap();
 //! let outputs = session.run(&[("x", input)]).unwrap();
@@ -19,6 +20,7 @@
 //! ```
 
 mod analysis;
+#[cfg(any(test, feature = "testing"))]
 pub(crate) mod example;
 mod fuse;
 pub(crate) mod planner;
@@ -27,6 +29,7 @@ mod session;
 
 pub use crate::plan::Policy;
 pub use analysis::{LayerAnalysis, MethodTime, OnLayer};
+#[cfg(any(test, feature = "testing"))]
 pub use example::example_model;
 pub use profile::{Profile, StepProfile};
 pub use session::{Session, SessionOptions};
