@@ -252,14 +252,8 @@ impl CsoaTile {
         for r in 0..kr {
             for s in 0..ks {
                 self.pixels.extend(rows.clone().map(|p| {
-                    let iy = (p / ow * spec.stride[0] + r * spec.dilation[0])
-                        .checked_sub(spec.padding.top);
-                    let ix = (p % ow * spec.stride[1] + s * spec.dilation[1])
-                        .checked_sub(spec.padding.left);
-                    match (iy, ix) {
-                        (Some(iy), Some(ix)) if iy < spec.height && ix < spec.width => {
-                            (iy * spec.width + ix) as u32
-                        }
+                    match (spec.input_row(p / ow, r), spec.input_col(p % ow, s)) {
+                        (Some(iy), Some(ix)) => (iy * spec.width + ix) as u32,
                         _ => PADDING,
                     }
                 }));

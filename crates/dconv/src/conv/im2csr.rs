@@ -58,14 +58,9 @@ fn expand_rows(
         let (oy, ox) = (p / ow, p % ow);
         for tap in taps.clone() {
             let (r, s) = (tap / ks, tap % ks);
-            let iy = (oy * spec.stride[0] + r * spec.dilation[0]).checked_sub(spec.padding.top);
-            let ix = (ox * spec.stride[1] + s * spec.dilation[1]).checked_sub(spec.padding.left);
-            let (Some(iy), Some(ix)) = (iy, ix) else {
+            let (Some(iy), Some(ix)) = (spec.input_row(oy, r), spec.input_col(ox, s)) else {
                 continue;
             };
-            if iy >= spec.height || ix >= spec.width {
-                continue;
-            }
             let (chans, vals) = csoa.pixel(iy, ix, g);
             // The tap's channels within the columns: all of them, unless a chunk of k cuts
             // through the tap.

@@ -7,6 +7,7 @@
 
 mod dense;
 mod depthwise;
+mod geometry;
 mod im2col;
 mod im2csoa;
 mod im2csr;

@@ -61,20 +61,13 @@ impl Reference {
         let g = m / mg;
         let mut acc = 0.0f64;
         for r in 0..r_len {
-            let Some(iy) = (oy * s.stride[0] + r * s.dilation[0]).checked_sub(s.padding.top) else {
+            let Some(iy) = s.input_row(oy, r) else {
                 continue;
             };
-            if iy >= s.height {
-                continue;
-            }
             for q in 0..s_len {
-                let Some(ix) = (ox * s.stride[1] + q * s.dilation[1]).checked_sub(s.padding.left)
-                else {
+                let Some(ix) = s.input_col(ox, q) else {
                     continue;
                 };
-                if ix >= s.width {
-                    continue;
-                }
                 let pixel = ((n * s.height + iy) * s.width + ix) * s.channels + g * cg;
                 for c in 0..cg {
                     let w = self.weights[((m * cg + c) * r_len + r) * s_len + q];

@@ -113,7 +113,6 @@ impl SparseWeight {
         caches: &CacheSizes,
     ) -> Result<Self> {
         let [sh, sw] = spec.stride;
-        let [dh, dw] = spec.dilation;
         let [kr, ks] = spec.kernel;
         let [_, padded_w] = spec.padded_size()?;
         let (out_h, out_w) = (spec.out_height(), spec.out_width());
@@ -137,8 +136,8 @@ impl SparseWeight {
             half: lanes / 2,
         });
 
-        let columns: Vec<(usize, usize)> = (0..ks).map(|s| (s * dw % sw, s * dw / sw)).collect();
-        let max_column = (ks - 1) * dw / sw;
+        let columns: Vec<(usize, usize)> = (0..ks).map(|s| spec.col_phase(s)).collect();
+        let max_column = spec.col_phase(ks - 1).1;
 
         // Plane rows cover the padded width and every patch a tile reads, even past the
         // output; a band's planes hold the plane rows its tiles read.
@@ -187,8 +186,9 @@ impl SparseWeight {
         // Where kernel position (r, s) reads in a channel's part of the window.
         let position_offsets: Vec<usize> = (0..kr)
             .flat_map(|r| {
-                let phase = row_phases.binary_search(&(r * dh % sh)).expect("listed");
-                let row_offset = r * dh / sh * lanes;
+                let (phase, shift) = spec.row_phase(r);
+                let phase = row_phases.binary_search(&phase).expect("listed");
+                let row_offset = shift * lanes;
                 (0..ks).map(move |s| (phase * ks + s) * segment + row_offset)
             })
             .collect();
@@ -257,7 +257,7 @@ impl SparseWeight {
         let [padded_h, padded_w] = s.padded_size().expect("validated spec");
         let first = band_start * self.rows;
         let plane_rows = first..(first + g.plane_rows).min(padded_h.div_ceil(sh));
-        let (top, left, width) = (s.padding.top, s.padding.left, s.width);
+        let (left, width) = (s.padding.left, s.width);
         // An even share of the plane rows (every channel and phase of each) per thread that
         // shares the band, so that each reads whole input rows; a band of its own stays on
         // this thread, whose cache its kernel then reads.
@@ -271,23 +271,22 @@ impl SparseWeight {
                     if y >= padded_h {
                         continue;
                     }
-                    let iy = y.checked_sub(top).filter(|&iy| iy < s.height);
+                    let iy = s.unpadded_row(y);
                     for pw in 0..sw.min(padded_w) {
                         // Phase (ph, pw): padded columns x * sw + pw.
                         let row = (ph * sw + pw) * g.plane_w;
                         let len = (padded_w - pw).div_ceil(sw);
-                        // Columns inside the input: left <= x * sw + pw < left + width.
                         let (lo, hi) = match iy {
-                            Some(_) => (
-                                left.saturating_sub(pw).div_ceil(sw).min(len),
-                                (left + width).saturating_sub(pw).div_ceil(sw).min(len),
-                            ),
+                            Some(_) => {
+                                let inside = s.cols_inside(pw, sw, len);
+                                (inside.start, inside.end)
+                            }
                             None => (len, len),
                         };
                         for c in 0..s.channels {
                             let dst = &mut planes[c * g.channel_stride + row..][..len];
                             dst[..lo].fill(0.0);
-                            dst[hi.max(lo)..].fill(0.0);
+                            dst[hi..].fill(0.0);
                         }
                         if let (Some(iy), true) = (iy, hi > lo) {
                             let ix = lo * sw + pw - left;
@@ -599,13 +598,13 @@ struct WindowShape {
 
 impl WindowShape {
     fn new(spec: &ConvSpec, isa: Isa, caches: &CacheSizes) -> Self {
-        let ([kr, ks], [sh, _], [dh, _]) = (spec.kernel, spec.stride, spec.dilation);
+        let [kr, ks] = spec.kernel;
         let lanes = vector_floats(isa);
         let rows = tile_rows(spec.out_height(), max_tile_rows(isa));
-        let mut row_phases: Vec<usize> = (0..kr).map(|r| r * dh % sh).collect();
+        let mut row_phases: Vec<usize> = (0..kr).map(|r| spec.row_phase(r).0).collect();
         row_phases.sort_unstable();
         row_phases.dedup();
-        let max_row = (kr - 1) * dh / sh;
+        let max_row = spec.row_phase(kr - 1).1;
         let segment = (rows + max_row) * lanes;
         let window_channel = row_phases.len() * ks * segment;
         let block = (l1_budget(caches) / (4 * window_channel)).clamp(1, spec.channels);
