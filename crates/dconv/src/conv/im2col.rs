@@ -6,10 +6,10 @@
 //! run of `Cg` floats copied from one NHWC pixel (or zeros where the tap falls into the
 //! padding). Weights multiplied with L must be packed in the same `k` order.
 
+use super::run_loop::over_images;
 use super::{ConvSpec, Timing, Workspace};
 use rayon::prelude::*;
 use std::ops::Range;
-use std::time::{Duration, Instant};
 
 /// Output rows lowered per rayon task: enough work to amortize a task, small enough to
 /// balance the threads.
@@ -135,29 +135,18 @@ pub(crate) fn over_padded_images(
         ws.lowered.resize(padded_len, 0.0);
     }
     let row_len = spec.out_width() * spec.filters;
-    let (mut convert, mut multiply, mut zeros) = (Duration::ZERO, Duration::ZERO, 0);
-    for (image, out) in input
-        .chunks_exact(spec.height * spec.width * spec.channels)
-        .zip(output.chunks_exact_mut(spec.out_pixels() * spec.filters))
-    {
-        let start = Instant::now();
+    over_images(spec, (input, output), |image, out, clock| {
         let padded = &mut ws.lowered[..padded_len];
-        pad(image, padded);
-        let padded_at = Instant::now();
-        convert += padded_at - start;
+        clock.convert(|| pad(image, padded));
         let padded = &*padded;
-        zeros += out
-            .par_chunks_mut(row_len)
-            .enumerate()
-            .map(|(oy, out_row)| row(oy, padded, out_row))
-            .sum::<usize>();
-        multiply += padded_at.elapsed();
-    }
-    Timing {
-        convert,
-        multiply,
-        output_zeros: Some(zeros),
-    }
+        let zeros = clock.multiply(|| {
+            out.par_chunks_mut(row_len)
+                .enumerate()
+                .map(|(oy, out_row)| row(oy, padded, out_row))
+                .sum()
+        });
+        clock.count_zeros(zeros);
+    })
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ mod im2csr;
 mod lowered_csr;
 mod panels;
 mod reference;
+mod run_loop;
 pub mod select;
 mod shifted_gemm;
 mod sparse_weight;

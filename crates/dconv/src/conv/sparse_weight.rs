@@ -26,6 +26,7 @@
 //! together once all are done; when tiles are fewer than threads, filters are split into
 //! chunks so that every thread has work.
 
+use super::run_loop::{over_images, timed};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::cache::CacheSizes;
 use crate::error::{Error, Result};
@@ -39,7 +40,7 @@ use crate::limits::saturating_product;
 use rayon::prelude::*;
 use std::mem::size_of;
 use std::ops::Range;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Bytes of window (input patches) a channel block may take: three quarters of the L1d.
 fn l1_budget(caches: &CacheSizes) -> usize {
@@ -728,29 +729,22 @@ impl ConvKernel for SparseWeight {
         let skip = ws.partials.as_ptr().align_offset(64).min(LINE);
         let planes = &mut ws.planes[..groups * planes_len];
         let partials = &mut ws.partials[skip..skip + groups * partial_len];
-        let mut timing = Timing::default();
-        let image_len = s.height * s.width * s.channels;
         let run = BandRun {
             g,
             jobs,
             staged_len,
         };
-        for (image, out) in input
-            .chunks_exact(image_len)
-            .zip(output.chunks_exact_mut(s.out_pixels() * s.filters))
-        {
-            let t0 = Instant::now();
+        over_images(s, (input, output), |image, out, clock| {
             let scratch = Scratch {
                 planes: &mut *planes,
                 partials: &mut *partials,
             };
-            let (zeros, convert) =
-                self.split_bands(image, run, 0..self.tiles_y, out, scratch, groups);
-            timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
-            timing.convert += convert;
-            timing.multiply += t0.elapsed().saturating_sub(convert);
-        }
-        timing
+            // Each band converts its planes just before it multiplies.
+            let zeros = clock.interleaved(|| {
+                self.split_bands(image, run, 0..self.tiles_y, out, scratch, groups)
+            });
+            clock.count_zeros(zeros);
+        })
     }
 }
 
@@ -825,9 +819,9 @@ impl SparseWeight {
         let first_row = tile_rows.start * self.rows;
         let (mut zeros, mut convert) = (0, Duration::ZERO);
         for band_start in tile_rows.clone().step_by(g.tile_rows) {
-            let t0 = Instant::now();
-            self.convert(image, g, band_start, run.jobs, scratch.planes);
-            convert += t0.elapsed();
+            let ((), converting) =
+                timed(|| self.convert(image, g, band_start, run.jobs, scratch.planes));
+            convert += converting;
             let band_rows = g.tile_rows.min(tile_rows.end - band_start);
             let tiles = band_rows * self.tiles_x;
             let planes = Planes {
