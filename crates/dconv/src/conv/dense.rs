@@ -13,6 +13,7 @@
 
 use super::depthwise::{self, Depthwise};
 use super::im2col::{lower, over_padded_images, pad_rows};
+use super::run_loop::over_images;
 use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::direct_conv::{direct_conv_row, DirectRow, FILTER_ALIGN};
@@ -21,7 +22,6 @@ use crate::kernels::Isa;
 use crate::limits::saturating_product;
 use rayon::prelude::*;
 use std::mem::size_of;
-use std::time::{Duration, Instant};
 
 /// Output rows per rayon task in the epilogue pass.
 const EPILOGUE_ROWS_PER_TASK: usize = 64;
@@ -290,73 +290,59 @@ impl ConvKernel for Dense {
         if ws.lowered.len() < scratch {
             ws.lowered.resize(scratch, 0.0);
         }
-        let (mut convert, mut multiply) = (Duration::ZERO, Duration::ZERO);
-        let mut output_zeros = None;
-        let in_image = s.height * s.width * c_len;
-        for (image, out) in input
-            .chunks_exact(in_image)
-            .zip(output.chunks_exact_mut(p_len * m_len))
-        {
+        over_images(s, (input, output), |image, out, clock| {
             if shifted {
-                let start = Instant::now();
                 let scratch = &mut ws.lowered[..scratch];
                 let epilogue = self.has_epilogue().then_some(&self.epilogue);
-                let zeros =
-                    shifted_gemm::convolve(s, &self.packed, epilogue, image, out, scratch, threads);
+                let zeros = clock.multiply(|| {
+                    shifted_gemm::convolve(s, &self.packed, epilogue, image, out, scratch, threads)
+                });
                 if epilogue.is_some() {
-                    output_zeros = Some(output_zeros.unwrap_or(0) + zeros);
+                    clock.count_zeros(zeros);
                 }
-                multiply += start.elapsed();
-                continue;
+                return;
             }
             for g in 0..s.groups {
                 let rhs = &self.packed[g * k_len * mg..(g + 1) * k_len * mg];
                 if input_lowered {
-                    let start = Instant::now();
-                    gemm_f32(
-                        (p_len, mg, k_len),
-                        &mut out[g * mg..],
-                        m_len,
-                        &image[g * cg..],
-                        c_len,
-                        rhs,
-                        mg,
-                        threads,
-                    );
-                    multiply += start.elapsed();
+                    clock.multiply(|| {
+                        gemm_f32(
+                            (p_len, mg, k_len),
+                            &mut out[g * mg..],
+                            m_len,
+                            &image[g * cg..],
+                            c_len,
+                            rhs,
+                            mg,
+                            threads,
+                        )
+                    });
                     continue;
                 }
                 for first in (0..p_len).step_by(block_rows) {
                     let rows = first..(first + block_rows).min(p_len);
-                    let start = Instant::now();
                     let lowered = &mut ws.lowered[..rows.len() * k_len];
-                    lower(s, image, g, rows.clone(), lowered);
-                    let lowered_at = Instant::now();
-                    convert += lowered_at - start;
+                    clock.convert(|| lower(s, image, g, rows.clone(), lowered));
                     let dst = &mut out[rows.start * m_len + g * mg..];
-                    gemm_f32(
-                        (rows.len(), mg, k_len),
-                        dst,
-                        m_len,
-                        lowered,
-                        k_len,
-                        rhs,
-                        mg,
-                        threads,
-                    );
-                    multiply += lowered_at.elapsed();
+                    clock.multiply(|| {
+                        gemm_f32(
+                            (rows.len(), mg, k_len),
+                            dst,
+                            m_len,
+                            lowered,
+                            k_len,
+                            rhs,
+                            mg,
+                            threads,
+                        )
+                    });
                 }
             }
-            let start = Instant::now();
-            let zeros = self.apply_epilogue(out);
-            output_zeros = zeros.map(|z| output_zeros.unwrap_or(0) + z);
-            multiply += start.elapsed();
-        }
-        Timing {
-            convert,
-            multiply,
-            output_zeros,
-        }
+            // Without an epilogue no pass counts the zeros, and they stay unknown.
+            if let Some(zeros) = clock.multiply(|| self.apply_epilogue(out)) {
+                clock.count_zeros(zeros);
+            }
+        })
     }
 }
 

@@ -121,10 +121,7 @@ impl Depthwise {
         let (c_len, m_len, left) = (spec.channels, spec.filters, spec.padding.left);
         padded.fill(0.0);
         for (y, dst) in rows.zip(padded.chunks_exact_mut(self.row_len)) {
-            let Some(iy) = y
-                .checked_sub(spec.padding.top)
-                .filter(|&iy| iy < spec.height)
-            else {
+            let Some(iy) = spec.unpadded_row(y) else {
                 continue;
             };
             let src_row = &image[iy * spec.width * c_len..][..spec.width * c_len];

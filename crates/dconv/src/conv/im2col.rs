@@ -6,10 +6,10 @@
 //! run of `Cg` floats copied from one NHWC pixel (or zeros where the tap falls into the
 //! padding). Weights multiplied with L must be packed in the same `k` order.
 
+use super::run_loop::over_images;
 use super::{ConvSpec, Timing, Workspace};
 use rayon::prelude::*;
 use std::ops::Range;
-use std::time::{Duration, Instant};
 
 /// Output rows lowered per rayon task: enough work to amortize a task, small enough to
 /// balance the threads.
@@ -63,24 +63,17 @@ fn lower_row(spec: &ConvSpec, image: &[f32], group: usize, p: usize, row: &mut [
     let ow = spec.out_width();
     let (oy, ox) = (p / ow, p % ow);
     let s_len = spec.kernel[1];
-    let [dh, dw] = spec.dilation;
+    let dw = spec.dilation[1];
     let (c, cg) = (spec.channels, spec.channels_per_group());
     let tap_run = s_len * cg;
-    // Kernel columns s whose input column ix = x0 + s * dw - left lies in 0..width.
-    let x0 = ox * spec.stride[1];
-    let left = spec.padding.left;
-    let s_lo = left.saturating_sub(x0).div_ceil(dw).min(s_len);
-    let s_hi = (spec.width + left)
-        .saturating_sub(x0)
-        .div_ceil(dw)
-        .min(s_len);
-    let s_hi = s_hi.max(s_lo);
+    // The kernel columns whose taps lie inside the input.
+    let inside = spec.cols_inside(spec.padded_col(ox, 0), dw, s_len);
+    let (s_lo, s_hi) = (inside.start, inside.end);
     // With one group and no horizontal dilation, the valid taps of a kernel row are one
     // contiguous run of the input row.
     let contiguous = cg == c && dw == 1;
     for (r, taps) in row.chunks_exact_mut(tap_run).enumerate() {
-        let iy = (oy * spec.stride[0] + r * dh).checked_sub(spec.padding.top);
-        let Some(iy) = iy.filter(|&iy| iy < spec.height) else {
+        let Some(iy) = spec.input_row(oy, r) else {
             taps.fill(0.0);
             continue;
         };
@@ -89,7 +82,10 @@ fn lower_row(spec: &ConvSpec, image: &[f32], group: usize, p: usize, row: &mut [
         if s_lo == s_hi {
             continue;
         }
-        let pixel = |s: usize| ((iy * spec.width + x0 + s * dw - left) * c) + group * cg;
+        let pixel = |s: usize| {
+            let ix = spec.padded_col(ox, s) - spec.padding.left;
+            (iy * spec.width + ix) * c + group * cg
+        };
         if contiguous {
             let start = pixel(s_lo);
             taps[s_lo * cg..s_hi * cg].copy_from_slice(&image[start..start + (s_hi - s_lo) * c]);
@@ -109,10 +105,10 @@ fn lower_row(spec: &ConvSpec, image: &[f32], group: usize, p: usize, row: &mut [
 /// Panics if `image` is shorter than one image or `out` than `rows.len()` padded rows.
 pub(crate) fn pad_rows(spec: &ConvSpec, image: &[f32], rows: Range<usize>, out: &mut [f32]) {
     let c = spec.channels;
-    let (top, left, w) = (spec.padding.top, spec.padding.left, spec.width);
+    let (left, w) = (spec.padding.left, spec.width);
     let row_len = (w + left + spec.padding.right) * c;
     for (y, dst) in rows.zip(out.chunks_exact_mut(row_len)) {
-        match y.checked_sub(top).filter(|&iy| iy < spec.height) {
+        match spec.unpadded_row(y) {
             Some(iy) => {
                 dst[..left * c].fill(0.0);
                 dst[(left + w) * c..].fill(0.0);
@@ -139,29 +135,18 @@ pub(crate) fn over_padded_images(
         ws.lowered.resize(padded_len, 0.0);
     }
     let row_len = spec.out_width() * spec.filters;
-    let (mut convert, mut multiply, mut zeros) = (Duration::ZERO, Duration::ZERO, 0);
-    for (image, out) in input
-        .chunks_exact(spec.height * spec.width * spec.channels)
-        .zip(output.chunks_exact_mut(spec.out_pixels() * spec.filters))
-    {
-        let start = Instant::now();
+    over_images(spec, (input, output), |image, out, clock| {
         let padded = &mut ws.lowered[..padded_len];
-        pad(image, padded);
-        let padded_at = Instant::now();
-        convert += padded_at - start;
+        clock.convert(|| pad(image, padded));
         let padded = &*padded;
-        zeros += out
-            .par_chunks_mut(row_len)
-            .enumerate()
-            .map(|(oy, out_row)| row(oy, padded, out_row))
-            .sum::<usize>();
-        multiply += padded_at.elapsed();
-    }
-    Timing {
-        convert,
-        multiply,
-        output_zeros: Some(zeros),
-    }
+        let zeros = clock.multiply(|| {
+            out.par_chunks_mut(row_len)
+                .enumerate()
+                .map(|(oy, out_row)| row(oy, padded, out_row))
+                .sum()
+        });
+        clock.count_zeros(zeros);
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! (non-zero activation, non-zero weight block) pairs that meet.
 
 use super::panels::{l1_slab_rows, WeightPanels};
+use super::run_loop::over_groups;
 use super::tiles::{
     ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
@@ -22,7 +23,6 @@ use crate::sparse::Csoa;
 use rayon::prelude::*;
 use std::mem::size_of;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// Marks a tap that falls into the padding.
 const PADDING: u32 = u32::MAX;
@@ -248,14 +248,8 @@ impl CsoaTile {
         for r in 0..kr {
             for s in 0..ks {
                 self.pixels.extend(rows.clone().map(|p| {
-                    let iy = (p / ow * spec.stride[0] + r * spec.dilation[0])
-                        .checked_sub(spec.padding.top);
-                    let ix = (p % ow * spec.stride[1] + s * spec.dilation[1])
-                        .checked_sub(spec.padding.left);
-                    match (iy, ix) {
-                        (Some(iy), Some(ix)) if iy < spec.height && ix < spec.width => {
-                            (iy * spec.width + ix) as u32
-                        }
+                    match (spec.input_row(p / ow, r), spec.input_col(p % ow, s)) {
+                        (Some(iy), Some(ix)) => (iy * spec.width + ix) as u32,
                         _ => PADDING,
                     }
                 }));
@@ -281,41 +275,38 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
 
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.spec;
-        let image_len = s.height * s.width * s.channels;
         let rows = s.out_pixels();
         let (tile, per_task) = task_tiles(rows);
         let tiles = rows.div_ceil(tile);
         ensure_tiles(&mut ws.csoa_tiles, tiles);
-        let mut timing = Timing::default();
-        for (image, out) in input
-            .chunks_exact(image_len)
-            .zip(output.chunks_exact_mut(rows * s.filters))
-        {
-            let start = Instant::now();
-            ws.csoa
-                .fill(image, [s.height, s.width, s.channels], s.groups, self.chunk);
-            let converted = Instant::now();
-            timing.convert += converted - start;
-            ws.csoa_tiles
-                .par_iter_mut()
-                .take(tiles)
-                .enumerate()
-                .for_each(|(t, csoa_tile)| {
-                    csoa_tile.locate(s, tile_rows(t, tile, rows));
+        over_groups(s, (input, output), |image, g, out, clock| {
+            if g == 0 {
+                // Every group's lists, and the pixels each tile reads, once per image.
+                clock.convert(|| {
+                    ws.csoa
+                        .fill(image, [s.height, s.width, s.channels], s.groups, self.chunk)
                 });
-            for g in 0..s.groups {
-                let zeros = self.multiply(
+                clock.multiply(|| {
+                    ws.csoa_tiles
+                        .par_iter_mut()
+                        .take(tiles)
+                        .enumerate()
+                        .for_each(|(t, csoa_tile)| {
+                            csoa_tile.locate(s, tile_rows(t, tile, rows));
+                        })
+                });
+            }
+            let zeros = clock.multiply(|| {
+                self.multiply(
                     &mut ws.csoa_tiles[..tiles],
                     (tile, per_task),
                     &ws.csoa,
                     g,
                     out,
-                );
-                timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
-            }
-            timing.multiply += converted.elapsed();
-        }
-        timing
+                )
+            });
+            clock.count_zeros(zeros);
+        })
     }
 }
 

@@ -8,6 +8,7 @@
 //! ([`RowSource::Expanded`]).
 
 use super::panels::{l1_slab_rows, l2_chunk_rows, WeightPanels};
+use super::run_loop::{over_groups, timed};
 use super::tiles::{
     ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
@@ -19,7 +20,7 @@ use std::mem::size_of;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub(crate) struct Im2Csr<const NB: usize> {
     product: CsrProduct<NB>,
@@ -58,14 +59,9 @@ fn expand_rows(
         let (oy, ox) = (p / ow, p % ow);
         for tap in taps.clone() {
             let (r, s) = (tap / ks, tap % ks);
-            let iy = (oy * spec.stride[0] + r * spec.dilation[0]).checked_sub(spec.padding.top);
-            let ix = (ox * spec.stride[1] + s * spec.dilation[1]).checked_sub(spec.padding.left);
-            let (Some(iy), Some(ix)) = (iy, ix) else {
+            let (Some(iy), Some(ix)) = (spec.input_row(oy, r), spec.input_col(ox, s)) else {
                 continue;
             };
-            if iy >= spec.height || ix >= spec.width {
-                continue;
-            }
             let (chans, vals) = csoa.pixel(iy, ix, g);
             // The tap's channels within the columns: all of them, unless a chunk of k cuts
             // through the tap.
@@ -207,17 +203,12 @@ impl<const NB: usize> CsrProduct<NB> {
                     let cols = chunk_start..(chunk_start + chunk).min(k);
                     for t in task.iter_mut() {
                         if let RowSource::Expanded(csoa) = source {
-                            let start = Instant::now();
-                            expand_rows(
-                                &self.spec,
-                                csoa,
-                                g,
-                                t.rows.clone(),
-                                cols.clone(),
-                                &mut t.csr,
-                            );
-                            t.start_walks();
-                            spent += start.elapsed();
+                            let ((), expanding) = timed(|| {
+                                let rows = t.rows.clone();
+                                expand_rows(&self.spec, csoa, g, rows, cols.clone(), &mut t.csr);
+                                t.start_walks();
+                            });
+                            spent += expanding;
                         }
                         self.multiply_chunk(g, t, cols.clone());
                     }
@@ -279,24 +270,20 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
 
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.product.spec;
-        let image_len = s.height * s.width * s.channels;
         let rows = s.out_pixels();
         let (tile, per_task) = task_tiles(rows);
         ensure_tiles(&mut ws.csr_tiles, rows.div_ceil(tile));
-        let mut timing = Timing::default();
-        for (image, out) in input
-            .chunks_exact(image_len)
-            .zip(output.chunks_exact_mut(rows * s.filters))
-        {
-            for g in 0..s.groups {
-                let start = Instant::now();
-                if g == 0 {
-                    // One chunk per list: the rows are cut by slabs of k later.
-                    let cg = s.channels_per_group();
+        over_groups(s, (input, output), |image, g, out, clock| {
+            if g == 0 {
+                // Every group's lists at once, one chunk per list: the rows are cut by slabs
+                // of k later.
+                let cg = s.channels_per_group();
+                clock.convert(|| {
                     ws.csoa
-                        .fill(image, [s.height, s.width, s.channels], s.groups, cg);
-                }
-                let filled = start.elapsed();
+                        .fill(image, [s.height, s.width, s.channels], s.groups, cg)
+                });
+            }
+            let zeros = clock.interleaved(|| {
                 let tiles = &mut ws.csr_tiles[..rows.div_ceil(tile)];
                 for (t, csr_tile) in tiles.iter_mut().enumerate() {
                     csr_tile.rows = tile_rows(t, tile, rows);
@@ -311,13 +298,9 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
                 // Expanding runs inside the multiply, on every thread at once: its share of
                 // the time is the threads' sum over the threads that ran.
                 let parallel = rayon::current_num_threads().min(tiles.len().div_ceil(per_task));
-                let expanded = expanding / parallel.max(1) as u32;
-                let total = start.elapsed();
-                timing.convert += filled + expanded;
-                timing.multiply += total.saturating_sub(filled + expanded);
-                timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
-            }
-        }
-        timing
+                (zeros, expanding / parallel.max(1) as u32)
+            });
+            clock.count_zeros(zeros);
+        })
     }
 }

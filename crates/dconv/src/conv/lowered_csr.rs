@@ -8,6 +8,7 @@
 use super::im2col::lower_rows;
 use super::im2csr::{CsrProduct, RowSource};
 use super::panels::WeightPanels;
+use super::run_loop::over_groups;
 use super::tiles::{ensure_tiles, task_tiles, tile_rows, tiles_scratch};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use crate::kernels::Isa;
@@ -15,7 +16,6 @@ use crate::limits::saturating_product;
 use rayon::prelude::*;
 use std::mem::size_of;
 use std::sync::Arc;
-use std::time::Instant;
 
 pub(crate) struct LoweredCsr<const NB: usize> {
     product: CsrProduct<NB>,
@@ -47,19 +47,13 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.product.spec;
         let k = s.lowered_cols();
-        let image_len = s.height * s.width * s.channels;
         let rows = s.out_pixels();
         let (tile, per_task) = task_tiles(rows);
         let tiles = rows.div_ceil(tile);
         ensure_tiles(&mut ws.csr_tiles, tiles);
         ensure_tiles(&mut ws.lowered_tiles, tiles);
-        let mut timing = Timing::default();
-        for (image, out) in input
-            .chunks_exact(image_len)
-            .zip(output.chunks_exact_mut(rows * s.filters))
-        {
-            for g in 0..s.groups {
-                let start = Instant::now();
+        over_groups(s, (input, output), |image, g, out, clock| {
+            clock.convert(|| {
                 ws.csr_tiles
                     .par_iter_mut()
                     .zip(ws.lowered_tiles.par_iter_mut())
@@ -73,20 +67,18 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
                             .csr
                             .compress_dense(dense, k)
                             .expect("rows of K columns");
-                    });
-                let converted = Instant::now();
-                timing.convert += converted - start;
-                let (zeros, _) = self.product.multiply_tiles(
+                    })
+            });
+            let (zeros, _) = clock.multiply(|| {
+                self.product.multiply_tiles(
                     g,
                     RowSource::Built,
                     &mut ws.csr_tiles[..tiles],
                     (tile, per_task),
                     out,
-                );
-                timing.output_zeros = Some(timing.output_zeros.unwrap_or(0) + zeros);
-                timing.multiply += converted.elapsed();
-            }
-        }
-        timing
+                )
+            });
+            clock.count_zeros(zeros);
+        })
     }
 }

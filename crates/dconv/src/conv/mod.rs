@@ -7,12 +7,14 @@
 
 mod dense;
 mod depthwise;
+mod geometry;
 mod im2col;
 mod im2csoa;
 mod im2csr;
 mod lowered_csr;
 mod panels;
 mod reference;
+mod run_loop;
 pub mod select;
 mod shifted_gemm;
 mod sparse_weight;

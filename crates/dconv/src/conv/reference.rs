@@ -1,9 +1,9 @@
 //! The naive convolution: seven nested loops, accumulated in f64. It is slow on purpose and
 //! simple enough to be obviously right; every fast method is tested against it.
 
+use super::run_loop::Clock;
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use rayon::prelude::*;
-use std::time::Instant;
 
 pub(crate) struct Reference {
     spec: ConvSpec,
@@ -27,28 +27,28 @@ impl ConvKernel for Reference {
     }
 
     fn run(&self, input: &[f32], output: &mut [f32], _ws: &mut Workspace) -> Timing {
-        let start = Instant::now();
         let s = &self.spec;
         let [oh, ow] = s.output_size();
-        // One output pixel (all its filters) per task: the loops inside stay naive.
-        let zeros = output
-            .par_chunks_mut(s.filters)
-            .enumerate()
-            .map(|(pixel, out)| {
-                let (n, oy, ox) = (pixel / (oh * ow), pixel / ow % oh, pixel % ow);
-                for (m, out) in out.iter_mut().enumerate() {
-                    *out = self
-                        .epilogue
-                        .apply(m, self.output_value(input, n, oy, ox, m) as f32);
-                }
-                out.iter().filter(|&&v| v == 0.0).count()
-            })
-            .sum();
-        Timing {
-            convert: Default::default(),
-            multiply: start.elapsed(),
-            output_zeros: Some(zeros),
-        }
+        let mut clock = Clock::default();
+        // One output pixel (all its filters) per task, over the whole batch: the loops
+        // inside stay naive.
+        let zeros = clock.multiply(|| {
+            output
+                .par_chunks_mut(s.filters)
+                .enumerate()
+                .map(|(pixel, out)| {
+                    let (n, oy, ox) = (pixel / (oh * ow), pixel / ow % oh, pixel % ow);
+                    for (m, out) in out.iter_mut().enumerate() {
+                        *out = self
+                            .epilogue
+                            .apply(m, self.output_value(input, n, oy, ox, m) as f32);
+                    }
+                    out.iter().filter(|&&v| v == 0.0).count()
+                })
+                .sum()
+        });
+        clock.count_zeros(zeros);
+        clock.timing()
     }
 }
 
@@ -61,20 +61,13 @@ impl Reference {
         let g = m / mg;
         let mut acc = 0.0f64;
         for r in 0..r_len {
-            let Some(iy) = (oy * s.stride[0] + r * s.dilation[0]).checked_sub(s.padding.top) else {
+            let Some(iy) = s.input_row(oy, r) else {
                 continue;
             };
-            if iy >= s.height {
-                continue;
-            }
             for q in 0..s_len {
-                let Some(ix) = (ox * s.stride[1] + q * s.dilation[1]).checked_sub(s.padding.left)
-                else {
+                let Some(ix) = s.input_col(ox, q) else {
                     continue;
                 };
-                if ix >= s.width {
-                    continue;
-                }
                 let pixel = ((n * s.height + iy) * s.width + ix) * s.channels + g * cg;
                 for c in 0..cg {
                     let w = self.weights[((m * cg + c) * r_len + r) * s_len + q];

@@ -1,0 +1,247 @@
+//! Direct sparse convolution: sparse weights x dense activations, with no lowered matrix.
+//!
+//! The input is transposed into zero-padded planes, one per channel. With a stride, every
+//! channel is split into `stride_h x stride_w` phase planes (space to depth: phase
+//! `(ph, pw)` holds `Xpad[c][y*sh + ph][x*sw + pw]`), so that kernel position `(r, s)` of
+//! output `(oy, ox)` reads phase `(r*dh % sh, s*dw % sw)` at `(oy + r*dh/sh, ox + s*dw/sw)`.
+//!
+//! The output is computed in tiles of `rows x lanes` positions (`lanes` = one vector; rows
+//! as many as the kernel keeps in registers), filter by filter: each non-zero weight is a
+//! tap that adds `w x` (a `rows x lanes` patch of one plane) to the filter's tile
+//! ([`shifted_axpy`]). For a tile and a block of channels, the patches every tap reads are
+//! first copied into a small window that stays in L1 across all filters: per channel, row
+//! phase and kernel column, `rows + max_row` rows of one vector each, so every tap reads
+//! whole, aligned vectors and a 3 x 3 kernel copies each input value about
+//! `3 (1 + 2 / rows)` times, not 9.
+//!
+//! Work goes by bands of tile rows small enough that their planes stay in L2: the band's
+//! input rows are transposed into planes, stored row by row (row `y` of every channel's
+//! planes, then row `y + 1`), so that transposing one input row writes one stretch of memory
+//! rather than a short piece of each of hundreds of planes; and each tile is computed into
+//! a staging buffer
+//! (`[filter][row][lane]`) that is transposed into the channels-last output through the
+//! epilogue. A band that one thread runs stages and finishes one tile at a time, so that
+//! its sums never leave cache. Threads that share a band (when tile rows are fewer than
+//! threads) share its (tile, filter chunk) items, stage all its tiles, and finish them
+//! together once all are done; when tiles are fewer than threads, filters are split into
+//! chunks so that every thread has work.
+//!
+//! [`plan`] sizes the window, the tiles and the bands; [`taps`] packs the weights;
+//! [`planes`] converts the input; [`run`] computes.
+
+mod plan;
+mod planes;
+mod run;
+mod taps;
+
+pub(crate) use taps::prepared_bytes;
+
+use super::{ConvSpec, Epilogue};
+use crate::cache::CacheSizes;
+use crate::error::{Error, Result};
+use crate::kernels::Isa;
+use plan::{Bands, TileGrid, WindowShape};
+use taps::FilterTaps;
+
+pub(crate) struct SparseWeight {
+    spec: ConvSpec,
+    isa: Isa,
+    epilogue: Epilogue,
+    /// The non-zero weights, as taps on the window.
+    taps: FilterTaps,
+    /// The window a tile reads, and the channel blocks it is filled by.
+    window: WindowShape,
+    /// The tiles over the output.
+    grid: TileGrid,
+    /// How bands are cut on one thread, and on several.
+    bands: [Bands; 2],
+}
+
+impl SparseWeight {
+    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Result<Self> {
+        Self::blocked_for(spec, weights, epilogue, isa, &CacheSizes::detect())
+    }
+
+    /// Like [`new`](Self::new), with blocks and bands sized for `caches`.
+    fn blocked_for(
+        spec: ConvSpec,
+        weights: &[f32],
+        epilogue: Epilogue,
+        isa: Isa,
+        caches: &CacheSizes,
+    ) -> Result<Self> {
+        let window = WindowShape::new(&spec, isa, caches);
+        let grid = TileGrid::new(&spec, &window);
+        let bands = Bands::for_layer(&spec, &window, &grid, caches)?;
+        let taps = FilterTaps::pack(&spec, weights, &window)?;
+        debug_assert!(taps.list().span() + grid.tile_len <= window.len + 1);
+        Ok(SparseWeight {
+            spec,
+            isa,
+            epilogue,
+            taps,
+            window,
+            grid,
+            bands,
+        })
+    }
+}
+
+/// The error of a layer whose planes or window offsets do not fit memory addresses.
+fn too_large() -> Error {
+    Error::Overflow("sparse-weight input planes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::Activation;
+    use crate::synth::{random_sparse, Rng};
+
+    /// Sparse-weight prepared for `spec` on `isa`, blocked for `caches`.
+    fn blocked(spec: ConvSpec, isa: Isa, caches: &CacheSizes) -> SparseWeight {
+        let weights = vec![1.0; spec.weight_len().unwrap()];
+        let epilogue = Epilogue {
+            bias: vec![0.0; spec.filters],
+            activation: Activation::None,
+            isa,
+        };
+        SparseWeight::blocked_for(spec, &weights, epilogue, isa, caches).unwrap()
+    }
+
+    /// The caches these shapes are checked for: those the shares were tuned on, and smaller
+    /// ones (larger caches may fit these shapes whole).
+    const CACHES: [CacheSizes; 2] = [CacheSizes::TUNED_ON, CacheSizes::FALLBACK];
+
+    /// The shape of `sparse_weight_with_many_channel_blocks_and_bands` (in
+    /// tests/methods_match_reference.rs) needs several channel blocks and, on one thread,
+    /// several bands on every ISA.
+    #[test]
+    fn the_integration_test_shape_needs_blocks_and_bands() {
+        let spec = ConvSpec::new(96, 150, 37, 24, [3, 3])
+            .with_stride([2, 1])
+            .with_dilation([1, 2])
+            .with_padding([1, 2, 0, 1])
+            .with_groups(2)
+            .with_batch(2);
+        spec.validate().unwrap();
+        for isa in Isa::ALL {
+            for caches in &CACHES {
+                let conv = blocked(spec, isa, caches);
+                assert!(
+                    conv.window.blocks > 1,
+                    "{isa}, {caches}: {} blocks",
+                    conv.window.blocks
+                );
+                let band = conv.bands[0].tile_rows;
+                assert!(
+                    band < conv.grid.tiles_y,
+                    "{isa}, {caches}: band {band} of {}",
+                    conv.grid.tiles_y
+                );
+            }
+        }
+    }
+
+    /// The shape of `sparse_weight_with_shared_bands_on_four_threads` (in
+    /// tests/methods_match_reference.rs) has fewer tile rows than 4 threads and more than
+    /// one band of them at the shared budget, on every ISA.
+    #[test]
+    fn the_shared_band_test_shape_needs_two_bands() {
+        let spec = ConvSpec::new(64, 18, 1500, 80, [3, 3]).with_padding([1; 4]);
+        for isa in Isa::ALL {
+            for caches in &CACHES {
+                let conv = blocked(spec, isa, caches);
+                let shared = conv.bands[1].tile_rows;
+                assert!(
+                    conv.grid.tiles_y < 4 && shared < conv.grid.tiles_y,
+                    "{isa}, {caches}: {shared} of {}",
+                    conv.grid.tiles_y
+                );
+            }
+        }
+    }
+
+    /// The shape of `sparse_weight_with_a_folded_last_column` (in
+    /// tests/methods_match_reference.rs) folds its last column of tiles on every ISA; the
+    /// VGG-16 sizes that fold are the 56-wide ones.
+    #[test]
+    fn the_fold_test_shape_folds() {
+        for isa in Isa::supported() {
+            for (spec, folds) in [
+                (
+                    ConvSpec::new(40, 12, 18, 20, [3, 3]).with_padding([1; 4]),
+                    true,
+                ),
+                (
+                    ConvSpec::new(256, 56, 56, 256, [3, 3]).with_padding([1; 4]),
+                    isa == Isa::Avx512,
+                ),
+                (
+                    ConvSpec::new(512, 28, 28, 512, [3, 3]).with_padding([1; 4]),
+                    false,
+                ),
+            ] {
+                let weights = vec![1.0; spec.weight_len().unwrap()];
+                let epilogue = Epilogue {
+                    bias: vec![0.0; spec.filters],
+                    activation: Activation::None,
+                    isa,
+                };
+                let conv = SparseWeight::new(spec, &weights, epilogue, isa).unwrap();
+                assert_eq!(conv.grid.fold.is_some(), folds, "{isa} {spec:?}");
+            }
+        }
+    }
+
+    /// The bound a memory budget counts holds what every ISA's layout keeps, over shapes of
+    /// every stride, dilation and group count and weight sparsities from 0 to 100 %, and
+    /// shrinks with the non-zeros.
+    #[test]
+    fn prepared_bytes_bound_what_is_kept() {
+        let mut rng = Rng::new(7);
+        let mut pick = |n: usize| (rng.next_u64() % n as u64) as usize;
+        for case in 0..60 {
+            let groups = [1, 2, 4][pick(3)];
+            let (k, stride, dilation) = (1 + pick(5), 1 + pick(3), 1 + pick(2));
+            let size = (k - 1) * dilation + 1 + pick(20);
+            let spec = ConvSpec::new(
+                groups * (1 + pick(24)),
+                size,
+                size + pick(9),
+                groups * (1 + pick(40)),
+                [k, k],
+            )
+            .with_stride([stride, 1 + pick(2)])
+            .with_dilation([dilation, 1])
+            .with_padding([pick(2), pick(2), pick(2), pick(2)])
+            .with_groups(groups);
+            spec.validate().unwrap();
+            let sparsity = [0.0, 0.5, 0.9, 1.0][case % 4];
+            let weights = random_sparse(
+                spec.weight_len().unwrap(),
+                sparsity,
+                &mut Rng::new(case as u64),
+            );
+            let nonzeros = weights.iter().filter(|&&w| w != 0.0).count();
+            let bound = prepared_bytes(&spec, nonzeros);
+            for isa in Isa::ALL {
+                let epilogue = Epilogue {
+                    bias: vec![0.0; spec.filters],
+                    activation: Activation::None,
+                    isa,
+                };
+                let conv = SparseWeight::new(spec, &weights, epilogue, isa).unwrap();
+                let kept = conv.taps.bytes();
+                assert!(
+                    kept <= bound,
+                    "{isa} {spec:?} at {sparsity}: {kept} > {bound}"
+                );
+            }
+            if sparsity == 0.9 {
+                let dense = prepared_bytes(&spec, spec.weight_len().unwrap());
+                assert!(bound < dense, "{spec:?}: {bound} of {dense}");
+            }
+        }
+    }
+}
