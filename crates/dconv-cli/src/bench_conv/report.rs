@@ -95,14 +95,11 @@ fn dense_macs(spec: &ConvSpec) -> u64 {
 
 /// The multiply-adds `method` needs once the zeros it skips are skipped.
 fn effective_macs(method: Method, dense: f64, measured: &DataSparsity) -> f64 {
-    let input_density = 1.0 - measured.input;
-    let weight_density = 1.0 - measured.weights;
-    match method {
-        Method::Reference | Method::Dense => dense,
-        Method::LoweredCsr | Method::Im2Csr => dense * input_density,
-        Method::SparseWeight => dense * weight_density,
-        Method::Im2Csoa => dense * input_density * weight_density,
-    }
+    let skips = method.skips();
+    let density = |skipped: bool, sparsity: f64| if skipped { 1.0 - sparsity } else { 1.0 };
+    dense
+        * density(skips.input_zeros, measured.input)
+        * density(skips.weight_zeros, measured.weights)
 }
 
 pub fn summarize(

@@ -13,6 +13,7 @@
 
 use super::depthwise::{self, Depthwise};
 use super::im2col::{lower, over_padded_images, pad_rows};
+use super::method::{MethodEntry, Skips};
 use super::run_loop::over_images;
 use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
@@ -63,6 +64,24 @@ pub(crate) struct Dense {
     /// The path of depthwise layers.
     depthwise: Option<Depthwise>,
 }
+
+/// Dense's place in the method table. Its cost: fixed + mac · MACs + lowered · P·K (im2col
+/// writes every lowered element; 0 where it lowers nothing: 1x1 stride-1 layers, and those
+/// it sums shifted GEMMs for).
+pub(super) const ENTRY: MethodEntry = MethodEntry {
+    name: "dense",
+    skips: Skips {
+        input_zeros: false,
+        weight_zeros: false,
+    },
+    terms: &["fixed", "mac", "lowered"],
+    term_values: |s, _, _| [1.0, s.macs, s.dense_lowered, 0.0, 0.0, 0.0],
+    prepared_bytes: |spec, _| prepared_bytes(spec),
+    reads_panels: false,
+    prepare: |spec, weights, epilogue, isa, _| {
+        Ok(Box::new(Dense::new(*spec, weights, epilogue, isa)))
+    },
+};
 
 /// At most how many bytes [`Dense::new`] keeps for `spec` (saturating): the GEMM's packed
 /// weights, or those of the direct path, whose filters are padded to a multiple of

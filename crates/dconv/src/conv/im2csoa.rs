@@ -9,6 +9,8 @@
 //! block of weights that pruning left all zero is skipped, so the work is the
 //! (non-zero activation, non-zero weight block) pairs that meet.
 
+use super::method::{MethodEntry, Skips};
+use super::panels::{self, prepare_over_panels};
 use super::panels::{l1_slab_rows, WeightPanels};
 use super::run_loop::over_groups;
 use super::tiles::{
@@ -26,6 +28,38 @@ use std::sync::Arc;
 
 /// Marks a tap that falls into the padding.
 const PADDING: u32 = u32::MAX;
+
+/// im2csoa's place in the method table. Its cost: fixed + input · |X| + pixel_tap · P·R·S +
+/// nz_input · d·|X| (non-zeros stored) + nz_mac · d·PMACs + nz_mac_squared · d²·PMACs.
+pub(super) const ENTRY: MethodEntry = MethodEntry {
+    name: "im2csoa",
+    skips: Skips {
+        input_zeros: true,
+        weight_zeros: true,
+    },
+    terms: &[
+        "fixed",
+        "input",
+        "pixel_tap",
+        "nz_input",
+        "nz_mac",
+        "nz_mac_squared",
+    ],
+    term_values: |s, d, _| {
+        let nz_macs = d * s.panel_macs;
+        [
+            1.0,
+            s.input,
+            s.pixel_taps,
+            d * s.input,
+            nz_macs,
+            d * nz_macs,
+        ]
+    },
+    prepared_bytes: panels::prepared_bytes,
+    reads_panels: true,
+    prepare: prepare_over_panels!(Im2Csoa),
+};
 
 pub(crate) struct Im2Csoa<const NB: usize> {
     spec: ConvSpec,

@@ -7,6 +7,8 @@
 //! The rows are expanded a chunk of k at a time, as the multiply reaches the chunk
 //! ([`RowSource::Expanded`]).
 
+use super::method::{MethodEntry, Skips};
+use super::panels::{self, prepare_over_panels};
 use super::panels::{l1_slab_rows, l2_chunk_rows, WeightPanels};
 use super::run_loop::{over_groups, timed};
 use super::tiles::{
@@ -21,6 +23,39 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
+
+/// im2csr's place in the method table. Its cost: fixed + input · |X| (the conversion reads
+/// the input once) + pixel_tap · P·R·S (per-row bookkeeping) + nz_lowered · d·P·K (entries
+/// emitted) + nz_mac · d·PMACs + nz_mac_squared · d²·PMACs.
+pub(super) const ENTRY: MethodEntry = MethodEntry {
+    name: "im2csr",
+    skips: Skips {
+        input_zeros: true,
+        weight_zeros: false,
+    },
+    terms: &[
+        "fixed",
+        "input",
+        "pixel_tap",
+        "nz_lowered",
+        "nz_mac",
+        "nz_mac_squared",
+    ],
+    term_values: |s, d, _| {
+        let nz_macs = d * s.panel_macs;
+        [
+            1.0,
+            s.input,
+            s.pixel_taps,
+            d * s.lowered,
+            nz_macs,
+            d * nz_macs,
+        ]
+    },
+    prepared_bytes: panels::prepared_bytes,
+    reads_panels: true,
+    prepare: prepare_over_panels!(Im2Csr),
+};
 
 pub(crate) struct Im2Csr<const NB: usize> {
     product: CsrProduct<NB>,

@@ -7,7 +7,9 @@
 
 use super::im2col::lower_rows;
 use super::im2csr::{CsrProduct, RowSource};
+use super::method::{MethodEntry, Skips};
 use super::panels::WeightPanels;
+use super::panels::{self, prepare_over_panels};
 use super::run_loop::over_groups;
 use super::tiles::{ensure_tiles, task_tiles, tile_rows, tiles_scratch};
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
@@ -16,6 +18,21 @@ use crate::limits::saturating_product;
 use rayon::prelude::*;
 use std::mem::size_of;
 use std::sync::Arc;
+
+/// lowered-csr's place in the method table. Its cost: fixed + lowered · P·K (im2col and the
+/// compression scan) + nz_lowered · d·P·K + nz_mac · d·PMACs.
+pub(super) const ENTRY: MethodEntry = MethodEntry {
+    name: "lowered-csr",
+    skips: Skips {
+        input_zeros: true,
+        weight_zeros: false,
+    },
+    terms: &["fixed", "lowered", "nz_lowered", "nz_mac"],
+    term_values: |s, d, _| [1.0, s.lowered, d * s.lowered, d * s.panel_macs, 0.0, 0.0],
+    prepared_bytes: panels::prepared_bytes,
+    reads_panels: true,
+    prepare: prepare_over_panels!(LoweredCsr),
+};
 
 pub(crate) struct LoweredCsr<const NB: usize> {
     product: CsrProduct<NB>,

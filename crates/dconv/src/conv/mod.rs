@@ -12,6 +12,7 @@ mod im2col;
 mod im2csoa;
 mod im2csr;
 mod lowered_csr;
+mod method;
 mod panels;
 mod reference;
 mod run_loop;
@@ -23,6 +24,7 @@ mod tiles;
 mod transpose;
 mod workspace;
 
+pub use method::{Method, Skips};
 pub use spec::{Activation, ConvSpec, Padding};
 pub(crate) use transpose::{ConvTranspose, TransposeSpec};
 pub use workspace::Workspace;
@@ -31,124 +33,9 @@ use crate::error::{Error, Result};
 use crate::kernels::curve::Curve;
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::Isa;
-use crate::limits::saturating_product;
-use panels::{packed_once, SharedPanels};
+use panels::SharedPanels;
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
-
-/// How a convolution is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// Naive loops: the oracle every other method is tested against.
-    Reference,
-    /// im2col, then a dense GEMM: the conventional method.
-    Dense,
-    /// Dense im2col, then compression to CSR, then sparse x dense: the conventional sparse
-    /// method, kept to show what Direct Conversion saves.
-    LoweredCsr,
-    /// Direct Conversion of the input to the CSR form of the lowered matrix; sparse
-    /// activations x dense weights.
-    Im2Csr,
-    /// Direct Conversion to CSOA (each non-zero activation stored once); sparse activations
-    /// x sparse weights.
-    Im2Csoa,
-    /// Direct sparse convolution: sparse weights x dense activations, no lowering.
-    SparseWeight,
-}
-
-impl Method {
-    pub const ALL: [Method; 6] = [
-        Method::Reference,
-        Method::Dense,
-        Method::LoweredCsr,
-        Method::Im2Csr,
-        Method::Im2Csoa,
-        Method::SparseWeight,
-    ];
-
-    /// At most how many bytes of packed weights preparing this method for `spec` takes
-    /// (saturating), when `nonzeros` of its weights are not zero: the panels of the
-    /// sparse-activation methods pad each group's filters to whole blocks of 128 output
-    /// channels, so a depthwise layer grows a hundredfold; sparse-weight keeps only the
-    /// non-zeros.
-    pub fn prepared_bytes(self, spec: &ConvSpec, nonzeros: usize) -> usize {
-        const WIDEST_PANEL: usize = 128;
-        let weights = spec.weight_len().unwrap_or(usize::MAX);
-        match self {
-            Method::Reference => weights.saturating_mul(4),
-            Method::Dense => dense::prepared_bytes(spec),
-            Method::SparseWeight => sparse_weight::prepared_bytes(spec, nonzeros.min(weights)),
-            Method::LoweredCsr | Method::Im2Csr | Method::Im2Csoa => {
-                let blocks = spec.filters_per_group().div_ceil(WIDEST_PANEL);
-                saturating_product(&[spec.groups, blocks, spec.lowered_cols(), WIDEST_PANEL, 4])
-            }
-        }
-    }
-
-    /// At most how many bytes of packed weights [`Conv::prepare_methods`] takes for
-    /// `methods` (saturating), `nonzeros` as in [`Method::prepared_bytes`]: the panels the
-    /// sparse-activation methods share count once.
-    pub fn prepared_bytes_of(methods: &[Method], spec: &ConvSpec, nonzeros: usize) -> usize {
-        let mut panels = false;
-        methods.iter().fold(0usize, |sum, &m| {
-            let shares = m.reads_panels();
-            let bytes = if shares && panels {
-                0
-            } else {
-                m.prepared_bytes(spec, nonzeros)
-            };
-            panels |= shares;
-            sum.saturating_add(bytes)
-        })
-    }
-
-    /// The names of `methods`, comma-separated, for messages.
-    pub fn names(methods: &[Method]) -> String {
-        methods
-            .iter()
-            .map(|m| m.name())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// Whether the method multiplies by the shared weight panels.
-    fn reads_panels(self) -> bool {
-        matches!(self, Method::LoweredCsr | Method::Im2Csr | Method::Im2Csoa)
-    }
-
-    /// The name used on the command line and in reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Reference => "reference",
-            Method::Dense => "dense",
-            Method::LoweredCsr => "lowered-csr",
-            Method::Im2Csr => "im2csr",
-            Method::Im2Csoa => "im2csoa",
-            Method::SparseWeight => "sparse-weight",
-        }
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Method {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        Method::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| Error::UnknownName {
-                kind: "convolution method",
-                name: s.to_string(),
-                expected: Method::ALL.map(Method::name).join(", "),
-            })
-    }
-}
 
 /// Where the time of one run went: converting the input (im2col, compression) and
 /// multiplying (methods without a conversion step report it as zero); and the zeros of the
@@ -349,36 +236,7 @@ impl Conv {
                 "{method} indexes columns and pixels with 32 bits; this layer is larger"
             )));
         }
-        // The sparse-activation methods read the shared panels, 8 blocks of 16 output
-        // channels wide on AVX-512 and 4 elsewhere.
-        macro_rules! over_panels {
-            ($($method:ident)::+) => {
-                match isa {
-                    Isa::Avx512 => Box::new($($method)::+::<8>::new(
-                        *spec,
-                        packed_once(&mut shared.wide, spec, weights),
-                        epilogue,
-                        isa,
-                    )) as Box<dyn ConvKernel>,
-                    _ => Box::new($($method)::+::<4>::new(
-                        *spec,
-                        packed_once(&mut shared.narrow, spec, weights),
-                        epilogue,
-                        isa,
-                    )),
-                }
-            };
-        }
-        let kernel: Box<dyn ConvKernel> = match method {
-            Method::Reference => Box::new(reference::Reference::new(*spec, weights, epilogue)),
-            Method::Dense => Box::new(dense::Dense::new(*spec, weights, epilogue, isa)),
-            Method::LoweredCsr => over_panels!(lowered_csr::LoweredCsr),
-            Method::Im2Csr => over_panels!(im2csr::Im2Csr),
-            Method::Im2Csoa => over_panels!(im2csoa::Im2Csoa),
-            Method::SparseWeight => Box::new(sparse_weight::SparseWeight::new(
-                *spec, weights, epilogue, isa,
-            )?),
-        };
+        let kernel = (method.entry().prepare)(spec, weights, epilogue, isa, shared)?;
         Ok(Conv {
             spec: *spec,
             method,

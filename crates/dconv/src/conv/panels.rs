@@ -3,6 +3,7 @@
 use super::ConvSpec;
 use crate::cache::CacheSizes;
 use crate::kernels::aligned::CacheAligned;
+use crate::limits::saturating_product;
 use std::sync::Arc;
 
 /// The weights of each group as `W^T` (K x M/G), cut into blocks of `16 * NB` output
@@ -76,6 +77,41 @@ pub(crate) struct SharedPanels {
     /// 4 blocks: the AVX2, NEON and portable kernels.
     pub narrow: Option<Arc<WeightPanels<4>>>,
 }
+
+/// At most how many bytes the panels of `spec` take (saturating): each group's filters are
+/// padded to whole blocks of the widest panel, 128 output channels, so a depthwise layer
+/// grows a hundredfold. The same whatever the non-zeros: panels are dense.
+pub(crate) fn prepared_bytes(spec: &ConvSpec, _nonzeros: usize) -> usize {
+    const WIDEST_PANEL: usize = 128;
+    let blocks = spec.filters_per_group().div_ceil(WIDEST_PANEL);
+    saturating_product(&[spec.groups, blocks, spec.lowered_cols(), WIDEST_PANEL, 4])
+}
+
+/// The `prepare` of a method's table entry that multiplies by the shared panels: 8 blocks
+/// of 16 output channels wide on AVX-512 and 4 elsewhere, packed once for every method
+/// that reads them.
+macro_rules! prepare_over_panels {
+    ($method:ident) => {
+        |spec, weights, epilogue, isa, shared| {
+            use $crate::conv::panels::packed_once;
+            Ok(match isa {
+                $crate::kernels::Isa::Avx512 => Box::new($method::<8>::new(
+                    *spec,
+                    packed_once(&mut shared.wide, spec, weights),
+                    epilogue,
+                    isa,
+                )) as Box<dyn $crate::conv::ConvKernel>,
+                _ => Box::new($method::<4>::new(
+                    *spec,
+                    packed_once(&mut shared.narrow, spec, weights),
+                    epilogue,
+                    isa,
+                )),
+            })
+        }
+    };
+}
+pub(crate) use prepare_over_panels;
 
 /// The panels in `slot`, packed from `weights` on the first call. `spec` and `weights` must
 /// be the same on every call.

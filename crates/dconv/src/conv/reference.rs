@@ -1,9 +1,24 @@
 //! The naive convolution: seven nested loops, accumulated in f64. It is slow on purpose and
 //! simple enough to be obviously right; every fast method is tested against it.
 
+use super::method::{no_terms, MethodEntry, Skips};
 use super::run_loop::Clock;
 use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
 use rayon::prelude::*;
+
+/// The reference's place in the method table: no cost terms, for it is never chosen.
+pub(super) const ENTRY: MethodEntry = MethodEntry {
+    name: "reference",
+    skips: Skips {
+        input_zeros: false,
+        weight_zeros: false,
+    },
+    terms: &[],
+    term_values: no_terms,
+    prepared_bytes: |spec, _| spec.weight_len().unwrap_or(usize::MAX).saturating_mul(4),
+    reads_panels: false,
+    prepare: |spec, weights, epilogue, _, _| Ok(Box::new(Reference::new(*spec, weights, epilogue))),
+};
 
 pub(crate) struct Reference {
     spec: ConvSpec,

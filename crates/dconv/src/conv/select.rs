@@ -3,20 +3,10 @@
 //! the cheapest prepared method for each run.
 //!
 //! Each method's time is a sum of terms, each a count of work the method does times a
-//! coefficient in nanoseconds per unit that `dconv tune` measures ([`fit`]). With d the input
-//! density (1 - input sparsity) and e the weight density:
-//!
-//! - `dense`: fixed + mac · MACs + lowered · P·K (im2col writes every lowered element; 0
-//!   where it lowers nothing: 1x1 stride-1 layers, and those it sums shifted GEMMs for).
-//! - `lowered-csr`: fixed + lowered · P·K (im2col and the compression scan) + nz_lowered ·
-//!   d·P·K + nz_mac · d·PMACs.
-//! - `im2csr`: fixed + input · |X| (the conversion reads the input once) + pixel_tap ·
-//!   P·R·S (per-row bookkeeping) + nz_lowered · d·P·K (entries emitted) + nz_mac · d·PMACs +
-//!   nz_mac_squared · d²·PMACs.
-//! - `im2csoa`: fixed + input · |X| + pixel_tap · P·R·S + nz_input · d·|X| (non-zeros
-//!   stored) + nz_mac · d·PMACs + nz_mac_squared · d²·PMACs.
-//! - `sparse-weight`: fixed + input · |X| (the padded plane copy) + nz_weight · e·M·K (each
-//!   non-zero weight starts a row of work) + nz_mac · e·MACs.
+//! coefficient in nanoseconds per unit that `dconv tune` measures ([`fit`]). Each method
+//! states its own terms in its entry of the method table (`conv/method.rs`), next to its
+//! code; with d the input density (1 - input sparsity) and e the weight density, they count
+//! e.g. MACs, lowered elements (P·K), input elements (|X|), d·PMACs or e·MACs.
 //!
 //! PMACs are the multiply-adds against weight panels, each group's filters padded to whole
 //! panels (MACs wherever a group's filters fill them, as in every layer `tune` measures).
@@ -38,14 +28,24 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The methods the model predicts; `reference` is an oracle, never a choice.
-pub const MODELED: [Method; 5] = [
-    Method::Dense,
-    Method::LoweredCsr,
-    Method::Im2Csr,
-    Method::Im2Csoa,
-    Method::SparseWeight,
-];
+/// The methods the model predicts, in [`Method::ALL`]'s order: those with cost terms
+/// (`reference` is an oracle, never a choice).
+pub const MODELED: [Method; 5] = {
+    let mut modeled = [Method::Dense; 5];
+    let (mut i, mut n) = (0, 0);
+    while i < Method::ALL.len() {
+        if !Method::ALL[i].entry().terms.is_empty() {
+            modeled[n] = Method::ALL[i];
+            n += 1;
+        }
+        i += 1;
+    }
+    assert!(
+        n == modeled.len(),
+        "MODELED holds every method with cost terms"
+    );
+    modeled
+};
 
 /// The most terms any method has.
 pub const MAX_TERMS: usize = 6;
@@ -107,56 +107,13 @@ impl LayerSize {
 
 /// The names of a method's terms, in coefficient order.
 pub fn term_names(method: Method) -> &'static [&'static str] {
-    match method {
-        Method::Dense => &["fixed", "mac", "lowered"],
-        Method::LoweredCsr => &["fixed", "lowered", "nz_lowered", "nz_mac"],
-        Method::Im2Csr => &[
-            "fixed",
-            "input",
-            "pixel_tap",
-            "nz_lowered",
-            "nz_mac",
-            "nz_mac_squared",
-        ],
-        Method::Im2Csoa => &[
-            "fixed",
-            "input",
-            "pixel_tap",
-            "nz_input",
-            "nz_mac",
-            "nz_mac_squared",
-        ],
-        Method::SparseWeight => &["fixed", "input", "nz_weight", "nz_mac"],
-        Method::Reference => &[],
-    }
+    method.entry().terms
 }
 
 /// The units of work of each term of `method` for a layer of `size` with input density `d`
 /// and weight density `e`, in the order of [`term_names`]; unused slots are 0.
 pub fn term_values(method: Method, size: &LayerSize, d: f64, e: f64) -> [f64; MAX_TERMS] {
-    let s = size;
-    match method {
-        Method::Dense => [1.0, s.macs, s.dense_lowered, 0.0, 0.0, 0.0],
-        Method::LoweredCsr => [1.0, s.lowered, d * s.lowered, d * s.panel_macs, 0.0, 0.0],
-        Method::Im2Csr => [
-            1.0,
-            s.input,
-            s.pixel_taps,
-            d * s.lowered,
-            d * s.panel_macs,
-            d * d * s.panel_macs,
-        ],
-        Method::Im2Csoa => [
-            1.0,
-            s.input,
-            s.pixel_taps,
-            d * s.input,
-            d * s.panel_macs,
-            d * d * s.panel_macs,
-        ],
-        Method::SparseWeight => [1.0, s.input, e * s.weights * s.batch, e * s.macs, 0.0, 0.0],
-        Method::Reference => [0.0; MAX_TERMS],
-    }
+    (method.entry().term_values)(size, d, e)
 }
 
 /// Whether the coefficient of term `name` may be negative.

@@ -19,15 +19,15 @@ pub enum Policy {
 
 impl Policy {
     /// `auto` and every method name, for help texts and tests.
-    pub const ALL: [Policy; 7] = [
-        Policy::Auto,
-        Policy::Force(Method::Reference),
-        Policy::Force(Method::Dense),
-        Policy::Force(Method::LoweredCsr),
-        Policy::Force(Method::Im2Csr),
-        Policy::Force(Method::Im2Csoa),
-        Policy::Force(Method::SparseWeight),
-    ];
+    pub const ALL: [Policy; Method::ALL.len() + 1] = {
+        let mut all = [Policy::Auto; Method::ALL.len() + 1];
+        let mut i = 0;
+        while i < Method::ALL.len() {
+            all[i + 1] = Policy::Force(Method::ALL[i]);
+            i += 1;
+        }
+        all
+    };
 }
 
 impl fmt::Display for Policy {

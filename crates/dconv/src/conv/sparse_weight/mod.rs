@@ -36,12 +36,31 @@ mod taps;
 
 pub(crate) use taps::prepared_bytes;
 
+use super::method::{MethodEntry, Skips};
 use super::{ConvSpec, Epilogue};
 use crate::cache::CacheSizes;
 use crate::error::{Error, Result};
 use crate::kernels::Isa;
 use plan::{Bands, TileGrid, WindowShape};
 use taps::FilterTaps;
+
+/// sparse-weight's place in the method table. Its cost: fixed + input · |X| (the padded
+/// plane copy) + nz_weight · e·M·K (each non-zero weight starts a row of work) + nz_mac ·
+/// e·MACs.
+pub(in crate::conv) const ENTRY: MethodEntry = MethodEntry {
+    name: "sparse-weight",
+    skips: Skips {
+        input_zeros: false,
+        weight_zeros: true,
+    },
+    terms: &["fixed", "input", "nz_weight", "nz_mac"],
+    term_values: |s, _, e| [1.0, s.input, e * s.weights * s.batch, e * s.macs, 0.0, 0.0],
+    prepared_bytes,
+    reads_panels: false,
+    prepare: |spec, weights, epilogue, isa, _| {
+        Ok(Box::new(SparseWeight::new(*spec, weights, epilogue, isa)?))
+    },
+};
 
 pub(crate) struct SparseWeight {
     spec: ConvSpec,
