@@ -9,7 +9,7 @@ use crate::Failure;
 use dconv::cache::CacheSizes;
 use dconv::conv::select::fit::{fit, fit_one, Sample};
 use dconv::conv::select::{CostProfile, LayerCosts, MODELED};
-use dconv::conv::{Activation, Conv, ConvSpec, Method, Workspace};
+use dconv::conv::{Activation, Conv, ConvSpec, Method, Skips, Workspace};
 use dconv::kernels::Isa;
 use dconv::synth::{self, Rng, ZeroPattern};
 use dconv::timing::Protocol;
@@ -81,15 +81,24 @@ fn plan(quick: bool) -> Plan {
     }
 }
 
+/// The methods timed at one sweep's points: those of the cost model whose format skips
+/// what `sweeps` says, with `dense` beside them (the drift is measured against it).
+fn sweep(sweeps: impl Fn(Skips) -> bool) -> Vec<Method> {
+    MODELED
+        .into_iter()
+        .filter(|&m| m == Method::Dense || sweeps(m.skips()))
+        .collect()
+}
+
 /// The methods whose cost depends on the input's sparsity, timed across it.
-const INPUT_SWEEP: [Method; 4] = [
-    Method::Dense,
-    Method::LoweredCsr,
-    Method::Im2Csr,
-    Method::Im2Csoa,
-];
-/// The methods timed across weight sparsity.
-const WEIGHT_SWEEP: [Method; 2] = [Method::Dense, Method::SparseWeight];
+fn input_sweep() -> Vec<Method> {
+    sweep(|skips| skips.input_zeros)
+}
+
+/// The methods whose cost depends on the weights' sparsity alone, timed across it.
+fn weight_sweep() -> Vec<Method> {
+    sweep(|skips| skips.weight_zeros && !skips.input_zeros)
+}
 /// The input sparsity of the weight sweep (sparse-weight does not depend on it).
 const WEIGHT_SWEEP_INPUT: f64 = 0.5;
 
@@ -145,7 +154,7 @@ fn measure_all(plan: &Plan, seed: u64) -> Result<Vec<Sample>, Failure> {
         );
         let weight_len = spec.weight_len().map_err(|e| Failure::Run(e.to_string()))?;
         let dense_weights = synth::random_sparse(weight_len, 0.0, &mut rng);
-        let convs = prepare(spec, &dense_weights, &INPUT_SWEEP)?;
+        let convs = prepare(spec, &dense_weights, &input_sweep())?;
         for &s_in in plan.input_sparsities {
             let input = activations(spec, s_in, &mut rng);
             samples.extend(time_point(&convs, &input, 0.0, plan.runs, &mut workspace)?);
@@ -153,7 +162,7 @@ fn measure_all(plan: &Plan, seed: u64) -> Result<Vec<Sample>, Failure> {
         let input = activations(spec, WEIGHT_SWEEP_INPUT, &mut rng);
         for &s_w in plan.weight_sparsities {
             let weights = synth::random_sparse(weight_len, s_w, &mut rng);
-            let convs = prepare(spec, &weights, &WEIGHT_SWEEP)?;
+            let convs = prepare(spec, &weights, &weight_sweep())?;
             let s_w = synth::sparsity(&weights);
             samples.extend(time_point(&convs, &input, s_w, plan.runs, &mut workspace)?);
         }
@@ -336,4 +345,17 @@ fn print_choices(profile: &CostProfile, samples: &[Sample]) {
          points; the worst pick is {:.1} % slower than the best",
         worst * 100.0
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sweeps derived from the method table time what tune always timed.
+    #[test]
+    fn the_sweeps_time_each_method_across_the_sparsity_it_skips() {
+        use Method::*;
+        assert_eq!(input_sweep(), [Dense, LoweredCsr, Im2Csr, Im2Csoa]);
+        assert_eq!(weight_sweep(), [Dense, SparseWeight]);
+    }
 }

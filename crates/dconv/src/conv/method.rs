@@ -1,7 +1,7 @@
 //! [`Method`]: how a convolution is computed, and [`MethodEntry`]: everything the engine
 //! knows of one method, in one table. Each method's file declares its entry (name, the zeros
 //! it skips, the cost model's terms, its packed size, how it prepares); adding a method is
-//! its file, a variant here and its line in [`TABLE`].
+//! its file and its line in the [`methods!`] list below.
 
 use super::panels::SharedPanels;
 use super::select::{LayerSize, MAX_TERMS};
@@ -12,35 +12,43 @@ use crate::kernels::Isa;
 use std::fmt;
 use std::str::FromStr;
 
-/// How a convolution is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// Naive loops: the oracle every other method is tested against.
-    Reference,
-    /// im2col, then a dense GEMM: the conventional method.
-    Dense,
-    /// Dense im2col, then compression to CSR, then sparse x dense: the conventional sparse
-    /// method, kept to show what Direct Conversion saves.
-    LoweredCsr,
-    /// Direct Conversion of the input to the CSR form of the lowered matrix; sparse
-    /// activations x dense weights.
-    Im2Csr,
-    /// Direct Conversion to CSOA (each non-zero activation stored once); sparse activations
-    /// x sparse weights.
-    Im2Csoa,
-    /// Direct sparse convolution: sparse weights x dense activations, no lowering.
-    SparseWeight,
+/// Declares [`Method`], [`Method::ALL`] and the table of entries from one line per method:
+/// its doc, its variant and where its entry lives.
+macro_rules! methods {
+    ($($(#[doc = $doc:literal])+ $variant:ident => $entry:path,)+) => {
+        /// How a convolution is computed.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum Method {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl Method {
+            /// Every method, in the order of its variants.
+            pub const ALL: [Method; [$(Method::$variant),+].len()] = [$(Method::$variant),+];
+        }
+
+        /// The entries of every method, in the order of [`Method`]'s variants.
+        const TABLE: [&MethodEntry; Method::ALL.len()] = [$(&$entry),+];
+    };
 }
 
-/// The entries of every method, in the order of [`Method`]'s variants.
-const TABLE: [&MethodEntry; 6] = [
-    &reference::ENTRY,
-    &dense::ENTRY,
-    &lowered_csr::ENTRY,
-    &im2csr::ENTRY,
-    &im2csoa::ENTRY,
-    &sparse_weight::ENTRY,
-];
+methods! {
+    /// Naive loops: the oracle every other method is tested against.
+    Reference => reference::ENTRY,
+    /// im2col, then a dense GEMM: the conventional method.
+    Dense => dense::ENTRY,
+    /// Dense im2col, then compression to CSR, then sparse x dense: the conventional sparse
+    /// method, kept to show what Direct Conversion saves.
+    LoweredCsr => lowered_csr::ENTRY,
+    /// Direct Conversion of the input to the CSR form of the lowered matrix; sparse
+    /// activations x dense weights.
+    Im2Csr => im2csr::ENTRY,
+    /// Direct Conversion to CSOA (each non-zero activation stored once); sparse activations
+    /// x sparse weights.
+    Im2Csoa => im2csoa::ENTRY,
+    /// Direct sparse convolution: sparse weights x dense activations, no lowering.
+    SparseWeight => sparse_weight::ENTRY,
+}
 
 /// Which zeros a method's format skips: the work it does is the dense multiply-adds times
 /// the densities of these operands (what effective GFLOP/s counts).
@@ -85,15 +93,6 @@ pub(crate) fn no_terms(_: &LayerSize, _: f64, _: f64) -> [f64; MAX_TERMS] {
 }
 
 impl Method {
-    pub const ALL: [Method; 6] = [
-        Method::Reference,
-        Method::Dense,
-        Method::LoweredCsr,
-        Method::Im2Csr,
-        Method::Im2Csoa,
-        Method::SparseWeight,
-    ];
-
     pub(crate) const fn entry(self) -> &'static MethodEntry {
         TABLE[self as usize]
     }
