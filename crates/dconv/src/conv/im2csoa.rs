@@ -9,6 +9,7 @@
 //! block of weights that pruning left all zero is skipped, so the work is the
 //! (non-zero activation, non-zero weight block) pairs that meet.
 
+use super::im2csr::{direct_conversion_terms, direct_conversion_values};
 use super::method::{MethodEntry, Skips};
 use super::panels::{self, prepare_over_panels};
 use super::panels::{l1_slab_rows, WeightPanels};
@@ -37,25 +38,8 @@ pub(super) const ENTRY: MethodEntry = MethodEntry {
         input_zeros: true,
         weight_zeros: true,
     },
-    terms: &[
-        "fixed",
-        "input",
-        "pixel_tap",
-        "nz_input",
-        "nz_mac",
-        "nz_mac_squared",
-    ],
-    term_values: |s, d, _| {
-        let nz_macs = d * s.panel_macs;
-        [
-            1.0,
-            s.input,
-            s.pixel_taps,
-            d * s.input,
-            nz_macs,
-            d * nz_macs,
-        ]
-    },
+    terms: &direct_conversion_terms("nz_input"),
+    term_values: |s, d, _| direct_conversion_values(s, d, d * s.input),
     prepared_bytes: panels::prepared_bytes,
     reads_panels: true,
     prepare: prepare_over_panels!(Im2Csoa),

@@ -11,6 +11,7 @@ use super::method::{MethodEntry, Skips};
 use super::panels::{self, prepare_over_panels};
 use super::panels::{l1_slab_rows, l2_chunk_rows, WeightPanels};
 use super::run_loop::{over_groups, timed};
+use super::select::{LayerSize, MAX_TERMS};
 use super::tiles::{
     ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
@@ -33,29 +34,33 @@ pub(super) const ENTRY: MethodEntry = MethodEntry {
         input_zeros: true,
         weight_zeros: false,
     },
-    terms: &[
-        "fixed",
-        "input",
-        "pixel_tap",
-        "nz_lowered",
-        "nz_mac",
-        "nz_mac_squared",
-    ],
-    term_values: |s, d, _| {
-        let nz_macs = d * s.panel_macs;
-        [
-            1.0,
-            s.input,
-            s.pixel_taps,
-            d * s.lowered,
-            nz_macs,
-            d * nz_macs,
-        ]
-    },
+    terms: &direct_conversion_terms("nz_lowered"),
+    term_values: |s, d, _| direct_conversion_values(s, d, d * s.lowered),
     prepared_bytes: panels::prepared_bytes,
     reads_panels: true,
     prepare: prepare_over_panels!(Im2Csr),
 };
+
+/// The cost terms of the two Direct Conversion methods, which differ in what they store:
+/// fixed + input · |X| + pixel_tap · P·R·S + `stored` + nz_mac · d·PMACs + nz_mac_squared ·
+/// d²·PMACs.
+pub(super) const fn direct_conversion_terms(stored: &'static str) -> [&'static str; 6] {
+    [
+        "fixed",
+        "input",
+        "pixel_tap",
+        stored,
+        "nz_mac",
+        "nz_mac_squared",
+    ]
+}
+
+/// The units of [`direct_conversion_terms`] at input density `d`, `stored` the units of
+/// the values it stores.
+pub(super) fn direct_conversion_values(s: &LayerSize, d: f64, stored: f64) -> [f64; MAX_TERMS] {
+    let nz_macs = d * s.panel_macs;
+    [1.0, s.input, s.pixel_taps, stored, nz_macs, d * nz_macs]
+}
 
 pub(crate) struct Im2Csr<const NB: usize> {
     product: CsrProduct<NB>,
