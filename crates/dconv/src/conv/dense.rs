@@ -16,13 +16,12 @@ use super::im2col::{lower, over_padded_images, pad_rows};
 use super::method::{MethodEntry, Skips};
 use super::run_loop::over_images;
 use super::shifted_gemm;
-use super::{Activation, ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use super::{Activation, ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use crate::kernels::direct_conv::{direct_conv_row, DirectRow, FILTER_ALIGN};
 use crate::kernels::gemm::gemm_f32;
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
 use rayon::prelude::*;
-use std::mem::size_of;
 
 /// Output rows per rayon task in the epilogue pass.
 const EPILOGUE_ROWS_PER_TASK: usize = 64;
@@ -230,7 +229,7 @@ fn lowered_block_rows(s: &ConvSpec) -> usize {
 }
 
 impl Dense {
-    /// Floats of the workspace's `lowered` buffer a run on `threads` threads uses: the
+    /// Floats of the workspace's shared buffer a run on `threads` threads uses: the
     /// padded image (direct path), a band of rows per thread (shifted GEMMs), or a block
     /// of lowered rows.
     fn lowered_len(&self, threads: usize) -> usize {
@@ -285,9 +284,8 @@ impl Dense {
 }
 
 impl ConvKernel for Dense {
-    fn scratch_bytes(&self) -> usize {
-        self.lowered_len(rayon::current_num_threads())
-            .saturating_mul(size_of::<f32>())
+    fn scratch(&self) -> ScratchBytes {
+        ScratchBytes::floats(self.lowered_len(rayon::current_num_threads()))
     }
 
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
@@ -305,13 +303,9 @@ impl ConvKernel for Dense {
         let shifted = !input_lowered && shifted_gemm::applies(s);
         let block_rows = lowered_block_rows(s);
         let threads = rayon::current_num_threads();
-        let scratch = self.lowered_len(threads);
-        if ws.lowered.len() < scratch {
-            ws.lowered.resize(scratch, 0.0);
-        }
+        let scratch = ws.floats(self.lowered_len(threads));
         over_images(s, (input, output), |image, out, clock| {
             if shifted {
-                let scratch = &mut ws.lowered[..scratch];
                 let epilogue = self.has_epilogue().then_some(&self.epilogue);
                 let zeros = clock.multiply(|| {
                     shifted_gemm::convolve(s, &self.packed, epilogue, image, out, scratch, threads)
@@ -340,7 +334,7 @@ impl ConvKernel for Dense {
                 }
                 for first in (0..p_len).step_by(block_rows) {
                     let rows = first..(first + block_rows).min(p_len);
-                    let lowered = &mut ws.lowered[..rows.len() * k_len];
+                    let lowered = &mut scratch[..rows.len() * k_len];
                     clock.convert(|| lower(s, image, g, rows.clone(), lowered));
                     let dst = &mut out[rows.start * m_len + g * mg..];
                     clock.multiply(|| {

@@ -77,7 +77,7 @@ impl Depthwise {
     }
 
     /// Computes `output` from `input` (whole batches, NHWC), padding each image into the
-    /// workspace's `lowered` buffer.
+    /// workspace's shared floats.
     pub fn run(
         &self,
         spec: &ConvSpec,

@@ -121,7 +121,7 @@ pub(crate) fn pad_rows(spec: &ConvSpec, image: &[f32], rows: Range<usize>, out: 
 
 /// The frame of the paths that pad each image once and then compute output rows straight
 /// from it (dense's direct and depthwise paths): per image of the NHWC batch, `pad` fills
-/// the first `padded_len` floats of the workspace's `lowered` buffer from the image, then
+/// the first `padded_len` shared floats of the workspace from the image, then
 /// `row(oy, padded, out_row)` finishes each output row, in parallel, returning its zeros.
 pub(crate) fn over_padded_images(
     spec: &ConvSpec,
@@ -131,12 +131,9 @@ pub(crate) fn over_padded_images(
     pad: impl Fn(&[f32], &mut [f32]),
     row: impl Fn(usize, &[f32], &mut [f32]) -> usize + Sync,
 ) -> Timing {
-    if ws.lowered.len() < padded_len {
-        ws.lowered.resize(padded_len, 0.0);
-    }
+    let padded = ws.floats(padded_len);
     let row_len = spec.out_width() * spec.filters;
     over_images(spec, (input, output), |image, out, clock| {
-        let padded = &mut ws.lowered[..padded_len];
         clock.convert(|| pad(image, padded));
         let padded = &*padded;
         let zeros = clock.multiply(|| {

@@ -17,7 +17,8 @@ use super::run_loop::over_groups;
 use super::tiles::{
     ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
-use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use super::workspace::Scratch;
+use super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use crate::cache::CacheSizes;
 use crate::kernels::sparse_row_panel::{accumulate_ranges, Entries, RowCursor};
 use crate::kernels::Isa;
@@ -250,13 +251,6 @@ impl CsoaTile {
         );
     }
 
-    /// Bytes it holds.
-    pub fn bytes(&self) -> usize {
-        self.pixels.len() * size_of::<u32>()
-            + self.walks.len() * size_of::<RowCursor>()
-            + self.sums.bytes()
-    }
-
     /// Records, tap by tap, the input pixel each output row of `rows` reads.
     fn locate(&mut self, spec: &ConvSpec, rows: std::ops::Range<usize>) {
         let ow = spec.out_width();
@@ -276,8 +270,16 @@ impl CsoaTile {
     }
 }
 
+impl Scratch for CsoaTile {
+    fn bytes(&self) -> usize {
+        self.pixels.len() * size_of::<u32>()
+            + self.walks.len() * size_of::<RowCursor>()
+            + self.sums.bytes()
+    }
+}
+
 impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
-    fn scratch_bytes(&self) -> usize {
+    fn scratch(&self) -> ScratchBytes {
         let s = &self.spec;
         let pixels = s.height * s.width;
         let chunks = s.channels_per_group().div_ceil(self.chunk);
@@ -288,7 +290,10 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
             let located = saturating_product(&[taps, rows, size_of::<u32>()]);
             located.saturating_add(walk_bytes(rows, blocks, WeightPanels::<NB>::WIDTH))
         });
-        csoa.saturating_add(tiles)
+        ScratchBytes {
+            floats: 0,
+            kept: csoa.saturating_add(tiles),
+        }
     }
 
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
@@ -296,16 +301,16 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
         let rows = s.out_pixels();
         let (tile, per_task) = task_tiles(rows);
         let tiles = rows.div_ceil(tile);
-        ensure_tiles(&mut ws.csoa_tiles, tiles);
+        let (csoa, csoa_tiles) = ws.kept_pair::<Csoa, Vec<CsoaTile>>();
+        ensure_tiles(csoa_tiles, tiles);
         over_groups(s, (input, output), |image, g, out, clock| {
             if g == 0 {
                 // Every group's lists, and the pixels each tile reads, once per image.
                 clock.convert(|| {
-                    ws.csoa
-                        .fill(image, [s.height, s.width, s.channels], s.groups, self.chunk)
+                    csoa.fill(image, [s.height, s.width, s.channels], s.groups, self.chunk)
                 });
                 clock.multiply(|| {
-                    ws.csoa_tiles
+                    csoa_tiles
                         .par_iter_mut()
                         .take(tiles)
                         .enumerate()
@@ -315,13 +320,7 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
                 });
             }
             let zeros = clock.multiply(|| {
-                self.multiply(
-                    &mut ws.csoa_tiles[..tiles],
-                    (tile, per_task),
-                    &ws.csoa,
-                    g,
-                    out,
-                )
+                self.multiply(&mut csoa_tiles[..tiles], (tile, per_task), csoa, g, out)
             });
             clock.count_zeros(zeros);
         })

@@ -15,7 +15,8 @@ use super::select::{LayerSize, MAX_TERMS};
 use super::tiles::{
     ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
-use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use super::workspace::Scratch;
+use super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
 use crate::kernels::Isa;
 use crate::sparse::{Csoa, CsrMatrix};
@@ -131,14 +132,15 @@ pub(crate) struct CsrTile {
     sums: TileSums,
 }
 
-impl CsrTile {
-    /// Bytes it holds.
-    pub fn bytes(&self) -> usize {
+impl Scratch for CsrTile {
+    fn bytes(&self) -> usize {
         self.csr.bytes()
             + (self.cursors.len() + self.slab_start.len()) * size_of::<RowCursor>()
             + self.sums.bytes()
     }
+}
 
+impl CsrTile {
     /// Points each row's cursor at its first entry.
     fn start_walks(&mut self) {
         let (row_ptr, _, _) = self.csr.parts();
@@ -300,37 +302,38 @@ impl<const NB: usize> CsrProduct<NB> {
 }
 
 impl<const NB: usize> ConvKernel for Im2Csr<NB> {
-    fn scratch_bytes(&self) -> usize {
+    fn scratch(&self) -> ScratchBytes {
         let s = &self.product.spec;
         let pixels = s.height * s.width;
         let csoa = Csoa::bytes_for(pixels, s.channels, pixels.saturating_mul(s.groups));
         let chunk = self.product.chunk_rows().min(s.lowered_cols());
-        csoa.saturating_add(self.product.tiles_bytes(chunk))
+        ScratchBytes {
+            floats: 0,
+            kept: csoa.saturating_add(self.product.tiles_bytes(chunk)),
+        }
     }
 
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.product.spec;
         let rows = s.out_pixels();
         let (tile, per_task) = task_tiles(rows);
-        ensure_tiles(&mut ws.csr_tiles, rows.div_ceil(tile));
+        let (csoa, csr_tiles) = ws.kept_pair::<Csoa, Vec<CsrTile>>();
+        ensure_tiles(csr_tiles, rows.div_ceil(tile));
         over_groups(s, (input, output), |image, g, out, clock| {
             if g == 0 {
                 // Every group's lists at once, one chunk per list: the rows are cut by slabs
                 // of k later.
                 let cg = s.channels_per_group();
-                clock.convert(|| {
-                    ws.csoa
-                        .fill(image, [s.height, s.width, s.channels], s.groups, cg)
-                });
+                clock.convert(|| csoa.fill(image, [s.height, s.width, s.channels], s.groups, cg));
             }
             let zeros = clock.interleaved(|| {
-                let tiles = &mut ws.csr_tiles[..rows.div_ceil(tile)];
+                let tiles = &mut csr_tiles[..rows.div_ceil(tile)];
                 for (t, csr_tile) in tiles.iter_mut().enumerate() {
                     csr_tile.rows = tile_rows(t, tile, rows);
                 }
                 let (zeros, expanding) = self.product.multiply_tiles(
                     g,
-                    RowSource::Expanded(&ws.csoa),
+                    RowSource::Expanded(csoa),
                     tiles,
                     (tile, per_task),
                     out,

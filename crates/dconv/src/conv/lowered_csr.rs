@@ -6,17 +6,17 @@
 //! larger than the input, and a second pass to compress it.
 
 use super::im2col::lower_rows;
+use super::im2csr::CsrTile;
 use super::im2csr::{CsrProduct, RowSource};
 use super::method::{MethodEntry, Skips};
 use super::panels::WeightPanels;
 use super::panels::{self, prepare_over_panels};
 use super::run_loop::over_groups;
-use super::tiles::{ensure_tiles, task_tiles, tile_rows, tiles_scratch};
-use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use super::tiles::{ensure_tiles, task_tiles, tile_rows};
+use super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
 use rayon::prelude::*;
-use std::mem::size_of;
 use std::sync::Arc;
 
 /// lowered-csr's place in the method table. Its cost: fixed + lowered · P·K (im2col and the
@@ -52,13 +52,14 @@ impl<const NB: usize> LoweredCsr<NB> {
 }
 
 impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
-    fn scratch_bytes(&self) -> usize {
+    fn scratch(&self) -> ScratchBytes {
         let s = &self.product.spec;
         let k = s.lowered_cols();
-        let lowered = tiles_scratch::<Vec<f32>>(s.out_pixels(), |rows| {
-            saturating_product(&[rows, k, size_of::<f32>()])
-        });
-        lowered.saturating_add(self.product.tiles_bytes(k))
+        let lowered = ScratchBytes::floats(lowered_len(s.out_pixels(), k));
+        ScratchBytes {
+            kept: self.product.tiles_bytes(k),
+            ..lowered
+        }
     }
 
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
@@ -67,18 +68,18 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
         let rows = s.out_pixels();
         let (tile, per_task) = task_tiles(rows);
         let tiles = rows.div_ceil(tile);
-        ensure_tiles(&mut ws.csr_tiles, tiles);
-        ensure_tiles(&mut ws.lowered_tiles, tiles);
+        let (lowered, csr_tiles) = ws.floats_and_kept::<Vec<CsrTile>>(lowered_len(rows, k));
+        ensure_tiles(csr_tiles, tiles);
         over_groups(s, (input, output), |image, g, out, clock| {
             clock.convert(|| {
-                ws.csr_tiles
+                csr_tiles
                     .par_iter_mut()
-                    .zip(ws.lowered_tiles.par_iter_mut())
+                    .zip(lowered.par_chunks_mut(tile * k))
                     .take(tiles)
                     .enumerate()
                     .for_each(|(t, (csr_tile, dense))| {
                         let rows = tile_rows(t, tile, rows);
-                        dense.resize(rows.len() * k, 0.0);
+                        let dense = &mut dense[..rows.len() * k];
                         lower_rows(s, image, g, rows, dense);
                         csr_tile
                             .csr
@@ -90,7 +91,7 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
                 self.product.multiply_tiles(
                     g,
                     RowSource::Built,
-                    &mut ws.csr_tiles[..tiles],
+                    &mut csr_tiles[..tiles],
                     (tile, per_task),
                     out,
                 )
@@ -98,4 +99,11 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
             clock.count_zeros(zeros);
         })
     }
+}
+
+/// Floats of the dense lowered rows of every tile of a layer of `rows` output rows and `k`
+/// lowered columns, tile `t`'s at `t * tile * k`.
+fn lowered_len(rows: usize, k: usize) -> usize {
+    let (tile, _) = task_tiles(rows);
+    saturating_product(&[rows.div_ceil(tile), tile, k])
 }

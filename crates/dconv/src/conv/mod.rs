@@ -27,7 +27,7 @@ mod workspace;
 pub use method::{Method, Skips};
 pub use spec::{Activation, ConvSpec, Padding};
 pub(crate) use transpose::{ConvTranspose, TransposeSpec};
-pub use workspace::Workspace;
+pub use workspace::{ScratchBytes, Workspace};
 
 use crate::error::{Error, Result};
 use crate::kernels::curve::Curve;
@@ -117,7 +117,7 @@ pub(crate) trait ConvKernel: Send + Sync {
 
     /// The most bytes of workspace a run on the current thread pool fills, whatever the
     /// input (saturating).
-    fn scratch_bytes(&self) -> usize;
+    fn scratch(&self) -> ScratchBytes;
 }
 
 /// A convolution layer with its weights prepared for one method.
@@ -273,7 +273,13 @@ impl Conv {
     /// every value), so a runtime checks this against its memory budget before the first
     /// run. [`Workspace::bytes`] never exceeds it after a run of this layer alone.
     pub fn scratch_bytes(&self) -> usize {
-        self.kernel.scratch_bytes()
+        self.scratch().total()
+    }
+
+    /// [`Conv::scratch_bytes`] by kind: the shared floats every layer reuses, and the
+    /// method's own scratch.
+    pub fn scratch(&self) -> ScratchBytes {
+        self.kernel.scratch()
     }
 }
 
@@ -347,5 +353,39 @@ mod tests {
             Method::prepared_bytes_of(&[Method::Im2Csoa], &spec, nonzeros),
             panels
         );
+    }
+
+    /// The methods share the workspace's floats and some scratch types: run layer after
+    /// layer, every method in turn through one workspace, each output is the same as with a
+    /// workspace of its own (no method reads what another left).
+    #[test]
+    fn one_workspace_serves_every_method_in_turn() {
+        let big = ConvSpec::new(6, 9, 7, 12, [3, 3])
+            .with_padding([1, 2, 1, 0])
+            .with_bias(true);
+        let small = ConvSpec::new(4, 3, 5, 3, [1, 3])
+            .with_stride([2, 1])
+            .with_bias(true);
+        let value = |i: usize| match i % 4 {
+            0 => 0.0,
+            r => (i % 11) as f32 - r as f32 * 2.0,
+        };
+        let mut shared = Workspace::default();
+        for spec in [big, small, big, small] {
+            let weights: Vec<f32> = (0..spec.weight_len().unwrap()).map(value).collect();
+            let input: Vec<f32> = (0..spec.input_len().unwrap())
+                .map(|i| value(i + 1))
+                .collect();
+            let bias = vec![0.25; spec.filters];
+            let convs = Conv::prepare_methods(&spec, &weights, Some(&bias), &Method::ALL).unwrap();
+            for conv in convs.iter().chain(convs.iter().rev()) {
+                let mut alone = vec![f32::NAN; spec.output_len().unwrap()];
+                let mut after_others = alone.clone();
+                conv.run(&input, &mut alone, &mut Workspace::default())
+                    .unwrap();
+                conv.run(&input, &mut after_others, &mut shared).unwrap();
+                assert_eq!(after_others, alone, "{} on {spec:?}", conv.method());
+            }
+        }
     }
 }

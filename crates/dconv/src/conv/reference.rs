@@ -3,7 +3,7 @@
 
 use super::method::{no_terms, MethodEntry, Skips};
 use super::run_loop::Clock;
-use super::{ConvKernel, ConvSpec, Epilogue, Timing, Workspace};
+use super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use rayon::prelude::*;
 
 /// The reference's place in the method table: no cost terms, for it is never chosen.
@@ -37,8 +37,8 @@ impl Reference {
 }
 
 impl ConvKernel for Reference {
-    fn scratch_bytes(&self) -> usize {
-        0
+    fn scratch(&self) -> ScratchBytes {
+        ScratchBytes::default()
     }
 
     fn run(&self, input: &[f32], output: &mut [f32], _ws: &mut Workspace) -> Timing {

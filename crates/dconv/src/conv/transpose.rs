@@ -12,14 +12,13 @@
 //! time, so that their memory stays bounded whatever the image's size.
 
 use super::spec::product;
-use super::{Activation, Epilogue, Workspace};
+use super::{Activation, Epilogue, ScratchBytes, Workspace};
 use crate::error::{Error, Result};
 use crate::kernels::gemm::gemm_f32;
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
 use rayon::prelude::*;
-use std::mem::size_of;
 use std::ops::Range;
 
 /// Bytes of columns computed at a time (at least one input row's).
@@ -249,10 +248,14 @@ impl ConvTranspose {
         self.block_rows * s.width * s.taps() * s.filters
     }
 
-    /// The most bytes of the workspace a run fills (its `lowered` buffer, which the dense
-    /// method also grows).
+    /// The most bytes of the workspace a run fills (all shared floats).
+    pub fn scratch(&self) -> ScratchBytes {
+        ScratchBytes::floats(self.columns_len())
+    }
+
+    /// [`ConvTranspose::scratch`] in all.
     pub fn scratch_bytes(&self) -> usize {
-        self.columns_len().saturating_mul(size_of::<f32>())
+        self.scratch().total()
     }
 
     /// Computes the NHWC `output` from the NHWC `input`; returns how many outputs are
@@ -273,9 +276,7 @@ impl ConvTranspose {
         }
         let (taps, c_len, m_len) = (s.taps(), s.channels, s.filters);
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
-        if ws.lowered.len() < self.columns_len() {
-            ws.lowered.resize(self.columns_len(), 0.0);
-        }
+        let columns = ws.floats(self.columns_len());
         let threads = rayon::current_num_threads();
         let row_pixels = s.width;
         let mut zeros = 0;
@@ -285,7 +286,7 @@ impl ConvTranspose {
         {
             for first in (0..s.height).step_by(self.block_rows) {
                 let rows = first..(first + self.block_rows).min(s.height);
-                let cols = &mut ws.lowered[..rows.len() * row_pixels * taps * m_len];
+                let cols = &mut columns[..rows.len() * row_pixels * taps * m_len];
                 for g in 0..s.groups {
                     let rhs = &self.packed[g * cg * taps * mg..(g + 1) * cg * taps * mg];
                     gemm_f32(

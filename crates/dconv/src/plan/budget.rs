@@ -131,23 +131,24 @@ impl Memory {
 
 /// The most bytes the session's workspace fills over runs of every step, each convolution
 /// keeping only the methods whose workspace is at most `limit` bytes (`usize::MAX`: all;
-/// see [`ConvStep::kept_within`]). Each method's buffers grow to the largest layer that
-/// method runs and are never shrunk, so the bound is, per method, its largest layer's
-/// workspace, summed over methods (a buffer two methods share counts twice), plus the
-/// largest transposed convolution's.
+/// see [`ConvStep::kept_within`]). The workspace's buffers grow to the largest need and are
+/// never shrunk: its shared floats to the largest layer's of any method (transposed
+/// convolutions too), and each method's own scratch to its largest layer's. So the bound
+/// is the largest layer's floats plus, per method, its largest own scratch (a type two
+/// methods share counts twice).
 pub(crate) fn workspace_bytes(steps: &[Step], limit: usize) -> usize {
-    let mut largest = [0usize; Method::ALL.len()];
+    let mut kept = [0usize; Method::ALL.len()];
+    let mut floats = transposed_steps(steps)
+        .map(|t| t.scratch().floats)
+        .max()
+        .unwrap_or(0);
     for conv in conv_steps(steps).flat_map(|step| step.kept_within(limit)) {
-        let m = Method::ALL.iter().position(|&m| m == conv.method());
-        let slot = &mut largest[m.expect("every method is in Method::ALL")];
-        *slot = (*slot).max(conv.scratch_bytes());
+        let need = conv.scratch();
+        let slot = &mut kept[conv.method() as usize];
+        *slot = (*slot).max(need.kept);
+        floats = floats.max(need.floats);
     }
-    let transposed = transposed_steps(steps).map(ConvTranspose::scratch_bytes);
-    largest
-        .iter()
-        .copied()
-        .chain(transposed.max())
-        .fold(0, usize::saturating_add)
+    kept.into_iter().fold(floats, usize::saturating_add)
 }
 
 /// The most bytes the convolutions' packed weights and the session's workspace take when
@@ -392,7 +393,12 @@ mod tests {
         let allowance = kept_bytes(&auto.steps, usize::MAX) - 1;
         shed(&mut auto.steps, &Selection::default(), allowance);
         assert_eq!(scratch(&auto), before[..before.len() - 1]);
-        assert_eq!(workspace_bytes(&auto.steps, usize::MAX), full - largest);
+        // One layer: the largest shared floats of the methods left, plus their own scratch.
+        let left = only_conv(&auto).convs().iter().map(Conv::scratch);
+        let floats = left.clone().map(|s| s.floats).max().unwrap_or(0);
+        let bound = floats + left.map(|s| s.kept).sum::<usize>();
+        assert_eq!(workspace_bytes(&auto.steps, usize::MAX), bound);
+        assert!(bound < full && full - bound <= largest, "{bound} of {full}");
         assert!(only_conv(&auto).prepared(largest_method).is_err());
 
         shed(&mut auto.steps, &Selection::default(), 0);

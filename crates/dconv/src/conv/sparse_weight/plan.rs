@@ -222,6 +222,16 @@ pub(super) struct RunShape {
     pub partial_len: usize,
 }
 
+impl RunShape {
+    /// Floats of workspace a run takes: every group's planes, then its staged sums and
+    /// windows, from a cache line's start.
+    pub fn floats(&self) -> usize {
+        let planes = self.groups.saturating_mul(self.planes_len);
+        let partials = self.groups.saturating_mul(self.partial_len);
+        planes.saturating_add(partials).saturating_add(LINE)
+    }
+}
+
 impl SparseWeight {
     pub(super) fn run_shape(&self, threads: usize) -> RunShape {
         let s = &self.spec;

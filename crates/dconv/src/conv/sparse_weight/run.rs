@@ -6,7 +6,7 @@ use super::plan::{Bands, Fold, RunShape, LINE};
 use super::planes::Planes;
 use super::SparseWeight;
 use crate::conv::run_loop::{over_images, timed};
-use crate::conv::{ConvKernel, Timing, Workspace};
+use crate::conv::{ConvKernel, ScratchBytes, Timing, Workspace};
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::shifted_axpy::shifted_axpy;
 use crate::kernels::transpose::{transpose_finish, Finish};
@@ -15,16 +15,15 @@ use std::ops::Range;
 use std::time::Duration;
 
 impl ConvKernel for SparseWeight {
-    fn scratch_bytes(&self) -> usize {
+    fn scratch(&self) -> ScratchBytes {
         let shape = self.run_shape(rayon::current_num_threads().max(1));
-        let planes = shape.groups.saturating_mul(shape.planes_len);
-        let partials = shape.groups.saturating_mul(shape.partial_len);
-        let floats = planes.saturating_add(partials).saturating_add(LINE);
-        floats.saturating_mul(std::mem::size_of::<f32>())
+        ScratchBytes::floats(shape.floats())
     }
 
     fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
         let s = &self.spec;
+        let shape = self.run_shape(rayon::current_num_threads().max(1));
+        let floats = ws.floats(shape.floats());
         let RunShape {
             g,
             groups,
@@ -32,16 +31,10 @@ impl ConvKernel for SparseWeight {
             planes_len,
             staged_len,
             partial_len,
-        } = self.run_shape(rayon::current_num_threads().max(1));
-        if ws.planes.len() < groups * planes_len {
-            ws.planes.resize(groups * planes_len, 0.0);
-        }
-        if ws.partials.len() < groups * partial_len + LINE {
-            ws.partials.resize(groups * partial_len + LINE, 0.0);
-        }
-        let skip = ws.partials.as_ptr().align_offset(64).min(LINE);
-        let planes = &mut ws.planes[..groups * planes_len];
-        let partials = &mut ws.partials[skip..skip + groups * partial_len];
+        } = shape;
+        let (planes, rest) = floats.split_at_mut(groups * planes_len);
+        let skip = rest.as_ptr().align_offset(64).min(LINE);
+        let partials = &mut rest[skip..skip + groups * partial_len];
         let run = BandRun {
             g,
             jobs,
