@@ -15,9 +15,6 @@ pub const MAX_ATTRIBUTE_VALUES: usize = 4096;
 /// Most strided copies one data-movement step may make (a Pad in mode reflect or wrap with
 /// pads many times its data's length needs a copy per repeat).
 pub const MAX_COPY_PARTS: usize = 1 << 12;
-/// Most bytes of constants a plan may fold (a Transpose of a weight, a ConstantOfShape) when
-/// the session has no memory budget of its own.
-pub const MAX_FOLDED_BYTES: usize = 4 << 30;
 /// Most bytes a plan's buffers may take when the session sets no budget: sizes come from the
 /// model file (a padding of a million pixels is a few bytes of protobuf), so without a bound
 /// a stranger's model could make a run allocate terabytes. `--max-memory` raises it.

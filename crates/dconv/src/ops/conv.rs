@@ -329,25 +329,25 @@ mod tests {
         let all = Method::prepared_bytes_of(&methods, &spec, nonzeros);
         assert!(bytes(leanest) < all);
 
-        let mut plain = Builder::new(auto, Some(all));
+        let mut plain = Builder::new(auto, all);
         assert_eq!(
             methods_to_prepare(&mut plain, &spec, 0.9, nonzeros).unwrap(),
             methods
         );
         assert_eq!(plain.memory.prepared_bytes, all);
         assert!(plain.memory.notes.is_empty());
-        let mut short = Builder::new(auto, Some(all - 1));
+        let mut short = Builder::new(auto, all - 1);
         assert!(methods_to_prepare(&mut short, &spec, 0.9, nonzeros).is_err());
 
         let lean = Selection { lean: true, ..auto };
-        let mut thin = Builder::new(lean, Some(bytes(leanest)));
+        let mut thin = Builder::new(lean, bytes(leanest));
         assert_eq!(
             methods_to_prepare(&mut thin, &spec, 0.9, nonzeros).unwrap(),
             [leanest]
         );
         assert_eq!(thin.memory.prepared_bytes, bytes(leanest));
         assert_eq!(thin.memory.notes.len(), 1);
-        let mut over = Builder::new(lean, Some(bytes(leanest) - 1));
+        let mut over = Builder::new(lean, bytes(leanest) - 1);
         assert!(methods_to_prepare(&mut over, &spec, 0.9, nonzeros).is_err());
     }
 }

@@ -9,14 +9,15 @@ use super::conv_step::ConvStep;
 use super::policy::Selection;
 use crate::conv::{Conv, ConvTranspose, Method};
 use crate::error::{Error, Result};
-use crate::limits::{checked_elements, MAX_FOLDED_BYTES};
+use crate::limits::checked_elements;
 use std::mem::size_of;
 
 /// What a plan being built has taken of its budget so far.
 #[derive(Debug)]
 pub(crate) struct Memory {
-    /// The most bytes the plan's buffers and folded constants may take, when bounded.
-    budget: Option<usize>,
+    /// The most bytes the plan's buffers, folded constants, packed weights and workspace
+    /// may take.
+    budget: usize,
     /// Bytes of the constants folded so far.
     folded_bytes: usize,
     /// Bytes of the weights the convolutions' methods packed so far.
@@ -26,7 +27,7 @@ pub(crate) struct Memory {
 }
 
 impl Memory {
-    pub fn new(budget: Option<usize>) -> Self {
+    pub fn new(budget: usize) -> Self {
         Memory {
             budget,
             folded_bytes: 0,
@@ -39,25 +40,22 @@ impl Memory {
     /// is refused.
     pub fn slot_elements(&self, shape: &[usize]) -> Result<usize> {
         let len = checked_elements(shape, "a tensor")?;
-        if let Some(budget) = self.budget {
-            let needed = len.saturating_mul(size_of::<f32>());
-            if needed > budget {
-                return Err(Error::OverBudget {
-                    what: format!("a tensor of shape {shape:?}"),
-                    needed,
-                    budget,
-                });
-            }
+        let needed = len.saturating_mul(size_of::<f32>());
+        if needed > self.budget {
+            return Err(Error::OverBudget {
+                what: format!("a tensor of shape {shape:?}"),
+                needed,
+                budget: self.budget,
+            });
         }
         Ok(len)
     }
 
     /// Accounts for a constant of `shape` about to be folded (at most 8 bytes an element)
-    /// and returns its element count; refused past the budget, or past
-    /// [`MAX_FOLDED_BYTES`] without one, before anything is allocated.
+    /// and returns its element count; refused past the budget before anything is allocated.
     pub fn fold_elements(&mut self, shape: &[usize]) -> Result<usize> {
         let len = checked_elements(shape, "a folded constant")?;
-        let budget = self.budget.unwrap_or(MAX_FOLDED_BYTES);
+        let budget = self.budget;
         let needed = len
             .saturating_mul(size_of::<i64>())
             .saturating_add(self.folded_bytes);
@@ -76,7 +74,7 @@ impl Memory {
     /// blow small weights up (a depthwise filter padded to a block of output channels), so
     /// what it packs counts against the budget before it is allocated.
     pub fn account_prepared(&mut self, what: String, bytes: usize) -> Result<()> {
-        let budget = self.budget.unwrap_or(MAX_FOLDED_BYTES);
+        let budget = self.budget;
         let needed = self
             .folded_bytes
             .saturating_add(self.prepared_bytes)
@@ -97,7 +95,7 @@ impl Memory {
     /// Whether it fits beside the rest of the plan is [`fit`]'s question, once the plan is
     /// whole.
     pub fn scratch_fits(&self, bytes: usize) -> bool {
-        bytes <= self.budget.unwrap_or(usize::MAX)
+        bytes <= self.budget
     }
 
     /// Refuses a workspace `what` of `bytes` that does not fit the budget on its own.
@@ -108,7 +106,7 @@ impl Memory {
         Err(Error::OverBudget {
             what,
             needed: bytes,
-            budget: self.budget.unwrap_or(usize::MAX),
+            budget: self.budget,
         })
     }
 

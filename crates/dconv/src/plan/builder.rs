@@ -103,7 +103,7 @@ pub(crate) struct Builder {
 pub(crate) const LAYOUT_OP: &str = "Layout";
 
 impl Builder {
-    pub fn new(selection: Selection, budget: Option<usize>) -> Self {
+    pub fn new(selection: Selection, budget: usize) -> Self {
         Builder {
             selection,
             memory: Memory::new(budget),

@@ -49,7 +49,7 @@ pub(crate) fn build(
     selection: Selection,
     budget: Option<usize>,
 ) -> Result<Plan> {
-    let budget = Some(budget.unwrap_or(crate::limits::DEFAULT_MAX_MEMORY));
+    let budget = budget.unwrap_or(crate::limits::DEFAULT_MAX_MEMORY);
     let mut b = Builder::new(selection, budget);
     let mut values: HashMap<String, Value> = model
         .initializers
@@ -97,9 +97,7 @@ pub(crate) fn build(
     }
     drop(values);
     let (slot_buffer, buffers) = assign_buffers(&b, &inputs, &outputs);
-    if let Some(budget) = budget {
-        crate::plan::budget::fit(&mut b, &slot_buffer, buffers, budget)?;
-    }
+    crate::plan::budget::fit(&mut b, &slot_buffer, buffers, budget)?;
     Ok(Plan {
         steps: b.steps,
         consts: b.consts,
