@@ -6,8 +6,7 @@
 //! larger than the input, and a second pass to compress it.
 
 use super::im2col::lower_rows;
-use super::im2csr::CsrTile;
-use super::im2csr::{CsrProduct, RowSource};
+use super::im2csr::{CsrProduct, CsrTile, RowSource};
 use super::method::{MethodEntry, Skips};
 use super::panels::WeightPanels;
 use super::panels::{self, prepare_over_panels};
