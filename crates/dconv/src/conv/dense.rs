@@ -7,7 +7,7 @@
 //! A layer with few input channels (a network's first layer, on 3 colour channels) takes a
 //! direct path instead: its lowered matrix has K = 27 columns, so building it (a few short
 //! copies per row) and packing it for the GEMM cost more than the product. The input is
-//! padded once, and [`direct_conv_row`] broadcasts each input value straight from it
+//! padded once, and [`DirectConv`] broadcasts each input value straight from it
 //! against a vector of filters, with the bias, activation and zero count fused. A depthwise
 //! layer takes its own path ([`depthwise`](super::depthwise)).
 
@@ -17,7 +17,7 @@ use super::method::{MethodEntry, Skips};
 use super::run_loop::over_images;
 use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
-use crate::kernels::direct_conv::{direct_conv_row, DirectRow, FILTER_ALIGN};
+use crate::kernels::direct_conv::{DirectConv, DirectRow, FILTER_ALIGN};
 use crate::kernels::gemm::gemm_f32;
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
@@ -99,7 +99,7 @@ pub(crate) fn prepared_bytes(spec: &ConvSpec) -> usize {
 
 /// The weights of the direct path, and where its taps read in the padded input.
 struct Direct {
-    isa: Isa,
+    kernel: DirectConv,
     /// Height and width of the zero-padded input.
     padded: [usize; 2],
     /// `[K][Mp]`: the packed weights with the filters padded to `Mp`, a multiple of
@@ -142,7 +142,7 @@ impl Direct {
         let mut bias = epilogue.bias.clone();
         bias.resize(mp, 0.0);
         Some(Direct {
-            isa,
+            kernel: DirectConv::for_isa(isa),
             padded,
             weights: packed,
             bias,
@@ -277,7 +277,7 @@ impl Dense {
                     bias: &direct.bias,
                     curve,
                 };
-                direct_conv_row(direct.isa, &row, m_len, out_row)
+                direct.kernel.row(&row, m_len, out_row)
             },
         )
     }

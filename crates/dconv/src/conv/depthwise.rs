@@ -3,12 +3,12 @@
 //! EfficientNets and ShuffleNets. A GEMM per group would multiply a matrix of one column
 //! (MobileNets run at a few hundred MFLOP/s that way); here each image is padded once into
 //! `[PH][PW][M]`, each output channel's input channel copied to its own index, and each
-//! output row sums its taps over vectors of channels ([`depthwise_row`]), then finishes the
+//! output row sums its taps over vectors of channels ([`DepthwiseConv`]), then finishes the
 //! row (bias, activation, zero count) while it is in cache.
 
 use super::im2col::{over_padded_images, pad_rows};
 use super::{ConvSpec, Epilogue, Timing, Workspace};
-use crate::kernels::depthwise::{depthwise_row, DepthwiseRow};
+use crate::kernels::depthwise::{DepthwiseConv, DepthwiseRow};
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
 
@@ -36,7 +36,7 @@ pub(crate) fn applies(spec: &ConvSpec) -> bool {
 
 /// A depthwise layer's weights, packed tap by tap.
 pub(crate) struct Depthwise {
-    isa: Isa,
+    kernel: DepthwiseConv,
     /// `[R * S][M]`.
     weights: Vec<f32>,
     /// Offset of tap `r * S + s` from a window's first float in the padded image.
@@ -63,7 +63,7 @@ impl Depthwise {
             .map(|(r, s)| r * spec.dilation[0] * row_len + s * spec.dilation[1] * m_len)
             .collect();
         Depthwise {
-            isa,
+            kernel: DepthwiseConv::for_isa(isa),
             weights: packed,
             taps,
             row_len,
@@ -101,7 +101,7 @@ impl Depthwise {
                     taps: &self.taps,
                     weights: &self.weights,
                 };
-                depthwise_row(self.isa, &row, m_len, out_row);
+                self.kernel.row(&row, m_len, out_row);
                 out_row
                     .chunks_exact_mut(m_len)
                     .map(|pixel| epilogue.apply_row(pixel, 0))

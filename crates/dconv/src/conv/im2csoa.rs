@@ -20,7 +20,7 @@ use super::tiles::{
 use super::workspace::Scratch;
 use super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use crate::cache::CacheSizes;
-use crate::kernels::sparse_row_panel::{accumulate_ranges, Entries, RowCursor};
+use crate::kernels::sparse_row_panel::{Entries, RowCursor, SparseRowPanel};
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
 use crate::sparse::Csoa;
@@ -53,7 +53,7 @@ pub(crate) struct Im2Csoa<const NB: usize> {
     chunk: usize,
     /// Per (group, block, tap, chunk): whether its weights are all zero.
     zero_chunks: Vec<bool>,
-    isa: Isa,
+    kernel: SparseRowPanel<NB>,
     epilogue: Epilogue,
 }
 
@@ -83,7 +83,7 @@ impl<const NB: usize> Im2Csoa<NB> {
             panels,
             chunk,
             zero_chunks,
-            isa,
+            kernel: SparseRowPanel::for_isa(isa),
             epilogue,
         }
     }
@@ -167,8 +167,7 @@ impl<const NB: usize> Im2Csoa<NB> {
     fn accumulate(&self, t: &mut CsoaTile, csoa: &Csoa, g: usize, block: usize, tap: usize) {
         let (chans, vals) = csoa.entries();
         let (cg, width) = (self.spec.channels_per_group(), WeightPanels::<NB>::WIDTH);
-        accumulate_ranges::<NB>(
-            self.isa,
+        self.kernel.accumulate_ranges(
             Entries::new(chans, vals),
             &t.walks,
             &self.panels.panel(g, block)[tap * cg * width..],

@@ -17,7 +17,7 @@ use super::tiles::{
 };
 use super::workspace::Scratch;
 use super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
-use crate::kernels::sparse_row_panel::{accumulate_rows, Entries, RowCursor};
+use crate::kernels::sparse_row_panel::{Entries, RowCursor, SparseRowPanel};
 use crate::kernels::Isa;
 use crate::sparse::{Csoa, CsrMatrix};
 use std::mem::size_of;
@@ -174,7 +174,7 @@ pub(crate) enum RowSource<'a> {
 pub(crate) struct CsrProduct<const NB: usize> {
     pub spec: ConvSpec,
     panels: Arc<WeightPanels<NB>>,
-    isa: Isa,
+    kernel: SparseRowPanel<NB>,
     epilogue: Epilogue,
 }
 
@@ -189,7 +189,7 @@ impl<const NB: usize> CsrProduct<NB> {
         CsrProduct {
             panels,
             spec,
-            isa,
+            kernel: SparseRowPanel::for_isa(isa),
             epilogue,
         }
     }
@@ -287,8 +287,7 @@ impl<const NB: usize> CsrProduct<NB> {
                 // Every block walks the slab from its start; the last leaves the cursors at
                 // the next slab.
                 t.cursors.copy_from_slice(&t.slab_start);
-                accumulate_rows::<NB>(
-                    self.isa,
+                self.kernel.accumulate_rows(
                     Entries::new(entry_cols, vals),
                     &mut t.cursors,
                     limit,

@@ -8,39 +8,59 @@
 
 use super::Isa;
 
-/// Writes `(first + i, src[i])` for each non-zero `src[i]` at positions `at, at + 1, ...` of
-/// `idx`/`val` and returns `at` plus the number of non-zeros. Non-zeros past the end of the
-/// buffers are dropped (the caller sized them from a count). Positions past the last
-/// non-zero may be written too: the next call writes over them. An `isa` this CPU lacks
-/// runs the portable code.
-#[inline]
-pub(crate) fn compact_nonzeros(
-    isa: Isa,
-    src: &[f32],
-    first: u32,
-    idx: &mut [u32],
-    val: &mut [f32],
-    at: usize,
-) -> usize {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512F (the guard).
-        Isa::Avx512 if isa.is_supported() => unsafe {
-            x86::compact_avx512(src, first, idx, val, at)
-        },
-        _ => compact_portable(src, first, idx, val, at),
+/// The compaction of one instruction set, chosen once.
+#[derive(Clone, Copy)]
+pub(crate) struct Compaction {
+    compact: CompactFn,
+    count: fn(&[f32]) -> usize,
+}
+
+/// The signature of [`Compaction::compact_nonzeros`].
+type CompactFn = fn(&[f32], u32, &mut [u32], &mut [f32], usize) -> usize;
+
+impl Compaction {
+    /// The kernels of `isa`, or the portable ones when this CPU lacks it (or they have no
+    /// SIMD version for it).
+    pub fn for_isa(isa: Isa) -> Self {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if isa.is_supported() => Compaction {
+                compact: x86::compact_avx512_checked,
+                count: x86::count_avx512_checked,
+            },
+            _ => Compaction {
+                compact: compact_portable,
+                count: count_portable,
+            },
+        }
+    }
+
+    /// Writes `(first + i, src[i])` for each non-zero `src[i]` at positions `at, at + 1, ...`
+    /// of `idx`/`val` and returns `at` plus the number of non-zeros. Non-zeros past the end
+    /// of the buffers are dropped (the caller sized them from a count). Positions past the
+    /// last non-zero may be written too: the next call writes over them.
+    #[inline]
+    pub fn compact_nonzeros(
+        &self,
+        src: &[f32],
+        first: u32,
+        idx: &mut [u32],
+        val: &mut [f32],
+        at: usize,
+    ) -> usize {
+        (self.compact)(src, first, idx, val, at)
+    }
+
+    /// The number of non-zeros (NaN counts) in `src`.
+    #[inline]
+    pub fn count_nonzeros(&self, src: &[f32]) -> usize {
+        (self.count)(src)
     }
 }
 
-/// The number of non-zeros (NaN counts) in `src`.
-#[inline]
-pub(crate) fn count_nonzeros(isa: Isa, src: &[f32]) -> usize {
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX-512F (the guard).
-        Isa::Avx512 if isa.is_supported() => unsafe { x86::count_avx512(src) },
-        _ => src.iter().filter(|&&v| v != 0.0).count(),
-    }
+/// The portable count: a loop the compiler vectorises.
+fn count_portable(src: &[f32]) -> usize {
+    src.iter().filter(|&&v| v != 0.0).count()
 }
 
 /// Every value is written, and the position advances only past non-zeros, so the loop has no
@@ -75,10 +95,29 @@ mod x86 {
         _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v, _mm512_setzero_ps())
     }
 
+    /// [`compact_avx512`] as a safe fn, for [`super::Compaction`].
+    pub(super) fn compact_avx512_checked(
+        src: &[f32],
+        first: u32,
+        idx: &mut [u32],
+        val: &mut [f32],
+        at: usize,
+    ) -> usize {
+        // SAFETY: reachable only through a `Compaction` that `for_isa` built after finding
+        // AVX-512F on this CPU.
+        unsafe { compact_avx512(src, first, idx, val, at) }
+    }
+
+    /// [`count_avx512`] as a safe fn, for [`super::Compaction`].
+    pub(super) fn count_avx512_checked(src: &[f32]) -> usize {
+        // SAFETY: as for `compact_avx512_checked`.
+        unsafe { count_avx512(src) }
+    }
+
     /// # Safety
     /// SAFETY: the CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn compact_avx512(
+    unsafe fn compact_avx512(
         src: &[f32],
         first: u32,
         idx: &mut [u32],
@@ -122,7 +161,7 @@ mod x86 {
     /// # Safety
     /// SAFETY: the CPU must have AVX-512F.
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn count_avx512(src: &[f32]) -> usize {
+    unsafe fn count_avx512(src: &[f32]) -> usize {
         let mut blocks = src.chunks_exact(16);
         let mut count = 0;
         for block in blocks.by_ref() {
@@ -130,7 +169,7 @@ mod x86 {
             let v = unsafe { _mm512_loadu_ps(block.as_ptr()) };
             count += nonzero_mask(v).count_ones() as usize;
         }
-        count + blocks.remainder().iter().filter(|&&v| v != 0.0).count()
+        count + super::count_portable(blocks.remainder())
     }
 }
 
@@ -141,9 +180,10 @@ mod tests {
     #[test]
     fn keeps_the_non_zeros_in_order_and_drops_overflowing_zero_writes() {
         for isa in Isa::supported() {
+            let compaction = Compaction::for_isa(isa);
             let src = [0.0, 1.5, 0.0, 0.0, -2.0, 3.0, 0.0];
             let (mut idx, mut val) = ([9u32; 3], [9.0f32; 3]);
-            let end = compact_nonzeros(isa, &src, 10, &mut idx, &mut val, 0);
+            let end = compaction.compact_nonzeros(&src, 10, &mut idx, &mut val, 0);
             assert_eq!(
                 (end, idx, val),
                 (3, [11, 14, 15], [1.5, -2.0, 3.0]),
@@ -152,7 +192,7 @@ mod tests {
             // Continuing at a position: nothing before it is touched.
             let (mut idx, mut val) = ([7u32; 4], [7.0f32; 4]);
             assert_eq!(
-                compact_nonzeros(isa, &[0.0, 4.0], 0, &mut idx, &mut val, 3),
+                compaction.compact_nonzeros(&[0.0, 4.0], 0, &mut idx, &mut val, 3),
                 4
             );
             assert_eq!((idx, val), ([7, 7, 7, 1], [7.0, 7.0, 7.0, 4.0]), "{isa}");
@@ -187,8 +227,9 @@ mod tests {
                     assert_eq!(want_end, at + nonzeros);
                     let kept = want_end.min(room);
                     for isa in Isa::supported() {
+                        let compaction = Compaction::for_isa(isa);
                         let mut got = (vec![0u32; room], vec![0f32; room]);
-                        let end = compact_nonzeros(isa, &src, 3, &mut got.0, &mut got.1, at);
+                        let end = compaction.compact_nonzeros(&src, 3, &mut got.0, &mut got.1, at);
                         let case = format!("{isa}: {len} values, {percent_zero}% zero, at {at}");
                         assert_eq!(end, want_end, "{case}");
                         assert_eq!(
@@ -202,7 +243,7 @@ mod tests {
                             bits(&want.1[at.min(kept)..kept]),
                             "{case}"
                         );
-                        assert_eq!(count_nonzeros(isa, &src), nonzeros, "{case}");
+                        assert_eq!(compaction.count_nonzeros(&src), nonzeros, "{case}");
                     }
                 }
             }

@@ -2,7 +2,7 @@
 //! channel is the sum over the kernel's taps of one padded input channel times its weight,
 //! so a block of channels keeps its sums in registers across all taps.
 
-use super::multiversion::vectorized;
+use super::multiversion::vectorized_fn;
 use super::Isa;
 
 /// Channels whose sums one pass keeps in registers (four AVX-512 vectors, eight AVX2 ones);
@@ -23,13 +23,28 @@ pub(crate) struct DepthwiseRow<'a> {
     pub weights: &'a [f32],
 }
 
-/// Writes the sums of one output row, `out` being `[OW][M]`.
-pub(crate) fn depthwise_row(isa: Isa, row: &DepthwiseRow, channels: usize, out: &mut [f32]) {
-    vectorized(
-        isa,
-        #[inline(always)]
-        || row_sums(row, channels, out),
-    )
+/// The row loop compiled for one instruction set, chosen once.
+#[derive(Clone, Copy)]
+pub(crate) struct DepthwiseConv {
+    row: fn(&DepthwiseRow, usize, &mut [f32]),
+}
+
+impl DepthwiseConv {
+    /// The loop compiled for `isa`, or for the baseline when this CPU lacks it.
+    pub fn for_isa(isa: Isa) -> Self {
+        DepthwiseConv {
+            row: vectorized_fn!(
+                isa,
+                row_sums,
+                fn(row: &DepthwiseRow, channels: usize, out: &mut [f32])
+            ),
+        }
+    }
+
+    /// Writes the sums of one output row, `out` being `[OW][M]`.
+    pub fn row(&self, row: &DepthwiseRow, channels: usize, out: &mut [f32]) {
+        (self.row)(row, channels, out)
+    }
 }
 
 #[inline(always)]
@@ -128,7 +143,7 @@ mod tests {
         }
         for isa in Isa::supported() {
             let mut got = vec![f32::NAN; width * channels];
-            depthwise_row(isa, &row, channels, &mut got);
+            DepthwiseConv::for_isa(isa).row(&row, channels, &mut got);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-5 * w.abs().max(1.0),

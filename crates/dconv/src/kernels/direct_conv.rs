@@ -34,52 +34,61 @@ pub(crate) struct DirectRow<'a> {
     pub curve: Option<Curve>,
 }
 
-/// Computes one output row, `out = [out_width][filters]`; returns how many outputs are
-/// exactly zero.
-///
-/// # Panics
-/// If `filters` is 0 or does not divide `out.len()`, the bias is not a multiple of
-/// [`FILTER_ALIGN`] at least `filters` long, the weights are shorter than
-/// `taps.len() x bias.len()`, or a tap of some pixel reads past the input.
-pub(crate) fn direct_conv_row(isa: Isa, row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
-    let mp = row.bias.len();
-    assert!(
-        filters > 0 && out.len().is_multiple_of(filters),
-        "output row of whole pixels"
-    );
-    assert!(
-        mp >= filters && mp.is_multiple_of(FILTER_ALIGN),
-        "padded filters"
-    );
-    assert!(
-        row.weights.len() >= row.taps.len() * mp,
-        "weights too short"
-    );
-    let pixels = out.len() / filters;
-    if let (Some(last), Some(&reach)) = (pixels.checked_sub(1), row.taps.iter().max()) {
-        let end = last
-            .checked_mul(row.pixel_step)
-            .and_then(|v| v.checked_add(row.base))
-            .and_then(|v| v.checked_add(reach as usize));
+/// The row kernel of one instruction set, chosen once.
+#[derive(Clone, Copy)]
+pub(crate) struct DirectConv {
+    row: fn(&DirectRow, usize, &mut [f32]) -> usize,
+}
+
+impl DirectConv {
+    /// The kernel of `isa`, or the portable one when this CPU lacks it.
+    pub fn for_isa(isa: Isa) -> Self {
+        let row = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if isa.is_supported() => avx512::checked_row,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if isa.is_supported() => avx2::checked_row,
+            _ => portable,
+        };
+        DirectConv { row }
+    }
+
+    /// Computes one output row, `out = [out_width][filters]`; returns how many outputs are
+    /// exactly zero.
+    ///
+    /// # Panics
+    /// If `filters` is 0 or does not divide `out.len()`, the bias is not a multiple of
+    /// [`FILTER_ALIGN`] at least `filters` long, the weights are shorter than
+    /// `taps.len() x bias.len()`, or a tap of some pixel reads past the input.
+    pub fn row(&self, row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
+        let mp = row.bias.len();
         assert!(
-            end.is_some_and(|e| e < row.input.len()),
-            "taps read past the input"
+            filters > 0 && out.len().is_multiple_of(filters),
+            "output row of whole pixels"
         );
-    }
-    if pixels == 0 {
-        return 0;
-    }
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX-512F (checked by the guard). Every input read is at
-        // base + p * pixel_step + tap for p < pixels, inside `input` (checked above); weights
-        // are read at k * mp + j for j < mp, inside `weights`; bias at j < mp; outputs are
-        // written at p * filters + j for j < filters only.
-        Isa::Avx512 if isa.is_supported() => unsafe { avx512::row(row, filters, out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for AVX2 and FMA.
-        Isa::Avx2 if isa.is_supported() => unsafe { avx2::row(row, filters, out) },
-        _ => portable(row, filters, out),
+        assert!(
+            mp >= filters && mp.is_multiple_of(FILTER_ALIGN),
+            "padded filters"
+        );
+        assert!(
+            row.weights.len() >= row.taps.len() * mp,
+            "weights too short"
+        );
+        let pixels = out.len() / filters;
+        if let (Some(last), Some(&reach)) = (pixels.checked_sub(1), row.taps.iter().max()) {
+            let end = last
+                .checked_mul(row.pixel_step)
+                .and_then(|v| v.checked_add(row.base))
+                .and_then(|v| v.checked_add(reach as usize));
+            assert!(
+                end.is_some_and(|e| e < row.input.len()),
+                "taps read past the input"
+            );
+        }
+        if pixels == 0 {
+            return 0;
+        }
+        (self.row)(row, filters, out)
     }
 }
 
@@ -124,11 +133,22 @@ macro_rules! direct_row {
 
             const LANES: usize = $lanes;
 
+            /// [`row`] as a safe fn, for [`super::DirectConv`].
+            pub fn checked_row(row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
+                // SAFETY: reachable only through a `DirectConv` that `for_isa` built after
+                // finding the feature on this CPU, and called by `DirectConv::row` once the
+                // operands passed its checks. Every input read is at base + p * pixel_step
+                // + tap for p < pixels, inside `input`; weights are read at k * mp + j for
+                // j < mp, inside `weights`; bias at j < mp; outputs are written at
+                // p * filters + j for j < filters only.
+                unsafe { self::row(row, filters, out) }
+            }
+
             /// # Safety
             /// The CPU must support the target feature, and `row`, `filters` and `out` must
-            /// pass the checks of `direct_conv_row`.
+            /// pass the checks of `DirectConv::row`.
             #[target_feature(enable = $feature)]
-            pub unsafe fn row(row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
+            unsafe fn row(row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
                 let mp = row.bias.len();
                 let pixels = out.len() / filters;
                 let mut zeros = 0;
@@ -148,7 +168,7 @@ macro_rules! direct_row {
             /// As `row`, and `p0 + NP <= pixels`, `m0 + NV * LANES <= mp`.
             #[target_feature(enable = $feature)]
             #[inline]
-            pub unsafe fn tile<const NV: usize, const NP: usize>(
+            unsafe fn tile<const NV: usize, const NP: usize>(
                 row: &DirectRow,
                 filters: usize,
                 out: &mut [f32],
@@ -324,7 +344,7 @@ mod tests {
                     }
                 }
                 let mut got = vec![f32::NAN; want.len()];
-                let zeros = direct_conv_row(isa, &row, filters, &mut got);
+                let zeros = DirectConv::for_isa(isa).row(&row, filters, &mut got);
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
                         (g - w).abs() <= 1e-4 * w.abs().max(1.0),
@@ -348,6 +368,6 @@ mod tests {
             bias: &[0.0; 16],
             curve: None,
         };
-        direct_conv_row(Isa::Portable, &row, 16, &mut [0.0; 32]);
+        DirectConv::for_isa(Isa::Portable).row(&row, 16, &mut [0.0; 32]);
     }
 }

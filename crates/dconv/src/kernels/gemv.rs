@@ -2,78 +2,107 @@
 //! times a matrix B that is read once. They are memory-bound, so the point is to stream B at
 //! full bandwidth with wide vectors and enough independent accumulators.
 //!
-//! - [`gemv_kn`]: B stored `[K][N]` (MatMul weights): `out[j] = sum_k a[k] * B[k][j]`, as
+//! - [`Gemv::kn`]: B stored `[K][N]` (MatMul weights): `out[j] = sum_k a[k] * B[k][j]`, as
 //!   multiply-adds of whole rows of B, four non-zero `a[k]` at a time; rows whose `a[k]` is
 //!   zero (a ReLU'd activation) are not read at all.
-//! - [`gemv_nk`]: B stored `[N][K]` (Gemm with transB): `out[j] = dot(a, B[j])`, four
+//! - [`Gemv::nk`]: B stored `[N][K]` (Gemm with transB): `out[j] = dot(a, B[j])`, four
 //!   columns at a time so that each vector of `a` is loaded once for four rows of B.
 //!
 //! The loops are written once in plain Rust and compiled per instruction set by
-//! [`vectorized`], chosen at run time by [`Isa`].
+//! [`vectorized_fn!`], chosen once at run time by [`Isa`].
 
-use super::multiversion::vectorized;
+use super::multiversion::vectorized_fn;
 use super::{prefetch_l2, Isa};
 
-/// `out[j] = sum_k a[k * a_stride] * b[k * b_stride + j]` for `j < out.len()` and
-/// `k < k_len`, skipping the `k` whose `a` is zero (so `0 * inf` gives 0, not NaN, as in a
-/// sparse product).
-///
-/// # Panics
-/// If `a` or `b` is too short for `k_len` rows, or `b_stride < out.len()` with `k_len > 1`.
-pub(crate) fn gemv_kn(
-    isa: Isa,
-    a: &[f32],
-    a_stride: usize,
-    k_len: usize,
-    b: &[f32],
-    b_stride: usize,
-    out: &mut [f32],
-) {
-    let n = out.len();
-    if k_len > 0 {
-        let last = k_len - 1;
-        assert!(
-            last.checked_mul(a_stride).is_some_and(|i| i < a.len()),
-            "gemv: A too short"
-        );
-        assert!(
-            (k_len == 1 || b_stride >= n)
-                && last
-                    .checked_mul(b_stride)
-                    .and_then(|i| i.checked_add(n))
-                    .is_some_and(|end| end <= b.len()),
-            "gemv: B too short"
-        );
-    }
-    vectorized(
-        isa,
-        #[inline(always)]
-        || kn(a, a_stride, k_len, b, b_stride, out),
-    );
+/// Both products compiled for one instruction set, chosen once.
+#[derive(Clone, Copy)]
+pub(crate) struct Gemv {
+    kn: KnFn,
+    nk: fn(&[f32], &[f32], usize, &mut [f32]),
 }
 
-/// `out[j] = sum_k a[k] * b[j * b_stride + k]` for `j < out.len()`, `k < a.len()`.
-///
-/// # Panics
-/// If `b` is too short for `out.len()` rows of `a.len()` floats, or `b_stride < a.len()`.
-pub(crate) fn gemv_nk(isa: Isa, a: &[f32], b: &[f32], b_stride: usize, out: &mut [f32]) {
-    let (k, n) = (a.len(), out.len());
-    if n > 0 && k > 0 {
-        assert!(
-            (n == 1 || b_stride >= k)
-                && (n - 1)
-                    .checked_mul(b_stride)
-                    .and_then(|i| i.checked_add(k))
-                    .is_some_and(|end| end <= b.len()),
-            "gemv: B too short"
-        );
+/// The signature of [`Gemv::kn`].
+type KnFn = fn(&[f32], usize, usize, &[f32], usize, &mut [f32]);
+
+impl Gemv {
+    /// The products compiled for `isa`, or for the baseline when this CPU lacks it.
+    pub fn for_isa(isa: Isa) -> Self {
+        Gemv {
+            kn: vectorized_fn!(
+                isa,
+                kn,
+                fn(
+                    a: &[f32],
+                    a_stride: usize,
+                    k_len: usize,
+                    b: &[f32],
+                    b_stride: usize,
+                    out: &mut [f32],
+                )
+            ),
+            // Lanes of the accumulators: a vector of the widest set, which narrower ones
+            // split.
+            nk: vectorized_fn!(
+                isa,
+                nk::<16>,
+                fn(a: &[f32], b: &[f32], b_stride: usize, out: &mut [f32])
+            ),
+        }
     }
-    // Lanes of the accumulators: a vector of the widest set, which narrower ones split.
-    vectorized(
-        isa,
-        #[inline(always)]
-        || nk::<16>(a, b, b_stride, out),
-    );
+
+    /// `out[j] = sum_k a[k * a_stride] * b[k * b_stride + j]` for `j < out.len()` and
+    /// `k < k_len`, skipping the `k` whose `a` is zero (so `0 * inf` gives 0, not NaN, as in
+    /// a sparse product).
+    ///
+    /// # Panics
+    /// If `a` or `b` is too short for `k_len` rows, or `b_stride < out.len()` with
+    /// `k_len > 1`.
+    pub fn kn(
+        &self,
+        a: &[f32],
+        a_stride: usize,
+        k_len: usize,
+        b: &[f32],
+        b_stride: usize,
+        out: &mut [f32],
+    ) {
+        let n = out.len();
+        if k_len > 0 {
+            let last = k_len - 1;
+            assert!(
+                last.checked_mul(a_stride).is_some_and(|i| i < a.len()),
+                "gemv: A too short"
+            );
+            assert!(
+                (k_len == 1 || b_stride >= n)
+                    && last
+                        .checked_mul(b_stride)
+                        .and_then(|i| i.checked_add(n))
+                        .is_some_and(|end| end <= b.len()),
+                "gemv: B too short"
+            );
+        }
+        (self.kn)(a, a_stride, k_len, b, b_stride, out);
+    }
+
+    /// `out[j] = sum_k a[k] * b[j * b_stride + k]` for `j < out.len()`, `k < a.len()`.
+    ///
+    /// # Panics
+    /// If `b` is too short for `out.len()` rows of `a.len()` floats, or `b_stride < a.len()`.
+    pub fn nk(&self, a: &[f32], b: &[f32], b_stride: usize, out: &mut [f32]) {
+        let (k, n) = (a.len(), out.len());
+        if n > 0 && k > 0 {
+            assert!(
+                (n == 1 || b_stride >= k)
+                    && (n - 1)
+                        .checked_mul(b_stride)
+                        .and_then(|i| i.checked_add(k))
+                        .is_some_and(|end| end <= b.len()),
+                "gemv: B too short"
+            );
+        }
+        (self.nk)(a, b, b_stride, out);
+    }
 }
 
 /// Rows of B multiplied at once: one load and store of `out` per four rows read.
@@ -220,7 +249,7 @@ mod tests {
                     })
                     .collect();
                 let mut got = vec![f32::NAN; n];
-                gemv_kn(isa, &a, a_stride, k, &b, b_stride, &mut got);
+                Gemv::for_isa(isa).kn(&a, a_stride, k, &b, b_stride, &mut got);
                 close(&got, &want, &format!("kn {isa} k {k} n {n}"));
 
                 // B as [N][K]: the same numbers transposed.
@@ -233,7 +262,7 @@ mod tests {
                     }
                 }
                 let mut got = vec![f32::NAN; n];
-                gemv_nk(isa, &a_dense, &bt, bt_stride, &mut got);
+                Gemv::for_isa(isa).nk(&a_dense, &bt, bt_stride, &mut got);
                 close(&got, &want, &format!("nk {isa} k {k} n {n}"));
             }
         }
@@ -242,24 +271,14 @@ mod tests {
     #[test]
     fn short_operands_panic() {
         let mut out = [0.0; 4];
-        assert!(std::panic::catch_unwind(move || gemv_kn(
-            Isa::Portable,
-            &[1.0; 3],
-            1,
-            3,
-            &[0.0; 11],
-            4,
-            &mut out
-        ))
-        .is_err());
+        let gemv = Gemv::for_isa(Isa::Portable);
+        assert!(
+            std::panic::catch_unwind(move || gemv.kn(&[1.0; 3], 1, 3, &[0.0; 11], 4, &mut out))
+                .is_err()
+        );
         let mut out = [0.0; 2];
-        assert!(std::panic::catch_unwind(move || gemv_nk(
-            Isa::Portable,
-            &[1.0; 3],
-            &[0.0; 5],
-            3,
-            &mut out
-        ))
-        .is_err());
+        assert!(
+            std::panic::catch_unwind(move || gemv.nk(&[1.0; 3], &[0.0; 5], 3, &mut out)).is_err()
+        );
     }
 }

@@ -152,105 +152,118 @@ pub fn vector_floats(isa: Isa) -> usize {
     }
 }
 
-/// For each tile `f` of `acc` (cut into `bounds.len() - 1` equal tiles):
-/// `tile[i] += w * planes[offset + i]` for every tap of tile `f`'s list (its pairs and single
-/// taps from `bounds[f]` to `bounds[f + 1]`) and every `i` of the tile, with the kernel of
-/// `isa` (which must be supported by this CPU).
-///
-/// # Panics
-/// If `bounds` is empty, decreasing or past the lists, if `acc` does not cut into equal
-/// tiles, if the planes are too short for some tap of the list, or if a SIMD `isa` is given
-/// tiles that are not 1 to [`max_tile_rows`] whole vectors, or pairs whose step is not its
-/// vector.
-pub fn shifted_axpy(
+/// The kernel of one instruction set, chosen once.
+#[derive(Clone, Copy)]
+pub struct ShiftedAxpy {
+    /// The instruction set the kernel runs: the one asked for, or portable when this CPU
+    /// lacks it.
     isa: Isa,
-    planes: &[f32],
-    taps: &TapList,
-    bounds: &[TapBounds],
-    acc: &mut [f32],
-) {
-    let tiles = bounds
-        .len()
-        .checked_sub(1)
-        .expect("bounds of at least one tile");
-    // (A tile whose bounds decrease panics where its lists are sliced.)
-    let (last, end) = (bounds[tiles], taps.end());
-    assert!(
-        last.pairs <= end.pairs && last.taps <= end.taps,
-        "tap bounds run past the taps"
-    );
-    if tiles == 0 || acc.is_empty() {
-        return;
+    tiles: TilesFn,
+}
+
+/// A kernel over `(planes, lists, tile length, acc)`, its operands checked by
+/// [`ShiftedAxpy::tiles`].
+type TilesFn = fn(&[f32], Lists, usize, &mut [f32]);
+
+impl ShiftedAxpy {
+    /// The kernel of `isa`, or the portable one when this CPU lacks it.
+    pub fn for_isa(isa: Isa) -> Self {
+        let (isa, tiles): (Isa, TilesFn) = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if isa.is_supported() => (isa, avx512::checked_tiles),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if isa.is_supported() => (isa, avx2::checked_tiles),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon if isa.is_supported() => (isa, neon::checked_tiles),
+            _ => (Isa::Portable, portable_tiles),
+        };
+        ShiftedAxpy { isa, tiles }
     }
-    assert!(
-        acc.len().is_multiple_of(tiles),
-        "acc does not cut into {tiles} tiles"
-    );
-    let tile = acc.len() / tiles;
-    assert!(
-        taps.is_empty() || planes.len() >= taps.span() - 1 + tile,
-        "planes too short for the taps"
-    );
-    let rows = tile / vector_floats(isa);
-    if isa != Isa::Portable {
+
+    /// For each tile `f` of `acc` (cut into `bounds.len() - 1` equal tiles):
+    /// `tile[i] += w * planes[offset + i]` for every tap of tile `f`'s list (its pairs and
+    /// single taps from `bounds[f]` to `bounds[f + 1]`) and every `i` of the tile.
+    ///
+    /// # Panics
+    /// If `bounds` is empty, decreasing or past the lists, if `acc` does not cut into equal
+    /// tiles, if the planes are too short for some tap of the list, or if a SIMD kernel is
+    /// given tiles that are not 1 to [`max_tile_rows`] whole vectors, or pairs whose step is
+    /// not its vector.
+    pub fn tiles(&self, planes: &[f32], taps: &TapList, bounds: &[TapBounds], acc: &mut [f32]) {
+        let isa = self.isa;
+        let tiles = bounds
+            .len()
+            .checked_sub(1)
+            .expect("bounds of at least one tile");
+        // (A tile whose bounds decrease panics where its lists are sliced.)
+        let (last, end) = (bounds[tiles], taps.end());
         assert!(
-            tile.is_multiple_of(vector_floats(isa)) && (1..=max_tile_rows(isa)).contains(&rows),
-            "{isa} takes tiles of 1 to {} whole vectors",
-            max_tile_rows(isa)
+            last.pairs <= end.pairs && last.taps <= end.taps,
+            "tap bounds run past the taps"
         );
-        assert!(
-            taps.pairs().is_empty() || taps.step() == vector_floats(isa),
-            "{isa} takes pairs one vector apart"
-        );
-        assert!(isa.is_supported(), "{isa} is not supported by this CPU");
-    }
-    let lists = Lists {
-        pairs: taps.pairs(),
-        taps: taps.taps(),
-        bounds,
-    };
-    match isa {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU supports AVX-512F (checked above); a tap reads planes[offset ..
-        // offset + tile] and a pair planes[offset .. offset + 16 + tile], its second tap's
-        // tile, within bounds since every offset read is below span and planes.len() >=
-        // span - 1 + tile (checked above); bounds index the lists (checked above); each
-        // tile is `rows` vectors of 16, 1 <= rows <= 16.
-        Isa::Avx512 => unsafe { avx512::tiles(rows, planes.as_ptr(), lists, acc) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above, for AVX2 and FMA, with vectors of 8.
-        Isa::Avx2 => unsafe { avx2::tiles(rows, planes.as_ptr(), lists, acc) },
-        #[cfg(target_arch = "aarch64")]
-        // SAFETY: as above, for NEON, with vectors of 4.
-        Isa::Neon => unsafe { neon::tiles(rows, planes.as_ptr(), lists, acc) },
-        _ => {
-            for (acc, b) in acc.chunks_exact_mut(tile).zip(bounds.windows(2)) {
-                let singles = taps.taps()[b[0].taps..b[1].taps].iter().copied();
-                let pairs = taps.pairs()[b[0].pairs..b[1].pairs].iter().flat_map(|p| {
-                    let second = p.offset as usize + taps.step();
-                    [
-                        Tap {
-                            offset: p.offset,
-                            weight: p.first,
-                        },
-                        Tap {
-                            offset: second as u32,
-                            weight: p.second,
-                        },
-                    ]
-                });
-                portable(planes, pairs.chain(singles), acc);
-            }
+        if tiles == 0 || acc.is_empty() {
+            return;
         }
+        assert!(
+            acc.len().is_multiple_of(tiles),
+            "acc does not cut into {tiles} tiles"
+        );
+        let tile = acc.len() / tiles;
+        assert!(
+            taps.is_empty() || planes.len() >= taps.span() - 1 + tile,
+            "planes too short for the taps"
+        );
+        if isa != Isa::Portable {
+            let rows = tile / vector_floats(isa);
+            assert!(
+                tile.is_multiple_of(vector_floats(isa)) && (1..=max_tile_rows(isa)).contains(&rows),
+                "{isa} takes tiles of 1 to {} whole vectors",
+                max_tile_rows(isa)
+            );
+            assert!(
+                taps.pairs().is_empty() || taps.step() == vector_floats(isa),
+                "{isa} takes pairs one vector apart"
+            );
+        }
+        let lists = Lists {
+            pairs: taps.pairs(),
+            taps: taps.taps(),
+            step: taps.step(),
+            bounds,
+        };
+        (self.tiles)(planes, lists, tile, acc)
     }
 }
 
-/// The pairs, the single taps, and the bounds of each tile's part of both.
+/// The pairs, the single taps, the step of a pair, and the bounds of each tile's part of
+/// the pairs and taps.
 #[derive(Clone, Copy)]
 struct Lists<'a> {
     pairs: &'a [TapPair],
     taps: &'a [Tap],
+    step: usize,
     bounds: &'a [TapBounds],
+}
+
+/// The portable kernel over tiles of `tile` floats, each tap of a pair on its own.
+fn portable_tiles(planes: &[f32], lists: Lists, tile: usize, acc: &mut [f32]) {
+    for (acc, b) in acc.chunks_exact_mut(tile).zip(lists.bounds.windows(2)) {
+        let singles = lists.taps[b[0].taps..b[1].taps].iter().copied();
+        let pairs = lists.pairs[b[0].pairs..b[1].pairs].iter().flat_map(|p| {
+            let second = p.offset as usize + lists.step;
+            [
+                Tap {
+                    offset: p.offset,
+                    weight: p.first,
+                },
+                Tap {
+                    offset: second as u32,
+                    weight: p.second,
+                },
+            ]
+        });
+        portable(planes, pairs.chain(singles), acc);
+    }
 }
 
 /// Plain Rust, any tile length: chunks of the tile small enough to stay in registers.
@@ -285,9 +298,9 @@ macro_rules! by_rows {
 }
 
 /// One SIMD kernel per instruction set, the same code over that set's vector type:
-/// `NV` accumulators of `$lanes` floats live in registers across a tile's taps; `tiles`
-/// picks the `NV` (a compile-time count, so that they stay in registers) for a run-time row
-/// count.
+/// `NV` accumulators of `$lanes` floats live in registers across a tile's taps;
+/// `checked_tiles` picks the `NV` (a compile-time count, so that they stay in registers) for
+/// a run-time row count.
 macro_rules! simd_tiles {
     ($module:ident, $arch:ident, $feature:literal, $lanes:expr, $vec:ty,
      load: $load:ident, store: $store:ident, splat: $splat:ident,
@@ -296,11 +309,17 @@ macro_rules! simd_tiles {
             use super::Lists;
             use std::arch::$arch::*;
 
-            /// # Safety
-            /// As [`tiles_of`], with `1 <= rows <= 16` for `NV`.
-            pub unsafe fn tiles(rows: usize, planes: *const f32, lists: Lists, acc: &mut [f32]) {
-                // SAFETY: the caller's guarantees, with NV = rows.
-                unsafe { by_rows!(rows, tiles_of(planes, lists, acc)) }
+            /// The kernel over tiles of `tile` floats, as a safe fn for
+            /// [`super::ShiftedAxpy`].
+            pub fn checked_tiles(planes: &[f32], lists: Lists, tile: usize, acc: &mut [f32]) {
+                // SAFETY: reachable only through a `ShiftedAxpy` that `for_isa` built after
+                // finding the feature on this CPU, and called by `ShiftedAxpy::tiles` once
+                // its operands passed the checks there: a tap reads planes[offset .. offset
+                // + tile] and a pair planes[offset .. offset + lanes + tile], its second
+                // tap's tile, within bounds since every offset read is below span and
+                // planes.len() >= span - 1 + tile; bounds index the lists; each tile is
+                // `rows` vectors, 1 <= rows <= 16.
+                unsafe { by_rows!(tile / $lanes, tiles_of(planes.as_ptr(), lists, acc)) }
             }
 
             /// # Safety
@@ -493,7 +512,7 @@ mod tests {
                     .collect();
                 let init: Vec<f32> = (0..tile * tiles).map(|_| rng.nonzero_value()).collect();
                 let (mut got, mut want) = (init.clone(), init);
-                shifted_axpy(isa, &planes, &list, &bounds, &mut got);
+                ShiftedAxpy::for_isa(isa).tiles(&planes, &list, &bounds, &mut got);
                 naive(&planes, &lists, &mut want);
                 assert_close(&got, &want, &format!("{isa}, {rows} rows, {tiles} tiles"));
             }
@@ -509,7 +528,7 @@ mod tests {
             let planes: Vec<f32> = (0..250 + len).map(|_| rng.nonzero_value()).collect();
             let init: Vec<f32> = (0..len * 3).map(|i| i as f32).collect();
             let (mut got, mut want) = (init.clone(), init);
-            shifted_axpy(Isa::Portable, &planes, &list, &bounds, &mut got);
+            ShiftedAxpy::for_isa(Isa::Portable).tiles(&planes, &list, &bounds, &mut got);
             naive(&planes, &lists, &mut want);
             assert_close(&got, &want, &format!("length {len}"));
         }
@@ -530,7 +549,7 @@ mod tests {
     fn short_planes_panic() {
         let mut acc = vec![0.0; 16];
         let (list, bounds) = one_tap_at(10);
-        shifted_axpy(Isa::Portable, &[0.0; 20], &list, &bounds, &mut acc);
+        ShiftedAxpy::for_isa(Isa::Portable).tiles(&[0.0; 20], &list, &bounds, &mut acc);
     }
 
     #[test]
@@ -539,7 +558,7 @@ mod tests {
         let mut acc = vec![0.0; 16];
         let (list, mut bounds) = one_tap_at(1);
         bounds[1].taps = 2;
-        shifted_axpy(Isa::Portable, &[0.0; 40], &list, &bounds, &mut acc);
+        ShiftedAxpy::for_isa(Isa::Portable).tiles(&[0.0; 40], &list, &bounds, &mut acc);
     }
 
     #[test]
@@ -557,7 +576,7 @@ mod tests {
                 bounds.swap(1, 2);
                 bounds[2] = TapBounds::default();
                 let mut acc = vec![0.0; 2 * vector_floats(isa)];
-                shifted_axpy(isa, &[0.0; 64], &list, &bounds, &mut acc);
+                ShiftedAxpy::for_isa(isa).tiles(&[0.0; 64], &list, &bounds, &mut acc);
             });
             assert!(decreasing.is_err(), "{isa}: decreasing bounds accepted");
         }

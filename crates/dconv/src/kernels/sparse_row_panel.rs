@@ -72,16 +72,93 @@ impl Rows for Ranges<'_> {
     fn stop(&mut self, _: usize, _: usize) {}
 }
 
-/// For each row `r`, adds `v * panel[c]` over its pending entries whose column is below
-/// `limit` to the `16 * NB` floats at `out[r * stride..]`, and advances its cursor past them.
-/// Columns must increase along a row.
-///
-/// Panics if a cursor range, the output extent or a column falls outside the arrays (columns
-/// are checked one by one as they are read: a compare on a loaded value costs next to
-/// nothing beside the 16 * NB multiply-adds each one feeds). An `isa` this CPU lacks runs
-/// the portable code.
-pub(crate) fn accumulate_rows<const NB: usize>(
-    isa: Isa,
+/// The kernel of one instruction set for panels `16 * NB` floats wide, chosen once.
+#[derive(Clone, Copy)]
+pub(crate) struct SparseRowPanel<const NB: usize> {
+    rows: RowsFn,
+    ranges: RangesFn,
+}
+
+/// The signatures of [`SparseRowPanel::accumulate_rows`] and
+/// [`SparseRowPanel::accumulate_ranges`].
+type RowsFn = fn(Entries, &mut [RowCursor], u32, &[f32], &mut [f32], usize);
+type RangesFn = fn(Entries, &[RowCursor], &[f32], &mut [f32], usize);
+
+impl<const NB: usize> SparseRowPanel<NB> {
+    /// The kernel of `isa`, or the portable one when this CPU lacks it.
+    pub fn for_isa(isa: Isa) -> Self {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if isa.is_supported() => Self::of::<x86::Avx512>(),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if isa.is_supported() => Self::of::<x86::Avx2>(),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon if isa.is_supported() => Self::of::<arm::Neon>(),
+            _ => Self::of::<Portable>(),
+        }
+    }
+
+    /// Both walks of kernel `K`.
+    fn of<K: Kernel>() -> Self {
+        SparseRowPanel {
+            rows: walk_rows::<NB, K>,
+            ranges: walk_ranges::<NB, K>,
+        }
+    }
+
+    /// For each row `r`, adds `v * panel[c]` over its pending entries whose column is below
+    /// `limit` to the `16 * NB` floats at `out[r * stride..]`, and advances its cursor past
+    /// them. Columns must increase along a row.
+    ///
+    /// Panics if a cursor range, the output extent or a column falls outside the arrays
+    /// (columns are checked one by one as they are read: a compare on a loaded value costs
+    /// next to nothing beside the 16 * NB multiply-adds each one feeds).
+    pub fn accumulate_rows(
+        &self,
+        entries: Entries,
+        cursors: &mut [RowCursor],
+        limit: u32,
+        panel: &[f32],
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        (self.rows)(entries, cursors, limit, panel, out, stride)
+    }
+
+    /// [`accumulate_rows`](Self::accumulate_rows) over every entry of each row's range,
+    /// which stays as it is: for a caller that knows where each row's walk ends and walks
+    /// the same ranges again for the next block of output channels.
+    pub fn accumulate_ranges(
+        &self,
+        entries: Entries,
+        ranges: &[RowCursor],
+        panel: &[f32],
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        (self.ranges)(entries, ranges, panel, out, stride)
+    }
+}
+
+/// One instruction set's kernel, over either kind of [`Rows`].
+trait Kernel {
+    /// # Safety
+    /// The CPU must have the instruction set, `cols.len() == vals.len()`, and row `r`'s
+    /// `16 * NB` outputs at `r * stride` must lie in `out`. Cursors and columns are checked
+    /// by the kernel, as they are read.
+    unsafe fn walk<const NB: usize, R: Rows>(
+        cols: &[u32],
+        vals: &[f32],
+        rows: R,
+        limit: u32,
+        panel: &[f32],
+        out: &mut [f32],
+        stride: usize,
+    );
+}
+
+/// [`SparseRowPanel::accumulate_rows`] with kernel `K`.
+fn walk_rows<const NB: usize, K: Kernel>(
     entries: Entries,
     cursors: &mut [RowCursor],
     limit: u32,
@@ -89,26 +166,22 @@ pub(crate) fn accumulate_rows<const NB: usize>(
     out: &mut [f32],
     stride: usize,
 ) {
-    accumulate::<NB, _>(isa, entries, cursors, limit, panel, out, stride);
+    accumulate::<NB, K, _>(entries, cursors, limit, panel, out, stride);
 }
 
-/// [`accumulate_rows`] over every entry of each row's range, which stays as it is: for a
-/// caller that knows where each row's walk ends and walks the same ranges again for the
-/// next block of output channels.
-pub(crate) fn accumulate_ranges<const NB: usize>(
-    isa: Isa,
+/// [`SparseRowPanel::accumulate_ranges`] with kernel `K`.
+fn walk_ranges<const NB: usize, K: Kernel>(
     entries: Entries,
     ranges: &[RowCursor],
     panel: &[f32],
     out: &mut [f32],
     stride: usize,
 ) {
-    accumulate::<NB, _>(isa, entries, Ranges(ranges), u32::MAX, panel, out, stride);
+    accumulate::<NB, K, _>(entries, Ranges(ranges), u32::MAX, panel, out, stride);
 }
 
-/// Checks the output extent and runs the kernel of `isa` (or the portable one).
-fn accumulate<const NB: usize, R: Rows>(
-    isa: Isa,
+/// Checks the output extent and runs kernel `K`.
+fn accumulate<const NB: usize, K: Kernel, R: Rows>(
     entries: Entries,
     rows: R,
     limit: u32,
@@ -121,30 +194,9 @@ fn accumulate<const NB: usize, R: Rows>(
     };
     let Entries { cols, vals } = entries;
     assert!(stride >= 16 * NB && last * stride + 16 * NB <= out.len());
-    let isa = if isa.is_supported() {
-        isa
-    } else {
-        Isa::Portable
-    };
-    match isa {
-        // SAFETY: the two lengths (in `Entries::new`) and the output extent are checked
-        // above, cursors and columns in the kernel, and the CPU has the feature.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe {
-            x86::rows_avx512::<NB, R>(cols, vals, rows, limit, panel, out, stride)
-        },
-        // SAFETY: as above.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe {
-            x86::rows_avx2::<NB, R>(cols, vals, rows, limit, panel, out, stride)
-        },
-        // SAFETY: as above.
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon => unsafe {
-            arm::rows_neon::<NB, R>(cols, vals, rows, limit, panel, out, stride)
-        },
-        _ => rows_portable::<NB, R>(cols, vals, rows, limit, panel, out, stride),
-    }
+    // SAFETY: only `for_isa` names a kernel `K`, after finding its instruction set on this
+    // CPU; the two lengths (in `Entries::new`) and the output extent are checked above.
+    unsafe { K::walk::<NB, R>(cols, vals, rows, limit, panel, out, stride) }
 }
 
 /// Where a column read from a sparse row does not index a row of the panel (the x86
@@ -171,6 +223,23 @@ fn check_cursor(cursor: RowCursor, entries: usize) {
 }
 
 /// Plain Rust, bounds-checked: the reference for the SIMD versions and the fallback.
+struct Portable;
+
+impl Kernel for Portable {
+    unsafe fn walk<const NB: usize, R: Rows>(
+        cols: &[u32],
+        vals: &[f32],
+        rows: R,
+        limit: u32,
+        panel: &[f32],
+        out: &mut [f32],
+        stride: usize,
+    ) {
+        rows_portable::<NB, R>(cols, vals, rows, limit, panel, out, stride);
+    }
+}
+
+/// [`Portable`]'s walk, a safe fn: the tests' reference.
 fn rows_portable<const NB: usize, R: Rows>(
     cols: &[u32],
     vals: &[f32],
@@ -198,125 +267,128 @@ fn rows_portable<const NB: usize, R: Rows>(
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{RowCursor, Rows};
+    use super::{Kernel, RowCursor, Rows};
     use std::arch::x86_64::*;
 
-    /// Defines the x86 kernel for one vector width: `$lanes` floats per vector.
+    /// Defines the x86 kernel `$kernel` for one vector width: `$lanes` floats per vector.
     macro_rules! x86_rows_kernel {
-        ($name:ident, $feature:literal, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident, $add:ident) => {
-            /// # Safety
-            /// SAFETY: the CPU must have `$feature`, `cols.len() == vals.len()`, and row `r`'s
-            /// `16 * NB` outputs at `r * stride` must lie in `out` (what `accumulate_rows`
-            /// checks before calling). Cursors and columns are checked here, as they are read.
-            #[target_feature(enable = $feature)]
-            pub(super) unsafe fn $name<const NB: usize, R: Rows>(
-                cols: &[u32],
-                vals: &[f32],
-                mut rows: R,
-                limit: u32,
-                panel: &[f32],
-                out: &mut [f32],
-                stride: usize,
-            ) {
-                const PER: usize = 16 / $lanes;
-                // Narrow blocks take consecutive entries into two sets of accumulators, so
-                // that a multiply-add does not wait on the previous one; blocks of 8+
-                // vectors have enough independent accumulators in one set.
-                let dual = NB * PER < 8;
-                let width = 16 * NB;
-                let panel_rows = panel.len() / width;
-                let (base, cp, vp) = (panel.as_ptr(), cols.as_ptr(), vals.as_ptr());
-                for r in 0..rows.len() {
-                    let cursor = rows.cursor(r);
-                    super::check_cursor(cursor, cols.len());
-                    let RowCursor { next: mut i, end } = cursor;
-                    // The entries of a row a little ahead are scattered in memory: ask for
-                    // them now so that they arrive while this row is multiplied (a prefetch
-                    // never faults, wherever it points).
-                    if r + 2 < rows.len() {
-                        let ahead = rows.cursor(r + 2).next;
-                        _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(ahead).cast());
-                        _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(ahead).cast());
-                    }
-                    // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
-                    let dst = unsafe { out.as_mut_ptr().add(r * stride) };
-                    let mut a: [[$vec; PER]; NB] = [[$zero(); PER]; NB];
-                    let mut b: [[$vec; PER]; NB] = [[$zero(); PER]; NB];
-                    for j in 0..NB {
-                        for q in 0..PER {
-                            // SAFETY: within the row's outputs, as above.
-                            a[j][q] = unsafe { $load(dst.add(j * 16 + q * $lanes)) };
+        ($kernel:ident, $feature:literal, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident, $add:ident) => {
+            #[doc = concat!("The kernel for ", $feature, ".")]
+            pub(super) struct $kernel;
+
+            impl Kernel for $kernel {
+                #[target_feature(enable = $feature)]
+                unsafe fn walk<const NB: usize, R: Rows>(
+                    cols: &[u32],
+                    vals: &[f32],
+                    mut rows: R,
+                    limit: u32,
+                    panel: &[f32],
+                    out: &mut [f32],
+                    stride: usize,
+                ) {
+                    const PER: usize = 16 / $lanes;
+                    // Narrow blocks take consecutive entries into two sets of accumulators, so
+                    // that a multiply-add does not wait on the previous one; blocks of 8+
+                    // vectors have enough independent accumulators in one set.
+                    let dual = NB * PER < 8;
+                    let width = 16 * NB;
+                    let panel_rows = panel.len() / width;
+                    let (base, cp, vp) = (panel.as_ptr(), cols.as_ptr(), vals.as_ptr());
+                    for r in 0..rows.len() {
+                        let cursor = rows.cursor(r);
+                        super::check_cursor(cursor, cols.len());
+                        let RowCursor { next: mut i, end } = cursor;
+                        // The entries of a row a little ahead are scattered in memory: ask for
+                        // them now so that they arrive while this row is multiplied (a prefetch
+                        // never faults, wherever it points).
+                        if r + 2 < rows.len() {
+                            let ahead = rows.cursor(r + 2).next;
+                            _mm_prefetch::<_MM_HINT_T0>(cp.wrapping_add(ahead).cast());
+                            _mm_prefetch::<_MM_HINT_T0>(vp.wrapping_add(ahead).cast());
                         }
-                    }
-                    // SAFETY (loop reads): i + 1 < end <= cols.len() == vals.len() (checked as the
-                    // row starts).
-                    while i + 1 < end && unsafe { *cp.add(i + 1) } < limit {
-                        // SAFETY: as above.
-                        let (c0, c1) = unsafe { (*cp.add(i) as usize, *cp.add(i + 1) as usize) };
-                        if c0.max(c1) >= panel_rows {
-                            super::column_outside_panel(c0.max(c1), panel_rows);
-                        }
-                        // SAFETY: both columns index whole panel rows (checked just above).
-                        unsafe {
-                            let (r0, r1) = (base.add(c0 * width), base.add(c1 * width));
-                            let (v0, v1) = ($set1(*vp.add(i)), $set1(*vp.add(i + 1)));
-                            for j in 0..NB {
-                                for q in 0..PER {
-                                    let o = j * 16 + q * $lanes;
-                                    a[j][q] = $fma(v0, $load(r0.add(o)), a[j][q]);
-                                    if dual {
-                                        b[j][q] = $fma(v1, $load(r1.add(o)), b[j][q]);
-                                    }
-                                }
+                        // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
+                        let dst = unsafe { out.as_mut_ptr().add(r * stride) };
+                        let mut a: [[$vec; PER]; NB] = [[$zero(); PER]; NB];
+                        let mut b: [[$vec; PER]; NB] = [[$zero(); PER]; NB];
+                        for j in 0..NB {
+                            for q in 0..PER {
+                                // SAFETY: within the row's outputs, as above.
+                                a[j][q] = unsafe { $load(dst.add(j * 16 + q * $lanes)) };
                             }
-                            if !dual {
+                        }
+                        // SAFETY (loop reads): i + 1 < end <= cols.len() == vals.len() (checked
+                        // as the row starts).
+                        while i + 1 < end && unsafe { *cp.add(i + 1) } < limit {
+                            // SAFETY: as above.
+                            let (c0, c1) =
+                                unsafe { (*cp.add(i) as usize, *cp.add(i + 1) as usize) };
+                            if c0.max(c1) >= panel_rows {
+                                super::column_outside_panel(c0.max(c1), panel_rows);
+                            }
+                            // SAFETY: both columns index whole panel rows (checked just above).
+                            unsafe {
+                                let (r0, r1) = (base.add(c0 * width), base.add(c1 * width));
+                                let (v0, v1) = ($set1(*vp.add(i)), $set1(*vp.add(i + 1)));
                                 for j in 0..NB {
                                     for q in 0..PER {
                                         let o = j * 16 + q * $lanes;
-                                        a[j][q] = $fma(v1, $load(r1.add(o)), a[j][q]);
+                                        a[j][q] = $fma(v0, $load(r0.add(o)), a[j][q]);
+                                        if dual {
+                                            b[j][q] = $fma(v1, $load(r1.add(o)), b[j][q]);
+                                        }
+                                    }
+                                }
+                                if !dual {
+                                    for j in 0..NB {
+                                        for q in 0..PER {
+                                            let o = j * 16 + q * $lanes;
+                                            a[j][q] = $fma(v1, $load(r1.add(o)), a[j][q]);
+                                        }
                                     }
                                 }
                             }
+                            i += 2;
                         }
-                        i += 2;
-                    }
-                    // SAFETY: i < end as above.
-                    if i < end && unsafe { *cp.add(i) } < limit {
-                        // SAFETY: as above.
-                        let c0 = unsafe { *cp.add(i) as usize };
-                        if c0 >= panel_rows {
-                            super::column_outside_panel(c0, panel_rows);
-                        }
-                        // SAFETY: the column indexes a whole panel row (checked just above).
-                        unsafe {
-                            let (r0, v0) = (base.add(c0 * width), $set1(*vp.add(i)));
-                            for j in 0..NB {
-                                for q in 0..PER {
-                                    a[j][q] = $fma(v0, $load(r0.add(j * 16 + q * $lanes)), a[j][q]);
+                        // SAFETY: i < end as above.
+                        if i < end && unsafe { *cp.add(i) } < limit {
+                            // SAFETY: as above.
+                            let c0 = unsafe { *cp.add(i) as usize };
+                            if c0 >= panel_rows {
+                                super::column_outside_panel(c0, panel_rows);
+                            }
+                            // SAFETY: the column indexes a whole panel row (checked just above).
+                            unsafe {
+                                let (r0, v0) = (base.add(c0 * width), $set1(*vp.add(i)));
+                                for j in 0..NB {
+                                    for q in 0..PER {
+                                        a[j][q] =
+                                            $fma(v0, $load(r0.add(j * 16 + q * $lanes)), a[j][q]);
+                                    }
                                 }
                             }
+                            i += 1;
                         }
-                        i += 1;
-                    }
-                    for j in 0..NB {
-                        for q in 0..PER {
-                            let sum = if dual {
-                                $add(a[j][q], b[j][q])
-                            } else {
-                                a[j][q]
-                            };
-                            // SAFETY: within the row's outputs, as above.
-                            unsafe { $store(dst.add(j * 16 + q * $lanes), sum) };
+                        for j in 0..NB {
+                            for q in 0..PER {
+                                let sum = if dual {
+                                    $add(a[j][q], b[j][q])
+                                } else {
+                                    a[j][q]
+                                };
+                                // SAFETY: within the row's outputs, as above.
+                                unsafe { $store(dst.add(j * 16 + q * $lanes), sum) };
+                            }
                         }
+                        rows.stop(r, i);
                     }
-                    rows.stop(r, i);
                 }
             }
         };
     }
 
     x86_rows_kernel!(
-        rows_avx512,
+        Avx512,
         "avx512f",
         __m512,
         16,
@@ -328,7 +400,7 @@ mod x86 {
         _mm512_add_ps
     );
     x86_rows_kernel!(
-        rows_avx2,
+        Avx2,
         "avx2,fma",
         __m256,
         8,
@@ -343,59 +415,63 @@ mod x86 {
 
 #[cfg(target_arch = "aarch64")]
 mod arm {
-    use super::{RowCursor, Rows};
+    use super::{Kernel, RowCursor, Rows};
     use std::arch::aarch64::*;
 
-    /// # Safety
-    /// SAFETY: the CPU must have NEON; the ranges are those of the x86 kernels' contract.
-    // The accumulators are indexed in straight loops over constant bounds, as in the x86
-    // kernels, so that they stay in registers.
-    #[allow(clippy::needless_range_loop)]
-    #[target_feature(enable = "neon")]
-    pub(super) unsafe fn rows_neon<const NB: usize, R: Rows>(
-        cols: &[u32],
-        vals: &[f32],
-        mut rows: R,
-        limit: u32,
-        panel: &[f32],
-        out: &mut [f32],
-        stride: usize,
-    ) {
-        let width = 16 * NB;
-        for r in 0..rows.len() {
-            let cursor = rows.cursor(r);
-            super::check_cursor(cursor, cols.len());
-            let RowCursor { mut next, end } = cursor;
-            // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
-            let dst = unsafe { out.as_mut_ptr().add(r * stride) };
-            let mut a = [[vdupq_n_f32(0.0); 4]; NB];
-            for j in 0..NB {
-                for q in 0..4 {
-                    // SAFETY: within the row's outputs.
-                    a[j][q] = unsafe { vld1q_f32(dst.add(j * 16 + q * 4)) };
-                }
-            }
-            while next < end && cols[next] < limit {
-                let (c, v) = (cols[next] as usize, vals[next]);
-                let row = &panel[c * width..][..width];
-                // SAFETY: `row` holds `width` = 16 * NB floats.
-                unsafe {
-                    let row = row.as_ptr();
-                    for j in 0..NB {
-                        for q in 0..4 {
-                            a[j][q] = vfmaq_n_f32(a[j][q], vld1q_f32(row.add(j * 16 + q * 4)), v);
-                        }
+    /// The kernel for NEON.
+    pub(super) struct Neon;
+
+    impl Kernel for Neon {
+        // The accumulators are indexed in straight loops over constant bounds, as in the x86
+        // kernels, so that they stay in registers.
+        #[allow(clippy::needless_range_loop)]
+        #[target_feature(enable = "neon")]
+        unsafe fn walk<const NB: usize, R: Rows>(
+            cols: &[u32],
+            vals: &[f32],
+            mut rows: R,
+            limit: u32,
+            panel: &[f32],
+            out: &mut [f32],
+            stride: usize,
+        ) {
+            let width = 16 * NB;
+            for r in 0..rows.len() {
+                let cursor = rows.cursor(r);
+                super::check_cursor(cursor, cols.len());
+                let RowCursor { mut next, end } = cursor;
+                // SAFETY: the caller checked that row r's `16 * NB` outputs lie in `out`.
+                let dst = unsafe { out.as_mut_ptr().add(r * stride) };
+                let mut a = [[vdupq_n_f32(0.0); 4]; NB];
+                for j in 0..NB {
+                    for q in 0..4 {
+                        // SAFETY: within the row's outputs.
+                        a[j][q] = unsafe { vld1q_f32(dst.add(j * 16 + q * 4)) };
                     }
                 }
-                next += 1;
-            }
-            for j in 0..NB {
-                for q in 0..4 {
-                    // SAFETY: within the row's outputs.
-                    unsafe { vst1q_f32(dst.add(j * 16 + q * 4), a[j][q]) };
+                while next < end && cols[next] < limit {
+                    let (c, v) = (cols[next] as usize, vals[next]);
+                    let row = &panel[c * width..][..width];
+                    // SAFETY: `row` holds `width` = 16 * NB floats.
+                    unsafe {
+                        let row = row.as_ptr();
+                        for j in 0..NB {
+                            for q in 0..4 {
+                                a[j][q] =
+                                    vfmaq_n_f32(a[j][q], vld1q_f32(row.add(j * 16 + q * 4)), v);
+                            }
+                        }
+                    }
+                    next += 1;
                 }
+                for j in 0..NB {
+                    for q in 0..4 {
+                        // SAFETY: within the row's outputs.
+                        unsafe { vst1q_f32(dst.add(j * 16 + q * 4), a[j][q]) };
+                    }
+                }
+                rows.stop(r, next);
             }
-            rows.stop(r, next);
         }
     }
 }
@@ -436,8 +512,7 @@ mod tests {
                 &mut want,
                 stride,
             );
-            accumulate_rows::<NB>(
-                isa,
+            SparseRowPanel::<NB>::for_isa(isa).accumulate_rows(
                 Entries::new(&cols, &vals),
                 &mut got_cursors,
                 limit,
@@ -457,8 +532,7 @@ mod tests {
             &mut want,
             stride,
         );
-        accumulate_ranges::<NB>(
-            isa,
+        SparseRowPanel::<NB>::for_isa(isa).accumulate_ranges(
             Entries::new(&cols, &vals),
             &cursors,
             &panel,
@@ -490,8 +564,7 @@ mod tests {
             let short = std::panic::catch_unwind(|| {
                 let mut cursors = [RowCursor::default(); 2];
                 let mut out = vec![0.0; 16 + 15];
-                accumulate_rows::<1>(
-                    isa,
+                SparseRowPanel::<1>::for_isa(isa).accumulate_rows(
                     Entries::new(&[], &[]),
                     &mut cursors,
                     0,
@@ -511,8 +584,7 @@ mod tests {
                     }];
                     let mut out = vec![0.0; 16];
                     let panel = vec![1.0; 3 * 16];
-                    accumulate_rows::<1>(
-                        isa,
+                    SparseRowPanel::<1>::for_isa(isa).accumulate_rows(
                         Entries::new(cols, &vals),
                         &mut cursors,
                         u32::MAX,
@@ -530,8 +602,7 @@ mod tests {
                     let mut cursors = [RowCursor { next: 0, end: 2 }, bad];
                     let mut out = vec![0.0; 32];
                     let panel = vec![1.0; 3 * 16];
-                    accumulate_rows::<1>(
-                        isa,
+                    SparseRowPanel::<1>::for_isa(isa).accumulate_rows(
                         Entries::new(&cols, &vals),
                         &mut cursors,
                         u32::MAX,

@@ -29,79 +29,93 @@ impl Finish<'_> {
     }
 }
 
-/// Transposes the `rows x cols` block of `src` (row `i` at `i * src_stride`) into `dst`
-/// (row `j` at `j * dst_stride`), with the kernel of `isa`.
-///
-/// # Panics
-/// If either block does not fit its slice, or `dst_stride < rows` (rows would overlap).
-pub fn transpose(
-    isa: Isa,
-    src: &[f32],
-    src_stride: usize,
-    dst: &mut [f32],
-    dst_stride: usize,
-    shape: (usize, usize),
-) {
-    transpose_finish(isa, src, src_stride, dst, dst_stride, shape, None);
+/// The transposition of one instruction set, chosen once.
+#[derive(Clone, Copy)]
+pub(crate) struct Transpose {
+    blocks: fn(&mut Block, (usize, usize)) -> usize,
 }
 
-/// [`transpose`], finishing every value with `finish` when given; returns how many of the
-/// finished values are exactly zero (0 without `finish`).
-///
-/// # Panics
-/// As [`transpose`], and if the bias is shorter than `rows`.
-pub(crate) fn transpose_finish(
-    isa: Isa,
-    src: &[f32],
-    src_stride: usize,
-    dst: &mut [f32],
-    dst_stride: usize,
-    (rows, cols): (usize, usize),
-    finish: Option<Finish>,
-) -> usize {
-    if rows == 0 || cols == 0 {
-        return 0;
-    }
-    let end = |lines: usize, stride: usize, len: usize| {
-        (lines - 1)
-            .checked_mul(stride)
-            .and_then(|v| v.checked_add(len))
-    };
-    assert!(
-        end(rows, src_stride, cols).is_some_and(|e| e <= src.len()),
-        "transpose: source too short"
-    );
-    assert!(
-        dst_stride >= rows && end(cols, dst_stride, rows).is_some_and(|e| e <= dst.len()),
-        "transpose: destination too short"
-    );
-    assert!(
-        finish.is_none_or(|f| f.bias.len() >= rows),
-        "transpose: bias too short"
-    );
-    let mut block = Block {
-        src,
-        src_stride,
-        dst,
-        dst_stride,
-        finish,
-    };
-    #[cfg(target_arch = "x86_64")]
-    {
-        if matches!(isa, Isa::Avx2 | Isa::Avx512)
-            && is_x86_feature_detected!("avx")
-            && is_x86_feature_detected!("popcnt")
+impl Transpose {
+    /// For AVX2 and AVX-512, 8 x 8 blocks in AVX registers when this CPU has AVX and
+    /// POPCNT; else element by element.
+    pub fn for_isa(isa: Isa) -> Self {
+        #[cfg(target_arch = "x86_64")]
         {
-            // SAFETY: AVX and POPCNT are available (checked just above); the asserts above keep every
-            // element of both blocks, and every bias the rows read, in their slices.
-            return unsafe { x86::avx(&mut block, (rows, cols)) };
+            if matches!(isa, Isa::Avx2 | Isa::Avx512)
+                && is_x86_feature_detected!("avx")
+                && is_x86_feature_detected!("popcnt")
+            {
+                return Transpose {
+                    blocks: x86::checked_avx,
+                };
+            }
         }
+        let _ = isa;
+        Transpose { blocks: scalar }
     }
-    let _ = isa;
-    scalar(&mut block, ((0, rows), (0, cols)))
+
+    /// Transposes the `rows x cols` block of `src` (row `i` at `i * src_stride`) into `dst`
+    /// (row `j` at `j * dst_stride`).
+    ///
+    /// # Panics
+    /// If either block does not fit its slice, or `dst_stride < rows` (rows would overlap).
+    pub fn transpose(
+        &self,
+        src: &[f32],
+        src_stride: usize,
+        dst: &mut [f32],
+        dst_stride: usize,
+        shape: (usize, usize),
+    ) {
+        self.transpose_finish(src, src_stride, dst, dst_stride, shape, None);
+    }
+
+    /// [`transpose`](Self::transpose), finishing every value with `finish` when given;
+    /// returns how many of the finished values are exactly zero (0 without `finish`).
+    ///
+    /// # Panics
+    /// As [`transpose`](Self::transpose), and if the bias is shorter than `rows`.
+    pub fn transpose_finish(
+        &self,
+        src: &[f32],
+        src_stride: usize,
+        dst: &mut [f32],
+        dst_stride: usize,
+        (rows, cols): (usize, usize),
+        finish: Option<Finish>,
+    ) -> usize {
+        if rows == 0 || cols == 0 {
+            return 0;
+        }
+        let end = |lines: usize, stride: usize, len: usize| {
+            (lines - 1)
+                .checked_mul(stride)
+                .and_then(|v| v.checked_add(len))
+        };
+        assert!(
+            end(rows, src_stride, cols).is_some_and(|e| e <= src.len()),
+            "transpose: source too short"
+        );
+        assert!(
+            dst_stride >= rows && end(cols, dst_stride, rows).is_some_and(|e| e <= dst.len()),
+            "transpose: destination too short"
+        );
+        assert!(
+            finish.is_none_or(|f| f.bias.len() >= rows),
+            "transpose: bias too short"
+        );
+        let mut block = Block {
+            src,
+            src_stride,
+            dst,
+            dst_stride,
+            finish,
+        };
+        (self.blocks)(&mut block, (rows, cols))
+    }
 }
 
-/// The operands of one transposition, as checked by [`transpose_finish`].
+/// The operands of one transposition, as checked by [`Transpose::transpose_finish`].
 struct Block<'a, 'b> {
     src: &'a [f32],
     src_stride: usize,
@@ -110,12 +124,12 @@ struct Block<'a, 'b> {
     finish: Option<Finish<'b>>,
 }
 
-/// Element by element, over source rows `i0..i1` and columns `j0..j1`.
-fn scalar(b: &mut Block, ((i0, i1), (j0, j1)): ((usize, usize), (usize, usize))) -> usize {
+/// Element by element, over the `rows x cols` block.
+fn scalar(b: &mut Block, (rows, cols): (usize, usize)) -> usize {
     let mut zeros = 0;
-    for j in j0..j1 {
-        let out = &mut b.dst[j * b.dst_stride + i0..j * b.dst_stride + i1];
-        for (i, o) in (i0..i1).zip(out) {
+    for j in 0..cols {
+        let out = &mut b.dst[j * b.dst_stride..j * b.dst_stride + rows];
+        for (i, o) in (0..rows).zip(out) {
             let v = b.src[i * b.src_stride + j];
             *o = match b.finish {
                 Some(f) => {
@@ -137,14 +151,23 @@ mod x86 {
 
     const W: usize = 8;
 
+    /// [`avx`] as a safe fn, for [`super::Transpose`].
+    pub fn checked_avx(b: &mut Block, shape: (usize, usize)) -> usize {
+        // SAFETY: reachable only through a `Transpose` that `for_isa` built after finding
+        // AVX and POPCNT on this CPU, and called by `Transpose::transpose_finish` once its
+        // asserts kept every element of both blocks, and every bias the rows read, in their
+        // slices.
+        unsafe { avx(b, shape) }
+    }
+
     /// 8 x 8 blocks in AVX registers; blocks cut by the right or bottom edge through masked
     /// loads and stores (the lanes past the edge read as zero and are never written).
     ///
     /// # Safety
     /// The CPU must support AVX and POPCNT, and the `rows x cols` blocks must lie inside
-    /// both slices (and the bias), as [`super::transpose_finish`] checks.
+    /// both slices (and the bias), as [`super::Transpose::transpose_finish`] checks.
     #[target_feature(enable = "avx,popcnt")]
-    pub unsafe fn avx(b: &mut Block, (rows, cols): (usize, usize)) -> usize {
+    unsafe fn avx(b: &mut Block, (rows, cols): (usize, usize)) -> usize {
         let (i_full, j_full) = (rows / W * W, cols / W * W);
         let mut zeros = 0;
         for i in (0..i_full).step_by(W) {
@@ -333,7 +356,13 @@ mod tests {
                     .map(|_| rng.nonzero_value())
                     .collect();
                 let mut dst = vec![-1.0; cols * dst_stride];
-                transpose(isa, &src, src_stride, &mut dst, dst_stride, (rows, cols));
+                Transpose::for_isa(isa).transpose(
+                    &src,
+                    src_stride,
+                    &mut dst,
+                    dst_stride,
+                    (rows, cols),
+                );
                 for j in 0..cols {
                     for i in 0..dst_stride {
                         let want = if i < rows {
@@ -383,8 +412,7 @@ mod tests {
                         .collect();
                     let finish = Finish { bias: &bias, curve };
                     let mut dst = vec![-1.0; cols * dst_stride];
-                    let zeros = transpose_finish(
-                        isa,
+                    let zeros = Transpose::for_isa(isa).transpose_finish(
                         &src,
                         src_stride,
                         &mut dst,
@@ -415,6 +443,6 @@ mod tests {
     #[should_panic(expected = "destination too short")]
     fn short_destination_panics() {
         let mut dst = [0.0; 15];
-        transpose(Isa::detect(), &[0.0; 16], 4, &mut dst, 4, (4, 4));
+        Transpose::for_isa(Isa::detect()).transpose(&[0.0; 16], 4, &mut dst, 4, (4, 4));
     }
 }

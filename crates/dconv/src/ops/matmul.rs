@@ -7,7 +7,7 @@
 use super::Ctx;
 use crate::error::{Error, Result};
 use crate::kernels::gemm::gemm_f32_strided;
-use crate::kernels::gemv::{gemv_kn, gemv_nk};
+use crate::kernels::gemv::Gemv;
 use crate::kernels::Isa;
 use crate::plan::builder::{Builder, Value};
 use crate::plan::kernel::Kernel;
@@ -37,7 +37,7 @@ struct MatMulKernel {
     beta: f32,
     /// Strides of C along output rows and columns (0 where broadcast).
     c_strides: Option<[usize; 2]>,
-    isa: Isa,
+    gemv: Gemv,
 }
 
 impl Kernel for MatMulKernel {
@@ -66,9 +66,9 @@ impl Kernel for MatMulKernel {
                         .for_each(|(t, cols)| {
                             let j0 = t * per_task;
                             if self.b_trans {
-                                gemv_nk(self.isa, &a_row[..k], &bm[j0 * k..], k, cols);
+                                self.gemv.nk(&a_row[..k], &bm[j0 * k..], k, cols);
                             } else {
-                                gemv_kn(self.isa, a_row, ac, k, &bm[j0..], n, cols);
+                                self.gemv.kn(a_row, ac, k, &bm[j0..], n, cols);
                             }
                         });
                 }
@@ -166,7 +166,7 @@ pub(crate) fn plan_gemm(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) ->
         alpha: ctx.attrs.float("alpha", 1.0),
         beta: ctx.attrs.float("beta", 1.0),
         c_strides,
-        isa: Isa::detect(),
+        gemv: Gemv::for_isa(Isa::detect()),
     };
     let c = c.map(|c| b.plain(c)).transpose()?;
     let mut operands = vec![&a, &bm];
@@ -209,7 +209,7 @@ pub(crate) fn plan_matmul(b: &mut Builder, a: &Value, bm: &Value) -> Result<Valu
         alpha: 1.0,
         beta: 0.0,
         c_strides: None,
-        isa: Isa::detect(),
+        gemv: Gemv::for_isa(Isa::detect()),
     };
     let mut shape = a_batch.to_vec();
     if sa.len() > 1 {
@@ -287,7 +287,7 @@ mod tests {
                 beta,
                 c_strides: c_shape
                     .map(|[cm, cn]| [if cm == 1 { 0 } else { cn }, if cn == 1 { 0 } else { 1 }]),
-                isa,
+                gemv: Gemv::for_isa(isa),
             };
             let mut got = vec![f32::NAN; want.len()];
             let mut inputs = vec![a.as_slice(), b.as_slice()];

@@ -1,6 +1,6 @@
 //! Compressed Sparse Overlapped Activations.
 
-use crate::kernels::compact::{compact_nonzeros, count_nonzeros};
+use crate::kernels::compact::Compaction;
 use crate::kernels::Isa;
 use rayon::prelude::*;
 use std::mem::size_of;
@@ -74,7 +74,7 @@ impl Csoa {
         self.groups = groups;
         (self.chunk, self.chunks) = (chunk.min(cg), chunks);
         let lists = height * width * groups * chunks;
-        let isa = Isa::detect();
+        let compaction = Compaction::for_isa(Isa::detect());
         // Pass 1: count each sub-list's non-zeros, in parallel by rows of pixels.
         self.offsets.resize(lists + 1, 0);
         let (counts, _) = self.offsets.split_at_mut(lists);
@@ -84,7 +84,7 @@ impl Csoa {
             .for_each(|(counts, row)| {
                 let sub_lists = row.chunks_exact(cg).flat_map(|list| list.chunks(chunk));
                 for (count, list) in counts.iter_mut().zip(sub_lists) {
-                    *count = count_nonzeros(isa, list);
+                    *count = compaction.count_nonzeros(list);
                 }
             });
         // Counts to offsets (an exclusive prefix sum), closed by the total.
@@ -212,9 +212,9 @@ fn fill_rows(
         );
         return;
     }
-    let (isa, mut n) = (Isa::detect(), 0);
+    let (compaction, mut n) = (Compaction::for_isa(Isa::detect()), 0);
     for list in image[rows.start * row_len..rows.end * row_len].chunks_exact(cg) {
-        n = compact_nonzeros(isa, list, 0, chans, vals, n);
+        n = compaction.compact_nonzeros(list, 0, chans, vals, n);
     }
 }
 

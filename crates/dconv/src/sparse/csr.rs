@@ -1,7 +1,7 @@
 //! Compressed sparse rows.
 
 use crate::error::{Error, Result};
-use crate::kernels::compact::compact_nonzeros;
+use crate::kernels::compact::Compaction;
 use crate::kernels::Isa;
 use std::mem::size_of;
 
@@ -74,9 +74,9 @@ impl CsrMatrix {
         // Room for every value, then cut back to the non-zeros.
         self.cols.resize(dense.len(), 0);
         self.vals.resize(dense.len(), 0.0);
-        let (isa, mut nnz) = (Isa::detect(), 0);
+        let (compaction, mut nnz) = (Compaction::for_isa(Isa::detect()), 0);
         for row in dense.chunks_exact(ncols) {
-            nnz = compact_nonzeros(isa, row, 0, &mut self.cols, &mut self.vals, nnz);
+            nnz = compaction.compact_nonzeros(row, 0, &mut self.cols, &mut self.vals, nnz);
             self.row_ptr.push(nnz);
         }
         self.cols.truncate(nnz);

@@ -8,7 +8,7 @@
 //! The output is computed in tiles of `rows x lanes` positions (`lanes` = one vector; rows
 //! as many as the kernel keeps in registers), filter by filter: each non-zero weight is a
 //! tap that adds `w x` (a `rows x lanes` patch of one plane) to the filter's tile
-//! ([`shifted_axpy`]). For a tile and a block of channels, the patches every tap reads are
+//! ([`ShiftedAxpy`]). For a tile and a block of channels, the patches every tap reads are
 //! first copied into a small window that stays in L1 across all filters: per channel, row
 //! phase and kernel column, `rows + max_row` rows of one vector each, so every tap reads
 //! whole, aligned vectors and a 3 x 3 kernel copies each input value about
@@ -40,6 +40,8 @@ use super::method::{MethodEntry, Skips};
 use super::{ConvSpec, Epilogue};
 use crate::cache::CacheSizes;
 use crate::error::{Error, Result};
+use crate::kernels::shifted_axpy::ShiftedAxpy;
+use crate::kernels::transpose::Transpose;
 use crate::kernels::Isa;
 use plan::{Bands, TileGrid, WindowShape};
 use taps::FilterTaps;
@@ -64,7 +66,11 @@ pub(in crate::conv) const ENTRY: MethodEntry = MethodEntry {
 
 pub(crate) struct SparseWeight {
     spec: ConvSpec,
+    /// The instruction set of the loops compiled through `vectorized` (window fills, zeroed
+    /// sums); the two kernels below are chosen for it.
     isa: Isa,
+    axpy: ShiftedAxpy,
+    transpose: Transpose,
     epilogue: Epilogue,
     /// The non-zero weights, as taps on the window.
     taps: FilterTaps,
@@ -97,6 +103,8 @@ impl SparseWeight {
         Ok(SparseWeight {
             spec,
             isa,
+            axpy: ShiftedAxpy::for_isa(isa),
+            transpose: Transpose::for_isa(isa),
             epilogue,
             taps,
             window,

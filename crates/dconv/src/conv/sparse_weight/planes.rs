@@ -3,7 +3,6 @@
 
 use super::plan::{Bands, Fold, LINE};
 use super::SparseWeight;
-use crate::kernels::transpose::transpose;
 use rayon::prelude::*;
 use std::ops::Range;
 
@@ -79,8 +78,7 @@ impl SparseWeight {
                         if let (Some(iy), true) = (iy, hi > lo) {
                             let ix = lo * sw + pw - left;
                             let from = (iy * width + ix) * s.channels;
-                            transpose(
-                                self.isa,
+                            self.transpose.transpose(
                                 &image[from..],
                                 sw * s.channels,
                                 &mut planes[row + lo..],

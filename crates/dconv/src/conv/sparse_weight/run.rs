@@ -8,8 +8,7 @@ use super::SparseWeight;
 use crate::conv::run_loop::{over_images, timed};
 use crate::conv::{ConvKernel, ScratchBytes, Timing, Workspace};
 use crate::kernels::multiversion::vectorized;
-use crate::kernels::shifted_axpy::shifted_axpy;
-use crate::kernels::transpose::{transpose_finish, Finish};
+use crate::kernels::transpose::Finish;
 use rayon::prelude::*;
 use std::ops::Range;
 use std::time::Duration;
@@ -235,7 +234,7 @@ impl SparseWeight {
                     self.prefetch_window(planes, b + 1, at);
                 }
                 let bounds = self.taps.bounds(b, filters.clone(), self.spec.filters);
-                shifted_axpy(self.isa, window, self.taps.list(), bounds, sums);
+                self.axpy.tiles(window, self.taps.list(), bounds, sums);
             }
         }
     }
@@ -322,8 +321,7 @@ impl SparseWeight {
             None => i * self.window.lanes,
         };
         let cols = self.window.lanes.min(ow - tile_x * self.window.lanes);
-        transpose_finish(
-            self.isa,
+        self.transpose.transpose_finish(
             &sums[at..],
             self.tile_len_at(tile_x),
             &mut row[tile_x * self.window.lanes * filters..],
