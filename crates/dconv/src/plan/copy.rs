@@ -134,24 +134,28 @@ pub(crate) fn copy_view<T: Copy>(src: &[T], sv: &View, dst: &mut [T], dv: &View)
 }
 
 /// Copies the elements of `shape` from `src` at `offset + sum(idx[i] * strides.0[i])` to the
-/// same index of `dst` at its offset and `strides.1`.
+/// same index of `dst` at its offset and `strides.1`, in the order of [`Runs`]: long
+/// contiguous runs where the storage allows (a Concat along channels of channels-last
+/// images is one run of channels per pixel, not one strided element at a time).
 fn copy_strided<T: Copy>(
     (src, src_offset): (&[T], isize),
     (dst, dst_offset): (&mut [T], isize),
     shape: &[usize],
-    (src_strides, dst_strides): (&[isize], &[isize]),
+    strides: (&[isize], &[isize]),
 ) {
-    let rank = shape.len();
     if shape.contains(&0) {
         return;
     }
+    let runs = Runs::new(shape, strides);
+    let rank = runs.rank;
     if rank == 0 {
         dst[dst_offset as usize] = src[src_offset as usize];
         return;
     }
+    let (shape, src_strides, dst_strides) = (&runs.shape, &runs.src, &runs.dst);
     let inner = shape[rank - 1];
     let (ss, ds) = (src_strides[rank - 1], dst_strides[rank - 1]);
-    let mut index = vec![0usize; rank - 1];
+    let mut index = [0usize; MAX_RANK];
     let (mut so, mut dof) = (src_offset, dst_offset);
     loop {
         if ss == 1 && ds == 1 {
@@ -179,6 +183,49 @@ fn copy_strided<T: Copy>(
             dof -= dst_strides[axis] * shape[axis] as isize;
             index[axis] = 0;
         }
+    }
+}
+
+/// A copy's axes as it walks them: axes of length 1 dropped, the rest ordered by the
+/// destination's stride (then the source's), largest outermost, and neighbours that are
+/// contiguous in both merged into one. The same elements go to the same places; only the
+/// order, and the length of the innermost runs, change.
+struct Runs {
+    rank: usize,
+    shape: [usize; MAX_RANK],
+    src: [isize; MAX_RANK],
+    dst: [isize; MAX_RANK],
+}
+
+impl Runs {
+    /// Panics past [`MAX_RANK`] axes (the planner refuses such tensors).
+    fn new(shape: &[usize], (src, dst): (&[isize], &[isize])) -> Self {
+        let mut axes = [0usize; MAX_RANK];
+        let mut rank = 0;
+        for a in (0..shape.len()).filter(|&a| shape[a] != 1) {
+            axes[rank] = a;
+            rank += 1;
+        }
+        axes[..rank]
+            .sort_by_key(|&a| std::cmp::Reverse((dst[a].unsigned_abs(), src[a].unsigned_abs())));
+        let mut runs = Runs {
+            rank: 0,
+            shape: [0; MAX_RANK],
+            src: [0; MAX_RANK],
+            dst: [0; MAX_RANK],
+        };
+        for &a in &axes[..rank] {
+            let n = runs.rank;
+            let (len, ss, ds) = (shape[a] as isize, src[a], dst[a]);
+            if n > 0 && runs.src[n - 1] == ss * len && runs.dst[n - 1] == ds * len {
+                runs.shape[n - 1] *= shape[a];
+                (runs.src[n - 1], runs.dst[n - 1]) = (ss, ds);
+            } else {
+                (runs.shape[n], runs.src[n], runs.dst[n]) = (shape[a], ss, ds);
+                runs.rank += 1;
+            }
+        }
+        runs
     }
 }
 
@@ -230,6 +277,46 @@ mod tests {
         assert_eq!(
             whole[c[0]], 1.0,
             "the second image's first value follows the first's"
+        );
+    }
+
+    /// Every order of a 4-D tensor's axes, with either storage as source and destination
+    /// and an offset: the walk by runs copies exactly what an element-by-element copy
+    /// does, and a channels-last channel copy becomes one run per pixel.
+    #[test]
+    fn runs_copy_what_the_elementwise_copy_does() {
+        let shape = [2usize, 3, 4, 5];
+        let plain: Vec<isize> = vec![60, 20, 5, 1];
+        let nhwc: Vec<isize> = vec![60, 1, 15, 3];
+        let reversed: Vec<isize> = vec![1, 2, 6, 24];
+        for src in [&plain, &nhwc, &reversed] {
+            for dst in [&plain, &nhwc, &reversed] {
+                let input: Vec<i64> = (0..130).collect();
+                let mut want = vec![-1i64; 130];
+                for i in 0..120usize {
+                    let idx = [i / 60, i / 20 % 3, i / 5 % 4, i % 5];
+                    let at = |s: &[isize], off: isize| {
+                        (off + idx
+                            .iter()
+                            .zip(s)
+                            .map(|(&x, &st)| x as isize * st)
+                            .sum::<isize>()) as usize
+                    };
+                    want[at(dst, 7)] = input[at(src, 3)];
+                }
+                let mut got = vec![-1i64; 130];
+                copy_strided((&input, 3), (&mut got, 7), &shape, (src, dst));
+                assert_eq!(got, want, "{src:?} -> {dst:?}");
+            }
+        }
+        let runs = Runs::new(
+            &[1, 64, 55, 55],
+            (&[193600, 1, 3520, 64], &[387200, 1, 7040, 128]),
+        );
+        assert_eq!(runs.rank, 2);
+        assert_eq!(
+            (runs.shape[..2].to_vec(), runs.src[1], runs.dst[1]),
+            (vec![3025, 64], 1, 1)
         );
     }
 }
