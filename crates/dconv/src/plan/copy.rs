@@ -280,33 +280,38 @@ mod tests {
         );
     }
 
-    /// Every order of a 4-D tensor's axes, with either storage as source and destination
-    /// and an offset: the walk by runs copies exactly what an element-by-element copy
-    /// does, and a channels-last channel copy becomes one run per pixel.
+    /// Every pairing of plain, channels-last and reversed storage, with offsets, on a small
+    /// shape and a larger one: the walk by runs copies exactly what an element-by-element
+    /// copy does, and a channels-last channel copy becomes one run per pixel.
     #[test]
     fn runs_copy_what_the_elementwise_copy_does() {
-        let shape = [2usize, 3, 4, 5];
-        let plain: Vec<isize> = vec![60, 20, 5, 1];
-        let nhwc: Vec<isize> = vec![60, 1, 15, 3];
-        let reversed: Vec<isize> = vec![1, 2, 6, 24];
-        for src in [&plain, &nhwc, &reversed] {
-            for dst in [&plain, &nhwc, &reversed] {
-                let input: Vec<i64> = (0..130).collect();
-                let mut want = vec![-1i64; 130];
-                for i in 0..120usize {
-                    let idx = [i / 60, i / 20 % 3, i / 5 % 4, i % 5];
-                    let at = |s: &[isize], off: isize| {
-                        (off + idx
-                            .iter()
-                            .zip(s)
-                            .map(|(&x, &st)| x as isize * st)
-                            .sum::<isize>()) as usize
-                    };
-                    want[at(dst, 7)] = input[at(src, 3)];
+        for shape in [[2usize, 3, 4, 5], [1, 37, 20, 19]] {
+            let [n, c, h, w] = shape.map(|d| d as isize);
+            let plain = vec![c * h * w, h * w, w, 1];
+            let nhwc = vec![c * h * w, 1, w * c, c];
+            let reversed = vec![1, n, n * c, n * c * h];
+            let len = (n * c * h * w) as usize + 10;
+            for src in [&plain, &nhwc, &reversed] {
+                for dst in [&plain, &nhwc, &reversed] {
+                    let input: Vec<i64> = (0..len as i64).collect();
+                    let mut want = vec![-1i64; len];
+                    for i in 0..len - 10 {
+                        let mut rest = i;
+                        let mut idx = [0usize; 4];
+                        for a in (0..4).rev() {
+                            (idx[a], rest) = (rest % shape[a], rest / shape[a]);
+                        }
+                        let at = |s: &[isize], off: isize| {
+                            let far: isize =
+                                idx.iter().zip(s).map(|(&x, &st)| x as isize * st).sum();
+                            (off + far) as usize
+                        };
+                        want[at(dst, 7)] = input[at(src, 3)];
+                    }
+                    let mut got = vec![-1i64; len];
+                    copy_strided((&input, 3), (&mut got, 7), &shape, (src, dst));
+                    assert_eq!(got, want, "{shape:?}: {src:?} -> {dst:?}");
                 }
-                let mut got = vec![-1i64; 130];
-                copy_strided((&input, 3), (&mut got, 7), &shape, (src, dst));
-                assert_eq!(got, want, "{src:?} -> {dst:?}");
             }
         }
         let runs = Runs::new(
