@@ -12,6 +12,8 @@ mod resize;
 mod shape;
 
 pub(crate) use elementwise::clip_bounds;
+pub(crate) use normalize::plan_affine_chain;
+pub(crate) use shape::channel_shuffle;
 
 use crate::error::{Error, Result};
 use crate::onnx::Attrs;

@@ -2,8 +2,11 @@
 //! per-channel affine map, folded into a preceding Conv where the planner can), LRN and
 //! Softmax.
 
+use super::conv::ConvTail;
 use super::{axis, need_const_f32, Ctx};
+use crate::conv::Activation;
 use crate::error::{Error, Result};
+use crate::kernels::curve::Curve;
 use crate::plan::builder::{Builder, Value};
 use crate::plan::kernel::Kernel;
 use crate::plan::kernel::{in_parallel_chunks, ELEMENTS_PER_TASK};
@@ -45,30 +48,31 @@ impl BatchNorm {
     }
 }
 
-/// `y = x * scale[c] + shift[c]`, with the channel of element `i` at `(i / inner) % C`.
+/// `y = x * scale[c] + shift[c]`, with the channel of element `i` at `(i / inner) % C`, then
+/// the activation's curve when there is one (whose zeros it counts, for the next Conv).
 struct ChannelAffine {
     bn: BatchNorm,
     inner: usize,
+    curve: Option<Curve>,
 }
 
 impl Kernel for ChannelAffine {
     fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
         let c_len = self.bn.scale.len();
         if self.inner == 1 {
-            // Channels last: whole pixels at a time, a loop over the channels that vectorises
-            // (rather than a division per element), split over the threads.
-            let (scale, shift) = (&self.bn.scale, &self.bn.shift);
-            let pixels = (ELEMENTS_PER_TASK / c_len.max(1)).max(1) * c_len;
-            in_parallel_chunks(output, pixels, |first, out| {
-                let x = &inputs[0][first..][..out.len()];
-                for (out, x) in out.chunks_exact_mut(c_len).zip(x.chunks_exact(c_len)) {
-                    for (((o, &v), &s), &t) in out.iter_mut().zip(x).zip(scale).zip(shift) {
-                        *o = v * s + t;
-                    }
+            let x = inputs[0];
+            let zeros = match self.curve {
+                None => {
+                    self.channels_last(x, output, |v| v);
+                    return None;
                 }
-                0
-            });
-            return None;
+                // ReLU and ReLU6 as two vector instructions, not the general curve.
+                Some(c) if c.is_plain_clamp() => {
+                    self.channels_last(x, output, |v| v.max(c.lo).min(c.hi))
+                }
+                Some(c) => self.channels_last(x, output, |v| c.apply(v)),
+            };
+            return Some(zeros as f64 / output.len().max(1) as f64);
         }
         for (block, (out, x)) in output
             .chunks_mut(self.inner)
@@ -77,13 +81,29 @@ impl Kernel for ChannelAffine {
         {
             let c = block % c_len;
             let (s, t) = (self.bn.scale[c], self.bn.shift[c]);
-            if self.inner == 1 {
-                out[0] = x[0] * s + t;
-            } else {
-                out.iter_mut().zip(x).for_each(|(o, &v)| *o = v * s + t);
-            }
+            let f = |v: f32| self.curve.map_or(v, |curve| curve.apply(v));
+            out.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v * s + t));
         }
         None
+    }
+}
+
+impl ChannelAffine {
+    /// Channels last: whole pixels at a time, a loop over the channels that vectorises
+    /// (rather than a division per element), split over the threads; returns the zeros.
+    fn channels_last(&self, x: &[f32], output: &mut [f32], f: impl Fn(f32) -> f32 + Sync) -> usize {
+        let (scale, shift) = (&self.bn.scale, &self.bn.shift);
+        let c_len = scale.len();
+        let pixels = (ELEMENTS_PER_TASK / c_len.max(1)).max(1) * c_len;
+        in_parallel_chunks(output, pixels, |first, out| {
+            let x = &x[first..][..out.len()];
+            for (out, x) in out.chunks_exact_mut(c_len).zip(x.chunks_exact(c_len)) {
+                for (((o, &v), &s), &t) in out.iter_mut().zip(x).zip(scale).zip(shift) {
+                    *o = f(v * s + t);
+                }
+            }
+            out.iter().filter(|&&v| v == 0.0).count()
+        })
     }
 }
 
@@ -115,9 +135,45 @@ pub(crate) fn plan_batch_norm(
     let kernel = ChannelAffine {
         bn,
         inner: channel_inner(x),
+        curve: None,
     };
     let layout = x.layout();
     b.emit(&[x], shape, layout, Box::new(kernel))
+}
+
+/// Per-channel affine maps one after the other, then an activation (DenseNet's
+/// BatchNormalization, Mul, Add and Relu before each Conv), as one pass over a 4-D `x`:
+/// the maps composed into one. None when `x` is not 4-D with as many channels as the maps.
+pub(crate) fn plan_affine_chain(
+    b: &mut Builder,
+    x: &Value,
+    tail: &ConvTail,
+) -> Result<Option<Value>> {
+    let shape = x.shape().to_vec();
+    let channels = tail.affines.first().map_or(0, |bn| bn.scale.len());
+    if shape.len() != 4
+        || shape[1] != channels
+        || tail.affines.iter().any(|bn| bn.scale.len() != channels)
+    {
+        return Ok(None);
+    }
+    let mut bn = BatchNorm {
+        scale: vec![1.0; channels],
+        shift: vec![0.0; channels],
+    };
+    for next in &tail.affines {
+        for c in 0..channels {
+            bn.scale[c] *= next.scale[c];
+            bn.shift[c] = bn.shift[c] * next.scale[c] + next.shift[c];
+        }
+    }
+    let kernel = ChannelAffine {
+        bn,
+        inner: channel_inner(x),
+        curve: tail.activation.and_then(Activation::curve),
+    };
+    let layout = x.layout();
+    b.emit(&[x], shape, layout, Box::new(kernel)).map(Some)
 }
 
 /// Local response normalisation across channels.

@@ -329,6 +329,46 @@ fn concat(b: &mut Builder, ctx: &Ctx, inputs: &[&Value]) -> Result<Value> {
     b.emit_copy(inputs, shape, layout, CopyKernel { parts, fill: None })
 }
 
+/// A channel shuffle as ShuffleNet writes it, `x` of `[N, C, H, W]` reshaped by `first` to
+/// `[N, g, C/g, H, W]`, its axes 1 and 2 swapped and reshaped by `second` back to
+/// `[N, C, H, W]`, planned as one copy in `x`'s own layout: channel `i * C/g + j` goes to
+/// `j * g + i`, and a channels-last tensor stays channels-last (no conversion to the plain
+/// layout and back around the transpose). None when the reshapes do not do that to `x`.
+pub(crate) fn channel_shuffle(
+    b: &mut Builder,
+    x: &Value,
+    first: &[i64],
+    second: &[i64],
+) -> Result<Option<Value>> {
+    let shape = x.shape().to_vec();
+    let &[n, c, h, w] = shape.as_slice() else {
+        return Ok(None);
+    };
+    let split = reshape_target(&shape, first, false)?;
+    let &[_, groups, per_group, _, _] = split.as_slice() else {
+        return Ok(None);
+    };
+    let swapped = [n, per_group, groups, h, w];
+    if split != [n, groups, per_group, h, w] || reshape_target(&swapped, second, false)? != shape {
+        return Ok(None);
+    }
+    let layout = x.layout();
+    let [xn, xc, xh, xw] = <[isize; 4]>::try_from(x.strides()).expect("rank 4");
+    let [on, oc, oh, ow] = <[isize; 4]>::try_from(layout.strides(&shape)).expect("rank 4");
+    let split_shape = split.clone();
+    let part = CopyPart {
+        input: 0,
+        src: View::new(0, split, vec![xn, per_group as isize * xc, xc, xh, xw]),
+        dst: View::new(0, split_shape, vec![on, oc, groups as isize * oc, oh, ow]),
+    };
+    let kernel = CopyKernel {
+        parts: vec![part],
+        fill: None,
+    };
+    debug_assert_eq!(c, groups * per_group);
+    b.emit_copy(&[x], shape, layout, kernel).map(Some)
+}
+
 fn slice(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> {
     let x = inputs
         .first()

@@ -1,8 +1,9 @@
 //! Fusion: the pass between folding constants and planning that decides which nodes run
 //! as one step. A Conv (or ConvTranspose) takes over the BatchNormalization, per-channel Mul
 //! and Add, and activation after it ([`ConvTail`]); HardSwish written out as four nodes runs
-//! as the one operator. Every decision reads only constants, which the folding pass has
-//! computed, so it is made once for the whole graph, before any step is planned.
+//! as the one operator; a channel shuffle written out as three, as one copy. Every decision
+//! reads only constants, which the folding pass has computed, so it is made once for the
+//! whole graph, before any step is planned (a shuffle's shapes are checked when planned).
 
 use crate::conv::Activation;
 use crate::onnx::{Attrs, Model, Node};
@@ -19,6 +20,33 @@ pub(crate) enum Fusion {
     Conv { tail: ConvTail, output: String },
     /// An Add that starts HardSwish written out: HardSwish of `x`, written to `output`.
     HardSwish { x: String, output: String },
+    /// A Reshape that starts a channel shuffle written out (Reshape, Transpose, Reshape).
+    ChannelShuffle(ChannelShuffle),
+    /// A BatchNormalization (not after a Conv) that starts per-channel affine maps and an
+    /// activation, planned as one pass when its input turns out 4-D.
+    Affine(AffineChain),
+}
+
+/// A run of per-channel affine maps and an activation on `x`, the first a BatchNormalization
+/// (DenseNet normalises each Concat so before its Conv); the other `nodes` are taken.
+pub(crate) struct AffineChain {
+    pub x: String,
+    pub tail: ConvTail,
+    pub nodes: Vec<usize>,
+    pub output: String,
+}
+
+/// A channel shuffle as ShuffleNet writes it: `Reshape(x, first)` to five axes, `Transpose`
+/// of axes 1 and 2, `Reshape(., second)` to four, with no other reader of the two tensors
+/// between. Whether the reshapes split and merge the channels of `x` is known only once its
+/// shape is: the planner checks, and plans the three nodes one by one when they do not.
+pub(crate) struct ChannelShuffle {
+    pub x: String,
+    pub first: Vec<i64>,
+    pub second: Vec<i64>,
+    /// The Transpose and the second Reshape.
+    pub nodes: [usize; 2],
+    pub output: String,
 }
 
 /// The fusion pass's decisions: what becomes of the nodes that start a fused group, and the
@@ -50,6 +78,14 @@ pub(crate) fn fuse(
                 let x = hs.x;
                 let output = hs.output;
                 (Fusion::HardSwish { x, output }, hs.nodes.to_vec())
+            }),
+            "Reshape" => channel_shuffle(&graph, i, values, opset).map(|shuffle| {
+                let taken = shuffle.nodes.to_vec();
+                (Fusion::ChannelShuffle(shuffle), taken)
+            }),
+            "BatchNormalization" => affine_chain(&graph, i, values, opset).map(|chain| {
+                let taken = chain.nodes.clone();
+                (Fusion::Affine(chain), taken)
             }),
             _ => None,
         };
@@ -93,6 +129,39 @@ impl<'m> Graph<'m> {
     fn is_unused(&self, name: &str) -> bool {
         name.is_empty() || (!self.consumers.contains_key(name) && !self.outputs.contains(name))
     }
+}
+
+fn channel_shuffle(
+    graph: &Graph,
+    reshape: usize,
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> Option<ChannelShuffle> {
+    // A Reshape's constant target, with zeros copying the input's axes (allowzero unset).
+    let target = |node: &Node, rank: usize| {
+        let plain = node.op_type() == "Reshape"
+            && Attrs(&node.attribute).int("allowzero", 0) == 0
+            && opset >= 5;
+        let shape = values.get(node.input.get(1)?)?.as_const()?.to_i64_vec();
+        (plain && shape.len() == rank).then_some(shape)
+    };
+    let nodes = graph.nodes;
+    let first = target(&nodes[reshape], 5)?;
+    let transpose = graph.sole_consumer(nodes[reshape].output.first()?)?;
+    let transpose_node = &nodes[transpose];
+    let perm = Attrs(&transpose_node.attribute).ints("perm")?;
+    if transpose_node.op_type() != "Transpose" || perm != [0, 2, 1, 3, 4] {
+        return None;
+    }
+    let last = graph.sole_consumer(transpose_node.output.first()?)?;
+    let second = target(&nodes[last], 4)?;
+    Some(ChannelShuffle {
+        x: nodes[reshape].input.first()?.clone(),
+        first,
+        second,
+        nodes: [transpose, last],
+        output: nodes[last].output.first()?.clone(),
+    })
 }
 
 /// HardSwish written out as four nodes, as exporters without the operator write it
@@ -220,10 +289,9 @@ fn resolve_parameters(node: &Node, values: &HashMap<String, Value>) -> Option<Ve
     Some(inputs)
 }
 
-/// What follows Conv (or ConvTranspose) node `i` that its epilogue can take over: the
-/// per-channel affine maps (BatchNormalization, and Mul and Add by constants: Inception v2
-/// writes BatchNormalization out so), one after the other, then an activation; with the
-/// nodes taken and the tensor the last of them writes. None when nothing follows it so.
+/// What follows Conv (or ConvTranspose) node `i` that its epilogue can take over
+/// ([`affine_tail`]), with the nodes taken and the tensor the last of them writes. None when
+/// nothing follows it so.
 fn conv_tail(
     graph: &Graph,
     i: usize,
@@ -231,17 +299,65 @@ fn conv_tail(
     opset: i64,
 ) -> Option<(ConvTail, Vec<usize>, String)> {
     let node = &graph.nodes[i];
-    let (filters, rank) = filters_and_rank(node, values)?;
+    let channels = filters_and_rank(node, values)?;
+    let out = node.output.first().cloned().unwrap_or_default();
+    let (tail, taken, out) = affine_tail(graph, out, channels, values, opset);
+    (!taken.is_empty()).then_some((tail, taken, out))
+}
+
+/// The BatchNormalization node `i` and the affine maps and activation after it, when there
+/// is at least one (a BatchNormalization alone is one pass already). Its input's rank is not
+/// known yet: the Mul and Add constants are taken per channel of a 4-D input, which the
+/// planner checks.
+fn affine_chain(
+    graph: &Graph,
+    i: usize,
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> Option<AffineChain> {
+    let node = &graph.nodes[i];
+    let first = batch_norm(graph, node, values, opset)?;
+    let channels = (first.scale.len(), 4);
+    let out = node.output.first().cloned().unwrap_or_default();
+    let (mut tail, nodes, output) = affine_tail(graph, out, channels, values, opset);
+    tail.affines.insert(0, first);
+    (!nodes.is_empty()).then(|| AffineChain {
+        x: node.input.first().cloned().unwrap_or_default(),
+        tail,
+        nodes,
+        output,
+    })
+}
+
+/// A BatchNormalization `node` whose parameters are constants and only first output is read.
+fn batch_norm(
+    graph: &Graph,
+    node: &Node,
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> Option<BatchNorm> {
+    let only_y = node.output.iter().skip(1).all(|o| graph.is_unused(o));
+    let inputs = resolve_parameters(node, values).filter(|_| only_y)?;
+    BatchNorm::from_inputs(&Ctx::new(Attrs(&node.attribute), opset), &inputs).ok()
+}
+
+/// From tensor `out` of `(filters, rank)` on: the per-channel affine maps (BatchNormalization,
+/// and Mul and Add by constants: Inception v2 writes BatchNormalization out so), one after
+/// the other, then an activation; with the nodes taken and the tensor the last of them
+/// writes (`out` when none is).
+fn affine_tail(
+    graph: &Graph,
+    mut out: String,
+    (filters, rank): (usize, usize),
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> (ConvTail, Vec<usize>, String) {
     let mut tail = ConvTail::default();
     let mut taken = Vec::new();
-    let mut out = node.output.first().cloned().unwrap_or_default();
     while let Some(j) = graph.sole_consumer(&out) {
         let next = &graph.nodes[j];
-        let only_y = next.output.iter().skip(1).all(|o| graph.is_unused(o));
         let affine = match next.op_type() {
-            "BatchNormalization" if only_y => resolve_parameters(next, values).and_then(|inputs| {
-                BatchNorm::from_inputs(&Ctx::new(Attrs(&next.attribute), opset), &inputs).ok()
-            }),
+            "BatchNormalization" => batch_norm(graph, next, values, opset),
             "Mul" | "Add" if opset >= 7 => channel_constant(next, &out, values, (filters, rank))
                 .map(|c| match next.op_type() {
                     "Mul" => BatchNorm {
@@ -269,7 +385,7 @@ fn conv_tail(
         taken.extend(nodes);
         out = output;
     }
-    (!taken.is_empty()).then_some((tail, taken, out))
+    (tail, taken, out)
 }
 
 /// The output channels and the rank of a Conv or ConvTranspose node's output, from its

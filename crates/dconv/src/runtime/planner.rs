@@ -6,7 +6,7 @@
 use super::fuse::{fuse, Fusion};
 use crate::error::{Error, Result};
 use crate::onnx::{node_label, Attrs, Model, Node};
-use crate::ops::{plan_op, Ctx};
+use crate::ops::{channel_shuffle, plan_affine_chain, plan_op, Ctx};
 use crate::plan::builder::{Builder, Dynamic, Src, Step, Value, LAYOUT_OP};
 use crate::plan::layout::Layout;
 use crate::plan::policy::Selection;
@@ -117,6 +117,30 @@ fn plan_node(
     fusion: Option<&Fusion>,
     values: &mut HashMap<String, Value>,
 ) -> Result<()> {
+    match fusion {
+        Some(Fusion::ChannelShuffle(shuffle)) => {
+            let (first, second) = (&shuffle.first, &shuffle.second);
+            return plan_fused_or_apart(
+                b,
+                model,
+                (i, &shuffle.nodes),
+                (&shuffle.x, &shuffle.output, "ChannelShuffle"),
+                |b, x| channel_shuffle(b, x, first, second),
+                values,
+            );
+        }
+        Some(Fusion::Affine(chain)) => {
+            return plan_fused_or_apart(
+                b,
+                model,
+                (i, &chain.nodes),
+                (&chain.x, &chain.output, "ChannelAffine"),
+                |b, x| plan_affine_chain(b, x, &chain.tail),
+                values,
+            );
+        }
+        _ => {}
+    }
     let node = &model.nodes[i];
     let wrap = in_node(node, i);
     let mut ctx = Ctx::new(Attrs(&node.attribute), model.opset());
@@ -135,12 +159,46 @@ fn plan_node(
             let x = resolve_input(x, values).map(|x| vec![x]);
             ("HardSwish", x, std::slice::from_ref(output))
         }
+        Some(Fusion::ChannelShuffle(_) | Fusion::Affine(_)) => unreachable!("planned above"),
     };
     b.begin_node(node_label(node, i), op);
     let outputs = plan_op(b, &ctx, op, &inputs.map_err(&wrap)?).map_err(&wrap)?;
     for (name, value) in names.iter().zip(outputs) {
         if !name.is_empty() {
             values.insert(name.clone(), value);
+        }
+    }
+    Ok(())
+}
+
+/// Plans the nodes a fusion took that can run as one step only once the first's input
+/// (`x`) has a shape: `fused` plans the one step (`op`) writing `output`, or says None, and
+/// node `i` and the `taken` are then planned one by one.
+fn plan_fused_or_apart(
+    b: &mut Builder,
+    model: &Model,
+    (i, taken): (usize, &[usize]),
+    (x, output, op): (&str, &str, &'static str),
+    fused: impl FnOnce(&mut Builder, &Value) -> Result<Option<Value>>,
+    values: &mut HashMap<String, Value>,
+) -> Result<()> {
+    let node = &model.nodes[i];
+    let wrap = in_node(node, i);
+    let x = resolve_input(x, values)?.ok_or_else(|| {
+        wrap(Error::InvalidModel(format!(
+            "{} without input",
+            node.op_type()
+        )))
+    })?;
+    b.begin_node(node_label(node, i), op);
+    match fused(b, &x).map_err(&wrap)? {
+        Some(value) => {
+            values.insert(output.to_string(), value);
+        }
+        None => {
+            for j in std::iter::once(i).chain(taken.iter().copied()) {
+                plan_node(b, model, j, None, values)?;
+            }
         }
     }
     Ok(())
