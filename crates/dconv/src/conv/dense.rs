@@ -9,7 +9,7 @@
 //! copies per row) and packing it for the GEMM cost more than the product. The input is
 //! padded once, and [`DirectConv`] broadcasts each input value straight from it
 //! against a vector of filters, with the bias, activation and zero count fused. A depthwise
-//! layer takes its own path ([`depthwise`](super::depthwise)).
+//! layer takes its own path ([`depthwise`]).
 
 use super::depthwise::{self, Depthwise};
 use super::im2col::{lower, over_padded_images, pad_rows};

@@ -58,39 +58,25 @@ struct ChannelAffine {
 
 impl Kernel for ChannelAffine {
     fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
-        let c_len = self.bn.scale.len();
-        if self.inner == 1 {
-            let x = inputs[0];
-            let zeros = match self.curve {
-                None => {
-                    self.channels_last(x, output, |v| v);
-                    return None;
-                }
-                // ReLU and ReLU6 as two vector instructions, not the general curve.
-                Some(c) if c.is_plain_clamp() => {
-                    self.channels_last(x, output, |v| v.max(c.lo).min(c.hi))
-                }
-                Some(c) => self.channels_last(x, output, |v| c.apply(v)),
-            };
-            return Some(zeros as f64 / output.len().max(1) as f64);
-        }
-        for (block, (out, x)) in output
-            .chunks_mut(self.inner)
-            .zip(inputs[0].chunks(self.inner))
-            .enumerate()
-        {
-            let c = block % c_len;
-            let (s, t) = (self.bn.scale[c], self.bn.shift[c]);
-            let f = |v: f32| self.curve.map_or(v, |curve| curve.apply(v));
-            out.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v * s + t));
-        }
-        None
+        let x = inputs[0];
+        let zeros = match self.curve {
+            _ if self.inner != 1 => self.plain(x, output),
+            None => self.channels_last(x, output, |v| v),
+            // ReLU and ReLU6 as two vector instructions, not the general curve.
+            Some(c) if c.is_plain_clamp() => {
+                self.channels_last(x, output, |v| v.max(c.lo).min(c.hi))
+            }
+            Some(c) => self.channels_last(x, output, |v| c.apply(v)),
+        };
+        self.curve
+            .map(|_| zeros as f64 / output.len().max(1) as f64)
     }
 }
 
 impl ChannelAffine {
     /// Channels last: whole pixels at a time, a loop over the channels that vectorises
-    /// (rather than a division per element), split over the threads; returns the zeros.
+    /// (rather than a division per element), split over the threads; returns the zeros
+    /// when there is an activation (0 without: nothing reads them).
     fn channels_last(&self, x: &[f32], output: &mut [f32], f: impl Fn(f32) -> f32 + Sync) -> usize {
         let (scale, shift) = (&self.bn.scale, &self.bn.shift);
         let c_len = scale.len();
@@ -102,8 +88,33 @@ impl ChannelAffine {
                     *o = f(v * s + t);
                 }
             }
-            out.iter().filter(|&&v| v == 0.0).count()
+            self.zeros(out)
         })
+    }
+
+    /// The plain layout: a run of `inner` elements per channel; returns the zeros as
+    /// [`channels_last`](Self::channels_last) does.
+    fn plain(&self, x: &[f32], output: &mut [f32]) -> usize {
+        let c_len = self.bn.scale.len();
+        for (block, (out, x)) in output
+            .chunks_mut(self.inner)
+            .zip(x.chunks(self.inner))
+            .enumerate()
+        {
+            let c = block % c_len;
+            let (s, t) = (self.bn.scale[c], self.bn.shift[c]);
+            let f = |v: f32| self.curve.map_or(v, |curve| curve.apply(v));
+            out.iter_mut().zip(x).for_each(|(o, &v)| *o = f(v * s + t));
+        }
+        self.zeros(output)
+    }
+
+    /// The zeros of `out` when an activation made them worth counting, else 0.
+    fn zeros(&self, out: &[f32]) -> usize {
+        match self.curve {
+            Some(_) => out.iter().filter(|&&v| v == 0.0).count(),
+            None => 0,
+        }
     }
 }
 
