@@ -474,9 +474,9 @@ fn dense_stride_one_in_several_bands() {
 }
 
 /// Dense takes a path of its own for depthwise layers, channels in the vector lanes in blocks
-/// of 64 and the rest one by one; the random shapes above have a few channels. These have
-/// whole blocks and a remainder, a channel multiplier of 1 and of 2 (whose padded image
-/// repeats each input channel), stride, dilation and asymmetric padding.
+/// of two vectors, the last block masked; the random shapes above have a few channels. These
+/// have whole blocks and a masked one, a channel multiplier of 1 and of 2 (whose expanded
+/// image repeats each input channel), stride, dilation and asymmetric padding.
 #[test]
 fn dense_depthwise_over_blocks_of_channels() {
     for (channels, multiplier) in [(150, 1), (70, 2)] {

@@ -230,14 +230,15 @@ fn lowered_block_rows(s: &ConvSpec) -> usize {
 
 impl Dense {
     /// Floats of the workspace's shared buffer a run on `threads` threads uses: the
-    /// padded image (direct path), a band of rows per thread (shifted GEMMs), or a block
-    /// of lowered rows.
+    /// padded image (direct path), the image with its channels expanded (depthwise with a
+    /// channel multiplier), a band of rows per thread (shifted GEMMs), or a block of
+    /// lowered rows.
     fn lowered_len(&self, threads: usize) -> usize {
         let s = &self.spec;
         if let Some(direct) = &self.direct {
             saturating_product(&[direct.padded[0], direct.padded[1], s.channels])
         } else if self.depthwise.is_some() {
-            depthwise::padded_len(s)
+            depthwise::expanded_len(s)
         } else if input_is_lowered(s) {
             0
         } else if shifted_gemm::applies(s) {

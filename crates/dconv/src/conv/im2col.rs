@@ -119,8 +119,8 @@ pub(crate) fn pad_rows(spec: &ConvSpec, image: &[f32], rows: Range<usize>, out: 
     }
 }
 
-/// The frame of the paths that pad each image once and then compute output rows straight
-/// from it (dense's direct and depthwise paths): per image of the NHWC batch, `pad` fills
+/// The frame of the path that pads each image once and then computes output rows straight
+/// from it (dense's direct path): per image of the NHWC batch, `pad` fills
 /// the first `padded_len` shared floats of the workspace from the image, then
 /// `row(oy, padded, out_row)` finishes each output row, in parallel, returning its zeros.
 pub(crate) fn over_padded_images(

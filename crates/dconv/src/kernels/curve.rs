@@ -42,3 +42,25 @@ impl Curve {
         }
     }
 }
+
+/// [`Curve::apply`] on one vector, in the intrinsics of the SIMD kernel that expands it
+/// (inside a function compiled with their target feature): `$fma(a, b, c)` is `a·b + c`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! apply_curve {
+    ($curve:expr, $x:expr, $splat:ident, $max:ident, $min:ident, $mul:ident, $fma:ident) => {{
+        let (curve, x): (Curve, _) = ($curve, $x);
+        let affine = if curve.is_plain_clamp() {
+            x
+        } else {
+            $fma($splat(curve.alpha), x, $splat(curve.beta))
+        };
+        let t = $min($max(affine, $splat(curve.lo)), $splat(curve.hi));
+        if curve.gated {
+            $mul(x, t)
+        } else {
+            t
+        }
+    }};
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use apply_curve;

@@ -1,154 +1,421 @@
-//! One output row of a depthwise convolution, channels in the vector lanes: each output
-//! channel is the sum over the kernel's taps of one padded input channel times its weight,
-//! so a block of channels keeps its sums in registers across all taps.
+//! One output row of a depthwise convolution (one input channel per output channel), with
+//! channels in the vector lanes, read straight from the unpadded NHWC image:
+//!
+//! `out[ox][m] = act(bias[m] + sum_{taps inside the image} image[y][x][m] * w[r][s][m])`
+//!
+//! A tile of a few pixels by a block of channels keeps its sums in registers across all taps
+//! and is written once, finished by the activation, its zeros counted. Taps that fall in the
+//! padding are skipped instead of read as zeros, so no padded copy of the image is made: a
+//! depthwise layer does few multiply-adds per float it moves, and such a copy would be a
+//! third of its memory traffic.
 
-use super::multiversion::vectorized_fn;
+use super::curve::Curve;
 use super::Isa;
+use std::ops::Range;
 
-/// Channels whose sums one pass keeps in registers (four AVX-512 vectors, eight AVX2 ones);
-/// the channels past the last whole block go by blocks of 32 and 16, so that the usual
-/// channel counts (32, 96, 144, 240, ...) keep their sums in registers too.
-const BLOCK: usize = 64;
-
-/// Where one output row reads: the zero-padded input, `[PH][PW][M]` (each output channel's
-/// input channel already at its own index), and the weights `[R * S][M]`.
+/// One output row's operands. The image has as many channels as the output: a channel
+/// multiplier above 1 is expanded beforehand.
 pub(crate) struct DepthwiseRow<'a> {
-    pub input: &'a [f32],
-    /// Index in `input` of the first tap of the row's first pixel.
-    pub base: usize,
-    /// Floats between the windows of neighbouring output pixels.
-    pub pixel_step: usize,
-    /// Offset of each tap from a window's first float.
-    pub taps: &'a [usize],
+    /// One NHWC image, `[height][width][channels]`.
+    pub image: &'a [f32],
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+    /// Kernel height and width (R, S).
+    pub kernel: [usize; 2],
+    /// The image row that kernel row 0 reads (negative in the top padding).
+    pub top: isize,
+    /// Horizontal stride.
+    pub stride: usize,
+    /// Dilation along height and width.
+    pub dilation: [usize; 2],
+    /// Padding on the left.
+    pub left: usize,
+    /// `[R * S][channels]`.
     pub weights: &'a [f32],
+    /// `[channels]`.
+    pub bias: &'a [f32],
+    /// The activation, None for none.
+    pub curve: Option<Curve>,
 }
 
-/// The row loop compiled for one instruction set, chosen once.
+impl DepthwiseRow<'_> {
+    /// The kernel rows that land inside the image, each with its image row.
+    #[inline(always)]
+    fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
+        (0..self.kernel[0]).filter_map(move |r| {
+            let y = self.top + (r * self.dilation[0]) as isize;
+            (0..self.height as isize)
+                .contains(&y)
+                .then_some((r, y as usize))
+        })
+    }
+
+    /// The kernel columns that land inside the image for output pixel `ox`.
+    #[inline(always)]
+    fn columns(&self, ox: usize) -> Range<usize> {
+        let x0 = (ox * self.stride) as isize - self.left as isize;
+        let (dw, w) = (self.dilation[1] as isize, self.width as isize);
+        // The first s with x0 + s * dw >= 0, and one past the last with x0 + s * dw < w.
+        let first = if x0 >= 0 { 0 } else { (-x0 + dw - 1) / dw };
+        let end = if x0 >= w { 0 } else { (w - 1 - x0) / dw + 1 };
+        let (first, end) = (first as usize, (end as usize).min(self.kernel[1]));
+        first..end.max(first)
+    }
+
+    /// The image column that kernel column `s` of output pixel `ox` reads; `s` must be in
+    /// [`Self::columns`]`(ox)`.
+    #[inline(always)]
+    fn column(&self, ox: usize, s: usize) -> usize {
+        ox * self.stride + s * self.dilation[1] - self.left
+    }
+}
+
+/// The row kernel of one instruction set, chosen once.
 #[derive(Clone, Copy)]
 pub(crate) struct DepthwiseConv {
-    row: fn(&DepthwiseRow, usize, &mut [f32]),
+    row: fn(&DepthwiseRow, &mut [f32]) -> usize,
 }
 
 impl DepthwiseConv {
-    /// The loop compiled for `isa`, or for the baseline when this CPU lacks it.
+    /// The kernel of `isa`, or the portable one when this CPU lacks it.
     pub fn for_isa(isa: Isa) -> Self {
-        DepthwiseConv {
-            row: vectorized_fn!(
-                isa,
-                row_sums,
-                fn(row: &DepthwiseRow, channels: usize, out: &mut [f32])
-            ),
-        }
+        let row = match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 if isa.is_supported() => avx512::checked_row,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if isa.is_supported() => avx2::checked_row,
+            _ => portable,
+        };
+        DepthwiseConv { row }
     }
 
-    /// Writes the sums of one output row, `out` being `[OW][M]`.
-    pub fn row(&self, row: &DepthwiseRow, channels: usize, out: &mut [f32]) {
-        (self.row)(row, channels, out)
+    /// Computes one output row, `out = [out_width][channels]`, finished; returns how many
+    /// outputs are exactly zero.
+    ///
+    /// # Panics
+    /// If `channels` is 0 or does not divide `out.len()`, or the image, weights or bias are
+    /// shorter than their shapes say.
+    pub fn row(&self, row: &DepthwiseRow, out: &mut [f32]) -> usize {
+        let c = row.channels;
+        assert!(
+            c > 0 && out.len().is_multiple_of(c),
+            "output row of whole pixels"
+        );
+        assert!(
+            row.image.len() >= row.height * row.width * c,
+            "image too short"
+        );
+        assert!(
+            row.weights.len() >= row.kernel[0] * row.kernel[1] * c,
+            "weights too short"
+        );
+        assert!(row.bias.len() >= c, "bias too short");
+        (self.row)(row, out)
     }
 }
 
-#[inline(always)]
-fn row_sums(row: &DepthwiseRow, channels: usize, out: &mut [f32]) {
-    for (x, pixel) in out.chunks_exact_mut(channels).enumerate() {
-        let window = row.base + x * row.pixel_step;
-        let mut first = 0;
-        while first + BLOCK <= channels {
-            block_sums::<BLOCK>(row, channels, window, first, pixel);
-            first += BLOCK;
-        }
-        if first + BLOCK / 2 <= channels {
-            block_sums::<{ BLOCK / 2 }>(row, channels, window, first, pixel);
-            first += BLOCK / 2;
-        }
-        if first + BLOCK / 4 <= channels {
-            block_sums::<{ BLOCK / 4 }>(row, channels, window, first, pixel);
-            first += BLOCK / 4;
-        }
-        // The last (fewer than 16) channels, tap by tap.
-        let rest = &mut pixel[first..];
-        rest.fill(0.0);
-        for (t, &tap) in row.taps.iter().enumerate() {
-            let input = &row.input[window + tap + first..][..rest.len()];
-            let weights = &row.weights[t * channels + first..][..rest.len()];
-            for ((sum, x), w) in rest.iter_mut().zip(input).zip(weights) {
-                *sum += x * w;
+/// Plain Rust: a pixel at a time, each tap's channels in one loop the compiler vectorises.
+fn portable(row: &DepthwiseRow, out: &mut [f32]) -> usize {
+    let c = row.channels;
+    let s_len = row.kernel[1];
+    let mut zeros = 0;
+    for (ox, pixel) in out.chunks_exact_mut(c).enumerate() {
+        pixel.copy_from_slice(&row.bias[..c]);
+        let columns = row.columns(ox);
+        for (r, y) in row.rows() {
+            for s in columns.clone() {
+                let input = &row.image[(y * row.width + row.column(ox, s)) * c..][..c];
+                let weights = &row.weights[(r * s_len + s) * c..][..c];
+                for ((o, x), w) in pixel.iter_mut().zip(input).zip(weights) {
+                    *o += x * w;
+                }
             }
         }
-    }
-}
-
-/// The sums of channels `first..first + B` of the pixel whose window starts at `window`,
-/// held in registers across all taps.
-#[inline(always)]
-fn block_sums<const B: usize>(
-    row: &DepthwiseRow,
-    channels: usize,
-    window: usize,
-    first: usize,
-    pixel: &mut [f32],
-) {
-    let mut sums = [0.0f32; B];
-    for (t, &tap) in row.taps.iter().enumerate() {
-        let input: &[f32; B] = row.input[window + tap + first..][..B]
-            .try_into()
-            .expect("a block of B floats");
-        let weights: &[f32; B] = row.weights[t * channels + first..][..B]
-            .try_into()
-            .expect("a block of B floats");
-        for i in 0..B {
-            sums[i] += input[i] * weights[i];
+        for o in pixel.iter_mut() {
+            if let Some(curve) = row.curve {
+                *o = curve.apply(*o);
+            }
+            zeros += (*o == 0.0) as usize;
         }
     }
-    pixel[first..first + B].copy_from_slice(&sums);
+    zeros
 }
+
+/// One SIMD kernel per instruction set: blocks of `NV` vectors of channels, each over the
+/// row's pixels in tiles of `NP` where every tap is inside the image and one by one near its
+/// edges. The last block's vectors are masked to the channels that exist.
+#[cfg(target_arch = "x86_64")]
+macro_rules! depthwise_row {
+    ($module:ident, $feature:literal, $lanes:expr, $vec:ty, $mask:ty,
+     mask: |$n:ident| $mask_of:expr,
+     load: $load:ident, load_masked: |$lp:ident, $lm:ident| $load_masked:expr,
+     store: $store:ident, store_masked: |$sp:ident, $sm:ident, $sv:ident| $store_masked:expr,
+     fma: $fma:ident, splat: $splat:ident, max: $max:ident, min: $min:ident, mul: $mul:ident,
+     zeros: |$zv:ident, $zm:ident| $zeros:expr) => {
+        mod $module {
+            use super::DepthwiseRow;
+            use crate::kernels::curve::{apply_curve, Curve};
+            use std::arch::x86_64::*;
+            use std::ops::Range;
+
+            const LANES: usize = $lanes;
+            /// Vectors of channels per block.
+            const NV: usize = 2;
+            /// Pixels per tile where every tap is inside the image.
+            const NP: usize = 4;
+
+            /// [`row`] as a safe fn, for [`super::DepthwiseConv`].
+            pub fn checked_row(row: &DepthwiseRow, out: &mut [f32]) -> usize {
+                // SAFETY: reachable only through a `DepthwiseConv` that `for_isa` built after
+                // finding the feature on this CPU, and called by `DepthwiseConv::row` once
+                // the operands passed its checks. Image reads are at (y * width + x) *
+                // channels + m with y < height and x < width (`rows` and `columns` keep
+                // them inside) and m < channels (the masks keep the last block inside);
+                // weights at (r * S + s) * channels + m, bias at m, outputs at
+                // ox * channels + m for ox < out.len() / channels.
+                unsafe { self::row(row, out) }
+            }
+
+            /// # Safety
+            /// The CPU must support the target feature, and `row` and `out` must pass the
+            /// checks of `DepthwiseConv::row`.
+            #[target_feature(enable = $feature)]
+            unsafe fn row(row: &DepthwiseRow, out: &mut [f32]) -> usize {
+                let c = row.channels;
+                let pixels = out.len() / c;
+                let all = 0..row.kernel[1];
+                let mut zeros = 0;
+                for m0 in (0..c).step_by(NV * LANES) {
+                    let whole = m0 + NV * LANES <= c;
+                    let masks: [$mask; NV] = std::array::from_fn(|v| {
+                        let $n = (c - m0).saturating_sub(v * LANES).min(LANES);
+                        $mask_of
+                    });
+                    let mut ox = 0;
+                    while ox < pixels {
+                        let columns = row.columns(ox);
+                        let tile_fits =
+                            ox + NP <= pixels && columns == all && row.columns(ox + NP - 1) == all;
+                        let step = if tile_fits { NP } else { 1 };
+                        // SAFETY: forwarded from the caller; the tile's pixels are in the
+                        // row, and the masks cover channels m0.. that exist.
+                        zeros += unsafe {
+                            match (tile_fits, whole) {
+                                (true, true) => {
+                                    tile::<NP, false>(row, ox, columns, m0, &masks, out)
+                                }
+                                (true, false) => {
+                                    tile::<NP, true>(row, ox, columns, m0, &masks, out)
+                                }
+                                (false, true) => {
+                                    tile::<1, false>(row, ox, columns, m0, &masks, out)
+                                }
+                                (false, false) => {
+                                    tile::<1, true>(row, ox, columns, m0, &masks, out)
+                                }
+                            }
+                        };
+                        ox += step;
+                    }
+                }
+                zeros
+            }
+
+            /// Channels `m0 .. m0 + NV * LANES` (those that exist, when `MASKED`) of pixels
+            /// `ox0 .. ox0 + P`, all of whose taps in `columns` are inside the image.
+            ///
+            /// # Safety
+            /// As `row`; `ox0 + P <= out.len() / channels`; `columns` within
+            /// `row.columns(ox)` for each pixel; without `MASKED`, `m0 + NV * LANES <=
+            /// channels`, with it, `masks` covering only channels that exist.
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn tile<const P: usize, const MASKED: bool>(
+                row: &DepthwiseRow,
+                ox0: usize,
+                columns: Range<usize>,
+                m0: usize,
+                masks: &[$mask; NV],
+                out: &mut [f32],
+            ) -> usize {
+                let c = row.channels;
+                let s_len = row.kernel[1];
+                // Masked vectors past the channels may point past the slices: the pointers
+                // are only formed, never read there, hence wrapping arithmetic.
+                let load = |p: *const f32, v: usize| {
+                    // SAFETY: (caller) unmasked reads are inside their slices; masked reads
+                    // touch only the lanes of channels that exist.
+                    unsafe {
+                        if MASKED {
+                            let ($lp, $lm) = (p, masks[v]);
+                            $load_masked
+                        } else {
+                            $load(p)
+                        }
+                    }
+                };
+                let bias: [$vec; NV] = std::array::from_fn(|v| {
+                    load(row.bias.as_ptr().wrapping_add(m0 + v * LANES), v)
+                });
+                let mut acc = [bias; P];
+                for (r, y) in row.rows() {
+                    let image_row = row.image.as_ptr().wrapping_add(y * row.width * c + m0);
+                    for s in columns.clone() {
+                        let taps = row.weights.as_ptr().wrapping_add((r * s_len + s) * c + m0);
+                        let w: [$vec; NV] =
+                            std::array::from_fn(|v| load(taps.wrapping_add(v * LANES), v));
+                        for (p, acc) in acc.iter_mut().enumerate() {
+                            let at = image_row.wrapping_add(row.column(ox0 + p, s) * c);
+                            for (v, a) in acc.iter_mut().enumerate() {
+                                *a = $fma(load(at.wrapping_add(v * LANES), v), w[v], *a);
+                            }
+                        }
+                    }
+                }
+                let mut zeros = 0;
+                for (p, acc) in acc.iter_mut().enumerate() {
+                    let dst = out.as_mut_ptr().wrapping_add((ox0 + p) * c + m0);
+                    for (v, a) in acc.iter_mut().enumerate() {
+                        if let Some(curve) = row.curve {
+                            *a = apply_curve!(curve, *a, $splat, $max, $min, $mul, $fma);
+                        }
+                        let ($zv, $zm) = (*a, masks[v]);
+                        zeros += $zeros;
+                        let to = dst.wrapping_add(v * LANES);
+                        // SAFETY: (caller) as the loads: inside `out`, or masked to it.
+                        unsafe {
+                            if MASKED {
+                                let ($sp, $sm, $sv) = (to, masks[v], *a);
+                                $store_masked
+                            } else {
+                                $store(to, *a)
+                            }
+                        }
+                    }
+                }
+                zeros
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+depthwise_row!(avx512, "avx512f", 16, __m512, __mmask16,
+    mask: |n| ((1u32 << n) - 1) as __mmask16,
+    load: _mm512_loadu_ps, load_masked: |p, m| _mm512_maskz_loadu_ps(m, p),
+    store: _mm512_storeu_ps, store_masked: |p, m, v| _mm512_mask_storeu_ps(p, m, v),
+    fma: _mm512_fmadd_ps, splat: _mm512_set1_ps, max: _mm512_max_ps, min: _mm512_min_ps,
+    mul: _mm512_mul_ps,
+    zeros: |v, m| (_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_setzero_ps()) & m).count_ones() as usize);
+
+#[cfg(target_arch = "x86_64")]
+depthwise_row!(avx2, "avx2,fma", 8, __m256, __m256i,
+    mask: |n| _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+    load: _mm256_loadu_ps, load_masked: |p, m| _mm256_maskload_ps(p, m),
+    store: _mm256_storeu_ps, store_masked: |p, m, v| _mm256_maskstore_ps(p, m, v),
+    fma: _mm256_fmadd_ps, splat: _mm256_set1_ps, max: _mm256_max_ps, min: _mm256_min_ps,
+    mul: _mm256_mul_ps,
+    zeros: |v, m| _mm256_movemask_ps(_mm256_and_ps(
+        _mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_setzero_ps()),
+        _mm256_castsi256_ps(m),
+    )).count_ones() as usize);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::Activation;
+    use crate::synth::Rng;
 
-    /// Every ISA gives the sums of the plain definition, over whole blocks, the half and
-    /// quarter blocks and a remainder.
-    #[test]
-    fn rows_match_the_definition_on_every_isa() {
-        for channels in [7, 16, 32 + 7, 48, BLOCK + 32 + 16 + 7, 2 * BLOCK] {
-            check_row(channels);
-        }
-    }
-
-    fn check_row(channels: usize) {
-        let (width, taps) = (5, [0, channels, 3 * channels]);
-        let input: Vec<f32> = (0..(width + 4) * channels)
-            .map(|i| (i % 13) as f32 - 6.0)
-            .collect();
-        let weights: Vec<f32> = (0..taps.len() * channels)
-            .map(|i| (i % 7) as f32 * 0.5 - 1.5)
-            .collect();
-        let row = DepthwiseRow {
-            input: &input,
-            base: channels,
-            pixel_step: channels,
-            taps: &taps,
-            weights: &weights,
-        };
-        let mut want = vec![0.0; width * channels];
-        for x in 0..width {
-            for m in 0..channels {
-                let window = row.base + x * row.pixel_step;
-                want[x * channels + m] = taps
-                    .iter()
-                    .enumerate()
-                    .map(|(t, tap)| input[window + tap + m] * weights[t * channels + m])
-                    .sum();
+    /// The sums of the definition, with the padding read as zeros.
+    fn by_definition(row: &DepthwiseRow, pixels: usize) -> Vec<f32> {
+        let c = row.channels;
+        let mut want = vec![0.0; pixels * c];
+        for ox in 0..pixels {
+            for m in 0..c {
+                let mut sum = row.bias[m];
+                for r in 0..row.kernel[0] {
+                    for s in 0..row.kernel[1] {
+                        let y = row.top + (r * row.dilation[0]) as isize;
+                        let x =
+                            (ox * row.stride + s * row.dilation[1]) as isize - row.left as isize;
+                        if (0..row.height as isize).contains(&y)
+                            && (0..row.width as isize).contains(&x)
+                        {
+                            let at = (y as usize * row.width + x as usize) * c + m;
+                            sum += row.image[at] * row.weights[(r * row.kernel[1] + s) * c + m];
+                        }
+                    }
+                }
+                want[ox * c + m] = row.curve.map_or(sum, |curve| curve.apply(sum));
             }
         }
-        for isa in Isa::supported() {
-            let mut got = vec![f32::NAN; width * channels];
-            DepthwiseConv::for_isa(isa).row(&row, channels, &mut got);
-            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                    "{isa}, {channels} channels, at {i}: {g} vs {w}"
-                );
+        want
+    }
+
+    /// Every ISA gives the definition's outputs and zero count: channels in whole blocks, a
+    /// masked last block and fewer than one vector; rows in the top padding, the interior and
+    /// past the bottom; strides, dilations and left paddings that leave pixels with no tap.
+    #[test]
+    fn every_isa_matches_the_definition() {
+        let mut rng = Rng::new(5);
+        let relu6 = Activation::Relu6.curve();
+        let hard_swish = Activation::HardSwish.curve();
+        let cases = [
+            // channels, height x width, kernel, top, stride, dilation, left, pixels, curve
+            (32, [5, 9], [3, 3], -1, 1, [1, 1], 1, 9, None),
+            (96, [6, 11], [3, 3], 2, 2, [1, 1], 0, 5, relu6),
+            (40, [4, 7], [5, 5], -2, 1, [1, 1], 2, 7, hard_swish),
+            (
+                7,
+                [3, 5],
+                [3, 3],
+                1,
+                1,
+                [1, 1],
+                1,
+                5,
+                Activation::Relu.curve(),
+            ),
+            (72, [9, 9], [3, 3], -2, 1, [2, 2], 2, 9, None),
+            (24, [4, 4], [3, 3], 3, 3, [1, 1], 4, 3, relu6),
+            (16, [2, 3], [3, 5], -3, 1, [1, 1], 1, 4, None),
+        ];
+        for (channels, [height, width], kernel, top, stride, dilation, left, pixels, curve) in cases
+        {
+            let image: Vec<f32> = (0..height * width * channels)
+                .map(|i| if i % 5 == 0 { 0.0 } else { rng.nonzero_value() })
+                .collect();
+            let weights: Vec<f32> = (0..kernel[0] * kernel[1] * channels)
+                .map(|_| rng.nonzero_value())
+                .collect();
+            let bias: Vec<f32> = (0..channels).map(|_| rng.nonzero_value()).collect();
+            let row = DepthwiseRow {
+                image: &image,
+                height,
+                width,
+                channels,
+                kernel,
+                top,
+                stride,
+                dilation,
+                left,
+                weights: &weights,
+                bias: &bias,
+                curve,
+            };
+            let want = by_definition(&row, pixels);
+            let want_zeros = want.iter().filter(|&&v| v == 0.0).count();
+            for isa in Isa::supported() {
+                let mut got = vec![f32::NAN; pixels * channels];
+                let zeros = DepthwiseConv::for_isa(isa).row(&row, &mut got);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs().max(1.0),
+                        "{isa}, {channels} channels, kernel {kernel:?}, at {i}: {g} vs {w}"
+                    );
+                }
+                assert_eq!(zeros, want_zeros, "{isa}, {channels} channels");
             }
         }
     }

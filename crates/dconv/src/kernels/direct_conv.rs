@@ -129,6 +129,7 @@ macro_rules! direct_row {
      zeros: |$z:ident| $zeros:expr) => {
         mod $module {
             use super::DirectRow;
+            use crate::kernels::curve::{apply_curve, Curve};
             use std::arch::x86_64::*;
 
             const LANES: usize = $lanes;
@@ -204,13 +205,8 @@ macro_rules! direct_row {
                 for (p, acc) in acc.iter_mut().enumerate() {
                     let dst = (p0 + p) * filters + m0;
                     if let Some(c) = row.curve {
-                        let (alpha, beta) = ($splat(c.alpha), $splat(c.beta));
-                        let (lo, hi) = ($splat(c.lo), $splat(c.hi));
-                        let plain = c.is_plain_clamp();
                         for a in acc.iter_mut() {
-                            let affine = if plain { *a } else { $fma_ab(alpha, *a, beta) };
-                            let t = $min($max(affine, lo), hi);
-                            *a = if c.gated { $mul(*a, t) } else { t };
+                            *a = apply_curve!(c, *a, $splat, $max, $min, $mul, $fma_ab);
                         }
                     }
                     if width == NV * LANES {
