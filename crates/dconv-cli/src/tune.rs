@@ -68,10 +68,18 @@ fn plan(quick: bool) -> Plan {
             runs: 5,
         };
     }
+    // And the small layers of MobileNets, EfficientNets and ShuffleNets (0.2-2 M MACs),
+    // where a method's fixed cost is most of its time: without them the fit leaves those
+    // costs at whatever the large layers imply, and `auto` picks a compressed format
+    // where dense is faster.
     shapes.extend([
         conv3x3(64, 60, 128),
         conv3x3(256, 30, 512),
         ConvSpec::new(256, 30, 30, 128, [1, 1]),
+        ConvSpec::new(16, 28, 28, 48, [1, 1]),
+        ConvSpec::new(96, 14, 14, 32, [1, 1]),
+        ConvSpec::new(240, 7, 7, 80, [1, 1]),
+        conv3x3(32, 14, 32),
     ]);
     Plan {
         shapes: shapes.into_iter().map(as_in_models).collect(),
