@@ -79,11 +79,14 @@ impl Selection {
         }
     }
 
-    /// How the layer picks among its `prepared` methods at run time.
+    /// How the layer picks among its `prepared` methods at run time: by the input's
+    /// sparsity only when there is a choice, since counting the zeros of an input that no
+    /// producer counted is a pass over it (a small layer's whole time, on MobileNets).
     pub fn choice(&self, spec: &ConvSpec, weight_sparsity: f64, prepared: &[Method]) -> Choice {
-        match self.policy {
-            Policy::Force(m) => Choice::Fixed(m),
-            Policy::Auto => Choice::Cheapest(LayerCosts::new(
+        match (self.policy, prepared) {
+            (Policy::Force(m), _) => Choice::Fixed(m),
+            (Policy::Auto, &[only]) => Choice::Fixed(only),
+            (Policy::Auto, _) => Choice::Cheapest(LayerCosts::new(
                 &self.profile,
                 spec,
                 weight_sparsity,
@@ -143,6 +146,10 @@ mod tests {
         };
         assert_eq!(every.methods(&spec, 0.0), MODELED.to_vec());
         assert!(!dense.choice(&spec, 0.0, &[Method::Dense]).needs_sparsity());
+        // Auto with one method left to pick needs no sparsity either; with two it does.
+        assert!(!auto.choice(&spec, 0.0, &[Method::Dense]).needs_sparsity());
+        let two = [Method::Dense, Method::Im2Csr];
+        assert!(auto.choice(&spec, 0.0, &two).needs_sparsity());
     }
 
     #[test]
