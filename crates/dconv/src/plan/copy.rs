@@ -15,6 +15,33 @@ pub(crate) struct View {
 }
 
 impl View {
+    /// Whether distinct indices reach distinct elements: along the axes longer than one,
+    /// sorted by stride, each stride reaches past the previous axis's extent (no broadcast,
+    /// no overlap).
+    fn is_one_to_one(&self) -> bool {
+        let mut axes = [(0usize, 0usize); MAX_RANK];
+        let mut rank = 0;
+        for (&len, &stride) in self.shape.iter().zip(&self.strides) {
+            if len > 1 {
+                let Some(slot) = axes.get_mut(rank) else {
+                    return false;
+                };
+                *slot = (stride.unsigned_abs(), len);
+                rank += 1;
+            }
+        }
+        let axes = &mut axes[..rank];
+        axes.sort_unstable();
+        let mut extent = 1;
+        for &(stride, len) in axes.iter() {
+            if stride < extent {
+                return false;
+            }
+            extent = stride.saturating_mul(len);
+        }
+        true
+    }
+
     pub fn new(offset: isize, shape: Vec<usize>, strides: Vec<isize>) -> Self {
         View {
             offset,
@@ -60,6 +87,19 @@ impl Kernel for CopyKernel {
             _ => self.apply(inputs, output, self.fill),
         }
         None
+    }
+
+    fn rearranges(&self, inputs: &[&[f32]], output_len: usize) -> bool {
+        match (self.fill, self.parts.as_slice()) {
+            (None, [part]) => {
+                let elements: usize = part.src.shape.iter().product();
+                part.input == 0
+                    && elements == output_len
+                    && inputs.first().is_some_and(|x| x.len() == elements)
+                    && part.src.is_one_to_one()
+            }
+            _ => false,
+        }
     }
 }
 
@@ -232,6 +272,35 @@ impl Runs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A copy keeps its input's zero fraction only when it moves every input element once:
+    /// a transpose does; a slice, a broadcast, a padding fill or a concat does not.
+    #[test]
+    fn only_a_rearrangement_keeps_the_zero_fraction() {
+        let copy = |src: View, fill: Option<f32>| CopyKernel {
+            parts: vec![CopyPart {
+                input: 0,
+                src,
+                dst: View::new(0, vec![2, 3], vec![3, 1]),
+            }],
+            fill,
+        };
+        let six = [0.0f32; 6];
+        let transpose = View::new(0, vec![2, 3], vec![1, 2]);
+        assert!(copy(transpose.clone(), None).rearranges(&[&six], 6));
+        assert!(!copy(transpose.clone(), Some(0.0)).rearranges(&[&six], 6));
+        assert!(
+            !copy(transpose, None).rearranges(&[&[0.0; 8]], 6),
+            "a slice"
+        );
+        let broadcast = View::new(0, vec![2, 3], vec![0, 1]);
+        assert!(!copy(broadcast, None).rearranges(&[&six], 6));
+        let overlapping = View::new(0, vec![2, 3], vec![1, 1]);
+        assert!(!copy(overlapping, None).rearranges(&[&six], 6));
+        let mut concat = copy(View::new(0, vec![2, 3], vec![3, 1]), None);
+        concat.parts.push(concat.parts[0].clone());
+        assert!(!concat.rearranges(&[&six], 6));
+    }
 
     /// A Concat along channels of two channels-last images (logical NCHW views over NHWC
     /// storage), large enough to split by image rows: the threads' runs equal the whole copy.

@@ -8,6 +8,13 @@ pub(crate) trait Kernel: Send + Sync {
     /// Writes every element of `output`; returns the fraction of zeros of the output when it
     /// counted them on the way (as a ReLU does), for the next convolution's method choice.
     fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64>;
+
+    /// Whether the output holds exactly the elements of input 0, rearranged (a transpose, a
+    /// layout conversion, a channel shuffle), when the inputs are `inputs` and the output
+    /// has `output_len` elements: then input 0's zero fraction, when known, is the output's.
+    fn rearranges(&self, _inputs: &[&[f32]], _output_len: usize) -> bool {
+        false
+    }
 }
 
 /// Elements per task of an element-wise pass: below it, one thread does the whole pass.

@@ -417,7 +417,11 @@ fn execute(
             source: Box::new(e),
         };
         let (counted, method) = match &step.op {
-            StepOp::Kernel(kernel) => (kernel.run(&read, out), None),
+            StepOp::Kernel(kernel) => {
+                let counted = kernel.run(&read, out);
+                let rearranged = || known.filter(|_| kernel.rearranges(&read, out.len()));
+                (counted.or_else(rearranged), None)
+            }
             StepOp::ConvTranspose(conv) => {
                 let zeros = conv.run(read[0], out, workspace).map_err(in_step)?;
                 (Some(zeros as f64 / out.len().max(1) as f64), None)
