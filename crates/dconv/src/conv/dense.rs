@@ -26,6 +26,10 @@ use rayon::prelude::*;
 /// Output rows per rayon task in the epilogue pass.
 const EPILOGUE_ROWS_PER_TASK: usize = 64;
 
+/// Output pixels per band of a 1x1 layer (see `Dense::multiply_in_bands`): enough rows for
+/// the GEMM's tiles, few enough that a band's output stays in L2 for its epilogue.
+const BAND_ROWS: usize = 256;
+
 /// Input channels up to which an ungrouped layer takes the direct path.
 const DIRECT_MAX_CHANNELS: usize = 4;
 /// Filters from which it does: with fewer, most of each vector of 16 filters would be
@@ -184,6 +188,42 @@ impl Dense {
 
     /// Adds the bias and applies the activation to one image's `[P][M]` output; returns its
     /// zeros, or None when there is nothing to apply (and so no pass to count them in).
+    /// A layer whose input is its lowered matrix (1x1, stride 1): the output's pixels in
+    /// bands, one task per band, each band multiplied on one thread and finished while it is
+    /// in cache. Small products split this way scale to the pool's threads better than
+    /// inside the GEMM; returns the output's zeros when an epilogue ran.
+    fn multiply_in_bands(&self, image: &[f32], out: &mut [f32], threads: usize) -> Option<usize> {
+        let s = &self.spec;
+        let (c_len, m_len) = (s.channels, s.filters);
+        let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
+        let k_len = s.lowered_cols();
+        let band = s.out_pixels().div_ceil(threads).clamp(1, BAND_ROWS);
+        let zeros = out
+            .par_chunks_mut(band * m_len)
+            .zip(image.par_chunks(band * c_len))
+            .map(|(out, image)| {
+                let rows = out.len() / m_len;
+                for g in 0..s.groups {
+                    let rhs = &self.packed[g * k_len * mg..(g + 1) * k_len * mg];
+                    let (dst, lhs) = (&mut out[g * mg..], &image[g * cg..]);
+                    gemm_f32((rows, mg, k_len), dst, m_len, lhs, c_len, rhs, mg, 1);
+                }
+                self.apply_epilogue_serial(out)
+            })
+            .sum();
+        self.has_epilogue().then_some(zeros)
+    }
+
+    /// The epilogue over `out`'s pixels on the calling thread; its zeros (0 without one).
+    fn apply_epilogue_serial(&self, out: &mut [f32]) -> usize {
+        if !self.has_epilogue() {
+            return 0;
+        }
+        out.chunks_exact_mut(self.spec.filters)
+            .map(|row| self.epilogue.apply_row(row, 0))
+            .sum()
+    }
+
     fn apply_epilogue(&self, out: &mut [f32]) -> Option<usize> {
         if !self.has_epilogue() {
             return None;
@@ -298,14 +338,20 @@ impl ConvKernel for Dense {
         }
         let s = &self.spec;
         let (p_len, k_len) = (s.out_pixels(), s.lowered_cols());
-        let (c_len, m_len) = (s.channels, s.filters);
-        let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
+        let (m_len, mg) = (s.filters, s.filters_per_group());
         let input_lowered = input_is_lowered(s);
         let shifted = !input_lowered && shifted_gemm::applies(s);
         let block_rows = lowered_block_rows(s);
         let threads = rayon::current_num_threads();
         let scratch = ws.floats(self.lowered_len(threads));
         over_images(s, (input, output), |image, out, clock| {
+            if input_lowered {
+                let zeros = clock.multiply(|| self.multiply_in_bands(image, out, threads));
+                if let Some(zeros) = zeros {
+                    clock.count_zeros(zeros);
+                }
+                return;
+            }
             if shifted {
                 let epilogue = self.has_epilogue().then_some(&self.epilogue);
                 let zeros = clock.multiply(|| {
@@ -318,21 +364,6 @@ impl ConvKernel for Dense {
             }
             for g in 0..s.groups {
                 let rhs = &self.packed[g * k_len * mg..(g + 1) * k_len * mg];
-                if input_lowered {
-                    clock.multiply(|| {
-                        gemm_f32(
-                            (p_len, mg, k_len),
-                            &mut out[g * mg..],
-                            m_len,
-                            &image[g * cg..],
-                            c_len,
-                            rhs,
-                            mg,
-                            threads,
-                        )
-                    });
-                    continue;
-                }
                 for first in (0..p_len).step_by(block_rows) {
                     let rows = first..(first + block_rows).min(p_len);
                     let lowered = &mut scratch[..rows.len() * k_len];
