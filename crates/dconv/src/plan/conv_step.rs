@@ -1,9 +1,13 @@
 //! [`ConvStep`]: a convolution as a plan runs it, with every method its policy may pick
 //! prepared, choosing one per run from the input's sparsity.
 
+use super::kernel::ELEMENTS_PER_TASK;
 use super::policy::{Choice, Selection};
 use crate::conv::{Conv, Method, Workspace};
 use crate::error::{Error, Result};
+use crate::kernels::multiversion::vectorized;
+use crate::kernels::Isa;
+use rayon::prelude::*;
 
 /// A convolution at run time: every method its policy may pick, prepared.
 pub(crate) struct ConvStep {
@@ -47,14 +51,17 @@ impl ConvStep {
         let timing = self.prepared(method)?.run(input, output, ws)?;
         Ok(ConvRun {
             method,
-            // The fused activation counted the zeros as it wrote them; a method without an
-            // epilogue pass leaves them to count here.
-            output_sparsity: (self.counts_zeros && self.choice.needs_sparsity()).then(|| {
-                timing.output_zeros.map_or_else(
-                    || zero_fraction(output),
-                    |z| z as f64 / output.len().max(1) as f64,
-                )
-            }),
+            // The epilogue counted the zeros as it wrote them, and the count is passed on
+            // whatever the next layer does with it (it costs nothing). A method without an
+            // epilogue pass leaves them to count here, when a fused ReLU makes them and auto
+            // picks by them.
+            output_sparsity: timing
+                .output_zeros
+                .map(|z| z as f64 / output.len().max(1) as f64)
+                .or_else(|| {
+                    (self.counts_zeros && self.choice.needs_sparsity())
+                        .then(|| zero_fraction(output))
+                }),
         })
     }
 
@@ -152,8 +159,57 @@ pub(crate) struct ConvRun {
     pub output_sparsity: Option<f64>,
 }
 
-/// Fraction of exactly-zero elements.
+/// Fraction of exactly-zero elements: a pass over an input no producer counted, on the
+/// pool's threads for a large one, each chunk at the vector width of this CPU.
 pub(crate) fn zero_fraction(data: &[f32]) -> f64 {
-    let zeros = data.iter().filter(|&&v| v == 0.0).count();
+    let isa = Isa::detect();
+    let zeros: usize = if data.len() > ELEMENTS_PER_TASK {
+        data.par_chunks(ELEMENTS_PER_TASK)
+            .map(|chunk| count_zeros(isa, chunk))
+            .sum()
+    } else {
+        count_zeros(isa, data)
+    };
     zeros as f64 / data.len().max(1) as f64
+}
+
+/// Exact zeros of `data`, counted in 32-bit lanes (a chunk at a time, so they never
+/// overflow) by a loop compiled for `isa`.
+fn count_zeros(isa: Isa, data: &[f32]) -> usize {
+    data.chunks(ELEMENTS_PER_TASK)
+        .map(|chunk| {
+            vectorized(
+                isa,
+                #[inline(always)]
+                || chunk.iter().fold(0u32, |n, &v| n + (v == 0.0) as u32) as usize,
+            )
+        })
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The count is exact on inputs split over chunks and threads and on one below a chunk,
+    /// with zeros of both signs and values that are not zero however small.
+    #[test]
+    fn zero_fraction_is_exact() {
+        for len in [0, 7, ELEMENTS_PER_TASK - 1, 3 * ELEMENTS_PER_TASK + 5] {
+            let data: Vec<f32> = (0..len)
+                .map(|i| match i % 5 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => f32::MIN_POSITIVE,
+                    _ => i as f32,
+                })
+                .collect();
+            let zeros = (0..len).filter(|i| i % 5 < 2).count();
+            assert_eq!(
+                zero_fraction(&data),
+                zeros as f64 / len.max(1) as f64,
+                "{len}"
+            );
+        }
+    }
 }
