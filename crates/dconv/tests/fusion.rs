@@ -1,7 +1,8 @@
 //! A BatchNormalization (or a Mul and an Add by per-channel constants) and an activation
 //! after a Conv fold into its one step (a ReLU, a Clip to [0, 6] whose bounds are inputs,
 //! as opset 11 and later write ReLU6, a HardSigmoid, a HardSwish, or a HardSwish written
-//! out as four nodes), and the fused step computes what the separate steps do.
+//! out as four nodes), an activation after a residual Add folds into the Add, and the fused
+//! step computes what the separate steps do.
 
 use dconv::onnx::proto::{tensor_proto::DataType, ModelProto, NodeProto, TensorProto};
 use dconv::runtime::{example_model, Session, SessionOptions};
@@ -334,4 +335,20 @@ fn batch_norm_mul_add_and_relu_after_a_concat_run_as_one_pass() {
     );
     assert!(fused.contains(&0.0) && fused.iter().any(|&v| v > 0.0));
     assert_close(&fused, &apart, "one pass");
+}
+
+/// A residual Add, or a Sum of two, and the Relu after it run as one pass (ResNet's), which
+/// also counts the zeros it makes; with the sum read by the graph too, apart.
+#[test]
+fn an_add_and_the_relu_after_it_run_as_one_pass() {
+    for op in ["Add", "Sum"] {
+        let after = vec![node(op, &["c", "c"], "s"), node("Relu", &["s"], "y")];
+        let (fused, fused_ops) = run(&model(after.clone(), vec![], None));
+        let (apart, apart_ops) = run(&model(after, vec![], Some("s")));
+        assert!(!fused_ops.iter().any(|o| o == "Relu"), "{fused_ops:?}");
+        assert!(fused_ops.iter().any(|o| o == op), "{fused_ops:?}");
+        assert!(apart_ops.iter().any(|o| o == "Relu"), "{apart_ops:?}");
+        assert!(fused.contains(&0.0) && fused.iter().any(|&v| v > 0.0));
+        assert_close(&fused, &apart, op);
+    }
 }

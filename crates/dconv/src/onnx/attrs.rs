@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// The attributes of one node.
+#[derive(Clone, Copy)]
 pub(crate) struct Attrs<'a>(pub &'a [AttributeProto]);
 
 impl<'a> Attrs<'a> {

@@ -4,6 +4,9 @@
 
 use super::{required, Ctx};
 use crate::error::{Error, Result};
+use crate::kernels::curve::Curve;
+use crate::kernels::multiversion::vectorized;
+use crate::kernels::Isa;
 use crate::plan::builder::{Builder, Value};
 use crate::plan::kernel::{in_parallel_chunks, Kernel, ELEMENTS_PER_TASK};
 use crate::plan::layout::Layout;
@@ -199,11 +202,25 @@ struct BinaryKernel {
     strides: [Vec<isize>; 2],
     /// Both operands are stored as the output is, element for element.
     same_layout: bool,
+    /// The activation fused after it (a residual Add's Relu), whose zeros it counts.
+    activation: Option<Curve>,
 }
 
 impl Kernel for BinaryKernel {
     fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
         let f = self.f;
+        if let Some(curve) = self.activation {
+            // A residual Add and a clamp (ReLU, ReLU6) written out, so that the loop
+            // vectorises: the general form matches on `f` and the curve per element.
+            let (lo, hi) = (curve.lo, curve.hi);
+            let zeros = match f {
+                Binary::Add if curve.is_plain_clamp() => {
+                    self.counting(inputs, output, |x, y| (x + y).max(lo).min(hi))
+                }
+                _ => self.counting(inputs, output, |x, y| curve.apply(f.apply(x, y))),
+            };
+            return Some(zeros as f64 / output.len().max(1) as f64);
+        }
         if self.same_layout {
             // No broadcast (a residual Add, say): one flat pass, split over the threads.
             in_parallel_chunks(output, ELEMENTS_PER_TASK, |first, out| {
@@ -224,6 +241,40 @@ impl Kernel for BinaryKernel {
             |a, b| f.apply(a, b),
         );
         None
+    }
+}
+
+impl BinaryKernel {
+    /// `output = g(a, b)`, element by element; returns how many results are exactly zero.
+    /// (The plain passes do not count: in a broadcast loop the count costs a third.)
+    fn counting(
+        &self,
+        inputs: &[&[f32]],
+        output: &mut [f32],
+        g: impl Fn(f32, f32) -> f32 + Sync,
+    ) -> usize {
+        if self.same_layout {
+            // Compiled for the CPU's vectors, counting in 32-bit lanes (a task's chunk is
+            // short enough).
+            let isa = Isa::detect();
+            return in_parallel_chunks(output, ELEMENTS_PER_TASK, |first, out| {
+                let (a, b) = (&inputs[0][first..], &inputs[1][first..]);
+                vectorized(
+                    isa,
+                    #[inline(always)]
+                    || {
+                        out.iter_mut()
+                            .zip(a.iter().zip(b))
+                            .fold(0u32, |zeros, (o, (&x, &y))| {
+                                *o = g(x, y);
+                                zeros + (*o == 0.0) as u32
+                            }) as usize
+                    },
+                )
+            });
+        }
+        broadcast(&self.shape, &self.strides, inputs[0], inputs[1], output, &g);
+        output.iter().filter(|&&v| v == 0.0).count()
     }
 }
 
@@ -385,6 +436,7 @@ pub(crate) fn plan_binary(
         shape,
         strides,
         same_layout,
+        activation: ctx.activation.and_then(|a| a.curve()),
     };
     b.emit(&[x, y], out, layout, Box::new(kernel))
 }

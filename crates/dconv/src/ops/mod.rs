@@ -15,6 +15,7 @@ pub(crate) use elementwise::clip_bounds;
 pub(crate) use normalize::plan_affine_chain;
 pub(crate) use shape::channel_shuffle;
 
+use crate::conv::Activation;
 use crate::error::{Error, Result};
 use crate::onnx::Attrs;
 use crate::plan::builder::{Builder, Value};
@@ -22,11 +23,14 @@ use crate::tensor::Tensor;
 use conv::ConvTail;
 
 /// What an operator sees of its node.
+#[derive(Clone, Copy)]
 pub(crate) struct Ctx<'a> {
     pub attrs: Attrs<'a>,
     pub opset: i64,
     /// For a Conv or ConvTranspose, what the fusion pass folded into it.
     pub tail: Option<&'a ConvTail>,
+    /// For an Add or a Sum of two, the activation the fusion pass folded into it.
+    pub activation: Option<Activation>,
 }
 
 impl<'a> Ctx<'a> {
@@ -35,6 +39,7 @@ impl<'a> Ctx<'a> {
             attrs,
             opset,
             tail: None,
+            activation: None,
         }
     }
 }
@@ -60,9 +65,16 @@ pub(crate) fn plan_op(
             one(elementwise::plan_binary(b, ctx, op, input(0)?, input(1)?)?)
         }
         "Sum" => {
+            // A fused activation (the fusion pass takes Sums of two only) goes on the last.
+            let plain = Ctx {
+                activation: None,
+                ..*ctx
+            };
             let mut acc = input(0)?.clone();
-            for v in inputs.iter().skip(1).flatten() {
-                acc = elementwise::plan_binary(b, ctx, "Add", &acc, v)?;
+            let rest: Vec<&Value> = inputs.iter().skip(1).flatten().collect();
+            for (k, v) in rest.iter().enumerate() {
+                let step = if k + 1 == rest.len() { ctx } else { &plain };
+                acc = elementwise::plan_binary(b, step, "Add", &acc, v)?;
             }
             one(acc)
         }

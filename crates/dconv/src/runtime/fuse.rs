@@ -20,6 +20,12 @@ pub(crate) enum Fusion {
     Conv { tail: ConvTail, output: String },
     /// An Add that starts HardSwish written out: HardSwish of `x`, written to `output`.
     HardSwish { x: String, output: String },
+    /// An Add, or a Sum of two, whose output only an activation reads (ResNet's residual
+    /// Add and the Relu after it): one pass, which counts the zeros the activation makes.
+    ActivatedSum {
+        activation: Activation,
+        output: String,
+    },
     /// A Reshape that starts a channel shuffle written out (Reshape, Transpose, Reshape).
     ChannelShuffle(ChannelShuffle),
     /// A BatchNormalization (not after a Conv) that starts per-channel affine maps and an
@@ -74,11 +80,13 @@ pub(crate) fn fuse(
         let found = match node.op_type() {
             "Conv" | "ConvTranspose" => conv_tail(&graph, i, values, opset)
                 .map(|(tail, taken, output)| (Fusion::Conv { tail, output }, taken)),
-            "Add" => hard_swish_written_out(&graph, i, values, opset).map(|hs| {
-                let x = hs.x;
-                let output = hs.output;
-                (Fusion::HardSwish { x, output }, hs.nodes.to_vec())
-            }),
+            "Add" | "Sum" => hard_swish_written_out(&graph, i, values, opset)
+                .map(|hs| {
+                    let x = hs.x;
+                    let output = hs.output;
+                    (Fusion::HardSwish { x, output }, hs.nodes.to_vec())
+                })
+                .or_else(|| activated_sum(&graph, i, values, opset)),
             "Reshape" => channel_shuffle(&graph, i, values, opset).map(|shuffle| {
                 let taken = shuffle.nodes.to_vec();
                 (Fusion::ChannelShuffle(shuffle), taken)
@@ -386,6 +394,26 @@ fn affine_tail(
         out = output;
     }
     (tail, taken, out)
+}
+
+/// Add node `add` (opset 7 on: numpy broadcasting) or a Sum of two tensors that are not
+/// constants (a residual connection: an Add of a constant belongs to the patterns above),
+/// whose output goes only to an activation the pass can fuse; with the nodes taken.
+fn activated_sum(
+    graph: &Graph,
+    add: usize,
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> Option<(Fusion, Vec<usize>)> {
+    let node = &graph.nodes[add];
+    let dynamic =
+        |name: &String| !name.is_empty() && values.get(name).and_then(Value::as_const).is_none();
+    let two = node.input.len() == 2 && node.input.iter().all(dynamic);
+    if !two || (node.op_type() == "Add" && opset < 7) {
+        return None;
+    }
+    let (activation, taken, output) = fused_activation(graph, node.output.first()?, values, opset)?;
+    Some((Fusion::ActivatedSum { activation, output }, taken))
 }
 
 /// The output channels and the rank of a Conv or ConvTranspose node's output, from its

@@ -155,6 +155,11 @@ fn plan_node(
             let names = std::slice::from_ref(output);
             (node.op_type(), resolve_inputs(node, values), names)
         }
+        Some(Fusion::ActivatedSum { activation, output }) => {
+            ctx.activation = Some(*activation);
+            let names = std::slice::from_ref(output);
+            (node.op_type(), resolve_inputs(node, values), names)
+        }
         Some(Fusion::HardSwish { x, output }) => {
             let x = resolve_input(x, values).map(|x| vec![x]);
             ("HardSwish", x, std::slice::from_ref(output))
