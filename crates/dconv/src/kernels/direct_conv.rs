@@ -200,6 +200,26 @@ macro_rules! direct_row {
                         }
                     }
                 }
+                // SAFETY: forwarded from the caller.
+                unsafe { finish::<NV, NP>(acc, row, filters, out, p0, m0) }
+            }
+
+            /// Applies the curve to a tile's sums, stores them and counts their zeros. Out of
+            /// line, so that the sums stay in registers across the taps: inlined, the compiler
+            /// kept them in stack slots and stored every one on every tap (perf annotate).
+            ///
+            /// # Safety
+            /// As `tile`.
+            #[target_feature(enable = $feature)]
+            #[inline(never)]
+            unsafe fn finish<const NV: usize, const NP: usize>(
+                mut acc: [[$vec; NV]; NP],
+                row: &DirectRow,
+                filters: usize,
+                out: &mut [f32],
+                p0: usize,
+                m0: usize,
+            ) -> usize {
                 let mut zeros = 0;
                 let width = (filters - m0).min(NV * LANES);
                 for (p, acc) in acc.iter_mut().enumerate() {
