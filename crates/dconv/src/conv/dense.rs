@@ -186,8 +186,6 @@ impl Dense {
         self.spec.bias || self.epilogue.activation != Activation::None
     }
 
-    /// Adds the bias and applies the activation to one image's `[P][M]` output; returns its
-    /// zeros, or None when there is nothing to apply (and so no pass to count them in).
     /// A layer whose input is its lowered matrix (1x1, stride 1): the output's pixels in
     /// bands, one task per band, each band multiplied on one thread and finished while it is
     /// in cache. Small products split this way scale to the pool's threads better than
@@ -224,19 +222,15 @@ impl Dense {
             .sum()
     }
 
+    /// Adds the bias and applies the activation to one image's `[P][M]` output; returns its
+    /// zeros, or None when there is nothing to apply (and so no pass to count them in).
     fn apply_epilogue(&self, out: &mut [f32]) -> Option<usize> {
         if !self.has_epilogue() {
             return None;
         }
-        let m_len = self.spec.filters;
         let zeros = out
-            .par_chunks_mut(EPILOGUE_ROWS_PER_TASK * m_len)
-            .map(|chunk| {
-                chunk
-                    .chunks_exact_mut(m_len)
-                    .map(|row| self.epilogue.apply_row(row, 0))
-                    .sum::<usize>()
-            })
+            .par_chunks_mut(EPILOGUE_ROWS_PER_TASK * self.spec.filters)
+            .map(|chunk| self.apply_epilogue_serial(chunk))
             .sum();
         Some(zeros)
     }

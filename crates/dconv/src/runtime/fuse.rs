@@ -1,7 +1,8 @@
 //! Fusion: the pass between folding constants and planning that decides which nodes run
 //! as one step. A Conv (or ConvTranspose) takes over the BatchNormalization, per-channel Mul
 //! and Add, and activation after it ([`ConvTail`]); HardSwish written out as four nodes runs
-//! as the one operator; a channel shuffle written out as three, as one copy. Every decision
+//! as the one operator; a channel shuffle written out as three, as one copy; a residual Add
+//! and the activation after it, as one pass. Every decision
 //! reads only constants, which the folding pass has computed, so it is made once for the
 //! whole graph, before any step is planned (a shuffle's shapes are checked when planned).
 
