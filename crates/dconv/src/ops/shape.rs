@@ -5,9 +5,12 @@
 
 use super::{axis, distinct_axes, need_const_i64, required, Ctx};
 use crate::error::{Error, Result};
+use crate::kernels::multiversion::vectorized;
+use crate::kernels::Isa;
 use crate::limits::MAX_COPY_PARTS;
 use crate::plan::builder::{reshape_value, Builder, Dynamic, Value};
 use crate::plan::copy::{CopyKernel, CopyPart, View};
+use crate::plan::kernel::{in_parallel_chunks, Kernel, ELEMENTS_PER_TASK};
 use crate::plan::layout::{plain_strides, Layout};
 use crate::tensor::{element_count, Tensor, TensorData};
 
@@ -353,6 +356,10 @@ pub(crate) fn channel_shuffle(
         return Ok(None);
     }
     let layout = x.layout();
+    if layout == Layout::ChannelsLast {
+        let kernel = ChannelShuffle { groups, per_group };
+        return b.emit(&[x], shape, layout, Box::new(kernel)).map(Some);
+    }
     let [xn, xc, xh, xw] = <[isize; 4]>::try_from(x.strides()).expect("rank 4");
     let [on, oc, oh, ow] = <[isize; 4]>::try_from(layout.strides(&shape)).expect("rank 4");
     let part = CopyPart {
@@ -369,6 +376,66 @@ pub(crate) fn channel_shuffle(
         fill: None,
     };
     b.emit_copy(&[x], shape, layout, kernel).map(Some)
+}
+
+/// A channel shuffle of channels-last images: each pixel's channels, `[groups][per_group]`,
+/// written as `[per_group][groups]`. The strided copy did this one element at a time, with
+/// its odometer's bookkeeping per run of `groups` (ShuffleNet's 16 shuffles took 0.85 ms);
+/// with the group count known at compile time the interleave is vectorised.
+struct ChannelShuffle {
+    groups: usize,
+    per_group: usize,
+}
+
+impl Kernel for ChannelShuffle {
+    fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
+        let (x, pg) = (inputs[0], self.per_group);
+        let pixel = self.groups * pg;
+        let isa = Isa::detect();
+        let task = (ELEMENTS_PER_TASK / pixel).max(1) * pixel;
+        in_parallel_chunks(output, task, |first, out| {
+            let x = &x[first..first + out.len()];
+            vectorized(
+                isa,
+                #[inline(always)]
+                || match self.groups {
+                    2 => interleave::<2>(x, out, pg),
+                    3 => interleave::<3>(x, out, pg),
+                    4 => interleave::<4>(x, out, pg),
+                    8 => interleave::<8>(x, out, pg),
+                    g => {
+                        for (x, out) in x.chunks_exact(pixel).zip(out.chunks_exact_mut(pixel)) {
+                            for (j, o) in out.chunks_exact_mut(g).enumerate() {
+                                for (i, o) in o.iter_mut().enumerate() {
+                                    *o = x[i * pg + j];
+                                }
+                            }
+                        }
+                    }
+                },
+            );
+            0
+        });
+        None
+    }
+
+    fn rearranges(&self, inputs: &[&[f32]], output_len: usize) -> bool {
+        inputs.first().is_some_and(|x| x.len() == output_len)
+    }
+}
+
+/// Each pixel of `G * pg` channels: `out[j * G + i] = x[i * pg + j]`.
+#[inline(always)]
+fn interleave<const G: usize>(x: &[f32], out: &mut [f32], pg: usize) {
+    let pixel = G * pg;
+    for (x, out) in x.chunks_exact(pixel).zip(out.chunks_exact_mut(pixel)) {
+        let rows: [&[f32]; G] = std::array::from_fn(|i| &x[i * pg..(i + 1) * pg]);
+        for (j, o) in out.chunks_exact_mut(G).enumerate() {
+            for (o, row) in o.iter_mut().zip(&rows) {
+                *o = row[j];
+            }
+        }
+    }
 }
 
 fn slice(b: &mut Builder, ctx: &Ctx, inputs: &[Option<Value>]) -> Result<Value> {
@@ -738,6 +805,31 @@ fn gather(b: &mut Builder, ctx: &Ctx, x: &Value, indices: &Value) -> Result<Valu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every group count (those interleaved with a compiled-in count and the rest), over
+    /// enough pixels for several parallel tasks: channel `i * pg + j` of each pixel goes to
+    /// `j * groups + i`, and nothing else is written.
+    #[test]
+    fn channel_shuffle_interleaves_each_pixel() {
+        for (groups, per_group, pixels) in
+            [(2, 1, 3), (3, 7, 5), (4, 34, 300), (5, 2, 4), (8, 16, 9)]
+        {
+            let c = groups * per_group;
+            let x: Vec<f32> = (0..pixels * c).map(|v| v as f32).collect();
+            let mut out = vec![f32::NAN; x.len()];
+            let kernel = ChannelShuffle { groups, per_group };
+            assert!(kernel.rearranges(&[&x], out.len()));
+            kernel.run(&[&x], &mut out);
+            for p in 0..pixels {
+                for i in 0..groups {
+                    for j in 0..per_group {
+                        let (to, from) = (p * c + j * groups + i, p * c + i * per_group + j);
+                        assert_eq!(out[to], x[from], "{groups} groups: pixel {p}, {i}, {j}");
+                    }
+                }
+            }
+        }
+    }
 
     /// The input coordinate that coordinate `v` of the padded axis reads, by the definition
     /// (numpy.pad's): clamped, mirrored until inside, or taken modulo the length.
