@@ -118,19 +118,40 @@ fn case() -> impl Strategy<Value = Case> {
 /// GEMM path it falls back to).
 fn few_channel_case() -> impl Strategy<Value = Case> {
     (case(), 1usize..=4, 1usize..=150).prop_map(|(mut case, c, m)| {
-        let s = case.spec;
-        case.spec = ConvSpec::new(c, s.height, s.width, m, s.kernel)
-            .with_stride(s.stride)
-            .with_dilation(s.dilation)
-            .with_padding([
-                s.padding.top,
-                s.padding.left,
-                s.padding.bottom,
-                s.padding.right,
-            ])
-            .with_batch(s.batch)
-            .with_bias(s.bias)
-            .with_activation(s.activation);
+        case.spec = ConvSpec {
+            channels: c,
+            filters: m,
+            groups: 1,
+            ..case.spec
+        };
+        case
+    })
+}
+
+/// Cases of the dense method's direct path for grouped layers (ShuffleNet's, ResNeXt's): 2-5
+/// groups of 1-12 channels and 8-40 filters (whole vectors and a masked one), so that taps
+/// per group fall on both sides of where the GEMM takes over; half of them 1x1 at stride 1
+/// without padding, which read the input unpadded, in bands of pixels.
+fn grouped_case() -> impl Strategy<Value = Case> {
+    let shape = (2usize..=5, 1usize..=12, 8usize..=40, any::<bool>());
+    (case(), shape).prop_map(|(mut case, (g, cg, mg, pointwise))| {
+        let spec = ConvSpec {
+            channels: g * cg,
+            filters: g * mg,
+            groups: g,
+            ..case.spec
+        };
+        case.spec = if pointwise {
+            ConvSpec {
+                kernel: [1, 1],
+                stride: [1, 1],
+                dilation: [1, 1],
+                padding: Default::default(),
+                ..spec
+            }
+        } else {
+            spec
+        };
         case
     })
 }
@@ -139,6 +160,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
     #[test]
     fn dense_with_few_channels_matches_reference(case in few_channel_case()) {
+        check_method(Method::Dense, &case);
+    }
+
+    #[test]
+    fn dense_with_groups_matches_reference(case in grouped_case()) {
         check_method(Method::Dense, &case);
     }
 }

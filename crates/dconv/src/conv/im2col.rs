@@ -119,27 +119,32 @@ pub(crate) fn pad_rows(spec: &ConvSpec, image: &[f32], rows: Range<usize>, out: 
     }
 }
 
-/// The frame of the path that pads each image once and then computes output rows straight
-/// from it (dense's direct path): per image of the NHWC batch, `pad` fills
-/// the first `padded_len` shared floats of the workspace from the image, then
-/// `row(oy, padded, out_row)` finishes each output row, in parallel, returning its zeros.
+/// The frame of the path that pads each image once and then computes output pixels straight
+/// from it (dense's direct path): per image of the NHWC batch, `pad` fills the first
+/// `padded_len` shared floats of the workspace from the image (with `padded_len` 0 the image
+/// is read as it is: a layer without padding), then `chunk(i, padded, out_chunk)` finishes
+/// each chunk of `chunk_pixels` output pixels, in parallel, returning its zeros.
 pub(crate) fn over_padded_images(
     spec: &ConvSpec,
     (input, output): (&[f32], &mut [f32]),
     ws: &mut Workspace,
-    padded_len: usize,
+    (padded_len, chunk_pixels): (usize, usize),
     pad: impl Fn(&[f32], &mut [f32]),
-    row: impl Fn(usize, &[f32], &mut [f32]) -> usize + Sync,
+    chunk: impl Fn(usize, &[f32], &mut [f32]) -> usize + Sync,
 ) -> Timing {
     let padded = ws.floats(padded_len);
-    let row_len = spec.out_width() * spec.filters;
+    let chunk_len = chunk_pixels * spec.filters;
     over_images(spec, (input, output), |image, out, clock| {
-        clock.convert(|| pad(image, padded));
-        let padded = &*padded;
+        let source = if padded_len == 0 {
+            image
+        } else {
+            clock.convert(|| pad(image, padded));
+            &*padded
+        };
         let zeros = clock.multiply(|| {
-            out.par_chunks_mut(row_len)
+            out.par_chunks_mut(chunk_len)
                 .enumerate()
-                .map(|(oy, out_row)| row(oy, padded, out_row))
+                .map(|(i, out_chunk)| chunk(i, source, out_chunk))
                 .sum()
         });
         clock.count_zeros(zeros);

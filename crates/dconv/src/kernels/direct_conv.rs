@@ -1,14 +1,15 @@
-//! One output row of a direct convolution over a zero-padded NHWC input with few channels
-//! (a network's first layer: 3 colour channels, K = 27 taps of a 3x3 kernel), with the bias
-//! and the activation applied and the output's zeros counted on the way.
+//! A row of output pixels of a direct convolution over a zero-padded NHWC input with few taps
+//! (a network's first layer: 3 colour channels, K = 27 taps of a 3x3 kernel; or one group of
+//! a grouped layer: ShuffleNet's 1x1 groups of 34-136 channels), with the bias and the
+//! activation applied and the output's zeros counted on the way.
 //!
-//! `out[ox][m] = act(bias[m] + sum_k input[base + ox * pixel_step + taps[k]] * w[k][m])`
+//! `out[ox * stride + m] = act(bias[m] + sum_k input[base + ox * pixel_step + taps[k]] * w[k][m])`
 //!
 //! Lowering such a layer for a GEMM costs more than the product: each lowered row is a few
-//! short copies, and a GEMM over K = 27 spends its time packing. Here every input value is
-//! broadcast straight from the padded input and multiplied with a vector of filters; a tile
-//! of several pixels by up to 64 filters stays in registers across all taps, and is written
-//! once, finished.
+//! short copies, and a GEMM over K = 27, or over one group's narrow slice of the filters,
+//! spends its time packing. Here every input value is broadcast straight from the input and
+//! multiplied with a vector of filters; a tile of several pixels by up to 64 filters stays in
+//! registers across all taps, and is written once, finished.
 
 use super::curve::Curve;
 use super::Isa;
@@ -34,10 +35,19 @@ pub(crate) struct DirectRow<'a> {
     pub curve: Option<Curve>,
 }
 
+/// Where a row's outputs go in its output slice: pixel `p`'s filter `m` at `p * stride + m`
+/// (`stride` is the layer's filters: a group's filters are a slice of each pixel's).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OutputPixels {
+    pub count: usize,
+    pub filters: usize,
+    pub stride: usize,
+}
+
 /// The row kernel of one instruction set, chosen once.
 #[derive(Clone, Copy)]
 pub(crate) struct DirectConv {
-    row: fn(&DirectRow, usize, &mut [f32]) -> usize,
+    row: fn(&DirectRow, OutputPixels, &mut [f32]) -> usize,
 }
 
 impl DirectConv {
@@ -53,28 +63,35 @@ impl DirectConv {
         DirectConv { row }
     }
 
-    /// Computes one output row, `out = [out_width][filters]`; returns how many outputs are
-    /// exactly zero.
+    /// Computes one row of output pixels into `out` as `at` places them; returns how many
+    /// outputs are exactly zero.
     ///
     /// # Panics
-    /// If `filters` is 0 or does not divide `out.len()`, the bias is not a multiple of
-    /// [`FILTER_ALIGN`] at least `filters` long, the weights are shorter than
-    /// `taps.len() x bias.len()`, or a tap of some pixel reads past the input.
-    pub fn row(&self, row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
+    /// If `at.filters` is 0 or above `at.stride`, `out` is too short for `at`, the bias is
+    /// not a multiple of [`FILTER_ALIGN`] at least `at.filters` long, the weights are
+    /// shorter than `taps.len() x bias.len()`, or a tap of some pixel reads past the input.
+    pub fn row(&self, row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
         let mp = row.bias.len();
+        let pixels = at.count;
         assert!(
-            filters > 0 && out.len().is_multiple_of(filters),
-            "output row of whole pixels"
+            at.filters > 0 && at.filters <= at.stride,
+            "filters within a pixel"
+        );
+        let end = pixels
+            .checked_sub(1)
+            .map(|last| last.checked_mul(at.stride)?.checked_add(at.filters));
+        assert!(
+            end.is_none_or(|end| end.is_some_and(|e| e <= out.len())),
+            "output row too short"
         );
         assert!(
-            mp >= filters && mp.is_multiple_of(FILTER_ALIGN),
+            mp >= at.filters && mp.is_multiple_of(FILTER_ALIGN),
             "padded filters"
         );
         assert!(
             row.weights.len() >= row.taps.len() * mp,
             "weights too short"
         );
-        let pixels = out.len() / filters;
         if let (Some(last), Some(&reach)) = (pixels.checked_sub(1), row.taps.iter().max()) {
             let end = last
                 .checked_mul(row.pixel_step)
@@ -88,15 +105,16 @@ impl DirectConv {
         if pixels == 0 {
             return 0;
         }
-        (self.row)(row, filters, out)
+        (self.row)(row, at, out)
     }
 }
 
 /// Plain Rust: a pixel at a time, 16 filters at a time in a stack array.
-fn portable(row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
-    let mp = row.bias.len();
+fn portable(row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
+    let (mp, filters) = (row.bias.len(), at.filters);
     let mut zeros = 0;
-    for (p, pixel) in out.chunks_exact_mut(filters).enumerate() {
+    for p in 0..at.count {
+        let pixel = &mut out[p * at.stride..p * at.stride + filters];
         let window = row.base + p * row.pixel_step;
         for m0 in (0..filters).step_by(FILTER_ALIGN) {
             let mut acc: [f32; FILTER_ALIGN] = row.bias[m0..m0 + FILTER_ALIGN].try_into().unwrap();
@@ -126,38 +144,39 @@ macro_rules! direct_row {
      load: $load:ident, store: $store:ident, splat: $splat:ident,
      fma: |$a:ident, $w:ident, $x:ident| $fma:expr,
      max: $max:ident, min: $min:ident, mul: $mul:ident, fma_ab: $fma_ab:ident,
-     zeros: |$z:ident| $zeros:expr) => {
+     mask: |$n:ident| $mask_of:expr, all: $mask_of_all:expr,
+     store_masked: |$sp:ident, $sm:ident, $sv:ident| $store_masked:expr,
+     zeros: |$zv:ident, $zm:ident| $zeros:expr) => {
         mod $module {
-            use super::DirectRow;
+            use super::{DirectRow, OutputPixels};
             use crate::kernels::curve::{apply_curve, Curve};
             use std::arch::x86_64::*;
 
             const LANES: usize = $lanes;
 
             /// [`row`] as a safe fn, for [`super::DirectConv`].
-            pub fn checked_row(row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
+            pub fn checked_row(row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
                 // SAFETY: reachable only through a `DirectConv` that `for_isa` built after
                 // finding the feature on this CPU, and called by `DirectConv::row` once the
                 // operands passed its checks. Every input read is at base + p * pixel_step
                 // + tap for p < pixels, inside `input`; weights are read at k * mp + j for
                 // j < mp, inside `weights`; bias at j < mp; outputs are written at
-                // p * filters + j for j < filters only.
-                unsafe { self::row(row, filters, out) }
+                // p * stride + j for j < filters only (the last vector masked), inside `out`.
+                unsafe { self::row(row, at, out) }
             }
 
             /// # Safety
-            /// The CPU must support the target feature, and `row`, `filters` and `out` must
+            /// The CPU must support the target feature, and `row`, `at` and `out` must
             /// pass the checks of `DirectConv::row`.
             #[target_feature(enable = $feature)]
-            unsafe fn row(row: &DirectRow, filters: usize, out: &mut [f32]) -> usize {
+            unsafe fn row(row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
                 let mp = row.bias.len();
-                let pixels = out.len() / filters;
                 let mut zeros = 0;
                 let mut m0 = 0;
-                while m0 < filters {
+                while m0 < at.filters {
                     // SAFETY: forwarded from the caller; each call reads filters
                     // m0 .. m0 + NV * LANES <= mp of the packed weights and bias.
-                    zeros += unsafe { direct_row!(@plan $($plan)*; row, filters, out, m0, pixels, mp) };
+                    zeros += unsafe { direct_row!(@plan $($plan)*; row, at, out, m0, mp) };
                 }
                 zeros
             }
@@ -171,7 +190,7 @@ macro_rules! direct_row {
             #[inline]
             unsafe fn tile<const NV: usize, const NP: usize>(
                 row: &DirectRow,
-                filters: usize,
+                at: OutputPixels,
                 out: &mut [f32],
                 p0: usize,
                 m0: usize,
@@ -201,7 +220,7 @@ macro_rules! direct_row {
                     }
                 }
                 // SAFETY: forwarded from the caller.
-                unsafe { finish::<NV, NP>(acc, row, filters, out, p0, m0) }
+                unsafe { finish::<NV, NP>(acc, row, at, out, p0, m0) }
             }
 
             /// Applies the curve to a tile's sums, stores them and counts their zeros. Out of
@@ -215,38 +234,39 @@ macro_rules! direct_row {
             unsafe fn finish<const NV: usize, const NP: usize>(
                 mut acc: [[$vec; NV]; NP],
                 row: &DirectRow,
-                filters: usize,
+                at: OutputPixels,
                 out: &mut [f32],
                 p0: usize,
                 m0: usize,
             ) -> usize {
                 let mut zeros = 0;
-                let width = (filters - m0).min(NV * LANES);
+                // Lanes of each vector that hold real filters: all but in the last block.
+                let width = at.filters - m0;
+                let lanes: [usize; NV] = std::array::from_fn(|v| width.saturating_sub(v * LANES).min(LANES));
                 for (p, acc) in acc.iter_mut().enumerate() {
-                    let dst = (p0 + p) * filters + m0;
+                    let dst = (p0 + p) * at.stride + m0;
                     if let Some(c) = row.curve {
                         for a in acc.iter_mut() {
                             *a = apply_curve!(c, *a, $splat, $max, $min, $mul, $fma_ab);
                         }
                     }
-                    if width == NV * LANES {
-                        for (v, &a) in acc.iter().enumerate() {
-                            // SAFETY: dst + (v + 1) * LANES <= (p0 + p) * filters + filters
+                    for (v, &a) in acc.iter().enumerate() {
+                        let to = out.as_mut_ptr().wrapping_add(dst + v * LANES);
+                        let $zv = a;
+                        if lanes[v] == LANES {
+                            // SAFETY: dst + (v + 1) * LANES <= (p0 + p) * stride + filters
                             // <= out.len().
-                            unsafe { $store(out.as_mut_ptr().add(dst + v * LANES), a) };
-                            let $z = a;
+                            unsafe { $store(to, a) };
+                            let $zm = $mask_of_all;
                             zeros += $zeros;
-                        }
-                    } else {
-                        // The last filters: through a stack copy, only the real ones out.
-                        let mut tmp = [0.0f32; 64];
-                        for (v, &a) in acc.iter().enumerate() {
-                            // SAFETY: NV * LANES <= 64 floats of tmp.
-                            unsafe { $store(tmp.as_mut_ptr().add(v * LANES), a) };
-                        }
-                        for (o, &t) in out[dst..dst + width].iter_mut().zip(&tmp) {
-                            *o = t;
-                            zeros += (t == 0.0) as usize;
+                        } else if lanes[v] > 0 {
+                            let $n = lanes[v];
+                            let $zm = $mask_of;
+                            let ($sp, $sm, $sv) = (to, $zm, a);
+                            // SAFETY: the mask keeps the store to the filters that exist,
+                            // inside `out` as above.
+                            unsafe { $store_masked };
+                            zeros += $zeros;
                         }
                     }
                 }
@@ -256,26 +276,26 @@ macro_rules! direct_row {
     };
     // Runs the filter block at m0 with NV vectors over all pixels (tiles of NP, then single
     // pixels), then advances m0.
-    (@block $nv:literal, $np:literal; $row:ident, $filters:ident, $out:ident, $m0:ident, $pixels:ident) => {{
+    (@block $nv:literal, $np:literal; $row:ident, $at:ident, $out:ident, $m0:ident) => {{
         let mut zeros = 0;
         let mut p0 = 0;
-        while p0 + $np <= $pixels {
-            zeros += tile::<$nv, $np>($row, $filters, $out, p0, $m0);
+        while p0 + $np <= $at.count {
+            zeros += tile::<$nv, $np>($row, $at, $out, p0, $m0);
             p0 += $np;
         }
-        while p0 < $pixels {
-            zeros += tile::<$nv, 1>($row, $filters, $out, p0, $m0);
+        while p0 < $at.count {
+            zeros += tile::<$nv, 1>($row, $at, $out, p0, $m0);
             p0 += 1;
         }
         $m0 += $nv * LANES;
         zeros
     }};
     // Picks the widest block of filters that the padded filters still hold.
-    (@plan $($nv:literal x $np:literal),*; $row:ident, $filters:ident, $out:ident, $m0:ident, $pixels:ident, $mp:ident) => {{
+    (@plan $($nv:literal x $np:literal),*; $row:ident, $at:ident, $out:ident, $m0:ident, $mp:ident) => {{
         let left = ($mp - $m0) / LANES;
         $(
             if left >= $nv {
-                direct_row!(@block $nv, $np; $row, $filters, $out, $m0, $pixels)
+                direct_row!(@block $nv, $np; $row, $at, $out, $m0)
             } else
         )* {
             unreachable!("the padded filters are a multiple of every block's last option")
@@ -288,14 +308,22 @@ direct_row!(avx512, "avx512f", 16, __m512, [4 x 5, 2 x 10, 1 x 12],
     load: _mm512_loadu_ps, store: _mm512_storeu_ps, splat: _mm512_set1_ps,
     fma: |a, w, x| _mm512_fmadd_ps(x, w, a),
     max: _mm512_max_ps, min: _mm512_min_ps, mul: _mm512_mul_ps, fma_ab: _mm512_fmadd_ps,
-    zeros: |v| _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_setzero_ps()).count_ones() as usize);
+    mask: |n| ((1u32 << n) - 1) as __mmask16, all: 0xffff_u16,
+    store_masked: |p, m, v| _mm512_mask_storeu_ps(p, m, v),
+    zeros: |v, m| (_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_setzero_ps()) & m).count_ones() as usize);
 
 #[cfg(target_arch = "x86_64")]
 direct_row!(avx2, "avx2,fma", 8, __m256, [2 x 6, 1 x 12],
     load: _mm256_loadu_ps, store: _mm256_storeu_ps, splat: _mm256_set1_ps,
     fma: |a, w, x| _mm256_fmadd_ps(x, w, a),
     max: _mm256_max_ps, min: _mm256_min_ps, mul: _mm256_mul_ps, fma_ab: _mm256_fmadd_ps,
-    zeros: |v| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_setzero_ps())).count_ones() as usize);
+    mask: |n| _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+    all: _mm256_set1_epi32(-1),
+    store_masked: |p, m, v| _mm256_maskstore_ps(p, m, v),
+    zeros: |v, m| _mm256_movemask_ps(_mm256_and_ps(
+        _mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_setzero_ps()),
+        _mm256_castsi256_ps(m),
+    )).count_ones() as usize);
 
 #[cfg(test)]
 mod tests {
@@ -314,14 +342,15 @@ mod tests {
                 beta: 0.5,
             }
             .curve();
-            for (filters, pixels, taps_len, curve) in [
-                (64usize, 15usize, 27usize, Activation::Relu.curve()),
-                (16, 13, 5, None),
-                (3, 7, 1, Activation::Relu6.curve()),
-                (40, 1, 12, hard_swish),
-                (100, 29, 9, hard_sigmoid),
-                (5, 0, 3, None),
-                (20, 14, 4, hard_swish),
+            for (filters, pixels, taps_len, gap, curve) in [
+                (64usize, 15usize, 27usize, 0usize, Activation::Relu.curve()),
+                (16, 13, 5, 3, None),
+                (3, 7, 1, 0, Activation::Relu6.curve()),
+                (40, 1, 12, 5, hard_swish),
+                (100, 29, 9, 0, hard_sigmoid),
+                (5, 0, 3, 1, None),
+                (20, 14, 4, 0, hard_swish),
+                (34, 23, 34, 34, Activation::Relu.curve()),
             ] {
                 let mp = filters.next_multiple_of(FILTER_ALIGN);
                 let step = 3;
@@ -349,21 +378,29 @@ mod tests {
                     bias: &bias,
                     curve,
                 };
-                let mut want = vec![0.0; pixels * filters];
+                // Each pixel's filters are a slice of a wider pixel (a group's, at an
+                // offset): the gaps must stay untouched.
+                let (offset, stride) = (gap, filters + 2 * gap);
+                let mut want = vec![f32::NAN; pixels * stride + gap];
                 for p in 0..pixels {
                     for m in 0..filters {
                         let mut acc = bias[m];
                         for (k, &t) in taps.iter().enumerate() {
                             acc += input[2 + p * step + t as usize] * weights[k * mp + m];
                         }
-                        want[p * filters + m] = curve.map_or(acc, |c| c.apply(acc));
+                        want[p * stride + offset + m] = curve.map_or(acc, |c| c.apply(acc));
                     }
                 }
                 let mut got = vec![f32::NAN; want.len()];
-                let zeros = DirectConv::for_isa(isa).row(&row, filters, &mut got);
+                let at = OutputPixels {
+                    count: pixels,
+                    filters,
+                    stride,
+                };
+                let zeros = DirectConv::for_isa(isa).row(&row, at, &mut got[offset..]);
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
-                        (g - w).abs() <= 1e-4 * w.abs().max(1.0),
+                        (g - w).abs() <= 1e-4 * w.abs().max(1.0) || (g.is_nan() && w.is_nan()),
                         "{isa} {filters}: {g} vs {w}"
                     );
                 }
@@ -384,6 +421,11 @@ mod tests {
             bias: &[0.0; 16],
             curve: None,
         };
-        DirectConv::for_isa(Isa::Portable).row(&row, 16, &mut [0.0; 32]);
+        let at = OutputPixels {
+            count: 2,
+            filters: 16,
+            stride: 16,
+        };
+        DirectConv::for_isa(Isa::Portable).row(&row, at, &mut [0.0; 32]);
     }
 }
