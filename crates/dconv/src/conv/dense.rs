@@ -35,10 +35,13 @@ const BAND_ROWS: usize = 256;
 /// Input channels up to which an ungrouped layer takes the direct path.
 const DIRECT_MAX_CHANNELS: usize = 4;
 /// Taps per group (`Cg * R * S`) up to which a grouped layer takes it. On ShuffleNet's 1x1
-/// layers (4 groups) the direct path matched the GEMM's per-group products at 34 and 68
-/// taps and was 7 % slower at 136; with fewer taps it wins outright (6: 1.8x, 3x3 groups
-/// of 8 channels: 2x).
-const DIRECT_MAX_GROUP_TAPS: usize = 128;
+/// layers (4 groups), whose input the GEMM multiplies as it is, the direct path matched the
+/// GEMM's per-group products at 34 and 68 taps and was 7 % slower at 136; with fewer taps
+/// it wins outright (6 taps: 1.8x).
+const DIRECT_MAX_GROUP_TAPS_1X1: usize = 128;
+/// The same for the other kernels, whose GEMMs also lower or shift the input: 3x3 groups of
+/// 8 channels 2x faster, of 16 1.2x, of 24 1.03x, of 32 10-20 % slower.
+const DIRECT_MAX_GROUP_TAPS: usize = 224;
 /// Filters per group from which either does: with fewer, most of each vector of 16 filters
 /// would be padding (computed and kept), and the GEMM path costs about as much.
 const DIRECT_MIN_FILTERS: usize = 8;
@@ -48,7 +51,12 @@ fn direct_applies(spec: &ConvSpec) -> bool {
     let few_taps = if spec.groups == 1 {
         spec.channels <= DIRECT_MAX_CHANNELS
     } else {
-        spec.lowered_cols() <= DIRECT_MAX_GROUP_TAPS && !depthwise::applies(spec)
+        let most = if input_is_lowered(spec) {
+            DIRECT_MAX_GROUP_TAPS_1X1
+        } else {
+            DIRECT_MAX_GROUP_TAPS
+        };
+        spec.lowered_cols() <= most && !depthwise::applies(spec)
     };
     few_taps && spec.filters_per_group() >= DIRECT_MIN_FILTERS
 }
