@@ -223,7 +223,7 @@ impl Dense {
         let (c_len, m_len) = (s.channels, s.filters);
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
         let k_len = s.lowered_cols();
-        let band = s.out_pixels().div_ceil(threads).clamp(1, BAND_ROWS);
+        let band = band_rows(s.out_pixels(), threads);
         let zeros = out
             .par_chunks_mut(band * m_len)
             .zip(image.par_chunks(band * c_len))
@@ -262,6 +262,15 @@ impl Dense {
             .sum();
         Some(zeros)
     }
+}
+
+/// Rows per band when `pixels` rows are cut into bands for `threads` threads: at most
+/// [`BAND_ROWS`], and a whole number of bands per thread, as even as rows allow (729 rows
+/// on 2 threads in bands of 256 gave one thread twice the other's work).
+fn band_rows(pixels: usize, threads: usize) -> usize {
+    let threads = threads.max(1);
+    let bands = pixels.div_ceil(BAND_ROWS).next_multiple_of(threads);
+    pixels.div_ceil(bands).max(1)
 }
 
 /// Whether the NHWC input already is L: a 1x1 kernel at stride 1 without padding
@@ -335,7 +344,7 @@ impl Dense {
         let curve = self.epilogue.curve();
         let threads = rayon::current_num_threads();
         let (chunk_pixels, chunk_step) = if input_is_lowered(s) {
-            let band = s.out_pixels().div_ceil(threads).clamp(1, BAND_ROWS);
+            let band = band_rows(s.out_pixels(), threads);
             (band, band * c_len)
         } else {
             (s.out_width(), s.stride[0] * pw * c_len)
@@ -441,6 +450,21 @@ impl ConvKernel for Dense {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bands_are_even_across_threads() {
+        for (pixels, threads, band) in [
+            (729, 2, 183),
+            (729, 1, 243),
+            (49, 2, 25),
+            (3136, 2, 224),
+            (1, 4, 1),
+        ] {
+            assert_eq!(band_rows(pixels, threads), band, "{pixels} on {threads}");
+            let bands = pixels.div_ceil(band);
+            assert!(band <= BAND_ROWS && (bands.is_multiple_of(threads) || bands < threads));
+        }
+    }
 
     #[test]
     fn prepared_bytes_bound_what_is_kept() {
