@@ -163,13 +163,15 @@ fn nk<const L: usize>(a: &[f32], b: &[f32], b_stride: usize, out: &mut [f32]) {
         let rows = [row(j), row(j + 1), row(j + 2), row(j + 3)];
         let mut acc = [[0.0f32; L]; ROWS];
         let chunks = a.len() / L * L;
-        for i in (0..chunks).step_by(L) {
-            let x: &[f32; L] = a[i..i + L].try_into().unwrap();
-            for (acc, r) in acc.iter_mut().zip(&rows) {
-                let y: &[f32; L] = r[i..i + L].try_into().unwrap();
-                for l in 0..L {
-                    acc[l] += x[l] * y[l];
-                }
+        // Zipped fixed-size chunks: indexed by a stepped range, the loop compiled to scalar
+        // multiply-adds on stack slots (perf annotate), 2.3x slower than ONNX Runtime.
+        let (x, [r0, r1, r2, r3]) = (lanes::<L>(a, chunks), rows.map(|r| lanes::<L>(r, chunks)));
+        for ((((x, y0), y1), y2), y3) in x.zip(r0).zip(r1).zip(r2).zip(r3) {
+            for l in 0..L {
+                acc[0][l] += x[l] * y0[l];
+                acc[1][l] += x[l] * y1[l];
+                acc[2][l] += x[l] * y2[l];
+                acc[3][l] += x[l] * y3[l];
             }
         }
         for (r, (acc, o)) in rows.iter().zip(acc.iter().zip(&mut out[j..j + ROWS])) {
@@ -180,6 +182,15 @@ fn nk<const L: usize>(a: &[f32], b: &[f32], b_stride: usize, out: &mut [f32]) {
     for (jj, o) in out.iter_mut().enumerate().skip(j) {
         *o = dot::<L>(a, row(jj));
     }
+}
+
+/// The first `len` floats of `r` (a multiple of `L`) as arrays of `L`, so that the loops
+/// over their lanes are unrolled.
+#[inline(always)]
+fn lanes<const L: usize>(r: &[f32], len: usize) -> impl Iterator<Item = &[f32; L]> {
+    r[..len]
+        .chunks_exact(L)
+        .map(|chunk| chunk.try_into().expect("chunks of L"))
 }
 
 /// `dot(a, r)` in `L` lanes.
