@@ -130,9 +130,17 @@ impl Pool {
         }
     }
 
-    /// Reduces one window into `out` (one pixel's channels); returns its exact zeros.
+    /// Reduces one window into `out` (one pixel's channels) by `fold` from `init`; returns
+    /// its exact zeros. The fold is a parameter, not a match on the reduction per value, so
+    /// that each pool's loops compile to plain vector maxima or sums.
     #[inline(always)]
-    fn window(&self, image: &[f32], window: &Window, out: &mut [f32]) -> usize {
+    fn window(
+        &self,
+        image: &[f32],
+        window: &Window,
+        out: &mut [f32],
+        (init, fold): (f32, impl Fn(f32, f32) -> f32 + Copy),
+    ) -> usize {
         let c_len = self.channels;
         let scale = match self.reduce {
             Reduce::Max => 1.0,
@@ -145,59 +153,79 @@ impl Pool {
                 1.0 / count.max(1) as f32
             }
         };
-        let reduce = |range, acc: &mut [f32]| self.reduce(image, window, range, scale, acc);
+        let reduce = |range: std::ops::Range<usize>, acc: &mut [f32]| {
+            acc.fill(init);
+            for at in self.tap_offsets(window) {
+                for (a, &v) in acc.iter_mut().zip(&image[at + range.start..at + range.end]) {
+                    *a = fold(*a, v);
+                }
+            }
+            acc.iter_mut().for_each(|a| *a *= scale);
+        };
         if window.len() > MAX_CHUNKED_TAPS {
-            return reduce(0..c_len, out);
+            reduce(0..c_len, out);
+            return out.iter().filter(|&&v| v == 0.0).count();
         }
-        // A chunk of channels at a time in a local array, which stays in registers.
-        let mut zeros = 0;
+        // A chunk of channels at a time in a local array of fixed length, which stays in a
+        // register; zeros counted per lane, summed once per window.
+        let mut zeros = [0u32; CHUNK];
         let mut chunks = out.chunks_exact_mut(CHUNK);
         let mut c0 = 0;
         for chunk in chunks.by_ref() {
-            let mut acc = [0.0; CHUNK];
-            zeros += reduce(c0..c0 + CHUNK, &mut acc);
+            let mut acc = [init; CHUNK];
+            for at in self.tap_offsets(window) {
+                let v: &[f32; CHUNK] = image[at + c0..at + c0 + CHUNK].try_into().unwrap();
+                for l in 0..CHUNK {
+                    acc[l] = fold(acc[l], v[l]);
+                }
+            }
+            for l in 0..CHUNK {
+                acc[l] *= scale;
+                zeros[l] += (acc[l] == 0.0) as u32;
+            }
             chunk.copy_from_slice(&acc);
             c0 += CHUNK;
         }
-        zeros + reduce(c0..c_len, chunks.into_remainder())
+        let rest = chunks.into_remainder();
+        reduce(c0..c_len, rest);
+        let rest_zeros = rest.iter().filter(|&&v| v == 0.0).count();
+        zeros.iter().sum::<u32>() as usize + rest_zeros
     }
 
-    /// Folds channels `range` of every tap of `window` into `acc` (which it first sets to
-    /// the reduction's start), scales them, and returns their exact zeros.
+    /// Where each tap of `window` starts in the image (its pixel's first channel).
     #[inline(always)]
-    fn reduce(
-        &self,
-        image: &[f32],
-        window: &Window,
-        range: std::ops::Range<usize>,
-        scale: f32,
-        acc: &mut [f32],
-    ) -> usize {
+    fn tap_offsets<'w>(&self, window: &'w Window) -> impl Iterator<Item = usize> + 'w {
         let (w, c_len) = (self.input[1], self.channels);
         let (ys, xs) = (&window.y, &window.x);
-        acc.fill(self.init());
-        for i in 0..ys.count {
-            for j in 0..xs.count {
-                let at = ((ys.first + i * ys.step) * w + xs.first + j * xs.step) * c_len;
-                self.combine(acc, &image[at + range.start..at + range.end]);
-            }
-        }
-        let mut zeros = 0;
-        for a in acc.iter_mut() {
-            *a *= scale;
-            zeros += (*a == 0.0) as usize;
-        }
-        zeros
+        (0..ys.count).flat_map(move |i| {
+            let y = ys.first + i * ys.step;
+            (0..xs.count).map(move |j| (y * w + xs.first + j * xs.step) * c_len)
+        })
     }
 
     /// One output row: every window of output row `oy` of one image; returns its zeros.
     #[inline(always)]
     fn row(&self, image: &[f32], oy: usize, out_row: &mut [f32]) -> usize {
+        match self.reduce {
+            Reduce::Max => self.row_by(image, oy, out_row, (f32::NEG_INFINITY, max)),
+            Reduce::Mean { .. } => self.row_by(image, oy, out_row, (0.0, |a, v| a + v)),
+        }
+    }
+
+    /// [`Pool::row`] with the reduction's start and fold.
+    #[inline(always)]
+    fn row_by(
+        &self,
+        image: &[f32],
+        oy: usize,
+        out_row: &mut [f32],
+        fold: (f32, impl Fn(f32, f32) -> f32 + Copy),
+    ) -> usize {
         let ys = self.taps(0, oy);
         let mut zeros = 0;
         for (ox, out) in out_row.chunks_exact_mut(self.channels).enumerate() {
             let window = Window::new(ys.clone(), self.taps(1, ox));
-            zeros += self.window(image, &window, out);
+            zeros += self.window(image, &window, out, fold);
         }
         zeros
     }
@@ -236,31 +264,6 @@ impl Pool {
             zeros += out.iter().filter(|&&v| v == 0.0).count();
         }
         zeros
-    }
-
-    /// Folds one pixel's channels `v` into the accumulators `acc`.
-    #[inline(always)]
-    fn combine(&self, acc: &mut [f32], v: &[f32]) {
-        match self.reduce {
-            Reduce::Max => {
-                for (a, &x) in acc.iter_mut().zip(v) {
-                    *a = max(*a, x);
-                }
-            }
-            Reduce::Mean { .. } => {
-                for (a, &x) in acc.iter_mut().zip(v) {
-                    *a += x;
-                }
-            }
-        }
-    }
-
-    #[inline(always)]
-    fn init(&self) -> f32 {
-        match self.reduce {
-            Reduce::Max => f32::NEG_INFINITY,
-            Reduce::Mean { .. } => 0.0,
-        }
     }
 }
 
@@ -388,7 +391,10 @@ mod tests {
     /// The window by the definition: every tap checked on its own.
     fn naive(pool: &Pool, image: &[f32], o: [usize; 2], out: &mut [f32]) {
         let c_len = pool.channels;
-        out.fill(pool.init());
+        out.fill(match pool.reduce {
+            Reduce::Max => f32::NEG_INFINITY,
+            Reduce::Mean { .. } => 0.0,
+        });
         let (mut valid, mut padded) = (0usize, 0usize);
         for ky in 0..pool.kernel[0] {
             let qy = o[0] * pool.stride[0] + ky * pool.dilation[0];
