@@ -7,6 +7,8 @@ use super::{axis, need_const_f32, Ctx};
 use crate::conv::Activation;
 use crate::error::{Error, Result};
 use crate::kernels::curve::Curve;
+use crate::kernels::multiversion::vectorized;
+use crate::kernels::Isa;
 use crate::plan::builder::{Builder, Value};
 use crate::plan::kernel::Kernel;
 use crate::plan::kernel::{in_parallel_chunks, ELEMENTS_PER_TASK};
@@ -64,9 +66,9 @@ impl Kernel for ChannelAffine {
             None => self.channels_last(x, output, |v| v),
             // ReLU and ReLU6 as two vector instructions, not the general curve.
             Some(c) if c.is_plain_clamp() => {
-                self.channels_last(x, output, |v| v.max(c.lo).min(c.hi))
+                self.channels_last(x, output, move |v| v.max(c.lo).min(c.hi))
             }
-            Some(c) => self.channels_last(x, output, |v| c.apply(v)),
+            Some(c) => self.channels_last(x, output, move |v| c.apply(v)),
         };
         self.curve
             .map(|_| zeros as f64 / output.len().max(1) as f64)
@@ -74,21 +76,40 @@ impl Kernel for ChannelAffine {
 }
 
 impl ChannelAffine {
-    /// Channels last: whole pixels at a time, a loop over the channels that vectorises
-    /// (rather than a division per element), split over the threads; returns the zeros
-    /// when there is an activation (0 without: nothing reads them).
-    fn channels_last(&self, x: &[f32], output: &mut [f32], f: impl Fn(f32) -> f32 + Sync) -> usize {
+    /// Channels last: whole pixels at a time, a loop over the channels compiled for the
+    /// CPU's vectors (rather than a division per element), split over the threads; returns
+    /// the zeros when there is an activation (0 without: nothing reads them), counted in
+    /// 32-bit lanes as they are written. (Compiled for the baseline with a separate count,
+    /// DenseNet's 120 of these took 10 % of its time.)
+    fn channels_last(
+        &self,
+        x: &[f32],
+        output: &mut [f32],
+        f: impl Fn(f32) -> f32 + Sync + Copy,
+    ) -> usize {
         let (scale, shift) = (&self.bn.scale, &self.bn.shift);
         let c_len = scale.len();
         let pixels = (ELEMENTS_PER_TASK / c_len.max(1)).max(1) * c_len;
+        let counting = self.curve.is_some();
+        let isa = Isa::detect();
         in_parallel_chunks(output, pixels, |first, out| {
             let x = &x[first..][..out.len()];
-            for (out, x) in out.chunks_exact_mut(c_len).zip(x.chunks_exact(c_len)) {
-                for (((o, &v), &s), &t) in out.iter_mut().zip(x).zip(scale).zip(shift) {
-                    *o = f(v * s + t);
-                }
-            }
-            self.zeros(out)
+            // Moved in: read through references, the curve's bounds and the flag were
+            // reloaded per element (the output might alias them) and nothing vectorised.
+            vectorized(
+                isa,
+                #[inline(always)]
+                move || {
+                    let mut zeros = 0u32;
+                    for (out, x) in out.chunks_exact_mut(c_len).zip(x.chunks_exact(c_len)) {
+                        for (((o, &v), &s), &t) in out.iter_mut().zip(x).zip(scale).zip(shift) {
+                            *o = f(v * s + t);
+                            zeros += (counting && *o == 0.0) as u32;
+                        }
+                    }
+                    zeros as usize
+                },
+            )
         })
     }
 
