@@ -8,6 +8,7 @@
 
 use super::run_loop::over_images;
 use super::{ConvSpec, Epilogue, Timing, Workspace};
+use crate::cache::CacheSizes;
 use crate::kernels::depthwise::{DepthwiseConv, DepthwiseRow};
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
@@ -63,7 +64,8 @@ impl Depthwise {
         self.weights.len()
     }
 
-    /// Computes `output` from `input` (whole batches, NHWC), output rows in parallel.
+    /// Computes `output` from `input` (whole batches, NHWC): a band of output rows per
+    /// thread, each band one block of channels at a time ([`block_channels`]).
     pub fn run(
         &self,
         spec: &ConvSpec,
@@ -74,6 +76,10 @@ impl Depthwise {
     ) -> Timing {
         let expanded = ws.floats(expanded_len(spec));
         let row_len = spec.out_width() * spec.filters;
+        let band_rows = spec.output_size()[0]
+            .div_ceil(rayon::current_num_threads())
+            .max(1);
+        let block = block_channels(spec, &CacheSizes::detect());
         let curve = epilogue.curve();
         over_images(spec, (input, output), |image, out, clock| {
             let image = if expanded.is_empty() {
@@ -83,30 +89,54 @@ impl Depthwise {
                 &*expanded
             };
             let zeros = clock.multiply(|| {
-                out.par_chunks_mut(row_len)
+                out.par_chunks_mut(band_rows * row_len)
                     .enumerate()
-                    .map(|(oy, out_row)| {
-                        let row = DepthwiseRow {
-                            image,
-                            height: spec.height,
-                            width: spec.width,
-                            channels: spec.filters,
-                            kernel: spec.kernel,
-                            top: (oy * spec.stride[0]) as isize - spec.padding.top as isize,
-                            stride: spec.stride[1],
-                            dilation: spec.dilation,
-                            left: spec.padding.left,
-                            weights: &self.weights,
-                            bias: &epilogue.bias,
-                            curve,
-                        };
-                        self.kernel.row(&row, out_row)
+                    .map(|(band, out)| {
+                        let mut zeros = 0;
+                        for m0 in (0..spec.filters).step_by(block) {
+                            for (i, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+                                let oy = band * band_rows + i;
+                                let row = DepthwiseRow {
+                                    image,
+                                    height: spec.height,
+                                    width: spec.width,
+                                    channels: spec.filters,
+                                    kernel: spec.kernel,
+                                    top: (oy * spec.stride[0]) as isize - spec.padding.top as isize,
+                                    stride: spec.stride[1],
+                                    dilation: spec.dilation,
+                                    left: spec.padding.left,
+                                    weights: &self.weights,
+                                    bias: &epilogue.bias,
+                                    curve,
+                                    block: m0..(m0 + block).min(spec.filters),
+                                };
+                                zeros += self.kernel.row(&row, out_row);
+                            }
+                        }
+                        zeros
                     })
                     .sum()
             });
             clock.count_zeros(zeros);
         })
     }
+}
+
+/// Channels per block of a band's sweep: where the image fits half of L2, a multiple of 32
+/// (the kernel's block of two AVX-512 vectors) whose input rows under one kernel window fit
+/// half of L1, so that each input row comes from L2 once per block instead of once per
+/// output row that reads it (5x5 on 672 channels at 14x14: 12 % faster). A larger image
+/// is swept in whole rows of all its channels: swept once per block, it would come from
+/// memory each time (3x3 on 144 channels at 56x56: 5-10 % slower blocked).
+fn block_channels(spec: &ConvSpec, cache: &CacheSizes) -> usize {
+    let image = saturating_product(&[4, spec.height, spec.width, spec.filters]);
+    if image > cache.l2_share(1, 2) {
+        return spec.filters.max(1);
+    }
+    let rows = (spec.kernel[0] - 1) * spec.dilation[0] + 1;
+    let per_channel = 4 * rows * spec.width;
+    (cache.l1d_share(1, 2) / per_channel.max(1) / 32 * 32).max(32)
 }
 
 /// Copies one NHWC image into `expanded`, `[H][W][M]`: output channel `m` finds its input

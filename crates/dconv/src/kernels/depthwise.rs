@@ -15,6 +15,7 @@ use std::ops::Range;
 
 /// One output row's operands. The image has as many channels as the output: a channel
 /// multiplier above 1 is expanded beforehand.
+#[derive(Clone)]
 pub(crate) struct DepthwiseRow<'a> {
     /// One NHWC image, `[height][width][channels]`.
     pub image: &'a [f32],
@@ -37,6 +38,9 @@ pub(crate) struct DepthwiseRow<'a> {
     pub bias: &'a [f32],
     /// The activation, None for none.
     pub curve: Option<Curve>,
+    /// The channels this call computes (the others of `out` are left as they are), so
+    /// that a caller can sweep several rows one block of channels at a time.
+    pub block: Range<usize>,
 }
 
 impl DepthwiseRow<'_> {
@@ -90,17 +94,21 @@ impl DepthwiseConv {
         DepthwiseConv { row }
     }
 
-    /// Computes one output row, `out = [out_width][channels]`, finished; returns how many
-    /// outputs are exactly zero.
+    /// Computes channels `row.block` of one output row, `out = [out_width][channels]`,
+    /// finished; returns how many of them are exactly zero.
     ///
     /// # Panics
-    /// If `channels` is 0 or does not divide `out.len()`, or the image, weights or bias are
-    /// shorter than their shapes say.
+    /// If `channels` is 0 or does not divide `out.len()`, the block is not within the
+    /// channels, or the image, weights or bias are shorter than their shapes say.
     pub fn row(&self, row: &DepthwiseRow, out: &mut [f32]) -> usize {
         let c = row.channels;
         assert!(
             c > 0 && out.len().is_multiple_of(c),
             "output row of whole pixels"
+        );
+        assert!(
+            row.block.start <= row.block.end && row.block.end <= c,
+            "block within the channels"
         );
         assert!(
             row.image.len() >= row.height * row.width * c,
@@ -119,14 +127,16 @@ impl DepthwiseConv {
 fn portable(row: &DepthwiseRow, out: &mut [f32]) -> usize {
     let c = row.channels;
     let s_len = row.kernel[1];
+    let block = row.block.clone();
     let mut zeros = 0;
     for (ox, pixel) in out.chunks_exact_mut(c).enumerate() {
-        pixel.copy_from_slice(&row.bias[..c]);
+        let pixel = &mut pixel[block.clone()];
+        pixel.copy_from_slice(&row.bias[block.clone()]);
         let columns = row.columns(ox);
         for (r, y) in row.rows() {
             for s in columns.clone() {
-                let input = &row.image[(y * row.width + row.column(ox, s)) * c..][..c];
-                let weights = &row.weights[(r * s_len + s) * c..][..c];
+                let input = &row.image[(y * row.width + row.column(ox, s)) * c..][block.clone()];
+                let weights = &row.weights[(r * s_len + s) * c..][block.clone()];
                 for ((o, x), w) in pixel.iter_mut().zip(input).zip(weights) {
                     *o += x * w;
                 }
@@ -171,7 +181,8 @@ macro_rules! depthwise_row {
                 // finding the feature on this CPU, and called by `DepthwiseConv::row` once
                 // the operands passed its checks. Image reads are at (y * width + x) *
                 // channels + m with y < height and x < width (`rows` and `columns` keep
-                // them inside) and m < channels (the masks keep the last block inside);
+                // them inside) and m < block.end <= channels (the masks keep the last block
+                // inside);
                 // weights at (r * S + s) * channels + m, bias at m, outputs at
                 // ox * channels + m for ox < out.len() / channels.
                 unsafe { self::row(row, out) }
@@ -185,11 +196,12 @@ macro_rules! depthwise_row {
                 let c = row.channels;
                 let pixels = out.len() / c;
                 let all = 0..row.kernel[1];
+                let end = row.block.end;
                 let mut zeros = 0;
-                for m0 in (0..c).step_by(NV * LANES) {
-                    let whole = m0 + NV * LANES <= c;
+                for m0 in row.block.clone().step_by(NV * LANES) {
+                    let whole = m0 + NV * LANES <= end;
                     let masks: [$mask; NV] = std::array::from_fn(|v| {
-                        let $n = (c - m0).saturating_sub(v * LANES).min(LANES);
+                        let $n = (end - m0).saturating_sub(v * LANES).min(LANES);
                         $mask_of
                     });
                     let mut ox = 0;
@@ -222,7 +234,7 @@ macro_rules! depthwise_row {
                 zeros
             }
 
-            /// Channels `m0 .. m0 + NV * LANES` (those that exist, when `MASKED`) of pixels
+            /// Channels `m0 .. m0 + NV * LANES` (those of the block, when `MASKED`) of pixels
             /// `ox0 .. ox0 + P`, all of whose taps in `columns` are inside the image.
             ///
             /// # Safety
@@ -403,19 +415,40 @@ mod tests {
                 weights: &weights,
                 bias: &bias,
                 curve,
+                block: 0..channels,
             };
             let want = by_definition(&row, pixels);
             let want_zeros = want.iter().filter(|&&v| v == 0.0).count();
-            for isa in Isa::supported() {
+            // Whole, and in two blocks split off the vectors' boundaries.
+            let splits = [channels, channels / 3];
+            for (isa, split) in Isa::supported()
+                .into_iter()
+                .flat_map(|isa| splits.map(|s| (isa, s)))
+            {
                 let mut got = vec![f32::NAN; pixels * channels];
-                let zeros = DepthwiseConv::for_isa(isa).row(&row, &mut got);
+                let conv = DepthwiseConv::for_isa(isa);
+                let zeros = [0..split, split..channels]
+                    .into_iter()
+                    .map(|block| {
+                        conv.row(
+                            &DepthwiseRow {
+                                block,
+                                ..row.clone()
+                            },
+                            &mut got,
+                        )
+                    })
+                    .sum::<usize>();
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g - w).abs() <= 1e-5 * w.abs().max(1.0),
                         "{isa}, {channels} channels, kernel {kernel:?}, at {i}: {g} vs {w}"
                     );
                 }
-                assert_eq!(zeros, want_zeros, "{isa}, {channels} channels");
+                assert_eq!(
+                    zeros, want_zeros,
+                    "{isa}, {channels} channels, split {split}"
+                );
             }
         }
     }
