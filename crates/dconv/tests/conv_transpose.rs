@@ -4,8 +4,8 @@
 //! weights.
 
 use dconv::onnx::proto::{
-    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, GraphProto, ModelProto,
-    NodeProto, OperatorSetIdProto, TensorProto, ValueInfoProto,
+    attribute_proto::AttributeType, AttributeProto, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, ValueInfoProto,
 };
 use dconv::synth::Rng;
 use dconv::{Error, Model, Policy, Session, SessionOptions, Tensor};
@@ -13,17 +13,7 @@ use proptest::prelude::*;
 use prost::Message;
 
 mod common;
-use common::{int, ints, node, string};
-
-fn floats(name: &str, shape: &[usize], values: &[f32]) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: shape.iter().map(|&d| d as i64).collect(),
-        data_type: Some(DataType::Float as i32),
-        float_data: values.to_vec(),
-        ..Default::default()
-    }
-}
+use common::{floats, int, ints, node, string};
 
 /// A graph input or output, its shape left to the tensors given.
 fn info(name: &str) -> ValueInfoProto {

@@ -9,26 +9,25 @@ use dconv::runtime::{example_model, Session, SessionOptions};
 use dconv::{Model, Tensor};
 use prost::Message;
 
+mod common;
+use common::int64s;
+
+/// A float initializer: a scalar for one value, else 1-D.
+fn floats(name: &str, values: Vec<f32>) -> TensorProto {
+    let dims: &[usize] = if values.len() == 1 {
+        &[]
+    } else {
+        &[values.len()]
+    };
+    common::floats(name, dims, &values)
+}
+
 fn node(op: &str, inputs: &[&str], output: &str) -> NodeProto {
     NodeProto {
         op_type: Some(op.into()),
         name: Some(format!("{op}_{output}")),
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: vec![output.into()],
-        ..Default::default()
-    }
-}
-
-fn floats(name: &str, values: Vec<f32>) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: if values.len() == 1 {
-            vec![]
-        } else {
-            vec![values.len() as i64]
-        },
-        data_type: Some(DataType::Float as i32),
-        float_data: values,
         ..Default::default()
     }
 }
@@ -219,16 +218,6 @@ fn other_bounds_or_divisors_are_not_taken_for_hard_swish() {
     assert!(!ops.contains(&"HardSwish".to_string()), "{ops:?}");
 }
 
-fn int64s(name: &str, values: Vec<i64>) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: vec![values.len() as i64],
-        data_type: Some(DataType::Int64 as i32),
-        int64_data: values,
-        ..Default::default()
-    }
-}
-
 fn ints_attribute(name: &str, values: Vec<i64>) -> dconv::onnx::proto::AttributeProto {
     dconv::onnx::proto::AttributeProto {
         name: Some(name.into()),
@@ -260,8 +249,8 @@ fn shuffled(split: Vec<i64>) -> (Vec<NodeProto>, Vec<TensorProto>) {
     ];
     let constants = vec![
         floats("two", vec![2.0]),
-        int64s("split", split),
-        int64s("merged", vec![1, 4, 4, 4]),
+        int64s("split", &split),
+        int64s("merged", &[1, 4, 4, 4]),
     ];
     (nodes, constants)
 }

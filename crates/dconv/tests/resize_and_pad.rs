@@ -4,8 +4,8 @@
 //! that say what is wrong, never a panic.
 
 use dconv::onnx::proto::{
-    tensor_proto::DataType, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
-    TensorProto, ValueInfoProto,
+    AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
+    ValueInfoProto,
 };
 use dconv::synth::Rng;
 use dconv::{Error, Model, Session, SessionOptions, Tensor};
@@ -13,7 +13,12 @@ use proptest::prelude::*;
 use prost::Message;
 
 mod common;
-use common::{float, node, string};
+use common::{float, floats, int64s, node, string};
+
+/// A 1-D float initializer.
+fn vector(name: &str, values: Vec<f32>) -> TensorProto {
+    floats(name, &[values.len()], &values)
+}
 
 const TRANSFORMS: [&str; 6] = [
     "half_pixel",
@@ -253,26 +258,6 @@ fn reference(case: &Case, x: &[f32]) -> (Vec<usize>, Vec<f32>) {
     (shape, out)
 }
 
-fn floats(name: &str, values: Vec<f32>) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: vec![values.len() as i64],
-        data_type: Some(DataType::Float as i32),
-        float_data: values,
-        ..Default::default()
-    }
-}
-
-fn ints(name: &str, values: Vec<i64>) -> TensorProto {
-    TensorProto {
-        name: Some(name.into()),
-        dims: vec![values.len() as i64],
-        data_type: Some(DataType::Int64 as i32),
-        int64_data: values,
-        ..Default::default()
-    }
-}
-
 /// A model of opset `opset` from input `x` to output `y`.
 fn model(opset: i64, nodes: Vec<NodeProto>, initializer: Vec<TensorProto>) -> ModelProto {
     let info = |name: &str| ValueInfoProto {
@@ -307,12 +292,12 @@ fn identity_conv(
 ) -> &'static str {
     let mut dims = vec![channels as i64; 2];
     dims.resize(rank, 1);
-    let identity = (0..channels * channels)
+    let identity: Vec<f32> = (0..channels * channels)
         .map(|i| if i % (channels + 1) == 0 { 1.0 } else { 0.0 })
         .collect();
     initializer.push(TensorProto {
         dims,
-        ..floats("w", identity)
+        ..floats("w", &[], &identity)
     });
     nodes.push(node("Conv", &["x", "w"], "c", vec![]));
     "c"
@@ -333,7 +318,7 @@ fn resize_model(case: &Case) -> ModelProto {
         v.extend(spatial);
         v
     };
-    initializer.push(floats("scales", whole(&case.scales, 1.0)));
+    initializer.push(vector("scales", whole(&case.scales, 1.0)));
     let mode = string("mode", if case.linear { "linear" } else { "nearest" });
     if case.legacy {
         nodes.push(node("Resize", &[data, "scales"], "y", vec![mode]));
@@ -343,12 +328,12 @@ fn resize_model(case: &Case) -> ModelProto {
     let ends: Vec<f32> = case.roi.iter().map(|r| r[1]).collect();
     let mut roi = whole(&starts, 0.0);
     roi.extend(whole(&ends, 1.0));
-    initializer.push(floats("roi", roi));
+    initializer.push(vector("roi", roi));
     let inputs = match &case.sizes {
         Some(sizes) => {
             let mut all: Vec<i64> = case.shape[..2].iter().map(|&d| d as i64).collect();
             all.extend(sizes.iter().map(|&s| s as i64));
-            initializer.push(ints("sizes", all));
+            initializer.push(int64s("sizes", &all));
             [data, "roi", "", "sizes"]
         }
         None => [data, "roi", "scales", ""],
@@ -378,7 +363,7 @@ fn pad_after_a_conv_equals_pad_of_its_input() {
     ];
     for (mode, pads, axes) in cases {
         let run = |after_conv: bool| {
-            let (mut nodes, mut initializer) = (Vec::new(), vec![ints("pads", pads.to_vec())]);
+            let (mut nodes, mut initializer) = (Vec::new(), vec![int64s("pads", pads)]);
             let data = if after_conv {
                 identity_conv(3, 4, &mut nodes, &mut initializer)
             } else {
@@ -386,7 +371,7 @@ fn pad_after_a_conv_equals_pad_of_its_input() {
             };
             let mut inputs = vec![data, "pads"];
             if !axes.is_empty() {
-                initializer.push(ints("axes", axes.to_vec()));
+                initializer.push(int64s("axes", axes));
                 inputs.extend(["", "axes"]);
             }
             nodes.push(node("Pad", &inputs, "y", vec![string("mode", mode)]));
@@ -441,7 +426,7 @@ fn too_large(e: &Error) -> bool {
 #[test]
 fn malformed_resize_nodes_are_refused_saying_what_is_wrong() {
     let resize = (19, "Resize", &["x", "", "scales"][..]);
-    let scales = |v: &[f32]| vec![floats("scales", v.to_vec())];
+    let scales = |v: &[f32]| vec![vector("scales", v.to_vec())];
     let doubled = || scales(&[1.0, 1.0, 2.0, 2.0]);
     for (attribute, value) in [
         ("mode", "bicubic"),
@@ -468,7 +453,7 @@ fn malformed_resize_nodes_are_refused_saying_what_is_wrong() {
             &["scale"],
         );
     }
-    let sizes = |v: Vec<i64>| ints("sizes", v);
+    let sizes = |v: Vec<i64>| int64s("sizes", &v);
     let both = (19, "Resize", &["x", "", "scales", "sizes"][..]);
     let both_given = vec![doubled().remove(0), sizes(vec![1, 1, 8, 8])];
     assert_refused(
@@ -509,7 +494,7 @@ fn malformed_resize_nodes_are_refused_saying_what_is_wrong() {
     };
     assert_refused(resize, doubled(), crop(), invalid, &["roi"]);
     let cropped = (19, "Resize", &["x", "roi", "scales"][..]);
-    let short_roi = vec![floats("roi", vec![0.0; 3]), doubled().remove(0)];
+    let short_roi = vec![vector("roi", vec![0.0; 3]), doubled().remove(0)];
     assert_refused(cropped, short_roi, crop(), invalid, &["roi has 3 values"]);
     // What dconv does not do, it says.
     let cubic = vec![string("mode", "cubic")];
@@ -560,12 +545,12 @@ fn resize_inputs_computed_at_run_time_are_refused() {
 #[test]
 fn malformed_upsample_and_pad_nodes_are_refused_saying_what_is_wrong() {
     let upsample = (9, "Upsample", &["x", "scales"][..]);
-    let three = vec![floats("scales", vec![1.0, 2.0, 2.0])];
+    let three = vec![vector("scales", vec![1.0, 2.0, 2.0])];
     assert_refused(upsample, three, vec![], invalid, &["3 scales"]);
     let no_scales = (7, "Upsample", &["x"][..]);
     assert_refused(no_scales, vec![], vec![], invalid, &["without scales"]);
     let pad = |opset| (opset, "Pad", &["x", "pads"][..]);
-    let pads = |v: Vec<i64>| vec![ints("pads", v)];
+    let pads = |v: Vec<i64>| vec![int64s("pads", &v)];
     let mirror = vec![string("mode", "mirror")];
     assert_refused(
         pad(19),
@@ -579,7 +564,7 @@ fn malformed_upsample_and_pad_nodes_are_refused_saying_what_is_wrong() {
     let around = pads(vec![0, 0, 0, 1 << 20, 0, 0, 0, 0]);
     assert_refused(pad(19), around, wrap(), unsupported, &["repeats"]);
     let with_axes = (19, "Pad", &["x", "pads", "", "axes"][..]);
-    let repeated = vec![ints("pads", vec![1; 4]), ints("axes", vec![3, -1])];
+    let repeated = vec![int64s("pads", &[1; 4]), int64s("axes", &[3, -1])];
     assert_refused(with_axes, repeated, vec![], invalid, &["repeat"]);
     let reflect = vec![string("mode", "reflect")];
     assert_refused(

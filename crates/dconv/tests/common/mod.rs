@@ -1,8 +1,11 @@
-//! Builders of ONNX nodes and attributes for the tests that write small models by hand.
+//! Builders of ONNX nodes, attributes and initializers for the tests that write small models
+//! by hand.
 //! Each test binary compiles this module and uses some of it.
 #![allow(dead_code)]
 
-use dconv::onnx::proto::{attribute_proto::AttributeType, AttributeProto, NodeProto};
+use dconv::onnx::proto::{
+    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto, TensorProto,
+};
 
 /// A node named after its op and output.
 pub fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
@@ -46,4 +49,26 @@ pub fn string(name: &str, value: &str) -> AttributeProto {
     attribute(name, AttributeType::String, |a| {
         a.s = Some(value.as_bytes().to_vec())
     })
+}
+
+/// A float initializer of shape `dims` (`&[]` for a scalar).
+pub fn floats(name: &str, dims: &[usize], values: &[f32]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: dims.iter().map(|&d| d as i64).collect(),
+        data_type: Some(DataType::Float as i32),
+        float_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// A 1-D int64 initializer.
+pub fn int64s(name: &str, values: &[i64]) -> TensorProto {
+    TensorProto {
+        name: Some(name.into()),
+        dims: vec![values.len() as i64],
+        data_type: Some(DataType::Int64 as i32),
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
 }
