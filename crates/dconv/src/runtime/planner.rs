@@ -117,7 +117,11 @@ fn plan_node(
     fusion: Option<&Fusion>,
     values: &mut HashMap<String, Value>,
 ) -> Result<()> {
-    match fusion {
+    let node = &model.nodes[i];
+    let wrap = in_node(node, i);
+    let mut ctx = Ctx::new(Attrs(&node.attribute), model.opset());
+    let (op, inputs, names) = match fusion {
+        // Fusions of several nodes into one pass, planned apart when the pass does not apply.
         Some(Fusion::ChannelShuffle(shuffle)) => {
             let (first, second) = (&shuffle.first, &shuffle.second);
             return plan_fused_or_apart(
@@ -139,12 +143,6 @@ fn plan_node(
                 values,
             );
         }
-        _ => {}
-    }
-    let node = &model.nodes[i];
-    let wrap = in_node(node, i);
-    let mut ctx = Ctx::new(Attrs(&node.attribute), model.opset());
-    let (op, inputs, names) = match fusion {
         None => (
             node.op_type(),
             resolve_inputs(node, values),
@@ -164,7 +162,6 @@ fn plan_node(
             let x = resolve_input(x, values).map(|x| vec![x]);
             ("HardSwish", x, std::slice::from_ref(output))
         }
-        Some(Fusion::ChannelShuffle(_) | Fusion::Affine(_)) => unreachable!("planned above"),
     };
     b.begin_node(node_label(node, i), op);
     let outputs = plan_op(b, &ctx, op, &inputs.map_err(&wrap)?).map_err(&wrap)?;
