@@ -7,7 +7,7 @@
 //! A layer with few input channels (a network's first layer, on 3 colour channels) takes a
 //! direct path instead: its lowered matrix has K = 27 columns, so building it (a few short
 //! copies per row) and packing it for the GEMM cost more than the product. So does a grouped
-//! layer with few taps per group (ShuffleNet's 1x1 groups of 34-136 channels), whose GEMMs
+//! layer with few taps per group (ShuffleNet's 1x1 groups of 34 and 68 channels), whose GEMMs
 //! are narrow and repack a strided slice of the input per group. The input is padded once
 //! (when the layer pads), and [`DirectConv`] broadcasts each input value straight from it
 //! against a vector of filters, with the bias, activation and zero count fused. A depthwise
