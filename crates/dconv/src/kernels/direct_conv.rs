@@ -208,11 +208,11 @@ macro_rules! direct_row {
                     let w: [$vec; NV] = std::array::from_fn(|v| unsafe {
                         $load(weights.add(k * mp + m0 + v * LANES))
                     });
-                    let at = window + tap as usize;
+                    let first = window + tap as usize;
                     for (p, acc) in acc.iter_mut().enumerate() {
                         // SAFETY: base + (p0 + p) * pixel_step + tap < input.len() since
                         // p0 + p < pixels (the caller's check).
-                        let $x = $splat(unsafe { *input.add(at + p * row.pixel_step) });
+                        let $x = $splat(unsafe { *input.add(first + p * row.pixel_step) });
                         for (a, &$w) in acc.iter_mut().zip(&w) {
                             let $a = *a;
                             *a = $fma;

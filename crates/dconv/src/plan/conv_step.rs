@@ -173,18 +173,14 @@ pub(crate) fn zero_fraction(data: &[f32]) -> f64 {
     zeros as f64 / data.len().max(1) as f64
 }
 
-/// Exact zeros of `data`, counted in 32-bit lanes (a chunk at a time, so they never
-/// overflow) by a loop compiled for `isa`.
+/// Exact zeros of `data` (at most [`ELEMENTS_PER_TASK`] long, so that 32-bit lanes never
+/// overflow), counted by a loop compiled for `isa`.
 fn count_zeros(isa: Isa, data: &[f32]) -> usize {
-    data.chunks(ELEMENTS_PER_TASK)
-        .map(|chunk| {
-            vectorized(
-                isa,
-                #[inline(always)]
-                || chunk.iter().fold(0u32, |n, &v| n + (v == 0.0) as u32) as usize,
-            )
-        })
-        .sum()
+    vectorized(
+        isa,
+        #[inline(always)]
+        || data.iter().fold(0u32, |n, &v| n + (v == 0.0) as u32) as usize,
+    )
 }
 
 #[cfg(test)]
