@@ -391,6 +391,10 @@ impl Kernel for ChannelShuffle {
     fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64> {
         let (x, pg) = (inputs[0], self.per_group);
         let pixel = self.groups * pg;
+        if pixel == 0 {
+            // No channels: nothing to move (and no chunk length to divide by).
+            return None;
+        }
         let isa = Isa::detect();
         let task = (ELEMENTS_PER_TASK / pixel).max(1) * pixel;
         in_parallel_chunks(output, task, |first, out| {
