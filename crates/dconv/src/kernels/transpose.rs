@@ -37,21 +37,27 @@ pub(crate) struct Transpose {
 
 impl Transpose {
     /// For AVX2 and AVX-512, 8 x 8 blocks in AVX registers when this CPU has AVX and
-    /// POPCNT; else element by element.
+    /// POPCNT ([`vectorised`](Self::vectorised)); else element by element.
     pub fn for_isa(isa: Isa) -> Self {
+        Self::vectorised(isa).unwrap_or(Transpose { blocks: scalar })
+    }
+
+    /// The transposition through vector registers, when `isa` has one on this CPU (AVX2
+    /// and AVX-512, with AVX and POPCNT).
+    pub fn vectorised(isa: Isa) -> Option<Self> {
         #[cfg(target_arch = "x86_64")]
         {
             if matches!(isa, Isa::Avx2 | Isa::Avx512)
                 && is_x86_feature_detected!("avx")
                 && is_x86_feature_detected!("popcnt")
             {
-                return Transpose {
+                return Some(Transpose {
                     blocks: x86::checked_avx,
-                };
+                });
             }
         }
         let _ = isa;
-        Transpose { blocks: scalar }
+        None
     }
 
     /// Transposes the `rows x cols` block of `src` (row `i` at `i * src_stride`) into `dst`

@@ -4,6 +4,8 @@
 
 use super::kernel::Kernel;
 use super::kernel::{in_parallel_chunks, ELEMENTS_PER_TASK};
+use crate::kernels::transpose::Transpose;
+use crate::kernels::Isa;
 use crate::limits::MAX_RANK;
 
 /// A strided window of a flat buffer: element `idx` is at `offset + sum(idx[i] * strides[i])`.
@@ -68,7 +70,7 @@ pub(crate) struct CopyKernel {
 
 impl CopyKernel {
     /// Runs on any element type (f32 activations, i64 shape constants).
-    pub fn apply<T: Copy>(&self, inputs: &[&[T]], output: &mut [T], fill: Option<T>) {
+    pub fn apply<T: Element>(&self, inputs: &[&[T]], output: &mut [T], fill: Option<T>) {
         if let Some(fill) = fill {
             output.fill(fill);
         }
@@ -164,7 +166,7 @@ impl CopyKernel {
 }
 
 /// Copies every element of `sv` in `src` to the same index of `dv` in `dst` (same shapes).
-pub(crate) fn copy_view<T: Copy>(src: &[T], sv: &View, dst: &mut [T], dv: &View) {
+pub(crate) fn copy_view<T: Element>(src: &[T], sv: &View, dst: &mut [T], dv: &View) {
     copy_strided(
         (src, sv.offset),
         (dst, dv.offset),
@@ -177,7 +179,7 @@ pub(crate) fn copy_view<T: Copy>(src: &[T], sv: &View, dst: &mut [T], dv: &View)
 /// same index of `dst` at its offset and `strides.1`, in the order of [`Runs`]: long
 /// contiguous runs where the storage allows (a Concat along channels of channels-last
 /// images is one run of channels per pixel, not one strided element at a time).
-fn copy_strided<T: Copy>(
+fn copy_strided<T: Element>(
     (src, src_offset): (&[T], isize),
     (dst, dst_offset): (&mut [T], isize),
     shape: &[usize],
@@ -195,10 +197,22 @@ fn copy_strided<T: Copy>(
     let (shape, src_strides, dst_strides) = (&runs.shape, &runs.src, &runs.dst);
     let inner = shape[rank - 1];
     let (ss, ds) = (src_strides[rank - 1], dst_strides[rank - 1]);
+    // A transposition (channels-last pixels to channel planes, or back): the destination
+    // runs along the innermost axis and the source along the next one. Element by element,
+    // each destination run would read one float from each of `inner` source lines, a
+    // power-of-two stride apart (256 channels: 1 KB) and so in a few cache sets that cannot
+    // keep them: tiles keep both sides' lines in L1.
+    let line_stride = if rank >= 2 { dst_strides[rank - 2] } else { 0 };
+    let tiled = rank >= 2 && ds == 1 && ss > 1 && src_strides[rank - 2] == 1 && line_stride > 0;
+    let outer_rank = if tiled { rank - 2 } else { rank - 1 };
     let mut index = [0usize; MAX_RANK];
     let (mut so, mut dof) = (src_offset, dst_offset);
     loop {
-        if ss == 1 && ds == 1 {
+        if tiled {
+            let (lines, stride) = (shape[rank - 2], line_stride as usize);
+            let (s, d) = (&src[so as usize..], &mut dst[dof as usize..]);
+            T::transpose((s, ss as usize), (d, lines, stride), inner);
+        } else if ss == 1 && ds == 1 {
             let (s, d) = (so as usize, dof as usize);
             dst[d..d + inner].copy_from_slice(&src[s..s + inner]);
         } else {
@@ -207,7 +221,7 @@ fn copy_strided<T: Copy>(
             }
         }
         // Advance the odometer over the outer axes.
-        let mut axis = rank - 1;
+        let mut axis = outer_rank;
         loop {
             if axis == 0 {
                 return;
@@ -222,6 +236,71 @@ fn copy_strided<T: Copy>(
             so -= src_strides[axis] * shape[axis] as isize;
             dof -= dst_strides[axis] * shape[axis] as isize;
             index[axis] = 0;
+        }
+    }
+}
+
+/// What copies move: f32 activations, and i64 shape constants.
+pub(crate) trait Element: Copy {
+    /// `dst[a * line_stride + b] = src[a + b * src_stride]` for `a < lines`, `b < len`.
+    fn transpose(src: (&[Self], usize), dst: (&mut [Self], usize, usize), len: usize) {
+        transpose_tiles(src, dst, len);
+    }
+}
+
+impl Element for i64 {}
+
+/// Floats go through vector registers where the CPU has them: 256 channel planes of
+/// 56 x 56 pixels to channels-last in 0.33 ms, against 0.48 ms in tiles of scalars.
+impl Element for f32 {
+    fn transpose(
+        (src, src_stride): (&[f32], usize),
+        (dst, lines, line_stride): (&mut [f32], usize, usize),
+        len: usize,
+    ) {
+        let Some(t) = Transpose::vectorised(Isa::detect()) else {
+            return transpose_tiles((src, src_stride), (dst, lines, line_stride), len);
+        };
+        // In the tiles' order, four 8 x 8 blocks a tile. Whole rows of channels at a time
+        // write half-lines to all 256 planes (12544 bytes apart at 56 x 56: 16 of L1's
+        // sets) and come back for the other halves after they left: 1.05 ms back to
+        // planes, against 0.77 ms in tiles.
+        for b0 in (0..len).step_by(TILE) {
+            let rows = TILE.min(len - b0);
+            for a0 in (0..lines).step_by(TILE) {
+                let shape = (rows, TILE.min(lines - a0));
+                let from = &src[a0 + b0 * src_stride..];
+                t.transpose(
+                    from,
+                    src_stride,
+                    &mut dst[a0 * line_stride + b0..],
+                    line_stride,
+                    shape,
+                );
+            }
+        }
+    }
+}
+
+/// Elements per side of the tiles of [`transpose_tiles`]: a 64-byte line of floats.
+const TILE: usize = 16;
+
+/// [`Element::transpose`] in tiles of [`TILE`] x [`TILE`], so that both sides' lines stay
+/// in L1.
+fn transpose_tiles<T: Copy>(
+    (src, src_stride): (&[T], usize),
+    (dst, lines, line_stride): (&mut [T], usize, usize),
+    len: usize,
+) {
+    for b0 in (0..len).step_by(TILE) {
+        let b_end = (b0 + TILE).min(len);
+        for a0 in (0..lines).step_by(TILE) {
+            for a in a0..(a0 + TILE).min(lines) {
+                let to = a * line_stride;
+                for (b, out) in (b0..b_end).zip(&mut dst[to + b0..to + b_end]) {
+                    *out = src[a + b * src_stride];
+                }
+            }
         }
     }
 }
@@ -350,7 +429,8 @@ mod tests {
     }
 
     /// Every pairing of plain, channels-last and reversed storage, with offsets, on a small
-    /// shape and a larger one: the walk by runs copies exactly what an element-by-element
+    /// shape and a larger one (tiles cut by both edges), in integers and in floats: the walk
+    /// by runs, and by tiles where it transposes, copies exactly what an element-by-element
     /// copy does, and a channels-last channel copy becomes one run per pixel.
     #[test]
     fn runs_copy_what_the_elementwise_copy_does() {
@@ -380,6 +460,11 @@ mod tests {
                     let mut got = vec![-1i64; len];
                     copy_strided((&input, 3), (&mut got, 7), &shape, (src, dst));
                     assert_eq!(got, want, "{shape:?}: {src:?} -> {dst:?}");
+                    // Floats transpose through vector registers where the CPU has them.
+                    let floats = |v: &[i64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+                    let mut got = vec![-1.0f32; len];
+                    copy_strided((&floats(&input), 3), (&mut got, 7), &shape, (src, dst));
+                    assert_eq!(got, floats(&want), "f32 {shape:?}: {src:?} -> {dst:?}");
                 }
             }
         }
