@@ -156,10 +156,37 @@ fn grouped_case() -> impl Strategy<Value = Case> {
     })
 }
 
+/// Cases of the dense method's direct path for 1x1 layers on small images (ResNet's 7 x 7
+/// stage): one group, 5-80 channels, 8-150 filters (panels of 64 and a partial one), at most
+/// 8 x 8 pixels, stride 1 without padding.
+fn pointwise_case() -> impl Strategy<Value = Case> {
+    let shape = (5usize..=80, 8usize..=150, 1usize..=8, 1usize..=8);
+    (case(), shape).prop_map(|(mut case, (c, m, h, w))| {
+        case.spec = ConvSpec {
+            channels: c,
+            filters: m,
+            groups: 1,
+            height: h,
+            width: w,
+            kernel: [1, 1],
+            stride: [1, 1],
+            dilation: [1, 1],
+            padding: Default::default(),
+            ..case.spec
+        };
+        case
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
     #[test]
     fn dense_with_few_channels_matches_reference(case in few_channel_case()) {
+        check_method(Method::Dense, &case);
+    }
+
+    #[test]
+    fn dense_on_small_pointwise_layers_matches_reference(case in pointwise_case()) {
         check_method(Method::Dense, &case);
     }
 

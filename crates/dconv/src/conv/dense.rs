@@ -5,7 +5,7 @@
 //! the baseline the sparse methods have to beat.
 //!
 //! A layer with few input channels (a network's first layer, on 3 colour channels) takes a
-//! direct path instead: its lowered matrix has K = 27 columns, so building it (a few short
+//! direct path instead (so does a 1x1 layer on a small image: [`DIRECT_MAX_PIXELS_1X1`]): its lowered matrix has K = 27 columns, so building it (a few short
 //! copies per row) and packing it for the GEMM cost more than the product. So does a grouped
 //! layer with few taps per group (ShuffleNet's 1x1 groups of 34 and 68 channels), whose GEMMs
 //! are narrow and repack a strided slice of the input per group. The input is padded once
@@ -19,7 +19,9 @@ use super::method::{MethodEntry, Skips};
 use super::run_loop::over_images;
 use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
-use crate::kernels::direct_conv::{DirectConv, DirectRow, OutputPixels, FILTER_ALIGN};
+use crate::kernels::direct_conv::{
+    packed_index, DirectConv, DirectRow, OutputPixels, FILTER_ALIGN,
+};
 use crate::kernels::gemm::gemm_f32;
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
@@ -42,6 +44,13 @@ const DIRECT_MAX_GROUP_TAPS_1X1: usize = 128;
 /// The same for the other kernels, whose GEMMs also lower or shift the input: 3x3 groups of
 /// 8 channels 2x faster, of 16 1.2x, of 24 1.03x, of 32 10-20 % slower.
 const DIRECT_MAX_GROUP_TAPS: usize = 224;
+/// Output pixels up to which an ungrouped 1x1 layer (stride 1, unpadded) takes it, whatever
+/// its channels. At 7 x 7 the GEMM repacks the weights on every call (a third of its time
+/// on 512 -> 2048), and in a model they come cold from memory, where the direct kernel
+/// streams each panel of filters in order: eight layers 512 <-> 2048 at 7 x 7, 7.1-7.4 ->
+/// 6.5-6.8 ms at 1 thread and 5.7-6.0 -> 3.8-4.2 ms at 2. At 14 x 14 the GEMM's own tiles
+/// were 12-15 % faster (1024 -> 256; 128 -> 512 at 28 x 28 likewise).
+const DIRECT_MAX_PIXELS_1X1: usize = 64;
 /// Filters per group from which either does: with fewer, most of each vector of 16 filters
 /// would be padding (computed and kept), and the GEMM path costs about as much.
 const DIRECT_MIN_FILTERS: usize = 8;
@@ -50,6 +59,7 @@ const DIRECT_MIN_FILTERS: usize = 8;
 fn direct_applies(spec: &ConvSpec) -> bool {
     let few_taps = if spec.groups == 1 {
         spec.channels <= DIRECT_MAX_CHANNELS
+            || (input_is_lowered(spec) && spec.out_pixels() <= DIRECT_MAX_PIXELS_1X1)
     } else {
         let most = if input_is_lowered(spec) {
             DIRECT_MAX_GROUP_TAPS_1X1
@@ -61,16 +71,16 @@ fn direct_applies(spec: &ConvSpec) -> bool {
     few_taps && spec.filters_per_group() >= DIRECT_MIN_FILTERS
 }
 
-/// Writes one filter's ONNX weights (`[Cg][R][S]`) as a column of a `[K][row_len]` matrix
-/// (`dst` starts at the column), in the lowered order `k = (r * S + s) * Cg + c`.
-fn pack_filter(spec: &ConvSpec, filter: &[f32], dst: &mut [f32], row_len: usize) {
+/// Writes one filter's ONNX weights (`[Cg][R][S]`) into `dst`, the weight of tap
+/// `k = (r * S + s) * Cg + c` (the lowered order) at `place(k)`.
+fn pack_filter(spec: &ConvSpec, filter: &[f32], dst: &mut [f32], place: impl Fn(usize) -> usize) {
     let cg = spec.channels_per_group();
     let [r_len, s_len] = spec.kernel;
     for c in 0..cg {
         for r in 0..r_len {
             for s in 0..s_len {
                 let k = (r * s_len + s) * cg + c;
-                dst[k * row_len] = filter[(c * r_len + r) * s_len + s];
+                dst[place(k)] = filter[(c * r_len + r) * s_len + s];
             }
         }
     }
@@ -128,8 +138,8 @@ struct Direct {
     padded: [usize; 2],
     /// Filters per group padded to a multiple of [`FILTER_ALIGN`].
     mgp: usize,
-    /// `[G][K][Mgp]`: each group's packed weights, its filters padded to `Mgp` (zeros past
-    /// `Mg`).
+    /// `[G][K x Mgp]`: each group's weights in the direct kernel's panels
+    /// ([`packed_index`]), its filters padded to `Mgp` (zeros past `Mg`).
     weights: Vec<f32>,
     /// `[G][Mgp]`.
     bias: Vec<f32>,
@@ -169,7 +179,8 @@ impl Direct {
         let mut bias = vec![0.0; spec.groups * mgp];
         for (m, filter) in weights.chunks_exact(spec.lowered_cols()).enumerate() {
             let (g, j) = (m / mg, m % mg);
-            pack_filter(spec, filter, &mut packed[g * group_len + j..], mgp);
+            let group = &mut packed[g * group_len..(g + 1) * group_len];
+            pack_filter(spec, filter, group, |k| packed_index(taps.len(), mgp, k, j));
             bias[g * mgp + j] = epilogue.bias[m];
         }
         Some(Direct {
@@ -197,7 +208,7 @@ impl Dense {
             for (m, filter) in weights.chunks_exact(k_len).enumerate() {
                 let (g, j) = (m / mg, m % mg);
                 let group = &mut packed[g * k_len * mg..(g + 1) * k_len * mg];
-                pack_filter(&spec, filter, &mut group[j..], mg);
+                pack_filter(&spec, filter, group, |k| k * mg + j);
             }
         }
         Dense {
