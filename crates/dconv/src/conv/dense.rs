@@ -5,10 +5,11 @@
 //! the baseline the sparse methods have to beat.
 //!
 //! A layer with few input channels (a network's first layer, on 3 colour channels) takes a
-//! direct path instead (so does a 1x1 layer on a small image: [`DIRECT_MAX_PIXELS_1X1`]): its lowered matrix has K = 27 columns, so building it (a few short
+//! direct path instead: its lowered matrix has K = 27 columns, so building it (a few short
 //! copies per row) and packing it for the GEMM cost more than the product. So does a grouped
 //! layer with few taps per group (ShuffleNet's 1x1 groups of 34 and 68 channels), whose GEMMs
-//! are narrow and repack a strided slice of the input per group. The input is padded once
+//! are narrow and repack a strided slice of the input per group; and a 1x1 layer on a small
+//! image ([`DIRECT_MAX_PIXELS_1X1`]), whose GEMM repacks all its weights for a few pixels. The input is padded once
 //! (when the layer pads), and [`DirectConv`] broadcasts each input value straight from it
 //! against a vector of filters, with the bias, activation and zero count fused. A depthwise
 //! layer takes its own path ([`depthwise`]).
@@ -92,7 +93,7 @@ pub(crate) struct Dense {
     /// matrix.
     packed: Vec<f32>,
     epilogue: Epilogue,
-    /// The direct path, for layers with few input channels.
+    /// The direct path, for layers with few taps (per group) or few pixels.
     direct: Option<Direct>,
     /// The path of depthwise layers.
     depthwise: Option<Depthwise>,
