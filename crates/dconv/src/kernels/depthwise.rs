@@ -44,27 +44,38 @@ pub(crate) struct DepthwiseRow<'a> {
 }
 
 impl DepthwiseRow<'_> {
-    /// The kernel rows that land inside the image, each with its image row.
+    /// The kernel rows that land inside the image: a range, as a window's taps are evenly
+    /// spaced. Computed once per row, not per tile.
     #[inline(always)]
-    fn rows(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.kernel[0]).filter_map(move |r| {
-            let y = self.top + (r * self.dilation[0]) as isize;
-            (0..self.height as isize)
-                .contains(&y)
-                .then_some((r, y as usize))
-        })
+    fn rows(&self) -> Range<usize> {
+        inside(self.top, self.dilation[0], self.height, self.kernel[0])
+    }
+
+    /// The image row that kernel row `r` reads; `r` must be in [`Self::rows`].
+    #[inline(always)]
+    fn image_row(&self, r: usize) -> usize {
+        (self.top + (r * self.dilation[0]) as isize) as usize
     }
 
     /// The kernel columns that land inside the image for output pixel `ox`.
     #[inline(always)]
     fn columns(&self, ox: usize) -> Range<usize> {
         let x0 = (ox * self.stride) as isize - self.left as isize;
-        let (dw, w) = (self.dilation[1] as isize, self.width as isize);
-        // The first s with x0 + s * dw >= 0, and one past the last with x0 + s * dw < w.
-        let first = if x0 >= 0 { 0 } else { (-x0 + dw - 1) / dw };
-        let end = if x0 >= w { 0 } else { (w - 1 - x0) / dw + 1 };
-        let (first, end) = (first as usize, (end as usize).min(self.kernel[1]));
-        first..end.max(first)
+        inside(x0, self.dilation[1], self.width, self.kernel[1])
+    }
+
+    /// The output pixels below `pixels` whose kernel columns all land inside the image: the
+    /// tiles' pixels, which need no per-pixel clipping.
+    #[inline(always)]
+    fn interior(&self, pixels: usize) -> Range<usize> {
+        let reach = self.kernel[1].saturating_sub(1) * self.dilation[1];
+        let first = self.left.div_ceil(self.stride);
+        // The last window's last tap, ox * stride - left + reach, at most width - 1.
+        let end = (self.width + self.left)
+            .checked_sub(1 + reach)
+            .map_or(0, |limit| limit / self.stride + 1)
+            .min(pixels);
+        first.min(end)..end
     }
 
     /// The image column that kernel column `s` of output pixel `ox` reads; `s` must be in
@@ -73,6 +84,24 @@ impl DepthwiseRow<'_> {
     fn column(&self, ox: usize, s: usize) -> usize {
         ox * self.stride + s * self.dilation[1] - self.left
     }
+}
+
+/// The taps `k < taps` whose coordinate `start + k * step` lies in `0..extent`.
+#[inline(always)]
+fn inside(start: isize, step: usize, extent: usize, taps: usize) -> Range<usize> {
+    let (step, extent) = (step as isize, extent as isize);
+    let first = if start >= 0 {
+        0
+    } else {
+        (-start + step - 1) / step
+    };
+    let end = if start >= extent {
+        0
+    } else {
+        (extent - 1 - start) / step + 1
+    };
+    let (first, end) = (first as usize, (end as usize).min(taps));
+    first..end.max(first)
 }
 
 /// The row kernel of one instruction set, chosen once.
@@ -133,7 +162,8 @@ fn portable(row: &DepthwiseRow, out: &mut [f32]) -> usize {
         let pixel = &mut pixel[block.clone()];
         pixel.copy_from_slice(&row.bias[block.clone()]);
         let columns = row.columns(ox);
-        for (r, y) in row.rows() {
+        for r in row.rows() {
+            let y = row.image_row(r);
             for s in columns.clone() {
                 let input = &row.image[(y * row.width + row.column(ox, s)) * c..][block.clone()];
                 let weights = &row.weights[(r * s_len + s) * c..][block.clone()];
@@ -196,6 +226,7 @@ macro_rules! depthwise_row {
                 let c = row.channels;
                 let pixels = out.len() / c;
                 let all = 0..row.kernel[1];
+                let (rows, interior) = (row.rows(), row.interior(pixels));
                 let end = row.block.end;
                 let mut zeros = 0;
                 for m0 in row.block.clone().step_by(NV * LANES) {
@@ -206,25 +237,29 @@ macro_rules! depthwise_row {
                     });
                     let mut ox = 0;
                     while ox < pixels {
-                        let columns = row.columns(ox);
-                        let tile_fits =
-                            ox + NP <= pixels && columns == all && row.columns(ox + NP - 1) == all;
-                        let step = if tile_fits { NP } else { 1 };
+                        // Tiles inside the interior; pixels near the edges one by one.
+                        let tile_fits = ox >= interior.start && ox + NP <= interior.end;
+                        let (step, columns) = if tile_fits {
+                            (NP, all.clone())
+                        } else {
+                            (1, row.columns(ox))
+                        };
+                        let rows = rows.clone();
                         // SAFETY: forwarded from the caller; the tile's pixels are in the
                         // row, and the masks cover channels m0.. that exist.
                         zeros += unsafe {
                             match (tile_fits, whole) {
                                 (true, true) => {
-                                    tile::<NP, false>(row, ox, columns, m0, &masks, out)
+                                    tile::<NP, false>(row, rows, ox, columns, m0, &masks, out)
                                 }
                                 (true, false) => {
-                                    tile::<NP, true>(row, ox, columns, m0, &masks, out)
+                                    tile::<NP, true>(row, rows, ox, columns, m0, &masks, out)
                                 }
                                 (false, true) => {
-                                    tile::<1, false>(row, ox, columns, m0, &masks, out)
+                                    tile::<1, false>(row, rows, ox, columns, m0, &masks, out)
                                 }
                                 (false, false) => {
-                                    tile::<1, true>(row, ox, columns, m0, &masks, out)
+                                    tile::<1, true>(row, rows, ox, columns, m0, &masks, out)
                                 }
                             }
                         };
@@ -235,16 +270,17 @@ macro_rules! depthwise_row {
             }
 
             /// Channels `m0 .. m0 + NV * LANES` (those of the block, when `MASKED`) of pixels
-            /// `ox0 .. ox0 + P`, all of whose taps in `columns` are inside the image.
+            /// `ox0 .. ox0 + P`, all of whose taps in `rows` x `columns` are inside the image.
             ///
             /// # Safety
-            /// As `row`; `ox0 + P <= out.len() / channels`; `columns` within
-            /// `row.columns(ox)` for each pixel; without `MASKED`, `m0 + NV * LANES <=
-            /// channels`, with it, `masks` covering only channels that exist.
+            /// As `row`; `ox0 + P <= out.len() / channels`; `rows` within `row.rows()`,
+            /// `columns` within `row.columns(ox)` for each pixel; without `MASKED`, `m0 + NV
+            /// * LANES <= channels`, with it, `masks` covering only channels that exist.
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn tile<const P: usize, const MASKED: bool>(
                 row: &DepthwiseRow,
+                rows: Range<usize>,
                 ox0: usize,
                 columns: Range<usize>,
                 m0: usize,
@@ -271,7 +307,8 @@ macro_rules! depthwise_row {
                     load(row.bias.as_ptr().wrapping_add(m0 + v * LANES), v)
                 });
                 let mut acc = [bias; P];
-                for (r, y) in row.rows() {
+                for r in rows {
+                    let y = row.image_row(r);
                     let image_row = row.image.as_ptr().wrapping_add(y * row.width * c + m0);
                     for s in columns.clone() {
                         let taps = row.weights.as_ptr().wrapping_add((r * s_len + s) * c + m0);
@@ -363,6 +400,60 @@ mod tests {
             }
         }
         want
+    }
+
+    /// The interior is exactly the pixels whose kernel columns all land in the image, and
+    /// the rows are exactly the kernel rows that do.
+    #[test]
+    fn interior_and_rows_are_where_every_tap_lands() {
+        let shapes = (1..9).flat_map(|extent| {
+            (1..6).flat_map(move |kernel| {
+                (1..4).flat_map(move |step| {
+                    (1..3).map(move |dilation| (extent, kernel, step, dilation))
+                })
+            })
+        });
+        for (extent, kernel, stride, dilation) in shapes {
+            for left in 0..5 {
+                let row = DepthwiseRow {
+                    image: &[],
+                    height: extent,
+                    width: extent,
+                    channels: 1,
+                    kernel: [kernel, kernel],
+                    top: left as isize - 3,
+                    stride,
+                    dilation: [dilation, dilation],
+                    left,
+                    weights: &[],
+                    bias: &[],
+                    curve: None,
+                    block: 0..1,
+                };
+                let pixels = 12;
+                let interior = row.interior(pixels);
+                for ox in 0..pixels {
+                    let lands = |s: usize| {
+                        let x = (ox * stride + s * dilation) as isize - left as isize;
+                        (0..extent as isize).contains(&x)
+                    };
+                    assert_eq!(
+                        interior.contains(&ox),
+                        (0..kernel).all(lands),
+                        "ox {ox} of {row_shape:?}",
+                        row_shape = (extent, kernel, stride, dilation, left)
+                    );
+                    let columns: Vec<usize> = (0..kernel).filter(|&s| lands(s)).collect();
+                    assert_eq!(row.columns(ox).collect::<Vec<_>>(), columns);
+                }
+                let rows: Vec<usize> = (0..kernel)
+                    .filter(|&r| {
+                        (0..extent as isize).contains(&(row.top + (r * dilation) as isize))
+                    })
+                    .collect();
+                assert_eq!(row.rows().collect::<Vec<_>>(), rows);
+            }
+        }
     }
 
     /// Every ISA gives the definition's outputs and zero count: channels in whole blocks, a
