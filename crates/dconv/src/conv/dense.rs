@@ -20,8 +20,9 @@ use super::method::{MethodEntry, Skips};
 use super::run_loop::over_images;
 use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
+use crate::cache::CacheSizes;
 use crate::kernels::direct_conv::{
-    packed_index, DirectConv, DirectRow, OutputPixels, FILTER_ALIGN,
+    packed_index, DirectConv, DirectRow, OutputPixels, FILTER_ALIGN, WIDEST_TILE_PIXELS,
 };
 use crate::kernels::gemm::gemm_f32;
 use crate::kernels::Isa;
@@ -45,8 +46,8 @@ const DIRECT_MAX_GROUP_TAPS_1X1: usize = 128;
 /// The same for the other kernels, whose GEMMs also lower or shift the input: 3x3 groups of
 /// 8 channels 2x faster, of 16 1.2x, of 24 1.03x, of 32 10-20 % slower.
 const DIRECT_MAX_GROUP_TAPS: usize = 224;
-/// Output pixels up to which an ungrouped 1x1 layer (stride 1, unpadded) takes it, whatever
-/// its channels. At 7 x 7 the GEMM repacks the weights on every call (a third of its time
+/// Output pixels up to which an ungrouped 1x1 layer (stride 1, unpadded) takes it, when its
+/// tiles' input rows fit L1 ([`tile_rows_fit_l1`]). At 7 x 7 the GEMM repacks the weights on every call (a third of its time
 /// on 512 -> 2048), and in a model they come cold from memory, where the direct kernel
 /// streams each panel of filters in order: eight layers 512 <-> 2048 at 7 x 7, 7.1-7.4 ->
 /// 6.5-6.8 ms at 1 thread and 5.7-6.0 -> 3.8-4.2 ms at 2. At 14 x 14 the GEMM's own tiles
@@ -60,7 +61,9 @@ const DIRECT_MIN_FILTERS: usize = 8;
 fn direct_applies(spec: &ConvSpec) -> bool {
     let few_taps = if spec.groups == 1 {
         spec.channels <= DIRECT_MAX_CHANNELS
-            || (input_is_lowered(spec) && spec.out_pixels() <= DIRECT_MAX_PIXELS_1X1)
+            || (input_is_lowered(spec)
+                && spec.out_pixels() <= DIRECT_MAX_PIXELS_1X1
+                && tile_rows_fit_l1(spec, &CacheSizes::detect()))
     } else {
         let most = if input_is_lowered(spec) {
             DIRECT_MAX_GROUP_TAPS_1X1
@@ -70,6 +73,14 @@ fn direct_applies(spec: &ConvSpec) -> bool {
         spec.lowered_cols() <= most && !depthwise::applies(spec)
     };
     few_taps && spec.filters_per_group() >= DIRECT_MIN_FILTERS
+}
+
+/// Whether the input rows that the direct kernel's widest tile reads at once fit half of L1,
+/// beside the weights it streams past them. With more channels both come from L2 on every
+/// tile, and the GEMM, blocked along K, wins: at 7 x 7 on a Zen 3 (32 KB L1), 1152 -> 192
+/// and 2048 -> 512 ran 15-25 % faster by the GEMM, 512 -> 2048 20 % faster direct.
+fn tile_rows_fit_l1(spec: &ConvSpec, cache: &CacheSizes) -> bool {
+    saturating_product(&[4, WIDEST_TILE_PIXELS, spec.channels]) <= cache.l1d_share(1, 2)
 }
 
 /// Writes one filter's ONNX weights (`[Cg][R][S]`) into `dst`, the weight of tap

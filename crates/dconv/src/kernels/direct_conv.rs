@@ -25,6 +25,10 @@ pub(crate) const FILTER_ALIGN: usize = 16;
 /// apart (8 KB for 2048 filters), a new page and cache set for every tap.
 const PANEL: usize = 64;
 
+/// Pixels of the widest tile in every instruction set's plan (`4 x 6` and `2 x 6` below):
+/// the pixels whose input the kernel reads at once, while it streams a panel's weights.
+pub(crate) const WIDEST_TILE_PIXELS: usize = 6;
+
 /// Where the weight of tap `k` for filter `m` lies in weights packed for `taps` taps and
 /// `padded` filters (a multiple of [`FILTER_ALIGN`]): panels of [`PANEL`] filters, the last
 /// one narrower, each `[taps][width]`. Every block of filters a kernel takes (16, 32 or 64
