@@ -350,7 +350,7 @@ macro_rules! depthwise_row {
 }
 
 #[cfg(target_arch = "x86_64")]
-depthwise_row!(avx512, "avx512f", 16, __m512, __mmask16,
+depthwise_row!(avx512, "avx512f,popcnt", 16, __m512, __mmask16,
     mask: |n| ((1u32 << n) - 1) as __mmask16,
     load: _mm512_loadu_ps, load_masked: |p, m| _mm512_maskz_loadu_ps(m, p),
     store: _mm512_storeu_ps, store_masked: |p, m, v| _mm512_mask_storeu_ps(p, m, v),
@@ -359,7 +359,7 @@ depthwise_row!(avx512, "avx512f", 16, __m512, __mmask16,
     zeros: |v, m| (_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_setzero_ps()) & m).count_ones() as usize);
 
 #[cfg(target_arch = "x86_64")]
-depthwise_row!(avx2, "avx2,fma", 8, __m256, __m256i,
+depthwise_row!(avx2, "avx2,fma,popcnt", 8, __m256, __m256i,
     mask: |n| _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
     load: _mm256_loadu_ps, load_masked: |p, m| _mm256_maskload_ps(p, m),
     store: _mm256_storeu_ps, store_masked: |p, m, v| _mm256_maskstore_ps(p, m, v),
