@@ -53,7 +53,10 @@ impl Kernel for Pool {
         }
         // The zeros of each output row are counted while it is still in registers or cache:
         // a pooling between two convolutions hands the next one its input sparsity.
-        let whole_windows = self.reduce == Reduce::Max && self.windows_inside();
+        // Max pools whose windows all lie inside: every window's taps, relative to its first
+        // pixel, found once per run.
+        let whole_windows =
+            (self.reduce == Reduce::Max && self.windows_inside()).then(|| self.window_offsets());
         let isa = Isa::detect();
         let zeros: usize = output
             .par_chunks_mut(ow * c_len)
@@ -66,8 +69,8 @@ impl Kernel for Pool {
                     isa,
                     #[inline(always)]
                     || {
-                        if whole_windows {
-                            self.max_row(image, &self.taps(0, oy), out_row)
+                        if let Some(offsets) = &whole_windows {
+                            self.max_row(image, oy, offsets, out_row)
                         } else {
                             self.row(image, oy, out_row)
                         }
@@ -241,23 +244,30 @@ impl Pool {
         })
     }
 
-    /// [`Pool::row`] for a max pool whose windows all lie inside the input (VGG's 2 x 2,
-    /// stride 2): every window has the same taps, relative to its first pixel, and no
-    /// per-window clipping.
-    #[inline(always)]
-    fn max_row(&self, image: &[f32], ys: &Taps, out_row: &mut [f32]) -> usize {
+    /// The offsets of a window's taps from its first pixel's first channel, when every
+    /// window lies inside the input (so all have the same).
+    fn window_offsets(&self) -> Vec<usize> {
         let (w, c_len) = (self.input[1], self.channels);
-        let (kx, sx, dx) = (self.kernel[1], self.stride[1], self.dilation[1]);
-        let taps: Vec<usize> = (0..ys.count)
-            .flat_map(|i| (0..kx).map(move |j| (i * ys.step * w + j * dx) * c_len))
-            .collect();
+        let ([ky, kx], [dy, dx]) = (self.kernel, self.dilation);
+        (0..ky)
+            .flat_map(|i| (0..kx).map(move |j| (i * dy * w + j * dx) * c_len))
+            .collect()
+    }
+
+    /// [`Pool::row`] for a max pool whose windows all lie inside the input (VGG's 2 x 2,
+    /// stride 2), whose taps are at `offsets` ([`Pool::window_offsets`]) from each window's
+    /// first pixel, with no per-window clipping.
+    #[inline(always)]
+    fn max_row(&self, image: &[f32], oy: usize, offsets: &[usize], out_row: &mut [f32]) -> usize {
+        let (w, c_len) = (self.input[1], self.channels);
+        let (y0, sx) = (oy * self.stride[0], self.stride[1]);
         let mut zeros = 0;
         for (ox, out) in out_row.chunks_exact_mut(c_len).enumerate() {
-            let window = &image[(ys.first * w + ox * sx) * c_len..];
-            zeros += if taps.len() > MAX_CHUNKED_TAPS {
-                max_by_pixels(window, &taps, out)
+            let window = &image[(y0 * w + ox * sx) * c_len..];
+            zeros += if offsets.len() > MAX_CHUNKED_TAPS {
+                max_by_pixels(window, offsets, out)
             } else {
-                max_in_registers(window, &taps, out)
+                max_in_registers(window, offsets, out)
             };
         }
         zeros
