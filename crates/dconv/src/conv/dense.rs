@@ -9,10 +9,10 @@
 //! copies per row) and packing it for the GEMM cost more than the product. So does a grouped
 //! layer with few taps per group (ShuffleNet's 1x1 groups of 34 and 68 channels), whose GEMMs
 //! are narrow and repack a strided slice of the input per group; and a 1x1 layer on a small
-//! image ([`DIRECT_MAX_PIXELS_1X1`]), whose GEMM repacks all its weights for a few pixels. The input is padded once
-//! (when the layer pads), and [`DirectConv`] broadcasts each input value straight from it
-//! against a vector of filters, with the bias, activation and zero count fused. A depthwise
-//! layer takes its own path ([`depthwise`]).
+//! image ([`DIRECT_MAX_PIXELS_1X1`]), whose GEMM repacks all its weights for a few pixels.
+//! The input is padded once (when the layer pads), and [`DirectConv`] broadcasts each input
+//! value straight from it against a vector of filters, with the bias, activation and zero
+//! count fused. A depthwise layer takes its own path ([`depthwise`]).
 
 use super::depthwise::{self, Depthwise};
 use super::im2col::{lower, over_padded_images, pad_rows};
@@ -47,11 +47,12 @@ const DIRECT_MAX_GROUP_TAPS_1X1: usize = 128;
 /// 8 channels 2x faster, of 16 1.2x, of 24 1.03x, of 32 10-20 % slower.
 const DIRECT_MAX_GROUP_TAPS: usize = 224;
 /// Output pixels up to which an ungrouped 1x1 layer (stride 1, unpadded) takes it, when its
-/// tiles' input rows fit L1 ([`tile_rows_fit_l1`]). At 7 x 7 the GEMM repacks the weights on every call (a third of its time
-/// on 512 -> 2048), and in a model they come cold from memory, where the direct kernel
-/// streams each panel of filters in order: eight layers 512 <-> 2048 at 7 x 7, 7.1-7.4 ->
-/// 6.5-6.8 ms at 1 thread and 5.7-6.0 -> 3.8-4.2 ms at 2. At 14 x 14 the GEMM's own tiles
-/// were 12-15 % faster (1024 -> 256; 128 -> 512 at 28 x 28 likewise).
+/// tiles' input rows fit L1 ([`tile_rows_fit_l1`]). At 7 x 7 the GEMM repacks the weights on
+/// every call (a third of its time on 512 -> 2048), and in a model they come cold from
+/// memory, where the direct kernel streams each panel of filters in order: eight layers
+/// 512 <-> 2048 at 7 x 7, 7.1-7.4 -> 6.5-6.8 ms at 1 thread and 5.7-6.0 -> 3.8-4.2 ms at 2
+/// (on the Xeon, before that rule; 2048 -> 512 alone goes to the GEMM now). At 14 x 14 the
+/// GEMM's own tiles were 12-15 % faster (1024 -> 256; 128 -> 512 at 28 x 28 likewise).
 const DIRECT_MAX_PIXELS_1X1: usize = 64;
 /// Filters per group from which either does: with fewer, most of each vector of 16 filters
 /// would be padding (computed and kept), and the GEMM path costs about as much.
