@@ -65,8 +65,9 @@ impl DepthwiseRow<'_> {
     }
 
     /// The output pixels below `pixels` whose kernel columns all land inside the image: the
-    /// tiles' pixels, which need no per-pixel clipping.
+    /// tiles' pixels, which need no per-pixel clipping. (Only the x86 kernels tile.)
     #[inline(always)]
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     fn interior(&self, pixels: usize) -> Range<usize> {
         let reach = self.kernel[1].saturating_sub(1) * self.dilation[1];
         let first = self.left.div_ceil(self.stride);
