@@ -269,9 +269,8 @@ impl Dense {
         if !self.has_epilogue() {
             return 0;
         }
-        out.chunks_exact_mut(self.spec.filters)
-            .map(|row| self.epilogue.apply_row(row, 0))
-            .sum()
+        let m = self.spec.filters;
+        self.epilogue.apply_rows(out, m, m, 0)
     }
 
     /// Adds the bias and applies the activation to one image's `[P][M]` output; returns its

@@ -80,34 +80,53 @@ impl Epilogue {
         self.activation.curve()
     }
 
-    /// Finishes the outputs of channels `first..first + row.len()` of one pixel in place and
-    /// returns how many are exactly zero (what a fused ReLU left).
-    #[inline]
-    pub fn apply_row(&self, row: &mut [f32], first: usize) -> usize {
-        let bias = &self.bias[first..first + row.len()];
+    /// Finishes channels `first..first + width` of each pixel in `pixels`, whose rows are
+    /// `stride` floats apart and hold those channels at their start (the last row may end
+    /// after them), in place; returns how many are exactly zero (what a fused ReLU left).
+    /// One call per block of pixels: a call per pixel cost as much as the finishing itself
+    /// on 96-channel rows (0.4 ms of 16 -> 96 at 112 x 112).
+    pub fn apply_rows(
+        &self,
+        pixels: &mut [f32],
+        stride: usize,
+        width: usize,
+        first: usize,
+    ) -> usize {
+        let bias = &self.bias[first..first + width];
         // One loop per activation, so that each vectorises, at the width of the ISA.
         vectorized(
             self.isa,
             #[inline(always)]
             || match self.activation.curve() {
-                None => finish_row(row, bias, |x| x),
+                None => finish_rows(pixels, stride, bias, |x| x),
                 Some(c) if c == Curve::clamp(0.0, f32::INFINITY) => {
-                    finish_row(row, bias, |x| x.max(0.0))
+                    finish_rows(pixels, stride, bias, |x| x.max(0.0))
                 }
-                Some(c) if c.is_plain_clamp() => finish_row(row, bias, |x| x.max(c.lo).min(c.hi)),
-                Some(c) => finish_row(row, bias, |x| c.apply(x)),
+                Some(c) if c.is_plain_clamp() => {
+                    finish_rows(pixels, stride, bias, |x| x.max(c.lo).min(c.hi))
+                }
+                Some(c) => finish_rows(pixels, stride, bias, |x| c.apply(x)),
             },
         )
     }
 }
 
-/// `row[i] = f(row[i] + bias[i])`, returning how many results are exactly zero.
+/// `row[i] = f(row[i] + bias[i])` for the first `bias.len()` floats of each `stride`-float
+/// row of `pixels`, returning how many results are exactly zero. The count is per row in 32
+/// bits, which vectorises at the floats' width.
 #[inline(always)]
-fn finish_row(row: &mut [f32], bias: &[f32], f: impl Fn(f32) -> f32) -> usize {
-    row.iter_mut().zip(bias).fold(0, |zeros, (o, b)| {
-        *o = f(*o + b);
-        zeros + (*o == 0.0) as usize
-    })
+fn finish_rows(pixels: &mut [f32], stride: usize, bias: &[f32], f: impl Fn(f32) -> f32) -> usize {
+    let mut zeros = 0;
+    for row in pixels.chunks_mut(stride) {
+        zeros += row[..bias.len()]
+            .iter_mut()
+            .zip(bias)
+            .fold(0u32, |zeros, (o, b)| {
+                *o = f(*o + b);
+                zeros + (*o == 0.0) as u32
+            }) as usize;
+    }
+    zeros
 }
 
 /// A method with its weights prepared for one layer.

@@ -150,10 +150,7 @@ fn convolve_rows(
                     let dst = &mut out[to..to + len];
                     dst.copy_from_slice(&sums[from..from + len]);
                     if let Some(epilogue) = epilogue {
-                        zeros += dst
-                            .chunks_exact_mut(mg)
-                            .map(|pixel| epilogue.apply_row(pixel, g * mg))
-                            .sum::<usize>();
+                        zeros += epilogue.apply_rows(dst, mg, mg, g * mg);
                     }
                 }
             }

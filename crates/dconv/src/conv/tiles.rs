@@ -133,7 +133,7 @@ pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
 ) -> usize {
     let (m, mg) = (spec.filters, spec.filters_per_group());
     let (width, blocks) = (WeightPanels::<NB>::WIDTH, panels.blocks());
-    let channels = g * mg..(g + 1) * mg;
+    let first = g * mg;
     out.par_chunks_mut(per_task * tile * m)
         .zip(tiles.par_chunks_mut(per_task))
         .map(|(out, task)| {
@@ -144,9 +144,7 @@ pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
             let mut zeros = 0;
             for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
                 t.sums().end(out, m, g, mg);
-                for row in out.chunks_exact_mut(m) {
-                    zeros += epilogue.apply_row(&mut row[channels.clone()], channels.start);
-                }
+                zeros += epilogue.apply_rows(&mut out[first..], m, mg, first);
             }
             zeros
         })

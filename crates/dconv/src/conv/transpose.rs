@@ -359,9 +359,7 @@ impl ConvTranspose {
             }
         }
         if rows.contains(&last) {
-            row.chunks_exact_mut(m_len)
-                .map(|pixel| self.epilogue.apply_row(pixel, 0))
-                .sum()
+            self.epilogue.apply_rows(row, m_len, m_len, 0)
         } else {
             0
         }
