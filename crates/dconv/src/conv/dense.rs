@@ -22,7 +22,7 @@ use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use crate::cache::CacheSizes;
 use crate::kernels::direct_conv::{
-    packed_index, DirectConv, DirectRow, OutputPixels, FILTER_ALIGN, WIDEST_TILE_PIXELS,
+    DirectConv, DirectRow, OutputPixels, FILTER_ALIGN, WIDEST_TILE_PIXELS,
 };
 use crate::kernels::gemm::gemm_f32;
 use crate::kernels::Isa;
@@ -152,7 +152,7 @@ struct Direct {
     /// Filters per group padded to a multiple of [`FILTER_ALIGN`].
     mgp: usize,
     /// `[G][K x Mgp]`: each group's weights in the direct kernel's panels
-    /// ([`packed_index`]), its filters padded to `Mgp` (zeros past `Mg`).
+    /// ([`DirectConv::packed_index`]), its filters padded to `Mgp` (zeros past `Mg`).
     weights: Vec<f32>,
     /// `[G][Mgp]`.
     bias: Vec<f32>,
@@ -186,6 +186,7 @@ impl Direct {
                 }
             }
         }
+        let kernel = DirectConv::for_isa(isa);
         let mgp = mg.next_multiple_of(FILTER_ALIGN);
         let group_len = taps.len() * mgp;
         let mut packed = vec![0.0; spec.groups * group_len];
@@ -193,11 +194,13 @@ impl Direct {
         for (m, filter) in weights.chunks_exact(spec.lowered_cols()).enumerate() {
             let (g, j) = (m / mg, m % mg);
             let group = &mut packed[g * group_len..(g + 1) * group_len];
-            pack_filter(spec, filter, group, |k| packed_index(taps.len(), mgp, k, j));
+            pack_filter(spec, filter, group, |k| {
+                kernel.packed_index(taps.len(), mgp, k, j)
+            });
             bias[g * mgp + j] = epilogue.bias[m];
         }
         Some(Direct {
-            kernel: DirectConv::for_isa(isa),
+            kernel,
             padded,
             mgp,
             weights: packed,

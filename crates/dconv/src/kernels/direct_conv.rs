@@ -19,32 +19,39 @@ use super::Isa;
 /// Filters per packed weight row are padded to a multiple of this (the widest vector).
 pub(crate) const FILTER_ALIGN: usize = 16;
 
-/// Filters per panel of the packed weights: the widest block a kernel keeps in registers.
-/// Each panel holds every tap of its filters contiguously, so that a tile streams its
-/// weights in order; rows of all the filters would put each tap's few vectors a whole row
-/// apart (8 KB for 2048 filters), a new page and cache set for every tap.
-const PANEL: usize = 64;
+/// Filters per panel of the portable kernel's packed weights: the 16 it takes at a time.
+const PORTABLE_PANEL: usize = FILTER_ALIGN;
 
 /// Pixels of the widest tile in every instruction set's plan (`4 x 6` and `2 x 6` below):
 /// the pixels whose input the kernel reads at once, while it streams a panel's weights.
 pub(crate) const WIDEST_TILE_PIXELS: usize = 6;
 
 /// Where the weight of tap `k` for filter `m` lies in weights packed for `taps` taps and
-/// `padded` filters (a multiple of [`FILTER_ALIGN`]): panels of [`PANEL`] filters, the last
-/// one narrower, each `[taps][width]`. Every block of filters a kernel takes (16, 32 or 64
-/// from a multiple of 16) lies within one panel.
+/// `padded` filters (a multiple of [`FILTER_ALIGN`]): panels of `panel` filters, the last
+/// one narrower, each `[taps][width]`.
+///
+/// A kernel's panel is the widest block of filters it keeps in registers, so that a tile
+/// streams every line of its panel in order, and every narrower block it takes (16, 32 from
+/// a multiple of 16) lies within one panel. Rows of all the filters would put each tap's few
+/// vectors a whole row apart (8 KB for 2048 filters), a new page and cache set per tap; and
+/// panels wider than the block make its lines as many sets apart: AVX2's 16-filter blocks
+/// in 64-filter panels used a quarter of L1's sets, and 320 -> 1280 and 512 -> 2048 at 7 x 7
+/// ran 15 % slower than in 16-filter panels (Zen 3).
 #[inline(always)]
-pub(crate) fn packed_index(taps: usize, padded: usize, k: usize, m: usize) -> usize {
-    let start = m - m % PANEL;
-    start * taps + k * PANEL.min(padded - start) + (m - start)
+fn packed_index(panel: usize, taps: usize, padded: usize, k: usize, m: usize) -> usize {
+    let start = m - m % panel;
+    start * taps + k * panel.min(padded - start) + (m - start)
 }
 
 /// Where the panel of filter `m` (a block's first) starts, and its width: tap `k`'s weights
 /// of filters `m..` are at `start + k * width`.
 #[inline(always)]
-fn panel_of(taps: usize, padded: usize, m: usize) -> (usize, usize) {
-    let first = m - m % PANEL;
-    (packed_index(taps, padded, 0, m), PANEL.min(padded - first))
+fn panel_of(panel: usize, taps: usize, padded: usize, m: usize) -> (usize, usize) {
+    let first = m - m % panel;
+    (
+        packed_index(panel, taps, padded, 0, m),
+        panel.min(padded - first),
+    )
 }
 
 /// One output row's operands.
@@ -74,23 +81,35 @@ pub(crate) struct OutputPixels {
     pub stride: usize,
 }
 
+/// The signature of [`DirectConv::row`].
+type RowFn = fn(&DirectRow, OutputPixels, &mut [f32]) -> usize;
+
 /// The row kernel of one instruction set, chosen once.
 #[derive(Clone, Copy)]
 pub(crate) struct DirectConv {
-    row: fn(&DirectRow, OutputPixels, &mut [f32]) -> usize,
+    row: RowFn,
+    /// Filters per panel of the weights `row` reads ([`packed_index`]).
+    panel: usize,
 }
 
 impl DirectConv {
     /// The kernel of `isa`, or the portable one when this CPU lacks it.
     pub fn for_isa(isa: Isa) -> Self {
-        let row = match isa {
+        let (row, panel) = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() => avx512::checked_row,
+            Isa::Avx512 if isa.is_supported() => (avx512::checked_row as RowFn, avx512::PANEL),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if isa.is_supported() => avx2::checked_row,
-            _ => portable,
+            Isa::Avx2 if isa.is_supported() => (avx2::checked_row as RowFn, avx2::PANEL),
+            _ => (portable as RowFn, PORTABLE_PANEL),
         };
-        DirectConv { row }
+        DirectConv { row, panel }
+    }
+
+    /// Where this kernel reads the weight of tap `k` for filter `m`, in weights packed for
+    /// `taps` taps and `padded` filters (a multiple of [`FILTER_ALIGN`]).
+    #[inline]
+    pub fn packed_index(&self, taps: usize, padded: usize, k: usize, m: usize) -> usize {
+        packed_index(self.panel, taps, padded, k, m)
     }
 
     /// Computes one row of output pixels into `out` as `at` places them; returns how many
@@ -148,7 +167,7 @@ fn portable(row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
         let window = row.base + p * row.pixel_step;
         for m0 in (0..filters).step_by(FILTER_ALIGN) {
             let mut acc: [f32; FILTER_ALIGN] = row.bias[m0..m0 + FILTER_ALIGN].try_into().unwrap();
-            let (start, width) = panel_of(row.taps.len(), mp, m0);
+            let (start, width) = panel_of(PORTABLE_PANEL, row.taps.len(), mp, m0);
             for (k, &tap) in row.taps.iter().enumerate() {
                 let x = row.input[window + tap as usize];
                 let w = &row.weights[start + k * width..][..FILTER_ALIGN];
@@ -171,7 +190,7 @@ fn portable(row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
 /// counted.
 #[cfg(target_arch = "x86_64")]
 macro_rules! direct_row {
-    ($module:ident, $feature:literal, $lanes:expr, $vec:ty, [$($plan:tt)*],
+    ($module:ident, $feature:literal, $lanes:expr, $vec:ty, [$($plan:tt)*], panel: $panel:expr,
      load: $load:ident, store: $store:ident, splat: $splat:ident,
      fma: |$a:ident, $w:ident, $x:ident| $fma:expr,
      max: $max:ident, min: $min:ident, mul: $mul:ident, fma_ab: $fma_ab:ident,
@@ -184,6 +203,8 @@ macro_rules! direct_row {
             use std::arch::x86_64::*;
 
             const LANES: usize = $lanes;
+            /// Filters per panel of the packed weights: the plan's widest block.
+            pub(super) const PANEL: usize = $panel;
 
             /// [`row`] as a safe fn, for [`super::DirectConv`].
             pub fn checked_row(row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
@@ -235,7 +256,7 @@ macro_rules! direct_row {
                     $load(row.bias.as_ptr().add(m0 + v * LANES))
                 }); NP];
                 let window = row.base + p0 * row.pixel_step;
-                let (start, width) = super::panel_of(row.taps.len(), mp, m0);
+                let (start, width) = super::panel_of(PANEL, row.taps.len(), mp, m0);
                 for (k, &tap) in row.taps.iter().enumerate() {
                     // SAFETY: the block's filters m0 .. m0 + NV * LANES lie in one panel
                     // (`packed_index`), whose taps end within taps.len() * mp <= weights.len().
@@ -349,7 +370,7 @@ macro_rules! direct_row {
 // AVX-512's widest tile: 24 sums, 4 weight vectors and a broadcast in its 32 registers.
 // Against 4 x 5: 15 % faster on 512 -> 2048 at 7 x 7, 6-8 % on 3 -> 64 at 224 x 224.
 #[cfg(target_arch = "x86_64")]
-direct_row!(avx512, "avx512f,popcnt", 16, __m512, [4 x 6, 2 x 10, 1 x 12],
+direct_row!(avx512, "avx512f,popcnt", 16, __m512, [4 x 6, 2 x 10, 1 x 12], panel: 4 * 16,
     load: _mm512_loadu_ps, store: _mm512_storeu_ps, splat: _mm512_set1_ps,
     fma: |a, w, x| _mm512_fmadd_ps(x, w, a),
     max: _mm512_max_ps, min: _mm512_min_ps, mul: _mm512_mul_ps, fma_ab: _mm512_fmadd_ps,
@@ -358,7 +379,7 @@ direct_row!(avx512, "avx512f,popcnt", 16, __m512, [4 x 6, 2 x 10, 1 x 12],
     zeros: |v, m| (_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_setzero_ps()) & m).count_ones() as usize);
 
 #[cfg(target_arch = "x86_64")]
-direct_row!(avx2, "avx2,fma,popcnt", 8, __m256, [2 x 6, 1 x 12],
+direct_row!(avx2, "avx2,fma,popcnt", 8, __m256, [2 x 6, 1 x 12], panel: 2 * 8,
     load: _mm256_loadu_ps, store: _mm256_storeu_ps, splat: _mm256_set1_ps,
     fma: |a, w, x| _mm256_fmadd_ps(x, w, a),
     max: _mm256_max_ps, min: _mm256_min_ps, mul: _mm256_mul_ps, fma_ab: _mm256_fmadd_ps,
@@ -380,6 +401,7 @@ mod tests {
     fn every_isa_matches_the_definition() {
         let mut rng = Rng::new(9);
         for isa in Isa::supported() {
+            let kernel = DirectConv::for_isa(isa);
             // Every activation: ReLU, ReLU6, HardSwish, HardSigmoid, none.
             let hard_swish = Activation::HardSwish.curve();
             let hard_sigmoid = Activation::HardSigmoid {
@@ -413,7 +435,7 @@ mod tests {
                 for j in filters..mp {
                     bias[j] = 0.0;
                     for k in 0..taps_len {
-                        weights[packed_index(taps_len, mp, k, j)] = 0.0;
+                        weights[kernel.packed_index(taps_len, mp, k, j)] = 0.0;
                     }
                 }
                 let row = DirectRow {
@@ -434,7 +456,7 @@ mod tests {
                         let mut acc = bias[m];
                         for (k, &t) in taps.iter().enumerate() {
                             acc += input[2 + p * step + t as usize]
-                                * weights[packed_index(taps_len, mp, k, m)];
+                                * weights[kernel.packed_index(taps_len, mp, k, m)];
                         }
                         want[p * stride + offset + m] = curve.map_or(acc, |c| c.apply(acc));
                     }
@@ -445,7 +467,7 @@ mod tests {
                     filters,
                     stride,
                 };
-                let zeros = DirectConv::for_isa(isa).row(&row, at, &mut got[offset..]);
+                let zeros = kernel.row(&row, at, &mut got[offset..]);
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
                         (g - w).abs() <= 1e-4 * w.abs().max(1.0) || (g.is_nan() && w.is_nan()),
