@@ -41,7 +41,15 @@ pub(crate) struct DepthwiseRow<'a> {
     /// The channels this call computes (the others of `out` are left as they are), so
     /// that a caller can sweep several rows one block of channels at a time.
     pub block: Range<usize>,
+    /// Whether the x86 kernels take each tile of pixels over all the block's channels
+    /// before the next tile, rather than sweeping the row once per vector of channels (see
+    /// `conv::depthwise::pixels_outer`). The portable kernel goes a pixel at a time.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub pixels_outer: bool,
 }
+
+/// Pixels per tile of the x86 kernels where every tap is inside the image.
+pub(crate) const TILE_PIXELS: usize = 4;
 
 impl DepthwiseRow<'_> {
     /// The kernel rows that land inside the image: a range, as a window's taps are evenly
@@ -185,7 +193,8 @@ fn portable(row: &DepthwiseRow, out: &mut [f32]) -> usize {
 
 /// One SIMD kernel per instruction set: blocks of `NV` vectors of channels, each over the
 /// row's pixels in tiles of `NP` where every tap is inside the image and one by one near its
-/// edges. The last block's vectors are masked to the channels that exist.
+/// edges (or, `pixels_outer`, each tile over every block before the next tile). The last
+/// block's vectors are masked to the channels that exist.
 #[cfg(target_arch = "x86_64")]
 macro_rules! depthwise_row {
     ($module:ident, $feature:literal, $lanes:expr, $vec:ty, $mask:ty,
@@ -203,8 +212,7 @@ macro_rules! depthwise_row {
             const LANES: usize = $lanes;
             /// Vectors of channels per block.
             const NV: usize = 2;
-            /// Pixels per tile where every tap is inside the image.
-            const NP: usize = 4;
+            const NP: usize = super::TILE_PIXELS;
 
             /// [`row`] as a safe fn, for [`super::DepthwiseConv`].
             pub fn checked_row(row: &DepthwiseRow, out: &mut [f32]) -> usize {
@@ -229,43 +237,53 @@ macro_rules! depthwise_row {
                 let all = 0..row.kernel[1];
                 let (rows, interior) = (row.rows(), row.interior(pixels));
                 let end = row.block.end;
+                // Tiles per sweep of the block's vectors: one, or the whole row.
+                let sweep = if row.pixels_outer { 1 } else { usize::MAX };
                 let mut zeros = 0;
-                for m0 in row.block.clone().step_by(NV * LANES) {
-                    let whole = m0 + NV * LANES <= end;
-                    let masks: [$mask; NV] = std::array::from_fn(|v| {
-                        let $n = (end - m0).saturating_sub(v * LANES).min(LANES);
-                        $mask_of
-                    });
-                    let mut ox = 0;
-                    while ox < pixels {
-                        // Tiles inside the interior; pixels near the edges one by one.
-                        let tile_fits = ox >= interior.start && ox + NP <= interior.end;
-                        let (step, columns) = if tile_fits {
-                            (NP, all.clone())
-                        } else {
-                            (1, row.columns(ox))
-                        };
-                        let rows = rows.clone();
-                        // SAFETY: forwarded from the caller; the tile's pixels are in the
-                        // row, and the masks cover channels m0.. that exist.
-                        zeros += unsafe {
-                            match (tile_fits, whole) {
-                                (true, true) => {
-                                    tile::<NP, false>(row, rows, ox, columns, m0, &masks, out)
+                let mut first = 0;
+                while first < pixels {
+                    let mut next = pixels;
+                    for m0 in row.block.clone().step_by(NV * LANES) {
+                        let whole = m0 + NV * LANES <= end;
+                        let masks: [$mask; NV] = std::array::from_fn(|v| {
+                            let $n = (end - m0).saturating_sub(v * LANES).min(LANES);
+                            $mask_of
+                        });
+                        let (mut ox, mut tiles) = (first, 0);
+                        while ox < pixels && tiles < sweep {
+                            // Tiles inside the interior; pixels near the edges one by one.
+                            let tile_fits = ox >= interior.start && ox + NP <= interior.end;
+                            let (step, columns) = if tile_fits {
+                                (NP, all.clone())
+                            } else {
+                                (1, row.columns(ox))
+                            };
+                            let rows = rows.clone();
+                            // SAFETY: forwarded from the caller; the tile's pixels are in the
+                            // row, and the masks cover channels m0.. that exist.
+                            zeros += unsafe {
+                                match (tile_fits, whole) {
+                                    (true, true) => {
+                                        tile::<NP, false>(row, rows, ox, columns, m0, &masks, out)
+                                    }
+                                    (true, false) => {
+                                        tile::<NP, true>(row, rows, ox, columns, m0, &masks, out)
+                                    }
+                                    (false, true) => {
+                                        tile::<1, false>(row, rows, ox, columns, m0, &masks, out)
+                                    }
+                                    (false, false) => {
+                                        tile::<1, true>(row, rows, ox, columns, m0, &masks, out)
+                                    }
                                 }
-                                (true, false) => {
-                                    tile::<NP, true>(row, rows, ox, columns, m0, &masks, out)
-                                }
-                                (false, true) => {
-                                    tile::<1, false>(row, rows, ox, columns, m0, &masks, out)
-                                }
-                                (false, false) => {
-                                    tile::<1, true>(row, rows, ox, columns, m0, &masks, out)
-                                }
-                            }
-                        };
-                        ox += step;
+                            };
+                            ox += step;
+                            tiles += 1;
+                        }
+                        // Where the tiles reached: the same for every vector.
+                        next = ox;
                     }
+                    first = next;
                 }
                 zeros
             }
@@ -430,6 +448,7 @@ mod tests {
                     bias: &[],
                     curve: None,
                     block: 0..1,
+                    pixels_outer: false,
                 };
                 let pixels = 12;
                 let interior = row.interior(pixels);
@@ -508,15 +527,18 @@ mod tests {
                 bias: &bias,
                 curve,
                 block: 0..channels,
+                pixels_outer: false,
             };
             let want = by_definition(&row, pixels);
             let want_zeros = want.iter().filter(|&&v| v == 0.0).count();
-            // Whole, and in two blocks split off the vectors' boundaries.
+            // Whole, and in two blocks split off the vectors' boundaries; in either order.
             let splits = [channels, channels / 3];
-            for (isa, split) in Isa::supported()
-                .into_iter()
-                .flat_map(|isa| splits.map(|s| (isa, s)))
-            {
+            let variants = Isa::supported().into_iter().flat_map(|isa| {
+                splits
+                    .into_iter()
+                    .flat_map(move |s| [false, true].map(|po| (isa, s, po)))
+            });
+            for (isa, split, pixels_outer) in variants {
                 let mut got = vec![f32::NAN; pixels * channels];
                 let conv = DepthwiseConv::for_isa(isa);
                 let zeros = [0..split, split..channels]
@@ -525,6 +547,7 @@ mod tests {
                         conv.row(
                             &DepthwiseRow {
                                 block,
+                                pixels_outer,
                                 ..row.clone()
                             },
                             &mut got,
@@ -534,12 +557,12 @@ mod tests {
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert!(
                         (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                        "{isa}, {channels} channels, kernel {kernel:?}, at {i}: {g} vs {w}"
+                        "{isa} {pixels_outer}, {channels} channels, kernel {kernel:?}, at {i}: {g} vs {w}"
                     );
                 }
                 assert_eq!(
                     zeros, want_zeros,
-                    "{isa}, {channels} channels, split {split}"
+                    "{isa} {pixels_outer}, {channels} channels, split {split}"
                 );
             }
         }
