@@ -8,8 +8,8 @@
 //! direct path instead: its lowered matrix has K = 27 columns, so building it (a few short
 //! copies per row) and packing it for the GEMM cost more than the product. So does a grouped
 //! layer with few taps per group (ShuffleNet's 1x1 groups of 34 and 68 channels), whose GEMMs
-//! are narrow and repack a strided slice of the input per group; and a 1x1 layer on a small
-//! image ([`DIRECT_MAX_PIXELS_1X1`]), whose GEMM repacks all its weights for a few pixels.
+//! are narrow and repack a strided slice of the input per group; and a layer on a small
+//! image ([`DIRECT_MAX_PIXELS`]), whose GEMM repacks all its weights for a few pixels.
 //! The input is padded once (when the layer pads), and [`DirectConv`] broadcasts each input
 //! value straight from it against a vector of filters, with the bias, activation and zero
 //! count fused. A depthwise layer takes its own path ([`depthwise`]).
@@ -21,9 +21,7 @@ use super::run_loop::over_images;
 use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use crate::cache::CacheSizes;
-use crate::kernels::direct_conv::{
-    DirectConv, DirectRow, OutputPixels, FILTER_ALIGN, WIDEST_TILE_PIXELS,
-};
+use crate::kernels::direct_conv::{DirectConv, DirectRow, OutputPixels, FILTER_ALIGN};
 use crate::kernels::gemm::gemm_f32;
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
@@ -46,14 +44,15 @@ const DIRECT_MAX_GROUP_TAPS_1X1: usize = 128;
 /// The same for the other kernels, whose GEMMs also lower or shift the input: 3x3 groups of
 /// 8 channels 2x faster, of 16 1.2x, of 24 1.03x, of 32 10-20 % slower.
 const DIRECT_MAX_GROUP_TAPS: usize = 224;
-/// Output pixels up to which an ungrouped 1x1 layer (stride 1, unpadded) takes it, when its
-/// tiles' input rows fit L1 ([`tile_rows_fit_l1`]). At 7 x 7 the GEMM repacks the weights on
-/// every call (a third of its time on 512 -> 2048), and in a model they come cold from
-/// memory, where the direct kernel streams each panel of filters in order: eight layers
-/// 512 <-> 2048 at 7 x 7, 7.1-7.4 -> 6.5-6.8 ms at 1 thread and 5.7-6.0 -> 3.8-4.2 ms at 2
-/// (on the Xeon, before that rule; 2048 -> 512 alone goes to the GEMM now). At 14 x 14 the
-/// GEMM's own tiles were 12-15 % faster (1024 -> 256; 128 -> 512 at 28 x 28 likewise).
-const DIRECT_MAX_PIXELS_1X1: usize = 64;
+/// Output pixels up to which an ungrouped layer takes it, when the weights its tiles stream
+/// fit L2 ([`panel_fits_l2`]). At 7 x 7 the GEMM repacks the weights on every call (a third
+/// of its time on 512 -> 2048), and in a model they come cold from memory, where the direct
+/// kernel streams each panel of filters in order: eight layers 512 <-> 2048 at 7 x 7,
+/// 7.1-7.4 -> 6.5-6.8 ms at 1 thread and 5.7-6.0 -> 3.8-4.2 ms at 2 (Xeon). On a Zen 3,
+/// 2048 -> 512 1.48 -> 1.20 ms, 1152 -> 192 0.30 -> 0.26, Inception v2's 3x3 layers of
+/// 160-256 channels at 7 x 7 3-18 % faster in the model. At 14 x 14 the GEMM's own tiles
+/// were 12-15 % faster (1024 -> 256; 128 -> 512 at 28 x 28 likewise; Xeon).
+const DIRECT_MAX_PIXELS: usize = 64;
 /// Filters per group from which either does: with fewer, most of each vector of 16 filters
 /// would be padding (computed and kept), and the GEMM path costs about as much.
 const DIRECT_MIN_FILTERS: usize = 8;
@@ -62,9 +61,12 @@ const DIRECT_MIN_FILTERS: usize = 8;
 fn direct_applies(spec: &ConvSpec) -> bool {
     let few_taps = if spec.groups == 1 {
         spec.channels <= DIRECT_MAX_CHANNELS
-            || (input_is_lowered(spec)
-                && spec.out_pixels() <= DIRECT_MAX_PIXELS_1X1
-                && tile_rows_fit_l1(spec, &CacheSizes::detect()))
+            || (spec.out_pixels() <= DIRECT_MAX_PIXELS
+                && panel_fits_l2(
+                    spec,
+                    DirectConv::for_isa(Isa::detect()),
+                    &CacheSizes::detect(),
+                ))
     } else {
         let most = if input_is_lowered(spec) {
             DIRECT_MAX_GROUP_TAPS_1X1
@@ -76,12 +78,14 @@ fn direct_applies(spec: &ConvSpec) -> bool {
     few_taps && spec.filters_per_group() >= DIRECT_MIN_FILTERS
 }
 
-/// Whether the input rows that the direct kernel's widest tile reads at once fit half of L1,
-/// beside the weights it streams past them. With more channels both come from L2 on every
-/// tile, and the GEMM, blocked along K, wins: at 7 x 7 on a Zen 3 (32 KB L1), 1152 -> 192
-/// and 2048 -> 512 ran 15-25 % faster by the GEMM, 512 -> 2048 20 % faster direct.
-fn tile_rows_fit_l1(spec: &ConvSpec, cache: &CacheSizes) -> bool {
-    saturating_product(&[4, WIDEST_TILE_PIXELS, spec.channels]) <= cache.l1d_share(1, 2)
+/// Whether the weights that each tile of `kernel` streams, every tap of one panel of filters
+/// ([`DirectConv::panel`]), fit half of L2: then they come from L2 for every tile after the
+/// first, and from L3 where they do not. On a Zen 3 (512 KB L2, 16-filter panels), 3x3 over
+/// 512 channels at 7 x 7 (295 KB) ran 15 % slower than by the GEMM; 2048 -> 512 (128 KB) 20 %
+/// faster. (Panels of 64 filters on AVX2 had made 2048 -> 512 and 1152 -> 192 slower than the
+/// GEMM, and an L1 rule stood here.)
+fn panel_fits_l2(spec: &ConvSpec, kernel: DirectConv, cache: &CacheSizes) -> bool {
+    saturating_product(&[4, kernel.panel(), spec.lowered_cols()]) <= cache.l2_share(1, 2)
 }
 
 /// Writes one filter's ONNX weights (`[Cg][R][S]`) into `dst`, the weight of tap
@@ -493,6 +497,21 @@ mod tests {
     }
 
     #[test]
+    fn small_images_go_direct_while_a_panel_fits_l2() {
+        let cache = CacheSizes {
+            l1d: 32 << 10,
+            l2: 512 << 10,
+        };
+        let kernel = DirectConv::for_isa(Isa::Portable);
+        assert_eq!(kernel.panel(), 16);
+        // 16 filters x 1728 taps x 4 bytes = 108 KB; x 4608 taps = 288 KB.
+        let inception = ConvSpec::new(192, 7, 7, 320, [3, 3]).with_padding([1, 1, 1, 1]);
+        let resnet = ConvSpec::new(512, 7, 7, 512, [3, 3]).with_padding([1, 1, 1, 1]);
+        assert!(panel_fits_l2(&inception, kernel, &cache));
+        assert!(!panel_fits_l2(&resnet, kernel, &cache));
+    }
+
+    #[test]
     fn prepared_bytes_bound_what_is_kept() {
         for (c, m, groups) in [
             (3, 64, 1),
@@ -505,7 +524,8 @@ mod tests {
             (8, 32, 4),
             (12, 36, 3),
         ] {
-            let spec = ConvSpec::new(c, 6, 6, m, [3, 3])
+            // 81 pixels: more than the direct path takes for their number alone.
+            let spec = ConvSpec::new(c, 9, 9, m, [3, 3])
                 .with_padding([1, 1, 1, 1])
                 .with_groups(groups);
             spec.validate().unwrap();

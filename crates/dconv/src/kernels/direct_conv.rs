@@ -22,10 +22,6 @@ pub(crate) const FILTER_ALIGN: usize = 16;
 /// Filters per panel of the portable kernel's packed weights: the 16 it takes at a time.
 const PORTABLE_PANEL: usize = FILTER_ALIGN;
 
-/// Pixels of the widest tile in every instruction set's plan (`4 x 6` and `2 x 6` below):
-/// the pixels whose input the kernel reads at once, while it streams a panel's weights.
-pub(crate) const WIDEST_TILE_PIXELS: usize = 6;
-
 /// Where the weight of tap `k` for filter `m` lies in weights packed for `taps` taps and
 /// `padded` filters (a multiple of [`FILTER_ALIGN`]): panels of `panel` filters, the last
 /// one narrower, each `[taps][width]`.
@@ -103,6 +99,12 @@ impl DirectConv {
             _ => (portable as RowFn, PORTABLE_PANEL),
         };
         DirectConv { row, panel }
+    }
+
+    /// Filters per panel of the weights this kernel reads: each tile streams every tap of
+    /// one panel.
+    pub fn panel(&self) -> usize {
+        self.panel
     }
 
     /// Where this kernel reads the weight of tap `k` for filter `m`, in weights packed for
