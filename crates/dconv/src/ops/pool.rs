@@ -190,9 +190,10 @@ impl Pool {
         zeros.iter().sum::<u32>() as usize + rest_zeros
     }
 
-    /// [`Pool::window`] out of line, for the windows that padding clips: inlined beside the
-    /// windows inside, it made the compiler keep those in a slower loop (SqueezeNet's
-    /// unpadded first pool 25 % slower). It runs at the baseline's vector width.
+    /// [`Pool::window`] out of line, for the windows that padding clips (and average windows
+    /// of more than [`MAX_CHUNKED_TAPS`]): inlined beside the windows inside, it made the
+    /// compiler keep those in a slower loop (SqueezeNet's unpadded first pool 25 % slower).
+    /// It runs at the baseline's vector width.
     #[inline(never)]
     fn edge_window(
         &self,
