@@ -8,8 +8,9 @@
 //! direct path instead: its lowered matrix has K = 27 columns, so building it (a few short
 //! copies per row) and packing it for the GEMM cost more than the product. So does a grouped
 //! layer with few taps per group (ShuffleNet's 1x1 groups of 34 and 68 channels), whose GEMMs
-//! are narrow and repack a strided slice of the input per group; and a layer on a small
-//! image ([`DIRECT_MAX_PIXELS`]), whose GEMM repacks all its weights for a few pixels.
+//! are narrow and repack a strided slice of the input per group; and any layer whose
+//! weights for one panel of filters fit L2 ([`direct_applies`]): on a small image, where the
+//! GEMM repacks all its weights for a few pixels, and with AVX2 on any image.
 //! The input is padded once (when the layer pads), and [`DirectConv`] broadcasts each input
 //! value straight from it against a vector of filters, with the bias, activation and zero
 //! count fused. A depthwise layer takes its own path ([`depthwise`]).
@@ -21,7 +22,7 @@ use super::run_loop::over_images;
 use super::shifted_gemm;
 use super::{Activation, ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use crate::cache::CacheSizes;
-use crate::kernels::direct_conv::{DirectConv, DirectRow, OutputPixels, FILTER_ALIGN};
+use crate::kernels::direct_conv::{DirectBand, DirectConv, OutputPixels, FILTER_ALIGN};
 use crate::kernels::gemm::gemm_f32;
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
@@ -45,28 +46,43 @@ const DIRECT_MAX_GROUP_TAPS_1X1: usize = 128;
 /// 8 channels 2x faster, of 16 1.2x, of 24 1.03x, of 32 10-20 % slower.
 const DIRECT_MAX_GROUP_TAPS: usize = 224;
 /// Output pixels up to which an ungrouped layer takes it, when the weights its tiles stream
-/// fit L2 ([`panel_fits_l2`]). At 7 x 7 the GEMM repacks the weights on every call (a third
-/// of its time on 512 -> 2048), and in a model they come cold from memory, where the direct
-/// kernel streams each panel of filters in order: eight layers 512 <-> 2048 at 7 x 7,
-/// 7.1-7.4 -> 6.5-6.8 ms at 1 thread and 5.7-6.0 -> 3.8-4.2 ms at 2 (Xeon). On a Zen 3,
-/// 2048 -> 512 1.48 -> 1.20 ms, 1152 -> 192 0.30 -> 0.26, Inception v2's 3x3 layers of
-/// 160-256 channels at 7 x 7 3-18 % faster in the model. At 14 x 14 the GEMM's own tiles
-/// were 12-15 % faster (1024 -> 256; 128 -> 512 at 28 x 28 likewise; Xeon).
+/// fit L2 ([`panel_fits_l2`]), with the AVX-512 and the portable kernels. At 7 x 7 the GEMM
+/// repacks the weights on every call (a third of its time on 512 -> 2048), and in a model
+/// they come cold from memory, where the direct kernel streams each panel of filters in
+/// order: eight layers 512 <-> 2048 at 7 x 7, 7.1-7.4 -> 6.5-6.8 ms at 1 thread and 5.7-6.0
+/// -> 3.8-4.2 ms at 2 (Xeon). At 14 x 14 the GEMM's own tiles were 12-15 % faster there
+/// (1024 -> 256; 128 -> 512 at 28 x 28), with tiles that did not yet run across rows.
+///
+/// The AVX2 kernel takes every such layer, whatever its image: on a Zen 3, against the
+/// `gemm` crate's 16 x 6 AVX2 tiles (and the shifted GEMMs), ResNet-50's convolutions
+/// under `dense` took 131 -> 110 ms (256 -> 256 3x3 at 14 x 14 5.1 -> 2.9 ms), VGG-19's
+/// 488 -> 452 ms, Inception v2's 3x3 layers at 14 x 14 and 28 x 28 8-20 % less, and no
+/// layer of ResNet-50, VGG-19, Inception v2, DenseNet-121 or EfficientNet-Lite0 more.
 const DIRECT_MAX_PIXELS: usize = 64;
+
+/// Output pixels up to which an ungrouped layer takes the direct path with `isa`'s kernel
+/// ([`DIRECT_MAX_PIXELS`]).
+fn direct_max_pixels(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx2 => usize::MAX,
+        _ => DIRECT_MAX_PIXELS,
+    }
+}
+/// Output pixels per band of the direct path, in whole rows ([`direct_band_rows`]): a 7 x 7
+/// image in one band. Bands stay short so that the input rows under a band stay in L1 while
+/// every block of filters sweeps them.
+const DIRECT_BAND_PIXELS: usize = 64;
 /// Filters per group from which either does: with fewer, most of each vector of 16 filters
 /// would be padding (computed and kept), and the GEMM path costs about as much.
 const DIRECT_MIN_FILTERS: usize = 8;
 
-/// Whether `spec` takes the direct path (when its tap offsets also fit 32 bits).
-fn direct_applies(spec: &ConvSpec) -> bool {
+/// Whether `spec` takes the direct path with `isa`'s kernel (when its tap offsets also fit
+/// 32 bits).
+fn direct_applies(spec: &ConvSpec, isa: Isa) -> bool {
     let few_taps = if spec.groups == 1 {
         spec.channels <= DIRECT_MAX_CHANNELS
-            || (spec.out_pixels() <= DIRECT_MAX_PIXELS
-                && panel_fits_l2(
-                    spec,
-                    DirectConv::for_isa(Isa::detect()),
-                    &CacheSizes::detect(),
-                ))
+            || (spec.out_pixels() <= direct_max_pixels(isa)
+                && panel_fits_l2(spec, DirectConv::for_isa(isa), &CacheSizes::detect()))
     } else {
         let most = if input_is_lowered(spec) {
             DIRECT_MAX_GROUP_TAPS_1X1
@@ -139,7 +155,7 @@ pub(super) const ENTRY: MethodEntry = MethodEntry {
 pub(crate) fn prepared_bytes(spec: &ConvSpec) -> usize {
     let weights = spec.weight_len().unwrap_or(usize::MAX);
     let gemm = weights.saturating_mul(4);
-    if !direct_applies(spec) {
+    if !direct_applies(spec, Isa::detect()) {
         return gemm;
     }
     let k = spec.lowered_cols();
@@ -169,7 +185,7 @@ impl Direct {
     /// The direct path for `spec`, when it takes one ([`direct_applies`], and tap offsets
     /// that fit 32 bits). `weights` are ONNX `[M][Cg][R][S]`.
     fn new(spec: &ConvSpec, weights: &[f32], epilogue: &Epilogue, isa: Isa) -> Option<Self> {
-        if !direct_applies(spec) {
+        if !direct_applies(spec, isa) {
             return None;
         }
         let padded = spec.padded_size().ok()?;
@@ -303,6 +319,15 @@ fn band_rows(pixels: usize, threads: usize) -> usize {
     pixels.div_ceil(bands).max(1)
 }
 
+/// Output rows per band of the direct path over an image of `[rows, cols]` output pixels:
+/// enough for [`DIRECT_BAND_PIXELS`], so that its tiles run on from one row into the next
+/// (a 7-pixel row alone is a 6-pixel tile and a lone pixel, whose two sums wait on each
+/// other's FMA latency), and at least a band per thread.
+fn direct_band_rows([rows, cols]: [usize; 2], threads: usize) -> usize {
+    let per_thread = rows.div_ceil(threads.max(1));
+    (DIRECT_BAND_PIXELS / cols.max(1)).clamp(1, per_thread.max(1))
+}
+
 /// Whether the NHWC input already is L: a 1x1 kernel at stride 1 without padding
 /// (group `g` is then the column block `g * Cg..` of rows of stride C).
 fn input_is_lowered(s: &ConvSpec) -> bool {
@@ -313,7 +338,7 @@ fn input_is_lowered(s: &ConvSpec) -> bool {
 /// direct or the depthwise path, when the input is one already, nor when it sums shifted
 /// GEMMs.
 pub(crate) fn lowers(s: &ConvSpec) -> bool {
-    !direct_applies(s)
+    !direct_applies(s, Isa::detect())
         && !depthwise::applies(s)
         && !input_is_lowered(s)
         && !shifted_gemm::applies(s)
@@ -373,17 +398,25 @@ impl Dense {
         let [ph, pw] = direct.padded;
         let curve = self.epilogue.curve();
         let threads = rayon::current_num_threads();
-        let (chunk_pixels, chunk_step) = if input_is_lowered(s) {
+        let pixel_step = s.stride[1] * c_len;
+        // (pixels per band, pixels per image row, floats between the windows of rows)
+        let (band_pixels, row_pixels, row_step) = if input_is_lowered(s) {
             let band = band_rows(s.out_pixels(), threads);
-            (band, band * c_len)
+            (band, band, band * pixel_step)
         } else {
-            (s.out_width(), s.stride[0] * pw * c_len)
+            let rows = direct_band_rows(s.output_size(), threads);
+            (
+                rows * s.out_width(),
+                s.out_width(),
+                s.stride[0] * pw * c_len,
+            )
         };
+        let band_step = band_pixels / row_pixels * row_step;
         over_padded_images(
             s,
             (input, output),
             ws,
-            (self.lowered_len(threads), chunk_pixels),
+            (self.lowered_len(threads), band_pixels),
             |image, padded| pad_rows(s, image, 0..ph, padded),
             |chunk, padded, out| {
                 let at = OutputPixels {
@@ -393,16 +426,18 @@ impl Dense {
                 };
                 (0..s.groups)
                     .map(|g| {
-                        let row = DirectRow {
+                        let band = DirectBand {
                             input: padded,
-                            base: chunk * chunk_step + g * cg,
-                            pixel_step: s.stride[1] * c_len,
+                            base: chunk * band_step + g * cg,
+                            pixel_step,
+                            row_pixels,
+                            row_step,
                             taps: &direct.taps,
                             weights: &direct.weights[g * group_len..(g + 1) * group_len],
                             bias: &direct.bias[g * direct.mgp..(g + 1) * direct.mgp],
                             curve,
                         };
-                        direct.kernel.row(&row, at, &mut out[g * mg..])
+                        direct.kernel.band(&band, at, &mut out[g * mg..])
                     })
                     .sum()
             },
@@ -509,6 +544,20 @@ mod tests {
         let resnet = ConvSpec::new(512, 7, 7, 512, [3, 3]).with_padding([1, 1, 1, 1]);
         assert!(panel_fits_l2(&inception, kernel, &cache));
         assert!(!panel_fits_l2(&resnet, kernel, &cache));
+    }
+
+    /// The AVX2 kernel takes a layer of any image whose panel fits L2; the others, only a
+    /// small image's.
+    #[test]
+    fn only_avx2_takes_large_images_direct() {
+        // 16 filters x 72 taps x 4 bytes = 4.6 KB, within half of any L2.
+        let spec = ConvSpec::new(8, 56, 56, 16, [3, 3]).with_padding([1, 1, 1, 1]);
+        let small = ConvSpec::new(8, 8, 8, 16, [3, 3]).with_padding([1, 1, 1, 1]);
+        assert!(direct_applies(&spec, Isa::Avx2));
+        for isa in [Isa::Avx512, Isa::Portable] {
+            assert!(!direct_applies(&spec, isa), "{isa}");
+            assert!(direct_applies(&small, isa), "{isa}");
+        }
     }
 
     #[test]

@@ -1,17 +1,22 @@
-//! A row of output pixels of a direct convolution over a zero-padded NHWC input with few taps
-//! (a network's first layer: 3 colour channels, K = 27 taps of a 3x3 kernel; or one group of
-//! a grouped layer: ShuffleNet's 1x1 groups of 34-136 channels) or few pixels (a 1x1 layer at
-//! 7 x 7), with the bias and the activation applied and the output's zeros counted on the
-//! way.
+//! A band of output pixels (whole rows of an image, or a run of a 1x1 layer's pixels) of a
+//! direct convolution over a zero-padded NHWC input, with the bias and the activation
+//! applied and the output's zeros counted on the way: for layers with few taps (a network's
+//! first layer: 3 colour channels, K = 27 taps of a 3x3 kernel; or one group of a grouped
+//! layer: ShuffleNet's 1x1 groups of 34-136 channels), few pixels (a 3x3 or 1x1 layer at
+//! 7 x 7), or, with AVX2, any layer whose weights for a panel of filters fit L2.
 //!
-//! `out[ox * stride + m] = act(bias[m] + sum_k input[base + ox * pixel_step + taps[k]] * w[k][m])`
+//! `out[p * stride + m] = act(bias[m] + sum_k input[window(p) + taps[k]] * w[k][m])`, where
+//! pixel `p = y * row_pixels + x` of the band has its window at
+//! `base + y * row_step + x * pixel_step`.
 //!
 //! Lowering such a layer for a GEMM costs more than the product: each lowered row is a few
 //! short copies, and a GEMM over K = 27, or over one group's narrow slice of the filters,
 //! spends its time packing; so does a GEMM over 49 pixels, repacking 512 x 2048 weights
 //! for every call. Here every input value is broadcast straight from the input and
 //! multiplied with a vector of filters; a tile of several pixels by up to 64 filters stays in
-//! registers across all taps, and is written once, finished.
+//! registers across all taps, and is written once, finished. A tile may span the end of one
+//! image row and the start of the next, so that a 7-pixel row is not a 6-pixel tile and a
+//! lone pixel whose two sums wait on each other's FMA latency.
 
 use super::curve::Curve;
 use super::Isa;
@@ -50,14 +55,19 @@ fn panel_of(panel: usize, taps: usize, padded: usize, m: usize) -> (usize, usize
     )
 }
 
-/// One output row's operands.
-pub(crate) struct DirectRow<'a> {
+/// One band's operands.
+pub(crate) struct DirectBand<'a> {
     /// The zero-padded input (NHWC) of one image.
     pub input: &'a [f32],
-    /// Where the window of output pixel 0 starts in `input`.
+    /// Where the window of the band's pixel 0 starts in `input`.
     pub base: usize,
-    /// Floats between the windows of consecutive output pixels (stride x channels).
+    /// Floats between the windows of consecutive output pixels of a row (stride x channels).
     pub pixel_step: usize,
+    /// Output pixels per image row (the band's first pixel starts a row).
+    pub row_pixels: usize,
+    /// Floats between the windows of the first pixels of consecutive rows, at least
+    /// `(row_pixels - 1) * pixel_step`, so that later pixels never have earlier windows.
+    pub row_step: usize,
     /// Offset of each tap `(r, s, c)` from the window's start.
     pub taps: &'a [u32],
     /// `taps.len() x filters_padded` weights, placed by [`packed_index`].
@@ -68,7 +78,7 @@ pub(crate) struct DirectRow<'a> {
     pub curve: Option<Curve>,
 }
 
-/// Where a row's outputs go in its output slice: pixel `p`'s filter `m` at `p * stride + m`
+/// Where a band's outputs go in its output slice: pixel `p`'s filter `m` at `p * stride + m`
 /// (`stride` is the layer's filters: a group's filters are a slice of each pixel's).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct OutputPixels {
@@ -77,28 +87,61 @@ pub(crate) struct OutputPixels {
     pub stride: usize,
 }
 
-/// The signature of [`DirectConv::row`].
-type RowFn = fn(&DirectRow, OutputPixels, &mut [f32]) -> usize;
+/// The windows of consecutive pixels of a band, walked row by row without a division per
+/// pixel.
+#[derive(Clone, Copy)]
+struct Windows {
+    /// The next pixel's column.
+    x: usize,
+    /// The window of its row's first pixel.
+    row_start: usize,
+}
 
-/// The row kernel of one instruction set, chosen once.
+impl Windows {
+    fn new(band: &DirectBand) -> Self {
+        Windows {
+            x: 0,
+            row_start: band.base,
+        }
+    }
+
+    /// The windows of the next `N` pixels.
+    #[inline(always)]
+    fn next<const N: usize>(&mut self, band: &DirectBand) -> [usize; N] {
+        std::array::from_fn(|_| {
+            let window = self.row_start + self.x * band.pixel_step;
+            self.x += 1;
+            if self.x == band.row_pixels {
+                self.x = 0;
+                self.row_start += band.row_step;
+            }
+            window
+        })
+    }
+}
+
+/// The signature of [`DirectConv::band`].
+type BandFn = fn(&DirectBand, OutputPixels, &mut [f32]) -> usize;
+
+/// The band kernel of one instruction set, chosen once.
 #[derive(Clone, Copy)]
 pub(crate) struct DirectConv {
-    row: RowFn,
-    /// Filters per panel of the weights `row` reads ([`packed_index`]).
+    band: BandFn,
+    /// Filters per panel of the weights `band` reads ([`packed_index`]).
     panel: usize,
 }
 
 impl DirectConv {
     /// The kernel of `isa`, or the portable one when this CPU lacks it.
     pub fn for_isa(isa: Isa) -> Self {
-        let (row, panel) = match isa {
+        let (band, panel) = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() => (avx512::checked_row as RowFn, avx512::PANEL),
+            Isa::Avx512 if isa.is_supported() => (avx512::checked_band as BandFn, avx512::PANEL),
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if isa.is_supported() => (avx2::checked_row as RowFn, avx2::PANEL),
-            _ => (portable as RowFn, PORTABLE_PANEL),
+            Isa::Avx2 if isa.is_supported() => (avx2::checked_band as BandFn, avx2::PANEL),
+            _ => (portable as BandFn, PORTABLE_PANEL),
         };
-        DirectConv { row, panel }
+        DirectConv { band, panel }
     }
 
     /// Filters per panel of the weights this kernel reads: each tile streams every tap of
@@ -114,15 +157,16 @@ impl DirectConv {
         packed_index(self.panel, taps, padded, k, m)
     }
 
-    /// Computes one row of output pixels into `out` as `at` places them; returns how many
+    /// Computes one band of output pixels into `out` as `at` places them; returns how many
     /// outputs are exactly zero.
     ///
     /// # Panics
     /// If `at.filters` is 0 or above `at.stride`, `out` is too short for `at`, the bias is
     /// not a multiple of [`FILTER_ALIGN`] at least `at.filters` long, the weights are
-    /// shorter than `taps.len() x bias.len()`, or a tap of some pixel reads past the input.
-    pub fn row(&self, row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
-        let mp = row.bias.len();
+    /// shorter than `taps.len() x bias.len()`, a row has no pixels or its step is too short
+    /// to keep the windows in order, or a tap of some pixel reads past the input.
+    pub fn band(&self, band: &DirectBand, at: OutputPixels, out: &mut [f32]) -> usize {
+        let mp = band.bias.len();
         let pixels = at.count;
         assert!(
             at.filters > 0 && at.filters <= at.stride,
@@ -133,53 +177,64 @@ impl DirectConv {
             .map(|last| last.checked_mul(at.stride)?.checked_add(at.filters));
         assert!(
             end.is_none_or(|end| end.is_some_and(|e| e <= out.len())),
-            "output row too short"
+            "output band too short"
         );
         assert!(
             mp >= at.filters && mp.is_multiple_of(FILTER_ALIGN),
             "padded filters"
         );
         assert!(
-            row.weights.len() >= row.taps.len() * mp,
+            band.weights.len() >= band.taps.len() * mp,
             "weights too short"
         );
-        if let (Some(last), Some(&reach)) = (pixels.checked_sub(1), row.taps.iter().max()) {
-            let end = last
-                .checked_mul(row.pixel_step)
-                .and_then(|v| v.checked_add(row.base))
+        assert!(
+            band.row_pixels > 0
+                && (band.row_pixels - 1)
+                    .checked_mul(band.pixel_step)
+                    .is_some_and(|span| span <= band.row_step),
+            "rows of pixels in order"
+        );
+        if let (Some(last), Some(&reach)) = (pixels.checked_sub(1), band.taps.iter().max()) {
+            // The last pixel's window is the furthest (row_step above).
+            let end = (last / band.row_pixels)
+                .checked_mul(band.row_step)
+                .zip((last % band.row_pixels).checked_mul(band.pixel_step))
+                .and_then(|(y, x)| y.checked_add(x))
+                .and_then(|v| v.checked_add(band.base))
                 .and_then(|v| v.checked_add(reach as usize));
             assert!(
-                end.is_some_and(|e| e < row.input.len()),
+                end.is_some_and(|e| e < band.input.len()),
                 "taps read past the input"
             );
         }
         if pixels == 0 {
             return 0;
         }
-        (self.row)(row, at, out)
+        (self.band)(band, at, out)
     }
 }
 
 /// Plain Rust: a pixel at a time, 16 filters at a time in a stack array.
-fn portable(row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
-    let (mp, filters) = (row.bias.len(), at.filters);
+fn portable(band: &DirectBand, at: OutputPixels, out: &mut [f32]) -> usize {
+    let (mp, filters) = (band.bias.len(), at.filters);
     let mut zeros = 0;
+    let mut windows = Windows::new(band);
     for p in 0..at.count {
         let pixel = &mut out[p * at.stride..p * at.stride + filters];
-        let window = row.base + p * row.pixel_step;
+        let [window] = windows.next(band);
         for m0 in (0..filters).step_by(FILTER_ALIGN) {
-            let mut acc: [f32; FILTER_ALIGN] = row.bias[m0..m0 + FILTER_ALIGN].try_into().unwrap();
-            let (start, width) = panel_of(PORTABLE_PANEL, row.taps.len(), mp, m0);
-            for (k, &tap) in row.taps.iter().enumerate() {
-                let x = row.input[window + tap as usize];
-                let w = &row.weights[start + k * width..][..FILTER_ALIGN];
+            let mut acc: [f32; FILTER_ALIGN] = band.bias[m0..m0 + FILTER_ALIGN].try_into().unwrap();
+            let (start, width) = panel_of(PORTABLE_PANEL, band.taps.len(), mp, m0);
+            for (k, &tap) in band.taps.iter().enumerate() {
+                let x = band.input[window + tap as usize];
+                let w = &band.weights[start + k * width..][..FILTER_ALIGN];
                 for (a, &w) in acc.iter_mut().zip(w) {
                     *a += x * w;
                 }
             }
             let width = FILTER_ALIGN.min(filters - m0);
             for (o, &a) in pixel[m0..m0 + width].iter_mut().zip(&acc) {
-                *o = row.curve.map_or(a, |c| c.apply(a));
+                *o = band.curve.map_or(a, |c| c.apply(a));
                 zeros += (*o == 0.0) as usize;
             }
         }
@@ -191,7 +246,7 @@ fn portable(row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
 /// registers, accumulated over every tap, then finished by the activation, stored and
 /// counted.
 #[cfg(target_arch = "x86_64")]
-macro_rules! direct_row {
+macro_rules! direct_band {
     ($module:ident, $feature:literal, $lanes:expr, $vec:ty, [$($plan:tt)*], panel: $panel:expr,
      load: $load:ident, store: $store:ident, splat: $splat:ident,
      fma: |$a:ident, $w:ident, $x:ident| $fma:expr,
@@ -200,7 +255,7 @@ macro_rules! direct_row {
      store_masked: |$sp:ident, $sm:ident, $sv:ident| $store_masked:expr,
      zeros: |$zv:ident, $zm:ident| $zeros:expr) => {
         mod $module {
-            use super::{DirectRow, OutputPixels};
+            use super::{DirectBand, OutputPixels, Windows};
             use crate::kernels::curve::{apply_curve, Curve};
             use std::arch::x86_64::*;
 
@@ -208,68 +263,69 @@ macro_rules! direct_row {
             /// Filters per panel of the packed weights: the plan's widest block.
             pub(super) const PANEL: usize = $panel;
 
-            /// [`row`] as a safe fn, for [`super::DirectConv`].
-            pub fn checked_row(row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
+            /// [`compute`] as a safe fn, for [`super::DirectConv`].
+            pub fn checked_band(band: &DirectBand, at: OutputPixels, out: &mut [f32]) -> usize {
                 // SAFETY: reachable only through a `DirectConv` that `for_isa` built after
-                // finding the feature on this CPU, and called by `DirectConv::row` once the
-                // operands passed its checks. Every input read is at base + p * pixel_step
-                // + tap for p < pixels, inside `input`; weights are read at
+                // finding the feature on this CPU, and called by `DirectConv::band` once the
+                // operands passed its checks. Every input read is at the window of a pixel
+                // p < pixels plus a tap, at most the last pixel's, inside `input`; weights are read at
                 // packed_index(taps, mp, k, j) for j < mp, inside `weights`; bias at j < mp;
                 // outputs are written at p * stride + j for j < filters only (the last
                 // vector masked), inside `out`.
-                unsafe { self::row(row, at, out) }
+                unsafe { compute(band, at, out) }
             }
 
             /// # Safety
-            /// The CPU must support the target feature, and `row`, `at` and `out` must
-            /// pass the checks of `DirectConv::row`.
+            /// The CPU must support the target feature, and `band`, `at` and `out` must
+            /// pass the checks of `DirectConv::band`.
             #[target_feature(enable = $feature)]
-            unsafe fn row(row: &DirectRow, at: OutputPixels, out: &mut [f32]) -> usize {
-                let mp = row.bias.len();
+            unsafe fn compute(band: &DirectBand, at: OutputPixels, out: &mut [f32]) -> usize {
+                let mp = band.bias.len();
                 let mut zeros = 0;
                 let mut m0 = 0;
                 while m0 < at.filters {
                     // SAFETY: forwarded from the caller; each call reads filters
                     // m0 .. m0 + NV * LANES <= mp of the packed weights and bias.
-                    zeros += unsafe { direct_row!(@plan $($plan)*; row, at, out, m0, mp) };
+                    zeros += unsafe { direct_band!(@plan $($plan)*; band, at, out, m0, mp) };
                 }
                 zeros
             }
 
             /// Filters `m0 .. m0 + NV * LANES` (within the padded filters) of pixels
-            /// `p0 .. p0 + NP` (within the row).
+            /// `p0 .. p0 + NP` (within the band), whose windows start at `windows`.
             ///
             /// # Safety
-            /// As `row`, and `p0 + NP <= pixels`, `m0 + NV * LANES <= mp`.
+            /// As `band`, and `p0 + NP <= pixels`, `m0 + NV * LANES <= mp`, `windows` those
+            /// of pixels `p0 ..`.
             #[target_feature(enable = $feature)]
             #[inline]
             unsafe fn tile<const NV: usize, const NP: usize>(
-                row: &DirectRow,
+                band: &DirectBand,
                 at: OutputPixels,
                 out: &mut [f32],
-                p0: usize,
+                (p0, windows): (usize, [usize; NP]),
                 m0: usize,
             ) -> usize {
-                let mp = row.bias.len();
-                let input = row.input.as_ptr();
-                let weights = row.weights.as_ptr();
+                let mp = band.bias.len();
+                let input = band.input.as_ptr();
+                let weights = band.weights.as_ptr();
                 // SAFETY: m0 + NV * LANES <= mp = bias.len().
                 let mut acc: [[$vec; NV]; NP] = [std::array::from_fn(|v| unsafe {
-                    $load(row.bias.as_ptr().add(m0 + v * LANES))
+                    $load(band.bias.as_ptr().add(m0 + v * LANES))
                 }); NP];
-                let window = row.base + p0 * row.pixel_step;
-                let (start, width) = super::panel_of(PANEL, row.taps.len(), mp, m0);
-                for (k, &tap) in row.taps.iter().enumerate() {
+                let (start, width) = super::panel_of(PANEL, band.taps.len(), mp, m0);
+                // SAFETY: each window lies inside the input (the caller's check).
+                let pixels: [*const f32; NP] = windows.map(|w| unsafe { input.add(w) });
+                for (k, &tap) in band.taps.iter().enumerate() {
                     // SAFETY: the block's filters m0 .. m0 + NV * LANES lie in one panel
                     // (`packed_index`), whose taps end within taps.len() * mp <= weights.len().
                     let w: [$vec; NV] = std::array::from_fn(|v| unsafe {
                         $load(weights.add(start + k * width + v * LANES))
                     });
-                    let first = window + tap as usize;
-                    for (p, acc) in acc.iter_mut().enumerate() {
-                        // SAFETY: base + (p0 + p) * pixel_step + tap < input.len() since
-                        // p0 + p < pixels (the caller's check).
-                        let $x = $splat(unsafe { *input.add(first + p * row.pixel_step) });
+                    for (acc, &pixel) in acc.iter_mut().zip(&pixels) {
+                        // SAFETY: the pixel's window + tap < input.len() since the pixel is
+                        // within the band (the caller's check).
+                        let $x = $splat(unsafe { *pixel.add(tap as usize) });
                         for (a, &$w) in acc.iter_mut().zip(&w) {
                             let $a = *a;
                             *a = $fma;
@@ -277,7 +333,7 @@ macro_rules! direct_row {
                     }
                 }
                 // SAFETY: forwarded from the caller.
-                unsafe { finish::<NV, NP>(acc, row, at, out, p0, m0) }
+                unsafe { finish::<NV, NP>(acc, band, at, out, p0, m0) }
             }
 
             /// Applies the curve to a tile's sums, stores them and counts their zeros. Out of
@@ -290,7 +346,7 @@ macro_rules! direct_row {
             #[inline(never)]
             unsafe fn finish<const NV: usize, const NP: usize>(
                 mut acc: [[$vec; NV]; NP],
-                row: &DirectRow,
+                band: &DirectBand,
                 at: OutputPixels,
                 out: &mut [f32],
                 p0: usize,
@@ -302,7 +358,7 @@ macro_rules! direct_row {
                 let lanes: [usize; NV] = std::array::from_fn(|v| width.saturating_sub(v * LANES).min(LANES));
                 for (p, acc) in acc.iter_mut().enumerate() {
                     let dst = (p0 + p) * at.stride + m0;
-                    if let Some(c) = row.curve {
+                    if let Some(c) = band.curve {
                         for a in acc.iter_mut() {
                             *a = apply_curve!(c, *a, $splat, $max, $min, $mul, $fma_ab);
                         }
@@ -333,35 +389,40 @@ macro_rules! direct_row {
     };
     // Runs the filter block at m0 with NV vectors over all pixels (tiles of NP, then single
     // pixels), then advances m0.
-    (@block $nv:literal, $np:literal; $row:ident, $at:ident, $out:ident, $m0:ident) => {{
+    (@block $nv:literal, $np:literal; $band:ident, $at:ident, $out:ident, $m0:ident) => {{
         let mut zeros = 0;
         let mut p0 = 0;
+        let mut windows = Windows::new($band);
         while p0 + $np <= $at.count {
-            zeros += tile::<$nv, $np>($row, $at, $out, p0, $m0);
+            let pixels = (p0, windows.next::<$np>($band));
+            zeros += tile::<$nv, $np>($band, $at, $out, pixels, $m0);
             p0 += $np;
         }
         // The last few pixels in halves, pairs and ones rather than one at a time.
         while p0 + $np / 2 <= $at.count {
-            zeros += tile::<$nv, { $np / 2 }>($row, $at, $out, p0, $m0);
+            let pixels = (p0, windows.next::<{ $np / 2 }>($band));
+            zeros += tile::<$nv, { $np / 2 }>($band, $at, $out, pixels, $m0);
             p0 += $np / 2;
         }
         while p0 + 2 <= $at.count {
-            zeros += tile::<$nv, 2>($row, $at, $out, p0, $m0);
+            let pixels = (p0, windows.next::<2>($band));
+            zeros += tile::<$nv, 2>($band, $at, $out, pixels, $m0);
             p0 += 2;
         }
         while p0 < $at.count {
-            zeros += tile::<$nv, 1>($row, $at, $out, p0, $m0);
+            let pixels = (p0, windows.next::<1>($band));
+            zeros += tile::<$nv, 1>($band, $at, $out, pixels, $m0);
             p0 += 1;
         }
         $m0 += $nv * LANES;
         zeros
     }};
     // Picks the widest block of filters that the padded filters still hold.
-    (@plan $($nv:literal x $np:literal),*; $row:ident, $at:ident, $out:ident, $m0:ident, $mp:ident) => {{
+    (@plan $($nv:literal x $np:literal),*; $band:ident, $at:ident, $out:ident, $m0:ident, $mp:ident) => {{
         let left = ($mp - $m0) / LANES;
         $(
             if left >= $nv {
-                direct_row!(@block $nv, $np; $row, $at, $out, $m0)
+                direct_band!(@block $nv, $np; $band, $at, $out, $m0)
             } else
         )* {
             unreachable!("the padded filters are a multiple of every block's last option")
@@ -372,7 +433,7 @@ macro_rules! direct_row {
 // AVX-512's widest tile: 24 sums, 4 weight vectors and a broadcast in its 32 registers.
 // Against 4 x 5: 15 % faster on 512 -> 2048 at 7 x 7, 6-8 % on 3 -> 64 at 224 x 224.
 #[cfg(target_arch = "x86_64")]
-direct_row!(avx512, "avx512f,popcnt", 16, __m512, [4 x 6, 2 x 10, 1 x 12], panel: 4 * 16,
+direct_band!(avx512, "avx512f,popcnt", 16, __m512, [4 x 6, 2 x 10, 1 x 12], panel: 4 * 16,
     load: _mm512_loadu_ps, store: _mm512_storeu_ps, splat: _mm512_set1_ps,
     fma: |a, w, x| _mm512_fmadd_ps(x, w, a),
     max: _mm512_max_ps, min: _mm512_min_ps, mul: _mm512_mul_ps, fma_ab: _mm512_fmadd_ps,
@@ -381,7 +442,7 @@ direct_row!(avx512, "avx512f,popcnt", 16, __m512, [4 x 6, 2 x 10, 1 x 12], panel
     zeros: |v, m| (_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_setzero_ps()) & m).count_ones() as usize);
 
 #[cfg(target_arch = "x86_64")]
-direct_row!(avx2, "avx2,fma,popcnt", 8, __m256, [2 x 6, 1 x 12], panel: 2 * 8,
+direct_band!(avx2, "avx2,fma,popcnt", 8, __m256, [2 x 6, 1 x 12], panel: 2 * 8,
     load: _mm256_loadu_ps, store: _mm256_storeu_ps, splat: _mm256_set1_ps,
     fma: |a, w, x| _mm256_fmadd_ps(x, w, a),
     max: _mm256_max_ps, min: _mm256_min_ps, mul: _mm256_mul_ps, fma_ab: _mm256_fmadd_ps,
@@ -424,11 +485,14 @@ mod tests {
                 (150, 11, 7, 2, Activation::Relu.curve()),
             ] {
                 let mp = filters.next_multiple_of(FILTER_ALIGN);
-                let step = 3;
+                // Rows of 5 pixels, 7 floats apart (a gap of 1 between rows), so that tiles
+                // span rows.
+                let (step, row_pixels, row_step) = (3, 5, 16);
+                let window = |p: usize| 2 + p / row_pixels * row_step + p % row_pixels * step;
                 let taps: Vec<u32> = (0..taps_len)
                     .map(|_| (rng.next_u64() % 40) as u32)
                     .collect();
-                let input: Vec<f32> = (0..pixels * step + 45)
+                let input: Vec<f32> = (0..window(pixels) + 45)
                     .map(|_| rng.nonzero_value())
                     .collect();
                 let mut weights: Vec<f32> =
@@ -440,10 +504,12 @@ mod tests {
                         weights[kernel.packed_index(taps_len, mp, k, j)] = 0.0;
                     }
                 }
-                let row = DirectRow {
+                let band = DirectBand {
                     input: &input,
                     base: 2,
                     pixel_step: step,
+                    row_pixels,
+                    row_step,
                     taps: &taps,
                     weights: &weights,
                     bias: &bias,
@@ -457,7 +523,7 @@ mod tests {
                     for m in 0..filters {
                         let mut acc = bias[m];
                         for (k, &t) in taps.iter().enumerate() {
-                            acc += input[2 + p * step + t as usize]
+                            acc += input[window(p) + t as usize]
                                 * weights[kernel.packed_index(taps_len, mp, k, m)];
                         }
                         want[p * stride + offset + m] = curve.map_or(acc, |c| c.apply(acc));
@@ -469,7 +535,7 @@ mod tests {
                     filters,
                     stride,
                 };
-                let zeros = kernel.row(&row, at, &mut got[offset..]);
+                let zeros = kernel.band(&band, at, &mut got[offset..]);
                 for (g, w) in got.iter().zip(&want) {
                     assert!(
                         (g - w).abs() <= 1e-4 * w.abs().max(1.0) || (g.is_nan() && w.is_nan()),
@@ -484,10 +550,12 @@ mod tests {
     #[test]
     #[should_panic(expected = "taps read past the input")]
     fn a_tap_past_the_input_panics() {
-        let row = DirectRow {
+        let band = DirectBand {
             input: &[0.0; 7],
             base: 0,
             pixel_step: 3,
+            row_pixels: 2,
+            row_step: 3,
             taps: &[0, 4],
             weights: &[0.0; 32],
             bias: &[0.0; 16],
@@ -498,6 +566,28 @@ mod tests {
             filters: 16,
             stride: 16,
         };
-        DirectConv::for_isa(Isa::Portable).row(&row, at, &mut [0.0; 32]);
+        DirectConv::for_isa(Isa::Portable).band(&band, at, &mut [0.0; 32]);
+    }
+
+    #[test]
+    #[should_panic(expected = "rows of pixels in order")]
+    fn rows_that_overlap_panic() {
+        let band = DirectBand {
+            input: &[0.0; 64],
+            base: 0,
+            pixel_step: 3,
+            row_pixels: 4,
+            row_step: 8,
+            taps: &[0],
+            weights: &[0.0; 16],
+            bias: &[0.0; 16],
+            curve: None,
+        };
+        let at = OutputPixels {
+            count: 8,
+            filters: 16,
+            stride: 16,
+        };
+        DirectConv::for_isa(Isa::Portable).band(&band, at, &mut [0.0; 128]);
     }
 }
