@@ -68,6 +68,7 @@ fn direct_max_pixels(isa: Isa) -> usize {
         _ => DIRECT_MAX_PIXELS,
     }
 }
+
 /// Output pixels per band of the direct path, in whole rows ([`direct_band_rows`]): a 7 x 7
 /// image in one band. Bands stay short so that the input rows under a band stay in L1 while
 /// every block of filters sweeps them.

@@ -295,7 +295,7 @@ macro_rules! direct_band {
             /// `p0 .. p0 + NP` (within the band), whose windows start at `windows`.
             ///
             /// # Safety
-            /// As `band`, and `p0 + NP <= pixels`, `m0 + NV * LANES <= mp`, `windows` those
+            /// As `compute`, and `p0 + NP <= pixels`, `m0 + NV * LANES <= mp`, `windows` those
             /// of pixels `p0 ..`.
             #[target_feature(enable = $feature)]
             #[inline]
