@@ -4,6 +4,8 @@
 //! nine `light` models, compared like numpy.testing.assert_allclose with rtol 1e-3 and
 //! atol 1e-7.
 
+mod common;
+
 use dconv::conv::Method;
 use dconv::onnx::proto::{
     tensor_shape_proto::dimension::Value as DimValue, type_proto, ModelProto, TensorProto,
@@ -348,11 +350,7 @@ fn assert_light_models(policies: &[Policy]) {
 
 #[test]
 fn light_models_give_their_expected_outputs() {
-    let fast: Vec<Policy> = Policy::ALL
-        .into_iter()
-        .filter(|&p| p != Policy::Force(Method::Reference))
-        .collect();
-    assert_light_models(&fast);
+    assert_light_models(&common::fast_policies());
 }
 
 /// Apart, because the naive loops take a minute over the light models and do not depend

@@ -5,6 +5,8 @@
 //! The models, the fed inputs and ORT's logits are made by scripts/fetch-models and
 //! scripts/make-test-models (scripts/test runs both); this test fails if they are missing.
 
+mod common;
+
 use dconv::conv::Method;
 use dconv::io::npy::read_npy;
 use dconv::{Model, Policy, Session, SessionOptions, Tensor};
@@ -88,27 +90,14 @@ fn check(model_name: &str, policies: &[Policy], photos: usize) {
     }
 }
 
-/// Every policy but `reference`, whose naive loops take minutes on VGG-16; the reference
-/// gets its own test on one photograph.
-fn fast_policies() -> Vec<Policy> {
-    std::iter::once(Policy::Auto)
-        .chain(
-            Method::ALL
-                .into_iter()
-                .filter(|&m| m != Method::Reference)
-                .map(Policy::Force),
-        )
-        .collect()
-}
-
 #[test]
 fn dense_vgg16_matches_onnxruntime_under_every_policy() {
-    check("vgg16", &fast_policies(), usize::MAX);
+    check("vgg16", &common::fast_policies(), usize::MAX);
 }
 
 #[test]
 fn pruned_vgg16_matches_onnxruntime_under_every_policy() {
-    check("vgg16-pruned90", &fast_policies(), usize::MAX);
+    check("vgg16-pruned90", &common::fast_policies(), usize::MAX);
 }
 
 /// Apart, and on one photograph, because the naive loops take a minute per run of VGG-16 and

@@ -3,9 +3,20 @@
 //! Each test binary compiles this module and uses some of it.
 #![allow(dead_code)]
 
+use dconv::conv::Method;
 use dconv::onnx::proto::{
     attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, NodeProto, TensorProto,
 };
+use dconv::Policy;
+
+/// `auto` and every method but the naive reference, whose loops take minutes over whole
+/// models and do not depend on the instruction set (their tests run once, apart).
+pub fn fast_policies() -> Vec<Policy> {
+    Policy::ALL
+        .into_iter()
+        .filter(|&p| p != Policy::Force(Method::Reference))
+        .collect()
+}
 
 /// A node named after its op and output.
 pub fn node(op: &str, inputs: &[&str], output: &str, attribute: Vec<AttributeProto>) -> NodeProto {
