@@ -253,7 +253,8 @@ macro_rules! direct_band {
      max: $max:ident, min: $min:ident, mul: $mul:ident, fma_ab: $fma_ab:ident,
      mask: |$n:ident| $mask_of:expr, all: $mask_of_all:expr,
      store_masked: |$sp:ident, $sm:ident, $sv:ident| $store_masked:expr,
-     zeros: |$zv:ident, $zm:ident| $zeros:expr) => {
+     count: |$ca:ident, $zv:ident, $zm:ident| $count:expr, count_none: $count_none:expr,
+     count_total: |$ct:ident| $count_total:expr) => {
         mod $module {
             use super::{DirectBand, OutputPixels, Windows};
             use crate::kernels::curve::{apply_curve, Curve};
@@ -352,7 +353,8 @@ macro_rules! direct_band {
                 p0: usize,
                 m0: usize,
             ) -> usize {
-                let mut zeros = 0;
+                // The zeros so far, per lane where the ISA counts them in a vector.
+                let mut count = $count_none;
                 // Lanes of each vector that hold real filters: all but in the last block.
                 let width = at.filters - m0;
                 let lanes: [usize; NV] = std::array::from_fn(|v| width.saturating_sub(v * LANES).min(LANES));
@@ -370,20 +372,21 @@ macro_rules! direct_band {
                             // SAFETY: dst + (v + 1) * LANES <= (p0 + p) * stride + filters
                             // <= out.len().
                             unsafe { $store(to, a) };
-                            let $zm = $mask_of_all;
-                            zeros += $zeros;
+                            let ($ca, $zm) = (count, $mask_of_all);
+                            count = $count;
                         } else if lanes[v] > 0 {
                             let $n = lanes[v];
-                            let $zm = $mask_of;
+                            let ($ca, $zm) = (count, $mask_of);
                             let ($sp, $sm, $sv) = (to, $zm, a);
                             // SAFETY: the mask keeps the store to the filters that exist,
                             // inside `out` as above.
                             unsafe { $store_masked };
-                            zeros += $zeros;
+                            count = $count;
                         }
                     }
                 }
-                zeros
+                let $ct = count;
+                $count_total
             }
         }
     };
@@ -439,7 +442,8 @@ direct_band!(avx512, "avx512f,popcnt", 16, __m512, [4 x 6, 2 x 10, 1 x 12], pane
     max: _mm512_max_ps, min: _mm512_min_ps, mul: _mm512_mul_ps, fma_ab: _mm512_fmadd_ps,
     mask: |n| ((1u32 << n) - 1) as __mmask16, all: 0xffff_u16,
     store_masked: |p, m, v| _mm512_mask_storeu_ps(p, m, v),
-    zeros: |v, m| (_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_setzero_ps()) & m).count_ones() as usize);
+    count: |n, v, m| n + (_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(v, _mm512_setzero_ps()) & m).count_ones() as usize,
+    count_none: 0, count_total: |n| n);
 
 #[cfg(target_arch = "x86_64")]
 direct_band!(avx2, "avx2,fma,popcnt", 8, __m256, [2 x 6, 1 x 12], panel: 2 * 8,
@@ -449,10 +453,24 @@ direct_band!(avx2, "avx2,fma,popcnt", 8, __m256, [2 x 6, 1 x 12], panel: 2 * 8,
     mask: |n| _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
     all: _mm256_set1_epi32(-1),
     store_masked: |p, m, v| _mm256_maskstore_ps(p, m, v),
-    zeros: |v, m| _mm256_movemask_ps(_mm256_and_ps(
-        _mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_setzero_ps()),
-        _mm256_castsi256_ps(m),
-    )).count_ones() as usize);
+    // Zeros counted in a vector (a compare's true lane is -1: subtracting it adds 1), summed
+    // once per tile: a movemask, popcount and add per vector, through the integer registers,
+    // held up small-k tiles; 16 -> 64 and 24 -> 144 1x1 at 55-56 pixels square ran 4-5 %
+    // faster (Zen 3).
+    count: |n, v, m| _mm256_sub_epi32(n, _mm256_and_si256(
+        _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, _mm256_setzero_ps())), m)),
+    count_none: _mm256_setzero_si256(),
+    count_total: |n| super::lane_sum_avx2(n));
+
+/// The sum of the eight counts in `n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn lane_sum_avx2(n: std::arch::x86_64::__m256i) -> usize {
+    use std::arch::x86_64::*;
+    let half = _mm_add_epi32(_mm256_castsi256_si128(n), _mm256_extracti128_si256::<1>(n));
+    let quarter = _mm_add_epi32(half, _mm_unpackhi_epi64(half, half));
+    (_mm_cvtsi128_si32(quarter) + _mm_extract_epi32::<1>(quarter)) as usize
+}
 
 #[cfg(test)]
 mod tests {
