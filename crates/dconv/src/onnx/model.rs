@@ -1,6 +1,9 @@
 //! [`Model`]: a decoded ONNX model whose graph has been checked to be well formed.
 
-use super::proto::{tensor_shape_proto::dimension::Value as DimValue, ModelProto, NodeProto};
+use super::proto::{
+    tensor_shape_proto::dimension::Value as DimValue, ModelProto, NodeProto, TensorProto,
+};
+use super::stream::read_model;
 use super::tensor_proto::decode_tensor;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_ATTRIBUTE_VALUES, MAX_NODES, MAX_NODE_ARITY};
@@ -48,23 +51,52 @@ pub struct Model {
 }
 
 impl Model {
-    /// Reads and checks the model at `path`; external data must sit in the same folder.
+    /// Reads and checks the model at `path`; external data must sit in the same folder. Each
+    /// initializer is decoded as it is read ([`read_model`]), so that loading never holds a
+    /// weight both encoded and decoded but for the one being decoded.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::Io {
+        let io = |e: std::io::Error| Error::Io {
             path: path.display().to_string(),
             message: e.to_string(),
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        let metadata = file.metadata().map_err(io)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Model::from_proto(decode_file(bytes)?, Some(base))
+        let mut initializers = HashMap::new();
+        let mut decode = |t: TensorProto| {
+            initializers.insert(
+                t.name().to_string(),
+                Arc::new(decode_tensor(&t, Some(base))?),
+            );
+            Ok(())
+        };
+        let proto = if metadata.is_file() {
+            read_model(std::io::BufReader::new(file), metadata.len(), &mut decode)?
+        } else {
+            // A pipe has no length to walk within: read it whole first.
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(io)?;
+            read_model(bytes.as_slice(), bytes.len() as u64, &mut decode)?
+        };
+        Model::from_parts(proto, initializers)
     }
 
     /// Decodes a serialized `ModelProto`; `base` is the folder of external data (None refuses it).
     pub fn from_bytes(bytes: &[u8], base: Option<&Path>) -> Result<Model> {
-        Model::from_proto(ModelProto::decode(bytes).map_err(not_onnx)?, base)
+        let mut proto = ModelProto::decode(bytes).map_err(not_onnx)?;
+        let mut initializers = HashMap::new();
+        if let Some(graph) = proto.graph.as_mut() {
+            // Each tensor's encoded data is released as soon as it is decoded.
+            for t in std::mem::take(&mut graph.initializer) {
+                initializers.insert(t.name().to_string(), Arc::new(decode_tensor(&t, base)?));
+            }
+        }
+        Model::from_parts(proto, initializers)
     }
 
-    fn from_proto(proto: ModelProto, base: Option<&Path>) -> Result<Model> {
+    /// The model of `proto`, whose initializers have been decoded into `initializers`.
+    fn from_parts(proto: ModelProto, initializers: HashMap<String, Arc<Tensor>>) -> Result<Model> {
         let opset = proto
             .opset_import
             .iter()
@@ -77,14 +109,9 @@ impl Model {
                 OPSETS.end()
             )));
         }
-        let mut graph = proto
+        let graph = proto
             .graph
             .ok_or_else(|| Error::InvalidModel("the model has no graph".into()))?;
-        let mut initializers = HashMap::new();
-        // Each tensor's encoded data is released as soon as it is decoded.
-        for t in std::mem::take(&mut graph.initializer) {
-            initializers.insert(t.name().to_string(), Arc::new(decode_tensor(&t, base)?));
-        }
         let inputs = graph
             .input
             .iter()
@@ -148,13 +175,6 @@ impl Model {
         }
         Ok(self)
     }
-}
-
-/// Decodes a whole model file. Decoded from `Bytes`, the tensors' data are views of the
-/// file, not copies: the file and the decoded weights are all that loading holds at its
-/// peak.
-fn decode_file(bytes: Vec<u8>) -> Result<ModelProto> {
-    ModelProto::decode(bytes::Bytes::from(bytes)).map_err(not_onnx)
 }
 
 fn not_onnx(e: prost::DecodeError) -> Error {
@@ -325,34 +345,7 @@ fn input_arity(op: &str) -> Option<(usize, usize)> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::proto::{GraphProto, TensorProto};
     use super::*;
-
-    #[test]
-    fn a_file_s_tensor_data_is_decoded_as_a_view_not_a_copy() {
-        let data: Vec<u8> = (0..4096u32)
-            .flat_map(|i| (i as f32).to_le_bytes())
-            .collect();
-        let proto = ModelProto {
-            graph: Some(GraphProto {
-                initializer: vec![TensorProto {
-                    raw_data: Some(data.into()),
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let file = proto.encode_to_vec();
-        let file_range = file.as_ptr_range();
-        let decoded = decode_file(file).unwrap();
-        let raw = decoded.graph.unwrap().initializer[0]
-            .raw_data
-            .clone()
-            .unwrap();
-        assert_eq!(raw.len(), 4 * 4096);
-        assert!(file_range.contains(&raw.as_ptr()), "raw_data was copied");
-    }
 
     #[test]
     fn an_intermediate_tensor_asked_for_is_returned_after_the_outputs() {
