@@ -3,7 +3,7 @@
 use super::proto::{
     tensor_shape_proto::dimension::Value as DimValue, ModelProto, NodeProto, TensorProto,
 };
-use super::stream::read_model;
+use super::stream::{not_onnx, read_model};
 use super::tensor_proto::decode_tensor;
 use crate::error::{Error, Result};
 use crate::limits::{MAX_ATTRIBUTE_VALUES, MAX_NODES, MAX_NODE_ARITY};
@@ -175,10 +175,6 @@ impl Model {
         }
         Ok(self)
     }
-}
-
-fn not_onnx(e: prost::DecodeError) -> Error {
-    Error::InvalidModel(format!("not an ONNX model: {e}"))
 }
 
 fn declared_shape(info: &super::proto::ValueInfoProto) -> Option<Vec<Dim>> {

@@ -42,7 +42,9 @@ pub(super) fn read_model(
             while let Some((tag, number, wire)) = file.next_field()? {
                 if number == GRAPH_INITIALIZER && wire == LENGTH_DELIMITED {
                     let message = file.length_delimited()?;
-                    initializer(TensorProto::decode(bytes::Bytes::from(message)).map_err(bad)?)?;
+                    initializer(
+                        TensorProto::decode(bytes::Bytes::from(message)).map_err(not_onnx)?,
+                    )?;
                 } else {
                     file.copy_field(tag, wire, &mut graph_rest)?;
                 }
@@ -52,14 +54,15 @@ pub(super) fn read_model(
             file.copy_field(tag, wire, &mut model_rest)?;
         }
     }
-    let mut model = ModelProto::decode(model_rest.as_slice()).map_err(bad)?;
+    let mut model = ModelProto::decode(model_rest.as_slice()).map_err(not_onnx)?;
     if has_graph {
-        model.graph = Some(GraphProto::decode(graph_rest.as_slice()).map_err(bad)?);
+        model.graph = Some(GraphProto::decode(graph_rest.as_slice()).map_err(not_onnx)?);
     }
     Ok(model)
 }
 
-fn bad(e: prost::DecodeError) -> Error {
+/// A file prost cannot decode.
+pub(super) fn not_onnx(e: prost::DecodeError) -> Error {
     Error::InvalidModel(format!("not an ONNX model: {e}"))
 }
 
