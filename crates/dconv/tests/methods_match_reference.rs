@@ -3,6 +3,7 @@
 
 use dconv::conv::{Activation, Conv, ConvSpec, Method, Workspace};
 use dconv::kernels::Isa;
+use dconv::prune::WeightBlocks;
 use dconv::synth::{self, Rng, ZeroPattern};
 use proptest::prelude::*;
 use std::sync::OnceLock;
@@ -32,6 +33,9 @@ struct Case {
     spec: ConvSpec,
     input_sparsity: f64,
     weight_sparsity: f64,
+    /// Weight zeros in whole blocks of this many output channels (at one input channel and
+    /// tap), as `dconv prune --block` leaves them; else element by element.
+    weight_block: Option<usize>,
     pattern: ZeroPattern,
     threads: usize,
     seed: u64,
@@ -75,10 +79,20 @@ fn case() -> impl Strategy<Value = Case> {
         activation(),
         (0..SPARSITIES.len(), 0..SPARSITIES.len(), any::<bool>()),
         (0..THREADS.len(), any::<u64>()),
-        any::<bool>(),
+        (any::<bool>(), prop::option::of(2usize..=4)),
     )
         .prop_map(
-            |(ay, ax, (g, cg, mg), batch, bias, act, (si, sw, relu), (ti, seed), one_d)| {
+            |(
+                ay,
+                ax,
+                (g, cg, mg),
+                batch,
+                bias,
+                act,
+                (si, sw, relu),
+                (ti, seed),
+                (one_d, block),
+            )| {
                 let size =
                     |(k, _s, d, lo, hi, extra): (usize, usize, usize, usize, usize, usize)| {
                         let extent = d * (k - 1) + 1;
@@ -101,6 +115,7 @@ fn case() -> impl Strategy<Value = Case> {
                     spec,
                     input_sparsity: SPARSITIES[si],
                     weight_sparsity: SPARSITIES[sw],
+                    weight_block: block,
                     pattern: if relu {
                         ZeroPattern::Relu
                     } else {
@@ -215,7 +230,14 @@ fn data(case: &Case) -> Data {
     for v in input.iter_mut().step_by(3) {
         *v = -*v;
     }
-    let weights = synth::random_sparse(s.weight_len().unwrap(), case.weight_sparsity, &mut rng);
+    let weight_len = s.weight_len().unwrap();
+    let weights = match case.weight_block {
+        Some(block) => {
+            let blocks = WeightBlocks::new(s.filters, s.groups, weight_len / s.filters, block);
+            synth::block_sparse_weights(&blocks.unwrap(), case.weight_sparsity, &mut rng)
+        }
+        None => synth::random_sparse(weight_len, case.weight_sparsity, &mut rng),
+    };
     let bias = s
         .bias
         .then(|| synth::random_sparse(s.filters, 0.0, &mut rng));
@@ -323,6 +345,7 @@ fn thread_count_does_not_change_results() {
                 spec: spec.with_activation(Activation::Relu),
                 input_sparsity: si,
                 weight_sparsity: sw,
+                weight_block: None,
                 pattern: ZeroPattern::Relu,
                 threads: 1,
                 seed: 42,
@@ -405,7 +428,20 @@ fn wrong_buffers_are_errors() {
 fn check_shape(
     method: Method,
     spec: ConvSpec,
+    zeros: (f64, f64, ZeroPattern),
+    threads: &[usize],
+    seed: u64,
+) {
+    check_shape_in_blocks(method, spec, zeros, None, threads, seed);
+}
+
+/// [`check_shape`] with the weight zeros in whole blocks of `weight_block` output channels,
+/// if some.
+fn check_shape_in_blocks(
+    method: Method,
+    spec: ConvSpec,
     (input_sparsity, weight_sparsity, pattern): (f64, f64, ZeroPattern),
+    weight_block: Option<usize>,
     threads: &[usize],
     seed: u64,
 ) {
@@ -414,6 +450,7 @@ fn check_shape(
             spec,
             input_sparsity,
             weight_sparsity,
+            weight_block,
             pattern,
             threads,
             seed,
@@ -437,6 +474,8 @@ fn sparse_weight_with_many_channel_blocks_and_bands() {
         .with_activation(Activation::Relu);
     let zeros = (0.3, 0.8, ZeroPattern::Random);
     check_shape(Method::SparseWeight, spec, zeros, &THREADS, 5);
+    // Filters that share their zeros in pairs keep one list per pair.
+    check_shape_in_blocks(Method::SparseWeight, spec, zeros, Some(4), &THREADS, 6);
 }
 
 /// With fewer tile rows than threads, sparse-weight's threads share each band (the planes of
@@ -450,13 +489,16 @@ fn sparse_weight_with_shared_bands_on_four_threads() {
         .with_padding([1, 1, 1, 1])
         .with_bias(true)
         .with_activation(Activation::Relu);
-    check_shape(
-        Method::SparseWeight,
-        spec,
-        (0.3, 0.9, ZeroPattern::Random),
-        &[4],
-        11,
-    );
+    let zeros = (0.3, 0.9, ZeroPattern::Random);
+    check_shape(Method::SparseWeight, spec, zeros, &[4], 11);
+    // Filters sharing their zeros in pairs take shorter tiles: 14 rows, 3000 wide, in 2 or
+    // 3 tile rows and 2 or more bands.
+    let spec = ConvSpec {
+        height: 14,
+        width: 3000,
+        ..spec
+    };
+    check_shape_in_blocks(Method::SparseWeight, spec, zeros, Some(16), &[4], 12);
 }
 
 /// Sparse-weight computes a last column of tiles holding at most half a vector folded (the
@@ -471,6 +513,7 @@ fn sparse_weight_with_a_folded_last_column() {
         .with_activation(Activation::Relu);
     let zeros = (0.3, 0.7, ZeroPattern::Random);
     check_shape(Method::SparseWeight, spec, zeros, &THREADS, 7);
+    check_shape_in_blocks(Method::SparseWeight, spec, zeros, Some(2), &THREADS, 8);
 }
 
 /// The sparse-activation methods cut the weights into blocks of output channels (128 wide

@@ -131,6 +131,73 @@ impl TapList {
     }
 }
 
+/// The weights of two filters at one place: `weights[0]` for the first filter, `weights[1]`
+/// for the second (either may be zero where only the other has a weight).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[repr(C)]
+pub struct TwinTap {
+    pub offset: u32,
+    pub weights: [f32; 2],
+}
+
+/// The lists of a run of filter pairs, each the union of its two filters' taps, with a
+/// bound on the offsets they read (as [`TapList`]).
+#[derive(Debug, Clone, Default)]
+pub struct TwinList {
+    taps: Vec<TwinTap>,
+    /// One past the largest offset read (0 when empty).
+    span: usize,
+}
+
+impl TwinList {
+    /// Appends the list of one pair of filters, whose taps are `first` and `second` (each
+    /// with distinct offsets), and empties both; returns where the list now ends.
+    pub fn push_pair(&mut self, first: &mut Vec<Tap>, second: &mut Vec<Tap>) -> usize {
+        first.sort_by_key(|t| t.offset);
+        second.sort_by_key(|t| t.offset);
+        let (mut a, mut b) = (first.iter().peekable(), second.iter().peekable());
+        loop {
+            let (x, y) = (a.peek().map(|t| t.offset), b.peek().map(|t| t.offset));
+            let Some(offset) = x.into_iter().chain(y).min() else {
+                break;
+            };
+            let mut twin = TwinTap {
+                offset,
+                weights: [0.0; 2],
+            };
+            if x == Some(offset) {
+                twin.weights[0] = a.next().map_or(0.0, |t| t.weight);
+            }
+            if y == Some(offset) {
+                twin.weights[1] = b.next().map_or(0.0, |t| t.weight);
+            }
+            self.span = self.span.max(twin.offset as usize + 1);
+            self.taps.push(twin);
+        }
+        first.clear();
+        second.clear();
+        self.taps.len()
+    }
+
+    /// Frees the capacity that growing left past the list.
+    pub fn shrink_to_fit(&mut self) {
+        self.taps.shrink_to_fit();
+    }
+
+    /// Bytes the list holds, capacity included.
+    pub fn bytes(&self) -> usize {
+        self.taps.capacity() * std::mem::size_of::<TwinTap>()
+    }
+
+    pub fn taps(&self) -> &[TwinTap] {
+        &self.taps
+    }
+    /// One past the largest offset read (0 when empty).
+    pub fn span(&self) -> usize {
+        self.span
+    }
+}
+
 /// Most accumulator vectors (rows of a tile) the kernels of `isa` keep in registers: AVX2's
 /// 16 registers hold 8 and leave room for the weight and a load; NEON's 32 hold as many;
 /// AVX-512's 32 hold 16, more than the 8 (= 2 FMA units x 4 cycles of latency) that keep
@@ -139,6 +206,16 @@ pub fn max_tile_rows(isa: Isa) -> usize {
     match isa {
         Isa::Avx512 => 16,
         Isa::Avx2 | Isa::Neon | Isa::Portable => 8,
+    }
+}
+
+/// Most rows of a pair of tiles the twin kernels of `isa` keep in registers: two tiles'
+/// sums, a loaded vector and two weights. AVX2's 16 registers hold two tiles of 6.
+pub fn max_twin_rows(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx512 => 12,
+        Isa::Avx2 => 6,
+        Isa::Neon | Isa::Portable => 8,
     }
 }
 
@@ -159,25 +236,32 @@ pub struct ShiftedAxpy {
     /// lacks it.
     isa: Isa,
     tiles: TilesFn,
+    twins: TwinsFn,
 }
 
 /// A kernel over `(planes, lists, tile length, acc)`, its operands checked by
 /// [`ShiftedAxpy::tiles`].
 type TilesFn = fn(&[f32], Lists, usize, &mut [f32]);
 
+/// A kernel over `(planes, twin taps, bounds, tile length, acc)`, its operands checked by
+/// [`ShiftedAxpy::twin_tiles`].
+type TwinsFn = fn(&[f32], &[TwinTap], &[usize], usize, &mut [f32]);
+
 impl ShiftedAxpy {
     /// The kernel of `isa`, or the portable one when this CPU lacks it.
     pub fn for_isa(isa: Isa) -> Self {
-        let (isa, tiles): (Isa, TilesFn) = match isa {
+        let (isa, tiles, twins): (Isa, TilesFn, TwinsFn) = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() => (isa, avx512::checked_tiles),
+            Isa::Avx512 if isa.is_supported() => {
+                (isa, avx512::checked_tiles, avx512::checked_twins)
+            }
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if isa.is_supported() => (isa, avx2::checked_tiles),
+            Isa::Avx2 if isa.is_supported() => (isa, avx2::checked_tiles, avx2::checked_twins),
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon if isa.is_supported() => (isa, neon::checked_tiles),
-            _ => (Isa::Portable, portable_tiles),
+            Isa::Neon if isa.is_supported() => (isa, neon::checked_tiles, neon::checked_twins),
+            _ => (Isa::Portable, portable_tiles, portable_twins),
         };
-        ShiftedAxpy { isa, tiles }
+        ShiftedAxpy { isa, tiles, twins }
     }
 
     /// For each tile `f` of `acc` (cut into `bounds.len() - 1` equal tiles):
@@ -204,22 +288,12 @@ impl ShiftedAxpy {
         if tiles == 0 || acc.is_empty() {
             return;
         }
-        assert!(
-            acc.len().is_multiple_of(tiles),
-            "acc does not cut into {tiles} tiles"
-        );
-        let tile = acc.len() / tiles;
+        let tile = self.tile_len(acc.len(), tiles, max_tile_rows(isa));
         assert!(
             taps.is_empty() || planes.len() >= taps.span() - 1 + tile,
             "planes too short for the taps"
         );
         if isa != Isa::Portable {
-            let rows = tile / vector_floats(isa);
-            assert!(
-                tile.is_multiple_of(vector_floats(isa)) && (1..=max_tile_rows(isa)).contains(&rows),
-                "{isa} takes tiles of 1 to {} whole vectors",
-                max_tile_rows(isa)
-            );
             assert!(
                 taps.pairs().is_empty() || taps.step() == vector_floats(isa),
                 "{isa} takes pairs one vector apart"
@@ -232,6 +306,53 @@ impl ShiftedAxpy {
             bounds,
         };
         (self.tiles)(planes, lists, tile, acc)
+    }
+
+    /// For each pair `f` of tiles of `acc` (cut into `2 * (bounds.len() - 1)` equal tiles):
+    /// `tile[i] += w * planes[offset + i]` over the twin taps from `bounds[f]` to
+    /// `bounds[f + 1]`, with the first weight for tile `2f` and the second for `2f + 1`.
+    ///
+    /// # Panics
+    /// If `bounds` is empty, decreasing or past the list, if `acc` does not cut into equal
+    /// tiles, if the planes are too short for some tap, or if a SIMD kernel is given tiles
+    /// that are not 1 to [`max_twin_rows`] whole vectors.
+    pub fn twin_tiles(&self, planes: &[f32], list: &TwinList, bounds: &[usize], acc: &mut [f32]) {
+        let pairs = bounds
+            .len()
+            .checked_sub(1)
+            .expect("bounds of at least one pair of tiles");
+        // (A pair whose bounds decrease panics where its list is sliced.)
+        assert!(
+            bounds[pairs] <= list.taps().len(),
+            "tap bounds run past the taps"
+        );
+        if pairs == 0 || acc.is_empty() {
+            return;
+        }
+        let tile = self.tile_len(acc.len(), 2 * pairs, max_twin_rows(self.isa));
+        assert!(
+            list.taps().is_empty() || planes.len() >= list.span() - 1 + tile,
+            "planes too short for the taps"
+        );
+        (self.twins)(planes, list.taps(), bounds, tile, acc)
+    }
+
+    /// The length of each of `tiles` equal tiles of an `acc` of `len` floats; panics unless
+    /// they are equal, and, for a SIMD kernel, 1 to `max_rows` whole vectors.
+    fn tile_len(&self, len: usize, tiles: usize, max_rows: usize) -> usize {
+        assert!(
+            len.is_multiple_of(tiles),
+            "acc does not cut into {tiles} tiles"
+        );
+        let (tile, isa) = (len / tiles, self.isa);
+        if isa != Isa::Portable {
+            let rows = tile / vector_floats(isa);
+            assert!(
+                tile.is_multiple_of(vector_floats(isa)) && (1..=max_rows).contains(&rows),
+                "{isa} takes tiles of 1 to {max_rows} whole vectors"
+            );
+        }
+        tile
     }
 }
 
@@ -284,6 +405,27 @@ fn portable(planes: &[f32], taps: impl Iterator<Item = Tap> + Clone, acc: &mut [
     }
 }
 
+/// The portable kernel over pairs of tiles of `tile` floats, each filter of a pair on its
+/// own.
+fn portable_twins(
+    planes: &[f32],
+    taps: &[TwinTap],
+    bounds: &[usize],
+    tile: usize,
+    acc: &mut [f32],
+) {
+    for (pair, b) in acc.chunks_exact_mut(2 * tile).zip(bounds.windows(2)) {
+        let taps = &taps[b[0]..b[1]];
+        for (f, acc) in pair.chunks_exact_mut(tile).enumerate() {
+            let one = taps.iter().map(|t| Tap {
+                offset: t.offset,
+                weight: t.weights[f],
+            });
+            portable(planes, one, acc);
+        }
+    }
+}
+
 /// `$f::<N> $args` for the compile-time `N` equal to the run-time `$rows` (1 to 16).
 macro_rules! by_rows {
     ($rows:expr, $f:ident $args:tt) => {
@@ -306,7 +448,7 @@ macro_rules! simd_tiles {
      load: $load:ident, store: $store:ident, splat: $splat:ident,
      fma: |$a:ident, $w:ident, $x:ident| $fma:expr) => {
         mod $module {
-            use super::Lists;
+            use super::{Lists, TwinTap};
             use std::arch::$arch::*;
 
             /// The kernel over tiles of `tile` floats, as a safe fn for
@@ -381,6 +523,73 @@ macro_rules! simd_tiles {
                     for (i, s) in sum.iter().enumerate() {
                         // SAFETY: as for the loads of the tile.
                         unsafe { $store(out.add(i * $lanes), *s) };
+                    }
+                }
+            }
+
+            /// The twin kernel over pairs of tiles of `tile` floats, as a safe fn for
+            /// [`super::ShiftedAxpy`].
+            pub fn checked_twins(
+                planes: &[f32],
+                taps: &[TwinTap],
+                bounds: &[usize],
+                tile: usize,
+                acc: &mut [f32],
+            ) {
+                // SAFETY: reachable only through a `ShiftedAxpy` that `for_isa` built after
+                // finding the feature on this CPU, and called by `ShiftedAxpy::twin_tiles`
+                // once its operands passed the checks there: a tap reads planes[offset ..
+                // offset + tile], within bounds since every offset is below span and
+                // planes.len() >= span - 1 + tile; acc is 2 * (bounds.len() - 1) tiles of
+                // `rows` vectors, 1 <= rows <= 16.
+                unsafe { by_rows!(tile / $lanes, twins_of(planes.as_ptr(), taps, bounds, acc)) }
+            }
+
+            /// # Safety
+            /// The CPU must support the target feature, `acc` must be pairs of tiles of
+            /// `NV * lanes` floats, one pair per window of `bounds`, which must index `taps`,
+            /// and `planes.add(t.offset + i)` must be readable for every tap `t` and every
+            /// `i < NV * lanes`.
+            #[target_feature(enable = $feature)]
+            unsafe fn twins_of<const NV: usize>(
+                planes: *const f32,
+                taps: &[TwinTap],
+                bounds: &[usize],
+                acc: &mut [f32],
+            ) {
+                let tile = NV * $lanes;
+                debug_assert_eq!(acc.len(), (bounds.len() - 1) * 2 * tile);
+                for (f, b) in bounds.windows(2).enumerate() {
+                    let taps = &taps[b[0]..b[1]];
+                    if taps.is_empty() {
+                        continue;
+                    }
+                    // SAFETY: acc holds pair f, 2 * NV * lanes floats from 2 * f * tile.
+                    let out = unsafe { acc.as_mut_ptr().add(2 * f * tile) };
+                    // SAFETY (both tiles' loads and stores): within pair f, as above.
+                    let mut first: [$vec; NV] =
+                        std::array::from_fn(|i| unsafe { $load(out.add(i * $lanes)) });
+                    let mut second: [$vec; NV] =
+                        std::array::from_fn(|i| unsafe { $load(out.add(tile + i * $lanes)) });
+                    for t in taps {
+                        let (w0, w1) = ($splat(t.weights[0]), $splat(t.weights[1]));
+                        // SAFETY: the caller guarantees planes[offset .. offset + tile].
+                        let p = unsafe { planes.add(t.offset as usize) };
+                        for i in 0..NV {
+                            // SAFETY: i * lanes + lanes <= tile, within the readable span.
+                            let $x = unsafe { $load(p.add(i * $lanes)) };
+                            let ($a, $w) = (first[i], w0);
+                            first[i] = $fma;
+                            let ($a, $w) = (second[i], w1);
+                            second[i] = $fma;
+                        }
+                    }
+                    for i in 0..NV {
+                        // SAFETY: as above.
+                        unsafe {
+                            $store(out.add(i * $lanes), first[i]);
+                            $store(out.add(tile + i * $lanes), second[i]);
+                        }
                     }
                 }
             }
@@ -490,17 +699,16 @@ mod tests {
         assert_eq!(list.span(), 25);
     }
 
+    /// The kernel tests' (tiles or pairs of tiles, taps per list), taken in turn.
+    const SIZES: [(usize, usize); 5] = [(1, 0), (1, 1), (3, 7), (1, 40), (4, 12)];
+
     #[test]
     fn every_isa_matches_the_definition() {
         let mut rng = Rng::new(11);
         for isa in Isa::supported() {
             let step = vector_floats(isa);
             let rows = (1..=max_tile_rows(isa)).chain([3, 8]);
-            for (rows, (tiles, taps)) in rows.zip(
-                [(1, 0), (1, 1), (3, 7), (1, 40), (4, 12)]
-                    .into_iter()
-                    .cycle(),
-            ) {
+            for (rows, (tiles, taps)) in rows.zip(SIZES.into_iter().cycle()) {
                 let tile = rows * step;
                 let lists = random_lists(&mut rng, tiles, taps, step);
                 let (list, bounds) = tap_list(&lists, step);
@@ -516,6 +724,103 @@ mod tests {
                 naive(&planes, &lists, &mut want);
                 assert_close(&got, &want, &format!("{isa}, {rows} rows, {tiles} tiles"));
             }
+        }
+    }
+
+    #[test]
+    fn a_twin_list_is_the_union_of_its_two_filters_taps() {
+        let tap = |offset, weight| Tap { offset, weight };
+        let twin = |offset, weights| TwinTap { offset, weights };
+        let mut list = TwinList::default();
+        let end = list.push_pair(
+            &mut vec![tap(9, 1.0), tap(2, 2.0), tap(5, 3.0)],
+            &mut vec![tap(5, 4.0), tap(12, 5.0), tap(1, 6.0)],
+        );
+        assert_eq!(
+            list.taps(),
+            &[
+                twin(1, [0.0, 6.0]),
+                twin(2, [2.0, 0.0]),
+                twin(5, [3.0, 4.0]),
+                twin(9, [1.0, 0.0]),
+                twin(12, [0.0, 5.0]),
+            ]
+        );
+        assert_eq!((end, list.span()), (5, 13));
+        // An empty pair adds nothing; one filter alone gives its own taps.
+        assert_eq!(list.push_pair(&mut vec![], &mut vec![]), 5);
+        assert_eq!(list.push_pair(&mut vec![], &mut vec![tap(3, 7.0)]), 6);
+        assert_eq!(list.taps()[5], twin(3, [0.0, 7.0]));
+    }
+
+    #[test]
+    fn every_isa_twin_kernel_matches_the_definition() {
+        let mut rng = Rng::new(5);
+        for isa in Isa::supported() {
+            let step = vector_floats(isa);
+            let rows = (1..=max_twin_rows(isa)).chain([2, 5]);
+            for (rows, (pairs, taps)) in rows.zip(SIZES.into_iter().cycle()) {
+                let tile = rows * step;
+                // Each pair's second filter shares most of the first's offsets, and has a
+                // few of its own.
+                let mut lists = Vec::new();
+                for _ in 0..pairs {
+                    let [first] = random_lists(&mut rng, 1, taps, step).try_into().unwrap();
+                    let mut second = Vec::new();
+                    for t in &first {
+                        if rng.unit() < 0.8 {
+                            second.push(Tap {
+                                weight: rng.nonzero_value(),
+                                ..*t
+                            });
+                        }
+                    }
+                    let extra = 41 * step as u32 + (rng.next_u64() % 3) as u32;
+                    if rng.unit() < 0.5 {
+                        second.push(Tap {
+                            offset: extra,
+                            weight: rng.nonzero_value(),
+                        });
+                    }
+                    lists.push(first);
+                    lists.push(second);
+                }
+                let mut twins = TwinList::default();
+                let mut bounds = vec![0];
+                for pair in lists.chunks_exact(2) {
+                    let (mut a, mut b) = (pair[0].clone(), pair[1].clone());
+                    bounds.push(twins.push_pair(&mut a, &mut b));
+                }
+                let planes: Vec<f32> = (0..42 * step + 3 + tile)
+                    .map(|_| rng.nonzero_value())
+                    .collect();
+                let init: Vec<f32> = (0..tile * 2 * pairs).map(|_| rng.nonzero_value()).collect();
+                let (mut got, mut want) = (init.clone(), init);
+                ShiftedAxpy::for_isa(isa).twin_tiles(&planes, &twins, &bounds, &mut got);
+                naive(&planes, &lists, &mut want);
+                assert_close(
+                    &got,
+                    &want,
+                    &format!("{isa}, twins of {rows} rows, {pairs} pairs"),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn twin_tiles_too_tall_for_the_registers_panic_on_every_simd_isa() {
+        for isa in Isa::supported().into_iter().filter(|&i| i != Isa::Portable) {
+            let too_tall = std::panic::catch_unwind(|| {
+                let mut twins = TwinList::default();
+                let bounds = [0, twins.push_pair(&mut vec![], &mut vec![])];
+                let tile = (max_twin_rows(isa) + 1) * vector_floats(isa);
+                let mut acc = vec![0.0; 2 * tile];
+                ShiftedAxpy::for_isa(isa).twin_tiles(&[0.0; 64], &twins, &bounds, &mut acc);
+            });
+            assert!(
+                too_tall.is_err(),
+                "{isa}: a pair of tiles too tall accepted"
+            );
         }
     }
 

@@ -95,11 +95,12 @@ impl SparseWeight {
         isa: Isa,
         caches: &CacheSizes,
     ) -> Result<Self> {
-        let window = WindowShape::new(&spec, isa, caches);
+        let twins = taps::filters_share_zeros(&spec, weights);
+        let window = WindowShape::new(&spec, isa, caches, twins);
         let grid = TileGrid::new(&spec, &window);
         let bands = Bands::for_layer(&spec, &window, &grid, caches)?;
-        let taps = FilterTaps::pack(&spec, weights, &window)?;
-        debug_assert!(taps.list().span() + grid.tile_len <= window.len + 1);
+        let taps = FilterTaps::pack(&spec, weights, &window, twins)?;
+        debug_assert!(taps.span() + grid.tile_len <= window.len + 1);
         Ok(SparseWeight {
             spec,
             isa,
@@ -123,17 +124,35 @@ fn too_large() -> Error {
 mod tests {
     use super::*;
     use crate::conv::Activation;
-    use crate::synth::{random_sparse, Rng};
+    use crate::prune::WeightBlocks;
+    use crate::synth::{block_sparse_weights, random_sparse, Rng};
 
-    /// Sparse-weight prepared for `spec` on `isa`, blocked for `caches`.
-    fn blocked(spec: ConvSpec, isa: Isa, caches: &CacheSizes) -> SparseWeight {
-        let weights = vec![1.0; spec.weight_len().unwrap()];
+    /// Weights of `spec` with 80 % zeros: in blocks of 4 filters if `twins` (so that
+    /// sparse-weight keeps a list per pair of filters), else element by element (a list per
+    /// filter).
+    fn weights(spec: &ConvSpec, twins: bool) -> Vec<f32> {
+        let (len, mut rng) = (spec.weight_len().unwrap(), Rng::new(3));
+        if twins {
+            let blocks = WeightBlocks::new(spec.filters, spec.groups, len / spec.filters, 4);
+            block_sparse_weights(&blocks.unwrap(), 0.8, &mut rng)
+        } else {
+            random_sparse(len, 0.8, &mut rng)
+        }
+    }
+
+    /// Sparse-weight prepared for `spec` on `isa`, blocked for `caches`, with weights
+    /// whose filters share their zeros in pairs if `twins`.
+    fn blocked(spec: ConvSpec, isa: Isa, caches: &CacheSizes, twins: bool) -> SparseWeight {
         let epilogue = Epilogue {
             bias: vec![0.0; spec.filters],
             activation: Activation::None,
             isa,
         };
-        SparseWeight::blocked_for(spec, &weights, epilogue, isa, caches).unwrap()
+        let weights = weights(&spec, twins);
+        let conv = SparseWeight::blocked_for(spec, &weights, epilogue, isa, caches).unwrap();
+        let per_list = if twins { 2 } else { 1 };
+        assert_eq!(conv.taps.filters_per_list(), per_list, "{spec:?}");
+        conv
     }
 
     /// The caches these shapes are checked for: those the shares were tuned on, and smaller
@@ -152,9 +171,9 @@ mod tests {
             .with_groups(2)
             .with_batch(2);
         spec.validate().unwrap();
-        for isa in Isa::ALL {
+        for (isa, twins) in Isa::ALL.into_iter().flat_map(|i| [(i, false), (i, true)]) {
             for caches in &CACHES {
-                let conv = blocked(spec, isa, caches);
+                let conv = blocked(spec, isa, caches, twins);
                 assert!(
                     conv.window.blocks > 1,
                     "{isa}, {caches}: {} blocks",
@@ -175,10 +194,15 @@ mod tests {
     /// one band of them at the shared budget, on every ISA.
     #[test]
     fn the_shared_band_test_shape_needs_two_bands() {
-        let spec = ConvSpec::new(64, 18, 1500, 80, [3, 3]).with_padding([1; 4]);
-        for isa in Isa::ALL {
-            for caches in &CACHES {
-                let conv = blocked(spec, isa, caches);
+        // Twin tiles are shorter: 18 rows make 6 tile rows on AVX2; 14 make 2 or 3, whose
+        // planes take a wider image to need two bands.
+        for (height, width, twins) in [(18, 1500, false), (14, 3000, true)] {
+            let spec = ConvSpec::new(64, height, width, 80, [3, 3]).with_padding([1; 4]);
+            for (isa, caches) in Isa::ALL
+                .into_iter()
+                .flat_map(|i| CACHES.iter().map(move |c| (i, c)))
+            {
+                let conv = blocked(spec, isa, caches, twins);
                 let shared = conv.bands[1].tile_rows;
                 assert!(
                     conv.grid.tiles_y < 4 && shared < conv.grid.tiles_y,
@@ -195,28 +219,32 @@ mod tests {
     #[test]
     fn the_fold_test_shape_folds() {
         for isa in Isa::supported() {
-            for (spec, folds) in [
+            // Twin tiles are shorter on AVX-512 (rows of 7 at 56 x 56, which do not fold).
+            for (spec, folds, twins) in [
+                (ConvSpec::new(40, 12, 18, 20, [3, 3]), true, false),
+                (ConvSpec::new(40, 12, 18, 20, [3, 3]), true, true),
                 (
-                    ConvSpec::new(40, 12, 18, 20, [3, 3]).with_padding([1; 4]),
-                    true,
-                ),
-                (
-                    ConvSpec::new(256, 56, 56, 256, [3, 3]).with_padding([1; 4]),
+                    ConvSpec::new(256, 56, 56, 256, [3, 3]),
                     isa == Isa::Avx512,
-                ),
-                (
-                    ConvSpec::new(512, 28, 28, 512, [3, 3]).with_padding([1; 4]),
                     false,
                 ),
+                (ConvSpec::new(256, 56, 56, 256, [3, 3]), false, true),
+                (ConvSpec::new(512, 28, 28, 512, [3, 3]), false, false),
             ] {
-                let weights = vec![1.0; spec.weight_len().unwrap()];
+                let spec = spec.with_padding([1; 4]);
                 let epilogue = Epilogue {
                     bias: vec![0.0; spec.filters],
                     activation: Activation::None,
                     isa,
                 };
+                let weights = weights(&spec, twins);
                 let conv = SparseWeight::new(spec, &weights, epilogue, isa).unwrap();
-                assert_eq!(conv.grid.fold.is_some(), folds, "{isa} {spec:?}");
+                assert_eq!(conv.taps.filters_per_list(), 1 + usize::from(twins));
+                assert_eq!(
+                    conv.grid.fold.is_some(),
+                    folds,
+                    "{isa} {spec:?} twins {twins}"
+                );
             }
         }
     }

@@ -7,7 +7,7 @@ use super::{too_large, SparseWeight};
 use crate::cache::CacheSizes;
 use crate::conv::ConvSpec;
 use crate::error::Result;
-use crate::kernels::shifted_axpy::{max_tile_rows, vector_floats};
+use crate::kernels::shifted_axpy::{max_tile_rows, max_twin_rows, vector_floats};
 use crate::kernels::Isa;
 
 /// Bytes of window (input patches) a channel block may take: three quarters of the L1d.
@@ -53,10 +53,18 @@ pub(super) struct WindowShape {
 }
 
 impl WindowShape {
-    pub fn new(spec: &ConvSpec, isa: Isa, caches: &CacheSizes) -> Self {
+    /// The window of tiles as tall as `isa`'s kernel for single filters keeps in registers,
+    /// or, with `twins`, its kernel for pairs of filters (no taller: fewer rows make smaller
+    /// patches, so never more channel blocks).
+    pub fn new(spec: &ConvSpec, isa: Isa, caches: &CacheSizes, twins: bool) -> Self {
         let [kr, ks] = spec.kernel;
         let lanes = vector_floats(isa);
-        let rows = tile_rows(spec.out_height(), max_tile_rows(isa));
+        let max_rows = if twins {
+            max_twin_rows(isa)
+        } else {
+            max_tile_rows(isa)
+        };
+        let rows = tile_rows(spec.out_height(), max_rows);
         let mut row_phases: Vec<usize> = (0..kr).map(|r| spec.row_phase(r).0).collect();
         row_phases.sort_unstable();
         row_phases.dedup();

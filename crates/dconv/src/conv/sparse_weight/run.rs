@@ -157,7 +157,8 @@ impl SparseWeight {
                 continue;
             }
             // Enough items for every thread: split filters when tiles are few.
-            let chunks = run.jobs.div_ceil(tiles).min(s.filters);
+            let lists = s.filters / self.taps.filters_per_list();
+            let chunks = run.jobs.div_ceil(tiles).min(lists);
             let items = tiles * chunks;
             let jobs = run.jobs.min(items);
             self.split(planes, chunks, 0..items, staged, windows, jobs);
@@ -168,10 +169,12 @@ impl SparseWeight {
 }
 
 impl SparseWeight {
-    /// Filters `m` of chunk `chunk` out of `chunks`.
+    /// Filters `m` of chunk `chunk` out of `chunks`: whole lists of filters (pairs, where
+    /// filters share one).
     fn chunk_filters(&self, chunk: usize, chunks: usize) -> Range<usize> {
-        let m = self.spec.filters;
-        chunk * m / chunks..(chunk + 1) * m / chunks
+        let per = self.taps.filters_per_list();
+        let lists = self.spec.filters / per;
+        chunk * lists / chunks * per..(chunk + 1) * lists / chunks * per
     }
 
     /// Where item `k` (tile `k / chunks` of the band, filter chunk `k % chunks`) starts in
@@ -233,8 +236,8 @@ impl SparseWeight {
                     // The planes are larger than L2: ask for the next block's while this runs.
                     self.prefetch_window(planes, b + 1, at);
                 }
-                let bounds = self.taps.bounds(b, filters.clone(), self.spec.filters);
-                self.axpy.tiles(window, self.taps.list(), bounds, sums);
+                let filters = (b, filters.clone(), self.spec.filters);
+                self.taps.multiply(&self.axpy, window, filters, sums);
             }
         }
     }
