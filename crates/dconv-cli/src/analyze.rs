@@ -72,9 +72,11 @@ fn print_table(layers: &[LayerAnalysis]) {
         .max()
         .unwrap_or(5)
         .max(5);
+    // "pairs": where sparse-weight keeps one list per pair of filters (their zeros
+    // coincide), the places of those lists per non-zero weight.
     print!(
-        "{:<name_width$} {:>8} {:>7} {:>7}",
-        "layer", "GMAC", "in 0s", "w 0s"
+        "{:<name_width$} {:>8} {:>7} {:>7} {:>5}",
+        "layer", "GMAC", "in 0s", "w 0s", "pairs"
     );
     for m in MODELED {
         print!(" {:>13}", m.name());
@@ -83,12 +85,16 @@ fn print_table(layers: &[LayerAnalysis]) {
     let mut passed = 0;
     let (mut auto_total, mut best_total, mut dense_total) = (0.0, 0.0, 0.0);
     for layer in layers {
+        let pairs = layer
+            .weights
+            .twin_share
+            .map_or("-".to_string(), |u| format!("{u:.2}"));
         print!(
-            "{:<name_width$} {:>8.3} {:>6.1}% {:>6.1}%",
+            "{:<name_width$} {:>8.3} {:>6.1}% {:>6.1}% {pairs:>5}",
             layer.name,
             layer.macs as f64 * 1e-9,
             layer.input_sparsity * 100.0,
-            layer.weight_sparsity * 100.0
+            layer.weights.sparsity * 100.0
         );
         for m in MODELED {
             match layer.time_of(m) {

@@ -8,7 +8,7 @@
 use crate::Failure;
 use dconv::cache::CacheSizes;
 use dconv::conv::select::fit::{fit, fit_one, Sample};
-use dconv::conv::select::{CostProfile, LayerCosts, MODELED};
+use dconv::conv::select::{CostProfile, LayerCosts, WeightZeros, MODELED};
 use dconv::conv::{Activation, Conv, ConvSpec, Method, Skips, Workspace};
 use dconv::kernels::Isa;
 use dconv::synth::{self, Rng, ZeroPattern};
@@ -165,14 +165,27 @@ fn measure_all(plan: &Plan, seed: u64) -> Result<Vec<Sample>, Failure> {
         let convs = prepare(spec, &dense_weights, &input_sweep())?;
         for &s_in in plan.input_sparsities {
             let input = activations(spec, s_in, &mut rng);
-            samples.extend(time_point(&convs, &input, 0.0, plan.runs, &mut workspace)?);
+            let zeros = WeightZeros::of(spec, &dense_weights);
+            samples.extend(time_point(
+                &convs,
+                &input,
+                zeros,
+                plan.runs,
+                &mut workspace,
+            )?);
         }
         let input = activations(spec, WEIGHT_SWEEP_INPUT, &mut rng);
         for &s_w in plan.weight_sparsities {
             let weights = synth::random_sparse(weight_len, s_w, &mut rng);
             let convs = prepare(spec, &weights, &weight_sweep())?;
-            let s_w = synth::sparsity(&weights);
-            samples.extend(time_point(&convs, &input, s_w, plan.runs, &mut workspace)?);
+            let zeros = WeightZeros::of(spec, &weights);
+            samples.extend(time_point(
+                &convs,
+                &input,
+                zeros,
+                plan.runs,
+                &mut workspace,
+            )?);
         }
     }
     Ok(samples)
@@ -206,9 +219,7 @@ fn without_drift(samples: Vec<Sample>) -> Result<Vec<Sample>, Failure> {
 
 /// Whether two samples were timed together (same layer and sparsities).
 fn same_point(a: &Sample, b: &Sample) -> bool {
-    a.spec == b.spec
-        && a.input_sparsity == b.input_sparsity
-        && a.weight_sparsity == b.weight_sparsity
+    a.spec == b.spec && a.input_sparsity == b.input_sparsity && a.weights == b.weights
 }
 
 fn prepare(spec: &ConvSpec, weights: &[f32], methods: &[Method]) -> Result<Vec<Conv>, Failure> {
@@ -237,7 +248,7 @@ fn activations(spec: &ConvSpec, sparsity: f64, rng: &mut Rng) -> Vec<f32> {
 fn time_point(
     convs: &[Conv],
     input: &[f32],
-    weight_sparsity: f64,
+    weights: WeightZeros,
     runs: usize,
     workspace: &mut Workspace,
 ) -> Result<Vec<Sample>, Failure> {
@@ -264,7 +275,7 @@ fn time_point(
             method: conv.method(),
             spec,
             input_sparsity,
-            weight_sparsity,
+            weights,
             nanos: s.median().as_nanos() as f64,
         })
         .collect())
@@ -293,7 +304,7 @@ fn print_fit(profile: &CostProfile, samples: &[Sample], measured: &[Sample]) {
             corrected
         };
         let predicted = profile
-            .predict(s.method, &s.spec, s.input_sparsity, s.weight_sparsity)
+            .predict(s.method, &s.spec, s.input_sparsity, s.weights)
             .unwrap_or(f64::NAN);
         let error = predicted / s.nanos - 1.0;
         errors.push((s.method, error));
@@ -302,7 +313,7 @@ fn print_fit(profile: &CostProfile, samples: &[Sample], measured: &[Sample]) {
             s.method.name(),
             describe(&s.spec),
             s.input_sparsity * 100.0,
-            s.weight_sparsity * 100.0,
+            s.weights.sparsity * 100.0,
             s.nanos * 1e-6,
             predicted * 1e-6,
             error * 100.0
@@ -337,7 +348,7 @@ fn print_choices(profile: &CostProfile, samples: &[Sample]) {
     let mut worst: f64 = 0.0;
     for group in samples.chunk_by(same_point) {
         let methods: Vec<Method> = group.iter().map(|s| s.method).collect();
-        let costs = LayerCosts::new(profile, &group[0].spec, group[0].weight_sparsity, &methods);
+        let costs = LayerCosts::new(profile, &group[0].spec, group[0].weights, &methods);
         let picked = costs.cheapest(group[0].input_sparsity);
         let time = |m: Method| group.iter().find(|s| s.method == m).map(|s| s.nanos);
         let best = group.iter().map(|s| s.nanos).fold(f64::INFINITY, f64::min);

@@ -1,7 +1,7 @@
 //! `auto` picks a method for every convolution of every run, so the pick must cost next to
 //! nothing: no allocation, and a tiny fraction of even a small layer's time.
 
-use dconv::conv::select::{CostProfile, LayerCosts, MODELED};
+use dconv::conv::select::{CostProfile, LayerCosts, WeightZeros, MODELED};
 use dconv::conv::ConvSpec;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -38,7 +38,8 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 #[test]
 fn choosing_allocates_nothing_and_takes_well_under_a_microsecond() {
     let spec = ConvSpec::new(512, 15, 15, 512, [3, 3]).with_padding([1, 1, 1, 1]);
-    let costs = LayerCosts::new(&CostProfile::default(), &spec, 0.5, &MODELED);
+    let weights = WeightZeros::unstructured(0.5);
+    let costs = LayerCosts::new(&CostProfile::default(), &spec, weights, &MODELED);
     let calls = 100_000;
     let before = allocations();
     let start = Instant::now();

@@ -177,7 +177,7 @@ fn nhwc_edges_of_a_tf2onnx_model_give_the_same_result() {
 /// the cost profile finds cheapest at some input sparsity.
 #[test]
 fn a_plan_prepares_only_the_methods_its_policy_may_pick() {
-    use dconv::conv::select::CostProfile;
+    use dconv::conv::select::{CostProfile, WeightZeros};
     use dconv::conv::{ConvSpec, Method};
     use dconv::Policy;
     let model = Model::from_bytes(&example_model(), None).unwrap();
@@ -196,11 +196,14 @@ fn a_plan_prepares_only_the_methods_its_policy_may_pick() {
     let spec = ConvSpec::new(1, 4, 4, 2, [3, 3])
         .with_padding([1, 1, 1, 1])
         .with_bias(true);
+    // The example's two filters: all ones, all minus ones.
+    let weights: Vec<f32> = [1.0; 9].into_iter().chain([-1.0; 9]).collect();
+    let zeros = WeightZeros::of(&spec, &weights);
     assert_eq!(
         methods(Policy::Auto),
         (
             "Conv_0".to_string(),
-            CostProfile::default().winners(&spec, 0.0)
+            CostProfile::default().winners(&spec, zeros)
         )
     );
     assert_eq!(

@@ -93,7 +93,7 @@ fn sparsity_panel(area: &Area, layers: &[LayerAnalysis]) -> DrawResult {
                 let s = if which == 0 {
                     l.input_sparsity
                 } else {
-                    l.weight_sparsity
+                    l.weights.sparsity
                 };
                 (i as f64, s * 100.0)
             })

@@ -4,7 +4,7 @@
 //! its file and its line in the [`methods!`] list below.
 
 use super::panels::SharedPanels;
-use super::select::{LayerSize, MAX_TERMS};
+use super::select::{LayerSize, WeightZeros, MAX_TERMS};
 use super::{dense, im2csoa, im2csr, lowered_csr, reference, sparse_weight};
 use super::{ConvKernel, ConvSpec, Epilogue};
 use crate::error::{Error, Result};
@@ -66,9 +66,9 @@ pub(crate) struct MethodEntry {
     /// The names of its cost terms, in coefficient order; none for a method the cost model
     /// does not predict (the reference, an oracle, never a choice).
     pub terms: &'static [&'static str],
-    /// The units of work of each term for a layer of this size, input density `d` and weight
-    /// density `e`, in the order of `terms`; unused slots are 0.
-    pub term_values: fn(size: &LayerSize, d: f64, e: f64) -> [f64; MAX_TERMS],
+    /// The units of work of each term for a layer of this size, input density `d` and weights
+    /// `w`, in the order of `terms`; unused slots are 0.
+    pub term_values: fn(size: &LayerSize, d: f64, w: WeightZeros) -> [f64; MAX_TERMS],
     /// At most how many bytes of packed weights preparing the method takes (saturating),
     /// when `nonzeros` of the weights are not zero.
     pub prepared_bytes: fn(spec: &ConvSpec, nonzeros: usize) -> usize,
@@ -88,7 +88,7 @@ pub(crate) type Prepare = fn(
 ) -> Result<Box<dyn ConvKernel>>;
 
 /// The cost terms of a method the model does not predict.
-pub(crate) fn no_terms(_: &LayerSize, _: f64, _: f64) -> [f64; MAX_TERMS] {
+pub(crate) fn no_terms(_: &LayerSize, _: f64, _: WeightZeros) -> [f64; MAX_TERMS] {
     [0.0; MAX_TERMS]
 }
 

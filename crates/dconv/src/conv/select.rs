@@ -13,7 +13,9 @@
 //! The d² term lets the product's rate change with density (BENCHMARKS.md: im2csr slows down
 //! on nearly dense inputs, im2csoa speeds up); it is the only one allowed to be negative.
 //! Weight sparsity does not enter im2csr or im2csoa: their inner loop runs over a dense vector
-//! of output channels, and the measured times do not move with it.
+//! of output channels, and the measured times do not move with it. Sparse-weight's terms also
+//! know how the filters share their zeros in pairs ([`WeightZeros`]): where they do (weights
+//! pruned in blocks of output channels), it keeps one list per pair and does less per weight.
 //!
 //! For one layer, every term is a polynomial of degree ≤ 2 in d, so [`LayerCosts`] folds the
 //! model into three numbers per method at plan time and picks a method per run with a handful
@@ -116,15 +118,51 @@ impl LayerSize {
     }
 }
 
+/// What the cost model knows of a layer's weights: how many are zero, and, where sparse-weight
+/// keeps one list per pair of filters (their zeros coincide, as block pruning leaves them),
+/// how many places those lists hold per non-zero weight.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct WeightZeros {
+    /// Fraction of zero weights.
+    pub sparsity: f64,
+    /// Places of the pairs' lists per non-zero weight, 1/2 to 6/10 (1/2 where every pair
+    /// shares all its zeros); `None` where sparse-weight keeps a list per filter.
+    pub twin_share: Option<f64>,
+}
+
+impl WeightZeros {
+    /// The zeros of ONNX `[M][C/G][R][S]` weights of `spec`.
+    pub fn of(spec: &ConvSpec, weights: &[f32]) -> Self {
+        let zeros = weights.iter().filter(|&&w| w == 0.0).count();
+        WeightZeros {
+            sparsity: zeros as f64 / weights.len().max(1) as f64,
+            twin_share: super::sparse_weight::twin_share(spec, weights),
+        }
+    }
+
+    /// Zeros at `sparsity` that no two filters share (unpruned or element-pruned weights).
+    pub fn unstructured(sparsity: f64) -> Self {
+        WeightZeros {
+            sparsity,
+            twin_share: None,
+        }
+    }
+
+    /// Fraction of non-zero weights.
+    pub fn density(&self) -> f64 {
+        1.0 - self.sparsity
+    }
+}
+
 /// The names of a method's terms, in coefficient order.
 pub fn term_names(method: Method) -> &'static [&'static str] {
     method.entry().terms
 }
 
 /// The units of work of each term of `method` for a layer of `size` with input density `d`
-/// and weight density `e`, in the order of [`term_names`]; unused slots are 0.
-pub fn term_values(method: Method, size: &LayerSize, d: f64, e: f64) -> [f64; MAX_TERMS] {
-    (method.entry().term_values)(size, d, e)
+/// and weights `w`, in the order of [`term_names`]; unused slots are 0.
+pub fn term_values(method: Method, size: &LayerSize, d: f64, w: WeightZeros) -> [f64; MAX_TERMS] {
+    (method.entry().term_values)(size, d, w)
 }
 
 /// Whether the coefficient of term `name` may be negative.
@@ -219,19 +257,20 @@ impl CostProfile {
         method: Method,
         spec: &ConvSpec,
         input_sparsity: f64,
-        weight_sparsity: f64,
+        weights: WeightZeros,
     ) -> Option<f64> {
-        self.predict_size(
-            method,
-            &LayerSize::of(spec),
-            1.0 - input_sparsity,
-            1.0 - weight_sparsity,
-        )
+        self.predict_size(method, &LayerSize::of(spec), 1.0 - input_sparsity, weights)
     }
 
-    fn predict_size(&self, method: Method, size: &LayerSize, d: f64, e: f64) -> Option<f64> {
+    fn predict_size(
+        &self,
+        method: Method,
+        size: &LayerSize,
+        d: f64,
+        w: WeightZeros,
+    ) -> Option<f64> {
         let c = &self.coefficients[slot(method)?];
-        let t = term_values(method, size, d, e);
+        let t = term_values(method, size, d, w);
         Some(c.iter().zip(&t).map(|(c, t)| c * t).sum())
     }
 
@@ -346,8 +385,8 @@ impl CostProfile {
     /// The methods worth preparing for a layer: exactly those that are the cheapest at some
     /// input sparsity in [0, 1], in [`MODELED`] order. Choosing among only these picks, at
     /// every input sparsity, what choosing among all modeled methods would.
-    pub fn winners(&self, spec: &ConvSpec, weight_sparsity: f64) -> Vec<Method> {
-        LayerCosts::new(self, spec, weight_sparsity, &MODELED).winners()
+    pub fn winners(&self, spec: &ConvSpec, weights: WeightZeros) -> Vec<Method> {
+        LayerCosts::new(self, spec, weights, &MODELED).winners()
     }
 }
 
@@ -363,15 +402,14 @@ impl LayerCosts {
     pub fn new(
         profile: &CostProfile,
         spec: &ConvSpec,
-        weight_sparsity: f64,
+        weights: WeightZeros,
         methods: &[Method],
     ) -> LayerCosts {
         let size = LayerSize::of(spec);
-        let e = 1.0 - weight_sparsity;
         let costs = methods
             .iter()
             .filter_map(|&m| {
-                let at = |d| profile.predict_size(m, &size, d, e);
+                let at = |d| profile.predict_size(m, &size, d, weights);
                 let (f0, f1, f2) = (at(0.0)?, at(0.5)?, at(1.0)?);
                 // The quadratic through d = 0, 1/2, 1 (exact: every term has degree ≤ 2).
                 let c = 2.0 * f2 - 4.0 * f1 + 2.0 * f0;
@@ -470,8 +508,36 @@ fn roots_in_unit_interval([a, b, c]: [f64; 3]) -> Vec<f64> {
 mod tests {
     use super::*;
 
+    /// Weights with `sparsity` zeros that no two filters share.
+    fn w(sparsity: f64) -> WeightZeros {
+        WeightZeros::unstructured(sparsity)
+    }
+
     fn vgg_block4() -> ConvSpec {
         ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1, 1, 1, 1])
+    }
+
+    /// Twin lists make sparse-weight's work per non-zero weight cheaper, as measured, and
+    /// change no other method's prediction.
+    #[test]
+    fn filters_sharing_their_zeros_make_sparse_weight_cheaper() {
+        let profile = CostProfile::compiled_in(Isa::Avx2);
+        let spec = vgg_block4();
+        let twins = WeightZeros {
+            sparsity: 0.7,
+            twin_share: Some(0.5),
+        };
+        for input_sparsity in [0.0, 0.5, 0.9] {
+            let at = |m, w| profile.predict(m, &spec, input_sparsity, w).unwrap();
+            let (single, twin) = (
+                at(Method::SparseWeight, w(0.7)),
+                at(Method::SparseWeight, twins),
+            );
+            assert!(twin < 0.9 * single, "{twin} vs {single}");
+            for m in MODELED.into_iter().filter(|&m| m != Method::SparseWeight) {
+                assert_eq!(at(m, w(0.7)), at(m, twins), "{m}");
+            }
+        }
     }
 
     /// A profile with round numbers: dense at 6 ps per MAC; sparse methods slower per
@@ -555,13 +621,13 @@ mod tests {
         let p = toy();
         let spec = vgg_block4();
         for weight_sparsity in [0.0, 0.5, 0.9] {
-            let costs = LayerCosts::new(&p, &spec, weight_sparsity, &MODELED);
+            let costs = LayerCosts::new(&p, &spec, w(weight_sparsity), &MODELED);
             for step in 0..=20 {
                 let s = step as f64 / 20.0;
                 let chosen = costs.cheapest(s);
                 let best = MODELED
                     .into_iter()
-                    .map(|m| (m, p.predict(m, &spec, s, weight_sparsity).unwrap()))
+                    .map(|m| (m, p.predict(m, &spec, s, w(weight_sparsity)).unwrap()))
                     .min_by(|a, b| a.1.total_cmp(&b.1))
                     .unwrap();
                 assert_eq!(chosen, best.0, "s_in {s} s_w {weight_sparsity}");
@@ -579,21 +645,21 @@ mod tests {
     fn selection_follows_the_sparsities() {
         let p = toy();
         let spec = vgg_block4();
-        let dense_input = LayerCosts::new(&p, &spec, 0.0, &MODELED);
+        let dense_input = LayerCosts::new(&p, &spec, w(0.0), &MODELED);
         assert_eq!(dense_input.cheapest(0.0), Method::Dense);
         assert_eq!(dense_input.cheapest(0.9), Method::Im2Csoa);
-        let pruned = LayerCosts::new(&p, &spec, 0.9, &MODELED);
+        let pruned = LayerCosts::new(&p, &spec, w(0.9), &MODELED);
         assert_eq!(pruned.cheapest(0.0), Method::SparseWeight);
     }
 
     #[test]
     fn only_prepared_methods_are_chosen() {
         let p = toy();
-        let costs = LayerCosts::new(&p, &vgg_block4(), 0.0, &[Method::Dense, Method::Im2Csr]);
+        let costs = LayerCosts::new(&p, &vgg_block4(), w(0.0), &[Method::Dense, Method::Im2Csr]);
         assert_eq!(costs.cheapest(0.95), Method::Im2Csr);
         assert_eq!(costs.cheapest(0.0), Method::Dense);
         assert_eq!(costs.predict(Method::Im2Csoa, 0.5), None);
-        let winners = p.winners(&vgg_block4(), 0.0);
+        let winners = p.winners(&vgg_block4(), w(0.0));
         assert!(winners.contains(&Method::Dense) && winners.contains(&Method::Im2Csoa));
         assert!(!winners.contains(&Method::SparseWeight), "{winners:?}");
     }
@@ -629,10 +695,10 @@ mod tests {
         let compiled_in = COMPILED_IN.map(|(isa, _)| CostProfile::compiled_in(isa));
         for profile in [toy()].into_iter().chain(compiled_in) {
             for (spec, weight_sparsity) in random_layers(200) {
-                let winners = profile.winners(&spec, weight_sparsity);
+                let winners = profile.winners(&spec, w(weight_sparsity));
                 assert!(!winners.is_empty());
-                let all = LayerCosts::new(&profile, &spec, weight_sparsity, &MODELED);
-                let pruned = LayerCosts::new(&profile, &spec, weight_sparsity, &winners);
+                let all = LayerCosts::new(&profile, &spec, w(weight_sparsity), &MODELED);
+                let pruned = LayerCosts::new(&profile, &spec, w(weight_sparsity), &winners);
                 for step in 0..=2000 {
                     let s = step as f64 / 2000.0;
                     assert_eq!(
@@ -653,7 +719,7 @@ mod tests {
         let first = ConvSpec::new(3, 240, 240, 64, [3, 3]).with_padding([1, 1, 1, 1]);
         for isa in [Isa::Avx512, Isa::Avx2] {
             let p = CostProfile::compiled_in(isa);
-            assert_eq!(p.winners(&first, 0.0), vec![Method::Dense], "{isa}");
+            assert_eq!(p.winners(&first, w(0.0)), vec![Method::Dense], "{isa}");
         }
         // A deep layer: a Direct Conversion method for sparse inputs, never sparse-weight
         // with dense weights; and with AVX-512's GEMM, dense for dense inputs. (AVX2's GEMM
@@ -662,16 +728,16 @@ mod tests {
         let deep = ConvSpec::new(512, 15, 15, 512, [3, 3]).with_padding([1, 1, 1, 1]);
         for (isa, _) in COMPILED_IN {
             let profile = CostProfile::compiled_in(isa);
-            let winners = profile.winners(&deep, 0.0);
+            let winners = profile.winners(&deep, w(0.0));
             assert!(winners.contains(&Method::Im2Csoa), "{isa}: {winners:?}");
             assert!(
                 !winners.contains(&Method::SparseWeight),
                 "{isa}: {winners:?}"
             );
-            let costs = LayerCosts::new(&profile, &deep, 0.0, &MODELED);
+            let costs = LayerCosts::new(&profile, &deep, w(0.0), &MODELED);
             assert_ne!(costs.cheapest(0.8), Method::Dense, "{isa}");
         }
-        let avx512 = CostProfile::compiled_in(Isa::Avx512).winners(&deep, 0.0);
+        let avx512 = CostProfile::compiled_in(Isa::Avx512).winners(&deep, w(0.0));
         assert_eq!(avx512.first(), Some(&Method::Dense), "{avx512:?}");
     }
 
@@ -689,7 +755,8 @@ mod tests {
         let vgg = LayerSize::of(&vgg_block4());
         assert_eq!(vgg.panel_macs, vgg.macs);
         for (isa, _) in COMPILED_IN {
-            let costs = LayerCosts::new(&CostProfile::compiled_in(isa), &depthwise, 0.0, &MODELED);
+            let costs =
+                LayerCosts::new(&CostProfile::compiled_in(isa), &depthwise, w(0.0), &MODELED);
             for s in [0.0, 0.5, 0.9] {
                 assert_eq!(costs.cheapest(s), Method::Dense, "{isa} at {s}");
             }

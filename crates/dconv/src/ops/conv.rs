@@ -4,6 +4,7 @@
 
 use super::normalize::BatchNorm;
 use super::{conv_transpose, need_const_f32, required, Ctx};
+use crate::conv::select::WeightZeros;
 use crate::conv::{Activation, Conv, ConvSpec, Method};
 use crate::error::{Error, Result};
 use crate::plan::builder::{Builder, StepOp, Value};
@@ -259,17 +260,16 @@ impl Draft for ConvDraft {
     /// Prepares the methods the policy may pick and adds the step.
     fn finish(self: Box<Self>, b: &mut Builder, input: &Value) -> Result<Value> {
         let x = b.in_layout(input, Layout::ChannelsLast)?;
-        let zeros = self.weights.iter().filter(|&&w| w == 0.0).count();
-        let weight_sparsity = zeros as f64 / self.weights.len().max(1) as f64;
-        let nonzeros = self.weights.len() - zeros;
-        let prepared = methods_to_prepare(b, &self.spec, weight_sparsity, nonzeros)?;
+        let zeros = WeightZeros::of(&self.spec, &self.weights);
+        let nonzeros = self.weights.iter().filter(|&&w| w != 0.0).count();
+        let prepared = methods_to_prepare(b, &self.spec, zeros, nonzeros)?;
         let methods =
             Conv::prepare_methods(&self.spec, &self.weights, Some(&self.bias), &prepared)?;
         let methods = b.memory.fit_scratch(methods)?;
         let kept = methods.iter().map(Conv::method).collect::<Vec<_>>();
-        let choice = b.selection.choice(&self.spec, weight_sparsity, &kept);
+        let choice = b.selection.choice(&self.spec, zeros, &kept);
         let counts_zeros = self.spec.activation != Activation::None;
-        let step = ConvStep::new(methods, choice, weight_sparsity, nonzeros, counts_zeros);
+        let step = ConvStep::new(methods, choice, zeros, nonzeros, counts_zeros);
         let src = b.src(&x);
         b.push(
             vec![src],
@@ -286,10 +286,10 @@ impl Draft for ConvDraft {
 fn methods_to_prepare(
     b: &mut Builder,
     spec: &ConvSpec,
-    weight_sparsity: f64,
+    weights: WeightZeros,
     nonzeros: usize,
 ) -> Result<Vec<Method>> {
-    let mut methods = b.selection.methods(spec, weight_sparsity);
+    let mut methods = b.selection.methods(spec, weights);
     if b.selection.lean && methods.len() > 1 {
         let leanest = methods
             .iter()
@@ -321,8 +321,9 @@ mod tests {
     fn a_lean_plan_prepares_the_leanest_method() {
         let spec = ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1; 4]);
         let nonzeros = spec.weight_len().unwrap() / 10;
+        let pruned = WeightZeros::unstructured(0.9);
         let auto = Selection::default();
-        let methods = auto.methods(&spec, 0.9);
+        let methods = auto.methods(&spec, pruned);
         assert!(methods.len() > 1, "{methods:?}");
         let bytes = |m: Method| m.prepared_bytes(&spec, nonzeros);
         let leanest = methods.iter().copied().min_by_key(|&m| bytes(m)).unwrap();
@@ -331,23 +332,23 @@ mod tests {
 
         let mut plain = Builder::new(auto, all);
         assert_eq!(
-            methods_to_prepare(&mut plain, &spec, 0.9, nonzeros).unwrap(),
+            methods_to_prepare(&mut plain, &spec, pruned, nonzeros).unwrap(),
             methods
         );
         assert_eq!(plain.memory.prepared_bytes, all);
         assert!(plain.memory.notes.is_empty());
         let mut short = Builder::new(auto, all - 1);
-        assert!(methods_to_prepare(&mut short, &spec, 0.9, nonzeros).is_err());
+        assert!(methods_to_prepare(&mut short, &spec, pruned, nonzeros).is_err());
 
         let lean = Selection { lean: true, ..auto };
         let mut thin = Builder::new(lean, bytes(leanest));
         assert_eq!(
-            methods_to_prepare(&mut thin, &spec, 0.9, nonzeros).unwrap(),
+            methods_to_prepare(&mut thin, &spec, pruned, nonzeros).unwrap(),
             [leanest]
         );
         assert_eq!(thin.memory.prepared_bytes, bytes(leanest));
         assert_eq!(thin.memory.notes.len(), 1);
         let mut over = Builder::new(lean, bytes(leanest) - 1);
-        assert!(methods_to_prepare(&mut over, &spec, 0.9, nonzeros).is_err());
+        assert!(methods_to_prepare(&mut over, &spec, pruned, nonzeros).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 use super::kernel::ELEMENTS_PER_TASK;
 use super::policy::{Choice, Selection};
+use crate::conv::select::WeightZeros;
 use crate::conv::{Conv, Method, Workspace};
 use crate::error::{Error, Result};
 use crate::kernels::multiversion::vectorized;
@@ -13,7 +14,7 @@ use rayon::prelude::*;
 pub(crate) struct ConvStep {
     methods: Vec<Conv>,
     choice: Choice,
-    weight_sparsity: f64,
+    weights: WeightZeros,
     /// Non-zero weights, which the sparse-weight method's packed size follows.
     nonzeros: usize,
     /// Whether a fused ReLU makes the output sparse enough to be worth counting.
@@ -24,14 +25,14 @@ impl ConvStep {
     pub fn new(
         methods: Vec<Conv>,
         choice: Choice,
-        weight_sparsity: f64,
+        weights: WeightZeros,
         nonzeros: usize,
         counts_zeros: bool,
     ) -> Self {
         ConvStep {
             methods,
             choice,
-            weight_sparsity,
+            weights,
             nonzeros,
             counts_zeros,
         }
@@ -128,14 +129,19 @@ impl ConvStep {
         self.methods.retain(|c| kept.contains(&c.method()));
         if let Choice::Cheapest(_) = self.choice {
             let spec = *self.methods[0].spec();
-            self.choice = selection.choice(&spec, self.weight_sparsity, &kept);
+            self.choice = selection.choice(&spec, self.weights, &kept);
         }
         dropped
     }
 
     /// Fraction of zero weights (after BatchNormalization folding).
     pub fn weight_sparsity(&self) -> f64 {
-        self.weight_sparsity
+        self.weights.sparsity
+    }
+
+    /// What the cost model knows of the weights' zeros.
+    pub fn weight_zeros(&self) -> WeightZeros {
+        self.weights
     }
 
     /// The methods prepared for this convolution.

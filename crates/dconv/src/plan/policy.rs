@@ -1,6 +1,6 @@
 //! [`Policy`]: how each convolution of a model picks its method.
 
-use crate::conv::select::{CostProfile, LayerCosts, MODELED};
+use crate::conv::select::{CostProfile, LayerCosts, WeightZeros, MODELED};
 use crate::conv::{ConvSpec, Method};
 use crate::error::{Error, Result};
 use std::fmt;
@@ -70,28 +70,25 @@ pub(crate) struct Selection {
 }
 
 impl Selection {
-    /// The methods to prepare for a layer with this weight sparsity.
-    pub fn methods(&self, spec: &ConvSpec, weight_sparsity: f64) -> Vec<Method> {
+    /// The methods to prepare for a layer with these weights.
+    pub fn methods(&self, spec: &ConvSpec, weights: WeightZeros) -> Vec<Method> {
         match self.policy {
             _ if self.prepare_every_method => MODELED.to_vec(),
             Policy::Force(m) => vec![m],
-            Policy::Auto => self.profile.winners(spec, weight_sparsity),
+            Policy::Auto => self.profile.winners(spec, weights),
         }
     }
 
     /// How the layer picks among its `prepared` methods at run time: by the input's
     /// sparsity only when there is a choice, since counting the zeros of an input that no
     /// producer counted is a pass over it (a small layer's whole time, on MobileNets).
-    pub fn choice(&self, spec: &ConvSpec, weight_sparsity: f64, prepared: &[Method]) -> Choice {
+    pub fn choice(&self, spec: &ConvSpec, weights: WeightZeros, prepared: &[Method]) -> Choice {
         match (self.policy, prepared) {
             (Policy::Force(m), _) => Choice::Fixed(m),
             (Policy::Auto, &[only]) => Choice::Fixed(only),
-            (Policy::Auto, _) => Choice::Cheapest(LayerCosts::new(
-                &self.profile,
-                spec,
-                weight_sparsity,
-                prepared,
-            )),
+            (Policy::Auto, _) => {
+                Choice::Cheapest(LayerCosts::new(&self.profile, spec, weights, prepared))
+            }
         }
     }
 }
@@ -127,7 +124,7 @@ mod tests {
     fn auto_picks_among_what_it_prepares() {
         let spec = ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1, 1, 1, 1]);
         let auto = Selection::default();
-        for weights in [0.0, 0.5, 0.9] {
+        for weights in [0.0, 0.5, 0.9].map(WeightZeros::unstructured) {
             let prepared = auto.methods(&spec, weights);
             let choice = auto.choice(&spec, weights, &prepared);
             for step in 0..=10 {
@@ -139,17 +136,29 @@ mod tests {
             policy: Policy::Force(Method::Dense),
             ..Selection::default()
         };
-        assert_eq!(dense.methods(&spec, 0.9), vec![Method::Dense]);
+        assert_eq!(
+            dense.methods(&spec, WeightZeros::unstructured(0.9)),
+            vec![Method::Dense]
+        );
         let every = Selection {
             prepare_every_method: true,
             ..dense
         };
-        assert_eq!(every.methods(&spec, 0.0), MODELED.to_vec());
-        assert!(!dense.choice(&spec, 0.0, &[Method::Dense]).needs_sparsity());
+        assert_eq!(
+            every.methods(&spec, WeightZeros::unstructured(0.0)),
+            MODELED.to_vec()
+        );
+        assert!(!dense
+            .choice(&spec, WeightZeros::unstructured(0.0), &[Method::Dense])
+            .needs_sparsity());
         // Auto with one method left to pick needs no sparsity either; with two it does.
-        assert!(!auto.choice(&spec, 0.0, &[Method::Dense]).needs_sparsity());
+        assert!(!auto
+            .choice(&spec, WeightZeros::unstructured(0.0), &[Method::Dense])
+            .needs_sparsity());
         let two = [Method::Dense, Method::Im2Csr];
-        assert!(auto.choice(&spec, 0.0, &two).needs_sparsity());
+        assert!(auto
+            .choice(&spec, WeightZeros::unstructured(0.0), &two)
+            .needs_sparsity());
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! every method prepared; at each convolution a [`Probe`] times all of them, interleaved,
 //! before the run goes on.
 
-use crate::conv::select::LayerCosts;
+use crate::conv::select::{LayerCosts, WeightZeros};
 use crate::conv::{ConvSpec, Method, Workspace};
 use crate::error::Result;
 use crate::plan::conv_step::{zero_fraction, ConvStep};
@@ -30,8 +30,9 @@ pub struct LayerAnalysis {
     pub spec: ConvSpec,
     /// Fraction of zeros of the input this layer saw.
     pub input_sparsity: f64,
-    /// Fraction of zero weights (after BatchNormalization folding).
-    pub weight_sparsity: f64,
+    /// Its weights' zeros (after BatchNormalization folding): how many, and how its
+    /// filters share them in pairs.
+    pub weights: WeightZeros,
     /// Multiply-adds of the dense convolution.
     pub macs: u64,
     /// The method `auto` picks for this input.
@@ -113,14 +114,14 @@ impl<'a> Probe<'a> {
         let costs = LayerCosts::new(
             &self.selection.profile,
             &spec,
-            conv.weight_sparsity(),
+            conv.weight_zeros(),
             &methods,
         );
         self.layers.push(LayerAnalysis {
             name: name.to_string(),
             spec,
             input_sparsity: sparsity,
-            weight_sparsity: conv.weight_sparsity(),
+            weights: conv.weight_zeros(),
             macs: spec.macs().unwrap_or(0),
             auto: conv.choose(input, Some(sparsity)),
             methods: methods

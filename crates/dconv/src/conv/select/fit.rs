@@ -2,7 +2,10 @@
 //! error (a 0.2 ms layer matters as much as a 50 ms one), with every coefficient but the
 //! signed one kept ≥ 0 by dropping the most negative and refitting.
 
-use super::{term_is_signed, term_names, term_values, CostProfile, LayerSize, MAX_TERMS, MODELED};
+use super::{
+    term_is_signed, term_names, term_values, CostProfile, LayerSize, WeightZeros, MAX_TERMS,
+    MODELED,
+};
 use crate::conv::{ConvSpec, Method};
 use crate::error::{Error, Result};
 
@@ -12,7 +15,7 @@ pub struct Sample {
     pub method: Method,
     pub spec: ConvSpec,
     pub input_sparsity: f64,
-    pub weight_sparsity: f64,
+    pub weights: WeightZeros,
     pub nanos: f64,
 }
 
@@ -50,7 +53,7 @@ impl Sample {
             self.method,
             &LayerSize::of(&self.spec),
             1.0 - self.input_sparsity,
-            1.0 - self.weight_sparsity,
+            self.weights,
         )
     }
 }
@@ -176,14 +179,20 @@ mod tests {
         let mut samples = Vec::new();
         for spec in shapes {
             for s_in in [0.0, 0.3, 0.6, 0.9] {
-                for s_w in [0.0, 0.5, 0.9] {
+                // Weights of each kind: unstructured, and pruned in pairs of filters.
+                let twins = WeightZeros {
+                    sparsity: 0.7,
+                    twin_share: Some(0.5),
+                };
+                let unstructured = [0.0, 0.5, 0.9].map(WeightZeros::unstructured);
+                for weights in unstructured.into_iter().chain([twins]) {
                     for method in MODELED {
-                        let nanos = truth.predict(method, &spec, s_in, s_w).unwrap();
+                        let nanos = truth.predict(method, &spec, s_in, weights).unwrap();
                         samples.push(Sample {
                             method,
                             spec,
                             input_sparsity: s_in,
-                            weight_sparsity: s_w,
+                            weights,
                             nanos,
                         });
                     }
@@ -193,7 +202,7 @@ mod tests {
         let fitted = fit(&samples, 1).unwrap();
         for s in &samples {
             let p = fitted
-                .predict(s.method, &s.spec, s.input_sparsity, s.weight_sparsity)
+                .predict(s.method, &s.spec, s.input_sparsity, s.weights)
                 .unwrap();
             assert!((p - s.nanos).abs() < 1e-3 * s.nanos, "{s:?}: predicted {p}");
         }

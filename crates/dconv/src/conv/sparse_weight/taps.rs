@@ -34,14 +34,14 @@ pub(super) enum FilterTaps {
 /// multiply-adds.
 const TWIN_UNION_TENTHS: usize = 6;
 
-/// Whether the filters of each group, in pairs `(2k, 2k + 1)`, share their zeros closely
-/// enough to keep one list per pair ([`TWIN_UNION_TENTHS`]): true of weights pruned in
-/// blocks of output channels, and of dense weights; never of a group of an odd number of
-/// filters.
-pub(super) fn filters_share_zeros(spec: &ConvSpec, weights: &[f32]) -> bool {
+/// Where the filters of each group, in pairs `(2k, 2k + 1)`, share their zeros closely
+/// enough to keep one list per pair ([`TWIN_UNION_TENTHS`]), the places of those lists per
+/// non-zero weight (1/2 where the zeros coincide): true of weights pruned in blocks of
+/// output channels, and of dense weights; never of a group of an odd number of filters.
+pub(crate) fn twin_share(spec: &ConvSpec, weights: &[f32]) -> Option<f64> {
     let filter_len = spec.channels_per_group() * spec.kernel[0] * spec.kernel[1];
     if !spec.filters_per_group().is_multiple_of(2) || filter_len == 0 {
-        return false;
+        return None;
     }
     let (mut nonzeros, mut union) = (0, 0);
     for pair in weights.chunks_exact(2 * filter_len) {
@@ -51,7 +51,8 @@ pub(super) fn filters_share_zeros(spec: &ConvSpec, weights: &[f32]) -> bool {
             union += usize::from(x != 0.0 || y != 0.0);
         }
     }
-    nonzeros > 0 && union * 10 <= nonzeros * TWIN_UNION_TENTHS
+    (nonzeros > 0 && union * 10 <= nonzeros * TWIN_UNION_TENTHS)
+        .then(|| union as f64 / nonzeros as f64)
 }
 
 impl FilterTaps {
