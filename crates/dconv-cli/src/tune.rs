@@ -163,29 +163,18 @@ fn measure_all(plan: &Plan, seed: u64) -> Result<Vec<Sample>, Failure> {
         let weight_len = spec.weight_len().map_err(|e| Failure::Run(e.to_string()))?;
         let dense_weights = synth::random_sparse(weight_len, 0.0, &mut rng);
         let convs = prepare(spec, &dense_weights, &input_sweep())?;
+        let dense = WeightZeros::of(spec, &dense_weights);
+        let runs = plan.runs;
         for &s_in in plan.input_sparsities {
             let input = activations(spec, s_in, &mut rng);
-            let zeros = WeightZeros::of(spec, &dense_weights);
-            samples.extend(time_point(
-                &convs,
-                &input,
-                zeros,
-                plan.runs,
-                &mut workspace,
-            )?);
+            samples.extend(time_point(&convs, &input, dense, runs, &mut workspace)?);
         }
         let input = activations(spec, WEIGHT_SWEEP_INPUT, &mut rng);
         for &s_w in plan.weight_sparsities {
             let weights = synth::random_sparse(weight_len, s_w, &mut rng);
             let convs = prepare(spec, &weights, &weight_sweep())?;
             let zeros = WeightZeros::of(spec, &weights);
-            samples.extend(time_point(
-                &convs,
-                &input,
-                zeros,
-                plan.runs,
-                &mut workspace,
-            )?);
+            samples.extend(time_point(&convs, &input, zeros, runs, &mut workspace)?);
         }
     }
     Ok(samples)
