@@ -235,6 +235,20 @@ mod tests {
         }
     }
 
+    /// Threads take bands of their own only when whole tile rows share out evenly: at 14 x
+    /// 14, twin tiles of 5 rows make 3 tile rows on AVX2, one thread's twice the other's, so
+    /// two threads share each band; single tiles of 7 rows make 2, one each.
+    #[test]
+    fn threads_share_bands_where_tile_rows_split_unevenly() {
+        let spec = ConvSpec::new(64, 14, 14, 64, [3, 3]).with_padding([1; 4]);
+        for (twins, tile_rows, groups) in [(true, 3, 1), (false, 2, 2)] {
+            let conv = blocked(spec, Isa::Avx2, &CacheSizes::TUNED_ON, twins);
+            assert_eq!(conv.grid.tiles_y, tile_rows, "twins {twins}");
+            assert_eq!(conv.run_shape(2).groups, groups, "twins {twins}");
+            assert_eq!(conv.run_shape(1).groups, 1);
+        }
+    }
+
     /// The shape of `sparse_weight_with_a_folded_last_column` (in
     /// tests/methods_match_reference.rs) folds its last column of tiles on every ISA; the
     /// VGG-16 sizes that fold are the 56-wide ones.

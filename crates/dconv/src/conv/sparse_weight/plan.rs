@@ -244,8 +244,12 @@ impl SparseWeight {
     pub(super) fn run_shape(&self, threads: usize) -> RunShape {
         let s = &self.spec;
         // With enough tile rows, each thread takes whole bands of its own: no wait per band,
-        // and no thread reads planes another converted. Otherwise they share each band.
-        let own = threads > 1 && self.grid.tiles_y >= threads;
+        // and no thread reads planes another converted. Otherwise, or where whole tile rows
+        // would leave one thread an eighth more than its share (3 tile rows on 2 threads:
+        // twice the other's), they share each band.
+        let tiles_y = self.grid.tiles_y;
+        let even = tiles_y.div_ceil(threads) * threads * 8 <= tiles_y * 9;
+        let own = threads > 1 && tiles_y >= threads && even;
         let (g, groups, jobs) = if own {
             (self.bands[0], threads, 1)
         } else {
