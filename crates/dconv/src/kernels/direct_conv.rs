@@ -59,11 +59,14 @@ fn panel_of(panel: usize, taps: usize, padded: usize, m: usize) -> (usize, usize
 pub(crate) struct DirectBand<'a> {
     /// The zero-padded input (NHWC) of one image.
     pub input: &'a [f32],
-    /// Where the window of the band's pixel 0 starts in `input`.
+    /// Where the window of the first pixel of the band's first row starts in `input`.
     pub base: usize,
+    /// The column of the band's pixel 0 in that row: a band may start anywhere in a row,
+    /// so that bands can be whole tiles of pixels whatever the image's width.
+    pub first_column: usize,
     /// Floats between the windows of consecutive output pixels of a row (stride x channels).
     pub pixel_step: usize,
-    /// Output pixels per image row (the band's first pixel starts a row).
+    /// Output pixels per image row.
     pub row_pixels: usize,
     /// Floats between the windows of the first pixels of consecutive rows, at least
     /// `(row_pixels - 1) * pixel_step`, so that later pixels never have earlier windows.
@@ -100,7 +103,7 @@ struct Windows {
 impl Windows {
     fn new(band: &DirectBand) -> Self {
         Windows {
-            x: 0,
+            x: band.first_column,
             row_start: band.base,
         }
     }
@@ -164,7 +167,8 @@ impl DirectConv {
     /// If `at.filters` is 0 or above `at.stride`, `out` is too short for `at`, the bias is
     /// not a multiple of [`FILTER_ALIGN`] at least `at.filters` long, the weights are
     /// shorter than `taps.len() x bias.len()`, a row has no pixels or its step is too short
-    /// to keep the windows in order, or a tap of some pixel reads past the input.
+    /// to keep the windows in order, the first column is past the row, or a tap of some
+    /// pixel reads past the input.
     pub fn band(&self, band: &DirectBand, at: OutputPixels, out: &mut [f32]) -> usize {
         let mp = band.bias.len();
         let pixels = at.count;
@@ -194,11 +198,20 @@ impl DirectConv {
                     .is_some_and(|span| span <= band.row_step),
             "rows of pixels in order"
         );
+        assert!(
+            band.first_column < band.row_pixels,
+            "first pixel within its row"
+        );
         if let (Some(last), Some(&reach)) = (pixels.checked_sub(1), band.taps.iter().max()) {
-            // The last pixel's window is the furthest (row_step above).
-            let end = (last / band.row_pixels)
-                .checked_mul(band.row_step)
-                .zip((last % band.row_pixels).checked_mul(band.pixel_step))
+            // The last pixel's window is the furthest (row_step above); it lies `last` pixels
+            // on from the first row's column `first_column`.
+            let end = last
+                .checked_add(band.first_column)
+                .and_then(|at| {
+                    (at / band.row_pixels)
+                        .checked_mul(band.row_step)
+                        .zip((at % band.row_pixels).checked_mul(band.pixel_step))
+                })
                 .and_then(|(y, x)| y.checked_add(x))
                 .and_then(|v| v.checked_add(band.base))
                 .and_then(|v| v.checked_add(reach as usize));
@@ -504,9 +517,13 @@ mod tests {
             ] {
                 let mp = filters.next_multiple_of(FILTER_ALIGN);
                 // Rows of 5 pixels, 7 floats apart (a gap of 1 between rows), so that tiles
-                // span rows.
+                // span rows; the band starts at some column of its first row.
                 let (step, row_pixels, row_step) = (3, 5, 16);
-                let window = |p: usize| 2 + p / row_pixels * row_step + p % row_pixels * step;
+                let first_column = (pixels + taps_len) % row_pixels;
+                let window = |p: usize| {
+                    let at = first_column + p;
+                    2 + at / row_pixels * row_step + at % row_pixels * step
+                };
                 let taps: Vec<u32> = (0..taps_len)
                     .map(|_| (rng.next_u64() % 40) as u32)
                     .collect();
@@ -525,6 +542,7 @@ mod tests {
                 let band = DirectBand {
                     input: &input,
                     base: 2,
+                    first_column,
                     pixel_step: step,
                     row_pixels,
                     row_step,
@@ -565,47 +583,64 @@ mod tests {
         }
     }
 
-    #[test]
-    #[should_panic(expected = "taps read past the input")]
-    fn a_tap_past_the_input_panics() {
+    /// Runs the portable kernel on 16 zero filters over `pixels` pixels of `input`, in rows
+    /// `row_pixels` wide and `row_step` apart from `first_column` on, 3 floats between pixels.
+    fn run_band(input: &[f32], taps: &[u32], pixels: usize, rows: [usize; 3]) {
+        let [first_column, row_pixels, row_step] = rows;
+        let weights = vec![0.0; taps.len() * 16];
         let band = DirectBand {
-            input: &[0.0; 7],
+            input,
             base: 0,
+            first_column,
             pixel_step: 3,
-            row_pixels: 2,
-            row_step: 3,
-            taps: &[0, 4],
-            weights: &[0.0; 32],
+            row_pixels,
+            row_step,
+            taps,
+            weights: &weights,
             bias: &[0.0; 16],
             curve: None,
         };
         let at = OutputPixels {
-            count: 2,
+            count: pixels,
             filters: 16,
             stride: 16,
         };
-        DirectConv::for_isa(Isa::Portable).band(&band, at, &mut [0.0; 32]);
+        DirectConv::for_isa(Isa::Portable).band(&band, at, &mut vec![0.0; pixels * 16]);
+    }
+
+    #[test]
+    #[should_panic(expected = "taps read past the input")]
+    fn a_tap_past_the_input_panics() {
+        run_band(&[0.0; 7], &[0, 4], 2, [0, 2, 3]);
+    }
+
+    /// The check follows a band that starts mid-row: from column 0 these two pixels' taps
+    /// end at 7, inside the input; from column 1 the second pixel wraps to the next row,
+    /// whose window is further on.
+    #[test]
+    fn the_input_check_follows_a_band_that_starts_mid_row() {
+        let run = |first_column| {
+            std::panic::catch_unwind(|| run_band(&[0.0; 8], &[0, 4], 2, [first_column, 2, 4]))
+        };
+        assert!(run(0).is_ok());
+        let message = run(1).expect_err("from column 1 the taps end at 8");
+        assert_eq!(
+            message.downcast_ref::<&str>(),
+            Some(&"taps read past the input")
+        );
+    }
+
+    /// A band whose first pixel lies past the end of its row would read windows the checks
+    /// did not cover.
+    #[test]
+    #[should_panic(expected = "first pixel within its row")]
+    fn a_first_column_past_the_row_panics() {
+        run_band(&[0.0; 64], &[0], 1, [4, 4, 12]);
     }
 
     #[test]
     #[should_panic(expected = "rows of pixels in order")]
     fn rows_that_overlap_panic() {
-        let band = DirectBand {
-            input: &[0.0; 64],
-            base: 0,
-            pixel_step: 3,
-            row_pixels: 4,
-            row_step: 8,
-            taps: &[0],
-            weights: &[0.0; 16],
-            bias: &[0.0; 16],
-            curve: None,
-        };
-        let at = OutputPixels {
-            count: 8,
-            filters: 16,
-            stride: 16,
-        };
-        DirectConv::for_isa(Isa::Portable).band(&band, at, &mut [0.0; 128]);
+        run_band(&[0.0; 64], &[0], 8, [0, 4, 8]);
     }
 }
