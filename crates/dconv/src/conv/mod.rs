@@ -93,23 +93,61 @@ impl Epilogue {
         first: usize,
     ) -> usize {
         let bias = &self.bias[first..first + width];
-        // One loop per activation, so that each vectorises, at the width of the ISA.
-        vectorized(
-            self.isa,
-            #[inline(always)]
-            || match self.activation.curve() {
-                None => finish_rows(pixels, stride, bias, |x| x),
-                Some(c) if c == Curve::clamp(0.0, f32::INFINITY) => {
-                    finish_rows(pixels, stride, bias, |x| x.max(0.0))
-                }
-                Some(c) if c.is_plain_clamp() => {
-                    finish_rows(pixels, stride, bias, |x| x.max(c.lo).min(c.hi))
-                }
-                Some(c) => finish_rows(pixels, stride, bias, |x| c.apply(x)),
-            },
-        )
+        with_row_curve!(self, |f| finish_rows(pixels, stride, bias, f))
+    }
+
+    /// As [`apply_rows`](Self::apply_rows), reading the sums from `sums` (rows
+    /// `sums_stride` apart, the channels at their start) instead of `pixels`: the staged
+    /// sums of a tile finished and stored in one pass, where a copy and then `apply_rows`
+    /// read and wrote the output twice.
+    pub fn apply_rows_from(
+        &self,
+        (sums, sums_stride): (&[f32], usize),
+        pixels: &mut [f32],
+        stride: usize,
+        width: usize,
+        first: usize,
+    ) -> usize {
+        let bias = &self.bias[first..first + width];
+        with_row_curve!(self, |f| finish_rows_from(
+            (sums, sums_stride),
+            pixels,
+            stride,
+            bias,
+            f
+        ))
     }
 }
+
+/// Runs `$body` with `$f` bound to the epilogue's activation as a plain closure, one match
+/// arm per kind, so that each arm's loop vectorises, at the width of the epilogue's ISA.
+macro_rules! with_row_curve {
+    ($epilogue:expr, |$f:ident| $body:expr) => {
+        vectorized(
+            $epilogue.isa,
+            #[inline(always)]
+            || match $epilogue.activation.curve() {
+                None => {
+                    let $f = |x: f32| x;
+                    $body
+                }
+                Some(c) if c == Curve::clamp(0.0, f32::INFINITY) => {
+                    let $f = |x: f32| x.max(0.0);
+                    $body
+                }
+                Some(c) if c.is_plain_clamp() => {
+                    let $f = |x: f32| x.max(c.lo).min(c.hi);
+                    $body
+                }
+                Some(c) => {
+                    let $f = |x: f32| c.apply(x);
+                    $body
+                }
+            },
+        )
+    };
+}
+use with_row_curve;
 
 /// `row[i] = f(row[i] + bias[i])` for the first `bias.len()` floats of each `stride`-float
 /// row of `pixels`, returning how many results are exactly zero. The count is per row in 32
@@ -123,6 +161,30 @@ fn finish_rows(pixels: &mut [f32], stride: usize, bias: &[f32], f: impl Fn(f32) 
             .zip(bias)
             .fold(0u32, |zeros, (o, b)| {
                 *o = f(*o + b);
+                zeros + (*o == 0.0) as u32
+            }) as usize;
+    }
+    zeros
+}
+
+/// `row[i] = f(sums[i] + bias[i])` over the rows of `pixels` and of `sums` in turn, counted
+/// as [`finish_rows`] counts.
+#[inline(always)]
+fn finish_rows_from(
+    (sums, sums_stride): (&[f32], usize),
+    pixels: &mut [f32],
+    stride: usize,
+    bias: &[f32],
+    f: impl Fn(f32) -> f32,
+) -> usize {
+    let mut zeros = 0;
+    for (row, sums) in pixels.chunks_mut(stride).zip(sums.chunks(sums_stride)) {
+        zeros += row[..bias.len()]
+            .iter_mut()
+            .zip(&sums[..bias.len()])
+            .zip(bias)
+            .fold(0u32, |zeros, ((o, s), b)| {
+                *o = f(s + b);
                 zeros + (*o == 0.0) as u32
             }) as usize;
     }

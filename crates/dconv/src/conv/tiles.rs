@@ -60,8 +60,8 @@ pub(crate) fn ensure_tiles<S: Default>(scratch: &mut Vec<S>, tiles: usize) {
 }
 
 /// The sums of one tile of output rows while they are accumulated, block of output channels
-/// by block: each block's rows lie contiguously in a cache-aligned spill, and are copied into
-/// the NHWC output at the end. (Rows of the output lie a power-of-two apart and start
+/// by block: each block's rows lie contiguously in a cache-aligned spill, and are finished
+/// into the NHWC output at the end. (Rows of the output lie a power-of-two apart and start
 /// wherever the caller's buffer does; the spill's rows are neither, and a block narrower than
 /// the panel, the last of a group, cannot write past its columns.)
 #[derive(Default)]
@@ -94,20 +94,29 @@ impl TileSums {
         &mut self.spill.as_mut_slice()[block * len..][..len]
     }
 
-    /// Copies the sums into the columns of group `g` (of `per_group` output channels) of
-    /// `out`, whose rows are `row_len` long.
-    pub fn end(&self, out: &mut [f32], row_len: usize, g: usize, per_group: usize) {
+    /// Finishes the sums by `epilogue` into the columns of group `g` (of `per_group` output
+    /// channels) of `out`, whose rows are `row_len` long; returns how many are exactly zero.
+    pub fn finish(
+        &self,
+        out: &mut [f32],
+        row_len: usize,
+        (g, per_group): (usize, usize),
+        epilogue: &Epilogue,
+    ) -> usize {
         let len = self.rows * self.width;
+        let mut zeros = 0;
         for (block, sums) in self.spill.as_slice().chunks_exact(len).enumerate() {
             let first = g * per_group + block * self.width;
-            let columns = first..(first + self.width).min((g + 1) * per_group);
-            for (row, sums) in out
-                .chunks_exact_mut(row_len)
-                .zip(sums.chunks_exact(self.width))
-            {
-                row[columns.clone()].copy_from_slice(&sums[..columns.len()]);
-            }
+            let width = self.width.min((g + 1) * per_group - first);
+            zeros += epilogue.apply_rows_from(
+                (sums, self.width),
+                &mut out[first..],
+                row_len,
+                width,
+                first,
+            );
         }
+        zeros
     }
 }
 
@@ -118,8 +127,8 @@ pub(crate) trait Tile: Send {
 
 /// The frame of a sparse-activation multiply of group `g`: tasks of whole runs of tiles
 /// (`split` is `task_tiles`' answer), forked once, in parallel. Each task zeroes its tiles'
-/// sums, lets `body` accumulate them, copies them into the image's NHWC output `out` and
-/// applies the epilogue to the group's channels while those rows are in cache. Each task
+/// sums, lets `body` accumulate them, and finishes them by the epilogue into the group's
+/// channels of the image's NHWC output `out` while they are in cache. Each task
 /// walks the blocks and chunks of the weights itself, so no thread waits for the others
 /// between them. Returns how many outputs are zero.
 pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
@@ -133,7 +142,6 @@ pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
 ) -> usize {
     let (m, mg) = (spec.filters, spec.filters_per_group());
     let (width, blocks) = (WeightPanels::<NB>::WIDTH, panels.blocks());
-    let first = g * mg;
     out.par_chunks_mut(per_task * tile * m)
         .zip(tiles.par_chunks_mut(per_task))
         .map(|(out, task)| {
@@ -141,12 +149,10 @@ pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
                 t.sums().begin(out.len() / m, blocks, width);
             }
             body(task);
-            let mut zeros = 0;
-            for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
-                t.sums().end(out, m, g, mg);
-                zeros += epilogue.apply_rows(&mut out[first..], m, mg, first);
-            }
-            zeros
+            out.chunks_mut(tile * m)
+                .zip(task.iter_mut())
+                .map(|(out, t)| t.sums().finish(out, m, (g, mg), epilogue))
+                .sum::<usize>()
         })
         .sum()
 }
