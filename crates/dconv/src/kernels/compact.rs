@@ -3,8 +3,9 @@
 //!
 //! With AVX-512, sixteen values at a time: a compare gives the mask of non-zeros, and the
 //! compress instructions pack their values and indices to the front of a register, which a
-//! store masked to their count writes. Elsewhere, a portable loop with no data-dependent
-//! branch.
+//! store masked to their count writes. AVX2 has no compress: eight values at a time, the
+//! mask looks up the lanes of its non-zeros in a table, and a lane permute packs them.
+//! Elsewhere, a portable loop with no data-dependent branch.
 
 use super::Isa;
 
@@ -25,8 +26,13 @@ impl Compaction {
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 if isa.is_supported() => Compaction {
-                compact: x86::compact_avx512_checked,
-                count: x86::count_avx512_checked,
+                compact: x86::avx512::checked,
+                count: x86::avx512::count_checked,
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 if isa.is_supported() => Compaction {
+                compact: x86::avx2::checked,
+                count: x86::avx2::count_checked,
             },
             _ => Compaction {
                 compact: compact_portable,
@@ -88,89 +94,166 @@ fn compact_portable(
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// The mask of the non-zeros (NaN included, like `v != 0.0`) among 16 values.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn nonzero_mask(v: __m512) -> __mmask16 {
-        _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v, _mm512_setzero_ps())
+    /// A compaction and a count for one instruction set, `$lanes` values at a time in a
+    /// `$vec`, from `$mask` (the mask of the non-zeros of `v`, NaN included, like `v != 0.0`)
+    /// and `$store` (writes the values of `v` under `mask`, `count` of them, and their
+    /// indices from `index` on, packed to `val_at` and `idx_at`, where `room` >= `count`
+    /// lanes are left).
+    macro_rules! compaction {
+        ($compact:ident, $feature:literal, $lanes:literal, $vec:ty, load: $load:ident,
+         mask: |$v:ident| $mask:expr,
+         store: |$sv:ident, $smask:ident, $scount:ident, $sindex:ident, $sval:ident, $sidx:ident,
+                 $sroom:ident| $store:block) => {
+            pub(super) mod $compact {
+                use super::*;
+
+                /// The compaction as a safe fn, for [`super::super::Compaction`].
+                pub fn checked(
+                    src: &[f32],
+                    first: u32,
+                    idx: &mut [u32],
+                    val: &mut [f32],
+                    at: usize,
+                ) -> usize {
+                    // SAFETY: reachable only through a `Compaction` that `for_isa` built
+                    // after finding the feature on this CPU.
+                    unsafe { compact(src, first, idx, val, at) }
+                }
+
+                /// The count as a safe fn, for [`super::super::Compaction`].
+                pub fn count_checked(src: &[f32]) -> usize {
+                    // SAFETY: as for `checked`.
+                    unsafe { count(src) }
+                }
+
+                #[inline]
+                #[target_feature(enable = $feature)]
+                fn nonzero_mask($v: $vec) -> u32 {
+                    $mask
+                }
+
+                /// # Safety
+                /// SAFETY: the CPU must have the feature.
+                #[target_feature(enable = $feature)]
+                unsafe fn compact(
+                    src: &[f32],
+                    first: u32,
+                    idx: &mut [u32],
+                    val: &mut [f32],
+                    mut at: usize,
+                ) -> usize {
+                    let room = idx.len().min(val.len());
+                    if at > room {
+                        return super::super::compact_portable(src, first, idx, val, at);
+                    }
+                    let mut blocks = src.chunks_exact($lanes);
+                    let mut index = first;
+                    for block in blocks.by_ref() {
+                        // SAFETY: `block` holds `$lanes` floats.
+                        let v = unsafe { $load(block.as_ptr()) };
+                        let mask = nonzero_mask(v);
+                        let count = mask.count_ones() as usize;
+                        if count > room - at {
+                            // Out of room: the portable loop drops what does not fit.
+                            let done = index.wrapping_sub(first) as usize;
+                            return super::super::compact_portable(
+                                &src[done..],
+                                index,
+                                idx,
+                                val,
+                                at,
+                            );
+                        }
+                        let ($sv, $smask, $scount, $sindex, $sroom) =
+                            (v, mask, count, index, room - at);
+                        let ($sval, $sidx) = (
+                            val.as_mut_ptr().wrapping_add(at),
+                            idx.as_mut_ptr().wrapping_add(at),
+                        );
+                        // SAFETY: `at + count <= room` (checked above; `at <= room` on entry
+                        // and after every block): the store writes `count` lanes, or all
+                        // `$lanes` where `room - at` holds them, inside both buffers.
+                        unsafe { $store };
+                        at += count;
+                        index = index.wrapping_add($lanes);
+                    }
+                    super::super::compact_portable(blocks.remainder(), index, idx, val, at)
+                }
+
+                /// # Safety
+                /// SAFETY: the CPU must have the feature.
+                #[target_feature(enable = $feature)]
+                unsafe fn count(src: &[f32]) -> usize {
+                    let mut blocks = src.chunks_exact($lanes);
+                    let mut count = 0;
+                    for block in blocks.by_ref() {
+                        // SAFETY: `block` holds `$lanes` floats.
+                        let v = unsafe { $load(block.as_ptr()) };
+                        count += nonzero_mask(v).count_ones() as usize;
+                    }
+                    count + super::super::count_portable(blocks.remainder())
+                }
+            }
+        };
     }
 
-    /// [`compact_avx512`] as a safe fn, for [`super::Compaction`].
-    pub(super) fn compact_avx512_checked(
-        src: &[f32],
-        first: u32,
-        idx: &mut [u32],
-        val: &mut [f32],
-        at: usize,
-    ) -> usize {
-        // SAFETY: reachable only through a `Compaction` that `for_isa` built after finding
-        // AVX-512F on this CPU.
-        unsafe { compact_avx512(src, first, idx, val, at) }
-    }
-
-    /// [`count_avx512`] as a safe fn, for [`super::Compaction`].
-    pub(super) fn count_avx512_checked(src: &[f32]) -> usize {
-        // SAFETY: as for `compact_avx512_checked`.
-        unsafe { count_avx512(src) }
-    }
-
-    /// # Safety
-    /// SAFETY: the CPU must have AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn compact_avx512(
-        src: &[f32],
-        first: u32,
-        idx: &mut [u32],
-        val: &mut [f32],
-        mut at: usize,
-    ) -> usize {
-        let room = idx.len().min(val.len());
-        if at > room {
-            return super::compact_portable(src, first, idx, val, at);
-        }
+    // The compress instructions pack the non-zeros' values and indices to the front of a
+    // register, which a store masked to their count writes.
+    compaction!(avx512, "avx512f,popcnt", 16, __m512, load: _mm512_loadu_ps,
+    mask: |v| _mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(v, _mm512_setzero_ps()) as u32,
+    store: |v, mask, count, index, val_at, idx_at, _room| {
+        let mask = mask as __mmask16;
         let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-        let mut blocks = src.chunks_exact(16);
-        let mut index = first;
-        for block in blocks.by_ref() {
-            // SAFETY: `block` holds 16 floats.
-            let v = unsafe { _mm512_loadu_ps(block.as_ptr()) };
-            let mask = nonzero_mask(v);
-            let count = mask.count_ones() as usize;
-            if count > room - at {
-                // Out of room: the portable loop drops what does not fit.
-                let done = index.wrapping_sub(first) as usize;
-                return super::compact_portable(&src[done..], index, idx, val, at);
-            }
-            let packed_vals = _mm512_maskz_compress_ps(mask, v);
-            let ids = _mm512_add_epi32(lanes, _mm512_set1_epi32(index as i32));
-            let packed_ids = _mm512_maskz_compress_epi32(mask, ids);
-            let store = ((1u32 << count) - 1) as __mmask16;
-            // SAFETY: `at + count <= room` (checked above; `at <= room` on entry and after
-            // every block), so the `count` lanes the mask stores lie in both buffers, and
-            // masked-off lanes are neither written nor faulted.
-            unsafe {
-                _mm512_mask_storeu_ps(val.as_mut_ptr().add(at), store, packed_vals);
-                _mm512_mask_storeu_epi32(idx.as_mut_ptr().add(at).cast(), store, packed_ids);
-            }
-            at += count;
-            index = index.wrapping_add(16);
-        }
-        super::compact_portable(blocks.remainder(), index, idx, val, at)
-    }
+        let ids = _mm512_add_epi32(lanes, _mm512_set1_epi32(index as i32));
+        let store = ((1u32 << count) - 1) as __mmask16;
+        _mm512_mask_storeu_ps(val_at, store, _mm512_maskz_compress_ps(mask, v));
+        _mm512_mask_storeu_epi32(idx_at.cast(), store, _mm512_maskz_compress_epi32(mask, ids));
+    });
 
-    /// # Safety
-    /// SAFETY: the CPU must have AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn count_avx512(src: &[f32]) -> usize {
-        let mut blocks = src.chunks_exact(16);
-        let mut count = 0;
-        for block in blocks.by_ref() {
-            // SAFETY: `block` holds 16 floats.
-            let v = unsafe { _mm512_loadu_ps(block.as_ptr()) };
-            count += nonzero_mask(v).count_ones() as usize;
+    /// For each mask of eight lanes, the lanes of its set bits in order, four bits each from
+    /// the lowest: what a permute takes to pack those lanes to the front.
+    const PACKED_LANES: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut mask = 0;
+        while mask < 256 {
+            let (mut packed, mut kept, mut lane) = (0u32, 0, 0);
+            while lane < 8 {
+                if mask >> lane & 1 == 1 {
+                    packed |= lane << (4 * kept);
+                    kept += 1;
+                }
+                lane += 1;
+            }
+            table[mask as usize] = packed;
+            mask += 1;
         }
-        count + super::count_portable(blocks.remainder())
-    }
+        table
+    };
+
+    // No compress: the mask looks up the lanes of its non-zeros in PACKED_LANES and a lane
+    // permute packs them (their indices are the lanes plus `index`). Stored whole while
+    // eight lanes of room are left (the lanes past the non-zeros are overwritten by the
+    // next block), masked to the non-zeros after.
+    compaction!(avx2, "avx2,popcnt", 8, __m256, load: _mm256_loadu_ps,
+    mask: |v| _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(v, _mm256_setzero_ps())) as u32,
+    store: |v, mask, count, index, val_at, idx_at, room| {
+        let packed = _mm256_set1_epi32(PACKED_LANES[mask as usize] as i32);
+        let shifts = _mm256_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28);
+        let lanes = _mm256_and_si256(_mm256_srlv_epi32(packed, shifts), _mm256_set1_epi32(7));
+        let vals = _mm256_permutevar8x32_ps(v, lanes);
+        let ids = _mm256_add_epi32(lanes, _mm256_set1_epi32(index as i32));
+        if room >= 8 {
+            _mm256_storeu_ps(val_at, vals);
+            _mm256_storeu_si256(idx_at.cast(), ids);
+        } else {
+            let store = _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(count as i32),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            );
+            _mm256_maskstore_ps(val_at, store, vals);
+            _mm256_maskstore_epi32(idx_at.cast(), store, ids);
+        }
+    });
 }
 
 #[cfg(test)]
@@ -228,10 +311,14 @@ mod tests {
                     let kept = want_end.min(room);
                     for isa in Isa::supported() {
                         let compaction = Compaction::for_isa(isa);
-                        let mut got = (vec![0u32; room], vec![0f32; room]);
-                        let end = compaction.compact_nonzeros(&src, 3, &mut got.0, &mut got.1, at);
+                        // Buffers with sentinels past their end, which must stay untouched.
+                        let mut got = (vec![u32::MAX; room + 8], vec![f32::MAX; room + 8]);
+                        let (idx, val) = (&mut got.0[..room], &mut got.1[..room]);
+                        let end = compaction.compact_nonzeros(&src, 3, idx, val, at);
                         let case = format!("{isa}: {len} values, {percent_zero}% zero, at {at}");
                         assert_eq!(end, want_end, "{case}");
+                        assert!(got.0[room..].iter().all(|&i| i == u32::MAX), "{case}");
+                        assert!(got.1[room..].iter().all(|&v| v == f32::MAX), "{case}");
                         assert_eq!(
                             got.0[at.min(kept)..kept],
                             want.0[at.min(kept)..kept],
