@@ -42,6 +42,19 @@ const DIRECT_MAX_CHANNELS: usize = 4;
 /// GEMM's per-group products at 34 and 68 taps and was 7 % slower at 136; with fewer taps
 /// it wins outright (6 taps: 1.8x).
 const DIRECT_MAX_GROUP_TAPS_1X1: usize = 128;
+/// The same with the AVX2 kernel, whose tiles run across rows and bands are whole tiles: on a
+/// Zen 3 it matched the GEMM at 136 taps (14 x 14 and 28 x 28) and beat it from 256 on
+/// (1088 -> 272 in 4 groups at 7 x 7 13 % faster, 1024 -> 1024 at 14 x 14 12 %, 2048 ->
+/// 2048 at 7 x 7 24 %; ShuffleNet's convolutions 2-6 % less time in all).
+const DIRECT_MAX_GROUP_TAPS_1X1_AVX2: usize = 512;
+
+/// Taps per group up to which a grouped 1x1 layer takes the direct path with `isa`'s kernel.
+fn direct_max_group_taps_1x1(isa: Isa) -> usize {
+    match isa {
+        Isa::Avx2 => DIRECT_MAX_GROUP_TAPS_1X1_AVX2,
+        _ => DIRECT_MAX_GROUP_TAPS_1X1,
+    }
+}
 /// The same for the other kernels, whose GEMMs also lower or shift the input: 3x3 groups of
 /// 8 channels 2x faster, of 16 1.2x, of 24 1.03x, of 32 10-20 % slower.
 const DIRECT_MAX_GROUP_TAPS: usize = 224;
@@ -92,7 +105,7 @@ fn direct_applies(spec: &ConvSpec, isa: Isa) -> bool {
                 && panel_fits_l2(spec, DirectConv::for_isa(isa), &CacheSizes::detect()))
     } else {
         let most = if input_is_lowered(spec) {
-            DIRECT_MAX_GROUP_TAPS_1X1
+            direct_max_group_taps_1x1(isa)
         } else {
             DIRECT_MAX_GROUP_TAPS
         };
@@ -597,6 +610,21 @@ mod tests {
         for isa in [Isa::Avx512, Isa::Portable] {
             assert!(!direct_applies(&spec, isa), "{isa}");
             assert!(direct_applies(&small, isa), "{isa}");
+        }
+    }
+
+    /// Grouped 1x1 layers of 272 taps per group (ShuffleNet's last stage) go direct with
+    /// AVX2 only; of 96, with every kernel; of 640, with none.
+    #[test]
+    fn only_avx2_takes_wide_groups_direct() {
+        let grouped = |channels| ConvSpec::new(channels, 7, 7, 272, [1, 1]).with_groups(4);
+        assert!(direct_applies(&grouped(1088), Isa::Avx2));
+        for isa in [Isa::Avx512, Isa::Portable] {
+            assert!(!direct_applies(&grouped(1088), isa), "{isa}");
+        }
+        for isa in [Isa::Avx2, Isa::Avx512, Isa::Portable] {
+            assert!(direct_applies(&grouped(384), isa), "{isa}");
+            assert!(!direct_applies(&grouped(2560), isa), "{isa}");
         }
     }
 
