@@ -55,6 +55,35 @@ impl Timing {
     }
 }
 
+/// Runs `$body` with `$f` bound to the epilogue's activation as a plain closure, one match
+/// arm per kind, so that each arm's loop vectorises, at the width of the epilogue's ISA.
+macro_rules! with_row_curve {
+    ($epilogue:expr, |$f:ident| $body:expr) => {
+        vectorized(
+            $epilogue.isa,
+            #[inline(always)]
+            || match $epilogue.activation.curve() {
+                None => {
+                    let $f = |x: f32| x;
+                    $body
+                }
+                Some(c) if c == Curve::clamp(0.0, f32::INFINITY) => {
+                    let $f = |x: f32| x.max(0.0);
+                    $body
+                }
+                Some(c) if c.is_plain_clamp() => {
+                    let $f = |x: f32| x.max(c.lo).min(c.hi);
+                    $body
+                }
+                Some(c) => {
+                    let $f = |x: f32| c.apply(x);
+                    $body
+                }
+            },
+        )
+    };
+}
+
 /// What every method applies to its sums as it stores them: the bias and the fused
 /// activation, in a row loop compiled for the instruction set the method runs, or as the
 /// [`curve`](Self::curve) in kernels that finish sums in registers.
@@ -118,36 +147,6 @@ impl Epilogue {
         ))
     }
 }
-
-/// Runs `$body` with `$f` bound to the epilogue's activation as a plain closure, one match
-/// arm per kind, so that each arm's loop vectorises, at the width of the epilogue's ISA.
-macro_rules! with_row_curve {
-    ($epilogue:expr, |$f:ident| $body:expr) => {
-        vectorized(
-            $epilogue.isa,
-            #[inline(always)]
-            || match $epilogue.activation.curve() {
-                None => {
-                    let $f = |x: f32| x;
-                    $body
-                }
-                Some(c) if c == Curve::clamp(0.0, f32::INFINITY) => {
-                    let $f = |x: f32| x.max(0.0);
-                    $body
-                }
-                Some(c) if c.is_plain_clamp() => {
-                    let $f = |x: f32| x.max(c.lo).min(c.hi);
-                    $body
-                }
-                Some(c) => {
-                    let $f = |x: f32| c.apply(x);
-                    $body
-                }
-            },
-        )
-    };
-}
-use with_row_curve;
 
 /// `row[i] = f(row[i] + bias[i])` for the first `bias.len()` floats of each `stride`-float
 /// row of `pixels`, returning how many results are exactly zero. The count is per row in 32
