@@ -37,6 +37,8 @@ struct Case {
     /// tap), as `dconv prune --block` leaves them; else element by element.
     weight_block: Option<usize>,
     pattern: ZeroPattern,
+    /// Whether a residual tensor is added before the activation.
+    residual: bool,
     threads: usize,
     seed: u64,
 }
@@ -79,7 +81,7 @@ fn case() -> impl Strategy<Value = Case> {
         activation(),
         (0..SPARSITIES.len(), 0..SPARSITIES.len(), any::<bool>()),
         (0..THREADS.len(), any::<u64>()),
-        (any::<bool>(), prop::option::of(2usize..=4)),
+        (any::<bool>(), prop::option::of(2usize..=4), any::<bool>()),
     )
         .prop_map(
             |(
@@ -91,7 +93,7 @@ fn case() -> impl Strategy<Value = Case> {
                 act,
                 (si, sw, relu),
                 (ti, seed),
-                (one_d, block),
+                (one_d, block, residual),
             )| {
                 let size =
                     |(k, _s, d, lo, hi, extra): (usize, usize, usize, usize, usize, usize)| {
@@ -121,6 +123,7 @@ fn case() -> impl Strategy<Value = Case> {
                     } else {
                         ZeroPattern::Random
                     },
+                    residual,
                     threads: THREADS[ti],
                     seed,
                 }
@@ -215,6 +218,7 @@ struct Data {
     input: Vec<f32>,
     weights: Vec<f32>,
     bias: Option<Vec<f32>>,
+    residual: Option<Vec<f32>>,
 }
 
 fn data(case: &Case) -> Data {
@@ -241,20 +245,24 @@ fn data(case: &Case) -> Data {
     let bias = s
         .bias
         .then(|| synth::random_sparse(s.filters, 0.0, &mut rng));
+    let residual = case
+        .residual
+        .then(|| synth::random_sparse(s.output_len().unwrap(), 0.0, &mut rng));
     Data {
         input,
         weights,
         bias,
+        residual,
     }
 }
 
-fn run(conv: &Conv, input: &[f32], threads: usize) -> Vec<f32> {
+fn run(conv: &Conv, input: &[f32], residual: Option<&[f32]>, threads: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; conv.spec().output_len().unwrap()];
     let mut ws = Workspace::default();
     pool(threads).install(|| {
         // Twice into the same workspace: a reused workspace must not leak state.
-        conv.run(input, &mut out, &mut ws).unwrap();
-        conv.run(input, &mut out, &mut ws).unwrap();
+        conv.run_adding(input, residual, &mut out, &mut ws).unwrap();
+        conv.run_adding(input, residual, &mut out, &mut ws).unwrap();
         // What a runtime budgets for the layer bounds what it filled.
         let (filled, bound) = (ws.bytes(), conv.scratch_bytes());
         assert!(
@@ -282,11 +290,12 @@ fn check_method(method: Method, case: &Case) {
     let d = data(case);
     let reference =
         Conv::prepare(&case.spec, &d.weights, d.bias.as_deref(), Method::Reference).unwrap();
-    let want = run(&reference, &d.input, 1);
+    let residual = d.residual.as_deref();
+    let want = run(&reference, &d.input, residual, 1);
     for isa in Isa::supported() {
         let conv =
             Conv::prepare_with_isa(&case.spec, &d.weights, d.bias.as_deref(), method, isa).unwrap();
-        let got = run(&conv, &d.input, case.threads);
+        let got = run(&conv, &d.input, residual, case.threads);
         assert_close(method, isa, case, &got, &want);
     }
 }
@@ -347,6 +356,7 @@ fn thread_count_does_not_change_results() {
                 weight_sparsity: sw,
                 weight_block: None,
                 pattern: ZeroPattern::Relu,
+                residual: true,
                 threads: 1,
                 seed: 42,
             };
@@ -389,7 +399,7 @@ fn zero_input_gives_exactly_the_bias() {
             for isa in Isa::supported() {
                 let conv =
                     Conv::prepare_with_isa(&spec, &weights, Some(&bias), method, isa).unwrap();
-                let out = run(&conv, &input, 2);
+                let out = run(&conv, &input, None, 2);
                 for (i, v) in out.iter().enumerate() {
                     assert_eq!(
                         *v,
@@ -452,6 +462,7 @@ fn check_shape_in_blocks(
             weight_sparsity,
             weight_block,
             pattern,
+            residual: false,
             threads,
             seed,
         };
@@ -590,7 +601,8 @@ fn dense_depthwise_over_blocks_of_channels() {
 }
 
 /// A method with a fused activation counts its output's zeros as it writes them (so the next
-/// layer's input sparsity costs no extra pass), and the count is exact.
+/// layer's input sparsity costs no extra pass), and the count is exact, with a residual added
+/// before the activation too.
 #[test]
 fn fused_activation_counts_the_output_zeros() {
     let spec = ConvSpec::new(24, 11, 9, 40, [3, 3])
@@ -601,12 +613,16 @@ fn fused_activation_counts_the_output_zeros() {
     let mut rng = Rng::new(11);
     let input = synth::activations([2, 11, 9, 24], 0.6, ZeroPattern::Relu, &mut rng);
     let weights = synth::random_sparse(spec.weight_len().unwrap(), 0.5, &mut rng);
+    let residual = synth::random_sparse(spec.output_len().unwrap(), 0.0, &mut rng);
     for method in Method::ALL {
-        for isa in Isa::supported() {
+        for (isa, residual) in Isa::supported()
+            .into_iter()
+            .flat_map(|i| [(i, None), (i, Some(&residual[..]))])
+        {
             let conv = Conv::prepare_with_isa(&spec, &weights, None, method, isa).unwrap();
             let mut out = vec![f32::NAN; spec.output_len().unwrap()];
             let timing = pool(2).install(|| {
-                conv.run(&input, &mut out, &mut Workspace::default())
+                conv.run_adding(&input, residual, &mut out, &mut Workspace::default())
                     .unwrap()
             });
             let zeros = out.iter().filter(|&&v| v == 0.0).count();
@@ -614,7 +630,12 @@ fn fused_activation_counts_the_output_zeros() {
                 zeros > 0 && zeros < out.len(),
                 "{method}: a test that can fail needs both"
             );
-            assert_eq!(timing.output_zeros, Some(zeros), "{method} ({isa})");
+            let adding = residual.is_some();
+            assert_eq!(
+                timing.output_zeros,
+                Some(zeros),
+                "{method} ({isa}, residual {adding})"
+            );
         }
     }
 }

@@ -20,7 +20,7 @@ use super::im2col::{lower, over_padded_images, pad_rows};
 use super::method::{MethodEntry, Skips};
 use super::run_loop::over_images;
 use super::shifted_gemm;
-use super::{Activation, ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
+use super::{ConvKernel, ConvSpec, Epilogue, RunEpilogue, ScratchBytes, Timing, Workspace};
 use crate::cache::CacheSizes;
 use crate::kernels::direct_conv::{DirectBand, DirectConv, OutputPixels, FILTER_ALIGN};
 use crate::kernels::gemm::gemm_f32;
@@ -276,16 +276,17 @@ impl Dense {
         }
     }
 
-    /// Whether there is a bias or an activation to apply.
-    fn has_epilogue(&self) -> bool {
-        self.spec.bias || self.epilogue.activation != Activation::None
-    }
-
     /// A layer whose input is its lowered matrix (1x1, stride 1): the output's pixels in
     /// bands, one task per band, each band multiplied on one thread and finished while it is
     /// in cache. Small products split this way scale to the pool's threads better than
     /// inside the GEMM; returns the output's zeros when an epilogue ran.
-    fn multiply_in_bands(&self, image: &[f32], out: &mut [f32], threads: usize) -> Option<usize> {
+    fn multiply_in_bands(
+        &self,
+        image: &[f32],
+        out: &mut [f32],
+        epilogue: RunEpilogue,
+        threads: usize,
+    ) -> Option<usize> {
         let s = &self.spec;
         let (c_len, m_len) = (s.channels, s.filters);
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
@@ -301,30 +302,32 @@ impl Dense {
                     let (dst, lhs) = (&mut out[g * mg..], &image[g * cg..]);
                     gemm_f32((rows, mg, k_len), dst, m_len, lhs, c_len, rhs, mg, 1);
                 }
-                self.apply_epilogue_serial(out)
+                self.apply_epilogue_serial(out, epilogue)
             })
             .sum();
-        self.has_epilogue().then_some(zeros)
+        epilogue.has_work(self.spec.bias).then_some(zeros)
     }
 
     /// The epilogue over `out`'s pixels on the calling thread; its zeros (0 without one).
-    fn apply_epilogue_serial(&self, out: &mut [f32]) -> usize {
-        if !self.has_epilogue() {
+    fn apply_epilogue_serial(&self, out: &mut [f32], epilogue: RunEpilogue) -> usize {
+        if !epilogue.has_work(self.spec.bias) {
             return 0;
         }
         let m = self.spec.filters;
-        self.epilogue.apply_rows(out, m, m, 0)
+        let zeros = epilogue.apply_rows(out, m, m, 0);
+        epilogue.add_residual(out, m, m).unwrap_or(zeros)
     }
 
-    /// Adds the bias and applies the activation to one image's `[P][M]` output; returns its
-    /// zeros, or None when there is nothing to apply (and so no pass to count them in).
-    fn apply_epilogue(&self, out: &mut [f32]) -> Option<usize> {
-        if !self.has_epilogue() {
+    /// Adds the bias (and the residual) and applies the activation to one image's `[P][M]`
+    /// output; returns its zeros, or None when there is nothing to apply (and so no pass to
+    /// count them in).
+    fn apply_epilogue(&self, out: &mut [f32], epilogue: RunEpilogue) -> Option<usize> {
+        if !epilogue.has_work(self.spec.bias) {
             return None;
         }
         let zeros = out
             .par_chunks_mut(EPILOGUE_ROWS_PER_TASK * self.spec.filters)
-            .map(|chunk| self.apply_epilogue_serial(chunk))
+            .map(|chunk| self.apply_epilogue_serial(chunk, epilogue))
             .sum();
         Some(zeros)
     }
@@ -412,7 +415,7 @@ impl Dense {
         &self,
         direct: &Direct,
         input: &[f32],
-        output: &mut [f32],
+        (output, epilogue): (&mut [f32], RunEpilogue),
         ws: &mut Workspace,
     ) -> Timing {
         let s = &self.spec;
@@ -420,7 +423,7 @@ impl Dense {
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
         let group_len = direct.taps.len() * direct.mgp;
         let [ph, pw] = direct.padded;
-        let curve = self.epilogue.curve();
+        let curve = epilogue.curve();
         let threads = rayon::current_num_threads();
         let pixel_step = s.stride[1] * c_len;
         // (pixels per band, pixels per image row, floats between the windows of rows)
@@ -447,7 +450,7 @@ impl Dense {
                     stride: m_len,
                 };
                 let first = chunk * band_pixels;
-                (0..s.groups)
+                let zeros = (0..s.groups)
                     .map(|g| {
                         let band = DirectBand {
                             input: padded,
@@ -463,7 +466,8 @@ impl Dense {
                         };
                         direct.kernel.band(&band, at, &mut out[g * mg..])
                     })
-                    .sum()
+                    .sum::<usize>();
+                epilogue.add_residual(out, m_len, m_len).unwrap_or(zeros)
             },
         )
     }
@@ -474,12 +478,19 @@ impl ConvKernel for Dense {
         ScratchBytes::floats(self.lowered_len(rayon::current_num_threads()))
     }
 
-    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
+    fn run(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<&[f32]>,
+        ws: &mut Workspace,
+    ) -> Timing {
+        let epilogue = self.epilogue.adding(residual, output);
         if let Some(direct) = &self.direct {
-            return self.run_direct(direct, input, output, ws);
+            return self.run_direct(direct, input, (output, epilogue), ws);
         }
         if let Some(depthwise) = &self.depthwise {
-            return depthwise.run(&self.spec, &self.epilogue, input, output, ws);
+            return depthwise.run(&self.spec, epilogue, input, output, ws);
         }
         let s = &self.spec;
         let (p_len, k_len) = (s.out_pixels(), s.lowered_cols());
@@ -491,14 +502,15 @@ impl ConvKernel for Dense {
         let scratch = ws.floats(self.lowered_len(threads));
         over_images(s, (input, output), |image, out, clock| {
             if input_lowered {
-                let zeros = clock.multiply(|| self.multiply_in_bands(image, out, threads));
+                let zeros =
+                    clock.multiply(|| self.multiply_in_bands(image, out, epilogue, threads));
                 if let Some(zeros) = zeros {
                     clock.count_zeros(zeros);
                 }
                 return;
             }
             if shifted {
-                let epilogue = self.has_epilogue().then_some(&self.epilogue);
+                let epilogue = epilogue.has_work(s.bias).then_some(epilogue);
                 let zeros = clock.multiply(|| {
                     shifted_gemm::convolve(s, &self.packed, epilogue, image, out, scratch, threads)
                 });
@@ -529,7 +541,7 @@ impl ConvKernel for Dense {
                 }
             }
             // Without an epilogue no pass counts the zeros, and they stay unknown.
-            if let Some(zeros) = clock.multiply(|| self.apply_epilogue(out)) {
+            if let Some(zeros) = clock.multiply(|| self.apply_epilogue(out, epilogue)) {
                 clock.count_zeros(zeros);
             }
         })
@@ -539,6 +551,7 @@ impl ConvKernel for Dense {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::Activation;
 
     #[test]
     fn bands_are_even_across_threads() {

@@ -7,7 +7,7 @@
 //! costs a copy: each input channel repeated for its outputs.
 
 use super::run_loop::over_images;
-use super::{ConvSpec, Epilogue, Timing, Workspace};
+use super::{ConvSpec, RunEpilogue, Timing, Workspace};
 use crate::cache::CacheSizes;
 use crate::kernels::depthwise::{DepthwiseConv, DepthwiseRow, TILE_PIXELS};
 use crate::kernels::Isa;
@@ -69,7 +69,7 @@ impl Depthwise {
     pub fn run(
         &self,
         spec: &ConvSpec,
-        epilogue: &Epilogue,
+        epilogue: RunEpilogue,
         input: &[f32],
         output: &mut [f32],
         ws: &mut Workspace,
@@ -108,7 +108,7 @@ impl Depthwise {
                                     dilation: spec.dilation,
                                     left: spec.padding.left,
                                     weights: &self.weights,
-                                    bias: &epilogue.bias,
+                                    bias: epilogue.bias(),
                                     curve,
                                     block: m0..(m0 + block).min(spec.filters),
                                     pixels_outer,
@@ -116,7 +116,9 @@ impl Depthwise {
                                 zeros += self.kernel.row(&row, out_row);
                             }
                         }
-                        zeros
+                        epilogue
+                            .add_residual(out, row_len, row_len)
+                            .unwrap_or(zeros)
                     })
                     .sum()
             });

@@ -18,7 +18,7 @@ use super::tiles::{
     ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
 use super::workspace::Scratch;
-use super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
+use super::{ConvKernel, ConvSpec, Epilogue, RunEpilogue, ScratchBytes, Timing, Workspace};
 use crate::cache::CacheSizes;
 use crate::kernels::sparse_row_panel::{Entries, RowCursor, SparseRowPanel};
 use crate::kernels::Isa;
@@ -99,7 +99,7 @@ impl<const NB: usize> Im2Csoa<NB> {
         tiles: &mut [CsoaTile],
         split: (usize, usize),
         csoa: &Csoa,
-        g: usize,
+        (g, epilogue): (usize, RunEpilogue),
         out: &mut [f32],
     ) -> usize {
         let s = &self.spec;
@@ -118,8 +118,7 @@ impl<const NB: usize> Im2Csoa<NB> {
             csoa.entries().0.len(),
             &CacheSizes::detect(),
         );
-        let epilogue = (g, &self.epilogue);
-        multiply_tasks(s, epilogue, &self.panels, tiles, split, out, |task| {
+        multiply_tasks(s, (g, epilogue), &self.panels, tiles, split, out, |task| {
             if blocks_outside {
                 for block in 0..blocks {
                     for tap in 0..taps {
@@ -295,7 +294,14 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
         }
     }
 
-    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
+    fn run(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<&[f32]>,
+        ws: &mut Workspace,
+    ) -> Timing {
+        let epilogue = self.epilogue.adding(residual, output);
         let s = &self.spec;
         let rows = s.out_pixels();
         let (tile, per_task) = task_tiles(rows);
@@ -319,7 +325,8 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
                 });
             }
             let zeros = clock.multiply(|| {
-                self.multiply(&mut csoa_tiles[..tiles], (tile, per_task), csoa, g, out)
+                let tiles = &mut csoa_tiles[..tiles];
+                self.multiply(tiles, (tile, per_task), csoa, (g, epilogue), out)
             });
             clock.count_zeros(zeros);
         })

@@ -16,7 +16,7 @@ use super::tiles::{
     ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
 use super::workspace::Scratch;
-use super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
+use super::{ConvKernel, ConvSpec, Epilogue, RunEpilogue, ScratchBytes, Timing, Workspace};
 use crate::kernels::sparse_row_panel::{Entries, RowCursor, SparseRowPanel};
 use crate::kernels::Isa;
 use crate::sparse::{Csoa, CsrMatrix};
@@ -175,7 +175,7 @@ pub(crate) struct CsrProduct<const NB: usize> {
     pub spec: ConvSpec,
     panels: Arc<WeightPanels<NB>>,
     kernel: SparseRowPanel<NB>,
-    epilogue: Epilogue,
+    pub epilogue: Epilogue,
 }
 
 impl<const NB: usize> CsrProduct<NB> {
@@ -219,7 +219,7 @@ impl<const NB: usize> CsrProduct<NB> {
     /// whichever tile of the task uses them); tiles; then [`multiply_chunk`](Self::multiply_chunk).
     pub fn multiply_tiles(
         &self,
-        g: usize,
+        (g, epilogue): (usize, RunEpilogue),
         source: RowSource,
         tiles: &mut [CsrTile],
         split: (usize, usize),
@@ -228,10 +228,9 @@ impl<const NB: usize> CsrProduct<NB> {
         let k = self.spec.lowered_cols();
         let chunk = self.chunk_rows();
         let expanding = Mutex::new(Duration::ZERO);
-        let epilogue = (g, &self.epilogue);
         let zeros = multiply_tasks(
             &self.spec,
-            epilogue,
+            (g, epilogue),
             &self.panels,
             tiles,
             split,
@@ -312,7 +311,14 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
         }
     }
 
-    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
+    fn run(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<&[f32]>,
+        ws: &mut Workspace,
+    ) -> Timing {
+        let epilogue = self.product.epilogue.adding(residual, output);
         let s = &self.product.spec;
         let rows = s.out_pixels();
         let (tile, per_task) = task_tiles(rows);
@@ -331,7 +337,7 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
                     csr_tile.rows = tile_rows(t, tile, rows);
                 }
                 let (zeros, expanding) = self.product.multiply_tiles(
-                    g,
+                    (g, epilogue),
                     RowSource::Expanded(csoa),
                     tiles,
                     (tile, per_task),

@@ -61,7 +61,14 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
         }
     }
 
-    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
+    fn run(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<&[f32]>,
+        ws: &mut Workspace,
+    ) -> Timing {
+        let epilogue = self.product.epilogue.adding(residual, output);
         let s = &self.product.spec;
         let k = s.lowered_cols();
         let rows = s.out_pixels();
@@ -88,7 +95,7 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
             });
             let (zeros, _) = clock.multiply(|| {
                 self.product.multiply_tiles(
-                    g,
+                    (g, epilogue),
                     RowSource::Built,
                     &mut csr_tiles[..tiles],
                     (tile, per_task),

@@ -55,14 +55,15 @@ impl Timing {
     }
 }
 
-/// Runs `$body` with `$f` bound to the epilogue's activation as a plain closure, one match
-/// arm per kind, so that each arm's loop vectorises, at the width of the epilogue's ISA.
+/// Runs `$body` with `$f` bound to the activation `$curve` (an `Option<Curve>`) as a plain
+/// closure, one match arm per kind, so that each arm's loop vectorises, at the width of
+/// `$isa`.
 macro_rules! with_row_curve {
-    ($epilogue:expr, |$f:ident| $body:expr) => {
+    ($isa:expr, $curve:expr, |$f:ident| $body:expr) => {
         vectorized(
-            $epilogue.isa,
+            $isa,
             #[inline(always)]
-            || match $epilogue.activation.curve() {
+            || match $curve {
                 None => {
                     let $f = |x: f32| x;
                     $body
@@ -103,17 +104,93 @@ impl Epilogue {
         self.activation.apply(acc + self.bias[m])
     }
 
-    /// The activation as a gated clamp, None for none: what the SIMD kernels that finish
-    /// sums in registers apply.
+    /// The epilogue of a run that adds nothing but the bias.
+    pub fn plain(&self) -> RunEpilogue<'_> {
+        RunEpilogue {
+            epilogue: self,
+            residual: None,
+        }
+    }
+
+    /// The epilogue of a run that adds `residual` (the output's layout) before the
+    /// activation, when there is one.
+    pub fn adding<'a>(&'a self, residual: Option<&'a [f32]>, output: &[f32]) -> RunEpilogue<'a> {
+        RunEpilogue {
+            epilogue: self,
+            residual: residual.map(|terms| Residual::new(terms, output)),
+        }
+    }
+}
+
+/// A tensor that a run adds to its sums before the activation (a residual connection), in
+/// the output's layout: each region of the output finds its terms at the same offset, so
+/// that every method passes its regions of the output and nothing more.
+#[derive(Clone, Copy)]
+pub(crate) struct Residual<'a> {
+    terms: &'a [f32],
+    /// The address of the output's first float.
+    output_at: usize,
+}
+
+impl<'a> Residual<'a> {
+    fn new(terms: &'a [f32], output: &[f32]) -> Self {
+        assert_eq!(
+            terms.len(),
+            output.len(),
+            "a residual of the output's length"
+        );
+        Residual {
+            terms,
+            output_at: output.as_ptr() as usize,
+        }
+    }
+
+    /// The terms under `region`, a part of the output.
+    fn under(&self, region: &[f32]) -> &'a [f32] {
+        let offset = (region.as_ptr() as usize)
+            .checked_sub(self.output_at)
+            .expect("a region of the output")
+            / size_of::<f32>();
+        &self.terms[offset..offset + region.len()]
+    }
+}
+
+/// An [`Epilogue`] as one run applies it: the bias, the residual when the run adds one, and
+/// the activation, in a row loop compiled for the instruction set the method runs, or as the
+/// [`curve`](Self::curve) in kernels that finish sums in registers.
+#[derive(Clone, Copy)]
+pub(crate) struct RunEpilogue<'a> {
+    pub epilogue: &'a Epilogue,
+    residual: Option<Residual<'a>>,
+}
+
+impl RunEpilogue<'_> {
+    /// The bias, one value per output channel.
+    pub fn bias(&self) -> &[f32] {
+        &self.epilogue.bias
+    }
+
+    /// Whether the sums need a pass: a bias, an activation or a residual to add.
+    pub fn has_work(&self, bias: bool) -> bool {
+        bias || self.epilogue.activation != Activation::None || self.residual.is_some()
+    }
+
+    /// The activation that finishing the sums applies, as a gated clamp (None for none):
+    /// the fused one, or None when the run adds a residual, which comes before it:
+    /// [`add_residual`](Self::add_residual) then applies both.
     pub fn curve(&self) -> Option<Curve> {
-        self.activation.curve()
+        match self.residual {
+            Some(_) => None,
+            None => self.epilogue.activation.curve(),
+        }
     }
 
     /// Finishes channels `first..first + width` of each pixel in `pixels`, whose rows are
     /// `stride` floats apart and hold those channels at their start (the last row may end
-    /// after them), in place; returns how many are exactly zero (what a fused ReLU left).
-    /// One call per block of pixels: a call per pixel cost as much as the finishing itself
-    /// on 96-channel rows (0.4 ms of 16 -> 96 at 112 x 112).
+    /// after them), in place, by the bias and [`curve`](Self::curve); returns how many are
+    /// exactly zero (what a fused ReLU left). One call per block of pixels: a call per pixel
+    /// cost as much as the finishing itself on 96-channel rows (0.4 ms of 16 -> 96 at 112 x
+    /// 112).
     pub fn apply_rows(
         &self,
         pixels: &mut [f32],
@@ -121,8 +198,15 @@ impl Epilogue {
         width: usize,
         first: usize,
     ) -> usize {
-        let bias = &self.bias[first..first + width];
-        with_row_curve!(self, |f| finish_rows(pixels, stride, bias, f))
+        let bias = &self.epilogue.bias[first..first + width];
+        let terms = |_| bias.iter().copied();
+        with_row_curve!(self.epilogue.isa, self.curve(), |f| finish_rows(
+            pixels,
+            (stride, width),
+            terms,
+            added,
+            f
+        ))
     }
 
     /// As [`apply_rows`](Self::apply_rows), reading the sums from `sums` (rows
@@ -137,63 +221,83 @@ impl Epilogue {
         width: usize,
         first: usize,
     ) -> usize {
-        let bias = &self.bias[first..first + width];
-        with_row_curve!(self, |f| finish_rows_from(
-            (sums, sums_stride),
+        let bias = &self.epilogue.bias[first..first + width];
+        let terms = |i: usize| sums[i * sums_stride..].iter().zip(bias).map(|(s, b)| s + b);
+        with_row_curve!(self.epilogue.isa, self.curve(), |f| finish_rows(
             pixels,
-            stride,
-            bias,
+            (stride, width),
+            terms,
+            staged,
             f
         ))
     }
-}
 
-/// `row[i] = f(row[i] + bias[i])` for the first `bias.len()` floats of each `stride`-float
-/// row of `pixels`, returning how many results are exactly zero. The count is per row in 32
-/// bits, which vectorises at the floats' width.
-#[inline(always)]
-fn finish_rows(pixels: &mut [f32], stride: usize, bias: &[f32], f: impl Fn(f32) -> f32) -> usize {
-    let mut zeros = 0;
-    for row in pixels.chunks_mut(stride) {
-        zeros += row[..bias.len()]
-            .iter_mut()
-            .zip(bias)
-            .fold(0u32, |zeros, (o, b)| {
-                *o = f(*o + b);
-                zeros + (*o == 0.0) as u32
-            }) as usize;
+    /// After a method finished its sums (the bias added, [`curve`](Self::curve) applied, in
+    /// registers or by [`apply_rows`](Self::apply_rows)): adds the residual to the first
+    /// `width` floats of each `stride`-float row of `pixels` and applies the activation,
+    /// returning the zeros. Each method calls it on a region it has just written, while it
+    /// is in cache, in rows as long as it can: the residual then streams in whole lines (on
+    /// 64 -> 256 1x1 at 56 x 56, adding it to each tile's staged blocks of 32 channels,
+    /// 1 KB apart, cost 5x a pass of its own). None when the run adds no residual: the
+    /// method finished the sums and counted their zeros.
+    pub fn add_residual(&self, pixels: &mut [f32], stride: usize, width: usize) -> Option<usize> {
+        let r = self.residual?.under(pixels);
+        let terms = |i: usize| r[i * stride..].iter().copied();
+        let activation = self.epilogue.activation.curve();
+        Some(with_row_curve!(self.epilogue.isa, activation, |f| {
+            finish_rows(pixels, (stride, width), terms, added, f)
+        }))
     }
-    zeros
 }
 
-/// `row[i] = f(sums[i] + bias[i])` over the rows of `pixels` and of `sums` in turn, counted
-/// as [`finish_rows`] counts.
+/// `row[j] = f(combine(row[j], term[j]))` for the first `width` floats of each `stride`-float
+/// row `i` of `pixels`, with `term` the terms `terms(i)`, returning how many results are
+/// exactly zero. The count is per row in 32 bits, which vectorises at the floats' width.
+/// `combine` adds a term to the sum in place, or takes the term (a finished sum) whole.
 #[inline(always)]
-fn finish_rows_from(
-    (sums, sums_stride): (&[f32], usize),
+fn finish_rows<I: Iterator<Item = f32>>(
     pixels: &mut [f32],
-    stride: usize,
-    bias: &[f32],
+    (stride, width): (usize, usize),
+    terms: impl Fn(usize) -> I,
+    combine: impl Fn(f32, f32) -> f32,
     f: impl Fn(f32) -> f32,
 ) -> usize {
     let mut zeros = 0;
-    for (row, sums) in pixels.chunks_mut(stride).zip(sums.chunks(sums_stride)) {
-        zeros += row[..bias.len()]
+    for (i, row) in pixels.chunks_mut(stride).enumerate() {
+        zeros += row[..width]
             .iter_mut()
-            .zip(&sums[..bias.len()])
-            .zip(bias)
-            .fold(0u32, |zeros, ((o, s), b)| {
-                *o = f(s + b);
+            .zip(terms(i))
+            .fold(0u32, |zeros, (o, t)| {
+                *o = f(combine(*o, t));
                 zeros + (*o == 0.0) as u32
             }) as usize;
     }
     zeros
+}
+
+/// [`finish_rows`]' `combine` for sums in place: the term is added.
+#[inline(always)]
+fn added(sum: f32, term: f32) -> f32 {
+    sum + term
+}
+
+/// [`finish_rows`]' `combine` for sums staged elsewhere: the term is the sum.
+#[inline(always)]
+fn staged(_: f32, sum: f32) -> f32 {
+    sum
 }
 
 /// A method with its weights prepared for one layer.
 pub(crate) trait ConvKernel: Send + Sync {
-    /// Computes `output` from `input`; both lengths are already checked.
-    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing;
+    /// Computes `output` from `input`, adding `residual` (the output's layout) before the
+    /// activation when there is one; every length is already checked.
+    fn run(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<&[f32]>,
+        ws: &mut Workspace,
+    ) -> Timing;
 
     /// The most bytes of workspace a run on the current thread pool fills, whatever the
     /// input (saturating).
@@ -328,9 +432,26 @@ impl Conv {
 
     /// Computes the NHWC `output` from the NHWC `input`.
     pub fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Result<Timing> {
+        self.run_adding(input, None, output, ws)
+    }
+
+    /// Computes the NHWC `output` from the NHWC `input`, adding `residual` (NHWC, the
+    /// output's shape) to the sums after the bias and before the activation, when there is
+    /// one: a residual connection (ResNet's Add and the Relu after it) finished in the same
+    /// pass as the sums, while they are in cache.
+    pub fn run_adding(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+        ws: &mut Workspace,
+    ) -> Result<Timing> {
         check_len("input", self.spec.input_len()?, input.len())?;
         check_len("output", self.spec.output_len()?, output.len())?;
-        Ok(self.kernel.run(input, output, ws))
+        if let Some(residual) = residual {
+            check_len("residual", output.len(), residual.len())?;
+        }
+        Ok(self.kernel.run(input, output, residual, ws))
     }
 
     pub fn spec(&self) -> &ConvSpec {

@@ -41,7 +41,13 @@ impl ConvKernel for Reference {
         ScratchBytes::default()
     }
 
-    fn run(&self, input: &[f32], output: &mut [f32], _ws: &mut Workspace) -> Timing {
+    fn run(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<&[f32]>,
+        _ws: &mut Workspace,
+    ) -> Timing {
         let s = &self.spec;
         let [oh, ow] = s.output_size();
         let mut clock = Clock::default();
@@ -54,9 +60,9 @@ impl ConvKernel for Reference {
                 .map(|(pixel, out)| {
                     let (n, oy, ox) = (pixel / (oh * ow), pixel / ow % oh, pixel % ow);
                     for (m, out) in out.iter_mut().enumerate() {
-                        *out = self
-                            .epilogue
-                            .apply(m, self.output_value(input, n, oy, ox, m) as f32);
+                        let added = residual.map_or(0.0, |r| r[pixel * s.filters + m] as f64);
+                        let sum = self.output_value(input, n, oy, ox, m) + added;
+                        *out = self.epilogue.apply(m, sum as f32);
                     }
                     out.iter().filter(|&&v| v == 0.0).count()
                 })

@@ -17,7 +17,7 @@
 //! take even shares of the output rows, each with its own band buffers.
 
 use super::im2col::pad_rows;
-use super::{ConvSpec, Epilogue};
+use super::{ConvSpec, RunEpilogue};
 use crate::cache::CacheSizes;
 use crate::kernels::gemm::{gemm_f32, gemm_f32_add};
 use rayon::prelude::*;
@@ -96,7 +96,7 @@ impl Bands {
 pub(crate) fn convolve(
     spec: &ConvSpec,
     packed: &[f32],
-    epilogue: Option<&Epilogue>,
+    epilogue: Option<RunEpilogue>,
     image: &[f32],
     out: &mut [f32],
     scratch: &mut [f32],
@@ -122,7 +122,7 @@ pub(crate) fn convolve(
 fn convolve_rows(
     spec: &ConvSpec,
     packed: &[f32],
-    epilogue: Option<&Epilogue>,
+    epilogue: Option<RunEpilogue>,
     image: &[f32],
     rows: Range<usize>,
     out: &mut [f32],
@@ -133,8 +133,10 @@ fn convolve_rows(
     let sums = &mut sums[..bands.sums_len()];
     let (ow, m, mg) = (spec.out_width(), spec.filters, spec.filters_per_group());
     let mut zeros = 0;
+    let row_len = ow * m;
     for first in rows.clone().step_by(bands.rows) {
         let band = first..(first + bands.rows).min(rows.end);
+        let mut band_zeros = 0;
         // The padded input rows the band reads.
         let padded = band.start..band.end + bands.extra_rows;
         pad_rows(spec, image, padded, input);
@@ -150,11 +152,16 @@ fn convolve_rows(
                     let dst = &mut out[to..to + len];
                     dst.copy_from_slice(&sums[from..from + len]);
                     if let Some(epilogue) = epilogue {
-                        zeros += epilogue.apply_rows(dst, mg, mg, g * mg);
+                        band_zeros += epilogue.apply_rows(dst, mg, mg, g * mg);
                     }
                 }
             }
         }
+        let written = band.start - rows.start..band.end - rows.start;
+        let written = &mut out[written.start * row_len..written.end * row_len];
+        zeros += epilogue
+            .and_then(|e| e.add_residual(written, row_len, row_len))
+            .unwrap_or(band_zeros);
     }
     zeros
 }

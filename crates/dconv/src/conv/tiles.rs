@@ -1,7 +1,7 @@
 //! Tiles of output rows: the unit of parallel work of the sparse-activation methods.
 
 use super::panels::WeightPanels;
-use super::{ConvSpec, Epilogue};
+use super::{ConvSpec, RunEpilogue};
 use crate::kernels::aligned::CacheAligned;
 use crate::kernels::sparse_row_panel::RowCursor;
 use crate::limits::saturating_product;
@@ -101,7 +101,7 @@ impl TileSums {
         out: &mut [f32],
         row_len: usize,
         (g, per_group): (usize, usize),
-        epilogue: &Epilogue,
+        epilogue: RunEpilogue,
     ) -> usize {
         let len = self.rows * self.width;
         let mut zeros = 0;
@@ -133,7 +133,7 @@ pub(crate) trait Tile: Send {
 /// between them. Returns how many outputs are zero.
 pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
     spec: &ConvSpec,
-    (g, epilogue): (usize, &Epilogue),
+    (g, epilogue): (usize, RunEpilogue),
     panels: &WeightPanels<NB>,
     tiles: &mut [T],
     (tile, per_task): (usize, usize),
@@ -151,7 +151,12 @@ pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
             body(task);
             out.chunks_mut(tile * m)
                 .zip(task.iter_mut())
-                .map(|(out, t)| t.sums().finish(out, m, (g, mg), epilogue))
+                .map(|(out, t)| {
+                    let zeros = t.sums().finish(out, m, (g, mg), epilogue);
+                    epilogue
+                        .add_residual(&mut out[g * mg..], m, mg)
+                        .unwrap_or(zeros)
+                })
                 .sum::<usize>()
         })
         .sum()

@@ -359,7 +359,7 @@ impl ConvTranspose {
             }
         }
         if rows.contains(&last) {
-            self.epilogue.apply_rows(row, m_len, m_len, 0)
+            self.epilogue.plain().apply_rows(row, m_len, m_len, 0)
         } else {
             0
         }

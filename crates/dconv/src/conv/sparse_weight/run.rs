@@ -6,7 +6,7 @@ use super::plan::{Bands, Fold, RunShape, LINE};
 use super::planes::Planes;
 use super::SparseWeight;
 use crate::conv::run_loop::{over_images, timed};
-use crate::conv::{ConvKernel, ScratchBytes, Timing, Workspace};
+use crate::conv::{ConvKernel, RunEpilogue, ScratchBytes, Timing, Workspace};
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::transpose::Finish;
 use rayon::prelude::*;
@@ -19,7 +19,13 @@ impl ConvKernel for SparseWeight {
         ScratchBytes::floats(shape.floats())
     }
 
-    fn run(&self, input: &[f32], output: &mut [f32], ws: &mut Workspace) -> Timing {
+    fn run(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        residual: Option<&[f32]>,
+        ws: &mut Workspace,
+    ) -> Timing {
         let s = &self.spec;
         let shape = self.run_shape(rayon::current_num_threads().max(1));
         let floats = ws.floats(shape.floats());
@@ -38,6 +44,7 @@ impl ConvKernel for SparseWeight {
             g,
             jobs,
             staged_len,
+            epilogue: self.epilogue.adding(residual, output),
         };
         over_images(s, (input, output), |image, out, clock| {
             let scratch = Scratch {
@@ -60,12 +67,13 @@ struct Scratch<'a> {
 }
 
 /// How a group runs its bands: their shape, the threads sharing each band, the floats of
-/// its staged sums.
+/// its staged sums, and the epilogue that finishes them.
 #[derive(Clone, Copy)]
-struct BandRun {
+struct BandRun<'a> {
     g: Bands,
     jobs: usize,
     staged_len: usize,
+    epilogue: RunEpilogue<'a>,
 }
 
 impl SparseWeight {
@@ -151,7 +159,7 @@ impl SparseWeight {
                         .take(self.window.rows)
                         .enumerate()
                     {
-                        zeros += self.finish_tile_row(staged, i, tile_x, row);
+                        zeros += self.finish_tile_row(staged, i, tile_x, row, run.epilogue);
                     }
                 }
                 continue;
@@ -162,7 +170,7 @@ impl SparseWeight {
             let items = tiles * chunks;
             let jobs = run.jobs.min(items);
             self.split(planes, chunks, 0..items, staged, windows, jobs);
-            zeros += self.finish(staged, band_start, rows, out);
+            zeros += self.finish(staged, (band_start, rows), out, run.epilogue);
         }
         (zeros, convert)
     }
@@ -288,9 +296,9 @@ impl SparseWeight {
     fn finish(
         &self,
         staged: &[f32],
-        band_start: usize,
-        out_rows: Range<usize>,
+        (band_start, out_rows): (usize, Range<usize>),
         out: &mut [f32],
+        epilogue: RunEpilogue,
     ) -> usize {
         let (ow, filters) = (self.spec.out_width(), self.spec.filters);
         out.par_chunks_mut(ow * filters)
@@ -301,7 +309,7 @@ impl SparseWeight {
                     .map(|tx| {
                         let tile = tile_row * self.grid.tiles_x + tx;
                         let sums = &staged[tile * filters * self.grid.tile_len..];
-                        self.finish_tile_row(sums, y % self.window.rows, tx, row)
+                        self.finish_tile_row(sums, y % self.window.rows, tx, row, epilogue)
                     })
                     .sum::<usize>()
             })
@@ -310,13 +318,20 @@ impl SparseWeight {
 
     /// Writes row `i` of the tile in column `tile_x` whose sums (`[filter][row][lane]`) are
     /// `sums` into `row`, one channels-last output row, through the epilogue (bias and
-    /// activation applied in registers, on the way out of the transpose); returns the zeros
-    /// written.
-    fn finish_tile_row(&self, sums: &[f32], i: usize, tile_x: usize, row: &mut [f32]) -> usize {
+    /// activation applied in registers, on the way out of the transpose, and a residual
+    /// added to the pixels written while they are in L1); returns the zeros written.
+    fn finish_tile_row(
+        &self,
+        sums: &[f32],
+        i: usize,
+        tile_x: usize,
+        row: &mut [f32],
+        epilogue: RunEpilogue,
+    ) -> usize {
         let (ow, filters) = (self.spec.out_width(), self.spec.filters);
         let finish = Finish {
-            bias: &self.epilogue.bias,
-            curve: self.epilogue.curve(),
+            bias: epilogue.bias(),
+            curve: epilogue.curve(),
         };
         // Row i of a folded tile is row i % f.rows of the half i / f.rows.
         let at = match self.folded(tile_x) {
@@ -324,13 +339,17 @@ impl SparseWeight {
             None => i * self.window.lanes,
         };
         let cols = self.window.lanes.min(ow - tile_x * self.window.lanes);
-        self.transpose.transpose_finish(
+        let pixels = &mut row[tile_x * self.window.lanes * filters..][..cols * filters];
+        let zeros = self.transpose.transpose_finish(
             &sums[at..],
             self.tile_len_at(tile_x),
-            &mut row[tile_x * self.window.lanes * filters..],
+            pixels,
             filters,
             (filters, cols),
             Some(finish),
-        )
+        );
+        epilogue
+            .add_residual(pixels, filters, filters)
+            .unwrap_or(zeros)
     }
 }
