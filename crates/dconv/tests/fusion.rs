@@ -341,3 +341,56 @@ fn an_add_and_the_relu_after_it_run_as_one_pass() {
         assert_close(&fused, &apart, op);
     }
 }
+
+/// A second Conv on the input `x` (1 -> 2 channels, 3x3, pad 1, other weights than the
+/// example's), writing `d`; with its weights.
+fn second_conv() -> (NodeProto, TensorProto) {
+    let mut conv = node("Conv", &["x", "w3"], "d");
+    conv.attribute = vec![ints_attribute("pads", vec![1, 1, 1, 1])];
+    let weights: Vec<f32> = (0..18).map(|i| (i % 7) as f32 * 0.5 - 1.25).collect();
+    (conv, common::floats("w3", &[2, 1, 3, 3], &weights))
+}
+
+/// A residual Add, or a Sum of two, after a Conv and the Relu after it run in the Conv's
+/// epilogue (ResNet's last convolution of a block adds the block's input so): no step of
+/// theirs runs. The later of the two Convs takes it, which reads the earlier's output.
+/// With that Conv's output read by the graph too, they run apart.
+#[test]
+fn a_residual_add_and_its_relu_run_in_the_conv() {
+    for op in ["Add", "Sum"] {
+        let (conv, weights) = second_conv();
+        let after = vec![conv, node(op, &["d", "c"], "s"), node("Relu", &["s"], "y")];
+        let (fused, fused_ops) = run(&model(after.clone(), vec![weights.clone()], None));
+        let (apart, apart_ops) = run(&model(after, vec![weights], Some("d")));
+        for op in [op, "Relu"] {
+            assert!(!fused_ops.iter().any(|o| o == op), "{fused_ops:?}");
+        }
+        assert_eq!(fused_ops.iter().filter(|o| *o == "Conv").count(), 2);
+        assert!(apart_ops.iter().any(|o| o == op), "{apart_ops:?}");
+        assert!(fused.contains(&0.0) && fused.iter().any(|&v| v > 0.0));
+        assert_close(&fused, &apart, op);
+    }
+}
+
+/// A residual that broadcasts over the Conv's output (here the one-channel input over two
+/// channels) is added in a pass of its own, with the Relu, and computes what the nodes do.
+#[test]
+fn a_residual_that_broadcasts_is_added_apart() {
+    let (conv, weights) = second_conv();
+    let after = vec![
+        conv,
+        node("Add", &["d", "x"], "s"),
+        node("Add", &["s", "c"], "t"),
+        node("Relu", &["t"], "y"),
+    ];
+    let (fused, fused_ops) = run(&model(after.clone(), vec![weights.clone()], None));
+    let (apart, _) = run(&model(after, vec![weights], Some("s")));
+    assert_eq!(
+        fused_ops.iter().filter(|o| *o == "Add").count(),
+        2,
+        "{fused_ops:?}"
+    );
+    assert!(!fused_ops.iter().any(|o| o == "Relu"), "{fused_ops:?}");
+    assert!(fused.contains(&0.0) && fused.iter().any(|&v| v > 0.0));
+    assert_close(&fused, &apart, "broadcast");
+}

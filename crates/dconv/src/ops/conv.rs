@@ -3,7 +3,7 @@
 //! within the memory budget, for the [`ConvStep`] that picks one per run.
 
 use super::normalize::BatchNorm;
-use super::{conv_transpose, need_const_f32, required, Ctx};
+use super::{conv_transpose, elementwise, need_const_f32, required, Ctx};
 use crate::conv::select::WeightZeros;
 use crate::conv::{Activation, Conv, ConvSpec, Method};
 use crate::error::{Error, Result};
@@ -187,10 +187,13 @@ pub(crate) fn draft(ctx: &Ctx, x: &[usize], w: &Value, b: Option<&Value>) -> Res
 }
 
 /// What the fusion pass folded into a convolution: the per-channel affine maps after it
-/// (BatchNormalization, Mul and Add by constants), in order, then an activation.
+/// (BatchNormalization, Mul and Add by constants), in order, then the tensor of a residual
+/// connection added to it, then an activation.
 #[derive(Default)]
 pub(crate) struct ConvTail {
     pub affines: Vec<BatchNorm>,
+    /// The tensor added after the affine maps (a Conv's only).
+    pub residual: Option<String>,
     pub activation: Option<Activation>,
 }
 
@@ -220,11 +223,28 @@ pub(crate) fn plan(
             }
             draft.fold_batch_norm(affine);
         }
-        if let Some(activation) = tail.activation {
-            draft.fuse(activation);
+    }
+    let activation = ctx.tail.and_then(|t| t.activation);
+    match ctx.residual {
+        Some(r) if r.shape() != draft.out_shape() => {
+            // A residual that broadcasts: the Add (and the activation) is a pass of its own.
+            let y = draft.finish(b, x, None)?;
+            b.begin_node(b.node().to_string(), "Add");
+            let add = Ctx {
+                activation,
+                tail: None,
+                residual: None,
+                ..*ctx
+            };
+            elementwise::plan_binary(b, &add, "Add", &y, r)
+        }
+        residual => {
+            if let Some(activation) = activation {
+                draft.fuse(activation);
+            }
+            draft.finish(b, x, residual)
         }
     }
-    draft.finish(b, x)
 }
 
 /// A convolution (plain or transposed) read from its node, into which the planner folds
@@ -232,17 +252,29 @@ pub(crate) fn plan(
 pub(super) trait Draft {
     /// Output channels.
     fn filters(&self) -> usize;
+    /// The output's logical shape.
+    fn out_shape(&self) -> &[usize];
     /// Folds `y = x * scale[m] + shift[m]` (a BatchNormalization) into the weights and bias.
     fn fold_batch_norm(&mut self, bn: &BatchNorm);
     /// Applies `activation` to the output as it is written.
     fn fuse(&mut self, activation: Activation);
-    /// Packs the weights and adds the step, reading `input`.
-    fn finish(self: Box<Self>, b: &mut Builder, input: &Value) -> Result<Value>;
+    /// Packs the weights and adds the step, reading `input`, and adding `residual` (of the
+    /// output's shape) before the activation when there is one.
+    fn finish(
+        self: Box<Self>,
+        b: &mut Builder,
+        input: &Value,
+        residual: Option<&Value>,
+    ) -> Result<Value>;
 }
 
 impl Draft for ConvDraft {
     fn filters(&self) -> usize {
         self.spec.filters
+    }
+
+    fn out_shape(&self) -> &[usize] {
+        &self.out_shape
     }
 
     fn fold_batch_norm(&mut self, bn: &BatchNorm) {
@@ -258,8 +290,16 @@ impl Draft for ConvDraft {
     }
 
     /// Prepares the methods the policy may pick and adds the step.
-    fn finish(self: Box<Self>, b: &mut Builder, input: &Value) -> Result<Value> {
+    fn finish(
+        self: Box<Self>,
+        b: &mut Builder,
+        input: &Value,
+        residual: Option<&Value>,
+    ) -> Result<Value> {
         let x = b.in_layout(input, Layout::ChannelsLast)?;
+        let residual = residual
+            .map(|r| b.in_layout(r, Layout::ChannelsLast))
+            .transpose()?;
         let zeros = WeightZeros::of(&self.spec, &self.weights);
         let nonzeros = self.weights.iter().filter(|&&w| w != 0.0).count();
         let prepared = methods_to_prepare(b, &self.spec, zeros, nonzeros)?;
@@ -270,9 +310,10 @@ impl Draft for ConvDraft {
         let choice = b.selection.choice(&self.spec, zeros, &kept);
         let counts_zeros = self.spec.activation != Activation::None;
         let step = ConvStep::new(methods, choice, zeros, nonzeros, counts_zeros);
-        let src = b.src(&x);
+        let mut inputs = vec![b.src(&x)];
+        inputs.extend(residual.map(|r| b.src(&r)));
         b.push(
-            vec![src],
+            inputs,
             self.out_shape,
             Layout::ChannelsLast,
             StepOp::Conv(Box::new(step)),

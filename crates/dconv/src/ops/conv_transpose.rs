@@ -218,6 +218,10 @@ impl Draft for TransposeDraft {
         self.spec.filters
     }
 
+    fn out_shape(&self) -> &[usize] {
+        &self.out_shape
+    }
+
     fn fold_batch_norm(&mut self, bn: &BatchNorm) {
         // Input channel c of group g holds filters g * Mg.. of every tap.
         let mg = self.spec.filters / self.spec.groups;
@@ -238,8 +242,19 @@ impl Draft for TransposeDraft {
         self.spec.activation = activation;
     }
 
-    /// Packs the weights, within the budget, and adds the step.
-    fn finish(self: Box<Self>, b: &mut Builder, input: &Value) -> Result<Value> {
+    /// Packs the weights, within the budget, and adds the step. (The fusion pass gives no
+    /// ConvTranspose a residual.)
+    fn finish(
+        self: Box<Self>,
+        b: &mut Builder,
+        input: &Value,
+        residual: Option<&Value>,
+    ) -> Result<Value> {
+        if residual.is_some() {
+            return Err(Error::Unsupported(
+                "a residual Add fused into a ConvTranspose".into(),
+            ));
+        }
         let x = b.in_layout(input, Layout::ChannelsLast)?;
         let packing = ConvTranspose::prepared_bytes(&self.spec);
         b.memory

@@ -31,6 +31,8 @@ pub(crate) struct Ctx<'a> {
     pub tail: Option<&'a ConvTail>,
     /// For an Add or a Sum of two, the activation the fusion pass folded into it.
     pub activation: Option<Activation>,
+    /// For a Conv whose tail adds a residual, that tensor.
+    pub residual: Option<&'a Value>,
 }
 
 impl<'a> Ctx<'a> {
@@ -40,6 +42,7 @@ impl<'a> Ctx<'a> {
             opset,
             tail: None,
             activation: None,
+            residual: None,
         }
     }
 }

@@ -39,17 +39,20 @@ impl ConvStep {
     }
 
     /// Runs on channels-last `input`, whose fraction of zeros is `input_sparsity` when its
-    /// producer counted them; returns the method used and the output's fraction of zeros
-    /// when counted.
+    /// producer counted them, adding `residual` (channels-last, the output's shape) before
+    /// the activation when the layer has one; returns the method used and the output's
+    /// fraction of zeros when counted.
     pub fn run(
         &self,
-        input: &[f32],
-        input_sparsity: Option<f64>,
+        (input, input_sparsity): (&[f32], Option<f64>),
+        residual: Option<&[f32]>,
         output: &mut [f32],
         ws: &mut Workspace,
     ) -> Result<ConvRun> {
         let method = self.choose(input, input_sparsity);
-        let timing = self.prepared(method)?.run(input, output, ws)?;
+        let timing = self
+            .prepared(method)?
+            .run_adding(input, residual, output, ws)?;
         Ok(ConvRun {
             method,
             // The epilogue counted the zeros as it wrote them, and the count is passed on

@@ -88,14 +88,15 @@ impl<'a> Probe<'a> {
         }
     }
 
-    /// Called before `conv` runs on `input`: times every method by the [`Protocol`], with
+    /// Called before `conv` runs on `input` (adding `residual`, when it has one): times every
+    /// method by the [`Protocol`], with
     /// one warm-up run of each and `runs` rounds.
     pub fn before_conv(
         &mut self,
         name: &str,
         conv: &ConvStep,
-        input: &[f32],
-        input_sparsity: Option<f64>,
+        (input, input_sparsity): (&[f32], Option<f64>),
+        residual: Option<&[f32]>,
         output: &mut [f32],
         ws: &mut Workspace,
     ) -> Result<()> {
@@ -109,7 +110,9 @@ impl<'a> Probe<'a> {
             warmup: 1,
             rounds: self.runs,
         };
-        let samples = protocol.time(convs.len(), |i| convs[i].run(input, output, ws))?;
+        let samples = protocol.time(convs.len(), |i| {
+            convs[i].run_adding(input, residual, output, ws)
+        })?;
         let methods: Vec<Method> = convs.iter().map(|c| c.method()).collect();
         let costs = LayerCosts::new(
             &self.selection.profile,

@@ -1,8 +1,9 @@
 //! Fusion: the pass between folding constants and planning that decides which nodes run
 //! as one step. A Conv (or ConvTranspose) takes over the BatchNormalization, per-channel Mul
-//! and Add, and activation after it ([`ConvTail`]); HardSwish written out as four nodes runs
-//! as the one operator; a channel shuffle written out as three, as one copy; a residual Add
-//! and the activation after it, as one pass. Every decision
+//! and Add, and activation after it ([`ConvTail`]), and a Conv the residual Add after those
+//! and the activation after it; HardSwish written out as four nodes runs as the one
+//! operator; a channel shuffle written out as three, as one copy; a residual Add that no
+//! Conv took and the activation after it, as one pass. Every decision
 //! reads only constants, which the folding pass has computed, so it is made once for the
 //! whole graph, before any step is planned (a shuffle's shapes are checked when planned).
 
@@ -110,20 +111,25 @@ pub(crate) fn fuse(
 struct Graph<'m> {
     nodes: &'m [Node],
     consumers: HashMap<&'m str, Vec<usize>>,
+    /// The node that writes each tensor a node writes.
+    producers: HashMap<&'m str, usize>,
     outputs: HashSet<&'m str>,
 }
 
 impl<'m> Graph<'m> {
     fn new(model: &'m Model) -> Self {
         let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        let mut producers = HashMap::new();
         for (j, node) in model.nodes.iter().enumerate() {
             for input in node.input.iter().filter(|i| !i.is_empty()) {
                 consumers.entry(input.as_str()).or_default().push(j);
             }
+            producers.extend(node.output.iter().map(|o| (o.as_str(), j)));
         }
         Graph {
             nodes: &model.nodes,
             consumers,
+            producers,
             outputs: model.outputs().iter().map(String::as_str).collect(),
         }
     }
@@ -134,6 +140,11 @@ impl<'m> Graph<'m> {
             Some(&[j]) if !self.outputs.contains(name) => Some(j),
             _ => None,
         }
+    }
+    /// Whether tensor `name` is computed before node `i` runs: a graph input, or written by
+    /// an earlier node (nodes are in topological order).
+    fn ready_before(&self, name: &str, i: usize) -> bool {
+        self.producers.get(name).is_none_or(|&p| p < i)
     }
     fn is_unused(&self, name: &str) -> bool {
         name.is_empty() || (!self.consumers.contains_key(name) && !self.outputs.contains(name))
@@ -310,8 +321,65 @@ fn conv_tail(
     let node = &graph.nodes[i];
     let channels = filters_and_rank(node, values)?;
     let out = node.output.first().cloned().unwrap_or_default();
-    let (tail, taken, out) = affine_tail(graph, out, channels, values, opset);
+    let (mut tail, mut taken, mut out) = affine_tail(graph, out, channels, values, opset);
+    let residual = (node.op_type() == "Conv" && tail.activation.is_none())
+        .then(|| residual_add(graph, i, &out, values, opset))
+        .flatten();
+    if let Some((residual, nodes, output)) = residual {
+        (tail.residual, out) = (Some(residual.x), output);
+        tail.activation = residual.activation;
+        taken.extend(nodes);
+    }
     (!taken.is_empty()).then_some((tail, taken, out))
+}
+
+/// A residual connection that Conv node `i` can finish in its epilogue.
+struct ResidualAdd {
+    /// The tensor added to the convolution's output.
+    x: String,
+    /// The activation after the sum, if one is fused.
+    activation: Option<Activation>,
+}
+
+/// The residual Add after Conv node `i`'s output `out` (through its affine tail): an Add, or
+/// a Sum of two, of `out` and a tensor `x` computed before node `i` (so that the Conv can
+/// read it), and no constant; with the activation after it when one can be fused, the nodes
+/// taken, and the tensor the last of them writes. Whether `x` has the output's shape (no
+/// broadcasting) is the planner's to check, when shapes are known.
+fn residual_add(
+    graph: &Graph,
+    i: usize,
+    out: &str,
+    values: &HashMap<String, Value>,
+    opset: i64,
+) -> Option<(ResidualAdd, Vec<usize>, String)> {
+    let add = graph.sole_consumer(out)?;
+    let node = &graph.nodes[add];
+    let sum = match node.op_type() {
+        "Add" => opset >= 7,
+        "Sum" => true,
+        _ => false,
+    };
+    let [a, b] = node.input.as_slice() else {
+        return None;
+    };
+    let x = match (a == out, b == out) {
+        (true, false) => b,
+        (false, true) => a,
+        _ => return None,
+    };
+    let dynamic = values.get(x).and_then(Value::as_const).is_none();
+    if !sum || !dynamic || !graph.ready_before(x, i) {
+        return None;
+    }
+    let added = node.output.first()?.clone();
+    let (activation, mut taken, output) = match fused_activation(graph, &added, values, opset) {
+        Some((activation, nodes, output)) => (Some(activation), nodes, output),
+        None => (None, Vec::new(), added),
+    };
+    taken.insert(0, add);
+    let x = x.clone();
+    Some((ResidualAdd { x, activation }, taken, output))
 }
 
 /// The BatchNormalization node `i` and the affine maps and activation after it, when there

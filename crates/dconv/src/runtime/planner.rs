@@ -120,6 +120,16 @@ fn plan_node(
     let node = &model.nodes[i];
     let wrap = in_node(node, i);
     let mut ctx = Ctx::new(Attrs(&node.attribute), model.opset());
+    let residual = match fusion {
+        Some(Fusion::Conv { tail, .. }) => tail.residual.as_deref(),
+        _ => None,
+    };
+    let residual = residual
+        .map(|x| resolve_input(x, values))
+        .transpose()
+        .map_err(&wrap)?
+        .flatten();
+    ctx.residual = residual.as_ref();
     let (op, inputs, names) = match fusion {
         // Fusions of several nodes into one pass, planned apart when the pass does not apply.
         Some(Fusion::ChannelShuffle(shuffle)) => {

@@ -427,12 +427,15 @@ fn execute(
                 (Some(zeros as f64 / out.len().max(1) as f64), None)
             }
             StepOp::Conv(conv) => {
+                // A second input is the residual the layer adds.
+                let residual = read.get(1).copied();
                 let done = probe
                     .as_deref_mut()
                     .map_or(Ok(()), |p| {
-                        p.before_conv(&step.node, conv, read[0], known, out, workspace)
+                        let input = (read[0], known);
+                        p.before_conv(&step.node, conv, input, residual, out, workspace)
                     })
-                    .and_then(|()| conv.run(read[0], known, out, workspace))
+                    .and_then(|()| conv.run((read[0], known), residual, out, workspace))
                     .map_err(in_step)?;
                 (done.output_sparsity, Some(done.method))
             }
