@@ -87,6 +87,10 @@ pub struct Args {
     /// Seed of the synthetic input and weights.
     #[arg(long, value_name = "S", default_value_t = 1)]
     seed: u64,
+    /// Add a residual tensor of the output's shape to the sums, as a ResNet block's last
+    /// convolution does (its Add fused into the epilogue).
+    #[arg(long)]
+    residual: bool,
 }
 
 /// Every method is checked against the dense one (or the first) to this relative tolerance.
@@ -251,6 +255,16 @@ fn measure(
         let method = conv.method();
         move |e: dconv::Error| Failure::Run(format!("{method} failed: {e}"))
     };
+    let residual = match args.residual {
+        true => {
+            let len = convs[0]
+                .spec()
+                .output_len()
+                .map_err(run_failed(&convs[0]))?;
+            Some(synth::random_sparse(len, 0.0, &mut Rng::new(args.seed ^ 1)))
+        }
+        false => None,
+    };
     let mut outputs = convs
         .iter()
         .map(|conv| {
@@ -266,8 +280,9 @@ fn measure(
     let samples = protocol.time_reporting(
         convs.len(),
         |i| {
+            let output = outputs[i].as_mut_slice();
             convs[i]
-                .run(input, outputs[i].as_mut_slice(), workspace)
+                .run_adding(input, residual.as_deref(), output, workspace)
                 .map_err(run_failed(&convs[i]))
         },
         |stage| match stage {

@@ -87,6 +87,7 @@ fn bench_conv_writes_the_json_report() {
     assert_eq!(report["weight_block"], Value::Null);
     assert_eq!(report["weight_zero_blocks"], Value::Null);
     assert_eq!(report["zeros"], "relu");
+    assert_eq!(report["residual"], false);
     assert_eq!(report["threads"], 1);
     assert_eq!(report["runs"], 3);
     assert!(report["isa"].as_str().is_some_and(|isa| !isa.is_empty()));
@@ -103,6 +104,40 @@ fn bench_conv_writes_the_json_report() {
     assert!(field("gflops_dense_equivalent") > 0.0);
     // The reference skips no zeros: its effective rate is its dense-equivalent rate.
     assert_eq!(field("gflops_effective"), field("gflops_dense_equivalent"));
+}
+
+/// With --residual every method adds the same residual: their outputs agree with dense's
+/// (else bench-conv fails), and the report says so.
+#[test]
+fn a_residual_is_added_by_every_method() {
+    let (stdout, report) = bench_json(
+        "residual",
+        &[
+            "--channels",
+            "8",
+            "--height",
+            "7",
+            "--width",
+            "6",
+            "--filters",
+            "12",
+            "--kernel",
+            "3",
+            "--pad",
+            "1",
+            "--input-sparsity",
+            "0.5",
+            "--residual",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+        ],
+    );
+    assert!(stdout.contains("a residual added"), "{stdout}");
+    assert_eq!(report["residual"], true);
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5, "every method but the reference");
 }
 
 #[test]

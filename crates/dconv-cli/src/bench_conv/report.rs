@@ -36,6 +36,8 @@ struct JsonReport<'a> {
     /// The fraction of weight blocks measured all zero; null without a block.
     weight_zero_blocks: Option<f64>,
     zeros: &'static str,
+    /// Whether a residual tensor was added to the sums.
+    residual: bool,
     threads: usize,
     runs: usize,
     isa: &'static str,
@@ -188,12 +190,17 @@ pub fn print_header(
     );
     println!(
         "isa {isa}, caches blocked for {}, {} thread(s), {} warm-up + {} timed runs per \
-         method, seed {}",
+         method, seed {}{}",
         CacheSizes::detect(),
         args.threads,
         args.warmup,
         args.runs,
-        args.seed
+        args.seed,
+        if args.residual {
+            "; a residual added to the sums"
+        } else {
+            ""
+        }
     );
 }
 
@@ -261,6 +268,7 @@ pub fn write_json(
         weight_block: args.weight_block,
         weight_zero_blocks: measured.weight_blocks,
         zeros: args.zeros.name(),
+        residual: args.residual,
         threads: args.threads,
         runs: args.runs,
         isa: isa.name(),

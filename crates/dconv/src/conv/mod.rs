@@ -160,7 +160,7 @@ impl<'a> Residual<'a> {
 /// [`curve`](Self::curve) in kernels that finish sums in registers.
 #[derive(Clone, Copy)]
 pub(crate) struct RunEpilogue<'a> {
-    pub epilogue: &'a Epilogue,
+    epilogue: &'a Epilogue,
     residual: Option<Residual<'a>>,
 }
 
