@@ -175,9 +175,9 @@ impl RunEpilogue<'_> {
         bias || self.epilogue.activation != Activation::None || self.residual.is_some()
     }
 
-    /// The activation that finishing the sums applies, as a gated clamp (None for none):
-    /// the fused one, or None when the run adds a residual, which comes before it:
-    /// [`add_residual`](Self::add_residual) then applies both.
+    /// The activation that finishing the sums in registers or in place applies, as a gated
+    /// clamp (None for none): the fused one, or None when the run adds a residual, which
+    /// comes before it: [`add_residual`](Self::add_residual) then applies both.
     pub fn curve(&self) -> Option<Curve> {
         match self.residual {
             Some(_) => None,
@@ -204,62 +204,71 @@ impl RunEpilogue<'_> {
             pixels,
             (stride, width),
             terms,
-            added,
             f
         ))
     }
 
-    /// As [`apply_rows`](Self::apply_rows), reading the sums from `sums` (rows
-    /// `sums_stride` apart, the channels at their start) instead of `pixels`: the staged
-    /// sums of a tile finished and stored in one pass, where a copy and then `apply_rows`
-    /// read and wrote the output twice.
-    pub fn apply_rows_from(
+    /// Finishes a tile's staged sums into channels `first..first + len` of each of its rows
+    /// in `pixels` (`stride` floats apart), adding the bias, the residual when the run adds
+    /// one, and the activation; returns how many results are exactly zero. The sums lie in
+    /// `spill` block after block, each block `rows` rows of `width` floats (the last block
+    /// may be narrower than `width` in `len`). Row by row and, within a row, block by block,
+    /// so that each output row and its residual are written and read in one sequential run
+    /// rather than a block's columns at a time, 1 KB apart on 256 channels.
+    pub fn apply_tile_from(
         &self,
-        (sums, sums_stride): (&[f32], usize),
+        (spill, rows, width): (&[f32], usize, usize),
         pixels: &mut [f32],
         stride: usize,
-        width: usize,
-        first: usize,
+        (first, len): (usize, usize),
     ) -> usize {
-        let bias = &self.epilogue.bias[first..first + width];
-        let terms = |i: usize| sums[i * sums_stride..].iter().zip(bias).map(|(s, b)| s + b);
-        with_row_curve!(self.epilogue.isa, self.curve(), |f| finish_rows(
-            pixels,
-            (stride, width),
-            terms,
-            staged,
-            f
-        ))
+        let bias = &self.epilogue.bias[first..first + len];
+        let residual = self.residual.map(|r| r.under(pixels));
+        let sums = |i: usize, b: usize| {
+            spill[(b * rows + i) * width..]
+                .iter()
+                .zip(&bias[b * width..])
+        };
+        let segments = (rows, stride, (width, len));
+        let activation = self.epilogue.activation.curve();
+        with_row_curve!(self.epilogue.isa, activation, |f| match residual {
+            None => finish_segments(pixels, segments, |i, b| sums(i, b).map(|(s, b)| s + b), f),
+            Some(r) => finish_segments(
+                pixels,
+                segments,
+                |i, b| sums(i, b)
+                    .zip(&r[i * stride + b * width..])
+                    .map(|((s, b), r)| s + b + r),
+                f
+            ),
+        })
     }
 
     /// After a method finished its sums (the bias added, [`curve`](Self::curve) applied, in
     /// registers or by [`apply_rows`](Self::apply_rows)): adds the residual to the first
     /// `width` floats of each `stride`-float row of `pixels` and applies the activation,
     /// returning the zeros. Each method calls it on a region it has just written, while it
-    /// is in cache, in rows as long as it can: the residual then streams in whole lines (on
-    /// 64 -> 256 1x1 at 56 x 56, adding it to each tile's staged blocks of 32 channels,
-    /// 1 KB apart, cost 5x a pass of its own). None when the run adds no residual: the
-    /// method finished the sums and counted their zeros.
+    /// is in cache, in rows as long as it can, so that the residual streams in whole lines.
+    /// None when the run adds no residual: the method finished the sums and counted their
+    /// zeros.
     pub fn add_residual(&self, pixels: &mut [f32], stride: usize, width: usize) -> Option<usize> {
         let r = self.residual?.under(pixels);
         let terms = |i: usize| r[i * stride..].iter().copied();
         let activation = self.epilogue.activation.curve();
         Some(with_row_curve!(self.epilogue.isa, activation, |f| {
-            finish_rows(pixels, (stride, width), terms, added, f)
+            finish_rows(pixels, (stride, width), terms, f)
         }))
     }
 }
 
-/// `row[j] = f(combine(row[j], term[j]))` for the first `width` floats of each `stride`-float
-/// row `i` of `pixels`, with `term` the terms `terms(i)`, returning how many results are
-/// exactly zero. The count is per row in 32 bits, which vectorises at the floats' width.
-/// `combine` adds a term to the sum in place, or takes the term (a finished sum) whole.
+/// `row[j] = f(row[j] + term[j])` for the first `width` floats of each `stride`-float row
+/// `i` of `pixels`, with `term` the terms `terms(i)`, returning how many results are exactly
+/// zero. The count is per row in 32 bits, which vectorises at the floats' width.
 #[inline(always)]
 fn finish_rows<I: Iterator<Item = f32>>(
     pixels: &mut [f32],
     (stride, width): (usize, usize),
     terms: impl Fn(usize) -> I,
-    combine: impl Fn(f32, f32) -> f32,
     f: impl Fn(f32) -> f32,
 ) -> usize {
     let mut zeros = 0;
@@ -268,23 +277,37 @@ fn finish_rows<I: Iterator<Item = f32>>(
             .iter_mut()
             .zip(terms(i))
             .fold(0u32, |zeros, (o, t)| {
-                *o = f(combine(*o, t));
+                *o = f(*o + t);
                 zeros + (*o == 0.0) as u32
             }) as usize;
     }
     zeros
 }
 
-/// [`finish_rows`]' `combine` for sums in place: the term is added.
+/// `segment[j] = f(value[j])` for each segment `b` of `width` floats (the last one shorter
+/// when `len` is not a multiple) of the first `len` floats of each `stride`-float row `i` of
+/// `pixels`, `rows` rows, with `value` the values `values(i, b)`; returns how many results
+/// are exactly zero, counted as [`finish_rows`] counts.
 #[inline(always)]
-fn added(sum: f32, term: f32) -> f32 {
-    sum + term
-}
-
-/// [`finish_rows`]' `combine` for sums staged elsewhere: the term is the sum.
-#[inline(always)]
-fn staged(_: f32, sum: f32) -> f32 {
-    sum
+fn finish_segments<I: Iterator<Item = f32>>(
+    pixels: &mut [f32],
+    (rows, stride, (width, len)): (usize, usize, (usize, usize)),
+    values: impl Fn(usize, usize) -> I,
+    f: impl Fn(f32) -> f32,
+) -> usize {
+    let mut zeros = 0;
+    for (i, row) in pixels.chunks_mut(stride).take(rows).enumerate() {
+        for (b, segment) in row[..len].chunks_mut(width).enumerate() {
+            zeros += segment
+                .iter_mut()
+                .zip(values(i, b))
+                .fold(0u32, |zeros, (o, v)| {
+                    *o = f(v);
+                    zeros + (*o == 0.0) as u32
+                }) as usize;
+        }
+    }
+    zeros
 }
 
 /// A method with its weights prepared for one layer.

@@ -94,8 +94,9 @@ impl TileSums {
         &mut self.spill.as_mut_slice()[block * len..][..len]
     }
 
-    /// Finishes the sums by `epilogue` into the columns of group `g` (of `per_group` output
-    /// channels) of `out`, whose rows are `row_len` long; returns how many are exactly zero.
+    /// Finishes the sums by `epilogue` (and its residual) into the columns of group `g` (of
+    /// `per_group` output channels) of `out`, whose rows are `row_len` long; returns how many
+    /// are exactly zero.
     pub fn finish(
         &self,
         out: &mut [f32],
@@ -103,20 +104,9 @@ impl TileSums {
         (g, per_group): (usize, usize),
         epilogue: RunEpilogue,
     ) -> usize {
-        let len = self.rows * self.width;
-        let mut zeros = 0;
-        for (block, sums) in self.spill.as_slice().chunks_exact(len).enumerate() {
-            let first = g * per_group + block * self.width;
-            let width = self.width.min((g + 1) * per_group - first);
-            zeros += epilogue.apply_rows_from(
-                (sums, self.width),
-                &mut out[first..],
-                row_len,
-                width,
-                first,
-            );
-        }
-        zeros
+        let spill = (self.spill.as_slice(), self.rows, self.width);
+        let first = g * per_group;
+        epilogue.apply_tile_from(spill, &mut out[first..], row_len, (first, per_group))
     }
 }
 
@@ -151,12 +141,7 @@ pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
             body(task);
             out.chunks_mut(tile * m)
                 .zip(task.iter_mut())
-                .map(|(out, t)| {
-                    let zeros = t.sums().finish(out, m, (g, mg), epilogue);
-                    epilogue
-                        .add_residual(&mut out[g * mg..], m, mg)
-                        .unwrap_or(zeros)
-                })
+                .map(|(out, t)| t.sums().finish(out, m, (g, mg), epilogue))
                 .sum::<usize>()
         })
         .sum()
