@@ -44,6 +44,9 @@ struct Report {
     policy: String,
     median_ms: f64,
     min_ms: f64,
+    /// The median run's time outside its steps: inputs and outputs, the plan's lookup, the
+    /// hand-off to the session's threads.
+    outside_steps_ms: f64,
     runs: u32,
     peak_rss_mb: Option<f64>,
     layers: Vec<LayerRow>,
@@ -91,6 +94,7 @@ fn report(args: &Args, measured: &Measurement) -> Report {
         policy: args.policy.to_string(),
         median_ms: ms(measured.median),
         min_ms: ms(measured.min),
+        outside_steps_ms: ms(measured.outside_steps),
         runs: args.runs,
         peak_rss_mb: peak_rss_mb(),
         layers: measured
@@ -159,5 +163,10 @@ fn print_report(r: &Report) {
         r.runs,
         r.peak_rss_mb
             .map_or("unknown".into(), |mb| format!("{mb:.0} MB"))
+    );
+    println!(
+        "outside the {} steps (inputs, outputs, the plan's lookup, the threads' hand-off): {:.3} ms",
+        r.layers.len(),
+        r.outside_steps_ms
     );
 }

@@ -19,6 +19,10 @@ pub struct LayerTiming {
 pub struct Measurement {
     pub median: Duration,
     pub min: Duration,
+    /// A run's time outside its steps (copying inputs and outputs, finding the plan, handing
+    /// the run to the session's threads): the median run less the median of the profiled
+    /// runs' sums of step times. Zero when the difference is negative (noise).
+    pub outside_steps: Duration,
     pub layers: Vec<LayerTiming>,
     /// The model's outputs in the last timed run (empty when `runs` is 0).
     pub outputs: Vec<(String, Tensor)>,
@@ -69,9 +73,12 @@ pub fn measure(
             .collect(),
         None => Vec::new(),
     };
+    let step_sums: Vec<Duration> = profiles.iter().map(|p| p.total()).collect();
+    let median_run = median(&totals);
     Ok(Measurement {
-        median: median(&totals),
+        median: median_run,
         min: totals.iter().min().copied().unwrap_or_default(),
+        outside_steps: median_run.saturating_sub(median(&step_sums)),
         layers,
         outputs,
     })
