@@ -147,6 +147,35 @@ pub(crate) fn plan_unary(
     b.emit(&[x], shape, layout, Box::new(UnaryKernel(f)))
 }
 
+/// Runs `$body` with `$g` bound to `$f`'s arithmetic as a plain closure, one arm per
+/// operator, so that the loop in each arm vectorises (a match per element does not).
+macro_rules! with_binary {
+    ($f:expr, |$g:ident| $body:expr) => {
+        match $f {
+            Binary::Add => {
+                let $g = |a: f32, b: f32| a + b;
+                $body
+            }
+            Binary::Sub => {
+                let $g = |a: f32, b: f32| a - b;
+                $body
+            }
+            Binary::Mul => {
+                let $g = |a: f32, b: f32| a * b;
+                $body
+            }
+            Binary::Div => {
+                let $g = |a: f32, b: f32| a / b;
+                $body
+            }
+            other => {
+                let $g = move |a: f32, b: f32| other.apply(a, b);
+                $body
+            }
+        }
+    };
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Binary {
     Add,
@@ -226,23 +255,28 @@ impl Kernel for BinaryKernel {
         }
         if self.same_layout {
             // No broadcast (a residual Add, say): one flat pass, split over the threads.
+            let isa = Isa::detect();
             in_parallel_chunks(output, ELEMENTS_PER_TASK, |first, out| {
                 let (a, b) = (&inputs[0][first..], &inputs[1][first..]);
-                out.iter_mut()
-                    .zip(a.iter().zip(b))
-                    .for_each(|(o, (&x, &y))| *o = f.apply(x, y));
+                with_binary!(f, |g| vectorized(
+                    isa,
+                    #[inline(always)]
+                    || out
+                        .iter_mut()
+                        .zip(a.iter().zip(b))
+                        .for_each(|(o, (&x, &y))| *o = g(x, y))
+                ));
                 0
             });
             return None;
         }
-        broadcast(
-            &self.shape,
-            &self.strides,
-            inputs[0],
-            inputs[1],
-            output,
-            |a, b| f.apply(a, b),
-        );
+        let (shape, strides) = (&self.shape, &self.strides);
+        let isa = Isa::detect();
+        with_binary!(f, |g| vectorized(
+            isa,
+            #[inline(always)]
+            || broadcast(shape, strides, inputs[0], inputs[1], output, g)
+        ));
         None
     }
 }
@@ -298,42 +332,88 @@ fn broadcast<T: Copy>(
         return;
     }
     let inner = shape[rank - 1];
-    let (ia, ib) = (sa[rank - 1], sb[rank - 1]);
-    let mut index = vec![0usize; rank - 1];
-    let (mut oa, mut ob) = (0isize, 0isize);
-    for row in out.chunks_exact_mut(inner) {
-        match (ia, ib) {
-            (1, 1) => {
-                let (a, b) = (&a[oa as usize..][..inner], &b[ob as usize..][..inner]);
-                row.iter_mut()
-                    .zip(a.iter().zip(b))
-                    .for_each(|(o, (&x, &y))| *o = f(x, y));
+    let rows = Rows::of(shape, [sa, sb]);
+    match (sa[rank - 1], sb[rank - 1]) {
+        (1, 1) => rows.walk(out, |row, pa, pb| {
+            let (a, b) = (&a[pa..][..inner], &b[pb..][..inner]);
+            row.iter_mut()
+                .zip(a.iter().zip(b))
+                .for_each(|(o, (&x, &y))| *o = f(x, y));
+        }),
+        (1, 0) => rows.walk(out, |row, pa, pb| {
+            let (a, y) = (&a[pa..][..inner], b[pb]);
+            row.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x, y));
+        }),
+        (0, 1) => rows.walk(out, |row, pa, pb| {
+            let (x, b) = (a[pa], &b[pb..][..inner]);
+            row.iter_mut().zip(b).for_each(|(o, &y)| *o = f(x, y));
+        }),
+        (ia, ib) => rows.walk(out, |row, pa, pb| {
+            for (i, o) in row.iter_mut().enumerate() {
+                let i = i as isize;
+                *o = f(
+                    a[(pa as isize + i * ia) as usize],
+                    b[(pb as isize + i * ib) as usize],
+                );
             }
-            (1, 0) => {
-                let (a, y) = (&a[oa as usize..][..inner], b[ob as usize]);
-                row.iter_mut().zip(a).for_each(|(o, &x)| *o = f(x, y));
-            }
-            (0, 1) => {
-                let (x, b) = (a[oa as usize], &b[ob as usize..][..inner]);
-                row.iter_mut().zip(b).for_each(|(o, &y)| *o = f(x, y));
-            }
-            _ => {
-                for (i, o) in row.iter_mut().enumerate() {
-                    let i = i as isize;
-                    *o = f(a[(oa + i * ia) as usize], b[(ob + i * ib) as usize]);
-                }
-            }
+        }),
+    }
+}
+
+/// How [`broadcast`] walks the output: rows along the last axis; the rows of the axis before
+/// it in a tight loop, and the other axes by an index. A per-channel scale of a channels-last
+/// tensor (MobileNetV3's squeeze-and-excitation) has rows of a few channels: walking each
+/// by the index cost more than the multiply (16-channel rows at 24 x 96 took 0.04 ms).
+struct Rows<'s> {
+    shape: &'s [usize],
+    strides: [&'s [isize]; 2],
+    /// Floats per row, rows per tight loop, and the operands' strides between those rows.
+    inner: usize,
+    rows: usize,
+    row_strides: [isize; 2],
+}
+
+impl<'s> Rows<'s> {
+    fn of(shape: &'s [usize], [sa, sb]: [&'s [isize]; 2]) -> Self {
+        let rank = shape.len();
+        let (rows, row_strides) = match rank {
+            1 => (1, [0, 0]),
+            _ => (shape[rank - 2], [sa[rank - 2], sb[rank - 2]]),
+        };
+        Rows {
+            shape,
+            strides: [sa, sb],
+            inner: shape[rank - 1],
+            rows,
+            row_strides,
         }
-        for axis in (0..rank - 1).rev() {
-            index[axis] += 1;
-            oa += sa[axis];
-            ob += sb[axis];
-            if index[axis] < shape[axis] {
-                break;
+    }
+
+    /// Calls `row(row, a, b)` on each row of `out` (rank >= 1, not empty) with the offsets
+    /// of its first element in the operands.
+    #[inline(always)]
+    fn walk<T>(&self, out: &mut [T], mut row: impl FnMut(&mut [T], usize, usize)) {
+        let outer = self.shape.len().saturating_sub(2);
+        let [sa, sb] = self.strides;
+        let [ra, rb] = self.row_strides;
+        let mut index = vec![0usize; outer];
+        let (mut oa, mut ob) = (0isize, 0isize);
+        for block in out.chunks_exact_mut(self.inner * self.rows) {
+            for (j, r) in block.chunks_exact_mut(self.inner).enumerate() {
+                let j = j as isize;
+                row(r, (oa + j * ra) as usize, (ob + j * rb) as usize);
             }
-            oa -= sa[axis] * shape[axis] as isize;
-            ob -= sb[axis] * shape[axis] as isize;
-            index[axis] = 0;
+            for axis in (0..outer).rev() {
+                index[axis] += 1;
+                oa += sa[axis];
+                ob += sb[axis];
+                if index[axis] < self.shape[axis] {
+                    break;
+                }
+                oa -= sa[axis] * self.shape[axis] as isize;
+                ob -= sb[axis] * self.shape[axis] as isize;
+                index[axis] = 0;
+            }
         }
     }
 }
@@ -470,4 +550,54 @@ fn aligned_shape(ctx: &Ctx, f: Binary, x: &[usize], y: &[usize]) -> Result<Vec<u
     aligned.extend(y);
     aligned.resize(rank, 1);
     Ok(aligned)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::layout::strides_in_order;
+
+    /// Every element of a broadcast, whatever the shapes and the operands' storage orders,
+    /// is `f` of the operands' elements at the offsets its index gives: rows of one element
+    /// or many, operands broadcast along the rows, across them or both, a per-channel scale
+    /// of a channels-last tensor, and a transposed operand (strides other than 0 and 1).
+    #[test]
+    fn broadcast_matches_each_elements_own_offsets() {
+        let cases: [(&[usize], &[usize], &[usize]); 8] = [
+            (&[5], &[1], &[0]),
+            (&[3, 4], &[4], &[0, 1]),
+            (&[3, 1], &[1, 4], &[0, 1]),
+            (&[2, 3, 4, 5], &[2, 1, 1, 5], &[0, 1, 2, 3]),
+            (&[1, 24, 6, 16], &[1, 1, 1, 16], &[0, 1, 2, 3]),
+            (&[2, 3, 4, 5], &[2, 3, 4, 5], &[3, 2, 1, 0]),
+            (&[2, 3, 1, 5], &[1, 1, 4, 1], &[0, 2, 1, 3]),
+            (&[3, 2, 4], &[3, 1, 1], &[2, 0, 1]),
+        ];
+        for (a_shape, b_shape, a_order) in cases {
+            let out_shape = broadcast_shape(a_shape, b_shape).unwrap();
+            let a_strides = strides_in_order(a_shape, a_order);
+            let b_order: Vec<usize> = (0..b_shape.len()).collect();
+            let b_strides = strides_in_order(b_shape, &b_order);
+            let strides = [
+                broadcast_strides(a_shape, &a_strides, &out_shape),
+                broadcast_strides(b_shape, &b_strides, &out_shape),
+            ];
+            let a: Vec<i64> = (0..a_shape.iter().product::<usize>() as i64).collect();
+            let b: Vec<i64> = (0..b_shape.iter().product::<usize>() as i64).collect();
+            let len = out_shape.iter().product::<usize>();
+            let mut out = vec![-1i64; len];
+            broadcast(&out_shape, &strides, &a, &b, &mut out, |x, y| x * 1000 + y);
+            for (i, &got) in out.iter().enumerate() {
+                let (mut rest, mut oa, mut ob) = (i, 0isize, 0isize);
+                for axis in (0..out_shape.len()).rev() {
+                    let at = (rest % out_shape[axis]) as isize;
+                    rest /= out_shape[axis];
+                    oa += at * strides[0][axis];
+                    ob += at * strides[1][axis];
+                }
+                let want = a[oa as usize] * 1000 + b[ob as usize];
+                assert_eq!(got, want, "{a_shape:?} x {b_shape:?} at {i}");
+            }
+        }
+    }
 }

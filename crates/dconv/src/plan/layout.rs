@@ -27,15 +27,20 @@ impl Layout {
 
     /// The stride, in elements, of each logical axis of a tensor of `shape` stored this way.
     pub fn strides(self, shape: &[usize]) -> Vec<isize> {
-        let order = self.storage_order(shape.len());
-        let mut strides = vec![0isize; shape.len()];
-        let mut step = 1isize;
-        for &axis in order.iter().rev() {
-            strides[axis] = step;
-            step *= shape[axis] as isize;
-        }
-        strides
+        strides_in_order(shape, &self.storage_order(shape.len()))
     }
+}
+
+/// The stride, in elements, of each axis of a tensor of `shape` whose axes are stored in
+/// `order`, the outermost first.
+pub(crate) fn strides_in_order(shape: &[usize], order: &[usize]) -> Vec<isize> {
+    let mut strides = vec![0isize; shape.len()];
+    let mut step = 1isize;
+    for &axis in order.iter().rev() {
+        strides[axis] = step;
+        step *= shape[axis] as isize;
+    }
+    strides
 }
 
 /// Row-major strides of `shape`.
