@@ -39,6 +39,9 @@ struct Case {
     pattern: ZeroPattern,
     /// Whether a residual tensor is added before the activation.
     residual: bool,
+    /// Floats between output pixels past the filters: as a layer writing its channels of a
+    /// concatenation leaves room for the others' (no residual then).
+    gap: usize,
     threads: usize,
     seed: u64,
 }
@@ -82,6 +85,7 @@ fn case() -> impl Strategy<Value = Case> {
         (0..SPARSITIES.len(), 0..SPARSITIES.len(), any::<bool>()),
         (0..THREADS.len(), any::<u64>()),
         (any::<bool>(), prop::option::of(2usize..=4), any::<bool>()),
+        prop_oneof![Just(0usize), 1usize..=9],
     )
         .prop_map(
             |(
@@ -94,6 +98,7 @@ fn case() -> impl Strategy<Value = Case> {
                 (si, sw, relu),
                 (ti, seed),
                 (one_d, block, residual),
+                gap,
             )| {
                 let size =
                     |(k, _s, d, lo, hi, extra): (usize, usize, usize, usize, usize, usize)| {
@@ -123,7 +128,8 @@ fn case() -> impl Strategy<Value = Case> {
                     } else {
                         ZeroPattern::Random
                     },
-                    residual,
+                    residual: residual && gap == 0,
+                    gap,
                     threads: THREADS[ti],
                     seed,
                 }
@@ -257,12 +263,28 @@ fn data(case: &Case) -> Data {
 }
 
 fn run(conv: &Conv, input: &[f32], residual: Option<&[f32]>, threads: usize) -> Vec<f32> {
-    let mut out = vec![f32::NAN; conv.spec().output_len().unwrap()];
+    run_with_gap(conv, input, residual, (threads, 0))
+}
+
+/// [`run`] into output pixels `gap` floats wider than the filters, which are then read back
+/// into a tensor of its own; the floats between them must be left as they were.
+fn run_with_gap(
+    conv: &Conv,
+    input: &[f32],
+    residual: Option<&[f32]>,
+    (threads, gap): (usize, usize),
+) -> Vec<f32> {
+    let filters = conv.spec().filters;
+    let pixels = conv.spec().output_len().unwrap() / filters;
+    let pitch = filters + gap;
+    let mut out = vec![f32::NAN; (pixels * pitch).saturating_sub(gap)];
     let mut ws = Workspace::default();
     pool(threads).install(|| {
         // Twice into the same workspace: a reused workspace must not leak state.
-        conv.run_adding(input, residual, &mut out, &mut ws).unwrap();
-        conv.run_adding(input, residual, &mut out, &mut ws).unwrap();
+        for _ in 0..2 {
+            conv.run_into(input, residual, (&mut out, pitch), &mut ws)
+                .unwrap();
+        }
         // What a runtime budgets for the layer bounds what it filled.
         let (filled, bound) = (ws.bytes(), conv.scratch_bytes());
         assert!(
@@ -272,7 +294,19 @@ fn run(conv: &Conv, input: &[f32], residual: Option<&[f32]>, threads: usize) -> 
             conv.spec()
         );
     });
-    out
+    let untouched = out
+        .iter()
+        .enumerate()
+        .all(|(i, v)| i % pitch < filters || v.is_nan());
+    assert!(
+        untouched,
+        "{} wrote between the pixels of a pitch of {pitch}",
+        conv.method()
+    );
+    out.chunks(pitch)
+        .flat_map(|p| &p[..filters])
+        .copied()
+        .collect()
 }
 
 fn assert_close(method: Method, isa: Isa, case: &Case, got: &[f32], want: &[f32]) {
@@ -295,7 +329,7 @@ fn check_method(method: Method, case: &Case) {
     for isa in Isa::supported() {
         let conv =
             Conv::prepare_with_isa(&case.spec, &d.weights, d.bias.as_deref(), method, isa).unwrap();
-        let got = run(&conv, &d.input, residual, case.threads);
+        let got = run_with_gap(&conv, &d.input, residual, (case.threads, case.gap));
         assert_close(method, isa, case, &got, &want);
     }
 }
@@ -357,6 +391,7 @@ fn thread_count_does_not_change_results() {
                 weight_block: None,
                 pattern: ZeroPattern::Relu,
                 residual: true,
+                gap: 0,
                 threads: 1,
                 seed: 42,
             };
@@ -456,6 +491,7 @@ fn check_shape_in_blocks(
     seed: u64,
 ) {
     for &threads in threads {
+        // Bands split between threads also write into pixels wider than their filters.
         let case = Case {
             spec,
             input_sparsity,
@@ -463,6 +499,7 @@ fn check_shape_in_blocks(
             weight_block,
             pattern,
             residual: false,
+            gap: if threads > 1 { 3 } else { 0 },
             threads,
             seed,
         };

@@ -283,51 +283,60 @@ impl Dense {
     fn multiply_in_bands(
         &self,
         image: &[f32],
-        out: &mut [f32],
+        (out, pitch): (&mut [f32], usize),
         epilogue: RunEpilogue,
         threads: usize,
     ) -> Option<usize> {
         let s = &self.spec;
-        let (c_len, m_len) = (s.channels, s.filters);
+        let c_len = s.channels;
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
         let k_len = s.lowered_cols();
         let band = band_rows(s.out_pixels(), threads);
         let zeros = out
-            .par_chunks_mut(band * m_len)
+            .par_chunks_mut(band * pitch)
             .zip(image.par_chunks(band * c_len))
             .map(|(out, image)| {
-                let rows = out.len() / m_len;
+                let rows = out.len().div_ceil(pitch);
                 for g in 0..s.groups {
                     let rhs = &self.packed[g * k_len * mg..(g + 1) * k_len * mg];
                     let (dst, lhs) = (&mut out[g * mg..], &image[g * cg..]);
-                    gemm_f32((rows, mg, k_len), dst, m_len, lhs, c_len, rhs, mg, 1);
+                    gemm_f32((rows, mg, k_len), dst, pitch, lhs, c_len, rhs, mg, 1);
                 }
-                self.apply_epilogue_serial(out, epilogue)
+                self.apply_epilogue_serial((out, pitch), epilogue)
             })
             .sum();
         epilogue.has_work(self.spec.bias).then_some(zeros)
     }
 
-    /// The epilogue over `out`'s pixels on the calling thread; its zeros (0 without one).
-    fn apply_epilogue_serial(&self, out: &mut [f32], epilogue: RunEpilogue) -> usize {
+    /// The epilogue over `out`'s pixels (`pitch` floats apart) on the calling thread; its
+    /// zeros (0 without one).
+    fn apply_epilogue_serial(
+        &self,
+        (out, pitch): (&mut [f32], usize),
+        epilogue: RunEpilogue,
+    ) -> usize {
         if !epilogue.has_work(self.spec.bias) {
             return 0;
         }
         let m = self.spec.filters;
-        let zeros = epilogue.apply_rows(out, m, m, 0);
-        epilogue.add_residual(out, m, m).unwrap_or(zeros)
+        let zeros = epilogue.apply_rows(out, pitch, m, 0);
+        epilogue.add_residual(out, pitch, m).unwrap_or(zeros)
     }
 
-    /// Adds the bias (and the residual) and applies the activation to one image's `[P][M]`
-    /// output; returns its zeros, or None when there is nothing to apply (and so no pass to
-    /// count them in).
-    fn apply_epilogue(&self, out: &mut [f32], epilogue: RunEpilogue) -> Option<usize> {
+    /// Adds the bias (and the residual) and applies the activation to one image's output
+    /// pixels (`pitch` floats apart); returns its zeros, or None when there is nothing to
+    /// apply (and so no pass to count them in).
+    fn apply_epilogue(
+        &self,
+        (out, pitch): (&mut [f32], usize),
+        epilogue: RunEpilogue,
+    ) -> Option<usize> {
         if !epilogue.has_work(self.spec.bias) {
             return None;
         }
         let zeros = out
-            .par_chunks_mut(EPILOGUE_ROWS_PER_TASK * self.spec.filters)
-            .map(|chunk| self.apply_epilogue_serial(chunk, epilogue))
+            .par_chunks_mut(EPILOGUE_ROWS_PER_TASK * pitch)
+            .map(|chunk| self.apply_epilogue_serial((chunk, pitch), epilogue))
             .sum();
         Some(zeros)
     }
@@ -415,7 +424,7 @@ impl Dense {
         &self,
         direct: &Direct,
         input: &[f32],
-        (output, epilogue): (&mut [f32], RunEpilogue),
+        ((output, pitch), epilogue): ((&mut [f32], usize), RunEpilogue),
         ws: &mut Workspace,
     ) -> Timing {
         let s = &self.spec;
@@ -439,15 +448,15 @@ impl Dense {
         };
         over_padded_images(
             s,
-            (input, output),
+            (input, (output, pitch)),
             ws,
             (self.lowered_len(threads), band_pixels),
             |image, padded| pad_rows(s, image, 0..ph, padded),
             |chunk, padded, out| {
                 let at = OutputPixels {
-                    count: out.len() / m_len,
+                    count: out.len().div_ceil(pitch),
                     filters: mg,
-                    stride: m_len,
+                    stride: pitch,
                 };
                 let first = chunk * band_pixels;
                 let zeros = (0..s.groups)
@@ -467,7 +476,7 @@ impl Dense {
                         direct.kernel.band(&band, at, &mut out[g * mg..])
                     })
                     .sum::<usize>();
-                epilogue.add_residual(out, m_len, m_len).unwrap_or(zeros)
+                epilogue.add_residual(out, pitch, m_len).unwrap_or(zeros)
             },
         )
     }
@@ -481,29 +490,29 @@ impl ConvKernel for Dense {
     fn run(
         &self,
         input: &[f32],
-        output: &mut [f32],
+        (output, pitch): (&mut [f32], usize),
         residual: Option<&[f32]>,
         ws: &mut Workspace,
     ) -> Timing {
         let epilogue = self.epilogue.adding(residual, output);
         if let Some(direct) = &self.direct {
-            return self.run_direct(direct, input, (output, epilogue), ws);
+            return self.run_direct(direct, input, ((output, pitch), epilogue), ws);
         }
         if let Some(depthwise) = &self.depthwise {
-            return depthwise.run(&self.spec, epilogue, input, output, ws);
+            return depthwise.run(&self.spec, epilogue, input, (output, pitch), ws);
         }
         let s = &self.spec;
         let (p_len, k_len) = (s.out_pixels(), s.lowered_cols());
-        let (m_len, mg) = (s.filters, s.filters_per_group());
+        let mg = s.filters_per_group();
         let input_lowered = input_is_lowered(s);
         let shifted = !input_lowered && shifted_gemm::applies(s);
         let block_rows = lowered_block_rows(s);
         let threads = rayon::current_num_threads();
         let scratch = ws.floats(self.lowered_len(threads));
-        over_images(s, (input, output), |image, out, clock| {
+        over_images(s, (input, (output, pitch)), |image, out, clock| {
             if input_lowered {
-                let zeros =
-                    clock.multiply(|| self.multiply_in_bands(image, out, epilogue, threads));
+                let zeros = clock
+                    .multiply(|| self.multiply_in_bands(image, (out, pitch), epilogue, threads));
                 if let Some(zeros) = zeros {
                     clock.count_zeros(zeros);
                 }
@@ -512,6 +521,7 @@ impl ConvKernel for Dense {
             if shifted {
                 let epilogue = epilogue.has_work(s.bias).then_some(epilogue);
                 let zeros = clock.multiply(|| {
+                    let out = (out, pitch);
                     shifted_gemm::convolve(s, &self.packed, epilogue, image, out, scratch, threads)
                 });
                 if epilogue.is_some() {
@@ -525,12 +535,12 @@ impl ConvKernel for Dense {
                     let rows = first..(first + block_rows).min(p_len);
                     let lowered = &mut scratch[..rows.len() * k_len];
                     clock.convert(|| lower(s, image, g, rows.clone(), lowered));
-                    let dst = &mut out[rows.start * m_len + g * mg..];
+                    let dst = &mut out[rows.start * pitch + g * mg..];
                     clock.multiply(|| {
                         gemm_f32(
                             (rows.len(), mg, k_len),
                             dst,
-                            m_len,
+                            pitch,
                             lowered,
                             k_len,
                             rhs,
@@ -541,7 +551,7 @@ impl ConvKernel for Dense {
                 }
             }
             // Without an epilogue no pass counts the zeros, and they stay unknown.
-            if let Some(zeros) = clock.multiply(|| self.apply_epilogue(out, epilogue)) {
+            if let Some(zeros) = clock.multiply(|| self.apply_epilogue((out, pitch), epilogue)) {
                 clock.count_zeros(zeros);
             }
         })

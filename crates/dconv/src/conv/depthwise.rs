@@ -71,18 +71,18 @@ impl Depthwise {
         spec: &ConvSpec,
         epilogue: RunEpilogue,
         input: &[f32],
-        output: &mut [f32],
+        (output, pitch): (&mut [f32], usize),
         ws: &mut Workspace,
     ) -> Timing {
         let expanded = ws.floats(expanded_len(spec));
-        let row_len = spec.out_width() * spec.filters;
+        let row_len = spec.out_width() * pitch;
         let band_rows = spec.output_size()[0]
             .div_ceil(rayon::current_num_threads())
             .max(1);
         let block = block_channels(spec, &CacheSizes::detect());
         let curve = epilogue.curve();
         let pixels_outer = pixels_outer(spec, &CacheSizes::detect());
-        over_images(spec, (input, output), |image, out, clock| {
+        over_images(spec, (input, (output, pitch)), |image, out, clock| {
             let image = if expanded.is_empty() {
                 image
             } else {
@@ -95,7 +95,7 @@ impl Depthwise {
                     .map(|(band, out)| {
                         let mut zeros = 0;
                         for m0 in (0..spec.filters).step_by(block) {
-                            for (i, out_row) in out.chunks_exact_mut(row_len).enumerate() {
+                            for (i, out_row) in out.chunks_mut(row_len).enumerate() {
                                 let oy = band * band_rows + i;
                                 let row = DepthwiseRow {
                                     image,
@@ -111,11 +111,14 @@ impl Depthwise {
                                     bias: epilogue.bias(),
                                     curve,
                                     block: m0..(m0 + block).min(spec.filters),
+                                    pitch,
                                     pixels_outer,
                                 };
                                 zeros += self.kernel.row(&row, out_row);
                             }
                         }
+                        // A residual comes only with an output of its own, whose rows are
+                        // one run.
                         epilogue
                             .add_residual(out, row_len, row_len)
                             .unwrap_or(zeros)

@@ -123,18 +123,19 @@ pub(crate) fn pad_rows(spec: &ConvSpec, image: &[f32], rows: Range<usize>, out: 
 /// from it (dense's direct path): per image of the NHWC batch, `pad` fills the first
 /// `padded_len` shared floats of the workspace from the image (with `padded_len` 0 the image
 /// is read as it is: a layer without padding), then `chunk(i, padded, out_chunk)` finishes
-/// each chunk of `chunk_pixels` output pixels, in parallel, returning its zeros.
+/// each chunk of `chunk_pixels` output pixels (`pitch` floats apart), in parallel,
+/// returning its zeros.
 pub(crate) fn over_padded_images(
     spec: &ConvSpec,
-    (input, output): (&[f32], &mut [f32]),
+    (input, (output, pitch)): (&[f32], (&mut [f32], usize)),
     ws: &mut Workspace,
     (padded_len, chunk_pixels): (usize, usize),
     pad: impl Fn(&[f32], &mut [f32]),
     chunk: impl Fn(usize, &[f32], &mut [f32]) -> usize + Sync,
 ) -> Timing {
     let padded = ws.floats(padded_len);
-    let chunk_len = chunk_pixels * spec.filters;
-    over_images(spec, (input, output), |image, out, clock| {
+    let chunk_len = chunk_pixels * pitch;
+    over_images(spec, (input, (output, pitch)), |image, out, clock| {
         let source = if padded_len == 0 {
             image
         } else {

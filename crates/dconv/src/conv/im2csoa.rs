@@ -100,7 +100,7 @@ impl<const NB: usize> Im2Csoa<NB> {
         split: (usize, usize),
         csoa: &Csoa,
         (g, epilogue): (usize, RunEpilogue),
-        out: &mut [f32],
+        out: (&mut [f32], usize),
     ) -> usize {
         let s = &self.spec;
         let taps = s.kernel[0] * s.kernel[1];
@@ -297,7 +297,7 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
     fn run(
         &self,
         input: &[f32],
-        output: &mut [f32],
+        (output, pitch): (&mut [f32], usize),
         residual: Option<&[f32]>,
         ws: &mut Workspace,
     ) -> Timing {
@@ -308,7 +308,7 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
         let tiles = rows.div_ceil(tile);
         let (csoa, csoa_tiles) = ws.kept_pair::<Csoa, Vec<CsoaTile>>();
         ensure_tiles(csoa_tiles, tiles);
-        over_groups(s, (input, output), |image, g, out, clock| {
+        over_groups(s, (input, (output, pitch)), |image, g, out, clock| {
             if g == 0 {
                 // Every group's lists, and the pixels each tile reads, once per image.
                 clock.convert(|| {
@@ -326,7 +326,7 @@ impl<const NB: usize> ConvKernel for Im2Csoa<NB> {
             }
             let zeros = clock.multiply(|| {
                 let tiles = &mut csoa_tiles[..tiles];
-                self.multiply(tiles, (tile, per_task), csoa, (g, epilogue), out)
+                self.multiply(tiles, (tile, per_task), csoa, (g, epilogue), (out, pitch))
             });
             clock.count_zeros(zeros);
         })

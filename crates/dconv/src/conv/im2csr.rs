@@ -223,7 +223,7 @@ impl<const NB: usize> CsrProduct<NB> {
         source: RowSource,
         tiles: &mut [CsrTile],
         split: (usize, usize),
-        out: &mut [f32],
+        out: (&mut [f32], usize),
     ) -> (usize, Duration) {
         let k = self.spec.lowered_cols();
         let chunk = self.chunk_rows();
@@ -314,7 +314,7 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
     fn run(
         &self,
         input: &[f32],
-        output: &mut [f32],
+        (output, pitch): (&mut [f32], usize),
         residual: Option<&[f32]>,
         ws: &mut Workspace,
     ) -> Timing {
@@ -324,7 +324,7 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
         let (tile, per_task) = task_tiles(rows);
         let (csoa, csr_tiles) = ws.kept_pair::<Csoa, Vec<CsrTile>>();
         ensure_tiles(csr_tiles, rows.div_ceil(tile));
-        over_groups(s, (input, output), |image, g, out, clock| {
+        over_groups(s, (input, (output, pitch)), |image, g, out, clock| {
             if g == 0 {
                 // Every group's lists at once, one chunk per list: the rows are cut by slabs
                 // of k later.
@@ -341,7 +341,7 @@ impl<const NB: usize> ConvKernel for Im2Csr<NB> {
                     RowSource::Expanded(csoa),
                     tiles,
                     (tile, per_task),
-                    out,
+                    (out, pitch),
                 );
                 // Expanding runs inside the multiply, on every thread at once: its share of
                 // the time is the threads' sum over the threads that ran.

@@ -64,7 +64,7 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
     fn run(
         &self,
         input: &[f32],
-        output: &mut [f32],
+        (output, pitch): (&mut [f32], usize),
         residual: Option<&[f32]>,
         ws: &mut Workspace,
     ) -> Timing {
@@ -76,7 +76,7 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
         let tiles = rows.div_ceil(tile);
         let (lowered, csr_tiles) = ws.floats_and_kept::<Vec<CsrTile>>(lowered_len(rows, k));
         ensure_tiles(csr_tiles, tiles);
-        over_groups(s, (input, output), |image, g, out, clock| {
+        over_groups(s, (input, (output, pitch)), |image, g, out, clock| {
             clock.convert(|| {
                 csr_tiles
                     .par_iter_mut()
@@ -99,7 +99,7 @@ impl<const NB: usize> ConvKernel for LoweredCsr<NB> {
                     RowSource::Built,
                     &mut csr_tiles[..tiles],
                     (tile, per_task),
-                    out,
+                    (out, pitch),
                 )
             });
             clock.count_zeros(zeros);

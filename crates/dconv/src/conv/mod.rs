@@ -313,11 +313,13 @@ fn finish_segments<I: Iterator<Item = f32>>(
 /// A method with its weights prepared for one layer.
 pub(crate) trait ConvKernel: Send + Sync {
     /// Computes `output` from `input`, adding `residual` (the output's layout) before the
-    /// activation when there is one; every length is already checked.
+    /// activation when there is one; every length is already checked. Pixel `p`'s filters go
+    /// to `output[p * pitch..][..filters]`, and nothing else of `output` is written (see
+    /// [`Conv::run_into`]).
     fn run(
         &self,
         input: &[f32],
-        output: &mut [f32],
+        output: (&mut [f32], usize),
         residual: Option<&[f32]>,
         ws: &mut Workspace,
     ) -> Timing;
@@ -469,12 +471,46 @@ impl Conv {
         output: &mut [f32],
         ws: &mut Workspace,
     ) -> Result<Timing> {
+        self.run_into(input, residual, (output, self.spec.filters), ws)
+    }
+
+    /// [`Conv::run_adding`] into pixels `pitch` floats apart: pixel `p`'s filters go to
+    /// `output[p * pitch..][..filters]` and the floats between them are left as they are,
+    /// so that a layer writes its channels of a channel concatenation in place (`output`
+    /// then starts at its first channel and ends after the last pixel's filters). A
+    /// residual is added only to an output of its own (`pitch` = filters).
+    pub fn run_into(
+        &self,
+        input: &[f32],
+        residual: Option<&[f32]>,
+        (output, pitch): (&mut [f32], usize),
+        ws: &mut Workspace,
+    ) -> Result<Timing> {
+        let filters = self.spec.filters;
         check_len("input", self.spec.input_len()?, input.len())?;
-        check_len("output", self.spec.output_len()?, output.len())?;
+        if pitch < filters || (residual.is_some() && pitch != filters) {
+            return Err(Error::InvalidArgument(format!(
+                "an output pitch of {pitch} floats for {filters} filters{}",
+                if residual.is_some() {
+                    " and a residual"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let pixels = self.spec.output_len()? / filters.max(1);
+        let expected = match pixels.checked_sub(1) {
+            None => 0,
+            Some(last) => last
+                .checked_mul(pitch)
+                .and_then(|start| start.checked_add(filters))
+                .ok_or_else(|| Error::InvalidArgument("output length overflows".into()))?,
+        };
+        check_len("output", expected, output.len())?;
         if let Some(residual) = residual {
             check_len("residual", output.len(), residual.len())?;
         }
-        Ok(self.kernel.run(input, output, residual, ws))
+        Ok(self.kernel.run(input, (output, pitch), residual, ws))
     }
 
     pub fn spec(&self) -> &ConvSpec {

@@ -44,7 +44,7 @@ impl ConvKernel for Reference {
     fn run(
         &self,
         input: &[f32],
-        output: &mut [f32],
+        (output, pitch): (&mut [f32], usize),
         residual: Option<&[f32]>,
         _ws: &mut Workspace,
     ) -> Timing {
@@ -55,9 +55,10 @@ impl ConvKernel for Reference {
         // inside stay naive.
         let zeros = clock.multiply(|| {
             output
-                .par_chunks_mut(s.filters)
+                .par_chunks_mut(pitch)
                 .enumerate()
                 .map(|(pixel, out)| {
+                    let out = &mut out[..s.filters];
                     let (n, oy, ox) = (pixel / (oh * ow), pixel / ow % oh, pixel % ow);
                     for (m, out) in out.iter_mut().enumerate() {
                         let added = residual.map_or(0.0, |r| r[pixel * s.filters + m] as f64);

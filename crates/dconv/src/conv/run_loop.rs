@@ -55,16 +55,20 @@ impl Clock {
 }
 
 /// Runs `image(input, output, clock)` on each image of the NHWC batch `input` with its share
-/// of the NHWC `output`, in order; returns the time and zeros they clocked.
+/// of the NHWC `output`, whose pixels are `pitch` floats apart (see
+/// [`Conv::run_into`](super::Conv::run_into)), in order; returns the time and zeros they
+/// clocked.
 pub(crate) fn over_images(
     spec: &ConvSpec,
-    (input, output): (&[f32], &mut [f32]),
+    (input, (output, pitch)): (&[f32], (&mut [f32], usize)),
     mut image: impl FnMut(&[f32], &mut [f32], &mut Clock),
 ) -> Timing {
     let mut clock = Clock::default();
+    // Each image's share holds whole pitches but the last image's, which ends at its last
+    // pixel's filters.
     for (input, output) in input
         .chunks_exact(spec.height * spec.width * spec.channels)
-        .zip(output.chunks_exact_mut(spec.out_pixels() * spec.filters))
+        .zip(output.chunks_mut(spec.out_pixels() * pitch))
     {
         image(input, output, &mut clock);
     }
@@ -75,7 +79,7 @@ pub(crate) fn over_images(
 /// image, with the whole image and its whole output.
 pub(crate) fn over_groups(
     spec: &ConvSpec,
-    (input, output): (&[f32], &mut [f32]),
+    (input, output): (&[f32], (&mut [f32], usize)),
     mut group: impl FnMut(&[f32], usize, &mut [f32], &mut Clock),
 ) -> Timing {
     over_images(spec, (input, output), |image, out, clock| {

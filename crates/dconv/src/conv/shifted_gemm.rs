@@ -98,34 +98,34 @@ pub(crate) fn convolve(
     packed: &[f32],
     epilogue: Option<RunEpilogue>,
     image: &[f32],
-    out: &mut [f32],
+    (out, pitch): (&mut [f32], usize),
     scratch: &mut [f32],
     threads: usize,
 ) -> usize {
     debug_assert!(applies(spec));
     let out_h = spec.out_height();
     let rows_per_job = out_h.div_ceil(threads.clamp(1, out_h.max(1)));
-    let row_len = spec.out_width() * spec.filters;
+    let row_len = spec.out_width() * pitch;
     out.par_chunks_mut(rows_per_job * row_len)
         .zip(scratch.par_chunks_mut(scratch_len(spec)))
         .enumerate()
         .map(|(job, (out, scratch))| {
             let first = job * rows_per_job;
-            let rows = first..first + out.len() / row_len;
-            convolve_rows(spec, packed, epilogue, image, rows, out, scratch)
+            let rows = first..first + out.len().div_ceil(row_len);
+            convolve_rows(spec, packed, epilogue, image, rows, (out, pitch), scratch)
         })
         .sum()
 }
 
-/// Output rows `rows` of one image into `out` (those rows), band by band, on this thread;
-/// returns the zeros the epilogue left.
+/// Output rows `rows` of one image into `out` (those rows, pixels `pitch` floats apart),
+/// band by band, on this thread; returns the zeros the epilogue left.
 fn convolve_rows(
     spec: &ConvSpec,
     packed: &[f32],
     epilogue: Option<RunEpilogue>,
     image: &[f32],
     rows: Range<usize>,
-    out: &mut [f32],
+    (out, pitch): (&mut [f32], usize),
     scratch: &mut [f32],
 ) -> usize {
     let bands = Bands::new(spec);
@@ -133,7 +133,7 @@ fn convolve_rows(
     let sums = &mut sums[..bands.sums_len()];
     let (ow, m, mg) = (spec.out_width(), spec.filters, spec.filters_per_group());
     let mut zeros = 0;
-    let row_len = ow * m;
+    let row_len = ow * pitch;
     for first in rows.clone().step_by(bands.rows) {
         let band = first..(first + bands.rows).min(rows.end);
         let mut band_zeros = 0;
@@ -142,12 +142,17 @@ fn convolve_rows(
         pad_rows(spec, image, padded, input);
         for g in 0..spec.groups {
             multiply_band(spec, packed, &bands, band.len(), g, input, sums);
-            // Keep the valid positions: a whole output row at once without groups.
-            let pixels = if spec.groups == 1 { ow } else { 1 };
+            // Keep the valid positions: a whole output row at once where its pixels are
+            // side by side (one group, an output of its own).
+            let pixels = if spec.groups == 1 && pitch == m {
+                ow
+            } else {
+                1
+            };
             for (i, oy) in band.clone().enumerate() {
                 for ox in (0..ow).step_by(pixels) {
                     let from = (i * bands.padded_w + ox) * mg;
-                    let to = ((oy - rows.start) * ow + ox) * m + g * mg;
+                    let to = ((oy - rows.start) * ow + ox) * pitch + g * mg;
                     let len = pixels * mg;
                     let dst = &mut out[to..to + len];
                     dst.copy_from_slice(&sums[from..from + len]);
@@ -157,8 +162,10 @@ fn convolve_rows(
                 }
             }
         }
+        // A residual comes only with an output of its own: then the band's rows are one run.
         let written = band.start - rows.start..band.end - rows.start;
-        let written = &mut out[written.start * row_len..written.end * row_len];
+        let end = (written.end * row_len).min(out.len());
+        let written = &mut out[written.start * row_len..end];
         zeros += epilogue
             .and_then(|e| e.add_residual(written, row_len, row_len))
             .unwrap_or(band_zeros);

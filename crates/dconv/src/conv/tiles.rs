@@ -95,8 +95,8 @@ impl TileSums {
     }
 
     /// Finishes the sums by `epilogue` (and its residual) into the columns of group `g` (of
-    /// `per_group` output channels) of `out`, whose rows are `row_len` long; returns how many
-    /// are exactly zero.
+    /// `per_group` output channels) of `out`, whose rows start `row_len` floats apart;
+    /// returns how many are exactly zero.
     pub fn finish(
         &self,
         out: &mut [f32],
@@ -118,7 +118,8 @@ pub(crate) trait Tile: Send {
 /// The frame of a sparse-activation multiply of group `g`: tasks of whole runs of tiles
 /// (`split` is `task_tiles`' answer), forked once, in parallel. Each task zeroes its tiles'
 /// sums, lets `body` accumulate them, and finishes them by the epilogue into the group's
-/// channels of the image's NHWC output `out` while they are in cache. Each task
+/// channels of the image's NHWC output `out` (pixels `pitch` floats apart) while they are
+/// in cache. Each task
 /// walks the blocks and chunks of the weights itself, so no thread waits for the others
 /// between them. Returns how many outputs are zero.
 pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
@@ -127,21 +128,21 @@ pub(crate) fn multiply_tasks<T: Tile, const NB: usize>(
     panels: &WeightPanels<NB>,
     tiles: &mut [T],
     (tile, per_task): (usize, usize),
-    out: &mut [f32],
+    (out, pitch): (&mut [f32], usize),
     body: impl Fn(&mut [T]) + Sync,
 ) -> usize {
-    let (m, mg) = (spec.filters, spec.filters_per_group());
+    let mg = spec.filters_per_group();
     let (width, blocks) = (WeightPanels::<NB>::WIDTH, panels.blocks());
-    out.par_chunks_mut(per_task * tile * m)
+    out.par_chunks_mut(per_task * tile * pitch)
         .zip(tiles.par_chunks_mut(per_task))
         .map(|(out, task)| {
-            for (out, t) in out.chunks_mut(tile * m).zip(task.iter_mut()) {
-                t.sums().begin(out.len() / m, blocks, width);
+            for (out, t) in out.chunks_mut(tile * pitch).zip(task.iter_mut()) {
+                t.sums().begin(out.len().div_ceil(pitch), blocks, width);
             }
             body(task);
-            out.chunks_mut(tile * m)
+            out.chunks_mut(tile * pitch)
                 .zip(task.iter_mut())
-                .map(|(out, t)| t.sums().finish(out, m, (g, mg), epilogue))
+                .map(|(out, t)| t.sums().finish(out, pitch, (g, mg), epilogue))
                 .sum::<usize>()
         })
         .sum()

@@ -41,6 +41,9 @@ pub(crate) struct DepthwiseRow<'a> {
     /// The channels this call computes (the others of `out` are left as they are), so
     /// that a caller can sweep several rows one block of channels at a time.
     pub block: Range<usize>,
+    /// Floats between the output's pixels: `channels`, or more where the layer writes its
+    /// channels of a concatenation.
+    pub pitch: usize,
     /// Whether the x86 kernels take each tile of pixels over all the block's channels
     /// before the next tile, rather than sweeping the row once per vector of channels (see
     /// `conv::depthwise::pixels_outer`). The portable kernel goes a pixel at a time.
@@ -132,16 +135,18 @@ impl DepthwiseConv {
         DepthwiseConv { row }
     }
 
-    /// Computes channels `row.block` of one output row, `out = [out_width][channels]`,
-    /// finished; returns how many of them are exactly zero.
+    /// Computes channels `row.block` of one output row, pixel `ox`'s at
+    /// `out[ox * pitch..][..channels]`, finished; returns how many of them are exactly zero.
     ///
     /// # Panics
-    /// If `channels` is 0 or does not divide `out.len()`, the block is not within the
-    /// channels, or the image, weights or bias are shorter than their shapes say.
+    /// If `channels` is 0 or above the pitch, `out` does not end with a whole pixel's
+    /// channels, the block is not within the channels, or the image, weights or bias are
+    /// shorter than their shapes say.
     pub fn row(&self, row: &DepthwiseRow, out: &mut [f32]) -> usize {
         let c = row.channels;
+        let tail = out.len() % row.pitch.max(1);
         assert!(
-            c > 0 && out.len().is_multiple_of(c),
+            c > 0 && c <= row.pitch && (tail == 0 || tail == c),
             "output row of whole pixels"
         );
         assert!(
@@ -167,7 +172,7 @@ fn portable(row: &DepthwiseRow, out: &mut [f32]) -> usize {
     let s_len = row.kernel[1];
     let block = row.block.clone();
     let mut zeros = 0;
-    for (ox, pixel) in out.chunks_exact_mut(c).enumerate() {
+    for (ox, pixel) in out.chunks_mut(row.pitch).enumerate() {
         let pixel = &mut pixel[block.clone()];
         pixel.copy_from_slice(&row.bias[block.clone()]);
         let columns = row.columns(ox);
@@ -223,7 +228,7 @@ macro_rules! depthwise_row {
                 // them inside) and m < block.end <= channels (the masks keep the last block
                 // inside);
                 // weights at (r * S + s) * channels + m, bias at m, outputs at
-                // ox * channels + m for ox < out.len() / channels.
+                // ox * pitch + m for ox < out.len().div_ceil(pitch), m < channels <= pitch.
                 unsafe { self::row(row, out) }
             }
 
@@ -232,8 +237,7 @@ macro_rules! depthwise_row {
             /// checks of `DepthwiseConv::row`.
             #[target_feature(enable = $feature)]
             unsafe fn row(row: &DepthwiseRow, out: &mut [f32]) -> usize {
-                let c = row.channels;
-                let pixels = out.len() / c;
+                let pixels = out.len().div_ceil(row.pitch);
                 let all = 0..row.kernel[1];
                 let (rows, interior) = (row.rows(), row.interior(pixels));
                 let end = row.block.end;
@@ -292,7 +296,7 @@ macro_rules! depthwise_row {
             /// `ox0 .. ox0 + P`, all of whose taps in `rows` x `columns` are inside the image.
             ///
             /// # Safety
-            /// As `row`; `ox0 + P <= out.len() / channels`; `rows` within `row.rows()`,
+            /// As `row`; `ox0 + P <= out.len().div_ceil(pitch)`; `rows` within `row.rows()`,
             /// `columns` within `row.columns(ox)` for each pixel; without `MASKED`, `m0 + NV
             /// * LANES <= channels`, with it, `masks` covering only channels that exist.
             #[target_feature(enable = $feature)]
@@ -343,7 +347,7 @@ macro_rules! depthwise_row {
                 }
                 let mut zeros = 0;
                 for (p, acc) in acc.iter_mut().enumerate() {
-                    let dst = out.as_mut_ptr().wrapping_add((ox0 + p) * c + m0);
+                    let dst = out.as_mut_ptr().wrapping_add((ox0 + p) * row.pitch + m0);
                     for (v, a) in acc.iter_mut().enumerate() {
                         if let Some(curve) = row.curve {
                             *a = apply_curve!(curve, *a, $splat, $max, $min, $mul, $fma);
@@ -448,6 +452,7 @@ mod tests {
                     bias: &[],
                     curve: None,
                     block: 0..1,
+                    pitch: 1,
                     pixels_outer: false,
                 };
                 let pixels = 12;
@@ -527,19 +532,23 @@ mod tests {
                 bias: &bias,
                 curve,
                 block: 0..channels,
+                pitch: channels,
                 pixels_outer: false,
             };
             let want = by_definition(&row, pixels);
             let want_zeros = want.iter().filter(|&&v| v == 0.0).count();
-            // Whole, and in two blocks split off the vectors' boundaries; in either order.
+            // Whole, and in two blocks split off the vectors' boundaries; in either order;
+            // into pixels of their own and into pixels 3 floats wider, whose gaps stay as
+            // they were.
             let splits = [channels, channels / 3];
             let variants = Isa::supported().into_iter().flat_map(|isa| {
-                splits
-                    .into_iter()
-                    .flat_map(move |s| [false, true].map(|po| (isa, s, po)))
+                splits.into_iter().flat_map(move |s| {
+                    [(false, 0), (true, 0), (false, 3)].map(|(po, gap)| (isa, s, po, gap))
+                })
             });
-            for (isa, split, pixels_outer) in variants {
-                let mut got = vec![f32::NAN; pixels * channels];
+            for (isa, split, pixels_outer, gap) in variants {
+                let pitch = channels + gap;
+                let mut got = vec![f32::NAN; (pixels - 1) * pitch + channels];
                 let conv = DepthwiseConv::for_isa(isa);
                 let zeros = [0..split, split..channels]
                     .into_iter()
@@ -548,16 +557,23 @@ mod tests {
                             &DepthwiseRow {
                                 block,
                                 pixels_outer,
+                                pitch,
                                 ..row.clone()
                             },
                             &mut got,
                         )
                     })
                     .sum::<usize>();
-                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                for (i, g) in got.iter().enumerate() {
+                    let (ox, m) = (i / pitch, i % pitch);
+                    if m >= channels {
+                        assert!(g.is_nan(), "{isa}: gap at {i} written");
+                        continue;
+                    }
+                    let w = want[ox * channels + m];
                     assert!(
                         (g - w).abs() <= 1e-5 * w.abs().max(1.0),
-                        "{isa} {pixels_outer}, {channels} channels, kernel {kernel:?}, at {i}: {g} vs {w}"
+                        "{isa} {pixels_outer}, {channels} channels, kernel {kernel:?}, pitch {pitch}, at {i}: {g} vs {w}"
                     );
                 }
                 assert_eq!(

@@ -22,7 +22,7 @@ impl ConvKernel for SparseWeight {
     fn run(
         &self,
         input: &[f32],
-        output: &mut [f32],
+        (output, pitch): (&mut [f32], usize),
         residual: Option<&[f32]>,
         ws: &mut Workspace,
     ) -> Timing {
@@ -45,8 +45,9 @@ impl ConvKernel for SparseWeight {
             jobs,
             staged_len,
             epilogue: self.epilogue.adding(residual, output),
+            pitch,
         };
-        over_images(s, (input, output), |image, out, clock| {
+        over_images(s, (input, (output, pitch)), |image, out, clock| {
             let scratch = Scratch {
                 planes: &mut *planes,
                 partials: &mut *partials,
@@ -67,13 +68,14 @@ struct Scratch<'a> {
 }
 
 /// How a group runs its bands: their shape, the threads sharing each band, the floats of
-/// its staged sums, and the epilogue that finishes them.
+/// its staged sums, the epilogue that finishes them and the floats between output pixels.
 #[derive(Clone, Copy)]
 struct BandRun<'a> {
     g: Bands,
     jobs: usize,
     staged_len: usize,
     epilogue: RunEpilogue<'a>,
+    pitch: usize,
 }
 
 impl SparseWeight {
@@ -94,7 +96,7 @@ impl SparseWeight {
         }
         let half = groups / 2;
         let mid = tile_rows.start + tile_rows.len() * half / groups;
-        let row_len = self.spec.out_width() * self.spec.filters;
+        let row_len = self.spec.out_width() * run.pitch;
         let (out_a, out_b) = out.split_at_mut((mid - tile_rows.start) * self.window.rows * row_len);
         let planes_len = scratch.planes.len() / groups;
         let partial_len = scratch.partials.len() / groups;
@@ -128,7 +130,7 @@ impl SparseWeight {
         let s = &self.spec;
         let g = run.g;
         let (staged, windows) = scratch.partials.split_at_mut(run.staged_len);
-        let row_len = s.out_width() * s.filters;
+        let row_len = s.out_width() * run.pitch;
         let first_row = tile_rows.start * self.window.rows;
         let (mut zeros, mut convert) = (0, Duration::ZERO);
         for band_start in tile_rows.clone().step_by(g.tile_rows) {
@@ -143,8 +145,8 @@ impl SparseWeight {
             };
             let rows = band_start * self.window.rows
                 ..((band_start + band_rows) * self.window.rows).min(s.out_height());
-            let out =
-                &mut out[(rows.start - first_row) * row_len..(rows.end - first_row) * row_len];
+            let end = ((rows.end - first_row) * row_len).min(out.len());
+            let out = &mut out[(rows.start - first_row) * row_len..end];
             if run.jobs == 1 {
                 // Alone on the band: each tile is finished as soon as it is computed, while
                 // its sums are in cache, so that the band's planes have L2 to themselves.
@@ -154,12 +156,12 @@ impl SparseWeight {
                     let (tile_y, tile_x) = (tile / self.grid.tiles_x, tile % self.grid.tiles_x);
                     let first = tile_y * self.window.rows;
                     for (i, row) in out
-                        .chunks_exact_mut(row_len)
+                        .chunks_mut(row_len)
                         .skip(first)
                         .take(self.window.rows)
                         .enumerate()
                     {
-                        zeros += self.finish_tile_row(staged, i, tile_x, row, run.epilogue);
+                        zeros += self.finish_tile_row(staged, i, tile_x, row, run);
                     }
                 }
                 continue;
@@ -170,7 +172,7 @@ impl SparseWeight {
             let items = tiles * chunks;
             let jobs = run.jobs.min(items);
             self.split(planes, chunks, 0..items, staged, windows, jobs);
-            zeros += self.finish(staged, (band_start, rows), out, run.epilogue);
+            zeros += self.finish(staged, (band_start, rows), out, run);
         }
         (zeros, convert)
     }
@@ -291,17 +293,17 @@ impl SparseWeight {
     }
 
     /// Writes output rows `out_rows` of the band starting at tile row `band_start` from the
-    /// staged sums into `out` (those rows, channels-last) through the epilogue; returns the
-    /// zeros written.
+    /// staged sums into `out` (those rows, channels-last) through the run's epilogue;
+    /// returns the zeros written.
     fn finish(
         &self,
         staged: &[f32],
         (band_start, out_rows): (usize, Range<usize>),
         out: &mut [f32],
-        epilogue: RunEpilogue,
+        run: BandRun,
     ) -> usize {
         let (ow, filters) = (self.spec.out_width(), self.spec.filters);
-        out.par_chunks_mut(ow * filters)
+        out.par_chunks_mut(ow * run.pitch)
             .zip(out_rows)
             .map(|(row, y)| {
                 let tile_row = y / self.window.rows - band_start;
@@ -309,7 +311,7 @@ impl SparseWeight {
                     .map(|tx| {
                         let tile = tile_row * self.grid.tiles_x + tx;
                         let sums = &staged[tile * filters * self.grid.tile_len..];
-                        self.finish_tile_row(sums, y % self.window.rows, tx, row, epilogue)
+                        self.finish_tile_row(sums, y % self.window.rows, tx, row, run)
                     })
                     .sum::<usize>()
             })
@@ -317,7 +319,7 @@ impl SparseWeight {
     }
 
     /// Writes row `i` of the tile in column `tile_x` whose sums (`[filter][row][lane]`) are
-    /// `sums` into `row`, one channels-last output row, through the epilogue (bias and
+    /// `sums` into `row`, one channels-last output row, through the run's epilogue (bias and
     /// activation applied in registers, on the way out of the transpose, and a residual
     /// added to the pixels written while they are in L1); returns the zeros written.
     fn finish_tile_row(
@@ -326,7 +328,9 @@ impl SparseWeight {
         i: usize,
         tile_x: usize,
         row: &mut [f32],
-        epilogue: RunEpilogue,
+        BandRun {
+            epilogue, pitch, ..
+        }: BandRun,
     ) -> usize {
         let (ow, filters) = (self.spec.out_width(), self.spec.filters);
         let finish = Finish {
@@ -339,17 +343,17 @@ impl SparseWeight {
             None => i * self.window.lanes,
         };
         let cols = self.window.lanes.min(ow - tile_x * self.window.lanes);
-        let pixels = &mut row[tile_x * self.window.lanes * filters..][..cols * filters];
+        let pixels = &mut row[tile_x * self.window.lanes * pitch..][..(cols - 1) * pitch + filters];
         let zeros = self.transpose.transpose_finish(
             &sums[at..],
             self.tile_len_at(tile_x),
             pixels,
-            filters,
+            pitch,
             (filters, cols),
             Some(finish),
         );
         epilogue
-            .add_residual(pixels, filters, filters)
+            .add_residual(pixels, pitch, filters)
             .unwrap_or(zeros)
     }
 }
