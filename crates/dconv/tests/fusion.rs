@@ -394,3 +394,73 @@ fn a_residual_that_broadcasts_is_added_apart() {
     assert!(fused.contains(&0.0) && fused.iter().any(|&v| v > 0.0));
     assert_close(&fused, &apart, "broadcast");
 }
+
+/// The Convs whose outputs a Concat alone reads write their channels of its output in place
+/// (Inception's and SqueezeNet's branches): no Concat step runs. A Conv output the graph
+/// also reads is copied into the Concat by a step of its own, the others still written in
+/// place; with every part read elsewhere, the Concat copies them all. All three compute the
+/// same through a 1x1 Conv that reads the concatenation, and that Conv learns its input's
+/// zeros, which the two Relus fused into the first two counted, exactly.
+#[test]
+fn convolutions_write_their_channels_of_a_concat_in_place() {
+    let (conv, weights) = second_conv();
+    let mut concat = node("Concat", &["c2", "d2"], "e");
+    concat.attribute = vec![common::int("axis", 1)];
+    let mut last = node("Conv", &["e", "w4"], "y");
+    last.attribute = vec![ints_attribute("kernel_shape", vec![1, 1])];
+    let w4: Vec<f32> = (0..8).map(|i| (i % 5) as f32 * 0.5 - 0.75).collect();
+    let after = vec![
+        node("Relu", &["c"], "c2"),
+        conv,
+        node("Relu", &["d"], "d2"),
+        concat,
+        last,
+    ];
+    let initializers = vec![weights, common::floats("w4", &[2, 4, 1, 1], &w4)];
+    // The output `y`, the concatenation `e`, the steps' ops, and the input sparsity the
+    // last Conv ran with.
+    let with_outputs = |names: &[&str]| {
+        let mut proto = ModelProto::decode(&example_model()[..]).unwrap();
+        let graph = proto.graph.as_mut().unwrap();
+        graph.node.truncate(1);
+        graph.node.extend(after.clone());
+        graph.initializer.extend(initializers.clone());
+        for name in names.iter().chain(&["e"]) {
+            let mut exposed = graph.output[0].clone();
+            exposed.name = Some(name.to_string());
+            graph.output.push(exposed);
+        }
+        let model = Model::from_bytes(&proto.encode_to_vec(), None).unwrap();
+        let options = SessionOptions {
+            threads: 1,
+            ..Default::default()
+        };
+        let session = Session::new(&model, options).unwrap();
+        let data: Vec<f32> = (0..16).map(|i| (i % 5) as f32 * 2.0 - 3.0).collect();
+        let x = Tensor::from_f32(vec![1, 1, 4, 4], data).unwrap();
+        let (outputs, profile) = session.run_profiled(&[("x", x)]).unwrap();
+        let output = |name: &str| {
+            let found = outputs.iter().find(|(n, _)| n == name);
+            found.unwrap().1.to_f32_vec()
+        };
+        let ops: Vec<String> = profile.steps.iter().map(|s| s.op.clone()).collect();
+        let last = profile.steps.iter().rfind(|s| s.op == "Conv").unwrap();
+        (output("y"), output("e"), ops, last.input_sparsity)
+    };
+    let (in_place, e, in_place_ops, sparsity) = with_outputs(&[]);
+    let (mixed, _, mixed_ops, _) = with_outputs(&["d2"]);
+    let (apart, _, apart_ops, _) = with_outputs(&["c2", "d2"]);
+    assert!(
+        !in_place_ops.iter().any(|o| o == "Concat"),
+        "{in_place_ops:?}"
+    );
+    assert!(mixed_ops.iter().any(|o| o == "Concat"), "{mixed_ops:?}");
+    assert!(apart_ops.iter().any(|o| o == "Concat"), "{apart_ops:?}");
+    assert!(in_place.iter().any(|&v| v != 0.0));
+    assert_close(&in_place, &apart, "in place");
+    assert_close(&mixed, &apart, "mixed");
+    let zeros = e.iter().filter(|&&v| v == 0.0).count();
+    assert!(zeros > 0 && zeros < e.len(), "{e:?}");
+    let want = zeros as f64 / e.len() as f64;
+    assert!((sparsity - want).abs() < 1e-12, "{sparsity} vs {want}");
+}

@@ -33,6 +33,8 @@ pub(crate) struct Ctx<'a> {
     pub activation: Option<Activation>,
     /// For a Conv whose tail adds a residual, that tensor.
     pub residual: Option<&'a Value>,
+    /// For a Concat, which of its inputs it alone reads (see `Fusion::Concat`).
+    pub alone: Option<&'a [bool]>,
 }
 
 impl<'a> Ctx<'a> {
@@ -43,6 +45,7 @@ impl<'a> Ctx<'a> {
             tail: None,
             activation: None,
             residual: None,
+            alone: None,
         }
     }
 }

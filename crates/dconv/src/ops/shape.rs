@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::kernels::multiversion::vectorized;
 use crate::kernels::Isa;
 use crate::limits::MAX_COPY_PARTS;
-use crate::plan::builder::{reshape_value, Builder, Dynamic, Value};
+use crate::plan::builder::{reshape_value, Builder, ChannelsInPlace, Dynamic, Src, Step, Value};
 use crate::plan::copy::{CopyKernel, CopyPart, View};
 use crate::plan::kernel::{in_parallel_chunks, Kernel, ELEMENTS_PER_TASK};
 use crate::plan::layout::{plain_strides, Layout};
@@ -311,6 +311,11 @@ fn concat(b: &mut Builder, ctx: &Ctx, inputs: &[&Value]) -> Result<Value> {
         Layout::Plain
     };
     let out_strides = layout.strides(&shape);
+    if layout == Layout::ChannelsLast && at == 1 {
+        if let Some(v) = concat_in_place(b, ctx.alone.unwrap_or_default(), inputs, &shape)? {
+            return Ok(v);
+        }
+    }
     let mut offset = 0;
     let parts = inputs
         .iter()
@@ -330,6 +335,72 @@ fn concat(b: &mut Builder, ctx: &Ctx, inputs: &[&Value]) -> Result<Value> {
         })
         .collect();
     b.emit_copy(inputs, shape, layout, CopyKernel { parts, fill: None })
+}
+
+/// A Concat along the channels of channels-last tensors of `shape` whose parts that it
+/// `alone` reads and convolutions compute are written by those convolutions in place, into
+/// their channels of its output (`Conv::run_into`): a tensor a convolution computes is then
+/// never copied. The other parts are copied into the same slot by one step. None when no
+/// part can be written in place.
+fn concat_in_place(
+    b: &mut Builder,
+    alone: &[bool],
+    inputs: &[&Value],
+    shape: &[usize],
+) -> Result<Option<Value>> {
+    let writers: Vec<Option<usize>> = inputs
+        .iter()
+        .zip(alone.iter().chain(std::iter::repeat(&false)))
+        .map(|(v, &alone)| alone.then(|| b.conv_computing(v)).flatten())
+        .collect();
+    let pitch = shape[1];
+    let elements = element_count(shape)?;
+    if writers.iter().all(Option::is_none) || pitch == 0 || elements == 0 {
+        return Ok(None);
+    }
+    let slot = b.new_slot(shape)?;
+    let pixels = elements / pitch;
+    let out_strides = Layout::ChannelsLast.strides(shape);
+    let (mut start, mut copied, mut sources) = (0, Vec::new(), Vec::new());
+    for (v, writer) in inputs.iter().zip(writers) {
+        let channels = v.shape()[1];
+        match writer {
+            Some(step) => {
+                let len = (pixels - 1) * pitch + channels;
+                b.write_in_place(step, slot, ChannelsInPlace { start, len, pitch });
+            }
+            None => {
+                copied.push(CopyPart {
+                    input: sources.len(),
+                    src: View::new(0, v.shape().to_vec(), v.strides()),
+                    dst: View::new(start as isize, v.shape().to_vec(), out_strides.clone()),
+                });
+                sources.push(b.src(v));
+            }
+        }
+        start += channels;
+    }
+    let copied_channels: usize = copied.iter().map(|p| p.src.shape[1]).sum();
+    if !copied.is_empty() {
+        let kernel = CopyKernel {
+            parts: copied,
+            fill: None,
+        };
+        b.push_into(sources, slot, Box::new(kernel));
+    }
+    let share = |step: &Step| {
+        let channels = match step.shared.and_then(|s| s.channels) {
+            Some(c) => c.len.saturating_sub((pixels - 1) * pitch),
+            None => copied_channels,
+        };
+        channels as f64 / pitch as f64
+    };
+    b.share_slot(slot, share);
+    Ok(Some(Value::Dynamic(Dynamic {
+        src: Src::Slot(slot),
+        shape: shape.to_vec(),
+        layout: Layout::ChannelsLast,
+    })))
 }
 
 /// A channel shuffle as ShuffleNet writes it, `x` of `[N, C, H, W]` reshaped by `first` to

@@ -170,8 +170,11 @@ pub(crate) fn fit(
     budget: usize,
 ) -> Result<()> {
     let mut largest = vec![0usize; buffers];
+    // A slot without a buffer (usize::MAX) is one no step writes.
     for (&buffer, &len) in slot_buffer.iter().zip(&b.slot_lens) {
-        largest[buffer] = largest[buffer].max(len);
+        if let Some(largest) = largest.get_mut(buffer) {
+            *largest = (*largest).max(len);
+        }
     }
     let fixed = largest
         .iter()

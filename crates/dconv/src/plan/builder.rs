@@ -72,7 +72,7 @@ pub(crate) enum StepOp {
 }
 
 /// One operator application at run time: reads `inputs`, writes `out_len` elements to slot
-/// `output`.
+/// `output` (or its part of them, when it shares the slot).
 pub(crate) struct Step {
     pub node: String,
     /// The ONNX operator of the node, or [`LAYOUT_OP`] for a layout conversion.
@@ -81,6 +81,30 @@ pub(crate) struct Step {
     pub output: usize,
     pub out_len: usize,
     pub op: StepOp,
+    /// Set when several steps write the slot: the parts of a channel Concat.
+    pub shared: Option<SharedOutput>,
+}
+
+/// A step's part of a slot that several steps write: a convolution's channels of a
+/// channels-last Concat, written in place, or the Concat's other parts, copied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SharedOutput {
+    /// For a convolution: where its pixels' channels start in the slot, the floats they
+    /// span (the last pixel's end) and the floats between its pixels.
+    pub channels: Option<ChannelsInPlace>,
+    /// The fraction of the slot's elements the step writes, which weighs its zero count.
+    pub share: f64,
+    /// Whether it is the slot's first writer, which starts the slot's zero count.
+    pub first: bool,
+}
+
+/// Where a convolution writes its channels of a channels-last Concat: `len` floats from
+/// `start`, pixels `pitch` floats apart (see `Conv::run_into`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChannelsInPlace {
+    pub start: usize,
+    pub len: usize,
+    pub pitch: usize,
 }
 
 /// Builds a plan node by node: slots for run-time tensors, plan constants and steps, within
@@ -206,12 +230,78 @@ impl Builder {
             output,
             out_len: self.slot_lens[output],
             op,
+            shared: None,
         });
         Ok(Value::Dynamic(Dynamic {
             src: Src::Slot(output),
             shape,
             layout,
         }))
+    }
+
+    /// The step that computes `v`, when it is a convolution that could write it in place
+    /// into a slot it shares (see [`write_in_place`](Self::write_in_place)): the last writer
+    /// of `v`'s slot, a convolution step that adds no residual (a residual is added only to
+    /// an output of its own) and shares no slot yet.
+    pub fn conv_computing(&self, v: &Value) -> Option<usize> {
+        let Value::Dynamic(Dynamic {
+            src: Src::Slot(slot),
+            ..
+        }) = v
+        else {
+            return None;
+        };
+        let i = self.steps.iter().rposition(|s| s.output == *slot)?;
+        let step = &self.steps[i];
+        let plain = matches!(step.op, StepOp::Conv(_)) && step.inputs.len() == 1;
+        (plain && step.shared.is_none()).then_some(i)
+    }
+
+    /// Makes step `step` (a [`conv_computing`](Self::conv_computing) answer) write its
+    /// output into slot `slot` as `channels`, instead of into a slot of its own, which
+    /// nothing reads then. [`share_slot`](Self::share_slot) completes the slot's writers.
+    pub fn write_in_place(&mut self, step: usize, slot: usize, channels: ChannelsInPlace) {
+        let out_len = self.slot_lens[slot];
+        let step = &mut self.steps[step];
+        step.output = slot;
+        step.out_len = out_len;
+        step.shared = Some(SharedOutput {
+            channels: Some(channels),
+            share: 0.0,
+            first: false,
+        });
+    }
+
+    /// Adds a step that runs `kernel` on `inputs` into its part of slot `slot`, which other
+    /// steps write too; [`share_slot`](Self::share_slot) completes the slot's writers.
+    pub fn push_into(&mut self, inputs: Vec<Src>, slot: usize, kernel: Box<dyn Kernel>) {
+        self.steps.push(Step {
+            node: self.node.clone(),
+            op_type: self.op_type.clone(),
+            inputs,
+            output: slot,
+            out_len: self.slot_lens[slot],
+            op: StepOp::Kernel(kernel),
+            shared: Some(SharedOutput {
+                channels: None,
+                share: 0.0,
+                first: false,
+            }),
+        });
+    }
+
+    /// Sets what each writer of the shared slot `slot` writes of it, `share(step)` of its
+    /// elements, and marks the first to run.
+    pub fn share_slot(&mut self, slot: usize, share: impl Fn(&Step) -> f64) {
+        let mut first = true;
+        for step in self.steps.iter_mut().filter(|s| s.output == slot) {
+            let fraction = share(step);
+            if let Some(shared) = &mut step.shared {
+                shared.share = fraction;
+                shared.first = first;
+                first = false;
+            }
+        }
     }
 
     /// A data-movement kernel: folded on constants of either element type, else a step.

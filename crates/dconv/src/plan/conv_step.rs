@@ -40,19 +40,23 @@ impl ConvStep {
 
     /// Runs on channels-last `input`, whose fraction of zeros is `input_sparsity` when its
     /// producer counted them, adding `residual` (channels-last, the output's shape) before
-    /// the activation when the layer has one; returns the method used and the output's
-    /// fraction of zeros when counted.
+    /// the activation when the layer has one, into output pixels `pitch` floats apart (see
+    /// [`Conv::run_into`]); returns the method used and the output's fraction of zeros when
+    /// counted.
     pub fn run(
         &self,
         (input, input_sparsity): (&[f32], Option<f64>),
         residual: Option<&[f32]>,
-        output: &mut [f32],
+        (output, pitch): (&mut [f32], usize),
         ws: &mut Workspace,
     ) -> Result<ConvRun> {
         let method = self.choose(input, input_sparsity);
-        let timing = self
-            .prepared(method)?
-            .run_adding(input, residual, output, ws)?;
+        let conv = self.prepared(method)?;
+        let timing = conv.run_into(input, residual, (&mut *output, pitch), ws)?;
+        let elements = conv.spec().output_len()?;
+        // Pixels of its own are counted in one pass; pixels between another layer's channels
+        // are left uncounted.
+        let own = pitch == conv.spec().filters;
         Ok(ConvRun {
             method,
             // The epilogue counted the zeros as it wrote them, and the count is passed on
@@ -61,9 +65,9 @@ impl ConvStep {
             // picks by them.
             output_sparsity: timing
                 .output_zeros
-                .map(|z| z as f64 / output.len().max(1) as f64)
+                .map(|z| z as f64 / elements.max(1) as f64)
                 .or_else(|| {
-                    (self.counts_zeros && self.choice.needs_sparsity())
+                    (own && self.counts_zeros && self.choice.needs_sparsity())
                         .then(|| zero_fraction(output))
                 }),
         })
@@ -85,6 +89,11 @@ impl ConvStep {
             .iter()
             .find(|c| c.method() == method)
             .ok_or_else(|| Error::Unsupported(format!("method {method} was not prepared")))
+    }
+
+    /// Output channels.
+    pub fn filters(&self) -> usize {
+        self.methods.first().map_or(0, |c| c.spec().filters)
     }
 
     /// Every prepared convolution.

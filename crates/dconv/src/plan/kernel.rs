@@ -5,7 +5,8 @@ use rayon::prelude::*;
 
 /// An operator with its shapes resolved, run on flat buffers.
 pub(crate) trait Kernel: Send + Sync {
-    /// Writes every element of `output`; returns the fraction of zeros of the output when it
+    /// Writes every element of `output` (or, in a slot that other steps write too, its
+    /// part: see `SharedOutput`); returns the fraction of zeros of what it wrote when it
     /// counted them on the way (as a ReLU does), for the next convolution's method choice.
     fn run(&self, inputs: &[&[f32]], output: &mut [f32]) -> Option<f64>;
 

@@ -97,7 +97,7 @@ impl<'a> Probe<'a> {
         conv: &ConvStep,
         (input, input_sparsity): (&[f32], Option<f64>),
         residual: Option<&[f32]>,
-        output: &mut [f32],
+        (output, pitch): (&mut [f32], usize),
         ws: &mut Workspace,
     ) -> Result<()> {
         let convs = conv.convs();
@@ -111,7 +111,7 @@ impl<'a> Probe<'a> {
             rounds: self.runs,
         };
         let samples = protocol.time(convs.len(), |i| {
-            convs[i].run_adding(input, residual, output, ws)
+            convs[i].run_into(input, residual, (&mut *output, pitch), ws)
         })?;
         let methods: Vec<Method> = convs.iter().map(|c| c.method()).collect();
         let costs = LayerCosts::new(

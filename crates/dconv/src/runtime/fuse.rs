@@ -33,6 +33,9 @@ pub(crate) enum Fusion {
     /// A BatchNormalization (not after a Conv) that starts per-channel affine maps and an
     /// activation, planned as one pass when its input turns out 4-D.
     Affine(AffineChain),
+    /// A Concat that alone reads some of its inputs (`alone`, one flag per non-empty input):
+    /// the convolutions that compute those may write them into its output in place.
+    Concat { alone: Vec<bool> },
 }
 
 /// A run of per-channel affine maps and an activation on `x`, the first a BatchNormalization
@@ -97,6 +100,13 @@ pub(crate) fn fuse(
                 let taken = chain.nodes.clone();
                 (Fusion::Affine(chain), taken)
             }),
+            "Concat" => {
+                let inputs = node.input.iter().filter(|x| !x.is_empty());
+                let alone: Vec<bool> = inputs.map(|x| graph.sole_consumer(x) == Some(i)).collect();
+                alone
+                    .contains(&true)
+                    .then(|| (Fusion::Concat { alone }, Vec::new()))
+            }
             _ => None,
         };
         if let Some((fusion, taken)) = found {

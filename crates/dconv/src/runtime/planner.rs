@@ -163,6 +163,14 @@ fn plan_node(
             let names = std::slice::from_ref(output);
             (node.op_type(), resolve_inputs(node, values), names)
         }
+        Some(Fusion::Concat { alone }) => {
+            ctx.alone = Some(alone);
+            (
+                node.op_type(),
+                resolve_inputs(node, values),
+                &node.output[..],
+            )
+        }
         Some(Fusion::ActivatedSum { activation, output }) => {
             ctx.activation = Some(*activation);
             let names = std::slice::from_ref(output);
@@ -234,8 +242,11 @@ fn resolve_input(name: &str, values: &HashMap<String, Value>) -> Result<Option<V
     })
 }
 
-/// Gives each slot a buffer, reusing the buffers of slots no later step reads. A step's
-/// output never shares a buffer with its inputs; model inputs and outputs keep their own.
+/// Gives each slot a buffer, reusing the buffers of slots no later step reads or writes. A
+/// step's output never shares a buffer with its inputs; model inputs and outputs keep their
+/// own. A slot several steps write (a Concat's) has its buffer from its first writer on; a
+/// slot no step writes any more (a convolution's own, once it writes into a Concat) has
+/// none (`usize::MAX`).
 fn assign_buffers(
     b: &Builder,
     inputs: &[usize],
@@ -244,12 +255,14 @@ fn assign_buffers(
     let slots = b.slot_lens.len();
     let forever = usize::MAX;
     let mut last_use = vec![None; slots];
+    let mut last_write = vec![0; slots];
     for (i, step) in b.steps.iter().enumerate() {
         for src in &step.inputs {
             if let Src::Slot(s) = src {
                 last_use[*s] = Some(i);
             }
         }
+        last_write[step.output] = i;
     }
     for (_, v) in outputs {
         if let Value::Dynamic(Dynamic {
@@ -275,7 +288,9 @@ fn assign_buffers(
         slot_buffer[s] = take(&mut free);
     }
     for (i, step) in b.steps.iter().enumerate() {
-        slot_buffer[step.output] = take(&mut free);
+        if slot_buffer[step.output] == usize::MAX {
+            slot_buffer[step.output] = take(&mut free);
+        }
         // Slots read for the last time here, and an output nobody reads, are free again.
         let mut done: Vec<usize> = step
             .inputs
@@ -285,7 +300,7 @@ fn assign_buffers(
                 _ => None,
             })
             .collect();
-        if last_use[step.output].is_none() {
+        if last_use[step.output].is_none() && last_write[step.output] == i {
             done.push(step.output);
         }
         done.sort_unstable();

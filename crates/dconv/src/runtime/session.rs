@@ -429,13 +429,21 @@ fn execute(
             StepOp::Conv(conv) => {
                 // A second input is the residual the layer adds.
                 let residual = read.get(1).copied();
+                // Its channels of a Concat, in place, or an output of its own.
+                let (out, pitch) = match step.shared.and_then(|s| s.channels) {
+                    Some(c) => (&mut out[c.start..c.start + c.len], c.pitch),
+                    None => (out, conv.filters()),
+                };
                 let done = probe
                     .as_deref_mut()
                     .map_or(Ok(()), |p| {
                         let input = (read[0], known);
+                        let out = (&mut *out, pitch);
                         p.before_conv(&step.node, conv, input, residual, out, workspace)
                     })
-                    .and_then(|()| conv.run((read[0], known), residual, out, workspace))
+                    .and_then(|()| {
+                        conv.run((read[0], known), residual, (&mut *out, pitch), workspace)
+                    })
                     .map_err(in_step)?;
                 (done.output_sparsity, Some(done.method))
             }
@@ -452,7 +460,14 @@ fn execute(
         }
         drop(read);
         buffers[out_buffer] = whole;
-        sparsity[step.output] = counted;
+        // A slot several steps write has the zeros of each, weighed by its share.
+        sparsity[step.output] = match step.shared {
+            None => counted,
+            Some(s) if s.first => counted.map(|f| f * s.share),
+            Some(s) => sparsity[step.output]
+                .zip(counted)
+                .map(|(p, f)| p + f * s.share),
+        };
     }
     plan.outputs
         .iter()
