@@ -187,10 +187,10 @@ impl RunEpilogue<'_> {
 
     /// Finishes channels `first..first + width` of each pixel in `pixels`, whose rows are
     /// `stride` floats apart and hold those channels at their start (the last row may end
-    /// after them), in place, by the bias and [`curve`](Self::curve); returns how many are
-    /// exactly zero (what a fused ReLU left). One call per block of pixels: a call per pixel
-    /// cost as much as the finishing itself on 96-channel rows (0.4 ms of 16 -> 96 at 112 x
-    /// 112).
+    /// after them), in place, by the bias, the residual when the run adds one, and the
+    /// activation, in one pass; returns how many are exactly zero (what a fused ReLU left).
+    /// One call per block of pixels: a call per pixel cost as much as the finishing itself
+    /// on 96-channel rows (0.4 ms of 16 -> 96 at 112 x 112).
     pub fn apply_rows(
         &self,
         pixels: &mut [f32],
@@ -199,13 +199,16 @@ impl RunEpilogue<'_> {
         first: usize,
     ) -> usize {
         let bias = &self.epilogue.bias[first..first + width];
-        let terms = |_| bias.iter().copied();
-        with_row_curve!(self.epilogue.isa, self.curve(), |f| finish_rows(
-            pixels,
-            (stride, width),
-            terms,
-            f
-        ))
+        let activation = self.epilogue.activation.curve();
+        let rows = (stride, width);
+        with_row_curve!(self.epilogue.isa, activation, |f| match self.residual {
+            None => finish_rows(pixels, rows, |_| bias.iter().copied(), f),
+            Some(r) => {
+                let r = r.under(pixels);
+                let terms = |i: usize| bias.iter().zip(&r[i * stride..]).map(|(b, r)| b + r);
+                finish_rows(pixels, rows, terms, f)
+            }
+        })
     }
 
     /// Finishes a tile's staged sums into channels `first..first + len` of each of its rows
@@ -244,8 +247,8 @@ impl RunEpilogue<'_> {
         })
     }
 
-    /// After a method finished its sums (the bias added, [`curve`](Self::curve) applied, in
-    /// registers or by [`apply_rows`](Self::apply_rows)): adds the residual to the first
+    /// After a kernel finished its sums in registers (the bias added, [`curve`](Self::curve)
+    /// applied; [`apply_rows`](Self::apply_rows) adds the residual itself): adds it to the first
     /// `width` floats of each `stride`-float row of `pixels` and applies the activation,
     /// returning the zeros. Each method calls it on a region it has just written, while it
     /// is in cache, in rows as long as it can, so that the residual streams in whole lines.

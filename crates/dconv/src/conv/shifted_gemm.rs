@@ -133,7 +133,6 @@ fn convolve_rows(
     let sums = &mut sums[..bands.sums_len()];
     let (ow, m, mg) = (spec.out_width(), spec.filters, spec.filters_per_group());
     let mut zeros = 0;
-    let row_len = ow * pitch;
     for first in rows.clone().step_by(bands.rows) {
         let band = first..(first + bands.rows).min(rows.end);
         let mut band_zeros = 0;
@@ -162,13 +161,7 @@ fn convolve_rows(
                 }
             }
         }
-        // A residual comes only with an output of its own: then the band's rows are one run.
-        let written = band.start - rows.start..band.end - rows.start;
-        let end = (written.end * row_len).min(out.len());
-        let written = &mut out[written.start * row_len..end];
-        zeros += epilogue
-            .and_then(|e| e.add_residual(written, row_len, row_len))
-            .unwrap_or(band_zeros);
+        zeros += band_zeros;
     }
     zeros
 }
