@@ -241,20 +241,27 @@ impl Builder {
 
     /// The step that computes `v`, when it is a convolution that could write it in place
     /// into a slot it shares (see [`write_in_place`](Self::write_in_place)): the last writer
-    /// of `v`'s slot, a convolution step that adds no residual (a residual is added only to
-    /// an output of its own) and shares no slot yet.
+    /// of `v`'s slot, a convolution step whose output `v` is as it wrote it (channels-last,
+    /// its own shape, not a reshaped view of the slot), that adds no residual (a residual
+    /// is added only to an output of its own) and shares no slot yet.
     pub fn conv_computing(&self, v: &Value) -> Option<usize> {
         let Value::Dynamic(Dynamic {
             src: Src::Slot(slot),
-            ..
+            shape,
+            layout: Layout::ChannelsLast,
         }) = v
         else {
             return None;
         };
         let i = self.steps.iter().rposition(|s| s.output == *slot)?;
         let step = &self.steps[i];
-        let plain = matches!(step.op, StepOp::Conv(_)) && step.inputs.len() == 1;
-        (plain && step.shared.is_none()).then_some(i)
+        let StepOp::Conv(conv) = &step.op else {
+            return None;
+        };
+        let s = conv.convs().first()?.spec();
+        let as_written = *shape == [s.batch, s.filters, s.out_height(), s.out_width()];
+        let plain = step.inputs.len() == 1 && step.shared.is_none();
+        (as_written && plain).then_some(i)
     }
 
     /// Makes step `step` (a [`conv_computing`](Self::conv_computing) answer) write its
