@@ -73,10 +73,11 @@ fn print_table(layers: &[LayerAnalysis]) {
         .unwrap_or(5)
         .max(5);
     // "pairs": where sparse-weight keeps one list per pair of filters (their zeros
-    // coincide), the places of those lists per non-zero weight.
+    // coincide), the places of those lists per non-zero weight. "blocks": where im2csoa
+    // keeps only the non-zero blocks of 16 output channels, the fraction of blocks it keeps.
     print!(
-        "{:<name_width$} {:>8} {:>7} {:>7} {:>5}",
-        "layer", "GMAC", "in 0s", "w 0s", "pairs"
+        "{:<name_width$} {:>8} {:>7} {:>7} {:>5} {:>6}",
+        "layer", "GMAC", "in 0s", "w 0s", "pairs", "blocks"
     );
     for m in MODELED {
         print!(" {:>13}", m.name());
@@ -89,8 +90,12 @@ fn print_table(layers: &[LayerAnalysis]) {
             .weights
             .twin_share
             .map_or("-".to_string(), |u| format!("{u:.2}"));
+        let blocks = layer
+            .weights
+            .block_density
+            .map_or("-".to_string(), |b| format!("{:.1}%", b * 100.0));
         print!(
-            "{:<name_width$} {:>8.3} {:>6.1}% {:>6.1}% {pairs:>5}",
+            "{:<name_width$} {:>8.3} {:>6.1}% {:>6.1}% {pairs:>5} {blocks:>6}",
             layer.name,
             layer.macs as f64 * 1e-9,
             layer.input_sparsity * 100.0,

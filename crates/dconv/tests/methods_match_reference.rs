@@ -84,7 +84,11 @@ fn case() -> impl Strategy<Value = Case> {
         activation(),
         (0..SPARSITIES.len(), 0..SPARSITIES.len(), any::<bool>()),
         (0..THREADS.len(), any::<u64>()),
-        (any::<bool>(), prop::option::of(2usize..=4), any::<bool>()),
+        (
+            any::<bool>(),
+            prop::option::of(prop_oneof![2usize..=4, Just(16)]),
+            any::<bool>(),
+        ),
         prop_oneof![Just(0usize), 1usize..=9],
     )
         .prop_map(
@@ -595,6 +599,31 @@ fn im2csoa_with_blocks_outside() {
         .with_activation(Activation::Relu);
     let zeros = (0.8, 0.7, ZeroPattern::Random);
     check_shape(Method::Im2Csoa, spec, zeros, &[1, 2], 17);
+}
+
+/// Weights pruned in blocks of 16 output channels take im2CSOA's block form (at most 40 %
+/// of the blocks non-zero): here 3 blocks per group (the last 8 wide) over 70 channels (two
+/// mask words, the second partial), with stride, dilation, uneven padding, 2 groups and 2
+/// images; tiles of 6 pixels cross output rows (9 columns) and the image's end. Then the
+/// same with every block zero, and with a dense input.
+#[test]
+fn im2csoa_on_block_sparse_weights() {
+    let spec = ConvSpec::new(140, 13, 17, 80, [3, 2])
+        .with_stride([1, 2])
+        .with_dilation([2, 1])
+        .with_padding([2, 1, 1, 0])
+        .with_groups(2)
+        .with_batch(2)
+        .with_bias(true)
+        .with_activation(Activation::Relu);
+    for (zeros, seed) in [
+        ((0.8, 0.7, ZeroPattern::Relu), 21),
+        ((0.5, 0.9, ZeroPattern::Random), 22),
+        ((0.0, 1.0, ZeroPattern::Random), 23),
+        ((0.0, 0.6, ZeroPattern::Random), 24),
+    ] {
+        check_shape_in_blocks(Method::Im2Csoa, spec, zeros, Some(16), &THREADS, seed);
+    }
 }
 
 /// Dense at stride 1 sums shifted GEMMs a band of output rows at a time (bands of input rows

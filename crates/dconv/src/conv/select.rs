@@ -12,10 +12,11 @@
 //! panels (MACs wherever a group's filters fill them, as in every layer `tune` measures).
 //! The d² term lets the product's rate change with density (BENCHMARKS.md: im2csr slows down
 //! on nearly dense inputs, im2csoa speeds up); it is the only one allowed to be negative.
-//! Weight sparsity does not enter im2csr or im2csoa: their inner loop runs over a dense vector
-//! of output channels, and the measured times do not move with it. Sparse-weight's terms also
-//! know how the filters share their zeros in pairs ([`WeightZeros`]): where they do (weights
-//! pruned in blocks of output channels), it keeps one list per pair and does less per weight.
+//! Weight sparsity does not enter im2csr, nor im2csoa's panel form: their inner loop runs over
+//! a dense vector of output channels, and the measured times do not move with it. Where the
+//! weights' zeros lie in blocks of 16 output channels ([`WeightZeros`]), im2csoa keeps only the
+//! non-zero blocks and its multiply-adds shrink with them; and sparse-weight, knowing how the
+//! filters share their zeros in pairs, keeps one list per pair and does less per weight.
 //!
 //! For one layer, every term is a polynomial of degree ≤ 2 in d, so [`LayerCosts`] folds the
 //! model into three numbers per method at plan time and picks a method per run with a handful
@@ -128,6 +129,9 @@ pub struct WeightZeros {
     /// Places of the pairs' lists per non-zero weight, 1/2 to 6/10 (1/2 where every pair
     /// shares all its zeros); `None` where sparse-weight keeps a list per filter.
     pub twin_share: Option<f64>,
+    /// The fraction of blocks of 16 output channels (at one input channel and tap) that are
+    /// not all zero, where im2csoa keeps only those blocks; `None` where it keeps panels.
+    pub block_density: Option<f64>,
 }
 
 impl WeightZeros {
@@ -137,6 +141,7 @@ impl WeightZeros {
         WeightZeros {
             sparsity: zeros as f64 / weights.len().max(1) as f64,
             twin_share: super::sparse_weight::twin_share(spec, weights),
+            block_density: super::im2csoa::block_density(spec, weights),
         }
     }
 
@@ -145,6 +150,7 @@ impl WeightZeros {
         WeightZeros {
             sparsity,
             twin_share: None,
+            block_density: None,
         }
     }
 
@@ -519,6 +525,29 @@ mod tests {
 
     /// Twin lists make sparse-weight's work per non-zero weight cheaper, as measured, and
     /// change no other method's prediction.
+    /// Where im2csoa keeps only the non-zero blocks of 16 output channels, it pays for the
+    /// blocks that meet some non-zero activation of a tile: on 80 % zero inputs and 70 % zero
+    /// blocks it costs less than its panel form and than sparse-weight; on a dense input,
+    /// sparse-weight stays the cheaper.
+    #[test]
+    fn block_sparse_weights_make_im2csoa_cheaper_on_sparse_inputs() {
+        let profile = CostProfile::compiled_in(Isa::Avx2);
+        let spec = vgg_block4();
+        let blocks = WeightZeros {
+            sparsity: 0.7,
+            twin_share: Some(0.5),
+            block_density: Some(0.3),
+        };
+        let panels = WeightZeros {
+            block_density: None,
+            ..blocks
+        };
+        let at = |m, input_sparsity, w| profile.predict(m, &spec, input_sparsity, w).unwrap();
+        assert!(at(Method::Im2Csoa, 0.8, blocks) < at(Method::Im2Csoa, 0.8, panels));
+        assert!(at(Method::Im2Csoa, 0.8, blocks) < at(Method::SparseWeight, 0.8, blocks));
+        assert!(at(Method::SparseWeight, 0.0, blocks) < at(Method::Im2Csoa, 0.0, blocks));
+    }
+
     #[test]
     fn filters_sharing_their_zeros_make_sparse_weight_cheaper() {
         let profile = CostProfile::compiled_in(Isa::Avx2);
@@ -526,6 +555,7 @@ mod tests {
         let twins = WeightZeros {
             sparsity: 0.7,
             twin_share: Some(0.5),
+            block_density: None,
         };
         for input_sparsity in [0.0, 0.5, 0.9] {
             let at = |m, w| profile.predict(m, &spec, input_sparsity, w).unwrap();

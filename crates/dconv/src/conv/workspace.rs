@@ -67,6 +67,12 @@ impl Workspace {
         (&mut self.floats[..len], downcast(&mut self.kept[i].1))
     }
 
+    /// The scratch of type `T`.
+    pub(crate) fn kept<T: Scratch>(&mut self) -> &mut T {
+        let i = self.index_of::<T>();
+        downcast(&mut self.kept[i].1)
+    }
+
     /// The scratch of two distinct types `A` and `B`, together.
     pub(crate) fn kept_pair<A: Scratch, B: Scratch>(&mut self) -> (&mut A, &mut B) {
         let (a, b) = (self.index_of::<A>(), self.index_of::<B>());

@@ -14,6 +14,7 @@ pub(crate) mod depthwise;
 pub(crate) mod direct_conv;
 pub(crate) mod gemm;
 pub(crate) mod gemv;
+pub(crate) mod masked_block_tile;
 pub(crate) mod multiversion;
 pub mod shifted_axpy;
 pub(crate) mod transpose;

@@ -1,9 +1,12 @@
 //! Sparse types with checked constructors: [`CsrMatrix`] (the lowered matrix, compressed by
-//! rows) and [`Csoa`] (each non-zero activation of an NHWC tensor stored once, with its
-//! position).
+//! rows), [`Csoa`] (each non-zero activation of an NHWC tensor stored once, with its
+//! position) and [`BlockSparseWeights`] (weights kept as their non-zero blocks of 16 output
+//! channels).
 
+mod blocks;
 mod csoa;
 mod csr;
 
+pub use blocks::{BlockShape, BlockSparseWeights};
 pub use csoa::Csoa;
 pub use csr::CsrMatrix;

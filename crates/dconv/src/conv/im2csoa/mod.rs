@@ -8,18 +8,26 @@
 //! block of output channels. Weights are kept as panels of blocks of output channels; a
 //! block of weights that pruning left all zero is skipped, so the work is the
 //! (non-zero activation, non-zero weight block) pairs that meet.
+//!
+//! Weights pruned in blocks of 16 output channels take another form ([`blocks`]), chosen
+//! when the layer is prepared: with 128-channel panels, a non-zero activation meets every
+//! weight of its panel rows, however many of their 16-channel blocks are zero.
+
+mod blocks;
 
 use super::im2csr::{direct_conversion_terms, direct_conversion_values};
-use super::method::{MethodEntry, Skips};
+use super::method::{MethodEntry, Prepare, Skips};
 use super::panels::{self, prepare_over_panels};
-use super::panels::{l1_slab_rows, WeightPanels};
+use super::panels::{l1_slab_rows, SharedPanels, WeightPanels};
 use super::run_loop::over_groups;
+use super::select::{LayerSize, WeightZeros, MAX_TERMS};
 use super::tiles::{
     ensure_tiles, multiply_tasks, task_tiles, tile_rows, tiles_scratch, walk_bytes, Tile, TileSums,
 };
 use super::workspace::Scratch;
 use super::{ConvKernel, ConvSpec, Epilogue, RunEpilogue, ScratchBytes, Timing, Workspace};
 use crate::cache::CacheSizes;
+use crate::error::Result;
 use crate::kernels::sparse_row_panel::{Entries, RowCursor, SparseRowPanel};
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
@@ -40,11 +48,48 @@ pub(super) const ENTRY: MethodEntry = MethodEntry {
         weight_zeros: true,
     },
     terms: &direct_conversion_terms("nz_input"),
-    term_values: |s, d, _| direct_conversion_values(s, d, d * s.input),
+    term_values,
     prepared_bytes: panels::prepared_bytes,
     reads_panels: true,
-    prepare: prepare_over_panels!(Im2Csoa),
+    prepare,
 };
+
+/// The block form where the weights' zeros lie in blocks of 16 output channels, else panels.
+fn prepare(
+    spec: &ConvSpec,
+    weights: &[f32],
+    epilogue: Epilogue,
+    isa: Isa,
+    shared: &mut SharedPanels,
+) -> Result<Box<dyn ConvKernel>> {
+    if blocks::block_density(spec, weights).is_some() {
+        return Ok(Box::new(Im2CsoaBlocks::new(*spec, weights, epilogue, isa)?));
+    }
+    let panels: Prepare = prepare_over_panels!(Im2Csoa);
+    panels(spec, weights, epilogue, isa, shared)
+}
+
+pub(crate) use blocks::block_density;
+use blocks::Im2CsoaBlocks;
+
+/// The work of im2csoa's terms. In the block form ([`blocks`]), the multiply-adds are those of
+/// the non-zero blocks that meet a tile with some non-zero activation: the tile's pixels
+/// share most of their zeros, and a fit to ReLU-like inputs put the fraction of (tile, tap,
+/// channel) holding some at about d·(2 - d), as if each tile were two independent pixels.
+/// Each such multiply-add costs about [`BLOCK_MAC_COST`] of one against a panel.
+fn term_values(s: &LayerSize, d: f64, w: WeightZeros) -> [f64; MAX_TERMS] {
+    let mut values = direct_conversion_values(s, d, d * s.input);
+    if let Some(blocks) = w.block_density {
+        let live = d * (2.0 - d) * blocks;
+        values[4] = BLOCK_MAC_COST * live * s.macs;
+        values[5] = 0.0;
+    }
+    values
+}
+
+/// The cost of a multiply-add of the block form, in units of the panel form's (measured on
+/// the 512 -> 512 layers of BENCHMARKS.md, session 26).
+const BLOCK_MAC_COST: f64 = 1.2;
 
 pub(crate) struct Im2Csoa<const NB: usize> {
     spec: ConvSpec,

@@ -1,0 +1,190 @@
+//! Convolution weights whose zeros lie in whole blocks of 16 consecutive output channels at
+//! one (input channel, kernel tap), as block pruning leaves them, kept as only their
+//! non-zero blocks.
+
+use crate::error::{Error, Result};
+use crate::kernels::masked_block_tile::{BlockWeights, BLOCK};
+
+/// The non-zero blocks of ONNX `[M][C/G][R][S]` weights, per (group, block of 16 output
+/// channels, tap, word of 64 input channels): a mask of the channels whose block is not all
+/// zero, and those blocks' 16 weights in channel order, each block a row of `values` (the
+/// last block of a group zero-padded to 16). Built only by [`pack`](Self::pack), which
+/// checks every mask against the rows it names.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockSparseWeights {
+    groups: usize,
+    /// Output channels per group.
+    filters: usize,
+    /// Input channels per group.
+    channels: usize,
+    taps: usize,
+    masks: Vec<u64>,
+    /// Per entry, the row of its first non-zero block.
+    starts: Vec<u32>,
+    values: Vec<f32>,
+}
+
+/// The shape of a layer's weights: groups, and per group output channels, input channels
+/// and kernel taps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockShape {
+    pub groups: usize,
+    pub filters: usize,
+    pub channels: usize,
+    pub taps: usize,
+}
+
+impl BlockShape {
+    fn blocks(&self) -> usize {
+        self.filters.div_ceil(BLOCK)
+    }
+
+    fn words(&self) -> usize {
+        self.channels.div_ceil(64)
+    }
+
+    /// The weight of filter `m` (within group `g`), channel `c`, tap `t` in ONNX's layout.
+    fn at(&self, g: usize, m: usize, c: usize, t: usize) -> usize {
+        ((g * self.filters + m) * self.channels + c) * self.taps + t
+    }
+
+    /// Whether any weight of block `b` of group `g` at channel `c`, tap `t` is not zero.
+    fn is_live(&self, weights: &[f32], (g, b, c, t): (usize, usize, usize, usize)) -> bool {
+        let filters = b * BLOCK..((b + 1) * BLOCK).min(self.filters);
+        filters
+            .into_iter()
+            .any(|m| weights[self.at(g, m, c, t)] != 0.0)
+    }
+
+    /// The fraction of `weights`' blocks of 16 output channels (the last of each group
+    /// shorter) that are not all zero.
+    pub fn block_density(&self, weights: &[f32]) -> f64 {
+        let mut live = 0usize;
+        for g in 0..self.groups {
+            for b in 0..self.blocks() {
+                for c in 0..self.channels {
+                    for t in 0..self.taps {
+                        live += usize::from(self.is_live(weights, (g, b, c, t)));
+                    }
+                }
+            }
+        }
+        let count = self.groups * self.blocks() * self.channels * self.taps;
+        live as f64 / count.max(1) as f64
+    }
+}
+
+impl BlockSparseWeights {
+    /// Keeps the non-zero blocks of `weights`, laid out as `shape` says. Fails when the
+    /// weights' length is not the shape's, or there are too many blocks to index in 32 bits.
+    pub fn pack(shape: BlockShape, weights: &[f32]) -> Result<Self> {
+        let BlockShape {
+            groups,
+            filters,
+            channels,
+            taps,
+        } = shape;
+        let len = [groups, filters, channels, taps]
+            .into_iter()
+            .try_fold(1usize, usize::checked_mul);
+        if len != Some(weights.len()) || channels == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "{} weights for {groups} groups of {filters} filters over {channels} channels \
+                 and {taps} taps",
+                weights.len()
+            )));
+        }
+        let (mut masks, mut starts, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for g in 0..groups {
+            for b in 0..shape.blocks() {
+                for t in 0..taps {
+                    for word in 0..shape.words() {
+                        let row = u32::try_from(values.len() / BLOCK)
+                            .map_err(|_| Error::Overflow("blocks of weights"))?;
+                        starts.push(row);
+                        let mut mask = 0u64;
+                        for c in 64 * word..(64 * word + 64).min(channels) {
+                            if !shape.is_live(weights, (g, b, c, t)) {
+                                continue;
+                            }
+                            mask |= 1 << (c - 64 * word);
+                            values.extend((b * BLOCK..(b + 1) * BLOCK).map(|m| {
+                                if m < filters {
+                                    weights[shape.at(g, m, c, t)]
+                                } else {
+                                    0.0
+                                }
+                            }));
+                        }
+                        masks.push(mask);
+                    }
+                }
+            }
+        }
+        let packed = BlockSparseWeights {
+            groups,
+            filters,
+            channels,
+            taps,
+            masks,
+            starts,
+            values,
+        };
+        for g in 0..groups {
+            for b in 0..packed.blocks() {
+                packed.block(g, b);
+            }
+        }
+        Ok(packed)
+    }
+
+    /// Blocks of 16 output channels per group.
+    pub fn blocks(&self) -> usize {
+        self.filters.div_ceil(BLOCK)
+    }
+
+    /// Block `b` of group `g`, over every tap and word, as the kernel reads it.
+    pub(crate) fn block(&self, g: usize, b: usize) -> BlockWeights<'_> {
+        let per_block = self.taps * self.channels.div_ceil(64);
+        let at = (g * self.blocks() + b) * per_block;
+        BlockWeights::new(
+            &self.masks[at..at + per_block],
+            &self.starts[at..at + per_block],
+            &self.values,
+            self.channels,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2 groups of 20 filters (a block and a short one) over 70 channels (two words) and 2
+    /// taps; the weights of block 1 of group 1 at channel 65, tap 1, and of block 0 of group
+    /// 0 at channel 3, tap 0, are the only non-zeros.
+    #[test]
+    fn packs_only_the_live_blocks_and_finds_them_by_mask() {
+        let shape = BlockShape {
+            groups: 2,
+            filters: 20,
+            channels: 70,
+            taps: 2,
+        };
+        let mut weights = vec![0.0; 2 * 20 * 70 * 2];
+        weights[shape.at(1, 17, 65, 1)] = 2.0;
+        weights[shape.at(0, 5, 3, 0)] = 3.0;
+        let packed = BlockSparseWeights::pack(shape, &weights).unwrap();
+        assert_eq!(packed.values.len(), 2 * BLOCK);
+        assert!((shape.block_density(&weights) - 2.0 / (2 * 2 * 70 * 2) as f64).abs() < 1e-12);
+        // Block 1 of group 1 starts at entry (1 * 2 + 1) * (2 taps * 2 words).
+        let (masks, starts) = (&packed.masks[12..16], &packed.starts[12..16]);
+        let live: Vec<_> = masks.iter().map(|m| m.count_ones()).collect();
+        assert_eq!(live, [0, 0, 0, 1], "tap 1, word 1");
+        assert_eq!(masks[3], 1 << 1);
+        let row = starts[3] as usize;
+        assert_eq!(packed.values[row * BLOCK + 1], 2.0, "filter 17 is lane 1");
+        assert_eq!(packed.masks[0], 1 << 3);
+        assert!(BlockSparseWeights::pack(shape, &weights[1..]).is_err());
+    }
+}
