@@ -74,7 +74,7 @@ fn print_table(layers: &[LayerAnalysis]) {
         .max(5);
     // "pairs": where sparse-weight keeps one list per pair of filters (their zeros
     // coincide), the places of those lists per non-zero weight. "blocks": where im2csoa
-    // keeps only the non-zero blocks of 16 output channels, the fraction of blocks it keeps.
+    // keeps only the non-zero blocks of output channels, the fraction it keeps and their width.
     print!(
         "{:<name_width$} {:>8} {:>7} {:>7} {:>5} {:>6}",
         "layer", "GMAC", "in 0s", "w 0s", "pairs", "blocks"
@@ -90,10 +90,9 @@ fn print_table(layers: &[LayerAnalysis]) {
             .weights
             .twin_share
             .map_or("-".to_string(), |u| format!("{u:.2}"));
-        let blocks = layer
-            .weights
-            .block_density
-            .map_or("-".to_string(), |b| format!("{:.1}%", b * 100.0));
+        let blocks = layer.weights.blocks.map_or("-".to_string(), |b| {
+            format!("{:.0}%x{}", b.density * 100.0, b.width)
+        });
         print!(
             "{:<name_width$} {:>8.3} {:>6.1}% {:>6.1}% {pairs:>5} {blocks:>6}",
             layer.name,

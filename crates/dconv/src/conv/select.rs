@@ -129,9 +129,18 @@ pub struct WeightZeros {
     /// Places of the pairs' lists per non-zero weight, 1/2 to 6/10 (1/2 where every pair
     /// shares all its zeros); `None` where sparse-weight keeps a list per filter.
     pub twin_share: Option<f64>,
-    /// The fraction of blocks of 16 output channels (at one input channel and tap) that are
-    /// not all zero, where im2csoa keeps only those blocks; `None` where it keeps panels.
-    pub block_density: Option<f64>,
+    /// Where im2csoa keeps only the non-zero blocks of output channels (at one input channel
+    /// and tap), their width and density; `None` where it keeps panels.
+    pub blocks: Option<BlockZeros>,
+}
+
+/// The blocks of output channels im2csoa keeps of a layer's weights.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BlockZeros {
+    /// Output channels per block: 16 or 8.
+    pub width: usize,
+    /// The fraction of blocks not all zero.
+    pub density: f64,
 }
 
 impl WeightZeros {
@@ -141,7 +150,7 @@ impl WeightZeros {
         WeightZeros {
             sparsity: zeros as f64 / weights.len().max(1) as f64,
             twin_share: super::sparse_weight::twin_share(spec, weights),
-            block_density: super::im2csoa::block_density(spec, weights),
+            blocks: super::im2csoa::block_zeros(spec, weights),
         }
     }
 
@@ -150,7 +159,7 @@ impl WeightZeros {
         WeightZeros {
             sparsity,
             twin_share: None,
-            block_density: None,
+            blocks: None,
         }
     }
 
@@ -536,10 +545,13 @@ mod tests {
         let blocks = WeightZeros {
             sparsity: 0.7,
             twin_share: Some(0.5),
-            block_density: Some(0.3),
+            blocks: Some(BlockZeros {
+                width: 16,
+                density: 0.3,
+            }),
         };
         let panels = WeightZeros {
-            block_density: None,
+            blocks: None,
             ..blocks
         };
         let at = |m, input_sparsity, w| profile.predict(m, &spec, input_sparsity, w).unwrap();
@@ -555,7 +567,7 @@ mod tests {
         let twins = WeightZeros {
             sparsity: 0.7,
             twin_share: Some(0.5),
-            block_density: None,
+            blocks: None,
         };
         for input_sparsity in [0.0, 0.5, 0.9] {
             let at = |m, w| profile.predict(m, &spec, input_sparsity, w).unwrap();

@@ -1,12 +1,13 @@
-//! The sums of a tile of [`TILE`] output pixels for one block of [`BLOCK`] output channels,
-//! over only the (input channel, tap) pairs where both the block's weights and some pixel
-//! of the tile are non-zero: the inner loop of im2CSOA on block-sparse weights.
+//! The sums of a tile of [`TILE`] output pixels for one block of `B` output channels (16 or
+//! 8, whole AVX2 or AVX-512 vectors; other widths that divide 16 run the portable kernel),
+//! over only the (input channel, tap) pairs where both the block's weights and some pixel of
+//! the tile are non-zero: the inner loop of im2CSOA on block-sparse weights.
 //!
 //! Both operands' zeros are bit masks over 64 channels at a time. For each kernel tap and
 //! word of channels, the OR of the tile's pixels' masks (the activations some pixel of the
 //! tile has) is ANDed with the block's mask (the channels whose block of weights is not
-//! zero); each surviving channel loads the block's 16 weights once and multiplies them by
-//! the tile's pixels' values, `TILE` x 16 sums held in registers. The block's non-zero
+//! zero); each surviving channel loads the block's `B` weights once and multiplies them by
+//! the tile's pixels' values, `TILE` x `B` sums held in registers. The block's non-zero
 //! weight rows are packed per (tap, word) in channel order, so a surviving channel finds
 //! its row by counting the mask's bits below it, and the rows stream in order.
 //!
@@ -16,30 +17,28 @@ use super::Isa;
 
 /// Output pixels per tile: `TILE` x 16 sums take 12 of AVX2's 16 vector registers.
 pub(crate) const TILE: usize = 6;
-/// Output channels per block of weights.
-pub(crate) const BLOCK: usize = 16;
 /// Marks an input pixel in the padding (its values are zeros).
 pub(crate) const PADDING: u32 = u32::MAX;
 
 /// One block's weights over every (tap, word of 64 channels) of its group: for entry `i`
 /// (tap `i / words`, word `i % words`), bit `j` of `masks[i]` says whether channel
-/// `64 * word + j`'s row of 16 weights is non-zero, and those rows lie in channel order from
-/// row `starts[i]` of `rows` (16 floats each).
+/// `64 * word + j`'s row of `B` weights is non-zero, and those rows lie in channel order from
+/// row `starts[i]` of `rows` (`B` floats each).
 #[derive(Clone, Copy)]
-pub(crate) struct BlockWeights<'a> {
+pub(crate) struct BlockWeights<'a, const B: usize> {
     masks: &'a [u64],
     starts: &'a [u32],
     rows: &'a [f32],
     channels: usize,
 }
 
-impl<'a> BlockWeights<'a> {
+impl<'a, const B: usize> BlockWeights<'a, B> {
     /// Panics unless the masks name only channels below `channels`, in whole words of them,
     /// and every entry's rows lie in `rows` (what the kernels read unchecked).
     pub fn new(masks: &'a [u64], starts: &'a [u32], rows: &'a [f32], channels: usize) -> Self {
         let words = channels.div_ceil(64);
         assert!(words > 0 && masks.len() == starts.len() && masks.len().is_multiple_of(words));
-        let row_count = rows.len() / BLOCK;
+        let row_count = rows.len() / B;
         for (i, (&mask, &start)) in masks.iter().zip(starts).enumerate() {
             let word = i % words;
             let below = channels - 64 * word;
@@ -82,7 +81,7 @@ pub(crate) struct TileInputs<'a> {
 }
 
 /// The tile's output: its `rows` (at most `TILE`) pixels `pitch` floats apart in `out`, of
-/// which the kernel overwrites the first `width` (at most 16) floats.
+/// which the kernel overwrites the first `width` (at most the block's) floats.
 pub(crate) struct TileOutput<'a> {
     pub out: &'a mut [f32],
     pub rows: usize,
@@ -90,33 +89,37 @@ pub(crate) struct TileOutput<'a> {
     pub width: usize,
 }
 
-/// The kernel of one instruction set, chosen once.
+/// The kernel of one instruction set for blocks `B` wide, chosen once.
 #[derive(Clone, Copy)]
-pub(crate) struct MaskedBlockTile {
-    tile: TileFn,
+pub(crate) struct MaskedBlockTile<const B: usize> {
+    tile: TileFn<B>,
     masks: MasksFn,
 }
 
-type TileFn = fn(&TileInputs, &BlockWeights, &mut [[f32; BLOCK]; TILE]);
+type TileFn<const B: usize> = fn(&TileInputs, &BlockWeights<B>, &mut [[f32; B]; TILE]);
 type MasksFn = fn(&[f32], &mut [u64]);
 
-impl MaskedBlockTile {
-    /// The kernel of `isa`, or the portable one where this CPU lacks it (NEON runs the
-    /// portable one too).
+impl<const B: usize> MaskedBlockTile<B> {
+    /// The kernel of `isa`, or the portable one where this CPU lacks it or the block is
+    /// narrower than its vectors (AVX-512 takes AVX2's vectors for blocks of 8; NEON runs
+    /// the portable kernel).
     pub fn for_isa(isa: Isa) -> Self {
+        const { assert!(B > 0 && B <= 16 && 16 % B == 0) };
         match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() => MaskedBlockTile {
-                tile: x86::avx512_tile,
+            Isa::Avx512 if isa.is_supported() && B == 16 => MaskedBlockTile {
+                tile: x86::avx512_tile::<B>,
                 masks: x86::avx512_masks,
             },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 if isa.is_supported() => MaskedBlockTile {
-                tile: x86::avx2_tile,
-                masks: x86::avx2_masks,
-            },
+            Isa::Avx2 | Isa::Avx512 if Isa::Avx2.is_supported() && B.is_multiple_of(8) => {
+                MaskedBlockTile {
+                    tile: x86::avx2_tile::<B>,
+                    masks: x86::avx2_masks,
+                }
+            }
             _ => MaskedBlockTile {
-                tile: tile_portable,
+                tile: tile_portable::<B>,
                 masks: masks_portable,
             },
         }
@@ -124,7 +127,7 @@ impl MaskedBlockTile {
 
     /// Writes the tile's sums over every tap into `output`. Panics if an input pixel's
     /// channels, the zeros, the unions or the output fall outside their arrays.
-    pub fn multiply(&self, inputs: &TileInputs, weights: &BlockWeights, output: TileOutput) {
+    pub fn multiply(&self, inputs: &TileInputs, weights: &BlockWeights<B>, output: TileOutput) {
         let (taps, words) = (weights.taps(), weights.words());
         let channels = weights.channels;
         assert_eq!(inputs.pixels.len(), taps * TILE, "a pixel per tap and row");
@@ -148,8 +151,8 @@ impl MaskedBlockTile {
             pitch,
             width,
         } = output;
-        assert!(rows <= TILE && width <= BLOCK);
-        let mut sums = [[0.0; BLOCK]; TILE];
+        assert!(rows <= TILE && width <= B);
+        let mut sums = [[0.0; B]; TILE];
         (self.tile)(inputs, weights, &mut sums);
         for (i, sums) in sums.iter().enumerate().take(rows) {
             out[i * pitch..][..width].copy_from_slice(&sums[..width]);
@@ -175,7 +178,11 @@ fn tap_rows<'a>(inputs: &TileInputs<'a>, tap: usize) -> [&'a [f32]; TILE] {
 }
 
 /// Plain Rust, bounds-checked: the reference for the SIMD versions and the fallback.
-fn tile_portable(inputs: &TileInputs, weights: &BlockWeights, sums: &mut [[f32; BLOCK]; TILE]) {
+fn tile_portable<const B: usize>(
+    inputs: &TileInputs,
+    weights: &BlockWeights<B>,
+    sums: &mut [[f32; B]; TILE],
+) {
     let words = weights.words();
     for tap in 0..weights.taps() {
         let rows = tap_rows(inputs, tap);
@@ -188,7 +195,7 @@ fn tile_portable(inputs: &TileInputs, weights: &BlockWeights, sums: &mut [[f32; 
                 live &= live - 1;
                 let row =
                     weights.starts[at] as usize + (mask & ((1 << bit) - 1)).count_ones() as usize;
-                let w = &weights.rows[row * BLOCK..][..BLOCK];
+                let w = &weights.rows[row * B..][..B];
                 let c = 64 * word + bit as usize;
                 for (sums, input) in sums.iter_mut().zip(&rows) {
                     let x = input[c];
@@ -212,26 +219,30 @@ fn masks_portable(values: &[f32], masks: &mut [u64]) {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{tap_rows, BlockWeights, TileInputs, BLOCK, TILE};
+    use super::{tap_rows, BlockWeights, TileInputs, TILE};
     use std::arch::x86_64::*;
 
-    /// Defines `$tile` and `$masks` for one vector width, `$lanes` floats per vector.
+    /// Defines `$tile` and `$masks` for one vector width, `$lanes` floats per vector: a block
+    /// of `B` weights is `B / $lanes` vectors (at most two).
     macro_rules! x86_kernels {
         ($tile:ident, $masks:ident, $feature:literal, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident, $nonzero:expr) => {
-            pub(super) fn $tile(
+            pub(super) fn $tile<const B: usize>(
                 inputs: &TileInputs,
-                weights: &BlockWeights,
-                sums: &mut [[f32; BLOCK]; TILE],
+                weights: &BlockWeights<B>,
+                sums: &mut [[f32; B]; TILE],
             ) {
                 #[target_feature(enable = $feature)]
-                fn kernel(
+                fn kernel<const B: usize>(
                     inputs: &TileInputs,
-                    weights: &BlockWeights,
-                    sums: &mut [[f32; BLOCK]; TILE],
+                    weights: &BlockWeights<B>,
+                    sums: &mut [[f32; B]; TILE],
                 ) {
-                    const PER: usize = BLOCK / $lanes;
+                    // `for_isa` hands out only whole vectors, at most two per block (a
+                    // constant per instance: the check compiles away).
+                    assert!(B % $lanes == 0 && B / $lanes <= 2);
+                    let per = B / $lanes;
                     let words = weights.words();
-                    let mut acc: [[$vec; PER]; TILE] = [[$zero(); PER]; TILE];
+                    let mut acc: [[$vec; 2]; TILE] = [[$zero(); 2]; TILE];
                     for tap in 0..weights.taps() {
                         let rows = tap_rows(inputs, tap).map(<[f32]>::as_ptr);
                         for word in 0..words {
@@ -254,12 +265,17 @@ mod x86 {
                                 // `channels`; `multiply` checked that every pixel holds
                                 // `channels` values from its row pointer (the zeros as well).
                                 unsafe {
-                                    let w = base.add(row * BLOCK);
-                                    let w: [$vec; PER] =
-                                        std::array::from_fn(|q| $load(w.add(q * $lanes)));
+                                    let w = base.add(row * B);
+                                    let w: [$vec; 2] = std::array::from_fn(|q| {
+                                        if q < per {
+                                            $load(w.add(q * $lanes))
+                                        } else {
+                                            $zero()
+                                        }
+                                    });
                                     for i in 0..TILE {
                                         let x = $set1(*rows[i].add(c));
-                                        for q in 0..PER {
+                                        for q in 0..per {
                                             acc[i][q] = $fma(x, w[q], acc[i][q]);
                                         }
                                     }
@@ -268,14 +284,14 @@ mod x86 {
                         }
                     }
                     for i in 0..TILE {
-                        for q in 0..PER {
-                            // SAFETY: `sums[i]` holds BLOCK = PER * $lanes floats.
+                        for q in 0..per {
+                            // SAFETY: `sums[i]` holds B = per * $lanes floats.
                             unsafe { $store(sums[i].as_mut_ptr().add(q * $lanes), acc[i][q]) };
                         }
                     }
                 }
                 // SAFETY: `for_isa` hands this fn out only after finding the feature.
-                unsafe { kernel(inputs, weights, sums) }
+                unsafe { kernel::<B>(inputs, weights, sums) }
             }
 
             pub(super) fn $masks(values: &[f32], masks: &mut [u64]) {
@@ -348,8 +364,8 @@ mod tests {
     use super::*;
     use crate::synth::{random_sparse, Rng};
 
-    /// A random block over `taps` taps of `channels` channels at `density`, packed.
-    fn block(
+    /// A random block `B` wide over `taps` taps of `channels` channels at `density`, packed.
+    fn block<const B: usize>(
         taps: usize,
         channels: usize,
         density: f64,
@@ -359,12 +375,12 @@ mod tests {
         let (mut masks, mut starts, mut rows) = (vec![], vec![], vec![]);
         for _ in 0..taps {
             for word in 0..words {
-                starts.push((rows.len() / BLOCK) as u32);
+                starts.push((rows.len() / B) as u32);
                 let mut mask = 0u64;
                 for j in 0..64.min(channels - 64 * word) {
                     if rng.unit() < density {
                         mask |= 1 << j;
-                        rows.extend(random_sparse(BLOCK, 0.0, rng));
+                        rows.extend(random_sparse(B, 0.0, rng));
                     }
                 }
                 masks.push(mask);
@@ -377,21 +393,27 @@ mod tests {
     /// ISA must match a sum written out here, and leave the floats past `width` alone.
     #[test]
     fn every_isa_matches_the_sums_written_out() {
-        let mut rng = Rng::new(3);
+        check_sums::<16>(3);
+        check_sums::<8>(4);
+        check_sums::<4>(5);
+    }
+
+    fn check_sums<const B: usize>(seed: u64) {
+        let mut rng = Rng::new(seed);
         for case in 0..40 {
             let (taps, channels) = (1 + case % 9, 1 + (case * 37) % 150);
             let pixel_len = channels + case % 3;
             let first = case % 3;
             let input = random_sparse(20 * pixel_len, 0.6, &mut rng);
-            let (masks, starts, rows) = block(taps, channels, 0.5, &mut rng);
-            let weights = BlockWeights::new(&masks, &starts, &rows, channels);
+            let (masks, starts, rows) = block::<B>(taps, channels, 0.5, &mut rng);
+            let weights = BlockWeights::<B>::new(&masks, &starts, &rows, channels);
             let pixels: Vec<u32> = (0..taps * TILE)
                 .map(|_| match rng.next_u64() % 5 {
                     0 => PADDING,
                     p => (p * 3 + rng.next_u64() % 3) as u32,
                 })
                 .collect();
-            let kernel = MaskedBlockTile::for_isa(Isa::Portable);
+            let kernel = MaskedBlockTile::<B>::for_isa(Isa::Portable);
             let words = channels.div_ceil(64);
             let mut pixel_masks = vec![vec![0u64; words]; 20];
             for (p, m) in pixel_masks.iter_mut().enumerate() {
@@ -415,7 +437,7 @@ mod tests {
                 pixels: &pixels,
                 unions: &unions,
             };
-            let (rows_out, width, pitch) = (1 + case % TILE, 1 + case % BLOCK, BLOCK + 3);
+            let (rows_out, width, pitch) = (1 + case % TILE, 1 + case % B, B + 3);
             let mut want = vec![f32::NAN; TILE * pitch];
             for i in 0..rows_out {
                 for m in 0..width {
@@ -430,8 +452,7 @@ mod tests {
                             }
                             let row = starts[tap * words + word] as usize
                                 + (mask & ((1 << bit) - 1)).count_ones() as usize;
-                            sum +=
-                                input[p as usize * pixel_len + first + c] * rows[row * BLOCK + m];
+                            sum += input[p as usize * pixel_len + first + c] * rows[row * B + m];
                         }
                     }
                     want[i * pitch + m] = sum;
@@ -445,11 +466,11 @@ mod tests {
                     pitch,
                     width,
                 };
-                MaskedBlockTile::for_isa(isa).multiply(&inputs, &weights, output);
+                MaskedBlockTile::<B>::for_isa(isa).multiply(&inputs, &weights, output);
                 for (j, (w, g)) in want.iter().zip(&got).enumerate() {
                     let same =
                         (w.is_nan() && g.is_nan()) || (w - g).abs() <= 1e-4 * (1.0 + w.abs());
-                    assert!(same, "{isa} case {case} at {j}: {g} vs {w}");
+                    assert!(same, "{isa} B={B} case {case} at {j}: {g} vs {w}");
                 }
             }
         }
@@ -471,7 +492,7 @@ mod tests {
             );
             for isa in Isa::supported() {
                 let mut got = vec![u64::MAX; len.div_ceil(64)];
-                MaskedBlockTile::for_isa(isa).nonzero_masks(&values, &mut got);
+                MaskedBlockTile::<16>::for_isa(isa).nonzero_masks(&values, &mut got);
                 assert_eq!(got, want, "{isa} len {len}");
             }
         }
@@ -479,12 +500,13 @@ mod tests {
 
     #[test]
     fn masks_past_the_channels_and_rows_past_the_weights_are_refused() {
-        let rows = vec![1.0; 2 * BLOCK];
+        let rows = vec![1.0; 2 * 8];
         let past_channels =
-            std::panic::catch_unwind(|| BlockWeights::new(&[1 << 5], &[0], &rows, 5));
+            std::panic::catch_unwind(|| BlockWeights::<8>::new(&[1 << 5], &[0], &rows, 5));
         assert!(past_channels.is_err());
-        let past_rows = std::panic::catch_unwind(|| BlockWeights::new(&[0b111], &[0], &rows, 5));
+        let past_rows =
+            std::panic::catch_unwind(|| BlockWeights::<8>::new(&[0b111], &[0], &rows, 5));
         assert!(past_rows.is_err());
-        BlockWeights::new(&[0b11], &[0], &rows, 5);
+        BlockWeights::<8>::new(&[0b11], &[0], &rows, 5);
     }
 }

@@ -1,42 +1,38 @@
-//! Convolution weights whose zeros lie in whole blocks of 16 consecutive output channels at
-//! one (input channel, kernel tap), as block pruning leaves them, kept as only their
-//! non-zero blocks.
+//! Convolution weights whose zeros lie in whole blocks of consecutive output channels at one
+//! (input channel, kernel tap), as block pruning leaves them, kept as only their non-zero
+//! blocks.
 
 use crate::error::{Error, Result};
-use crate::kernels::masked_block_tile::{BlockWeights, BLOCK};
+use crate::kernels::masked_block_tile::BlockWeights;
 
-/// The non-zero blocks of ONNX `[M][C/G][R][S]` weights, per (group, block of 16 output
+/// The non-zero blocks of ONNX `[M][C/G][R][S]` weights, per (group, block of B output
 /// channels, tap, word of 64 input channels): a mask of the channels whose block is not all
-/// zero, and those blocks' 16 weights in channel order, each block a row of `values` (the
-/// last block of a group zero-padded to 16). Built only by [`pack`](Self::pack), which
-/// checks every mask against the rows it names.
+/// zero, and those blocks' B weights in channel order, each block a row of `values` (the
+/// last block of a group zero-padded to B). Built only by [`pack`](Self::pack); the kernel's
+/// view of each block checks every mask against the rows it names.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BlockSparseWeights {
-    groups: usize,
-    /// Output channels per group.
-    filters: usize,
-    /// Input channels per group.
-    channels: usize,
-    taps: usize,
+    shape: BlockShape,
     masks: Vec<u64>,
     /// Per entry, the row of its first non-zero block.
     starts: Vec<u32>,
     values: Vec<f32>,
 }
 
-/// The shape of a layer's weights: groups, and per group output channels, input channels
-/// and kernel taps.
+/// The shape of a layer's weights (groups, and per group output channels, input channels
+/// and kernel taps) and the width of their blocks of output channels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlockShape {
     pub groups: usize,
     pub filters: usize,
     pub channels: usize,
     pub taps: usize,
+    pub block: usize,
 }
 
 impl BlockShape {
     fn blocks(&self) -> usize {
-        self.filters.div_ceil(BLOCK)
+        self.filters.div_ceil(self.block)
     }
 
     fn words(&self) -> usize {
@@ -50,14 +46,14 @@ impl BlockShape {
 
     /// Whether any weight of block `b` of group `g` at channel `c`, tap `t` is not zero.
     fn is_live(&self, weights: &[f32], (g, b, c, t): (usize, usize, usize, usize)) -> bool {
-        let filters = b * BLOCK..((b + 1) * BLOCK).min(self.filters);
+        let filters = b * self.block..((b + 1) * self.block).min(self.filters);
         filters
             .into_iter()
             .any(|m| weights[self.at(g, m, c, t)] != 0.0)
     }
 
-    /// The fraction of `weights`' blocks of 16 output channels (the last of each group
-    /// shorter) that are not all zero.
+    /// The fraction of `weights`' blocks (the last of each group shorter) that are not all
+    /// zero.
     pub fn block_density(&self, weights: &[f32]) -> f64 {
         let mut live = 0usize;
         for g in 0..self.groups {
@@ -83,11 +79,12 @@ impl BlockSparseWeights {
             filters,
             channels,
             taps,
+            block,
         } = shape;
         let len = [groups, filters, channels, taps]
             .into_iter()
             .try_fold(1usize, usize::checked_mul);
-        if len != Some(weights.len()) || channels == 0 {
+        if len != Some(weights.len()) || channels == 0 || block == 0 {
             return Err(Error::InvalidArgument(format!(
                 "{} weights for {groups} groups of {filters} filters over {channels} channels \
                  and {taps} taps",
@@ -99,7 +96,7 @@ impl BlockSparseWeights {
             for b in 0..shape.blocks() {
                 for t in 0..taps {
                     for word in 0..shape.words() {
-                        let row = u32::try_from(values.len() / BLOCK)
+                        let row = u32::try_from(values.len() / block)
                             .map_err(|_| Error::Overflow("blocks of weights"))?;
                         starts.push(row);
                         let mut mask = 0u64;
@@ -108,7 +105,7 @@ impl BlockSparseWeights {
                                 continue;
                             }
                             mask |= 1 << (c - 64 * word);
-                            values.extend((b * BLOCK..(b + 1) * BLOCK).map(|m| {
+                            values.extend((b * block..(b + 1) * block).map(|m| {
                                 if m < filters {
                                     weights[shape.at(g, m, c, t)]
                                 } else {
@@ -121,37 +118,30 @@ impl BlockSparseWeights {
                 }
             }
         }
-        let packed = BlockSparseWeights {
-            groups,
-            filters,
-            channels,
-            taps,
+        Ok(BlockSparseWeights {
+            shape,
             masks,
             starts,
             values,
-        };
-        for g in 0..groups {
-            for b in 0..packed.blocks() {
-                packed.block(g, b);
-            }
-        }
-        Ok(packed)
+        })
     }
 
-    /// Blocks of 16 output channels per group.
+    /// Blocks of output channels per group.
     pub fn blocks(&self) -> usize {
-        self.filters.div_ceil(BLOCK)
+        self.shape.blocks()
     }
 
-    /// Block `b` of group `g`, over every tap and word, as the kernel reads it.
-    pub(crate) fn block(&self, g: usize, b: usize) -> BlockWeights<'_> {
-        let per_block = self.taps * self.channels.div_ceil(64);
+    /// Block `b` of group `g`, over every tap and word, as the kernel reads it (which checks
+    /// it). Panics unless the blocks are `B` wide.
+    pub(crate) fn block<const B: usize>(&self, g: usize, b: usize) -> BlockWeights<'_, B> {
+        assert_eq!(self.shape.block, B, "blocks of {B} output channels");
+        let per_block = self.shape.taps * self.shape.words();
         let at = (g * self.blocks() + b) * per_block;
         BlockWeights::new(
             &self.masks[at..at + per_block],
             &self.starts[at..at + per_block],
             &self.values,
-            self.channels,
+            self.shape.channels,
         )
     }
 }
@@ -170,12 +160,13 @@ mod tests {
             filters: 20,
             channels: 70,
             taps: 2,
+            block: 16,
         };
         let mut weights = vec![0.0; 2 * 20 * 70 * 2];
         weights[shape.at(1, 17, 65, 1)] = 2.0;
         weights[shape.at(0, 5, 3, 0)] = 3.0;
         let packed = BlockSparseWeights::pack(shape, &weights).unwrap();
-        assert_eq!(packed.values.len(), 2 * BLOCK);
+        assert_eq!(packed.values.len(), 2 * 16);
         assert!((shape.block_density(&weights) - 2.0 / (2 * 2 * 70 * 2) as f64).abs() < 1e-12);
         // Block 1 of group 1 starts at entry (1 * 2 + 1) * (2 taps * 2 words).
         let (masks, starts) = (&packed.masks[12..16], &packed.starts[12..16]);
@@ -183,7 +174,7 @@ mod tests {
         assert_eq!(live, [0, 0, 0, 1], "tap 1, word 1");
         assert_eq!(masks[3], 1 << 1);
         let row = starts[3] as usize;
-        assert_eq!(packed.values[row * BLOCK + 1], 2.0, "filter 17 is lane 1");
+        assert_eq!(packed.values[row * 16 + 1], 2.0, "filter 17 is lane 1");
         assert_eq!(packed.masks[0], 1 << 3);
         assert!(BlockSparseWeights::pack(shape, &weights[1..]).is_err());
     }

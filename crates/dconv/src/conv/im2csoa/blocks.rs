@@ -1,5 +1,5 @@
-//! im2CSOA on weights pruned in blocks of 16 output channels: each non-zero activation meets
-//! only the non-zero blocks of its channel's taps.
+//! im2CSOA on weights pruned in blocks of output channels (16, 8 or 4 wide): each non-zero
+//! activation meets only the non-zero blocks of its channel's taps.
 //!
 //! The input is converted once per image into masks of its non-zeros, 64 channels to a word
 //! per pixel: like the CSOA, each activation is recorded once, and the overlap of receptive
@@ -16,51 +16,69 @@
 //! registers until the tile is done. BENCHMARKS.md (session 26) has the figures.
 
 use super::super::run_loop::over_images;
+use super::super::select::BlockZeros;
 use super::super::workspace::Scratch;
 use super::super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use crate::error::Result;
-use crate::kernels::masked_block_tile::{
-    MaskedBlockTile, TileInputs, TileOutput, BLOCK, PADDING, TILE,
-};
+use crate::kernels::masked_block_tile::{MaskedBlockTile, TileInputs, TileOutput, PADDING, TILE};
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
 use crate::sparse::{BlockShape, BlockSparseWeights};
 use rayon::prelude::*;
 use std::mem::size_of;
 
-/// The most non-zero blocks, as a fraction of all, for which im2csoa takes the block form:
-/// measured on 512 -> 512 3x3 at 30 x 30, the block kernel beat the panels from 60 % zero
-/// blocks up (BENCHMARKS.md, session 26).
-const MAX_BLOCK_DENSITY: f64 = 0.4;
+/// The block widths of the block form, widest first, each with the most non-zero blocks (as
+/// a fraction of all) for which im2csoa takes it. Measured on 512 -> 512 3x3 at 30 x 30
+/// (BENCHMARKS.md, session 26): blocks of 16 beat the panels from 60 % zero blocks up; blocks
+/// of 8, with half the multiply-adds per channel met, only from about 75 %. (Blocks of 4 have
+/// no SIMD kernel yet: the portable one ran at a quarter of the panels' speed.)
+const FORMS: [(usize, f64); 2] = [(16, 0.4), (8, 0.25)];
 
-/// The block density of `weights` when im2csoa takes its block form for them: when at most
-/// [`MAX_BLOCK_DENSITY`] of their blocks of 16 output channels are not all zero.
-pub(crate) fn block_density(spec: &ConvSpec, weights: &[f32]) -> Option<f64> {
-    let density = shape(spec).block_density(weights);
-    (density <= MAX_BLOCK_DENSITY).then_some(density)
+/// The blocks im2csoa keeps of `weights` when it takes its block form for them: the widest
+/// of [`FORMS`] whose density is within its bound.
+pub(crate) fn block_zeros(spec: &ConvSpec, weights: &[f32]) -> Option<BlockZeros> {
+    FORMS.into_iter().find_map(|(width, most)| {
+        let density = shape(spec, width).block_density(weights);
+        (density <= most).then_some(BlockZeros { width, density })
+    })
 }
 
-fn shape(spec: &ConvSpec) -> BlockShape {
+fn shape(spec: &ConvSpec, block: usize) -> BlockShape {
     BlockShape {
         groups: spec.groups,
         filters: spec.filters_per_group(),
         channels: spec.channels_per_group(),
         taps: spec.kernel[0] * spec.kernel[1],
+        block,
     }
 }
 
-pub(crate) struct Im2CsoaBlocks {
+/// Prepares the block form with the width `blocks` found.
+pub(crate) fn prepare(
+    spec: &ConvSpec,
+    weights: &[f32],
+    epilogue: Epilogue,
+    isa: Isa,
+    blocks: BlockZeros,
+) -> Result<Box<dyn ConvKernel>> {
+    Ok(match blocks.width {
+        16 => Box::new(Im2CsoaBlocks::<16>::new(*spec, weights, epilogue, isa)?),
+        _ => Box::new(Im2CsoaBlocks::<8>::new(*spec, weights, epilogue, isa)?),
+    })
+}
+
+struct Im2CsoaBlocks<const B: usize> {
     spec: ConvSpec,
     weights: BlockSparseWeights,
-    kernel: MaskedBlockTile,
+    kernel: MaskedBlockTile<B>,
     epilogue: Epilogue,
 }
 
-impl Im2CsoaBlocks {
-    pub fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Result<Self> {
+impl<const B: usize> Im2CsoaBlocks<B> {
+    fn new(spec: ConvSpec, weights: &[f32], epilogue: Epilogue, isa: Isa) -> Result<Self> {
         Ok(Im2CsoaBlocks {
             spec,
-            weights: BlockSparseWeights::pack(shape(&spec), weights)?,
+            weights: BlockSparseWeights::pack(shape(&spec, B), weights)?,
             kernel: MaskedBlockTile::for_isa(isa),
             epilogue,
         })
@@ -126,7 +144,7 @@ impl MaskScratch {
     }
 }
 
-impl ConvKernel for Im2CsoaBlocks {
+impl<const B: usize> ConvKernel for Im2CsoaBlocks<B> {
     fn scratch(&self) -> ScratchBytes {
         let s = &self.spec;
         let (taps, words) = (self.taps(), self.words());
@@ -204,9 +222,9 @@ impl ConvKernel for Im2CsoaBlocks {
                                 }
                             }
                             for b in 0..self.weights.blocks() {
-                                let weights = self.weights.block(g, b);
-                                let first = g * mg + b * BLOCK;
-                                let width = BLOCK.min(mg - b * BLOCK);
+                                let weights = self.weights.block::<B>(g, b);
+                                let first = g * mg + b * B;
+                                let width = B.min(mg - b * B);
                                 for ((out, unions), pixels) in out
                                     .chunks_mut(TILE * pitch)
                                     .zip(unions.chunks(taps * words))
@@ -237,5 +255,33 @@ impl ConvKernel for Im2CsoaBlocks {
                 clock.count_zeros(zero_count);
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prune::WeightBlocks;
+    use crate::synth::{block_sparse_weights, Rng};
+
+    /// The widest form within its bound: 16 where 70 % of the blocks of 16 are zero; 8 where
+    /// 76 % of the blocks of 8 are (then about 42 % of the blocks of 16 are not zero); panels
+    /// where half the blocks of 8 are zero.
+    #[test]
+    fn takes_the_widest_blocks_within_their_bound() {
+        let spec = ConvSpec::new(64, 5, 5, 64, [3, 3]);
+        let filter_len = 64 * 9;
+        let width = |block, sparsity| {
+            let blocks = WeightBlocks::new(64, 1, filter_len, block).unwrap();
+            let weights = block_sparse_weights(&blocks, sparsity, &mut Rng::new(1));
+            block_zeros(&spec, &weights).map(|b| b.width)
+        };
+        assert_eq!(width(16, 0.7), Some(16));
+        assert_eq!(width(8, 0.76), Some(8));
+        assert_eq!(width(8, 0.5), None);
+        // Blocks of 4 have no form of their own: at 90 % zero, 0.9^4 = 66 % of the blocks of
+        // 16 are zero too; at 80 %, 41 % of those and 64 % of the blocks of 8.
+        assert_eq!(width(4, 0.9), Some(16));
+        assert_eq!(width(4, 0.8), None);
     }
 }

@@ -183,7 +183,7 @@ mod tests {
                 let twins = WeightZeros {
                     sparsity: 0.7,
                     twin_share: Some(0.5),
-                    block_density: None,
+                    blocks: None,
                 };
                 let unstructured = [0.0, 0.5, 0.9].map(WeightZeros::unstructured);
                 for weights in unstructured.into_iter().chain([twins]) {
