@@ -173,10 +173,11 @@ impl<const B: usize> ConvKernel for Im2CsoaBlocks<B> {
         let (taps, words) = (self.taps(), self.words());
         let (cg, mg) = (s.channels_per_group(), s.filters_per_group());
         let tiles = s.out_pixels().div_ceil(TILE);
-        // Two tasks per thread where each still has a few tiles, so that a thread slowed by
-        // another process hands work to the others; every task walks all the weights.
+        // On several threads, two tasks per thread where each still has a few tiles, so that
+        // a thread slowed by another process hands work to the others; every task walks all
+        // the weights, so one thread takes one task.
         let threads = rayon::current_num_threads().max(1);
-        let tasks = if tiles >= 16 * threads {
+        let tasks = if threads > 1 && tiles >= 16 * threads {
             2 * threads
         } else {
             threads
