@@ -1,4 +1,4 @@
-//! im2CSOA on weights pruned in blocks of output channels (16, 8 or 4 wide): each non-zero
+//! im2CSOA on weights pruned in blocks of output channels (16 or 8 wide): each non-zero
 //! activation meets only the non-zero blocks of its channel's taps.
 //!
 //! The input is converted once per image into masks of its non-zeros, 64 channels to a word
