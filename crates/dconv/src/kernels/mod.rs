@@ -8,6 +8,7 @@
 #![allow(unsafe_code)]
 
 pub mod aligned;
+pub(crate) mod block_list_tile;
 pub(crate) mod compact;
 pub mod curve;
 pub(crate) mod depthwise;

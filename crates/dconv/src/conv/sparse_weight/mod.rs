@@ -29,12 +29,13 @@
 //! [`plan`] sizes the window, the tiles and the bands; [`taps`] packs the weights;
 //! [`planes`] converts the input; [`run`] computes.
 
+mod blocks;
 mod plan;
 mod planes;
 mod run;
 mod taps;
 
-pub(crate) use taps::{prepared_bytes, twin_share};
+pub(crate) use taps::twin_share;
 
 use super::method::{MethodEntry, Skips};
 use super::{ConvSpec, Epilogue};
@@ -50,7 +51,9 @@ use taps::FilterTaps;
 /// plane copy) + nz_weight · e·M·K (each non-zero weight starts a row of work) + nz_mac ·
 /// e·MACs. With twin lists (filters sharing their zeros in pairs), each place of a pair's
 /// list starts a row of work, `u` of them per non-zero weight, and does two multiply-adds,
-/// each [`TWIN_MAC_COST`] of a single filter's.
+/// each [`TWIN_MAC_COST`] of a single filter's. In the block form ([`blocks`]), every
+/// multiply-add of a non-zero block is done, each [`BLOCK_MAC_COST`] of a single filter's,
+/// and the input term is its padded copy.
 pub(in crate::conv) const ENTRY: MethodEntry = MethodEntry {
     name: "sparse-weight",
     skips: Skips {
@@ -59,6 +62,10 @@ pub(in crate::conv) const ENTRY: MethodEntry = MethodEntry {
     },
     terms: &["fixed", "input", "nz_weight", "nz_mac"],
     term_values: |s, _, w| {
+        if let Some(blocks) = blocks::form(w.blocks) {
+            let macs = BLOCK_MAC_COST * blocks.density * s.macs;
+            return [1.0, s.input, 0.0, macs, 0.0, 0.0];
+        }
         let e = w.density();
         let (starts, macs) = w
             .twin_share
@@ -76,6 +83,9 @@ pub(in crate::conv) const ENTRY: MethodEntry = MethodEntry {
     prepared_bytes,
     reads_panels: false,
     prepare: |spec, weights, epilogue, isa, _| {
+        if blocks::form(super::im2csoa::block_zeros(spec, weights)).is_some() {
+            return blocks::prepare(spec, weights, epilogue, isa);
+        }
         Ok(Box::new(SparseWeight::new(*spec, weights, epilogue, isa)?))
     },
 };
@@ -85,6 +95,12 @@ pub(in crate::conv) const ENTRY: MethodEntry = MethodEntry {
 /// AVX2, perf): the kernels took 11.2 ms for single lists and 8.7 ms for twin lists, the
 /// same multiply-adds (0.78).
 const TWIN_MAC_COST: f64 = 0.78;
+
+/// A multiply-add of the block form against one of the single-filter kernel: the block form's
+/// time over the twin lists' on the same layers, 0.66-1.04 (median 0.87: 256 -> 256 3x3 at
+/// 60 x 60 with 80 % zero blocks of 16, 128 at 112 x 112 and 512 at 14, 28 and 30 with 70-90
+/// %; Zen 3, AVX2, BENCHMARKS.md session 27), times [`TWIN_MAC_COST`].
+const BLOCK_MAC_COST: f64 = 0.68;
 
 pub(crate) struct SparseWeight {
     spec: ConvSpec,
@@ -135,6 +151,11 @@ impl SparseWeight {
             bands,
         })
     }
+}
+
+/// At most how many bytes of weights either form keeps (saturating).
+fn prepared_bytes(spec: &ConvSpec, nonzeros: usize) -> usize {
+    taps::prepared_bytes(spec, nonzeros).max(blocks::prepared_bytes(spec, nonzeros))
 }
 
 /// The error of a layer whose planes or window offsets do not fit memory addresses.
