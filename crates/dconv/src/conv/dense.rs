@@ -162,7 +162,7 @@ pub(super) const ENTRY: MethodEntry = MethodEntry {
     },
     terms: &["fixed", "mac", "lowered"],
     term_values: |s, _, _| [1.0, s.macs, s.dense_lowered, 0.0, 0.0, 0.0],
-    prepared_bytes: |spec, _| prepared_bytes(spec),
+    prepared_bytes: |spec, _, _| prepared_bytes(spec),
     reads_panels: false,
     prepare: |spec, weights, epilogue, isa, _| {
         Ok(Box::new(Dense::new(*spec, weights, epilogue, isa)))

@@ -70,8 +70,8 @@ pub(crate) struct MethodEntry {
     /// `w`, in the order of `terms`; unused slots are 0.
     pub term_values: fn(size: &LayerSize, d: f64, w: WeightZeros) -> [f64; MAX_TERMS],
     /// At most how many bytes of packed weights preparing the method takes (saturating),
-    /// when `nonzeros` of the weights are not zero.
-    pub prepared_bytes: fn(spec: &ConvSpec, nonzeros: usize) -> usize,
+    /// when `nonzeros` of the weights are not zero and their zeros lie as `zeros` says.
+    pub prepared_bytes: fn(spec: &ConvSpec, nonzeros: usize, zeros: WeightZeros) -> usize,
     /// Whether it multiplies by the weight panels that the methods which read them share.
     pub reads_panels: bool,
     pub prepare: Prepare,
@@ -112,22 +112,27 @@ impl Method {
     /// sparse-activation methods pad each group's filters to whole blocks of 128 output
     /// channels, so a depthwise layer grows a hundredfold; sparse-weight keeps only the
     /// non-zeros.
-    pub fn prepared_bytes(self, spec: &ConvSpec, nonzeros: usize) -> usize {
+    pub fn prepared_bytes(self, spec: &ConvSpec, nonzeros: usize, zeros: WeightZeros) -> usize {
         let weights = spec.weight_len().unwrap_or(usize::MAX);
-        (self.entry().prepared_bytes)(spec, nonzeros.min(weights))
+        (self.entry().prepared_bytes)(spec, nonzeros.min(weights), zeros)
     }
 
     /// At most how many bytes of packed weights [`Conv::prepare_methods`](super::Conv)
     /// takes for `methods` (saturating), `nonzeros` as in [`Method::prepared_bytes`]: the
     /// panels the sparse-activation methods share count once.
-    pub fn prepared_bytes_of(methods: &[Method], spec: &ConvSpec, nonzeros: usize) -> usize {
+    pub fn prepared_bytes_of(
+        methods: &[Method],
+        spec: &ConvSpec,
+        nonzeros: usize,
+        zeros: WeightZeros,
+    ) -> usize {
         let mut panels = false;
         methods.iter().fold(0usize, |sum, &m| {
             let shares = m.reads_panels();
             let bytes = if shares && panels {
                 0
             } else {
-                m.prepared_bytes(spec, nonzeros)
+                m.prepared_bytes(spec, nonzeros, zeros)
             };
             panels |= shares;
             sum.saturating_add(bytes)

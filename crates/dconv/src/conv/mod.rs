@@ -607,13 +607,14 @@ mod tests {
             assert_eq!(actual, expected, "{m}");
         }
         let nonzeros = weights.iter().filter(|&&w| w != 0.0).count();
-        let panels = Method::Im2Csr.prepared_bytes(&spec, nonzeros);
+        let zeros = super::select::WeightZeros::of(&spec, &weights);
+        let panels = Method::Im2Csr.prepared_bytes(&spec, nonzeros, zeros);
         assert_eq!(
-            Method::prepared_bytes_of(&methods, &spec, nonzeros),
-            Method::Dense.prepared_bytes(&spec, nonzeros) + panels
+            Method::prepared_bytes_of(&methods, &spec, nonzeros, zeros),
+            Method::Dense.prepared_bytes(&spec, nonzeros, zeros) + panels
         );
         assert_eq!(
-            Method::prepared_bytes_of(&[Method::Im2Csoa], &spec, nonzeros),
+            Method::prepared_bytes_of(&[Method::Im2Csoa], &spec, nonzeros, zeros),
             panels
         );
     }

@@ -1,5 +1,6 @@
 //! Weights packed as panels for the sparse-activation methods.
 
+use super::select::WeightZeros;
 use super::ConvSpec;
 use crate::cache::CacheSizes;
 use crate::kernels::aligned::CacheAligned;
@@ -81,7 +82,7 @@ pub(crate) struct SharedPanels {
 /// At most how many bytes the panels of `spec` take (saturating): each group's filters are
 /// padded to whole blocks of the widest panel, 128 output channels, so a depthwise layer
 /// grows a hundredfold. The same whatever the non-zeros: panels are dense.
-pub(crate) fn prepared_bytes(spec: &ConvSpec, _nonzeros: usize) -> usize {
+pub(crate) fn prepared_bytes(spec: &ConvSpec, _nonzeros: usize, _zeros: WeightZeros) -> usize {
     const WIDEST_PANEL: usize = 128;
     let blocks = spec.filters_per_group().div_ceil(WIDEST_PANEL);
     saturating_product(&[spec.groups, blocks, spec.lowered_cols(), WIDEST_PANEL, 4])

@@ -15,7 +15,7 @@ pub(super) const ENTRY: MethodEntry = MethodEntry {
     },
     terms: &[],
     term_values: no_terms,
-    prepared_bytes: |spec, _| spec.weight_len().unwrap_or(usize::MAX).saturating_mul(4),
+    prepared_bytes: |spec, _, _| spec.weight_len().unwrap_or(usize::MAX).saturating_mul(4),
     reads_panels: false,
     prepare: |spec, weights, epilogue, _, _| Ok(Box::new(Reference::new(*spec, weights, epilogue))),
 };

@@ -335,7 +335,7 @@ fn methods_to_prepare(
         let leanest = methods
             .iter()
             .copied()
-            .min_by_key(|m| m.prepared_bytes(spec, nonzeros))
+            .min_by_key(|m| m.prepared_bytes(spec, nonzeros, weights))
             .expect("more than one method");
         let note = format!(
             "node '{}': prepared {leanest} alone, of {}, to fit the memory budget",
@@ -345,7 +345,7 @@ fn methods_to_prepare(
         b.memory.notes.push(note);
         methods = vec![leanest];
     }
-    let bytes = Method::prepared_bytes_of(&methods, spec, nonzeros);
+    let bytes = Method::prepared_bytes_of(&methods, spec, nonzeros, weights);
     let what = format!("preparing {}", Method::names(&methods));
     b.memory.account_prepared(what, bytes)?;
     Ok(methods)
@@ -366,9 +366,9 @@ mod tests {
         let auto = Selection::default();
         let methods = auto.methods(&spec, pruned);
         assert!(methods.len() > 1, "{methods:?}");
-        let bytes = |m: Method| m.prepared_bytes(&spec, nonzeros);
+        let bytes = |m: Method| m.prepared_bytes(&spec, nonzeros, pruned);
         let leanest = methods.iter().copied().min_by_key(|&m| bytes(m)).unwrap();
-        let all = Method::prepared_bytes_of(&methods, &spec, nonzeros);
+        let all = Method::prepared_bytes_of(&methods, &spec, nonzeros, pruned);
         assert!(bytes(leanest) < all);
 
         let mut plain = Builder::new(auto, all);

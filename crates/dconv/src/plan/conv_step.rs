@@ -125,7 +125,7 @@ impl ConvStep {
     pub fn prepared_bytes_within(&self, limit: usize) -> usize {
         let kept: Vec<Method> = self.kept_within(limit).map(Conv::method).collect();
         self.methods.first().map_or(0, |conv| {
-            Method::prepared_bytes_of(&kept, conv.spec(), self.nonzeros)
+            Method::prepared_bytes_of(&kept, conv.spec(), self.nonzeros, self.weights)
         })
     }
 

@@ -38,6 +38,7 @@ mod taps;
 pub(crate) use taps::twin_share;
 
 use super::method::{MethodEntry, Skips};
+use super::select::WeightZeros;
 use super::{ConvSpec, Epilogue};
 use crate::cache::CacheSizes;
 use crate::error::{Error, Result};
@@ -153,9 +154,12 @@ impl SparseWeight {
     }
 }
 
-/// At most how many bytes of weights either form keeps (saturating).
-fn prepared_bytes(spec: &ConvSpec, nonzeros: usize) -> usize {
-    taps::prepared_bytes(spec, nonzeros).max(blocks::prepared_bytes(spec, nonzeros))
+/// At most how many bytes of weights the form that `zeros` make it take keeps (saturating).
+fn prepared_bytes(spec: &ConvSpec, nonzeros: usize, zeros: WeightZeros) -> usize {
+    match blocks::form(zeros.blocks) {
+        Some(blocks) => blocks::prepared_bytes(spec, blocks),
+        None => taps::prepared_bytes(spec, nonzeros),
+    }
 }
 
 /// The error of a layer whose planes or window offsets do not fit memory addresses.
@@ -306,9 +310,9 @@ mod tests {
         }
     }
 
-    /// The bound a memory budget counts holds what every ISA's layout keeps, over shapes of
-    /// every stride, dilation and group count and weight sparsities from 0 to 100 %, and
-    /// shrinks with the non-zeros.
+    /// The list form's bound, which a memory budget counts, holds what every ISA's layout
+    /// keeps, over shapes of every stride, dilation and group count and weight sparsities
+    /// from 0 to 100 %, and shrinks with the non-zeros.
     #[test]
     fn prepared_bytes_bound_what_is_kept() {
         let mut rng = Rng::new(7);
@@ -336,7 +340,7 @@ mod tests {
                 &mut Rng::new(case as u64),
             );
             let nonzeros = weights.iter().filter(|&&w| w != 0.0).count();
-            let bound = prepared_bytes(&spec, nonzeros);
+            let bound = taps::prepared_bytes(&spec, nonzeros);
             for isa in Isa::ALL {
                 let epilogue = Epilogue {
                     bias: vec![0.0; spec.filters],
@@ -351,7 +355,7 @@ mod tests {
                 );
             }
             if sparsity == 0.9 {
-                let dense = prepared_bytes(&spec, spec.weight_len().unwrap());
+                let dense = taps::prepared_bytes(&spec, spec.weight_len().unwrap());
                 assert!(bound < dense, "{spec:?}: {bound} of {dense}");
             }
         }
