@@ -132,6 +132,9 @@ pub struct WeightZeros {
     /// Where im2csoa keeps only the non-zero blocks of output channels (at one input channel
     /// and tap), their width and density; `None` where it keeps panels.
     pub blocks: Option<BlockZeros>,
+    /// The fraction of blocks of 16 output channels (at one input channel and tap) not all
+    /// zero, whatever their width: the multiply-adds of sparse-weight's block form.
+    pub blocks_of_16: f64,
 }
 
 /// The blocks of output channels im2csoa keeps of a layer's weights.
@@ -151,15 +154,18 @@ impl WeightZeros {
             sparsity: zeros as f64 / weights.len().max(1) as f64,
             twin_share: super::sparse_weight::twin_share(spec, weights),
             blocks: super::im2csoa::block_zeros(spec, weights),
+            blocks_of_16: super::im2csoa::block_density(spec, 16, weights),
         }
     }
 
-    /// Zeros at `sparsity` that no two filters share (unpruned or element-pruned weights).
+    /// Zeros at `sparsity` that no two filters share (unpruned or element-pruned weights): a
+    /// block of 16 is all zero with probability `sparsity^16`.
     pub fn unstructured(sparsity: f64) -> Self {
         WeightZeros {
             sparsity,
             twin_share: None,
             blocks: None,
+            blocks_of_16: 1.0 - sparsity.powi(16),
         }
     }
 
@@ -549,6 +555,7 @@ mod tests {
                 width: 16,
                 density: 0.3,
             }),
+            blocks_of_16: 0.3,
         };
         let panels = WeightZeros {
             blocks: None,
@@ -568,6 +575,7 @@ mod tests {
             sparsity: 0.7,
             twin_share: Some(0.5),
             blocks: None,
+            blocks_of_16: 1.0 - 0.7f64.powi(8),
         };
         for input_sparsity in [0.0, 0.5, 0.9] {
             let at = |m, w| profile.predict(m, &spec, input_sparsity, w).unwrap();

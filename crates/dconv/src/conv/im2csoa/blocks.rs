@@ -38,9 +38,14 @@ const FORMS: [(usize, f64); 2] = [(16, 0.4), (8, 0.25)];
 /// of [`FORMS`] whose density is within its bound.
 pub(crate) fn block_zeros(spec: &ConvSpec, weights: &[f32]) -> Option<BlockZeros> {
     FORMS.into_iter().find_map(|(width, most)| {
-        let density = shape(spec, width).block_density(weights);
+        let density = block_density(spec, width, weights);
         (density <= most).then_some(BlockZeros { width, density })
     })
+}
+
+/// The fraction of `weights`' blocks `width` wide (at one input channel and tap) not all zero.
+pub(crate) fn block_density(spec: &ConvSpec, width: usize, weights: &[f32]) -> f64 {
+    shape(spec, width).block_density(weights)
 }
 
 fn shape(spec: &ConvSpec, block: usize) -> BlockShape {

@@ -69,7 +69,7 @@ fn prepare(
     panels(spec, weights, epilogue, isa, shared)
 }
 
-pub(crate) use blocks::block_zeros;
+pub(crate) use blocks::{block_density, block_zeros};
 
 /// The work of im2csoa's terms. In the block form ([`blocks`]), the multiply-adds are those of
 /// the non-zero blocks that meet a tile with some non-zero activation: the tile's pixels

@@ -63,20 +63,17 @@ pub(in crate::conv) const ENTRY: MethodEntry = MethodEntry {
     },
     terms: &["fixed", "input", "nz_weight", "nz_mac"],
     term_values: |s, _, w| {
-        if let Some(blocks) = blocks::form(w.blocks) {
-            let macs = BLOCK_MAC_COST * blocks.density * s.macs;
+        if takes_blocks(w) {
+            let macs = BLOCK_MAC_COST * w.blocks_of_16 * s.macs;
             return [1.0, s.input, 0.0, macs, 0.0, 0.0];
         }
-        let e = w.density();
-        let (starts, macs) = w
-            .twin_share
-            .map_or((1.0, 1.0), |u| (u, 2.0 * u * TWIN_MAC_COST));
-        let nz_weights = e * s.weights * s.batch;
+        let nz_weights = w.density() * s.weights * s.batch;
+        let starts = w.twin_share.unwrap_or(1.0);
         [
             1.0,
             s.input,
             starts * nz_weights,
-            macs * e * s.macs,
+            list_macs(w) * s.macs,
             0.0,
             0.0,
         ]
@@ -84,7 +81,7 @@ pub(in crate::conv) const ENTRY: MethodEntry = MethodEntry {
     prepared_bytes,
     reads_panels: false,
     prepare: |spec, weights, epilogue, isa, _| {
-        if blocks::form(super::im2csoa::block_zeros(spec, weights)).is_some() {
+        if takes_blocks(WeightZeros::of(spec, weights)) {
             return blocks::prepare(spec, weights, epilogue, isa);
         }
         Ok(Box::new(SparseWeight::new(*spec, weights, epilogue, isa)?))
@@ -102,6 +99,25 @@ const TWIN_MAC_COST: f64 = 0.78;
 /// 60 x 60 with 80 % zero blocks of 16, 128 at 112 x 112 and 512 at 14, 28 and 30 with 70-90
 /// %; Zen 3, AVX2, BENCHMARKS.md session 27), times [`TWIN_MAC_COST`].
 const BLOCK_MAC_COST: f64 = 0.68;
+
+/// The most blocks of 16 not all zero, as a fraction of all, where the block form is taken:
+/// it was measured from 40 % zero blocks up (at 40 % and 50 %, 1.15x and 1.03x the twin
+/// lists' speed on 256 -> 256 3x3 at 56 x 56); an unpruned layer stays in the list form,
+/// which `auto` leaves to dense.
+const MOST_BLOCKS: f64 = 0.6;
+
+/// The list form's multiply-adds per dense one, in single-filter units: the non-zero weights'
+/// share, twice `u` of it for twin lists.
+fn list_macs(w: WeightZeros) -> f64 {
+    w.twin_share.map_or(1.0, |u| 2.0 * u * TWIN_MAC_COST) * w.density()
+}
+
+/// Whether weights whose zeros are `w` take the block form: where enough blocks of 16 are
+/// zero and its multiply-adds, every one of the non-zero blocks', cost less than the list
+/// form's (element-pruned weights leave few blocks all zero).
+fn takes_blocks(w: WeightZeros) -> bool {
+    w.blocks_of_16 <= MOST_BLOCKS && BLOCK_MAC_COST * w.blocks_of_16 <= list_macs(w)
+}
 
 pub(crate) struct SparseWeight {
     spec: ConvSpec,
@@ -156,9 +172,10 @@ impl SparseWeight {
 
 /// At most how many bytes of weights the form that `zeros` make it take keeps (saturating).
 fn prepared_bytes(spec: &ConvSpec, nonzeros: usize, zeros: WeightZeros) -> usize {
-    match blocks::form(zeros.blocks) {
-        Some(blocks) => blocks::prepared_bytes(spec, blocks),
-        None => taps::prepared_bytes(spec, nonzeros),
+    if takes_blocks(zeros) {
+        blocks::prepared_bytes(spec, zeros.blocks_of_16)
+    } else {
+        taps::prepared_bytes(spec, nonzeros)
     }
 }
 
@@ -308,6 +325,33 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Weights pruned in whole blocks of 16 take the block form from 40 % zero blocks up;
+    /// weights pruned element by element, in blocks of 8 (whose blocks of 16 are half as
+    /// often zero), or not at all keep the lists.
+    #[test]
+    fn the_block_form_is_taken_where_blocks_of_16_are_zero() {
+        let spec = ConvSpec::new(64, 8, 8, 64, [3, 3]);
+        let (len, filter_len) = (spec.weight_len().unwrap(), 64 * 9);
+        let takes = |block: Option<usize>, sparsity: f64| {
+            let mut rng = Rng::new(9);
+            let weights = match block {
+                Some(b) => {
+                    let blocks = WeightBlocks::new(64, 1, filter_len, b).unwrap();
+                    block_sparse_weights(&blocks, sparsity, &mut rng)
+                }
+                None => random_sparse(len, sparsity, &mut rng),
+            };
+            takes_blocks(WeightZeros::of(&spec, &weights))
+        };
+        for sparsity in [0.4, 0.6, 0.9, 1.0] {
+            assert!(takes(Some(16), sparsity), "blocks of 16 at {sparsity}");
+        }
+        assert!(!takes(Some(16), 0.2));
+        assert!(!takes(Some(8), 0.76));
+        assert!(!takes(None, 0.9));
+        assert!(!takes(None, 0.0));
     }
 
     /// The list form's bound, which a memory budget counts, holds what every ISA's layout
