@@ -28,6 +28,10 @@
 //!
 //! [`plan`] sizes the window, the tiles and the bands; [`taps`] packs the weights;
 //! [`planes`] converts the input; [`run`] computes.
+//!
+//! Weights pruned in whole blocks of 16 output channels take another form ([`blocks`]), with
+//! the output channels in the vector lanes: no planes, windows or transposes, which cost as
+//! much as a fifth to two thirds of the list form's time on such layers.
 
 mod blocks;
 mod plan;
