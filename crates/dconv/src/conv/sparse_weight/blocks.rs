@@ -1,5 +1,5 @@
-//! Sparse-weight on weights pruned in blocks of output channels (16 or 8 wide): one vector
-//! multiply-add per non-zero block and pixel, with the output channels in the vector lanes.
+//! Sparse-weight on weights pruned in blocks of 16 output channels: one vector multiply-add
+//! per non-zero block, pixel and vector, with the output channels in the vector lanes.
 //!
 //! The list form ([`super::SparseWeight`]) puts pixels in the lanes: it transposes the input
 //! into planes, copies each tile's patches into a window and transposes its sums back into
