@@ -11,9 +11,9 @@
 //! zero-padded copy of the input, and a tile of pixels sums the list in registers
 //! ([`BlockListTile`]).
 //!
-//! Work goes by bands of output rows whose padded input rows fit half of L2; within a band,
-//! blocks go outside the tiles, so that one block's rows stay in L1 while every tile of the
-//! band reads them.
+//! Each thread takes an even share of the output rows and goes through it by bands whose
+//! padded input rows fit half of L2; within a band, blocks go outside the tiles, so that one
+//! block's rows stay in L1 while every tile of the band reads them.
 
 use super::super::run_loop::{over_images, timed};
 use super::super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
@@ -77,7 +77,16 @@ struct SparseWeightBlocks<const B: usize> {
     rows: Vec<f32>,
     /// Pixels per row of the padded input.
     padded_width: usize,
-    /// Output rows per band on one thread.
+    /// Most output rows per band: as many as keep the band's padded input within half of L2.
+    fit_rows: usize,
+}
+
+/// How a run cuts the output rows: an even share per job (a thread with its own band
+/// buffer), each share cut into bands of at most `fit_rows`, as even as they can be. (Whole
+/// bands per thread would leave 12 rows of 14 to one of two threads where 6 fit.)
+struct Bands {
+    jobs: usize,
+    rows_per_job: usize,
     band_rows: usize,
 }
 
@@ -121,7 +130,7 @@ impl<const B: usize> SparseWeightBlocks<B> {
             offsets,
             rows,
             padded_width,
-            band_rows: band_rows(&spec, padded_width, &CacheSizes::detect()),
+            fit_rows: fit_rows(&spec, padded_width, &CacheSizes::detect()),
         })
     }
 
@@ -131,19 +140,24 @@ impl<const B: usize> SparseWeightBlocks<B> {
     }
 
     /// Floats of one band's padded input.
-    fn band_len(&self) -> usize {
+    fn band_len(&self, bands: &Bands) -> usize {
         saturating_product(&[
-            self.rows_in(self.band_rows),
+            self.rows_in(bands.band_rows),
             self.padded_width,
             self.spec.channels,
         ])
     }
 
-    /// Bands and threads of a run: output rows per band, and jobs (threads with their own
-    /// band buffer), each taking whole bands.
-    fn jobs(&self) -> usize {
-        let bands = self.spec.out_height().div_ceil(self.band_rows);
-        rayon::current_num_threads().clamp(1, bands.max(1))
+    /// The bands of a run on the current thread pool.
+    fn bands(&self) -> Bands {
+        let rows = self.spec.out_height().max(1);
+        let rows_per_job = rows.div_ceil(rayon::current_num_threads().clamp(1, rows));
+        let bands_per_job = rows_per_job.div_ceil(self.fit_rows);
+        Bands {
+            jobs: rows.div_ceil(rows_per_job),
+            rows_per_job,
+            band_rows: rows_per_job.div_ceil(bands_per_job),
+        }
     }
 
     /// Copies the padded input rows of the band of output rows `rows` into `band`: each row
@@ -216,21 +230,17 @@ impl<const B: usize> SparseWeightBlocks<B> {
     }
 }
 
-/// Output rows per band: as many as keep the band's padded input within half of L2, at most
-/// an even share of the rows per thread.
-fn band_rows(spec: &ConvSpec, padded_width: usize, cache: &CacheSizes) -> usize {
+/// Output rows per band: as many as keep the band's padded input within half of L2 (at
+/// least one).
+fn fit_rows(spec: &ConvSpec, padded_width: usize, cache: &CacheSizes) -> usize {
     let per_row = saturating_product(&[padded_width, spec.channels, 4]).max(1);
     let fit = cache.l2_share(1, 2) / per_row;
     let reach = (spec.kernel[0] - 1) * spec.dilation[0] + 1;
-    let rows = if fit > reach {
+    if fit > reach {
         (fit - reach) / spec.stride[0] + 1
     } else {
         1
-    };
-    let share = spec
-        .out_height()
-        .div_ceil(rayon::current_num_threads().max(1));
-    rows.min(share).max(1)
+    }
 }
 
 /// The error of a layer whose padded input is too large for the offsets.
@@ -240,7 +250,8 @@ fn too_large() -> Error {
 
 impl<const B: usize> ConvKernel for SparseWeightBlocks<B> {
     fn scratch(&self) -> ScratchBytes {
-        ScratchBytes::floats(self.jobs().saturating_mul(self.band_len()))
+        let bands = self.bands();
+        ScratchBytes::floats(bands.jobs.saturating_mul(self.band_len(&bands)))
     }
 
     fn run(
@@ -252,11 +263,14 @@ impl<const B: usize> ConvKernel for SparseWeightBlocks<B> {
     ) -> Timing {
         let epilogue = self.epilogue.adding(residual, output);
         let s = &self.spec;
-        let (oh, ow, filters) = (s.out_height(), s.out_width(), s.filters);
-        let band_len = self.band_len();
-        let jobs = self.jobs();
-        let bands = oh.div_ceil(self.band_rows);
-        let rows_per_job = bands.div_ceil(jobs) * self.band_rows;
+        let (ow, filters) = (s.out_width(), s.filters);
+        let bands = self.bands();
+        let band_len = self.band_len(&bands);
+        let Bands {
+            jobs,
+            rows_per_job,
+            band_rows,
+        } = bands;
         let buffers = ws.floats(jobs * band_len);
         let row_len = ow * pitch;
         over_images(s, (input, (output, pitch)), |image, out, clock| {
@@ -268,9 +282,9 @@ impl<const B: usize> ConvKernel for SparseWeightBlocks<B> {
                     .map(|(job, (out, band))| {
                         let (mut zeros, mut convert) = (0, Duration::ZERO);
                         let first = job * rows_per_job;
-                        for (k, out) in out.chunks_mut(self.band_rows * row_len).enumerate() {
-                            let start = first + k * self.band_rows;
-                            let rows = start..(start + self.band_rows).min(oh);
+                        for (k, out) in out.chunks_mut(band_rows * row_len).enumerate() {
+                            let start = first + k * band_rows;
+                            let rows = start..start + out.len() / row_len;
                             convert += timed(|| self.fill_band(image, &rows, band)).1;
                             self.multiply_band(band, rows, out, pitch);
                             zeros += epilogue.apply_rows(out, pitch, filters, 0);
@@ -297,6 +311,54 @@ mod tests {
             self.offsets.len() * size_of::<u32>()
                 + self.rows.len() * size_of::<f32>()
                 + self.starts.len() * size_of::<usize>()
+        }
+    }
+
+    /// Every thread count and band height gives the reference's sums, where a thread's
+    /// share of the rows is not a whole number of bands (7 rows in bands of at most 3, say):
+    /// no case the layer tests of `tests/` reach on every cache size.
+    #[test]
+    fn uneven_bands_give_the_references_sums() {
+        use crate::conv::reference::Reference;
+        use crate::synth::random_sparse;
+        let spec = ConvSpec::new(16, 14, 5, 24, [3, 3]).with_padding([1, 1, 1, 1]);
+        let mut rng = Rng::new(7);
+        let blocks = WeightBlocks::new(24, 1, 16 * 9, 16).unwrap();
+        let weights = block_sparse_weights(&blocks, 0.5, &mut rng);
+        let input = random_sparse(spec.input_len().unwrap(), 0.3, &mut rng);
+        let epilogue = || Epilogue {
+            bias: (0..24).map(|m| m as f32 * 0.1 - 1.0).collect(),
+            activation: Activation::Relu,
+            isa: Isa::Portable,
+        };
+        let run = |conv: &dyn ConvKernel| {
+            let mut out = vec![f32::NAN; spec.output_len().unwrap()];
+            conv.run(&input, (&mut out, 24), None, &mut Workspace::default());
+            out
+        };
+        let expected = run(&Reference::new(spec, &weights, epilogue()));
+        let mut conv =
+            SparseWeightBlocks::<16>::new(spec, &weights, epilogue(), Isa::Portable).unwrap();
+        for threads in 1..=4 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for fit in [1, 2, 3, 4, 6, 50] {
+                conv.fit_rows = fit;
+                let bands = pool.install(|| conv.bands());
+                assert!(bands.band_rows <= fit && bands.jobs <= threads);
+                // An even share of the 14 rows per thread, not whole bands per thread.
+                assert_eq!(bands.rows_per_job, 14usize.div_ceil(threads));
+                assert!(bands.jobs * bands.rows_per_job >= 14);
+                let actual = pool.install(|| run(&conv));
+                for (i, (a, e)) in actual.iter().zip(&expected).enumerate() {
+                    assert!(
+                        (a - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                        "{threads} threads, {fit} rows a band: [{i}] {a} != {e}"
+                    );
+                }
+            }
         }
     }
 
