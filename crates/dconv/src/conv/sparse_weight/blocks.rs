@@ -199,6 +199,11 @@ impl<const B: usize> SparseWeightBlocks<B> {
         let (ow, mg) = (s.out_width(), s.filters_per_group());
         let blocks = mg.div_ceil(B);
         let [sh, sw] = s.stride;
+        // Each pixel's window in the band, once for every block (tiles run on across the
+        // band's rows: only its last may be short).
+        let windows: Vec<usize> = (0..rows.len())
+            .flat_map(|y| (0..ow).map(move |x| (y * sh * self.padded_width + x * sw) * s.channels))
+            .collect();
         for g in 0..s.groups {
             for b in 0..blocks {
                 let entries = self.starts[g * blocks + b]..self.starts[g * blocks + b + 1];
@@ -208,15 +213,10 @@ impl<const B: usize> SparseWeightBlocks<B> {
                 );
                 let first = g * mg + b * B;
                 let width = B.min(mg - b * B);
-                // Tiles run on across the band's rows: only its last may be short.
-                let pixels = rows.len() * ow;
-                for p0 in (0..pixels).step_by(TILE) {
-                    let count = TILE.min(pixels - p0);
+                for (p0, tile) in windows.chunks(TILE).enumerate() {
+                    let (p0, count) = (p0 * TILE, tile.len());
                     // A short tile repeats its last pixel, whose sums it does not write.
-                    let windows = std::array::from_fn(|i| {
-                        let p = p0 + i.min(count - 1);
-                        ((p / ow) * sh * self.padded_width + (p % ow) * sw) * s.channels
-                    });
+                    let windows = std::array::from_fn(|i| tile[i.min(count - 1)]);
                     let output = TileOutput {
                         out: &mut out[p0 * pitch + first..],
                         rows: count,
