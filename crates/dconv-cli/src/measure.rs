@@ -20,8 +20,11 @@ pub struct Measurement {
     pub median: Duration,
     pub min: Duration,
     /// A run's time outside its steps (copying inputs and outputs, finding the plan, handing
-    /// the run to the session's threads): the median run less the median of the profiled
-    /// runs' sums of step times. Zero when the difference is negative (noise).
+    /// the run to the session's threads, and the profile's own records): the median over the
+    /// profiled runs of each one's
+    /// time less its steps' and its zero counting's, so that both sides of the difference
+    /// come from the same run (medians of different runs differed by more than this on a
+    /// shared host).
     pub outside_steps: Duration,
     pub layers: Vec<LayerTiming>,
     /// The model's outputs in the last timed run (empty when `runs` is 0).
@@ -52,8 +55,13 @@ pub fn measure(
         progress.step();
     }
     let mut profiles = Vec::with_capacity(runs);
+    let mut outside = Vec::with_capacity(runs);
     for _ in 0..runs {
-        profiles.push(session.run_profiled(&inputs)?.1);
+        let started = Instant::now();
+        let profile = session.run_profiled(&inputs)?.1;
+        let steps = profile.total() + profile.counting;
+        outside.push(started.elapsed().saturating_sub(steps));
+        profiles.push(profile);
         progress.step();
     }
     let layers = match profiles.last() {
@@ -73,12 +81,11 @@ pub fn measure(
             .collect(),
         None => Vec::new(),
     };
-    let step_sums: Vec<Duration> = profiles.iter().map(|p| p.total()).collect();
     let median_run = median(&totals);
     Ok(Measurement {
         median: median_run,
         min: totals.iter().min().copied().unwrap_or_default(),
-        outside_steps: median_run.saturating_sub(median(&step_sums)),
+        outside_steps: median(&outside),
         layers,
         outputs,
     })

@@ -19,8 +19,12 @@ fn profile_names_the_conv_its_method_sparsities_and_macs() {
     let input = || Tensor::from_f32(vec![1, 1, 4, 4], data.clone()).unwrap();
 
     let plain = session.run(&[("x", input())]).unwrap();
+    let started = std::time::Instant::now();
     let (profiled, profile) = session.run_profiled(&[("x", input())]).unwrap();
+    let wall = started.elapsed();
     assert_eq!(plain, profiled);
+    // The steps and the zero counting between them are disjoint parts of the run.
+    assert!(profile.total() + profile.counting <= wall);
 
     let conv = profile
         .steps

@@ -29,6 +29,10 @@ pub struct StepProfile {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profile {
     pub steps: Vec<StepProfile>,
+    /// Time the run spent outside its steps counting the zeros of step inputs that no step
+    /// had counted (for `input_sparsity`): the cost of profiling itself, which a plain run
+    /// does not pay.
+    pub counting: Duration,
 }
 
 impl Profile {

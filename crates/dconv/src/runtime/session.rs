@@ -407,6 +407,7 @@ fn execute(
             Some(Src::Slot(s)) => sparsity[*s],
             _ => None,
         };
+        let counting = profile.as_ref().map(|_| Instant::now());
         let input_sparsity = profile
             .as_ref()
             .map(|_| known.unwrap_or_else(|| read.first().map_or(0.0, |r| zero_fraction(r))));
@@ -448,9 +449,10 @@ fn execute(
                 (done.output_sparsity, Some(done.method))
             }
         };
-        if let (Some(profile), Some(started), Some(input_sparsity)) =
-            (profile.as_deref_mut(), started, input_sparsity)
+        if let (Some(profile), Some(started), Some(input_sparsity), Some(counting)) =
+            (profile.as_deref_mut(), started, input_sparsity, counting)
         {
+            profile.counting += started.saturating_duration_since(counting);
             profile.steps.push(step_profile(
                 step,
                 method,
