@@ -1,7 +1,7 @@
-//! The sums of a tile of [`TILE`] output pixels for one block of `B` output channels (16 or
-//! 8, whole AVX2 or AVX-512 vectors; other widths that divide 16 run the portable kernel),
-//! over a list of the block's non-zero weight rows: the inner loop of sparse-weight on
-//! block-sparse weights.
+//! The sums of a tile of [`TILE`] output pixels for one block of `B` output channels (whole
+//! vectors: 16 or 8 on AVX2 and AVX-512, 16, 8 or 4 on NEON; other widths that divide 16 run
+//! the portable kernel), over a list of the block's non-zero weight rows: the inner loop of
+//! sparse-weight on block-sparse weights.
 //!
 //! Each entry of the list is one (kernel tap, input channel) whose block of `B` weights is not
 //! all zero, named by its offset from a pixel's window in a zero-padded NHWC input: so every
@@ -59,6 +59,8 @@ impl<const B: usize> BlockListTile<B> {
             Isa::Avx2 | Isa::Avx512 if Isa::Avx2.is_supported() && B.is_multiple_of(8) => {
                 x86::avx2_tile::<B>
             }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon if isa.is_supported() && B.is_multiple_of(4) => neon::neon_tile::<B>,
             _ => tile_portable::<B>,
         };
         BlockListTile { tile }
@@ -126,96 +128,95 @@ fn tile_portable<const B: usize>(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{holds_tile, BlockList, TILE};
-    use std::arch::x86_64::*;
-
-    /// Defines `$tile` for one vector width, `$lanes` floats per vector: a block of `B`
-    /// weights is `B / $lanes` vectors (at most two).
-    macro_rules! x86_tile {
-        ($tile:ident, $feature:literal, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident) => {
-            pub(super) fn $tile<const B: usize>(
+/// Defines `$tile` for one instruction set, `$lanes` floats per vector: a block of `B`
+/// weights is `B / $lanes` vectors, at most `$most` (what the registers hold: `TILE` sums of
+/// each, beside the block's weights and a broadcast).
+macro_rules! simd_tile {
+    ($tile:ident, $feature:literal, $vec:ty, $lanes:literal, $most:literal,
+     zero: $zero:expr, load: $load:ident, store: $store:ident, splat: $splat:ident,
+     fma: |$a:ident, $x:ident, $w:ident| $fma:expr) => {
+        pub(super) fn $tile<const B: usize>(
+            input: &[f32],
+            windows: &[usize; TILE],
+            list: &BlockList<B>,
+            out: &mut [f32],
+            pitch: usize,
+        ) {
+            #[target_feature(enable = $feature)]
+            fn kernel<const B: usize>(
                 input: &[f32],
                 windows: &[usize; TILE],
                 list: &BlockList<B>,
                 out: &mut [f32],
                 pitch: usize,
             ) {
-                #[target_feature(enable = $feature)]
-                fn kernel<const B: usize>(
-                    input: &[f32],
-                    windows: &[usize; TILE],
-                    list: &BlockList<B>,
-                    out: &mut [f32],
-                    pitch: usize,
-                ) {
-                    assert!(holds_tile::<B>(out, pitch));
-                    // `for_isa` hands out only whole vectors, at most two per block (a
-                    // constant per instance: the check compiles away).
-                    assert!(B % $lanes == 0 && B / $lanes <= 2);
-                    let per = B / $lanes;
-                    let pixels = windows.map(|at| input.as_ptr().wrapping_add(at));
-                    let mut acc: [[$vec; 2]; TILE] = [[$zero(); 2]; TILE];
-                    for (e, &offset) in list.offsets.iter().enumerate() {
-                        // SAFETY: `BlockList::new` checked a row of B weights per offset;
-                        // `multiply` checked that every window plus the list's reach (its
-                        // largest offset) lies in `input`.
-                        unsafe {
-                            let w = list.rows.as_ptr().add(e * B);
-                            let w: [$vec; 2] = std::array::from_fn(|q| {
-                                if q < per {
-                                    $load(w.add(q * $lanes))
-                                } else {
-                                    $zero()
-                                }
-                            });
-                            for i in 0..TILE {
-                                let x = $set1(*pixels[i].add(offset as usize));
-                                for q in 0..per {
-                                    acc[i][q] = $fma(x, w[q], acc[i][q]);
-                                }
+                assert!(holds_tile::<B>(out, pitch));
+                // `for_isa` hands out only whole vectors, at most `$most` per block (a
+                // constant per instance: the check compiles away).
+                assert!(B % $lanes == 0 && B / $lanes <= $most);
+                let per = B / $lanes;
+                let pixels = windows.map(|at| input.as_ptr().wrapping_add(at));
+                let zero: $vec = $zero;
+                let mut acc: [[$vec; $most]; TILE] = [[zero; $most]; TILE];
+                for (e, &offset) in list.offsets.iter().enumerate() {
+                    // SAFETY: `BlockList::new` checked a row of B weights per offset;
+                    // `multiply` checked that every window plus the list's reach (its
+                    // largest offset) lies in `input`.
+                    unsafe {
+                        let w = list.rows.as_ptr().add(e * B);
+                        let w: [$vec; $most] = std::array::from_fn(|q| {
+                            if q < per {
+                                $load(w.add(q * $lanes))
+                            } else {
+                                zero
+                            }
+                        });
+                        for i in 0..TILE {
+                            let $x = $splat(*pixels[i].add(offset as usize));
+                            for q in 0..per {
+                                let ($a, $w) = (acc[i][q], w[q]);
+                                acc[i][q] = $fma;
                             }
                         }
                     }
-                    for i in 0..TILE {
-                        for q in 0..per {
-                            // SAFETY: `holds_tile` checked B = per * $lanes floats at each
-                            // of the TILE rows `pitch` apart.
-                            unsafe {
-                                $store(out.as_mut_ptr().add(i * pitch + q * $lanes), acc[i][q])
-                            };
-                        }
+                }
+                for i in 0..TILE {
+                    for q in 0..per {
+                        // SAFETY: `holds_tile` checked B = per * $lanes floats at each of the
+                        // TILE rows `pitch` apart.
+                        unsafe { $store(out.as_mut_ptr().add(i * pitch + q * $lanes), acc[i][q]) };
                     }
                 }
-                // SAFETY: `for_isa` hands this fn out only after finding the feature.
-                unsafe { kernel::<B>(input, windows, list, out, pitch) }
             }
-        };
-    }
+            // SAFETY: `for_isa` hands this fn out only after finding the feature.
+            unsafe { kernel::<B>(input, windows, list, out, pitch) }
+        }
+    };
+}
 
-    x86_tile!(
-        avx2_tile,
-        "avx2,fma",
-        __m256,
-        8,
-        _mm256_setzero_ps,
-        _mm256_loadu_ps,
-        _mm256_storeu_ps,
-        _mm256_set1_ps,
-        _mm256_fmadd_ps
-    );
-    x86_tile!(
-        avx512_tile,
-        "avx512f",
-        __m512,
-        16,
-        _mm512_setzero_ps,
-        _mm512_loadu_ps,
-        _mm512_storeu_ps,
-        _mm512_set1_ps,
-        _mm512_fmadd_ps
-    );
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{holds_tile, BlockList, TILE};
+    use std::arch::x86_64::*;
+
+    simd_tile!(avx2_tile, "avx2,fma", __m256, 8, 2,
+        zero: _mm256_setzero_ps(), load: _mm256_loadu_ps, store: _mm256_storeu_ps,
+        splat: _mm256_set1_ps, fma: |a, x, w| _mm256_fmadd_ps(x, w, a));
+    simd_tile!(avx512_tile, "avx512f", __m512, 16, 1,
+        zero: _mm512_setzero_ps(), load: _mm512_loadu_ps, store: _mm512_storeu_ps,
+        splat: _mm512_set1_ps, fma: |a, x, w| _mm512_fmadd_ps(x, w, a));
+}
+
+#[cfg(target_arch = "aarch64")]
+mod neon {
+    use super::{holds_tile, BlockList, TILE};
+    use std::arch::aarch64::*;
+
+    // A block of 16 is four vectors: 24 sums, four weights and a broadcast of the 32
+    // registers.
+    simd_tile!(neon_tile, "neon", float32x4_t, 4, 4,
+        zero: vdupq_n_f32(0.0), load: vld1q_f32, store: vst1q_f32,
+        splat: vdupq_n_f32, fma: |a, x, w| vfmaq_f32(a, x, w));
 }
 
 #[cfg(test)]
