@@ -21,10 +21,9 @@ pub struct Measurement {
     pub min: Duration,
     /// A run's time outside its steps (copying inputs and outputs, finding the plan, handing
     /// the run to the session's threads, and the profile's own records): the median over the
-    /// profiled runs of each one's
-    /// time less its steps' and its zero counting's, so that both sides of the difference
-    /// come from the same run (medians of different runs differed by more than this on a
-    /// shared host).
+    /// profiled runs of each one's time less its steps' and its zero counting's, so that both
+    /// sides of the difference come from the same run (medians of different runs differed by
+    /// more than this on a shared host).
     pub outside_steps: Duration,
     pub layers: Vec<LayerTiming>,
     /// The model's outputs in the last timed run (empty when `runs` is 0).

@@ -53,7 +53,11 @@ fn a_second_run_allocates_nothing() {
         .with_activation(Activation::Relu);
     let mut rng = Rng::new(5);
     let input = synth::activations([1, 13, 11, 32], 0.7, ZeroPattern::Relu, &mut rng);
-    let weights = synth::random_sparse(spec.weight_len().unwrap(), 0.6, &mut rng);
+    // Zeros element by element, and in whole blocks of 16 output channels (the block forms
+    // of im2csoa and sparse-weight).
+    let elements = synth::random_sparse(spec.weight_len().unwrap(), 0.6, &mut rng);
+    let blocks = dconv::prune::WeightBlocks::new(40, 2, 16 * 9, 16).unwrap();
+    let in_blocks = synth::block_sparse_weights(&blocks, 0.8, &mut rng);
     let bias = vec![0.1; 40];
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(2)
@@ -63,8 +67,9 @@ fn a_second_run_allocates_nothing() {
     // Every worker is up and idle before anything is counted.
     pool.broadcast(|_| ());
     COUNTED.with(|c| c.set(true));
-    for method in Method::ALL.into_iter().filter(|&m| m != Method::Dense) {
-        let conv = Conv::prepare(&spec, &weights, Some(&bias), method).unwrap();
+    let methods = Method::ALL.into_iter().filter(|&m| m != Method::Dense);
+    for (method, weights) in methods.flat_map(|m| [(m, &elements), (m, &in_blocks)]) {
+        let conv = Conv::prepare(&spec, weights, Some(&bias), method).unwrap();
         let mut out = vec![0.0; spec.output_len().unwrap()];
         let mut ws = Workspace::default();
         pool.install(|| {

@@ -199,11 +199,9 @@ impl<const B: usize> SparseWeightBlocks<B> {
         let (ow, mg) = (s.out_width(), s.filters_per_group());
         let blocks = mg.div_ceil(B);
         let [sh, sw] = s.stride;
-        // Each pixel's window in the band, once for every block (tiles run on across the
-        // band's rows: only its last may be short).
-        let windows: Vec<usize> = (0..rows.len())
-            .flat_map(|y| (0..ow).map(move |x| (y * sh * self.padded_width + x * sw) * s.channels))
-            .collect();
+        let pixels = rows.len() * ow;
+        let window = |(y, x): (usize, usize)| (y * sh * self.padded_width + x * sw) * s.channels;
+        let next = |(y, x): (usize, usize)| if x + 1 == ow { (y + 1, 0) } else { (y, x + 1) };
         for g in 0..s.groups {
             for b in 0..blocks {
                 let entries = self.starts[g * blocks + b]..self.starts[g * blocks + b + 1];
@@ -213,10 +211,20 @@ impl<const B: usize> SparseWeightBlocks<B> {
                 );
                 let first = g * mg + b * B;
                 let width = B.min(mg - b * B);
-                for (p0, tile) in windows.chunks(TILE).enumerate() {
-                    let (p0, count) = (p0 * TILE, tile.len());
+                // Tiles run on across the band's rows, (row, column) stepped along without a
+                // division: only the band's last tile may be short.
+                let mut at = (0, 0);
+                for p0 in (0..pixels).step_by(TILE) {
+                    let count = TILE.min(pixels - p0);
                     // A short tile repeats its last pixel, whose sums it does not write.
-                    let windows = std::array::from_fn(|i| tile[i.min(count - 1)]);
+                    let mut windows = [0; TILE];
+                    for (i, w) in windows.iter_mut().enumerate() {
+                        *w = window(at);
+                        if i + 1 < count {
+                            at = next(at);
+                        }
+                    }
+                    at = next(at);
                     let output = TileOutput {
                         out: &mut out[p0 * pitch + first..],
                         rows: count,
