@@ -87,7 +87,7 @@ impl<const B: usize> BlockListTile<B> {
             width,
         } = output;
         assert!(rows <= TILE && width <= B);
-        if rows == TILE && width == B && out.len() >= (TILE - 1) * pitch + B {
+        if rows == TILE && width == B && holds_tile::<B>(out, pitch) {
             // A whole tile: the kernel stores straight into the output.
             (self.tile)(input, windows, list, out, pitch);
             return;
