@@ -1,6 +1,6 @@
 //! The sums of a tile of [`TILE`] output pixels for one block of `B` output channels (whole
-//! vectors: 16 or 8 on AVX2 and AVX-512, 16, 8 or 4 on NEON; other widths that divide 16 run
-//! the portable kernel), over a list of the block's non-zero weight rows: the inner loop of
+//! vectors: 16 or 8 on AVX2 and AVX-512, 16, 8 or 4 on NEON, and 4 in AVX2's half vectors;
+//! other widths that divide 16 run the portable kernel), over a list of the block's non-zero weight rows: the inner loop of
 //! sparse-weight on block-sparse weights.
 //!
 //! Each entry of the list is one (kernel tap, input channel) whose block of `B` weights is not
@@ -11,7 +11,7 @@
 //! per (pixel, entry, vector), and the output is written channels-last as it stands.
 
 use super::masked_block_tile::{TileOutput, TILE};
-use super::Isa;
+use super::{block_kernels_per_vector, Isa};
 
 /// One block's non-zero weight rows: entry `e` multiplies the input at `offsets[e]` past a
 /// pixel's window by the `B` weights at `rows[e * B..]`.
@@ -48,8 +48,9 @@ pub(crate) struct BlockListTile<const B: usize> {
 type TileFn<const B: usize> = fn(&[f32], &[usize; TILE], &BlockList<B>, &mut [f32], usize);
 
 impl<const B: usize> BlockListTile<B> {
-    /// The kernel of `isa`, or the portable one where this CPU lacks it or the block is
-    /// narrower than its vectors (AVX-512 takes AVX2's vectors for blocks of 8).
+    /// The kernel of `isa`, or the portable one where this CPU lacks it. AVX-512 takes
+    /// AVX2's kernels for blocks narrower than its vectors, and AVX2 takes half vectors for
+    /// blocks of 4.
     pub fn for_isa(isa: Isa) -> Self {
         const { assert!(B > 0 && B <= 16 && 16 % B == 0) };
         let tile = match isa {
@@ -58,6 +59,10 @@ impl<const B: usize> BlockListTile<B> {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 if Isa::Avx2.is_supported() && B.is_multiple_of(8) => {
                 x86::avx2_tile::<B>
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 if Isa::Avx2.is_supported() && B == 4 => {
+                x86::avx2_narrow_tile::<B>
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon if isa.is_supported() && B.is_multiple_of(4) => neon::neon_tile::<B>,
@@ -128,10 +133,9 @@ fn tile_portable<const B: usize>(
     }
 }
 
-/// Defines `$tile` for one instruction set, `$lanes` floats per vector: a block of `B`
-/// weights is `B / $lanes` vectors, at most `$most` (what the registers hold: `TILE` sums of
-/// each, beside the block's weights and a broadcast).
-macro_rules! simd_tile {
+/// Defines `$tile` for one vector type, `$lanes` floats each: a block of `B` weights is
+/// `B / $lanes` vectors, at most `$most` (see [`block_kernels_per_vector`]).
+macro_rules! list_tile {
     ($tile:ident, $feature:literal, $vec:ty, $lanes:literal, $most:literal,
      zero: $zero:expr, load: $load:ident, store: $store:ident, splat: $splat:ident,
      fma: |$a:ident, $x:ident, $w:ident| $fma:expr) => {
@@ -194,30 +198,7 @@ macro_rules! simd_tile {
     };
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{holds_tile, BlockList, TILE};
-    use std::arch::x86_64::*;
-
-    simd_tile!(avx2_tile, "avx2,fma", __m256, 8, 2,
-        zero: _mm256_setzero_ps(), load: _mm256_loadu_ps, store: _mm256_storeu_ps,
-        splat: _mm256_set1_ps, fma: |a, x, w| _mm256_fmadd_ps(x, w, a));
-    simd_tile!(avx512_tile, "avx512f", __m512, 16, 1,
-        zero: _mm512_setzero_ps(), load: _mm512_loadu_ps, store: _mm512_storeu_ps,
-        splat: _mm512_set1_ps, fma: |a, x, w| _mm512_fmadd_ps(x, w, a));
-}
-
-#[cfg(target_arch = "aarch64")]
-mod neon {
-    use super::{holds_tile, BlockList, TILE};
-    use std::arch::aarch64::*;
-
-    // A block of 16 is four vectors: 24 sums, four weights and a broadcast of the 32
-    // registers.
-    simd_tile!(neon_tile, "neon", float32x4_t, 4, 4,
-        zero: vdupq_n_f32(0.0), load: vld1q_f32, store: vst1q_f32,
-        splat: vdupq_n_f32, fma: |a, x, w| vfmaq_f32(a, x, w));
-}
+block_kernels_per_vector!(list_tile, use super::{holds_tile, BlockList, TILE});
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,8 @@
-//! The sums of a tile of [`TILE`] output pixels for one block of `B` output channels (16 or
-//! 8, whole AVX2 or AVX-512 vectors; other widths that divide 16 run the portable kernel),
-//! over only the (input channel, tap) pairs where both the block's weights and some pixel of
-//! the tile are non-zero: the inner loop of im2CSOA on block-sparse weights.
+//! The sums of a tile of [`TILE`] output pixels for one block of `B` output channels (16, 8
+//! or 4: whole vectors of AVX-512, AVX2 or NEON, or AVX2's half vectors; other widths that
+//! divide 16 run the portable kernel), over only the (input channel, tap) pairs where both
+//! the block's weights and some pixel of the tile are non-zero: the inner loop of im2CSOA on
+//! block-sparse weights.
 //!
 //! Both operands' zeros are bit masks over 64 channels at a time. For each kernel tap and
 //! word of channels, the OR of the tile's pixels' masks (the activations some pixel of the
@@ -13,7 +14,7 @@
 //!
 //! [`nonzero_masks`] makes the activations' masks, once per input pixel.
 
-use super::Isa;
+use super::{block_kernels_per_vector, Isa};
 
 /// Output pixels per tile: `TILE` x 16 sums take 12 of AVX2's 16 vector registers.
 pub(crate) const TILE: usize = 6;
@@ -100,29 +101,32 @@ type TileFn<const B: usize> = fn(&TileInputs, &BlockWeights<B>, &mut [[f32; B]; 
 type MasksFn = fn(&[f32], &mut [u64]);
 
 impl<const B: usize> MaskedBlockTile<B> {
-    /// The kernel of `isa`, or the portable one where this CPU lacks it or the block is
-    /// narrower than its vectors (AVX-512 takes AVX2's vectors for blocks of 8; NEON runs
-    /// the portable kernel).
+    /// The kernel of `isa`, or the portable one where this CPU lacks it. AVX-512 takes
+    /// AVX2's kernels for blocks narrower than its vectors, and AVX2 takes half vectors for
+    /// blocks of 4; NEON makes its masks with the portable loop, which the compiler
+    /// vectorises for it.
     pub fn for_isa(isa: Isa) -> Self {
         const { assert!(B > 0 && B <= 16 && 16 % B == 0) };
-        match isa {
+        let (tile, masks): (TileFn<B>, MasksFn) = match isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 if isa.is_supported() && B == 16 => MaskedBlockTile {
-                tile: x86::avx512_tile::<B>,
-                masks: x86::avx512_masks,
-            },
+            Isa::Avx512 if isa.is_supported() && B == 16 => {
+                (x86::avx512_tile::<B>, x86_masks::avx512_masks)
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 | Isa::Avx512 if Isa::Avx2.is_supported() && B.is_multiple_of(8) => {
-                MaskedBlockTile {
-                    tile: x86::avx2_tile::<B>,
-                    masks: x86::avx2_masks,
-                }
+                (x86::avx2_tile::<B>, x86_masks::avx2_masks)
             }
-            _ => MaskedBlockTile {
-                tile: tile_portable::<B>,
-                masks: masks_portable,
-            },
-        }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 | Isa::Avx512 if Isa::Avx2.is_supported() && B == 4 => {
+                (x86::avx2_narrow_tile::<B>, x86_masks::avx2_masks)
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon if isa.is_supported() && B.is_multiple_of(4) => {
+                (neon::neon_tile::<B>, masks_portable)
+            }
+            _ => (tile_portable::<B>, masks_portable),
+        };
+        MaskedBlockTile { tile, masks }
     }
 
     /// Writes the tile's sums over every tap into `output`. Panics if an input pixel's
@@ -217,83 +221,94 @@ fn masks_portable(values: &[f32], masks: &mut [u64]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{tap_rows, BlockWeights, TileInputs, TILE};
-    use std::arch::x86_64::*;
-
-    /// Defines `$tile` and `$masks` for one vector width, `$lanes` floats per vector: a block
-    /// of `B` weights is `B / $lanes` vectors (at most two).
-    macro_rules! x86_kernels {
-        ($tile:ident, $masks:ident, $feature:literal, $vec:ty, $lanes:literal, $zero:ident, $load:ident, $store:ident, $set1:ident, $fma:ident, $nonzero:expr) => {
-            pub(super) fn $tile<const B: usize>(
+/// Defines `$tile` for one vector type, `$lanes` floats each: a block of `B` weights is
+/// `B / $lanes` vectors, at most `$most` (see [`block_kernels_per_vector`]).
+macro_rules! masked_tile {
+    ($tile:ident, $feature:literal, $vec:ty, $lanes:literal, $most:literal,
+     zero: $zero:expr, load: $load:ident, store: $store:ident, splat: $splat:ident,
+     fma: |$a:ident, $x:ident, $w:ident| $fma:expr) => {
+        pub(super) fn $tile<const B: usize>(
+            inputs: &TileInputs,
+            weights: &BlockWeights<B>,
+            sums: &mut [[f32; B]; TILE],
+        ) {
+            #[target_feature(enable = $feature)]
+            fn kernel<const B: usize>(
                 inputs: &TileInputs,
                 weights: &BlockWeights<B>,
                 sums: &mut [[f32; B]; TILE],
             ) {
-                #[target_feature(enable = $feature)]
-                fn kernel<const B: usize>(
-                    inputs: &TileInputs,
-                    weights: &BlockWeights<B>,
-                    sums: &mut [[f32; B]; TILE],
-                ) {
-                    // `for_isa` hands out only whole vectors, at most two per block (a
-                    // constant per instance: the check compiles away).
-                    assert!(B % $lanes == 0 && B / $lanes <= 2);
-                    let per = B / $lanes;
-                    let words = weights.words();
-                    let mut acc: [[$vec; 2]; TILE] = [[$zero(); 2]; TILE];
-                    for tap in 0..weights.taps() {
-                        let rows = tap_rows(inputs, tap).map(<[f32]>::as_ptr);
-                        for word in 0..words {
-                            let at = tap * words + word;
-                            let mask = weights.masks[at];
-                            let mut live = inputs.unions[at] & mask;
-                            if live == 0 {
-                                continue;
-                            }
-                            let first = weights.starts[at] as usize;
-                            let base = weights.rows.as_ptr();
-                            while live != 0 {
-                                let bit = live.trailing_zeros();
-                                live &= live - 1;
-                                let row =
-                                    first + (mask & ((1u64 << bit) - 1)).count_ones() as usize;
-                                let c = 64 * word + bit as usize;
-                                // SAFETY: `BlockWeights::new` checked that each entry's rows
-                                // lie in `rows` and that its mask names only channels below
-                                // `channels`; `multiply` checked that every pixel holds
-                                // `channels` values from its row pointer (the zeros as well).
-                                unsafe {
-                                    let w = base.add(row * B);
-                                    let w: [$vec; 2] = std::array::from_fn(|q| {
-                                        if q < per {
-                                            $load(w.add(q * $lanes))
-                                        } else {
-                                            $zero()
-                                        }
-                                    });
-                                    for i in 0..TILE {
-                                        let x = $set1(*rows[i].add(c));
-                                        for q in 0..per {
-                                            acc[i][q] = $fma(x, w[q], acc[i][q]);
-                                        }
+                // `for_isa` hands out only whole vectors, at most `$most` per block (a
+                // constant per instance: the check compiles away).
+                assert!(B % $lanes == 0 && B / $lanes <= $most);
+                let per = B / $lanes;
+                let words = weights.words();
+                let zero: $vec = $zero;
+                let mut acc: [[$vec; $most]; TILE] = [[zero; $most]; TILE];
+                for tap in 0..weights.taps() {
+                    let rows = tap_rows(inputs, tap).map(<[f32]>::as_ptr);
+                    for word in 0..words {
+                        let at = tap * words + word;
+                        let mask = weights.masks[at];
+                        let mut live = inputs.unions[at] & mask;
+                        if live == 0 {
+                            continue;
+                        }
+                        let first = weights.starts[at] as usize;
+                        let base = weights.rows.as_ptr();
+                        while live != 0 {
+                            let bit = live.trailing_zeros();
+                            live &= live - 1;
+                            let row = first + (mask & ((1u64 << bit) - 1)).count_ones() as usize;
+                            let c = 64 * word + bit as usize;
+                            // SAFETY: `BlockWeights::new` checked that each entry's rows lie
+                            // in `rows` and that its mask names only channels below
+                            // `channels`; `multiply` checked that every pixel holds
+                            // `channels` values from its row pointer (the zeros as well).
+                            unsafe {
+                                let w = base.add(row * B);
+                                let w: [$vec; $most] = std::array::from_fn(|q| {
+                                    if q < per {
+                                        $load(w.add(q * $lanes))
+                                    } else {
+                                        zero
+                                    }
+                                });
+                                for i in 0..TILE {
+                                    let $x = $splat(*rows[i].add(c));
+                                    for q in 0..per {
+                                        let ($a, $w) = (acc[i][q], w[q]);
+                                        acc[i][q] = $fma;
                                     }
                                 }
                             }
                         }
                     }
-                    for i in 0..TILE {
-                        for q in 0..per {
-                            // SAFETY: `sums[i]` holds B = per * $lanes floats.
-                            unsafe { $store(sums[i].as_mut_ptr().add(q * $lanes), acc[i][q]) };
-                        }
+                }
+                for i in 0..TILE {
+                    for q in 0..per {
+                        // SAFETY: `sums[i]` holds B = per * $lanes floats.
+                        unsafe { $store(sums[i].as_mut_ptr().add(q * $lanes), acc[i][q]) };
                     }
                 }
-                // SAFETY: `for_isa` hands this fn out only after finding the feature.
-                unsafe { kernel::<B>(inputs, weights, sums) }
             }
+            // SAFETY: `for_isa` hands this fn out only after finding the feature.
+            unsafe { kernel::<B>(inputs, weights, sums) }
+        }
+    };
+}
 
+block_kernels_per_vector!(masked_tile, use super::{tap_rows, BlockWeights, TileInputs, TILE});
+
+/// The masks of the non-zeros on x86-64, from vector compares.
+#[cfg(target_arch = "x86_64")]
+mod x86_masks {
+    use std::arch::x86_64::*;
+
+    /// Defines `$masks` from `$nonzero`, which gives the non-zero lanes of `$lanes` floats
+    /// as bits.
+    macro_rules! x86_masks {
+        ($masks:ident, $feature:literal, $lanes:literal, $nonzero:ident) => {
             pub(super) fn $masks(values: &[f32], masks: &mut [u64]) {
                 #[target_feature(enable = $feature)]
                 fn kernel(values: &[f32], masks: &mut [u64]) {
@@ -331,32 +346,8 @@ mod x86 {
         u32::from(_mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(x, _mm512_setzero_ps()))
     }
 
-    x86_kernels!(
-        avx2_tile,
-        avx2_masks,
-        "avx2,fma,popcnt",
-        __m256,
-        8,
-        _mm256_setzero_ps,
-        _mm256_loadu_ps,
-        _mm256_storeu_ps,
-        _mm256_set1_ps,
-        _mm256_fmadd_ps,
-        nonzero8
-    );
-    x86_kernels!(
-        avx512_tile,
-        avx512_masks,
-        "avx512f,popcnt",
-        __m512,
-        16,
-        _mm512_setzero_ps,
-        _mm512_loadu_ps,
-        _mm512_storeu_ps,
-        _mm512_set1_ps,
-        _mm512_fmadd_ps,
-        nonzero16
-    );
+    x86_masks!(avx2_masks, "avx2,fma", 8, nonzero8);
+    x86_masks!(avx512_masks, "avx512f", 16, nonzero16);
 }
 
 #[cfg(test)]

@@ -18,7 +18,48 @@ pub(crate) mod gemv;
 pub(crate) mod masked_block_tile;
 pub(crate) mod multiversion;
 pub mod shifted_axpy;
+pub(crate) mod sparse_row_panel;
 pub(crate) mod transpose;
+
+/// Defines, with `$kernel!`, a block kernel for every vector the block kernels take: the
+/// module `x86` with `avx2_tile` (8 lanes), `avx2_narrow_tile` (AVX2's fused multiply-add on
+/// 4 lanes, for blocks of 4) and `avx512_tile` (16), and the module `neon` with `neon_tile`
+/// (4), each importing `$import`s from the caller's module. `$kernel!` takes the fn's name,
+/// its target features, the vector type, its lanes, the most vectors a block may take (what
+/// the registers hold: `TILE` sums of each, beside the block's weights and a broadcast) and
+/// the intrinsics.
+macro_rules! block_kernels_per_vector {
+    ($kernel:ident, use super::{$($import:ident),*}) => {
+        #[cfg(target_arch = "x86_64")]
+        mod x86 {
+            use super::{$($import),*};
+            use std::arch::x86_64::*;
+
+            $kernel!(avx2_tile, "avx2,fma,popcnt", __m256, 8, 2,
+                zero: _mm256_setzero_ps(), load: _mm256_loadu_ps, store: _mm256_storeu_ps,
+                splat: _mm256_set1_ps, fma: |a, x, w| _mm256_fmadd_ps(x, w, a));
+            $kernel!(avx2_narrow_tile, "avx2,fma,popcnt", __m128, 4, 1,
+                zero: _mm_setzero_ps(), load: _mm_loadu_ps, store: _mm_storeu_ps,
+                splat: _mm_set1_ps, fma: |a, x, w| _mm_fmadd_ps(x, w, a));
+            $kernel!(avx512_tile, "avx512f,popcnt", __m512, 16, 1,
+                zero: _mm512_setzero_ps(), load: _mm512_loadu_ps, store: _mm512_storeu_ps,
+                splat: _mm512_set1_ps, fma: |a, x, w| _mm512_fmadd_ps(x, w, a));
+        }
+
+        #[cfg(target_arch = "aarch64")]
+        mod neon {
+            use super::{$($import),*};
+            use std::arch::aarch64::*;
+
+            // A block of 16 is four vectors: 24 sums, four weights and a broadcast of the
+            // 32 registers.
+            $kernel!(neon_tile, "neon", float32x4_t, 4, 4,
+                zero: vdupq_n_f32(0.0), load: vld1q_f32, store: vst1q_f32,
+                splat: vdupq_n_f32, fma: |a, x, w| vfmaq_f32(a, x, w));
+        }
+    };
+}
+pub(crate) use block_kernels_per_vector;
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -99,8 +140,6 @@ impl fmt::Display for Isa {
         f.write_str(self.name())
     }
 }
-
-pub(crate) mod sparse_row_panel;
 
 /// Hints that the cache line holding `data[0]` will be read soon, into L2 (a no-op where
 /// there is no such hint).
