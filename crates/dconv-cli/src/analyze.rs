@@ -73,11 +73,12 @@ fn print_table(layers: &[LayerAnalysis]) {
         .unwrap_or(5)
         .max(5);
     // "pairs": where sparse-weight keeps one list per pair of filters (their zeros
-    // coincide), the places of those lists per non-zero weight. "blocks": where im2csoa
-    // keeps only the non-zero blocks of output channels, the fraction it keeps and their width.
+    // coincide), the places of those lists per non-zero weight. "blk16 0s": the fraction of
+    // blocks of 16 output channels (at one input channel and tap) all zero, which the block
+    // forms of im2csoa and sparse-weight skip.
     print!(
-        "{:<name_width$} {:>8} {:>7} {:>7} {:>5} {:>6}",
-        "layer", "GMAC", "in 0s", "w 0s", "pairs", "blocks"
+        "{:<name_width$} {:>8} {:>7} {:>7} {:>5} {:>8}",
+        "layer", "GMAC", "in 0s", "w 0s", "pairs", "blk16 0s"
     );
     for m in MODELED {
         print!(" {:>13}", m.name());
@@ -90,11 +91,9 @@ fn print_table(layers: &[LayerAnalysis]) {
             .weights
             .twin_share
             .map_or("-".to_string(), |u| format!("{u:.2}"));
-        let blocks = layer.weights.blocks.map_or("-".to_string(), |b| {
-            format!("{:.0}%x{}", b.density * 100.0, b.width)
-        });
+        let blocks = (1.0 - layer.weights.blocks_of_16) * 100.0;
         print!(
-            "{:<name_width$} {:>8.3} {:>6.1}% {:>6.1}% {pairs:>5} {blocks:>6}",
+            "{:<name_width$} {:>8.3} {:>6.1}% {:>6.1}% {pairs:>5} {blocks:>7.1}%",
             layer.name,
             layer.macs as f64 * 1e-9,
             layer.input_sparsity * 100.0,

@@ -129,21 +129,10 @@ pub struct WeightZeros {
     /// Places of the pairs' lists per non-zero weight, 1/2 to 6/10 (1/2 where every pair
     /// shares all its zeros); `None` where sparse-weight keeps a list per filter.
     pub twin_share: Option<f64>,
-    /// Where im2csoa keeps only the non-zero blocks of output channels (at one input channel
-    /// and tap), their width and density; `None` where it keeps panels.
-    pub blocks: Option<BlockZeros>,
     /// The fraction of blocks of 16 output channels (at one input channel and tap) not all
-    /// zero, whatever their width: the multiply-adds of sparse-weight's block form.
+    /// zero: the multiply-adds of im2csoa's and sparse-weight's block forms, which each takes
+    /// where enough of the blocks are zero.
     pub blocks_of_16: f64,
-}
-
-/// The blocks of output channels im2csoa keeps of a layer's weights.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BlockZeros {
-    /// Output channels per block: 16 or 8.
-    pub width: usize,
-    /// The fraction of blocks not all zero.
-    pub density: f64,
 }
 
 impl WeightZeros {
@@ -153,8 +142,7 @@ impl WeightZeros {
         WeightZeros {
             sparsity: zeros as f64 / weights.len().max(1) as f64,
             twin_share: super::sparse_weight::twin_share(spec, weights),
-            blocks: super::im2csoa::block_zeros(spec, weights),
-            blocks_of_16: super::im2csoa::block_density(spec, 16, weights),
+            blocks_of_16: super::im2csoa::block_density(spec, weights),
         }
     }
 
@@ -164,7 +152,6 @@ impl WeightZeros {
         WeightZeros {
             sparsity,
             twin_share: None,
-            blocks: None,
             blocks_of_16: 1.0 - sparsity.powi(16),
         }
     }
@@ -538,12 +525,10 @@ mod tests {
         ConvSpec::new(512, 30, 30, 512, [3, 3]).with_padding([1, 1, 1, 1])
     }
 
-    /// Twin lists make sparse-weight's work per non-zero weight cheaper, as measured, and
-    /// change no other method's prediction.
     /// Where im2csoa keeps only the non-zero blocks of 16 output channels, it pays for the
     /// blocks that meet some non-zero activation of a tile: on 80 % zero inputs and 70 % zero
-    /// blocks it costs less than its panel form and than sparse-weight; on a dense input,
-    /// sparse-weight stays the cheaper.
+    /// blocks it costs less than its panel form (which it keeps where 40 % are zero) and than
+    /// sparse-weight; on a dense input, sparse-weight stays the cheaper.
     #[test]
     fn block_sparse_weights_make_im2csoa_cheaper_on_sparse_inputs() {
         let profile = CostProfile::compiled_in(Isa::Avx2);
@@ -551,14 +536,10 @@ mod tests {
         let blocks = WeightZeros {
             sparsity: 0.7,
             twin_share: Some(0.5),
-            blocks: Some(BlockZeros {
-                width: 16,
-                density: 0.3,
-            }),
             blocks_of_16: 0.3,
         };
         let panels = WeightZeros {
-            blocks: None,
+            blocks_of_16: 0.6,
             ..blocks
         };
         let at = |m, input_sparsity, w| profile.predict(m, &spec, input_sparsity, w).unwrap();
@@ -567,6 +548,8 @@ mod tests {
         assert!(at(Method::SparseWeight, 0.0, blocks) < at(Method::Im2Csoa, 0.0, blocks));
     }
 
+    /// Twin lists make sparse-weight's work per non-zero weight cheaper, as measured, and
+    /// change no other method's prediction.
     #[test]
     fn filters_sharing_their_zeros_make_sparse_weight_cheaper() {
         let profile = CostProfile::compiled_in(Isa::Avx2);
@@ -574,7 +557,6 @@ mod tests {
         let twins = WeightZeros {
             sparsity: 0.7,
             twin_share: Some(0.5),
-            blocks: None,
             blocks_of_16: 1.0 - 0.7f64.powi(8),
         };
         for input_sparsity in [0.0, 0.5, 0.9] {

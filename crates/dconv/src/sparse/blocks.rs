@@ -5,6 +5,12 @@
 use crate::error::{Error, Result};
 use crate::kernels::masked_block_tile::BlockWeights;
 
+/// The output channels per block of both methods' block forms (im2csoa's and sparse-weight's):
+/// whole vectors of AVX-512, two of AVX2, four of NEON. The kernels take 8 and 4 as well, but
+/// on AVX2 either method ran slower on blocks of 8 or 4 than on the same weights read as
+/// blocks of 16 or as lists (BENCHMARKS.md, session 29).
+pub const BLOCK_WIDTH: usize = 16;
+
 /// The non-zero blocks of ONNX `[M][C/G][R][S]` weights, per (group, block of B output
 /// channels, tap, word of 64 input channels): a mask of the channels whose block is not all
 /// zero, and those blocks' B weights in channel order, each block a row of `values` (the

@@ -7,6 +7,6 @@ mod blocks;
 mod csoa;
 mod csr;
 
-pub use blocks::{BlockShape, BlockSparseWeights};
+pub use blocks::{BlockShape, BlockSparseWeights, BLOCK_WIDTH};
 pub use csoa::Csoa;
 pub use csr::CsrMatrix;

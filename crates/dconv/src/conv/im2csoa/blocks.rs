@@ -1,5 +1,5 @@
-//! im2CSOA on weights pruned in blocks of output channels (16 or 8 wide): each non-zero
-//! activation meets only the non-zero blocks of its channel's taps.
+//! im2CSOA on weights pruned in blocks of 16 output channels: each non-zero activation meets
+//! only the non-zero blocks of its channel's taps.
 //!
 //! The input is converted once per image into masks of its non-zeros, 64 channels to a word
 //! per pixel: like the CSOA, each activation is recorded once, and the overlap of receptive
@@ -16,36 +16,40 @@
 //! registers until the tile is done. BENCHMARKS.md (session 26) has the figures.
 
 use super::super::run_loop::over_images;
-use super::super::select::BlockZeros;
 use super::super::workspace::Scratch;
 use super::super::{ConvKernel, ConvSpec, Epilogue, ScratchBytes, Timing, Workspace};
 use crate::error::Result;
 use crate::kernels::masked_block_tile::{MaskedBlockTile, TileInputs, TileOutput, PADDING, TILE};
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
-use crate::sparse::{BlockShape, BlockSparseWeights};
+use crate::sparse::{BlockShape, BlockSparseWeights, BLOCK_WIDTH};
 use rayon::prelude::*;
 use std::mem::size_of;
 
-/// The block widths of the block form, widest first, each with the most non-zero blocks (as
-/// a fraction of all) for which im2csoa takes it. Measured on 512 -> 512 3x3 at 30 x 30
-/// (BENCHMARKS.md, session 26): blocks of 16 beat the panels from 60 % zero blocks up; blocks
-/// of 8, with half the multiply-adds per channel met, only from about 75 %. (Blocks of 4 have
-/// no SIMD kernel yet: the portable one ran at a quarter of the panels' speed.)
-const FORMS: [(usize, f64); 2] = [(16, 0.4), (8, 0.25)];
+/// The most blocks of [`BLOCK_WIDTH`] not all zero, as a fraction of all, where im2csoa takes
+/// its block form: on 512 -> 512 3x3 at 30 x 30 with 80 % zero inputs it beat the panels at 50
+/// % zero blocks (3.38x against 2.97x dense's speed; 2.13x against 1.53x at 50 % zero
+/// inputs), tied at 49 % and lost at 36 % (BENCHMARKS.md, session 29).
+///
+/// The blocks are 16 wide whatever width the weights were pruned in. Narrower forms, whose
+/// kernels exist, lost to reading the same weights as blocks of 16 wherever measured on AVX2:
+/// weights pruned in blocks of 8 at 76-90 % zero ran 0.71-0.91x as fast read as blocks of 8
+/// as read as blocks of 16; those pruned in blocks of 4 at 80-95 %, 0.45-0.59x as fast read
+/// as blocks of 4 (AVX2's half vectors). Each
+/// non-zero block costs the same bookkeeping (finding its row, broadcasting the tile's
+/// inputs) whatever its width, and the narrower blocks are not enough fewer to pay for it.
+const MOST_BLOCKS: f64 = 0.5;
 
-/// The blocks im2csoa keeps of `weights` when it takes its block form for them: the widest
-/// of [`FORMS`] whose density is within its bound.
-pub(crate) fn block_zeros(spec: &ConvSpec, weights: &[f32]) -> Option<BlockZeros> {
-    FORMS.into_iter().find_map(|(width, most)| {
-        let density = block_density(spec, width, weights);
-        (density <= most).then_some(BlockZeros { width, density })
-    })
+/// Whether im2csoa takes its block form for weights of which `blocks_of_16` of the blocks
+/// are not all zero.
+pub(crate) fn takes_blocks(blocks_of_16: f64) -> bool {
+    blocks_of_16 <= MOST_BLOCKS
 }
 
-/// The fraction of `weights`' blocks `width` wide (at one input channel and tap) not all zero.
-pub(crate) fn block_density(spec: &ConvSpec, width: usize, weights: &[f32]) -> f64 {
-    shape(spec, width).block_density(weights)
+/// The fraction of `weights`' blocks of [`BLOCK_WIDTH`] output channels (at one input channel
+/// and tap) not all zero.
+pub(crate) fn block_density(spec: &ConvSpec, weights: &[f32]) -> f64 {
+    shape(spec, BLOCK_WIDTH).block_density(weights)
 }
 
 fn shape(spec: &ConvSpec, block: usize) -> BlockShape {
@@ -58,18 +62,16 @@ fn shape(spec: &ConvSpec, block: usize) -> BlockShape {
     }
 }
 
-/// Prepares the block form with the width `blocks` found.
+/// Prepares the block form.
 pub(crate) fn prepare(
     spec: &ConvSpec,
     weights: &[f32],
     epilogue: Epilogue,
     isa: Isa,
-    blocks: BlockZeros,
 ) -> Result<Box<dyn ConvKernel>> {
-    Ok(match blocks.width {
-        16 => Box::new(Im2CsoaBlocks::<16>::new(*spec, weights, epilogue, isa)?),
-        _ => Box::new(Im2CsoaBlocks::<8>::new(*spec, weights, epilogue, isa)?),
-    })
+    Ok(Box::new(Im2CsoaBlocks::<BLOCK_WIDTH>::new(
+        *spec, weights, epilogue, isa,
+    )?))
 }
 
 struct Im2CsoaBlocks<const B: usize> {
@@ -270,24 +272,23 @@ mod tests {
     use crate::prune::WeightBlocks;
     use crate::synth::{block_sparse_weights, Rng};
 
-    /// The widest form within its bound: 16 where 70 % of the blocks of 16 are zero; 8 where
-    /// 76 % of the blocks of 8 are (then about 42 % of the blocks of 16 are not zero); panels
-    /// where half the blocks of 8 are zero.
+    /// The block form is taken where half or more of the blocks of 16 are zero, whatever
+    /// width the weights were pruned in: at 70 % zero blocks of 16; at 80 % zero blocks of 8
+    /// (64 % of the blocks of 16 zero too) and 90 % zero blocks of 4 (66 %); not at 70 % zero
+    /// blocks of 4 (24 %) nor on weights zeroed element by element.
     #[test]
-    fn takes_the_widest_blocks_within_their_bound() {
+    fn takes_blocks_where_half_the_blocks_of_16_are_zero() {
         let spec = ConvSpec::new(64, 5, 5, 64, [3, 3]);
         let filter_len = 64 * 9;
-        let width = |block, sparsity| {
+        let takes = |block, sparsity| {
             let blocks = WeightBlocks::new(64, 1, filter_len, block).unwrap();
             let weights = block_sparse_weights(&blocks, sparsity, &mut Rng::new(1));
-            block_zeros(&spec, &weights).map(|b| b.width)
+            takes_blocks(block_density(&spec, &weights))
         };
-        assert_eq!(width(16, 0.7), Some(16));
-        assert_eq!(width(8, 0.76), Some(8));
-        assert_eq!(width(8, 0.5), None);
-        // Blocks of 4 have no form of their own: at 90 % zero, 0.9^4 = 66 % of the blocks of
-        // 16 are zero too; at 80 %, 41 % of those and 64 % of the blocks of 8.
-        assert_eq!(width(4, 0.9), Some(16));
-        assert_eq!(width(4, 0.8), None);
+        assert!(takes(16, 0.7));
+        assert!(takes(8, 0.8));
+        assert!(takes(4, 0.9));
+        assert!(!takes(4, 0.7));
+        assert!(!takes(1, 0.9));
     }
 }

@@ -62,41 +62,33 @@ fn prepare(
     isa: Isa,
     shared: &mut SharedPanels,
 ) -> Result<Box<dyn ConvKernel>> {
-    if let Some(blocks) = blocks::block_zeros(spec, weights) {
-        return blocks::prepare(spec, weights, epilogue, isa, blocks);
+    if blocks::takes_blocks(blocks::block_density(spec, weights)) {
+        return blocks::prepare(spec, weights, epilogue, isa);
     }
     let panels: Prepare = prepare_over_panels!(Im2Csoa);
     panels(spec, weights, epilogue, isa, shared)
 }
 
-pub(crate) use blocks::{block_density, block_zeros};
+pub(crate) use blocks::block_density;
 
 /// The work of im2csoa's terms. In the block form ([`blocks`]), the multiply-adds are those of
 /// the non-zero blocks that meet a tile with some non-zero activation: the tile's pixels
 /// share most of their zeros, and a fit to ReLU-like inputs put the fraction of (tile, tap,
 /// channel) holding some at about d·(2 - d), as if each tile were two independent pixels.
-/// Each such multiply-add costs about [`block_mac_cost`] of one against a panel.
+/// Each such multiply-add costs about [`BLOCK_MAC_COST`] of one against a panel.
 fn term_values(s: &LayerSize, d: f64, w: WeightZeros) -> [f64; MAX_TERMS] {
     let mut values = direct_conversion_values(s, d, d * s.input);
-    if let Some(blocks) = w.blocks {
-        let live = d * (2.0 - d) * blocks.density;
-        values[4] = block_mac_cost(blocks.width) * live * s.macs;
+    if blocks::takes_blocks(w.blocks_of_16) {
+        let live = d * (2.0 - d) * w.blocks_of_16;
+        values[4] = BLOCK_MAC_COST * live * s.macs;
         values[5] = 0.0;
     }
     values
 }
 
-/// The cost of a multiply-add of the block form with blocks `width` wide, in units of the
-/// panel form's: each channel a tile meets costs the same bookkeeping whatever the width, over
-/// fewer multiply-adds in narrower blocks (measured on 512 -> 512 3x3 at 30 x 30, 80 % zero
-/// inputs and 70 % zero blocks: BENCHMARKS.md, session 26).
-fn block_mac_cost(width: usize) -> f64 {
-    if width >= 16 {
-        1.2
-    } else {
-        1.4
-    }
-}
+/// The cost of a multiply-add of the block form in units of the panel form's (measured on 512
+/// -> 512 3x3 at 30 x 30, 80 % zero inputs and 70 % zero blocks: BENCHMARKS.md, session 26).
+const BLOCK_MAC_COST: f64 = 1.2;
 
 pub(crate) struct Im2Csoa<const NB: usize> {
     spec: ConvSpec,

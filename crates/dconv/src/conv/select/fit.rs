@@ -183,7 +183,6 @@ mod tests {
                 let twins = WeightZeros {
                     sparsity: 0.7,
                     twin_share: Some(0.5),
-                    blocks: None,
                     blocks_of_16: 1.0 - 0.7f64.powi(8),
                 };
                 let unstructured = [0.0, 0.5, 0.9].map(WeightZeros::unstructured);

@@ -1,4 +1,4 @@
-//! Sparse-weight on weights pruned in blocks of 16 output channels: one vector multiply-add
+//! Sparse-weight on weights pruned in blocks of [`BLOCK_WIDTH`] output channels: one vector multiply-add
 //! per non-zero block, pixel and vector, with the output channels in the vector lanes.
 //!
 //! The list form ([`super::SparseWeight`]) puts pixels in the lanes: it transposes the input
@@ -23,15 +23,10 @@ use crate::kernels::block_list_tile::{BlockList, BlockListTile};
 use crate::kernels::masked_block_tile::{TileOutput, TILE};
 use crate::kernels::Isa;
 use crate::limits::saturating_product;
+use crate::sparse::BLOCK_WIDTH;
 use rayon::prelude::*;
 use std::mem::size_of;
 use std::time::Duration;
-
-/// Output channels per block of the form. Weights pruned in blocks of 8 are better off in the
-/// list form: at 76 % zero blocks of 8 (42 % of the blocks of 16 not zero) the block form ran
-/// 0.8x the twin lists' speed (256 -> 256 3x3 at 30 x 30), each non-zero weight costing a
-/// multiply-add of a whole block of 16.
-const BLOCK: usize = 16;
 
 /// Prepares the block form.
 pub(super) fn prepare(
@@ -40,18 +35,18 @@ pub(super) fn prepare(
     epilogue: Epilogue,
     isa: Isa,
 ) -> Result<Box<dyn ConvKernel>> {
-    Ok(Box::new(SparseWeightBlocks::<BLOCK>::new(
+    Ok(Box::new(SparseWeightBlocks::<BLOCK_WIDTH>::new(
         *spec, weights, epilogue, isa,
     )?))
 }
 
 /// At most how many bytes the block form's lists take for weights of `spec` of which
-/// `density` of the blocks of [`BLOCK`] are not all zero (saturating): an offset and a row of
-/// [`BLOCK`] weights per non-zero (block, tap, channel), and a start per block.
+/// `density` of the blocks of [`BLOCK_WIDTH`] are not all zero (saturating): an offset and a row of
+/// [`BLOCK_WIDTH`] weights per non-zero (block, tap, channel), and a start per block.
 pub(super) fn prepared_bytes(spec: &ConvSpec, density: f64) -> usize {
     let blocks = spec
         .groups
-        .saturating_mul(spec.filters_per_group().div_ceil(BLOCK));
+        .saturating_mul(spec.filters_per_group().div_ceil(BLOCK_WIDTH));
     let slots = saturating_product(&[
         blocks,
         spec.channels_per_group(),
@@ -59,7 +54,7 @@ pub(super) fn prepared_bytes(spec: &ConvSpec, density: f64) -> usize {
         spec.kernel[1],
     ]);
     let entries = (slots as f64 * density).ceil() as usize;
-    let entry = size_of::<u32>() + BLOCK * size_of::<f32>();
+    let entry = size_of::<u32>() + BLOCK_WIDTH * size_of::<f32>();
     entries
         .saturating_mul(entry)
         .saturating_add(blocks.saturating_add(1).saturating_mul(size_of::<usize>()))
@@ -394,7 +389,7 @@ mod tests {
             };
             let conv = SparseWeightBlocks::<16>::new(spec, &weights, epilogue, Isa::Portable);
             let kept = conv.unwrap().bytes();
-            let bound = prepared_bytes(&spec, block_density(&spec, BLOCK, &weights));
+            let bound = prepared_bytes(&spec, block_density(&spec, &weights));
             assert!(kept <= bound, "at {sparsity}: {kept} > {bound}");
         }
     }
