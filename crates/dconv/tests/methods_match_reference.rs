@@ -641,11 +641,11 @@ fn im2csoa_with_blocks_outside() {
     check_shape(Method::Im2Csoa, spec, zeros, &[1, 2], 17);
 }
 
-/// Weights pruned in blocks of 16 output channels take im2CSOA's block form (at most 40 %
-/// of the blocks non-zero): here 3 blocks per group (the last 8 wide) over 70 channels (two
+/// Weights pruned in blocks of 16 output channels take im2CSOA's block form (at most half
+/// the blocks non-zero): here 3 blocks per group (the last 8 wide) over 70 channels (two
 /// mask words, the second partial), with stride, dilation, uneven padding, 2 groups and 2
 /// images; tiles of 6 pixels cross output rows (9 columns) and the image's end. Then the
-/// same with every block zero, with a dense input, and with blocks of 8.
+/// same with every block zero, with a dense input, and with weights pruned in blocks of 8.
 #[test]
 fn im2csoa_on_block_sparse_weights() {
     let spec = three_blocks_per_group();
@@ -657,9 +657,9 @@ fn im2csoa_on_block_sparse_weights() {
     ] {
         check_shape_in_blocks(Method::Im2Csoa, spec, zeros, Some(16), &THREADS, seed);
     }
-    // 76 % zero blocks of 8, 44 filters per group (the last block of 8 holds 4): about 42 %
-    // of the blocks of 16 (each two of 8, or one and a half) are not zero, too many for them,
-    // so the form keeps blocks of 8.
+    // 76 % zero blocks of 8, 44 filters per group (the last block of 16 holds 12, and its
+    // last block of 8 4): about 42 % of the blocks of 16 (each two of 8, or one and a half)
+    // are not zero, within the form's bound, so it reads them as blocks of 16 with zeros.
     let spec = ConvSpec {
         filters: 88,
         ..spec
