@@ -103,8 +103,7 @@ type MasksFn = fn(&[f32], &mut [u64]);
 impl<const B: usize> MaskedBlockTile<B> {
     /// The kernel of `isa`, or the portable one where this CPU lacks it. AVX-512 takes
     /// AVX2's kernels for blocks narrower than its vectors, and AVX2 takes half vectors for
-    /// blocks of 4; NEON makes its masks with the portable loop, which the compiler
-    /// vectorises for it.
+    /// blocks of 4.
     pub fn for_isa(isa: Isa) -> Self {
         const { assert!(B > 0 && B <= 16 && 16 % B == 0) };
         let (tile, masks): (TileFn<B>, MasksFn) = match isa {
@@ -122,7 +121,7 @@ impl<const B: usize> MaskedBlockTile<B> {
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon if isa.is_supported() && B.is_multiple_of(4) => {
-                (neon::neon_tile::<B>, masks_portable)
+                (neon::neon_tile::<B>, neon_masks::neon_masks)
             }
             _ => (tile_portable::<B>, masks_portable),
         };
@@ -300,37 +299,37 @@ macro_rules! masked_tile {
 
 block_kernels_per_vector!(masked_tile, use super::{tap_rows, BlockWeights, TileInputs, TILE});
 
+/// Defines `$masks` from `$nonzero`, which gives the non-zero lanes (NaN counts) of `$lanes`
+/// floats as bits.
+macro_rules! simd_masks {
+    ($masks:ident, $feature:literal, $lanes:literal, $nonzero:ident) => {
+        pub(super) fn $masks(values: &[f32], masks: &mut [u64]) {
+            #[target_feature(enable = $feature)]
+            fn kernel(values: &[f32], masks: &mut [u64]) {
+                let whole = values.len() / 64;
+                for (mask, values) in masks.iter_mut().zip(values.chunks_exact(64)) {
+                    let mut m = 0u64;
+                    for v in 0..64 / $lanes {
+                        // SAFETY: the chunk holds 64 floats.
+                        let bits = unsafe { $nonzero(values.as_ptr().add(v * $lanes)) };
+                        m |= (bits as u64) << (v * $lanes);
+                    }
+                    *mask = m;
+                }
+                super::masks_portable(&values[whole * 64..], &mut masks[whole..]);
+            }
+            // SAFETY: `for_isa` hands this fn out only after finding the feature.
+            unsafe { kernel(values, masks) }
+        }
+    };
+}
+
 /// The masks of the non-zeros on x86-64, from vector compares.
 #[cfg(target_arch = "x86_64")]
 mod x86_masks {
     use std::arch::x86_64::*;
 
-    /// Defines `$masks` from `$nonzero`, which gives the non-zero lanes of `$lanes` floats
-    /// as bits.
-    macro_rules! x86_masks {
-        ($masks:ident, $feature:literal, $lanes:literal, $nonzero:ident) => {
-            pub(super) fn $masks(values: &[f32], masks: &mut [u64]) {
-                #[target_feature(enable = $feature)]
-                fn kernel(values: &[f32], masks: &mut [u64]) {
-                    let whole = values.len() / 64;
-                    for (mask, values) in masks.iter_mut().zip(values.chunks_exact(64)) {
-                        let mut m = 0u64;
-                        for v in 0..64 / $lanes {
-                            // SAFETY: the chunk holds 64 floats.
-                            let bits = unsafe { $nonzero(values.as_ptr().add(v * $lanes)) };
-                            m |= (bits as u64) << (v * $lanes);
-                        }
-                        *mask = m;
-                    }
-                    super::masks_portable(&values[whole * 64..], &mut masks[whole..]);
-                }
-                // SAFETY: `for_isa` hands this fn out only after finding the feature.
-                unsafe { kernel(values, masks) }
-            }
-        };
-    }
-
-    /// The non-zero lanes (NaN counts) of 8 floats at `p`, as bits.
+    /// The non-zero lanes of 8 floats at `p`, as bits.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn nonzero8(p: *const f32) -> u32 {
         // SAFETY: the caller passes 8 readable floats.
@@ -338,7 +337,7 @@ mod x86_masks {
         _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_NEQ_UQ>(x, _mm256_setzero_ps())) as u32
     }
 
-    /// The non-zero lanes (NaN counts) of 16 floats at `p`, as bits.
+    /// The non-zero lanes of 16 floats at `p`, as bits.
     #[target_feature(enable = "avx512f")]
     unsafe fn nonzero16(p: *const f32) -> u32 {
         // SAFETY: the caller passes 16 readable floats.
@@ -346,8 +345,30 @@ mod x86_masks {
         u32::from(_mm512_cmp_ps_mask::<_CMP_NEQ_UQ>(x, _mm512_setzero_ps()))
     }
 
-    x86_masks!(avx2_masks, "avx2,fma", 8, nonzero8);
-    x86_masks!(avx512_masks, "avx512f", 16, nonzero16);
+    simd_masks!(avx2_masks, "avx2,fma", 8, nonzero8);
+    simd_masks!(avx512_masks, "avx512f", 16, nonzero16);
+}
+
+/// The masks of the non-zeros on AArch64: NEON has no move-mask, so each lane that does not
+/// equal zero keeps its own bit of 1, 2, 4, 8, and the lanes are summed.
+#[cfg(target_arch = "aarch64")]
+mod neon_masks {
+    use std::arch::aarch64::*;
+
+    /// The non-zero lanes of 4 floats at `p`, as bits.
+    #[target_feature(enable = "neon")]
+    unsafe fn nonzero4(p: *const f32) -> u32 {
+        // SAFETY: the caller passes 4 readable floats.
+        let x = unsafe { vld1q_f32(p) };
+        // NaN equals nothing, so it counts as non-zero.
+        let nonzero = vmvnq_u32(vceqq_f32(x, vdupq_n_f32(0.0)));
+        const BITS: [u32; 4] = [1, 2, 4, 8];
+        // SAFETY: `BITS` holds 4 u32s.
+        let bits = unsafe { vld1q_u32(BITS.as_ptr()) };
+        vaddvq_u32(vandq_u32(nonzero, bits))
+    }
+
+    simd_masks!(neon_masks, "neon", 4, nonzero4);
 }
 
 #[cfg(test)]
