@@ -27,17 +27,18 @@ use rayon::prelude::*;
 use std::mem::size_of;
 
 /// The most blocks of [`BLOCK_WIDTH`] not all zero, as a fraction of all, where im2csoa takes
-/// its block form: on 512 -> 512 3x3 at 30 x 30 with 80 % zero inputs it beat the panels at 50
-/// % zero blocks (3.38x against 2.97x dense's speed; 2.13x against 1.53x at 50 % zero
-/// inputs), tied at 49 % and lost at 36 % (BENCHMARKS.md, session 29).
+/// its block form. On 512 -> 512 3x3 at 30 x 30 with 80 % zero inputs it beat the panels with
+/// 50 % of the blocks zero (3.38x against 2.97x dense's speed; 2.13x against 1.53x at 50 %
+/// zero inputs), tied with 49 % and lost with 36 % (weights pruned in blocks of 8 at 70 and 60
+/// %; BENCHMARKS.md, session 29).
 ///
 /// The blocks are 16 wide whatever width the weights were pruned in. Narrower forms, whose
 /// kernels exist, lost to reading the same weights as blocks of 16 wherever measured on AVX2:
 /// weights pruned in blocks of 8 at 76-90 % zero ran 0.71-0.91x as fast read as blocks of 8
 /// as read as blocks of 16; those pruned in blocks of 4 at 80-95 %, 0.45-0.59x as fast read
-/// as blocks of 4 (AVX2's half vectors). Each
-/// non-zero block costs the same bookkeeping (finding its row, broadcasting the tile's
-/// inputs) whatever its width, and the narrower blocks are not enough fewer to pay for it.
+/// as blocks of 4 (AVX2's half vectors). Each non-zero block costs the same bookkeeping
+/// (finding its row, broadcasting the tile's inputs) whatever its width, and the narrower
+/// blocks are not enough fewer to pay for it.
 const MOST_BLOCKS: f64 = 0.5;
 
 /// Whether im2csoa takes its block form for weights of which `blocks_of_16` of the blocks
