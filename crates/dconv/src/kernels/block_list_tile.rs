@@ -1,7 +1,7 @@
 //! The sums of a tile of [`TILE`] output pixels for one block of `B` output channels (whole
 //! vectors: 16 or 8 on AVX2 and AVX-512, 16, 8 or 4 on NEON, and 4 in AVX2's half vectors;
-//! other widths that divide 16 run the portable kernel), over a list of the block's non-zero weight rows: the inner loop of
-//! sparse-weight on block-sparse weights.
+//! other widths that divide 16 run the portable kernel), over a list of the block's non-zero
+//! weight rows: the inner loop of sparse-weight on block-sparse weights.
 //!
 //! Each entry of the list is one (kernel tap, input channel) whose block of `B` weights is not
 //! all zero, named by its offset from a pixel's window in a zero-padded NHWC input: so every
